@@ -1,0 +1,60 @@
+//! Broker limits, each with a default; violations get precise reason codes.
+
+use serde::{Deserialize, Serialize};
+
+use super::outbox::OverflowPolicy;
+use crate::domain::TopicLimits;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerLimits {
+    /// Largest accepted application payload in bytes.
+    pub max_payload_bytes: u32,
+    /// Largest accepted MQTT packet in bytes (also advertised to v5 clients).
+    pub max_packet_bytes: u32,
+    /// Longest topic name or filter in bytes.
+    pub max_topic_len: usize,
+    /// Most levels ('/'-separated) in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Most subscriptions one client may hold.
+    pub max_subscriptions_per_client: usize,
+    /// QoS≥1 messages in flight to one client (server side of receive maximum).
+    pub max_inflight: u16,
+    /// QoS≥1 messages the broker accepts in flight from one client (advertised receive maximum).
+    pub receive_maximum: u16,
+    /// Per-session outbound queue bound (messages), online and offline.
+    pub max_queued_messages: usize,
+    /// What to do with QoS≥1 messages that meet a full queue.
+    pub queue_overflow: OverflowPolicy,
+    /// Topic aliases a v5 client may use towards the broker.
+    pub max_topic_alias: u16,
+    /// Upper bound on session expiry granted to clients, in seconds.
+    pub max_session_expiry_secs: u32,
+    /// Keep-alive the broker imposes when a client asks for none or more (v5 server keep-alive), seconds; 0 = accept the client's.
+    pub server_keep_alive_secs: u16,
+}
+
+impl Default for BrokerLimits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 256 * 1024,
+            max_packet_bytes: 256 * 1024 + 64 * 1024,
+            max_topic_len: 1024,
+            max_topic_levels: 32,
+            max_subscriptions_per_client: 256,
+            max_inflight: 64,
+            receive_maximum: 1024,
+            max_queued_messages: 1000,
+            queue_overflow: OverflowPolicy::DropOldest,
+            max_topic_alias: 64,
+            max_session_expiry_secs: 7 * 24 * 3600,
+            server_keep_alive_secs: 0,
+        }
+    }
+}
+
+impl BrokerLimits {
+    pub fn topic_limits(&self) -> TopicLimits {
+        TopicLimits { max_len: self.max_topic_len, max_levels: self.max_topic_levels }
+    }
+}

@@ -1,0 +1,105 @@
+//! The message as the broker routes it: shared, immutable, cheap to fan out.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use ntex::util::{ByteString, Bytes};
+
+use crate::domain::{ClientId, TopicName};
+
+/// Quality of service, ordered so `min` gives the effective delivery QoS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum QoS {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::AtMostOnce),
+            1 => Some(Self::AtLeastOnce),
+            2 => Some(Self::ExactlyOnce),
+            _ => None,
+        }
+    }
+}
+
+/// MQTT 5 publish properties that travel with the message unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProps {
+    pub content_type: Option<ByteString>,
+    pub payload_is_utf8: bool,
+    pub response_topic: Option<ByteString>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(ByteString, ByteString)>,
+}
+
+impl MessageProps {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One published application message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// `None` when the publish carried no properties (every v3 publish).
+    pub props: Option<Arc<MessageProps>>,
+    /// From the v5 message expiry interval; expired messages are not delivered.
+    pub expires_at: Option<Instant>,
+    /// Wall-clock time the broker accepted it (for storage and `Last-Modified`).
+    pub received_at: SystemTime,
+    /// The publishing client, for no-local; `None` for REST and broker messages.
+    pub publisher: Option<ClientId>,
+}
+
+impl Message {
+    pub fn new(topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> Self {
+        Self {
+            topic,
+            payload,
+            qos,
+            retain,
+            props: None,
+            expires_at: None,
+            received_at: SystemTime::now(),
+            publisher: None,
+        }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Seconds left for the outgoing message expiry interval (v5 §3.3.2.3.3).
+    pub fn remaining_expiry_secs(&self, now: Instant) -> Option<u32> {
+        self.expires_at
+            .map(|at| at.saturating_duration_since(now).as_secs().max(1).min(u32::MAX as u64) as u32)
+    }
+}
+
+/// A message on its way to one subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Unique per broker run; also the row key when the session is persistent.
+    pub seq: u64,
+    pub msg: Arc<Message>,
+    /// min(publish QoS, granted subscription QoS).
+    pub qos: QoS,
+    /// Retain flag as sent: set for retained messages sent on subscribe, or
+    /// kept from the publish when the subscription asked retain-as-published.
+    pub retain: bool,
+    /// v5 subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+    /// Set when this is a redelivery after a reconnect.
+    pub dup: bool,
+    /// Set when a copy is in the store (persistent session, QoS≥1): it is
+    /// deleted there once acknowledged or dropped.
+    pub stored: bool,
+}

@@ -1,0 +1,289 @@
+//! The broker core. One router task owns sessions, subscriptions and retained
+//! messages; transports (MQTT, REST, the map updater) talk to it through a
+//! cloneable [`BrokerHandle`] and never touch its state.
+
+pub mod auth;
+pub mod limits;
+pub mod message;
+pub mod outbox;
+mod retained;
+mod router;
+mod session;
+pub mod stats;
+mod sys;
+mod trie;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ntex::util::ByteString;
+use tokio::sync::{mpsc, oneshot};
+
+pub use auth::{Authenticator, Identity, SharedAuthenticator};
+pub use limits::BrokerLimits;
+pub use message::{Delivery, Message, MessageProps, QoS};
+pub use outbox::{ConnectionId, KickReason, Next, Outbox, OverflowPolicy};
+pub use router::{RestoredState, spawn_router};
+pub use stats::Stats;
+
+use crate::domain::{ClientId, SharedFilter};
+use crate::store::StoreError;
+
+/// Which MQTT protocol level a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolVersion {
+    V311,
+    V5,
+}
+
+/// A will message and when to send it after an unclean disconnect.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub message: Message,
+    /// v5 will delay interval; 0 for v3.
+    pub delay_secs: u32,
+}
+
+/// Everything the router needs to open or resume a session.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    pub client_id: ClientId,
+    pub protocol: ProtocolVersion,
+    /// v3 clean session / v5 clean start.
+    pub clean_start: bool,
+    /// Seconds the session outlives the connection: v3 clean=false → u32::MAX,
+    /// clean=true → 0; v5 as requested (the router caps it by the limits).
+    pub session_expiry_secs: u32,
+    pub will: Option<Will>,
+}
+
+#[derive(Debug)]
+pub struct ConnectOutcome {
+    pub conn: ConnectionId,
+    pub session_present: bool,
+    pub outbox: Arc<Outbox>,
+    /// Session expiry actually granted (v5 CONNACK property when it differs).
+    pub session_expiry_secs: u32,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectKind {
+    /// DISCONNECT received (v5 reason 0x00): the will is discarded.
+    Clean,
+    /// v5 DISCONNECT with reason 0x04: close, but send the will.
+    CleanWithWill,
+    /// Network loss, keep-alive timeout, protocol error, takeover: the will is sent.
+    Unclean,
+}
+
+/// One entry of a SUBSCRIBE, already parsed.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest {
+    pub filter: SharedFilter,
+    pub options: SubscriptionOptions,
+}
+
+/// v5 retain handling (§3.8.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum RetainHandling {
+    #[default]
+    SendAtSubscribe,
+    SendAtSubscribeIfNew,
+    DoNotSend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubscriptionOptions {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+    pub subscription_id: Option<u32>,
+}
+
+impl SubscriptionOptions {
+    pub fn qos(qos: QoS) -> Self {
+        Self {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::SendAtSubscribe,
+            subscription_id: None,
+        }
+    }
+}
+
+/// Why the broker refused one subscription of a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("subscription quota exceeded")]
+    QuotaExceeded,
+    #[error("not authorized")]
+    NotAuthorized,
+    #[error("topic filter invalid")]
+    FilterInvalid,
+    #[error("session not found")]
+    NoSession,
+}
+
+/// Why the broker refused a publish.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker is overloaded")]
+    Busy,
+    #[error("storage unavailable: {0}")]
+    Storage(#[from] StoreError),
+    #[error("broker is shutting down")]
+    ShuttingDown,
+}
+
+/// What routing a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// Subscriptions that matched (v5 reason 0x10 "no matching subscribers" when 0).
+    pub matched: usize,
+}
+
+pub(crate) enum Command {
+    Connect(ConnectRequest, oneshot::Sender<ConnectOutcome>),
+    Disconnect { client_id: ClientId, conn: ConnectionId, kind: DisconnectKind, session_expiry_secs: Option<u32> },
+    Subscribe {
+        client_id: ClientId,
+        conn: ConnectionId,
+        subs: Vec<SubscribeRequest>,
+        reply: oneshot::Sender<Vec<Result<QoS, SubscribeError>>>,
+    },
+    Unsubscribe {
+        client_id: ClientId,
+        conn: ConnectionId,
+        filters: Vec<ByteString>,
+        reply: oneshot::Sender<Vec<bool>>,
+    },
+    Publish {
+        msg: Message,
+        reply: Option<oneshot::Sender<Result<PublishReply, PublishError>>>,
+    },
+    Retained { filter: SharedFilter, reply: oneshot::Sender<Vec<Arc<Message>>> },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The router's answer to a publish: routed now, durable when `commit` resolves.
+pub(crate) struct PublishReply {
+    outcome: PublishOutcome,
+    commit: Option<oneshot::Receiver<Result<(), StoreError>>>,
+}
+
+/// A cloneable handle on the broker core, usable from any thread or runtime.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    tx: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+    limits: Arc<BrokerLimits>,
+    auth: SharedAuthenticator,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl BrokerHandle {
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn limits(&self) -> &BrokerLimits {
+        &self.limits
+    }
+
+    pub fn auth(&self) -> &SharedAuthenticator {
+        &self.auth
+    }
+
+    /// Open or resume the session of `req.client_id`, taking it over from any
+    /// connection that still holds it.
+    pub async fn connect(&self, req: ConnectRequest) -> Result<ConnectOutcome, PublishError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Connect(req, tx)).await?;
+        rx.await.map_err(|_| PublishError::ShuttingDown)
+    }
+
+    /// Report that connection `conn` of `client_id` has ended.
+    /// `session_expiry_secs` is the v5 DISCONNECT override, if any.
+    pub async fn disconnect(
+        &self,
+        client_id: ClientId,
+        conn: ConnectionId,
+        kind: DisconnectKind,
+        session_expiry_secs: Option<u32>,
+    ) {
+        let _ = self.send(Command::Disconnect { client_id, conn, kind, session_expiry_secs }).await;
+    }
+
+    /// Add subscriptions; retained messages are queued on the session's outbox.
+    /// One result per request, in order: the granted QoS or why not.
+    pub async fn subscribe(
+        &self,
+        client_id: ClientId,
+        conn: ConnectionId,
+        subs: Vec<SubscribeRequest>,
+    ) -> Vec<Result<QoS, SubscribeError>> {
+        let n = subs.len();
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Subscribe { client_id, conn, subs, reply: tx }).await.is_err() {
+            return vec![Err(SubscribeError::NoSession); n];
+        }
+        rx.await.unwrap_or_else(|_| vec![Err(SubscribeError::NoSession); n])
+    }
+
+    /// Remove subscriptions; `true` per filter that existed.
+    pub async fn unsubscribe(&self, client_id: ClientId, conn: ConnectionId, filters: Vec<ByteString>) -> Vec<bool> {
+        let n = filters.len();
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Unsubscribe { client_id, conn, filters, reply: tx }).await.is_err() {
+            return vec![false; n];
+        }
+        rx.await.unwrap_or_else(|_| vec![false; n])
+    }
+
+    /// Route a message and wait until it is durable (every store write it
+    /// caused is committed). Acknowledge a QoS≥1 publish only after this.
+    pub async fn publish(&self, msg: Message) -> Result<PublishOutcome, PublishError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Publish { msg, reply: Some(tx) }).await?;
+        let reply = rx.await.map_err(|_| PublishError::ShuttingDown)??;
+        if let Some(commit) = reply.commit {
+            commit.await.map_err(|_| PublishError::ShuttingDown)??;
+        }
+        Ok(reply.outcome)
+    }
+
+    /// Route a message without waiting for anything (QoS 0 fast path).
+    /// Applies backpressure to the caller when the router is saturated.
+    pub async fn publish_fire(&self, msg: Message) -> Result<(), PublishError> {
+        self.send(Command::Publish { msg, reply: None }).await
+    }
+
+    /// Retained messages whose topics match `filter` (for REST GET).
+    pub async fn retained(&self, filter: SharedFilter) -> Vec<Arc<Message>> {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Retained { filter, reply: tx }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Ask the router to kick every connection, flush and stop.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// A fresh connection id (unique per process).
+    pub fn next_connection_id(&self) -> ConnectionId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), PublishError> {
+        self.tx.send(cmd).await.map_err(|_| PublishError::ShuttingDown)
+    }
+}

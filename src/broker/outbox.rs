@@ -1,0 +1,250 @@
+//! A session's outbound queue: the router pushes, the connection's pump pulls.
+//!
+//! It outlives connections: while the client is away it is the offline queue,
+//! and whatever was in flight when a connection dropped goes back to its front
+//! (flagged DUP) for the next one. It is bounded; overflow follows the policy.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use super::message::{Delivery, QoS};
+use super::stats::Stats;
+use crate::store::StoreWriter;
+
+/// Identifies one network connection of a session (sessions outlive them).
+pub type ConnectionId = u64;
+
+/// What to do with a QoS≥1 message that meets a full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    /// Drop the oldest queued message to make room (counted and logged).
+    #[default]
+    DropOldest,
+    /// Refuse the new message (counted and logged).
+    DropNew,
+}
+
+/// Why the broker asks a connection to go away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// Another connection took the client id over (v5 reason 0x8E).
+    SessionTakenOver,
+    /// The broker is shutting down (v5 reason 0x8B).
+    ServerShuttingDown,
+}
+
+/// What the pump gets from [`Outbox::next`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Deliveries were appended to the buffer.
+    Ready,
+    /// This connection must close.
+    Kicked(KickReason),
+}
+
+struct State {
+    queue: VecDeque<Delivery>,
+    /// Handed to the pump, waiting for PUBACK/PUBREC; ordered for redelivery.
+    inflight: BTreeMap<u64, Delivery>,
+    conn: Option<ConnectionId>,
+    kicked: Option<(ConnectionId, KickReason)>,
+}
+
+pub struct Outbox {
+    // A std Mutex: every critical section is a few queue operations and never
+    // crosses an `.await`; the router and one pump are the only contenders.
+    state: Mutex<State>,
+    notify: Notify,
+    bound: usize,
+    policy: OverflowPolicy,
+    stats: Arc<Stats>,
+    /// Deletes stored deliveries once they are acknowledged or dropped.
+    store: StoreWriter,
+    client_id: crate::domain::ClientId,
+}
+
+impl Outbox {
+    pub fn new(
+        client_id: crate::domain::ClientId,
+        bound: usize,
+        policy: OverflowPolicy,
+        stats: Arc<Stats>,
+        store: StoreWriter,
+    ) -> Self {
+        Self {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                inflight: BTreeMap::new(),
+                conn: None,
+                kicked: None,
+            }),
+            notify: Notify::new(),
+            bound: bound.max(1),
+            policy,
+            stats,
+            store,
+            client_id,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue half-edited
+        // in a way that matters more than losing the connection, so recover.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue a delivery. Returns `false` when it was dropped by the bound.
+    pub fn push(&self, d: Delivery) -> bool {
+        let mut st = self.lock();
+        if st.queue.len() >= self.bound {
+            if d.qos == QoS::AtMostOnce || self.policy == OverflowPolicy::DropNew {
+                drop(st);
+                self.stats.dropped_queue_full(d.qos);
+                tracing::debug!(client.id = %self.client_id, qos = d.qos as u8, "outbound queue full, message dropped");
+                self.forget(&d);
+                return false;
+            }
+            // Drop the oldest; prefer a QoS0 one so reliable messages survive longer.
+            let victim = match st.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
+                Some(i) => st.queue.remove(i),
+                None => st.queue.pop_front(),
+            };
+            if let Some(v) = victim {
+                self.stats.dropped_queue_full(v.qos);
+                tracing::warn!(client.id = %self.client_id, qos = v.qos as u8, topic = %v.msg.topic, "outbound queue full, oldest message dropped");
+                self.forget(&v);
+            }
+        }
+        st.queue.push_back(d);
+        drop(st);
+        // Pumps enable their `Notified` before looking at the queue, so
+        // waking current waiters cannot lose a delivery.
+        self.notify.notify_waiters();
+        true
+    }
+
+    /// Restore a delivery read back from the store at start (no bound check:
+    /// the store never holds more than the bound allowed).
+    pub fn restore(&self, d: Delivery) {
+        self.lock().queue.push_back(d);
+    }
+
+    /// Remove a delivery's stored copy, if it has one (acked, dropped or expired).
+    fn forget(&self, d: &Delivery) {
+        if d.stored {
+            self.store.delete_message(d.seq);
+        }
+    }
+
+    /// Bind the outbox to a new connection. In-flight deliveries of an older
+    /// connection go back to the front of the queue as duplicates.
+    pub fn attach(&self, conn: ConnectionId) {
+        let mut st = self.lock();
+        requeue_inflight(&mut st);
+        st.conn = Some(conn);
+        drop(st);
+        // Wake a pump of an older connection so it sees it lost the session.
+        self.notify.notify_waiters();
+    }
+
+    /// The connection ended: requeue what it had in flight.
+    pub fn detach(&self, conn: ConnectionId) {
+        let mut st = self.lock();
+        if st.conn == Some(conn) {
+            requeue_inflight(&mut st);
+            st.conn = None;
+        }
+    }
+
+    /// Tell the pump of `conn` to close its connection.
+    pub fn kick(&self, conn: ConnectionId, reason: KickReason) {
+        self.lock().kicked = Some((conn, reason));
+        self.notify.notify_waiters();
+    }
+
+    /// Wait for deliveries for `conn`: appends up to `max` to `out`. QoS≥1
+    /// deliveries move to the in-flight set until [`Outbox::ack`].
+    pub async fn next(&self, conn: ConnectionId, out: &mut Vec<Delivery>, max: usize) -> Next {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if let Some((k, reason)) = st.kicked
+                    && k == conn
+                {
+                    return Next::Kicked(reason);
+                }
+                if st.conn != Some(conn) {
+                    // Another connection owns the session now.
+                    return Next::Kicked(KickReason::SessionTakenOver);
+                }
+                let now = Instant::now();
+                while out.len() < max {
+                    let Some(d) = st.queue.pop_front() else { break };
+                    if d.msg.is_expired(now) {
+                        self.stats.dropped_expired();
+                        self.forget(&d);
+                        continue;
+                    }
+                    if d.qos != QoS::AtMostOnce {
+                        st.inflight.insert(d.seq, d.clone());
+                    }
+                    out.push(d);
+                }
+                if !out.is_empty() {
+                    return Next::Ready;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The client acknowledged `seq` (PUBACK, or PUBREC for QoS 2).
+    pub fn ack(&self, seq: u64) {
+        let removed = self.lock().inflight.remove(&seq);
+        if let Some(d) = removed {
+            self.forget(&d);
+        }
+    }
+
+    /// Queued plus in-flight deliveries.
+    pub fn len(&self) -> usize {
+        let st = self.lock();
+        st.queue.len() + st.inflight.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drop everything (clean start over an existing session).
+    pub fn clear(&self) {
+        let mut st = self.lock();
+        let inflight = std::mem::take(&mut st.inflight);
+        let dropped: Vec<Delivery> = st.queue.drain(..).chain(inflight.into_values()).collect();
+        drop(st);
+        for d in &dropped {
+            self.forget(d);
+        }
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("client_id", &self.client_id).field("len", &self.len()).finish()
+    }
+}
+
+fn requeue_inflight(st: &mut State) {
+    let inflight = std::mem::take(&mut st.inflight);
+    for (_, mut d) in inflight.into_iter().rev() {
+        d.dup = true;
+        st.queue.push_front(d);
+    }
+}

@@ -1,0 +1,823 @@
+//! The router: the single owner of sessions, subscriptions and retained
+//! messages. It runs as one task and handles commands in arrival order, so
+//! no broker state needs a lock; it never blocks (store writes are queued to
+//! the batching writer, deliveries pushed to bounded outboxes).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime};
+
+use ntex::util::ByteString;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::outbox::{ConnectionId, KickReason, Outbox};
+use super::retained::RetainedStore;
+use super::session::Session;
+use super::trie::{Entry, SubscriptionTrie};
+use super::{
+    BrokerHandle, BrokerLimits, Command, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind,
+    Message, PublishError, PublishOutcome, PublishReply, QoS, RetainHandling, SharedAuthenticator,
+    Stats, SubscribeError, SubscribeRequest, SubscriptionOptions, sys,
+};
+use crate::domain::{ClientId, SharedFilter, TopicFilter};
+use crate::store::{StoreWriter, StoredSession, WriteOp};
+
+/// Commands queued to the router before publishers feel backpressure.
+const COMMAND_QUEUE: usize = 16 * 1024;
+/// Commands handled per wake-up before timers get a look.
+const BATCH: usize = 1024;
+
+/// Broker state read back from the store at start.
+#[derive(Default)]
+pub struct RestoredState {
+    pub retained: Vec<Message>,
+    pub sessions: Vec<StoredSession>,
+    /// Larger than every stored delivery sequence number.
+    pub next_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Publish the will of the session if it is still detached from `epoch`.
+    Will(ClientId, ConnectionId),
+    /// End the session if it is still detached from `epoch`.
+    Expire(ClientId, ConnectionId),
+}
+
+struct Router {
+    limits: Arc<BrokerLimits>,
+    stats: Arc<Stats>,
+    writer: StoreWriter,
+    sessions: HashMap<ClientId, Session>,
+    trie: SubscriptionTrie,
+    retained: RetainedStore,
+    /// Round-robin cursors of shared groups, keyed by (group, filter).
+    share_cursor: HashMap<(ByteString, TopicFilter), usize>,
+    timers: BTreeMap<(Instant, u64), Timer>,
+    timer_seq: u64,
+    next_seq: u64,
+    next_conn: Arc<AtomicU64>,
+    /// Scratch buffer reused for every publish (no per-message allocation).
+    scratch: Vec<Target>,
+}
+
+/// One session a publish goes to, after merging overlapping subscriptions.
+struct Target {
+    client: ClientId,
+    qos: QoS,
+    retain_as_published: bool,
+    subscription_ids: Vec<u32>,
+}
+
+/// Start the router on the current tokio runtime.
+pub fn spawn_router(
+    limits: BrokerLimits,
+    auth: SharedAuthenticator,
+    writer: StoreWriter,
+    restored: RestoredState,
+    sys_interval: Duration,
+) -> (BrokerHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let stats = Arc::new(Stats::default());
+    let limits = Arc::new(limits);
+    let next_conn = Arc::new(AtomicU64::new(1));
+    let mut router = Router {
+        limits: limits.clone(),
+        stats: stats.clone(),
+        writer,
+        sessions: HashMap::new(),
+        trie: SubscriptionTrie::default(),
+        retained: RetainedStore::default(),
+        share_cursor: HashMap::new(),
+        timers: BTreeMap::new(),
+        timer_seq: 0,
+        next_seq: restored.next_seq.max(1),
+        next_conn: next_conn.clone(),
+        scratch: Vec::new(),
+    };
+    router.restore(restored);
+    let handle = BrokerHandle { tx, stats, limits, auth, next_conn };
+    let sys_handle = handle.clone();
+    let task = tokio::spawn(router.run(rx, sys_handle, sys_interval));
+    (handle, task)
+}
+
+impl Router {
+    fn restore(&mut self, restored: RestoredState) {
+        let now_wall = SystemTime::now();
+        let now = Instant::now();
+        for msg in restored.retained {
+            if !msg.is_expired(now) {
+                self.retained.insert(Arc::new(msg));
+            }
+        }
+        self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
+        for stored in restored.sessions {
+            let client = stored.client_id.clone();
+            let epoch = self.next_conn.fetch_add(1, Relaxed);
+            let outbox = Arc::new(self.new_outbox(&client));
+            for d in stored.messages {
+                outbox.restore(d);
+            }
+            let mut session = Session {
+                outbox,
+                conn: None,
+                epoch,
+                protocol: super::ProtocolVersion::V5,
+                expiry_secs: stored.expiry_secs,
+                subscriptions: HashMap::new(),
+                will: None,
+            };
+            for (filter, options) in stored.subscriptions {
+                self.trie.insert(&filter.filter, entry(&client, &filter, options));
+                session.subscriptions.insert(filter, options);
+            }
+            // Time spent down counts against the expiry; a session that
+            // expired meanwhile ends at the first timer tick.
+            if stored.expiry_secs != u32::MAX {
+                let gone = stored
+                    .disconnected_at
+                    .and_then(|t| now_wall.duration_since(t).ok())
+                    .unwrap_or_default();
+                let left = Duration::from_secs(stored.expiry_secs as u64).saturating_sub(gone);
+                self.schedule(now + left, Timer::Expire(client.clone(), epoch));
+            }
+            self.sessions.insert(client, session);
+        }
+        self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
+    }
+
+    fn new_outbox(&self, client: &ClientId) -> Outbox {
+        Outbox::new(
+            client.clone(),
+            self.limits.max_queued_messages,
+            self.limits.queue_overflow,
+            self.stats.clone(),
+            self.writer.clone(),
+        )
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, handle: BrokerHandle, sys_interval: Duration) {
+        // The router holds a handle only to publish $SYS; drop it so the
+        // channel closes when every other handle is gone.
+        drop(handle);
+        let mut sys_tick = tokio::time::interval(sys_interval.max(Duration::from_secs(1)));
+        sys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let deadline = self.timers.first_key_value().map(|((at, _), _)| *at);
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if self.handle(cmd) {
+                        break;
+                    }
+                    for _ in 0..BATCH {
+                        match rx.try_recv() {
+                            Ok(cmd) => if self.handle(cmd) { return },
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => self.fire_timers(),
+                _ = sys_tick.tick() => self.publish_sys(),
+            }
+        }
+        tracing::debug!("router stopped");
+    }
+
+    /// Handle one command; `true` means stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Connect(req, reply) => {
+                let outcome = self.connect(req);
+                let _ = reply.send(outcome);
+            }
+            Command::Disconnect { client_id, conn, kind, session_expiry_secs } => {
+                self.disconnect(&client_id, conn, kind, session_expiry_secs)
+            }
+            Command::Subscribe { client_id, conn, subs, reply } => {
+                let _ = reply.send(self.subscribe(&client_id, conn, subs));
+            }
+            Command::Unsubscribe { client_id, conn, filters, reply } => {
+                let _ = reply.send(self.unsubscribe(&client_id, conn, filters));
+            }
+            Command::Publish { msg, reply } => {
+                let result = self.publish(Arc::new(msg), reply.is_some());
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::Retained { filter, reply } => {
+                let _ = reply.send(self.retained.matching(&filter.filter));
+            }
+            Command::Shutdown(reply) => {
+                self.shutdown(reply);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn connect(&mut self, req: ConnectRequest) -> ConnectOutcome {
+        let conn = self.next_conn.fetch_add(1, Relaxed);
+        let client = req.client_id.clone();
+        let expiry = if req.session_expiry_secs == u32::MAX {
+            u32::MAX
+        } else {
+            req.session_expiry_secs.min(self.limits.max_session_expiry_secs)
+        };
+
+        let mut session_present = false;
+        if let Some(old) = self.sessions.get_mut(&client) {
+            if let Some(old_conn) = old.conn.take() {
+                tracing::info!(client.id = %client, "session taken over by a new connection");
+                old.outbox.kick(old_conn, KickReason::SessionTakenOver);
+            }
+            // The previous connection's will: a resumed session cancels a
+            // delayed will [MQTT-3.1.3-9]; an immediate one goes out now.
+            if let Some(will) = old.will.take()
+                && (will.delay_secs == 0 || req.clean_start)
+            {
+                self.route_will(will);
+            }
+        }
+        if req.clean_start {
+            if self.sessions.contains_key(&client) {
+                self.end_session(&client);
+            }
+        } else {
+            session_present = self.sessions.contains_key(&client);
+        }
+
+        let persistent = expiry > 0;
+        if !session_present {
+            let outbox = Arc::new(self.new_outbox(&client));
+            self.sessions.insert(
+                client.clone(),
+                Session {
+                    outbox,
+                    conn: None,
+                    epoch: conn,
+                    protocol: req.protocol,
+                    expiry_secs: expiry,
+                    subscriptions: HashMap::new(),
+                    will: None,
+                },
+            );
+        }
+        let session = self.sessions.get_mut(&client).expect("session inserted above");
+        let was_persistent = session.is_persistent();
+        session.conn = Some(conn);
+        session.epoch = conn;
+        session.protocol = req.protocol;
+        session.expiry_secs = expiry;
+        session.will = req.will;
+        session.outbox.attach(conn);
+        let outbox = session.outbox.clone();
+        let subs: Vec<(SharedFilter, SubscriptionOptions)> = if persistent && !was_persistent {
+            session.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect()
+        } else {
+            Vec::new()
+        };
+
+        // Persist the session row (and, if it just became persistent, what it has).
+        if persistent {
+            let mut ops = vec![WriteOp::UpsertSession { client_id: client.clone(), expiry_secs: expiry, disconnected_at: None }];
+            ops.extend(subs.into_iter().map(|(filter, options)| WriteOp::PutSubscription {
+                client_id: client.clone(),
+                filter: filter.to_wire(),
+                options,
+            }));
+            self.submit(ops);
+        } else if was_persistent {
+            self.submit(vec![WriteOp::DeleteSession(client.clone())]);
+        }
+        self.connected(conn, session_present, outbox, expiry)
+    }
+
+    fn connected(&self, conn: ConnectionId, session_present: bool, outbox: Arc<Outbox>, expiry: u32) -> ConnectOutcome {
+        self.stats.clients_connected.store(self.sessions.values().filter(|s| s.conn.is_some()).count() as u64, Relaxed);
+        ConnectOutcome { conn, session_present, outbox, session_expiry_secs: expiry }
+    }
+
+    fn disconnect(&mut self, client: &ClientId, conn: ConnectionId, kind: DisconnectKind, expiry_override: Option<u32>) {
+        let Some(session) = self.sessions.get_mut(client) else { return };
+        if session.conn != Some(conn) {
+            // A connection that was taken over; the session belongs to another.
+            return;
+        }
+        session.conn = None;
+        session.epoch = conn;
+        session.outbox.detach(conn);
+        if let Some(e) = expiry_override {
+            session.expiry_secs = e.min(self.limits.max_session_expiry_secs);
+        }
+        let expiry = session.expiry_secs;
+        let will = match kind {
+            DisconnectKind::Clean => {
+                session.will = None;
+                None
+            }
+            DisconnectKind::CleanWithWill | DisconnectKind::Unclean => session.will.take(),
+        };
+        self.stats.clients_connected.store(self.sessions.values().filter(|s| s.conn.is_some()).count() as u64, Relaxed);
+
+        if let Some(will) = will {
+            if will.delay_secs == 0 || expiry == 0 {
+                self.route_will(will);
+            } else {
+                let delay = will.delay_secs.min(expiry);
+                let at = Instant::now() + Duration::from_secs(delay as u64);
+                self.sessions.get_mut(client).expect("exists").will = Some(will);
+                self.schedule(at, Timer::Will(client.clone(), conn));
+            }
+        }
+        if expiry == 0 {
+            self.end_session(client);
+        } else {
+            self.submit(vec![WriteOp::UpsertSession {
+                client_id: client.clone(),
+                expiry_secs: expiry,
+                disconnected_at: Some(SystemTime::now()),
+            }]);
+            if expiry != u32::MAX {
+                let at = Instant::now() + Duration::from_secs(expiry as u64);
+                self.schedule(at, Timer::Expire(client.clone(), conn));
+            }
+        }
+    }
+
+    /// Remove a session and everything it owns, in memory and in the store.
+    fn end_session(&mut self, client: &ClientId) {
+        let Some(mut session) = self.sessions.remove(client) else { return };
+        for filter in session.subscriptions.keys() {
+            self.trie.remove(&filter.filter, client, &filter.group);
+        }
+        self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
+        if let Some(will) = session.will.take() {
+            self.route_will(will);
+        }
+        if session.is_persistent() {
+            self.submit(vec![WriteOp::DeleteSession(client.clone())]);
+        }
+    }
+
+    fn subscribe(&mut self, client: &ClientId, conn: ConnectionId, subs: Vec<SubscribeRequest>) -> Vec<Result<QoS, SubscribeError>> {
+        let Some(session) = self.sessions.get_mut(client).filter(|s| s.conn == Some(conn)) else {
+            return vec![Err(SubscribeError::NoSession); subs.len()];
+        };
+        let mut results = Vec::with_capacity(subs.len());
+        let mut ops = Vec::new();
+        let mut to_send: Vec<(Arc<Message>, SubscriptionOptions)> = Vec::new();
+        let persistent = session.is_persistent();
+        for req in subs {
+            let existed = session.subscriptions.contains_key(&req.filter);
+            if !existed && session.subscriptions.len() >= self.limits.max_subscriptions_per_client {
+                tracing::warn!(client.id = %client, filter = %req.filter.to_wire(), "subscription quota exceeded");
+                results.push(Err(SubscribeError::QuotaExceeded));
+                continue;
+            }
+            let options = req.options;
+            session.subscriptions.insert(req.filter.clone(), options);
+            self.trie.insert(&req.filter.filter, entry(client, &req.filter, options));
+            if persistent {
+                ops.push(WriteOp::PutSubscription { client_id: client.clone(), filter: req.filter.to_wire(), options });
+            }
+            // Retained messages are not sent for shared subscriptions [MQTT-4.8.2-6 note].
+            let send_retained = req.filter.group.is_none()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtSubscribeIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for msg in self.retained.matching(&req.filter.filter) {
+                    to_send.push((msg, options));
+                }
+            }
+            results.push(Ok(options.qos));
+        }
+        self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
+        if !ops.is_empty() {
+            self.submit(ops);
+        }
+        let outbox = self.sessions[client].outbox.clone();
+        for (msg, options) in to_send {
+            let qos = msg.qos.min(options.qos);
+            let stored = qos != QoS::AtMostOnce && persistent;
+            let d = Delivery {
+                seq: self.next_seq(),
+                qos,
+                retain: true,
+                subscription_ids: options.subscription_id.into_iter().collect(),
+                dup: false,
+                stored,
+                msg,
+            };
+            if stored {
+                self.submit(vec![WriteOp::EnqueueMessage { client_id: client.clone(), delivery: d.clone() }]);
+            }
+            outbox.push(d);
+        }
+        results
+    }
+
+    fn unsubscribe(&mut self, client: &ClientId, conn: ConnectionId, filters: Vec<ByteString>) -> Vec<bool> {
+        let limits = self.limits.topic_limits();
+        let Some(session) = self.sessions.get_mut(client).filter(|s| s.conn == Some(conn)) else {
+            return vec![false; filters.len()];
+        };
+        let mut ops = Vec::new();
+        let results = filters
+            .into_iter()
+            .map(|raw| {
+                let Ok(filter) = SharedFilter::parse(raw, limits) else { return false };
+                let existed = session.subscriptions.remove(&filter).is_some();
+                if existed {
+                    self.trie.remove(&filter.filter, client, &filter.group);
+                    if session.is_persistent() {
+                        ops.push(WriteOp::DeleteSubscription { client_id: client.clone(), filter: filter.to_wire() });
+                    }
+                }
+                existed
+            })
+            .collect();
+        self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
+        if !ops.is_empty() {
+            self.submit(ops);
+        }
+        results
+    }
+
+    fn publish(&mut self, msg: Arc<Message>, wants_reply: bool) -> Result<PublishReply, PublishError> {
+        let mut ops = Vec::new();
+        // `$` topics are the broker's own and never stored.
+        if msg.retain && !msg.topic.is_system() && self.retained.apply(&msg) {
+            ops.push(if msg.payload.is_empty() {
+                WriteOp::DeleteRetained(msg.topic.as_bytestring().clone())
+            } else {
+                WriteOp::UpsertRetained(msg.clone())
+            });
+            self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
+        } else if msg.retain && msg.topic.is_system() {
+            self.retained.apply(&msg);
+        }
+
+        let matched = self.collect_targets(&msg);
+        let mut targets = std::mem::take(&mut self.scratch);
+        let mut pushes: Vec<(Arc<Outbox>, Delivery)> = Vec::with_capacity(targets.len());
+        for t in targets.drain(..) {
+            let Some(session) = self.sessions.get(&t.client) else { continue };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let d = Delivery {
+                seq,
+                msg: msg.clone(),
+                qos: t.qos,
+                retain: msg.retain && t.retain_as_published,
+                subscription_ids: t.subscription_ids,
+                dup: false,
+                stored: t.qos != QoS::AtMostOnce && session.is_persistent(),
+            };
+            if d.stored {
+                ops.push(WriteOp::EnqueueMessage { client_id: t.client, delivery: d.clone() });
+            }
+            pushes.push((session.outbox.clone(), d));
+        }
+        self.scratch = targets;
+
+        // Writes go to the writer before the deliveries reach the pumps, so a
+        // fast PUBACK's delete can never overtake the insert it deletes.
+        let commit = if ops.is_empty() {
+            None
+        } else if wants_reply && msg.qos != QoS::AtMostOnce {
+            match self.writer.submit_durable(ops) {
+                Ok(rx) => Some(rx),
+                Err(e) => {
+                    // Not stored, so not routed either: the publisher gets an
+                    // error instead of an acknowledgement and will retry.
+                    tracing::warn!(topic = %msg.topic, error = %e, "publish refused: store queue full");
+                    return Err(PublishError::Storage(e));
+                }
+            }
+        } else {
+            self.submit(ops);
+            None
+        };
+        for (outbox, d) in pushes {
+            outbox.push(d);
+        }
+        Ok(PublishReply { outcome: PublishOutcome { matched }, commit })
+    }
+
+    /// Fill `self.scratch` with one target per session; returns the match count.
+    fn collect_targets(&mut self, msg: &Message) -> usize {
+        let publisher = msg.publisher.as_ref();
+        let mut shared: Vec<&Entry> = Vec::new();
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        let mut matched = 0;
+        self.trie.for_each_match(msg.topic.as_str(), |e| {
+            matched += 1;
+            if e.group.is_some() {
+                shared.push(e);
+                return;
+            }
+            if e.options.no_local && publisher == Some(&e.client) {
+                return;
+            }
+            add_target(scratch, &e.client, &e.options, msg.qos);
+        });
+        if !shared.is_empty() {
+            // Each (group, filter) picks one member, round-robin, preferring
+            // members that are connected now.
+            shared.sort_by(|a, b| (&a.group, &a.filter, &a.client).cmp(&(&b.group, &b.filter, &b.client)));
+            let mut i = 0;
+            while i < shared.len() {
+                let key = (shared[i].group.clone().unwrap_or_default(), shared[i].filter.clone());
+                let mut j = i;
+                while j < shared.len() && shared[j].group.as_ref() == Some(&key.0) && shared[j].filter == key.1 {
+                    j += 1;
+                }
+                let members = &shared[i..j];
+                let cursor = self.share_cursor.entry(key).or_insert(0);
+                let online = |e: &&Entry| self.sessions.get(&e.client).is_some_and(|s| s.conn.is_some());
+                let n = members.len();
+                let pick = (0..n)
+                    .map(|k| (*cursor + k) % n)
+                    .find(|&k| online(&members[k]))
+                    .unwrap_or(*cursor % n);
+                *cursor = pick + 1;
+                let e = members[pick];
+                add_target(scratch, &e.client, &e.options, msg.qos);
+                i = j;
+            }
+        }
+        matched
+    }
+
+    fn route_will(&mut self, will: super::Will) {
+        tracing::debug!(topic = %will.message.topic, "publishing will message");
+        let _ = self.publish(Arc::new(will.message), false);
+    }
+
+    fn schedule(&mut self, at: Instant, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq), timer);
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            match timer {
+                Timer::Will(client, epoch) => {
+                    let will = self
+                        .sessions
+                        .get_mut(&client)
+                        .filter(|s| s.conn.is_none() && s.epoch == epoch)
+                        .and_then(|s| s.will.take());
+                    if let Some(will) = will {
+                        self.route_will(will);
+                    }
+                }
+                Timer::Expire(client, epoch) => {
+                    let stale = self.sessions.get(&client).is_none_or(|s| s.conn.is_some() || s.epoch != epoch);
+                    if !stale {
+                        tracing::info!(client.id = %client, "session expired");
+                        self.end_session(&client);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_sys(&mut self) {
+        for msg in sys::snapshot(&self.stats) {
+            let _ = self.publish(Arc::new(msg), false);
+        }
+    }
+
+    fn shutdown(&mut self, reply: oneshot::Sender<()>) {
+        for session in self.sessions.values() {
+            if let Some(conn) = session.conn {
+                session.outbox.kick(conn, KickReason::ServerShuttingDown);
+            }
+        }
+        // Reply once everything queued so far is committed.
+        let writer = self.writer.clone();
+        tokio::spawn(async move {
+            writer.flush_and_stop().await;
+            let _ = reply.send(());
+        });
+    }
+
+    fn submit(&self, ops: Vec<WriteOp>) {
+        if let Err(e) = self.writer.submit(ops) {
+            tracing::error!(error = %e, "store write dropped: writer queue full");
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+}
+
+fn add_target(targets: &mut Vec<Target>, client: &ClientId, options: &SubscriptionOptions, msg_qos: QoS) {
+    let qos = msg_qos.min(options.qos);
+    // Overlapping subscriptions of one client: one delivery with the highest
+    // QoS and every subscription identifier [MQTT-3.3.4-2, -3.3.4-5].
+    if let Some(t) = targets.iter_mut().find(|t| t.client == *client) {
+        t.qos = t.qos.max(qos);
+        t.retain_as_published |= options.retain_as_published;
+        t.subscription_ids.extend(options.subscription_id);
+        return;
+    }
+    targets.push(Target {
+        client: client.clone(),
+        qos,
+        retain_as_published: options.retain_as_published,
+        subscription_ids: options.subscription_id.into_iter().collect(),
+    });
+}
+
+fn entry(client: &ClientId, filter: &SharedFilter, options: SubscriptionOptions) -> Entry {
+    Entry { client: client.clone(), group: filter.group.clone(), filter: filter.filter.clone(), options }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ntex::util::Bytes;
+
+    use super::*;
+    use crate::broker::auth::ConfigAuthenticator;
+    use crate::broker::{Next, ProtocolVersion, SubscribeRequest, Will};
+    use crate::domain::{TopicLimits, TopicName};
+    use crate::store::{Store, spawn_writer};
+
+    async fn broker() -> (BrokerHandle, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let (writer, _) = spawn_writer(store);
+        let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
+        let (h, _) = spawn_router(BrokerLimits::default(), auth, writer, RestoredState::default(), Duration::from_secs(3600));
+        (h, dir)
+    }
+
+    fn msg(topic: &str, payload: &str, qos: QoS, retain: bool) -> Message {
+        let topic = TopicName::parse(topic.to_owned(), TopicLimits::default()).unwrap();
+        Message::new(topic, Bytes::from(payload.to_owned()), qos, retain)
+    }
+
+    fn sub(filter: &str, qos: QoS) -> SubscribeRequest {
+        SubscribeRequest {
+            filter: SharedFilter::parse(filter.to_owned(), TopicLimits::default()).unwrap(),
+            options: SubscriptionOptions::qos(qos),
+        }
+    }
+
+    async fn connect(h: &BrokerHandle, id: &str, clean: bool, expiry: u32, will: Option<Will>) -> ConnectOutcome {
+        h.connect(ConnectRequest {
+            client_id: ClientId::from(id),
+            protocol: ProtocolVersion::V5,
+            clean_start: clean,
+            session_expiry_secs: expiry,
+            will,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn next(c: &ConnectOutcome) -> Option<Delivery> {
+        let mut buf = Vec::new();
+        match tokio::time::timeout(Duration::from_millis(200), c.outbox.next(c.conn, &mut buf, 1)).await {
+            Ok(Next::Ready) => buf.pop(),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn publishes_reach_matching_subscribers_at_the_lower_qos() {
+        let (h, _d) = broker().await;
+        let c = connect(&h, "sub", true, 0, None).await;
+        let granted = h.subscribe(ClientId::from("sub"), c.conn, vec![sub("cars/+/location", QoS::AtLeastOnce)]).await;
+        assert_eq!(granted, vec![Ok(QoS::AtLeastOnce)]);
+
+        let out = h.publish(msg("cars/7/location", "x", QoS::ExactlyOnce, false)).await.unwrap();
+        assert_eq!(out.matched, 1);
+        let d = next(&c).await.expect("delivered");
+        assert_eq!(d.qos, QoS::AtLeastOnce);
+        assert_eq!(d.msg.topic.as_str(), "cars/7/location");
+
+        let out = h.publish(msg("cars/7/speed", "x", QoS::AtLeastOnce, false)).await.unwrap();
+        assert_eq!(out.matched, 0);
+        assert!(next(&c).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn retained_messages_are_sent_on_subscribe_and_cleared_by_empty_payload() {
+        let (h, _d) = broker().await;
+        h.publish(msg("a/b", "one", QoS::AtLeastOnce, true)).await.unwrap();
+        h.publish(msg("a/b", "two", QoS::AtLeastOnce, true)).await.unwrap();
+        let c = connect(&h, "s", true, 0, None).await;
+        h.subscribe(ClientId::from("s"), c.conn, vec![sub("a/#", QoS::AtLeastOnce)]).await;
+        let d = next(&c).await.unwrap();
+        assert!(d.retain);
+        assert_eq!(&d.msg.payload[..], b"two");
+
+        h.publish(msg("a/b", "", QoS::AtLeastOnce, true)).await.unwrap();
+        assert_eq!(&next(&c).await.unwrap().msg.payload[..], b"");
+        assert!(h.retained(SharedFilter::parse("a/#", TopicLimits::default()).unwrap()).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn shared_subscriptions_deliver_each_message_to_one_member_in_turn() {
+        let (h, _d) = broker().await;
+        let a = connect(&h, "a", true, 0, None).await;
+        let b = connect(&h, "b", true, 0, None).await;
+        h.subscribe(ClientId::from("a"), a.conn, vec![sub("$share/g/t", QoS::AtMostOnce)]).await;
+        h.subscribe(ClientId::from("b"), b.conn, vec![sub("$share/g/t", QoS::AtMostOnce)]).await;
+        for _ in 0..4 {
+            h.publish(msg("t", "x", QoS::AtMostOnce, false)).await.unwrap();
+        }
+        assert_eq!(a.outbox.len() + b.outbox.len(), 4);
+        assert_eq!(a.outbox.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_second_connection_takes_the_session_over() {
+        let (h, _d) = broker().await;
+        let first = connect(&h, "car", false, 60, None).await;
+        let second = connect(&h, "car", false, 60, None).await;
+        assert!(second.session_present);
+        let mut buf = Vec::new();
+        assert_eq!(first.outbox.next(first.conn, &mut buf, 1).await, Next::Kicked(KickReason::SessionTakenOver));
+    }
+
+    #[tokio::test]
+    async fn wills_go_out_on_unclean_disconnect_only() {
+        let (h, _d) = broker().await;
+        let watcher = connect(&h, "w", true, 0, None).await;
+        h.subscribe(ClientId::from("w"), watcher.conn, vec![sub("wills/#", QoS::AtMostOnce)]).await;
+        let will = || Some(Will { message: msg("wills/x", "gone", QoS::AtMostOnce, false), delay_secs: 0 });
+
+        let c = connect(&h, "x", true, 0, will()).await;
+        h.disconnect(ClientId::from("x"), c.conn, DisconnectKind::Clean, None).await;
+        assert!(next(&watcher).await.is_none());
+
+        let c = connect(&h, "x", true, 0, will()).await;
+        h.disconnect(ClientId::from("x"), c.conn, DisconnectKind::Unclean, None).await;
+        assert_eq!(&next(&watcher).await.unwrap().msg.payload[..], b"gone");
+    }
+
+    #[tokio::test]
+    async fn persistent_sessions_queue_while_away_and_clean_start_discards() {
+        let (h, _d) = broker().await;
+        let c = connect(&h, "p", false, 3600, None).await;
+        h.subscribe(ClientId::from("p"), c.conn, vec![sub("q", QoS::AtLeastOnce)]).await;
+        h.disconnect(ClientId::from("p"), c.conn, DisconnectKind::Clean, None).await;
+        h.publish(msg("q", "while away", QoS::AtLeastOnce, false)).await.unwrap();
+
+        let c = connect(&h, "p", false, 3600, None).await;
+        assert!(c.session_present);
+        assert_eq!(&next(&c).await.unwrap().msg.payload[..], b"while away");
+
+        h.disconnect(ClientId::from("p"), c.conn, DisconnectKind::Clean, None).await;
+        h.publish(msg("q", "dropped", QoS::AtLeastOnce, false)).await.unwrap();
+        let c = connect(&h, "p", true, 0, None).await;
+        assert!(!c.session_present);
+        assert!(next(&c).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn no_local_skips_the_publishers_own_messages() {
+        let (h, _d) = broker().await;
+        let c = connect(&h, "me", true, 0, None).await;
+        let mut req = sub("t", QoS::AtMostOnce);
+        req.options.no_local = true;
+        h.subscribe(ClientId::from("me"), c.conn, vec![req]).await;
+        let mut m = msg("t", "x", QoS::AtMostOnce, false);
+        m.publisher = Some(ClientId::from("me"));
+        h.publish(m).await.unwrap();
+        assert!(next(&c).await.is_none());
+    }
+}

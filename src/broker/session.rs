@@ -1,0 +1,27 @@
+//! A client session as the router keeps it; it outlives network connections.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::outbox::{ConnectionId, Outbox};
+use super::{ProtocolVersion, SubscriptionOptions, Will};
+use crate::domain::SharedFilter;
+
+pub struct Session {
+    pub outbox: Arc<Outbox>,
+    /// The connection currently attached, if any.
+    pub conn: Option<ConnectionId>,
+    /// The last connection that was attached; names timers so a stale one is ignored.
+    pub epoch: ConnectionId,
+    pub protocol: ProtocolVersion,
+    /// 0 = ends with the connection; `u32::MAX` = never expires.
+    pub expiry_secs: u32,
+    pub subscriptions: HashMap<SharedFilter, SubscriptionOptions>,
+    pub will: Option<Will>,
+}
+
+impl Session {
+    pub fn is_persistent(&self) -> bool {
+        self.expiry_secs > 0
+    }
+}

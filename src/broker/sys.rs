@@ -1,0 +1,37 @@
+//! `$SYS/broker/...` statistics, named like Mosquitto's so dashboards and
+//! tools written for it work unchanged.
+
+use ntex::util::Bytes;
+
+use super::stats::Stats;
+use super::{Message, QoS};
+use crate::domain::{TopicLimits, TopicName};
+
+/// One retained message per statistic, built from the current counters.
+pub fn snapshot(stats: &Stats) -> Vec<Message> {
+    let c = |counter: &std::sync::atomic::AtomicU64| Stats::get(counter).to_string();
+    let dropped = Stats::get(&stats.publish_dropped_qos0) + Stats::get(&stats.publish_dropped_qos1);
+    let entries: [(&str, String); 14] = [
+        ("$SYS/broker/version", format!("mapcast {}", env!("CARGO_PKG_VERSION"))),
+        ("$SYS/broker/uptime", format!("{} seconds", stats.uptime_secs())),
+        ("$SYS/broker/clients/connected", c(&stats.clients_connected)),
+        ("$SYS/broker/clients/total", c(&stats.clients_total)),
+        ("$SYS/broker/messages/received", c(&stats.messages_received)),
+        ("$SYS/broker/messages/sent", c(&stats.messages_sent)),
+        ("$SYS/broker/bytes/received", c(&stats.bytes_received)),
+        ("$SYS/broker/bytes/sent", c(&stats.bytes_sent)),
+        ("$SYS/broker/publish/messages/dropped", dropped.to_string()),
+        ("$SYS/broker/publish/messages/expired", c(&stats.messages_expired)),
+        ("$SYS/broker/retained messages/count", c(&stats.retained_count)),
+        ("$SYS/broker/subscriptions/count", c(&stats.subscriptions)),
+        ("$SYS/broker/connections/rejected", c(&stats.rejected_connects)),
+        ("$SYS/broker/publish/messages/rejected", c(&stats.rejected_publishes)),
+    ];
+    entries
+        .into_iter()
+        .filter_map(|(topic, value)| {
+            let topic = TopicName::parse(topic, TopicLimits::default()).ok()?;
+            Some(Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true))
+        })
+        .collect()
+}

@@ -1,0 +1,155 @@
+//! The command line. Doc comments here are the `--help` text.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::broker::auth::{Secret, hash_password};
+use crate::config::{Env, Overrides, Settings};
+
+/// mapcast: a live-location service — MQTT broker, REST API over its topics
+/// and map updater in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "mapcast", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker and the REST API until SIGTERM or SIGINT.
+    #[command(after_help = MORE_SETTINGS)]
+    Serve(ConfigArgs),
+    /// Apply pending database migrations, then exit.
+    #[command(after_help = MORE_SETTINGS)]
+    Migrate(ConfigArgs),
+    /// Read a password from stdin and print its argon2id hash, for the
+    /// `password_hash` of a user in `[[auth.users]]`.
+    HashPassword,
+}
+
+const MORE_SETTINGS: &str = "Settings are layered: defaults, then the --config file, then \
+MAPCAST_* environment variables, then these flags. Workers, the database pool, broker limits, \
+users and logging are set in the file or their environment variables (see README.md).";
+
+/// Settings come from defaults, then `--config FILE`, then `MAPCAST_*`
+/// environment variables, then these flags. The variables are read by the
+/// settings loader (not by the flag parser), so an empty one counts as unset.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file [env: MAPCAST_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// MQTT TCP listener [default: 127.0.0.1:1883] [env: MAPCAST_MQTT_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// MQTT over TLS listener, e.g. 0.0.0.0:8883; needs --tls-cert and --tls-key
+    /// [default: off] [env: MAPCAST_MQTTS_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub mqtts_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS listener [env: MAPCAST_TLS_CERT].
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener [env: MAPCAST_TLS_KEY].
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// MQTT over WebSocket listener (path /mqtt) [default: off] [env: MAPCAST_WS_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub ws_listen: Option<SocketAddr>,
+    /// REST API listener [default: 127.0.0.1:8080] [env: MAPCAST_HTTP_LISTEN].
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Directory for the embedded database and local files [default: ./data]
+    /// [env: MAPCAST_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL, sqlite://PATH or postgres://USER:PASSWORD@HOST/DB
+    /// [default: sqlite://{data_dir}/mapcast.db] [env: MAPCAST_DATABASE_URL].
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Layer the sources into validated settings.
+    pub fn load_settings(self) -> anyhow::Result<Settings> {
+        let overrides = Overrides {
+            mqtt_listen: self.mqtt_listen,
+            mqtts_listen: self.mqtts_listen,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            ws_listen: self.ws_listen,
+            http_listen: self.http_listen,
+            data_dir: self.data_dir,
+            database_url: self.database_url.map(Secret::new),
+        };
+        let env = Env::from_process();
+        let file = self.config.or_else(|| env.config_file());
+        Settings::load(file.as_deref(), &env, overrides)
+    }
+}
+
+/// `mapcast hash-password`: the first line of `input`, hashed, to `output`.
+pub fn hash_password_command(
+    mut input: impl BufRead,
+    mut output: impl Write,
+) -> anyhow::Result<()> {
+    if std::io::stdin().is_terminal() {
+        eprint!("Password (visible as you type): ");
+    }
+    let mut line = String::new();
+    input.read_line(&mut line).context("cannot read the password from stdin")?;
+    let password =
+        line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
+    if password.is_empty() {
+        bail!("empty password: write the password to stdin, e.g. `mapcast hash-password < file`");
+    }
+    writeln!(output, "{}", hash_password(password))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::broker::auth::verify_password;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_flags_become_overrides() {
+        let cli = Cli::try_parse_from([
+            "mapcast",
+            "serve",
+            "--mqtt-listen",
+            "0.0.0.0:1884",
+            "--data-dir",
+            "/d",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        assert_eq!(args.mqtt_listen, Some("0.0.0.0:1884".parse().unwrap()));
+        assert_eq!(args.data_dir, Some(PathBuf::from("/d")));
+    }
+
+    #[test]
+    fn hash_password_prints_a_verifiable_argon2id_hash() {
+        let mut out = Vec::new();
+        hash_password_command(&b"s3cret\r\n"[..], &mut out).unwrap();
+        let phc = String::from_utf8(out).unwrap();
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        assert!(verify_password("s3cret", phc.trim_end()));
+    }
+
+    #[test]
+    fn hash_password_refuses_an_empty_password() {
+        assert!(hash_password_command(&b"\n"[..], Vec::new()).is_err());
+    }
+}

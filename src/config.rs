@@ -1,0 +1,617 @@
+//! One typed settings tree, layered: defaults → TOML file (`--config`) →
+//! `MAPCAST_*` environment variables → command-line flags.
+//!
+//! Loading never reads or mutates the process environment by itself: callers
+//! pass the environment in ([`Env`]), so tests layer settings in isolation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::BrokerLimits;
+use crate::broker::auth::{ConfigUser, Secret};
+
+/// The whole configuration. Every section and field has a default, so an
+/// empty file (or none) is a valid configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// MQTT listeners.
+    pub mqtt: MqttSettings,
+    /// The REST API listener.
+    pub http: HttpSettings,
+    /// Directory for the embedded database and local files. Default `./data`.
+    pub data_dir: PathBuf,
+    /// Database connection.
+    pub database: DatabaseSettings,
+    /// Broker limits and `$SYS` publishing.
+    pub broker: BrokerSettings,
+    /// Authentication of MQTT clients and API callers.
+    pub auth: AuthSettings,
+    /// Log output on stdout.
+    pub log: LogSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mqtt: MqttSettings::default(),
+            http: HttpSettings::default(),
+            data_dir: PathBuf::from("./data"),
+            database: DatabaseSettings::default(),
+            broker: BrokerSettings::default(),
+            auth: AuthSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSettings {
+    /// Plain TCP listener. Default `127.0.0.1:1883`.
+    pub listen: SocketAddr,
+    /// TLS listener (MQTT over TLS, usually port 8883); needs `tls_cert` and
+    /// `tls_key`. Default: none.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS listener. Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener. Default: none.
+    pub tls_key: Option<PathBuf>,
+    /// MQTT-over-WebSocket listener (path `/mqtt`, subprotocol `mqtt`). Default: none.
+    pub ws_listen: Option<SocketAddr>,
+    /// Worker threads serving MQTT connections. Default 2.
+    pub workers: usize,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            ws_listen: None,
+            workers: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// REST API listener. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Worker threads serving HTTP requests. Default 2.
+    pub workers: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), workers: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`. Never logged.
+    /// Default `sqlite://{data_dir}/mapcast.db`.
+    pub url: Option<Secret>,
+    /// Most pooled connections. Default 10.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, max_connections: 10 }
+    }
+}
+
+/// Broker limits (see [`BrokerLimits`] for each field and its default) plus
+/// `$SYS` publishing, all in the `[broker]` table.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerSettings {
+    #[serde(flatten)]
+    pub limits: BrokerLimits,
+    /// Seconds between `$SYS/broker/...` statistics publishes. Default 10.
+    pub sys_interval_secs: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self { limits: BrokerLimits::default(), sys_interval_secs: 10 }
+    }
+}
+
+// Hand-written because serde ignores `deny_unknown_fields` under `flatten`:
+// take our own key out, then let `BrokerLimits` reject typos itself.
+impl<'de> Deserialize<'de> for BrokerSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let sys_interval_secs = match table.remove("sys_interval_secs") {
+            None => Self::default().sys_interval_secs,
+            Some(v) => u64::deserialize(v).map_err(D::Error::custom)?,
+        };
+        let limits =
+            BrokerLimits::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
+        Ok(Self { limits, sys_interval_secs })
+    }
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Whether clients may connect without a user name. Default: allowed only
+    /// when every listener is bound to a loopback address (like Mosquitto 2).
+    pub allow_anonymous: Option<bool>,
+    /// Users defined here, each `{ username, password_hash, role }` with an
+    /// argon2id hash from `mapcast hash-password`. Default: none.
+    pub users: Vec<ConfigUser>,
+}
+
+// Password hashes are secrets too: show who, not how.
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let users: Vec<_> = self.users.iter().map(|u| (&u.username, u.role)).collect();
+        f.debug_struct("AuthSettings")
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("users", &users)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `json` (ECS lines, for machines) or `pretty` (for humans). Default `json`.
+    pub format: LogFormat,
+    /// `tracing` filter directives, e.g. `info` or `mapcast=debug,sqlx=warn`.
+    /// Default `info`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Json, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            _ => bail!("expected `json` or `pretty`, got {s:?}"),
+        }
+    }
+}
+
+/// The command-line layer: each `Some` wins over every other source.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub mqtt_listen: Option<SocketAddr>,
+    pub mqtts_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub ws_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<Secret>,
+}
+
+/// The environment variables to layer, passed in explicitly.
+#[derive(Debug, Clone, Default)]
+pub struct Env(BTreeMap<String, String>);
+
+impl Env {
+    /// The process's `MAPCAST_*` variables and `RUST_LOG` (read, never written).
+    pub fn from_process() -> Self {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect()
+    }
+
+    /// A set variable with a non-empty value (empty counts as unset, as
+    /// compose files often write `VAR=`).
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The config file named by `MAPCAST_CONFIG` (the CLI's `--config` wins).
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.get(CONFIG_ENV).map(PathBuf::from)
+    }
+
+    /// `MAPCAST_*` variables that configure nothing — most likely typos.
+    pub fn unknown_vars(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .map(String::as_str)
+            .filter(|k| k.starts_with("MAPCAST_") && !k.starts_with("MAPCAST_TEST_"))
+            .filter(|k| *k != CONFIG_ENV && !ENV_VARS.iter().any(|v| v.name == *k))
+            .collect()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Env {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+}
+
+/// The variable naming the config file (read by the CLI as `--config`).
+pub const CONFIG_ENV: &str = "MAPCAST_CONFIG";
+
+/// One environment variable of the env layer.
+pub struct EnvVar {
+    pub name: &'static str,
+    /// The settings key it sets, as written in the TOML file.
+    pub key: &'static str,
+    apply: fn(&mut Settings, &str) -> anyhow::Result<()>,
+}
+
+/// Every environment variable the env layer reads, applied in this order
+/// (so `MAPCAST_LOG_LEVEL` wins over `RUST_LOG`). Broker limits and users
+/// are set in the file only.
+pub const ENV_VARS: &[EnvVar] = &[
+    var("MAPCAST_MQTT_LISTEN", "mqtt.listen", |s, v| set(&mut s.mqtt.listen, v)),
+    var("MAPCAST_MQTTS_LISTEN", "mqtt.tls_listen", |s, v| set_some(&mut s.mqtt.tls_listen, v)),
+    var("MAPCAST_TLS_CERT", "mqtt.tls_cert", |s, v| set_some(&mut s.mqtt.tls_cert, v)),
+    var("MAPCAST_TLS_KEY", "mqtt.tls_key", |s, v| set_some(&mut s.mqtt.tls_key, v)),
+    var("MAPCAST_WS_LISTEN", "mqtt.ws_listen", |s, v| set_some(&mut s.mqtt.ws_listen, v)),
+    var("MAPCAST_MQTT_WORKERS", "mqtt.workers", |s, v| set(&mut s.mqtt.workers, v)),
+    var("MAPCAST_HTTP_LISTEN", "http.listen", |s, v| set(&mut s.http.listen, v)),
+    var("MAPCAST_HTTP_WORKERS", "http.workers", |s, v| set(&mut s.http.workers, v)),
+    var("MAPCAST_DATA_DIR", "data_dir", |s, v| set(&mut s.data_dir, v)),
+    var("MAPCAST_DATABASE_URL", "database.url", |s, v| {
+        s.database.url = Some(Secret::new(v));
+        Ok(())
+    }),
+    var("MAPCAST_DATABASE_MAX_CONNECTIONS", "database.max_connections", |s, v| {
+        set(&mut s.database.max_connections, v)
+    }),
+    var("MAPCAST_SYS_INTERVAL_SECS", "broker.sys_interval_secs", |s, v| {
+        set(&mut s.broker.sys_interval_secs, v)
+    }),
+    var("MAPCAST_ALLOW_ANONYMOUS", "auth.allow_anonymous", |s, v| {
+        set_some(&mut s.auth.allow_anonymous, v)
+    }),
+    var("MAPCAST_LOG_FORMAT", "log.format", |s, v| set(&mut s.log.format, v)),
+    var("RUST_LOG", "log.level", |s, v| set(&mut s.log.level, v)),
+    var("MAPCAST_LOG_LEVEL", "log.level", |s, v| set(&mut s.log.level, v)),
+];
+
+const fn var(
+    name: &'static str,
+    key: &'static str,
+    apply: fn(&mut Settings, &str) -> anyhow::Result<()>,
+) -> EnvVar {
+    EnvVar { name, key, apply }
+}
+
+fn set<T: FromStr>(field: &mut T, v: &str) -> anyhow::Result<()>
+where
+    T::Err: std::fmt::Display,
+{
+    *field = v.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn set_some<T: FromStr>(field: &mut Option<T>, v: &str) -> anyhow::Result<()>
+where
+    T::Err: std::fmt::Display,
+{
+    *field = Some(v.parse().map_err(|e| anyhow::anyhow!("{e}"))?);
+    Ok(())
+}
+
+impl Settings {
+    /// Layer every source and validate the result.
+    pub fn load(file: Option<&Path>, env: &Env, overrides: Overrides) -> anyhow::Result<Self> {
+        let mut settings = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        settings.apply_env(env)?;
+        settings.apply_overrides(overrides);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Self> {
+        #[allow(clippy::disallowed_methods, reason = "read once at startup, before any runtime")]
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    fn apply_env(&mut self, env: &Env) -> anyhow::Result<()> {
+        for var in ENV_VARS {
+            if let Some(value) = env.get(var.name) {
+                (var.apply)(self, value)
+                    .with_context(|| format!("invalid {} ({})", var.name, var.key))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_overrides(&mut self, o: Overrides) {
+        fn put<T>(field: &mut T, value: Option<T>) {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        put(&mut self.mqtt.listen, o.mqtt_listen);
+        put(&mut self.mqtt.tls_listen, o.mqtts_listen.map(Some));
+        put(&mut self.mqtt.tls_cert, o.tls_cert.map(Some));
+        put(&mut self.mqtt.tls_key, o.tls_key.map(Some));
+        put(&mut self.mqtt.ws_listen, o.ws_listen.map(Some));
+        put(&mut self.http.listen, o.http_listen);
+        put(&mut self.data_dir, o.data_dir);
+        put(&mut self.database.url, o.database_url.map(Some));
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.mqtt.tls_listen.is_some()
+            && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none())
+        {
+            bail!("mqtt.tls_listen needs both mqtt.tls_cert and mqtt.tls_key");
+        }
+        if self.mqtt.workers == 0 || self.http.workers == 0 {
+            bail!("mqtt.workers and http.workers must be at least 1");
+        }
+        if self.database.max_connections == 0 {
+            bail!("database.max_connections must be at least 1");
+        }
+        if self.broker.sys_interval_secs == 0 {
+            bail!("broker.sys_interval_secs must be at least 1");
+        }
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&self.log.level)
+            .with_context(|| format!("invalid log.level {:?}", self.log.level))?;
+        Ok(())
+    }
+
+    /// The database URL: `database.url`, or SQLite under `data_dir`.
+    pub fn database_url(&self) -> Secret {
+        self.database.url.clone().unwrap_or_else(|| {
+            Secret::new(format!("sqlite://{}", self.data_dir.join("mapcast.db").display()))
+        })
+    }
+
+    /// Every address a client can reach this process on.
+    pub fn listen_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        [Some(self.mqtt.listen), self.mqtt.tls_listen, self.mqtt.ws_listen, Some(self.http.listen)]
+            .into_iter()
+            .flatten()
+    }
+
+    /// `auth.allow_anonymous`, or — when unset — whether every listener
+    /// (MQTT, TLS, WebSocket and HTTP) is bound to loopback only.
+    pub fn effective_allow_anonymous(&self) -> bool {
+        self.auth
+            .allow_anonymous
+            .unwrap_or_else(|| self.listen_addrs().all(|a| a.ip().is_loopback()))
+    }
+
+    /// The settings as JSON with every secret (database URL, password hashes)
+    /// replaced, fit for logs and crash reports.
+    pub fn redacted_digest(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("settings always serialize");
+        if let Some(users) = value.pointer_mut("/auth/users").and_then(|u| u.as_array_mut()) {
+            for user in users {
+                user["password_hash"] = "[redacted]".into();
+            }
+        }
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Env {
+        vars.iter().copied().collect()
+    }
+
+    fn config_file(toml: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        f
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn no_sources_give_the_documented_defaults() {
+        let s = Settings::load(None, &Env::default(), Overrides::default()).unwrap();
+        assert_eq!(s.mqtt.listen, addr("127.0.0.1:1883"));
+        assert_eq!(s.http.listen, addr("127.0.0.1:8080"));
+        assert_eq!((s.mqtt.workers, s.http.workers), (2, 2));
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.database_url().expose(), "sqlite://./data/mapcast.db");
+        assert_eq!(s.broker.sys_interval_secs, 10);
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.log.level, "info");
+        assert!(s.effective_allow_anonymous());
+    }
+
+    #[test]
+    fn default_database_is_sqlite_under_the_data_dir() {
+        let s = Settings { data_dir: "/var/lib/mapcast".into(), ..Settings::default() };
+        assert_eq!(s.database_url().expose(), "sqlite:///var/lib/mapcast/mapcast.db");
+    }
+
+    #[test]
+    fn env_overrides_file_and_cli_overrides_env() {
+        let file = config_file(
+            r#"
+            data_dir = "/from/file"
+            [mqtt]
+            listen = "127.0.0.1:1000"
+            workers = 4
+            [http]
+            listen = "127.0.0.1:2000"
+            [log]
+            format = "pretty"
+            "#,
+        );
+        let env = env(&[
+            ("MAPCAST_MQTT_LISTEN", "127.0.0.1:1001"),
+            ("MAPCAST_HTTP_LISTEN", "127.0.0.1:2001"),
+            ("MAPCAST_LOG_LEVEL", "debug"),
+            ("RUST_LOG", "trace"),
+        ]);
+        let cli = Overrides { mqtt_listen: Some(addr("127.0.0.1:1002")), ..Default::default() };
+
+        let s = Settings::load(Some(file.path()), &env, cli).unwrap();
+
+        assert_eq!(s.mqtt.listen, addr("127.0.0.1:1002"), "CLI wins over env");
+        assert_eq!(s.http.listen, addr("127.0.0.1:2001"), "env wins over file");
+        assert_eq!(s.mqtt.workers, 4, "file wins over defaults");
+        assert_eq!(s.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(s.log.format, LogFormat::Pretty);
+        assert_eq!(s.log.level, "debug", "MAPCAST_LOG_LEVEL wins over RUST_LOG");
+    }
+
+    #[test]
+    fn empty_env_values_count_as_unset() {
+        let s =
+            Settings::load(None, &env(&[("MAPCAST_WS_LISTEN", "")]), Overrides::default()).unwrap();
+        assert_eq!(s.mqtt.ws_listen, None);
+    }
+
+    #[test]
+    fn invalid_env_values_name_the_variable() {
+        let err =
+            Settings::load(None, &env(&[("MAPCAST_MQTT_LISTEN", "nope")]), Overrides::default())
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("MAPCAST_MQTT_LISTEN"), "{err:#}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_everywhere_including_broker_limits() {
+        for toml in
+            ["colour = 1", "[mqtt]\nlisten_on = \"127.0.0.1:1\"", "[broker]\nmax_payload_byte = 1"]
+        {
+            let file = config_file(toml);
+            assert!(
+                Settings::load(Some(file.path()), &Env::default(), Overrides::default()).is_err(),
+                "{toml}"
+            );
+        }
+    }
+
+    #[test]
+    fn broker_limits_and_sys_interval_share_one_table() {
+        let file = config_file("[broker]\nmax_payload_bytes = 1024\nsys_interval_secs = 3");
+        let s = Settings::load(Some(file.path()), &Env::default(), Overrides::default()).unwrap();
+        assert_eq!(s.broker.limits.max_payload_bytes, 1024);
+        assert_eq!(s.broker.sys_interval_secs, 3);
+        assert_eq!(s.broker.limits.max_inflight, BrokerLimits::default().max_inflight);
+    }
+
+    #[test]
+    fn non_loopback_listener_refuses_anonymous_unless_configured() {
+        let public = Overrides { mqtt_listen: Some(addr("0.0.0.0:1883")), ..Default::default() };
+        let s = Settings::load(None, &Env::default(), public.clone()).unwrap();
+        assert!(!s.effective_allow_anonymous());
+
+        let s = Settings::load(
+            None,
+            &env(&[("MAPCAST_HTTP_LISTEN", "[::]:8080")]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(!s.effective_allow_anonymous(), "the REST API counts too");
+
+        let s = Settings::load(None, &env(&[("MAPCAST_ALLOW_ANONYMOUS", "true")]), public).unwrap();
+        assert!(s.effective_allow_anonymous());
+    }
+
+    #[test]
+    fn anonymous_can_be_refused_on_loopback() {
+        let s = Settings::load(
+            None,
+            &env(&[("MAPCAST_ALLOW_ANONYMOUS", "false")]),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(!s.effective_allow_anonymous());
+    }
+
+    #[test]
+    fn tls_listener_needs_certificate_and_key() {
+        let tls = Overrides { mqtts_listen: Some(addr("127.0.0.1:8883")), ..Default::default() };
+        assert!(Settings::load(None, &Env::default(), tls.clone()).is_err());
+        let with_files =
+            Overrides { tls_cert: Some("c.pem".into()), tls_key: Some("k.pem".into()), ..tls };
+        assert!(Settings::load(None, &Env::default(), with_files).is_ok());
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_or_digest() {
+        let file = config_file(
+            r#"
+            [database]
+            url = "postgres://app:hunter2@db/mapcast"
+            [[auth.users]]
+            username = "ann"
+            password_hash = "$argon2id$v=19$secretish"
+            "#,
+        );
+        let s = Settings::load(Some(file.path()), &Env::default(), Overrides::default()).unwrap();
+        let shown = format!("{s:?} {}", s.redacted_digest());
+        assert!(!shown.contains("hunter2") && !shown.contains("secretish"), "{shown}");
+        assert!(shown.contains("ann"));
+    }
+
+    #[test]
+    fn the_readme_documents_every_setting_and_variable() {
+        fn keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+            match value.as_object() {
+                Some(map) => map.iter().for_each(|(k, v)| {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    keys(&key, v, out);
+                }),
+                None => out.push(prefix.to_owned()),
+            }
+        }
+        let readme = include_str!("../README.md");
+        let mut all = Vec::new();
+        keys("", &serde_json::to_value(Settings::default()).unwrap(), &mut all);
+        all.extend(ENV_VARS.iter().map(|v| v.name.to_owned()));
+        let missing: Vec<_> = all.iter().filter(|k| !readme.contains(&format!("`{k}`"))).collect();
+        assert!(missing.is_empty(), "README.md does not document {missing:?}");
+    }
+
+    #[test]
+    fn unknown_mapcast_variables_are_reported() {
+        let e = env(&[
+            ("MAPCAST_MQTT_LISTN", "x"),
+            ("MAPCAST_TEST_PYTHON", "y"),
+            ("MAPCAST_DATA_DIR", "d"),
+        ]);
+        assert_eq!(e.unknown_vars(), vec!["MAPCAST_MQTT_LISTN"]);
+    }
+}

@@ -1,0 +1,46 @@
+//! `/healthz`: the process serves HTTP. `/readyz`: it can do its job — the
+//! database answers, migrations are applied and the broker core runs.
+
+use std::time::Duration;
+
+use actix_web::{HttpResponse, get, web};
+use serde_json::json;
+
+use crate::http::errors::ApiError;
+use crate::http::state::AppState;
+
+/// Readiness must answer quickly even when the database hangs.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(healthz).service(readyz);
+}
+
+#[get("/healthz")]
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+#[get("/readyz")]
+#[tracing::instrument(skip_all)]
+async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.stopping.is_cancelled() {
+        return Err(ApiError::Unavailable("the broker is shutting down".into()));
+    }
+    let store = &state.store;
+    match tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error.message = %e, "readiness: database unreachable");
+            return Err(ApiError::Unavailable("the database is unreachable".into()));
+        }
+        Err(_) => {
+            return Err(ApiError::Unavailable("the database did not answer in time".into()));
+        }
+    }
+    if !tokio::time::timeout(CHECK_TIMEOUT, store.migrations_applied()).await.unwrap_or(false) {
+        return Err(ApiError::Unavailable("database migrations are not applied".into()));
+    }
+    Ok(HttpResponse::Ok()
+        .json(json!({ "status": "ready", "uptime_secs": state.started_at.elapsed().as_secs() })))
+}

@@ -1,0 +1,17 @@
+//! mapcast: a live-location service in one process — an MQTT broker, a REST API
+//! whose resources are the broker's topics, a map updater and telemetry.
+//!
+//! The folder tree is the architecture: `domain` holds pure wire-independent
+//! types, `broker` owns all broker state, `mqtt` and `http` are thin inbound
+//! adapters over it, `store` is the database, `telemetry` the observability.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod mqtt;
+pub mod shutdown;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

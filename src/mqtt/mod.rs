@@ -1,0 +1,60 @@
+//! The MQTT adapter: MQTT 3.1.1 and 5.0 on one port (ntex-mqtt), over TCP,
+//! TLS (rustls) and WebSocket, translating packets into broker calls.
+//!
+//! ntex needs its own runtime: the server runs on the `mapcast-mqtt` thread in
+//! its own ntex `System` (tokio flavour, signals off), and ntex's `!Send`
+//! connection types never leave this module. Everything else reaches the
+//! broker through the `Send` [`BrokerHandle`](crate::broker::BrokerHandle).
+//!
+//! - `server`: the thread, listeners, TLS and the WebSocket upgrade.
+//! - `v3`, `v5`: handshake, publish, protocol and control services per level.
+//! - `session`: per-connection state and the steps both levels share.
+//! - `pump`: a session's outbox → the connection's sink.
+//! - `qos2`: the receiver side of QoS 2, in front of ntex-mqtt's dispatchers.
+//! - `convert`: wire ↔ domain types.
+//! - `reason`: every reason code sent to clients, in one place.
+
+mod convert;
+mod pump;
+mod qos2;
+mod reason;
+mod server;
+mod session;
+mod v3;
+mod v5;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use tokio_util::sync::CancellationToken;
+
+/// Sockets the MQTT server serves, bound by the caller (port 0 allowed).
+pub struct MqttListeners {
+    /// Plain MQTT (1883).
+    pub tcp: TcpListener,
+    /// MQTT over TLS (8883) with its certificate files.
+    pub tls: Option<(TcpListener, TlsFiles)>,
+    /// MQTT over WebSocket: HTTP upgrade on any path (`/mqtt` by convention),
+    /// subprotocol `mqtt`.
+    pub ws: Option<TcpListener>,
+}
+
+/// PEM files for the TLS listener.
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// A running MQTT server: the ntex server handle and its thread.
+pub struct MqttServer {
+    server: ntex::server::Server,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Tells every connection to close with "server shutting down".
+    shutdown: CancellationToken,
+    /// Open connections, to wait for them to close at stop.
+    open: Arc<AtomicUsize>,
+}

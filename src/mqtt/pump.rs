@@ -1,0 +1,433 @@
+//! The pump: drains a session's [`Outbox`](crate::broker::Outbox) into the
+//! connection's sink, on the connection's ntex worker.
+//!
+//! - QoS 0 is written and forgotten.
+//! - QoS 1 uses ntex's non-blocking send; PUBACKs arrive through one callback
+//!   per connection that acks the outbox (no task per message).
+//! - QoS 2 runs one transaction at a time in a local task: PUBREC acks the
+//!   outbox, then PUBREL/PUBCOMP. ntex keeps a single PUBREL slot per
+//!   connection, so overlapping QoS 2 flows would confuse it.
+//!
+//! In flight never exceeds the sink's credit: min(`limits.max_inflight`, the
+//! client's receive maximum), enforced by ntex and waited for here. Writes are
+//! buffered by ntex per connection and flushed by its I/O loop, so a batch
+//! becomes few syscalls. The pump ends when the connection closes, the broker
+//! kicks it, or the server stops.
+
+use std::cell::{Cell, RefCell};
+use std::num::NonZeroU16;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use ntex::channel::condition::Condition;
+use ntex::util::HashMap;
+use ntex_mqtt::error::SendPacketError;
+use ntex_mqtt::{v3, v5};
+use tracing::Instrument;
+
+use super::convert::{outbound_props_v5, qos_out};
+use super::reason::{self, ConnError};
+use super::session::{Conn, Sink};
+use crate::broker::{Delivery, Next, Outbox, QoS};
+use crate::telemetry::names::ERROR_MESSAGE;
+
+/// Deliveries taken from the outbox per lock.
+const BATCH: usize = 64;
+
+/// Start the pump of a freshly opened connection.
+pub(super) fn spawn(conn: Conn) {
+    let span = conn.span.clone();
+    ntex::rt::spawn(run(conn).instrument(span));
+}
+
+/// Packet id → outbox sequence of QoS ≥ 1 messages on the wire.
+struct InFlight {
+    outbox: Arc<Outbox>,
+    by_packet: RefCell<HashMap<u16, u64>>,
+    next_id: Cell<u16>,
+    /// A QoS 2 transaction is running.
+    qos2_busy: Cell<bool>,
+    qos2_done: Condition,
+}
+
+impl InFlight {
+    /// A packet id not on the wire. We assign every outbound id ourselves
+    /// (ntex's own counter is never used), so this map is the whole truth.
+    fn allocate(&self, seq: u64) -> NonZeroU16 {
+        let mut map = self.by_packet.borrow_mut();
+        loop {
+            let id = self.next_id.get().wrapping_add(1).max(1);
+            self.next_id.set(id);
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry(id) {
+                e.insert(seq);
+                return NonZeroU16::new(id).unwrap_or(NonZeroU16::MIN);
+            }
+        }
+    }
+
+    fn release(&self, id: NonZeroU16) -> Option<u64> {
+        self.by_packet.borrow_mut().remove(&id.get())
+    }
+
+    /// PUBACK received: the message is delivered and its id is free.
+    fn acked(&self, id: NonZeroU16) {
+        if let Some(seq) = self.release(id) {
+            self.outbox.ack(seq);
+        }
+    }
+
+    /// PUBREC received (or the message cannot be sent): the outbox is done
+    /// with it, but the id stays taken until the QoS 2 flow ends.
+    fn delivered(&self, id: NonZeroU16) {
+        let seq = self.by_packet.borrow().get(&id.get()).copied();
+        if let Some(seq) = seq {
+            self.outbox.ack(seq);
+        }
+    }
+}
+
+enum Stop {
+    /// The connection is gone or closing.
+    Closed,
+    /// Close it with this DISCONNECT (v5) or just close (v3).
+    Close(ConnError),
+}
+
+async fn run(conn: Conn) {
+    let inflight = Rc::new(InFlight {
+        outbox: conn.outbox.clone(),
+        by_packet: RefCell::new(HashMap::default()),
+        next_id: Cell::new(0),
+        qos2_busy: Cell::new(false),
+        qos2_done: Condition::new(),
+    });
+    // Must be registered before the first non-blocking QoS 1 send.
+    match &conn.sink {
+        Sink::V3(sink) => {
+            let inf = inflight.clone();
+            sink.publish_ack_cb(move |id, disconnected| {
+                if !disconnected {
+                    inf.acked(id);
+                }
+            });
+        }
+        Sink::V5(sink) => {
+            let inf = inflight.clone();
+            sink.publish_ack_cb(move |ack, disconnected| {
+                // A v5 PUBACK with an error code still ends the delivery.
+                if !disconnected {
+                    inf.acked(ack.packet_id);
+                }
+            });
+        }
+    }
+
+    let stop = pump(&conn, &inflight).await;
+    if let Stop::Close(err) = stop {
+        tracing::info!(
+            client.id = %conn.client_id,
+            mqtt.reason_code = u8::from(err.code),
+            "closing connection: {}",
+            err.reason
+        );
+        close(&conn.sink, err);
+    }
+    tracing::debug!(client.id = %conn.client_id, "pump stopped");
+}
+
+fn close(sink: &Sink, err: ConnError) {
+    match sink {
+        Sink::V3(s) => s.close(),
+        Sink::V5(s) => s.close_with_reason(err.disconnect()),
+    }
+}
+
+async fn pump(conn: &Conn, inflight: &Rc<InFlight>) -> Stop {
+    let gone = conn.io.on_disconnect();
+    let cancelled = conn.shutdown.cancelled();
+    tokio::pin!(gone, cancelled);
+    let mut buf: Vec<Delivery> = Vec::with_capacity(BATCH);
+    // `Outbox::next` with a `max` of 0 never takes anything: it only waits
+    // for a kick. Used while waiting for credit or back-pressure.
+    let mut none: Vec<Delivery> = Vec::new();
+    let stats = conn.broker.stats().clone();
+
+    loop {
+        if !sink_open(&conn.sink) {
+            return Stop::Closed;
+        }
+        let max = credit(&conn.sink).min(BATCH);
+        let next = tokio::select! {
+            biased;
+            _ = &mut gone => return Stop::Closed,
+            _ = &mut cancelled => return Stop::Close(reason::shutting_down()),
+            ready = sink_ready(&conn.sink), if max == 0 => {
+                if !ready {
+                    return Stop::Closed;
+                }
+                continue;
+            }
+            next = conn.outbox.next(conn.conn, &mut buf, max) => next,
+        };
+        if let Next::Kicked(why) = next {
+            return Stop::Close(reason::kicked(why));
+        }
+
+        for d in buf.drain(..) {
+            if !sendable(conn, inflight, d.qos) {
+                tokio::select! {
+                    biased;
+                    _ = &mut gone => return Stop::Closed,
+                    _ = &mut cancelled => return Stop::Close(reason::shutting_down()),
+                    next = conn.outbox.next(conn.conn, &mut none, 0) => {
+                        if let Next::Kicked(why) = next {
+                            return Stop::Close(reason::kicked(why));
+                        }
+                    }
+                    res = wait_sendable(conn, inflight, d.qos) => {
+                        if let Err(stop) = res {
+                            return stop;
+                        }
+                    }
+                }
+            }
+            match send(conn, inflight, &d) {
+                Ok(Some(len)) => stats.sent(len),
+                Ok(None) => {}
+                Err(stop) => return stop,
+            }
+        }
+    }
+}
+
+fn sink_open(sink: &Sink) -> bool {
+    match sink {
+        Sink::V3(s) => s.is_open(),
+        Sink::V5(s) => s.is_open(),
+    }
+}
+
+fn credit(sink: &Sink) -> usize {
+    match sink {
+        Sink::V3(s) => s.credit(),
+        Sink::V5(s) => s.credit(),
+    }
+}
+
+/// Credit left and no write back-pressure.
+fn is_ready(sink: &Sink) -> bool {
+    match sink {
+        Sink::V3(s) => s.is_ready(),
+        Sink::V5(s) => s.is_ready(),
+    }
+}
+
+/// Wait until a QoS ≥ 1 packet may be sent; `false` when the sink closed.
+async fn sink_ready(sink: &Sink) -> bool {
+    match sink {
+        Sink::V3(s) => s.ready().await,
+        Sink::V5(s) => s.ready().await,
+    }
+}
+
+/// Can a delivery of this QoS be written right now?
+fn sendable(conn: &Conn, inflight: &InFlight, qos: QoS) -> bool {
+    match qos {
+        QoS::AtMostOnce => !conn.wr_backpressure(),
+        QoS::AtLeastOnce => is_ready(&conn.sink),
+        QoS::ExactlyOnce => !inflight.qos2_busy.get() && is_ready(&conn.sink),
+    }
+}
+
+async fn wait_sendable(conn: &Conn, inflight: &InFlight, qos: QoS) -> Result<(), Stop> {
+    match qos {
+        QoS::AtMostOnce => conn.wr_ready().await,
+        QoS::AtLeastOnce => wait_ready(&conn.sink).await?,
+        QoS::ExactlyOnce => {
+            while inflight.qos2_busy.get() {
+                let waiter = inflight.qos2_done.wait();
+                if inflight.qos2_busy.get() {
+                    waiter.ready().await;
+                }
+            }
+            wait_ready(&conn.sink).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn wait_ready(sink: &Sink) -> Result<(), Stop> {
+    while !is_ready(sink) {
+        if !sink_ready(sink).await {
+            return Err(Stop::Closed);
+        }
+    }
+    Ok(())
+}
+
+/// Write one delivery (the caller checked [`sendable`]). `Some(len)` when it
+/// went out, `None` when it was dropped.
+fn send(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<Option<usize>, Stop> {
+    let res = match d.qos {
+        QoS::AtMostOnce => send_qos0(&conn.sink, d),
+        // `sendable` guarantees credit, or ntex would panic.
+        QoS::AtLeastOnce => send_qos1(&conn.sink, inflight, d),
+        QoS::ExactlyOnce => send_qos2(conn, inflight, d),
+    };
+    match res {
+        Ok(()) => Ok(Some(d.msg.payload.len())),
+        Err(e) => send_failed(d, e).map(|()| None),
+    }
+}
+
+fn v3_packet(d: &Delivery, qos: QoS, packet_id: Option<NonZeroU16>) -> v3::codec::Publish {
+    v3::codec::Publish {
+        dup: d.dup && qos != QoS::AtMostOnce,
+        retain: d.retain,
+        qos: qos_out(qos),
+        topic: d.msg.topic.as_bytestring().clone(),
+        packet_id,
+        payload_size: 0,
+    }
+}
+
+fn v5_packet(d: &Delivery, qos: QoS, packet_id: Option<NonZeroU16>) -> v5::codec::Publish {
+    v5::codec::Publish {
+        dup: d.dup && qos != QoS::AtMostOnce,
+        retain: d.retain,
+        qos: qos_out(qos),
+        topic: d.msg.topic.as_bytestring().clone(),
+        packet_id,
+        payload_size: 0,
+        properties: outbound_props_v5(d),
+    }
+}
+
+/// A send that failed. Encoding errors (a message above the client's maximum
+/// packet size) drop that message [MQTT-3.1.2-25]; anything else ends the pump.
+fn send_failed(d: &Delivery, err: SendPacketError) -> Result<(), Stop> {
+    match err {
+        SendPacketError::Encode(e) => {
+            tracing::warn!(
+                mqtt.topic = %d.msg.topic,
+                { ERROR_MESSAGE } = %e,
+                "message dropped: cannot be sent to this client"
+            );
+            Ok(())
+        }
+        SendPacketError::Disconnected => Err(Stop::Closed),
+        other => {
+            tracing::error!(
+                mqtt.topic = %d.msg.topic,
+                { ERROR_MESSAGE } = %other,
+                "outbound publish failed"
+            );
+            Err(Stop::Close(ConnError::new(
+                v5::codec::DisconnectReasonCode::ImplementationSpecificError,
+                "outbound publish failed",
+            )))
+        }
+    }
+}
+
+fn send_qos0(sink: &Sink, d: &Delivery) -> Result<(), SendPacketError> {
+    let payload = d.msg.payload.clone();
+    match sink {
+        Sink::V3(s) => {
+            s.publish_pkt(v3_packet(d, QoS::AtMostOnce, None)).send_at_most_once(payload)
+        }
+        Sink::V5(s) => {
+            s.publish_pkt(v5_packet(d, QoS::AtMostOnce, None)).send_at_most_once(payload)
+        }
+    }
+}
+
+/// The sink must be ready, or ntex panics.
+fn send_qos1(sink: &Sink, inflight: &InFlight, d: &Delivery) -> Result<(), SendPacketError> {
+    let id = inflight.allocate(d.seq);
+    let payload = d.msg.payload.clone();
+    let res = match sink {
+        Sink::V3(s) => s
+            .publish_pkt(v3_packet(d, QoS::AtLeastOnce, Some(id)))
+            .send_at_least_once_no_block(payload),
+        Sink::V5(s) => s
+            .publish_pkt(v5_packet(d, QoS::AtLeastOnce, Some(id)))
+            .send_at_least_once_no_block(payload),
+    };
+    if let Err(e) = &res {
+        inflight.release(id);
+        if matches!(e, SendPacketError::Encode(_)) {
+            // Undeliverable to this client: do not redeliver it forever.
+            inflight.outbox.ack(d.seq);
+        }
+    }
+    res
+}
+
+/// The sink must be ready: then ntex writes the PUBLISH before returning,
+/// which keeps the wire order of the pump. The rest of the flow runs in a
+/// local task; `qos2_busy` holds the next QoS 2 delivery until it ends.
+fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), SendPacketError> {
+    let id = inflight.allocate(d.seq);
+    let payload = d.msg.payload.clone();
+    inflight.qos2_busy.set(true);
+    let inf = inflight.clone();
+    let span = conn.span.clone();
+    match &conn.sink {
+        Sink::V3(s) => {
+            let fut =
+                s.publish_pkt(v3_packet(d, QoS::ExactlyOnce, Some(id))).send_exactly_once(payload);
+            ntex::rt::spawn(
+                async move {
+                    match fut.await {
+                        Ok(rec) => {
+                            inf.delivered(id);
+                            let _ = rec.release().await;
+                        }
+                        Err(SendPacketError::Encode(e)) => {
+                            tracing::warn!(
+                                { ERROR_MESSAGE } = %e,
+                                "message dropped: cannot be sent to this client"
+                            );
+                            inf.delivered(id);
+                        }
+                        Err(_) => {}
+                    }
+                    qos2_finished(&inf, id);
+                }
+                .instrument(span),
+            );
+        }
+        Sink::V5(s) => {
+            let fut =
+                s.publish_pkt(v5_packet(d, QoS::ExactlyOnce, Some(id))).send_exactly_once(payload);
+            ntex::rt::spawn(
+                async move {
+                    match fut.await {
+                        Ok(rec) => {
+                            inf.delivered(id);
+                            let _ = rec.release().await;
+                        }
+                        Err(SendPacketError::Encode(e)) => {
+                            tracing::warn!(
+                                { ERROR_MESSAGE } = %e,
+                                "message dropped: cannot be sent to this client"
+                            );
+                            inf.delivered(id);
+                        }
+                        Err(_) => {}
+                    }
+                    qos2_finished(&inf, id);
+                }
+                .instrument(span),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn qos2_finished(inflight: &InFlight, id: NonZeroU16) {
+    inflight.release(id);
+    inflight.qos2_busy.set(false);
+    inflight.qos2_done.notify();
+}

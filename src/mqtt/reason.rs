@@ -1,0 +1,407 @@
+//! Every MQTT reason code the adapter sends, chosen in one place.
+//!
+//! Handlers describe *what* went wrong with the domain enums below (or the
+//! broker's own errors); this module decides *how* each protocol level says
+//! it: a v5 reason code on CONNACK/PUBACK/SUBACK/UNSUBACK/DISCONNECT, or the
+//! closest MQTT 3.1.1 behaviour (a CONNACK return code, a SUBACK failure, an
+//! ack without routing, or closing the connection). Causes stay in the logs;
+//! clients only see the code and, for v5, a short fixed reason string.
+
+use ntex_mqtt::error::ProtocolError;
+use ntex_mqtt::{v3, v5};
+use v5::codec::{ConnectAckReason, DisconnectReasonCode, PublishAckReason, SubscribeAckReason};
+
+use crate::broker::auth::AuthError;
+use crate::broker::{KickReason, PublishError, QoS, SubscribeError};
+use crate::domain::TopicError;
+
+/// An error that ends one connection. v5 clients get a DISCONNECT with
+/// `code` (when the connection is still writable); v3 connections just close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{reason} (reason code {})", u8::from(*.code))]
+pub(crate) struct ConnError {
+    pub code: DisconnectReasonCode,
+    pub reason: &'static str,
+}
+
+impl ConnError {
+    pub(crate) const fn new(code: DisconnectReasonCode, reason: &'static str) -> Self {
+        Self { code, reason }
+    }
+
+    pub(crate) const fn protocol(reason: &'static str) -> Self {
+        Self::new(DisconnectReasonCode::ProtocolError, reason)
+    }
+
+    /// The v5 DISCONNECT that tells the client why.
+    pub(crate) fn disconnect(&self) -> v5::codec::Disconnect {
+        v5::codec::Disconnect::new(self.code).reason_string(Some(self.reason.into()))
+    }
+}
+
+/// ntex-mqtt asks whether a publish handler error can become a PUBACK; ours
+/// never can: handlers return rejections as acks themselves, errors close.
+impl TryFrom<ConnError> for v5::PublishAck {
+    type Error = ConnError;
+
+    fn try_from(err: ConnError) -> Result<Self, Self::Error> {
+        Err(err)
+    }
+}
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectRefusal {
+    /// Empty client id with a persistent session (3.1.1 §3.1.3-8).
+    ClientIdRejected,
+    Auth(AuthError),
+    WillTopicInvalid,
+    WillTooLarge,
+    WillNotAuthorized,
+    /// v5 enhanced authentication (AUTH method) is not supported.
+    BadAuthMethod,
+    /// The broker core is shutting down.
+    Unavailable,
+}
+
+impl ConnectRefusal {
+    pub(crate) fn v5(self) -> ConnectAckReason {
+        match self {
+            Self::ClientIdRejected => ConnectAckReason::ClientIdentifierNotValid,
+            Self::Auth(AuthError::BadCredentials) => ConnectAckReason::BadUserNameOrPassword,
+            Self::Auth(AuthError::NotAuthorized) | Self::WillNotAuthorized => {
+                ConnectAckReason::NotAuthorized
+            }
+            Self::Auth(AuthError::Unavailable) | Self::Unavailable => {
+                ConnectAckReason::ServerUnavailable
+            }
+            Self::WillTopicInvalid => ConnectAckReason::TopicNameInvalid,
+            Self::WillTooLarge => ConnectAckReason::PacketTooLarge,
+            Self::BadAuthMethod => ConnectAckReason::BadAuthenticationMethod,
+        }
+    }
+
+    /// `None`: 3.1.1 has no fitting return code, close without CONNACK
+    /// (what Mosquitto does for a malformed will).
+    pub(crate) fn v3(self) -> Option<v3::codec::ConnectAckReason> {
+        use v3::codec::ConnectAckReason as R;
+        match self {
+            Self::ClientIdRejected => Some(R::IdentifierRejected),
+            Self::Auth(AuthError::BadCredentials) => Some(R::BadUserNameOrPassword),
+            Self::Auth(AuthError::NotAuthorized) | Self::WillNotAuthorized => {
+                Some(R::NotAuthorized)
+            }
+            Self::Auth(AuthError::Unavailable) | Self::Unavailable => Some(R::ServiceUnavailable),
+            Self::WillTopicInvalid | Self::WillTooLarge | Self::BadAuthMethod => None,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientIdRejected => "empty client id requires a clean session",
+            Self::Auth(AuthError::BadCredentials) => "bad user name or password",
+            Self::Auth(AuthError::NotAuthorized) => "not authorized",
+            Self::Auth(AuthError::Unavailable) => "authentication backend unavailable",
+            Self::WillTopicInvalid => "will topic invalid",
+            Self::WillTooLarge => "will payload too large",
+            Self::WillNotAuthorized => "will topic not authorized",
+            Self::BadAuthMethod => "enhanced authentication is not supported",
+            Self::Unavailable => "server unavailable",
+        }
+    }
+}
+
+/// Why an inbound PUBLISH was not routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PublishRejection {
+    TopicInvalid,
+    PayloadTooLarge,
+    NotAuthorized,
+    Busy,
+    Storage,
+    ShuttingDown,
+}
+
+impl From<&TopicError> for PublishRejection {
+    fn from(_: &TopicError) -> Self {
+        Self::TopicInvalid
+    }
+}
+
+impl From<&PublishError> for PublishRejection {
+    fn from(err: &PublishError) -> Self {
+        match err {
+            PublishError::Busy => Self::Busy,
+            PublishError::Storage(_) => Self::Storage,
+            PublishError::ShuttingDown => Self::ShuttingDown,
+        }
+    }
+}
+
+/// What a v5 connection does with a rejected publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum V5Verdict {
+    /// Negative PUBACK/PUBREC (QoS ≥ 1) with a reason string.
+    Ack(PublishAckReason, &'static str),
+    /// QoS 0: drop it (logged and counted).
+    Drop,
+    /// Close with DISCONNECT.
+    Disconnect(ConnError),
+}
+
+/// What a 3.1.1 connection does with a rejected publish. 3.1.1 has no negative
+/// acks: either ack and drop (so the client does not hang, as Mosquitto does)
+/// or close without acking (the client resends after reconnecting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum V3Verdict {
+    AckAndDrop,
+    Close(ConnError),
+}
+
+impl PublishRejection {
+    pub(crate) fn v5(self, qos: QoS) -> V5Verdict {
+        let acked = qos != QoS::AtMostOnce;
+        match self {
+            Self::TopicInvalid if acked => {
+                V5Verdict::Ack(PublishAckReason::TopicNameInvalid, "topic name invalid")
+            }
+            Self::TopicInvalid => V5Verdict::Disconnect(ConnError::new(
+                DisconnectReasonCode::TopicNameInvalid,
+                "topic name invalid",
+            )),
+            // 0x95 is not a PUBACK reason code; 0x97 "quota exceeded" is the
+            // closest one a client understands without reconnect loops.
+            Self::PayloadTooLarge if acked => {
+                V5Verdict::Ack(PublishAckReason::QuotaExceeded, "payload too large")
+            }
+            Self::PayloadTooLarge => V5Verdict::Disconnect(ConnError::new(
+                DisconnectReasonCode::PacketTooLarge,
+                "payload too large",
+            )),
+            Self::NotAuthorized if acked => {
+                V5Verdict::Ack(PublishAckReason::NotAuthorized, "not authorized")
+            }
+            Self::NotAuthorized => V5Verdict::Drop,
+            // 0x89 "server busy" is not a PUBACK reason code either.
+            Self::Busy if acked => V5Verdict::Ack(PublishAckReason::QuotaExceeded, "server busy"),
+            Self::Busy => V5Verdict::Drop,
+            Self::Storage if acked => {
+                V5Verdict::Ack(PublishAckReason::UnspecifiedError, "storage unavailable")
+            }
+            Self::Storage => V5Verdict::Drop,
+            Self::ShuttingDown => V5Verdict::Disconnect(shutting_down()),
+        }
+    }
+
+    pub(crate) fn v3(self) -> V3Verdict {
+        match self {
+            Self::NotAuthorized => V3Verdict::AckAndDrop,
+            Self::TopicInvalid => V3Verdict::Close(ConnError::new(
+                DisconnectReasonCode::TopicNameInvalid,
+                "topic name invalid",
+            )),
+            Self::PayloadTooLarge => V3Verdict::Close(ConnError::new(
+                DisconnectReasonCode::PacketTooLarge,
+                "payload too large",
+            )),
+            // Never ack what was not routed or stored; the client retries.
+            Self::Busy => {
+                V3Verdict::Close(ConnError::new(DisconnectReasonCode::ServerBusy, "server busy"))
+            }
+            Self::Storage => V3Verdict::Close(ConnError::new(
+                DisconnectReasonCode::UnspecifiedError,
+                "storage unavailable",
+            )),
+            Self::ShuttingDown => V3Verdict::Close(shutting_down()),
+        }
+    }
+}
+
+/// The v5 PUBACK for a routed publish.
+pub(crate) fn publish_routed_v5(matched: usize) -> PublishAckReason {
+    if matched == 0 { PublishAckReason::NoMatchingSubscribers } else { PublishAckReason::Success }
+}
+
+/// Why one entry of a SUBSCRIBE is refused before it reaches the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubscribeRefusal {
+    FilterInvalid,
+    NotAuthorized,
+}
+
+impl SubscribeRefusal {
+    pub(crate) fn v5(self) -> SubscribeAckReason {
+        match self {
+            Self::FilterInvalid => SubscribeAckReason::TopicFilterInvalid,
+            Self::NotAuthorized => SubscribeAckReason::NotAuthorized,
+        }
+    }
+}
+
+/// SUBACK reason for a subscription the broker refused.
+pub(crate) fn suback_v5(err: SubscribeError) -> SubscribeAckReason {
+    match err {
+        SubscribeError::QuotaExceeded => SubscribeAckReason::QuotaExceeded,
+        SubscribeError::NotAuthorized => SubscribeAckReason::NotAuthorized,
+        SubscribeError::FilterInvalid => SubscribeAckReason::TopicFilterInvalid,
+        SubscribeError::NoSession => SubscribeAckReason::UnspecifiedError,
+    }
+}
+
+/// No Local on a shared subscription is a protocol error (MQTT 5 §3.8.3.1).
+pub(crate) const NO_LOCAL_ON_SHARED: ConnError =
+    ConnError::protocol("no local on a shared subscription");
+
+pub(crate) const fn shutting_down() -> ConnError {
+    ConnError::new(DisconnectReasonCode::ServerShuttingDown, "server shutting down")
+}
+
+/// The DISCONNECT sent when the broker asks a connection to go away.
+pub(crate) fn kicked(reason: KickReason) -> ConnError {
+    match reason {
+        KickReason::SessionTakenOver => {
+            ConnError::new(DisconnectReasonCode::SessionTakenOver, "session taken over")
+        }
+        KickReason::ServerShuttingDown => shutting_down(),
+    }
+}
+
+/// The DISCONNECT for a protocol error ntex-mqtt detected. ntex reports a
+/// wildcard in a PUBLISH topic and a topic alias above the maximum as generic
+/// protocol errors (0x82); MQTT 5 names them 0x90 and 0x94.
+pub(crate) fn protocol_error(err: &ProtocolError) -> v5::codec::Disconnect {
+    if let ProtocolError::ProtocolViolation(v) = err {
+        let (code, why) = match v.message() {
+            m if m.starts_with("[MQTT-3.3.2-2]") => {
+                (DisconnectReasonCode::TopicNameInvalid, "topic name contains a wildcard")
+            }
+            m if m.starts_with("[MQTT-3.2.2-17]") || m.starts_with("[MQTT-3.1.2-26]") => {
+                (DisconnectReasonCode::TopicAliasInvalid, "topic alias above the maximum")
+            }
+            _ => return v5::codec::Disconnect::from_proto_error(err),
+        };
+        return v5::codec::Disconnect::new(code).reason_string(Some(why.into()));
+    }
+    v5::codec::Disconnect::from_proto_error(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use ntex_mqtt::error::SpecViolation;
+
+    use super::*;
+
+    #[test]
+    fn connect_refusals_map_to_v5_and_v3_codes() {
+        assert_eq!(
+            ConnectRefusal::Auth(AuthError::BadCredentials).v5(),
+            ConnectAckReason::BadUserNameOrPassword
+        );
+        assert_eq!(
+            ConnectRefusal::Auth(AuthError::NotAuthorized).v5(),
+            ConnectAckReason::NotAuthorized
+        );
+        assert_eq!(
+            ConnectRefusal::Auth(AuthError::Unavailable).v5(),
+            ConnectAckReason::ServerUnavailable
+        );
+        assert_eq!(u8::from(ConnectRefusal::Auth(AuthError::BadCredentials).v5()), 0x86);
+        assert_eq!(u8::from(ConnectRefusal::WillTopicInvalid.v5()), 0x90);
+        assert_eq!(
+            ConnectRefusal::Auth(AuthError::BadCredentials).v3(),
+            Some(v3::codec::ConnectAckReason::BadUserNameOrPassword)
+        );
+        assert_eq!(
+            ConnectRefusal::ClientIdRejected.v3(),
+            Some(v3::codec::ConnectAckReason::IdentifierRejected)
+        );
+        assert_eq!(
+            ConnectRefusal::Unavailable.v3(),
+            Some(v3::codec::ConnectAckReason::ServiceUnavailable)
+        );
+        assert_eq!(ConnectRefusal::WillTopicInvalid.v3(), None);
+    }
+
+    #[test]
+    fn v5_publish_rejections_ack_qos1_and_disconnect_or_drop_qos0() {
+        use PublishRejection as R;
+        assert_eq!(
+            R::TopicInvalid.v5(QoS::AtLeastOnce),
+            V5Verdict::Ack(PublishAckReason::TopicNameInvalid, "topic name invalid")
+        );
+        assert!(matches!(
+            R::TopicInvalid.v5(QoS::AtMostOnce),
+            V5Verdict::Disconnect(ConnError { code: DisconnectReasonCode::TopicNameInvalid, .. })
+        ));
+        assert!(matches!(
+            R::PayloadTooLarge.v5(QoS::AtMostOnce),
+            V5Verdict::Disconnect(ConnError { code: DisconnectReasonCode::PacketTooLarge, .. })
+        ));
+        assert!(matches!(
+            R::NotAuthorized.v5(QoS::ExactlyOnce),
+            V5Verdict::Ack(PublishAckReason::NotAuthorized, _)
+        ));
+        assert_eq!(R::NotAuthorized.v5(QoS::AtMostOnce), V5Verdict::Drop);
+        assert!(matches!(
+            R::Storage.v5(QoS::AtLeastOnce),
+            V5Verdict::Ack(PublishAckReason::UnspecifiedError, "storage unavailable")
+        ));
+        assert!(matches!(
+            R::Busy.v5(QoS::AtLeastOnce),
+            V5Verdict::Ack(PublishAckReason::QuotaExceeded, _)
+        ));
+        assert!(matches!(
+            R::ShuttingDown.v5(QoS::AtLeastOnce),
+            V5Verdict::Disconnect(ConnError { code: DisconnectReasonCode::ServerShuttingDown, .. })
+        ));
+    }
+
+    #[test]
+    fn v3_never_acks_what_was_not_stored() {
+        use PublishRejection as R;
+        assert_eq!(R::NotAuthorized.v3(), V3Verdict::AckAndDrop);
+        for r in [R::TopicInvalid, R::PayloadTooLarge, R::Busy, R::Storage, R::ShuttingDown] {
+            assert!(matches!(r.v3(), V3Verdict::Close(_)), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn routed_publishes_report_missing_subscribers() {
+        assert_eq!(publish_routed_v5(0), PublishAckReason::NoMatchingSubscribers);
+        assert_eq!(publish_routed_v5(3), PublishAckReason::Success);
+    }
+
+    #[test]
+    fn subscribe_errors_map_to_suback_codes() {
+        assert_eq!(suback_v5(SubscribeError::QuotaExceeded), SubscribeAckReason::QuotaExceeded);
+        assert_eq!(suback_v5(SubscribeError::NotAuthorized), SubscribeAckReason::NotAuthorized);
+        assert_eq!(u8::from(suback_v5(SubscribeError::FilterInvalid)), 0x8F);
+        assert_eq!(SubscribeRefusal::NotAuthorized.v5(), SubscribeAckReason::NotAuthorized);
+    }
+
+    #[test]
+    fn kicks_and_protocol_errors_get_their_disconnect_codes() {
+        assert_eq!(
+            kicked(KickReason::SessionTakenOver).code,
+            DisconnectReasonCode::SessionTakenOver
+        );
+        assert_eq!(u8::from(kicked(KickReason::ServerShuttingDown).code), 0x8B);
+        let wildcard = ProtocolError::spec(SpecViolation::Pub_3_3_2_2);
+        assert_eq!(protocol_error(&wildcard).reason_code, DisconnectReasonCode::TopicNameInvalid);
+        let alias = ProtocolError::spec(SpecViolation::Connack_3_2_2_17);
+        assert_eq!(protocol_error(&alias).reason_code, DisconnectReasonCode::TopicAliasInvalid);
+        let other = ProtocolError::spec(SpecViolation::Subs_4_7_1);
+        assert_eq!(protocol_error(&other).reason_code, DisconnectReasonCode::ProtocolError);
+    }
+
+    #[test]
+    fn conn_errors_carry_their_reason_into_the_disconnect() {
+        let d = NO_LOCAL_ON_SHARED.disconnect();
+        assert_eq!(d.reason_code, DisconnectReasonCode::ProtocolError);
+        assert_eq!(d.reason_string.as_deref(), Some("no local on a shared subscription"));
+        assert_eq!(
+            NO_LOCAL_ON_SHARED.to_string(),
+            "no local on a shared subscription (reason code 130)"
+        );
+    }
+}

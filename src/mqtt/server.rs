@@ -1,0 +1,424 @@
+//! The `mapcast-mqtt` thread: an ntex `System` serving the bound listeners
+//! (TCP, TLS, WebSocket) with one MQTT service for both protocol levels.
+
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ntex::http::body::BodySize;
+use ntex::http::header::{SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
+use ntex::http::{HttpService, Request, RequestHead, Response, StatusCode, h1};
+use ntex::io::{Filter, Io, IoBoxed, Layer};
+use ntex::service::{
+    Pipeline, Service, ServiceFactory, chain_factory, fn_factory_with_config, fn_service,
+};
+use ntex::time::{Millis, Seconds};
+use ntex::tls::rustls::TlsAcceptor;
+use ntex::{SharedCfg, ws};
+use ntex_mqtt::{HandshakeError, MqttError, MqttServiceConfig, QoS};
+use tokio_util::sync::CancellationToken;
+
+use super::reason::ConnError;
+use super::session::Ctx;
+use super::{MqttListeners, MqttServer, TlsFiles, qos2, v3, v5};
+use crate::broker::{BrokerHandle, BrokerLimits};
+use crate::telemetry::names::ERROR_MESSAGE;
+
+/// Time a client has to send CONNECT after the socket opens.
+pub(super) const CONNECT_TIMEOUT: Seconds = Seconds(10);
+/// How long `stop` waits for connections to take their DISCONNECT and close.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// How long ntex workers get to shut down.
+const WORKER_SHUTDOWN: Millis = Millis(3_000);
+/// Upper bound on the whole ntex stop, and on joining the thread.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl MqttServer {
+    /// Starts the ntex server on its own named thread ("mapcast-mqtt") in its
+    /// own ntex System (ntex `tokio` runtime feature; `.disable_signals()`),
+    /// serving already-bound listeners.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "runs once at startup: reads the TLS files and waits milliseconds for the thread"
+    )]
+    pub fn start(
+        listeners: MqttListeners,
+        broker: BrokerHandle,
+        workers: usize,
+    ) -> anyhow::Result<Self> {
+        let MqttListeners { tcp, tls, ws } = listeners;
+        let tls = match tls {
+            Some((listener, files)) => Some((listener, load_tls(&files)?)),
+            None => None,
+        };
+        let ctx =
+            Ctx { broker, shutdown: CancellationToken::new(), open: Arc::new(AtomicUsize::new(0)) };
+
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let thread_ctx = ctx.clone();
+        let thread = std::thread::Builder::new()
+            .name("mapcast-mqtt".into())
+            .spawn(move || {
+                ntex::rt::System::build()
+                    .name("mapcast-mqtt")
+                    .disable_signals()
+                    .build(ntex::rt::DefaultRuntime)
+                    .block_on(async move {
+                        match build(tcp, tls, ws, thread_ctx, workers) {
+                            Ok(server) => {
+                                let _ = tx.send(Ok(server.clone()));
+                                // Resolves when the server has stopped.
+                                let _ = server.await;
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                            }
+                        }
+                    });
+            })
+            .context("cannot spawn the mapcast-mqtt thread")?;
+        let server = rx
+            .recv()
+            .context("the mapcast-mqtt thread exited while starting")?
+            .context("cannot start the MQTT server")?;
+        tracing::info!(workers, "MQTT server started");
+        Ok(Self { server, thread: Some(thread), shutdown: ctx.shutdown, open: ctx.open })
+    }
+
+    /// Stop accepting, close connections gracefully, join the thread (bounded wait).
+    pub async fn stop(mut self) {
+        // Every pump sends DISCONNECT "server shutting down" and closes.
+        self.shutdown.cancel();
+        let deadline = Instant::now() + CLOSE_GRACE;
+        while self.open.load(Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.open.load(Relaxed);
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "MQTT connections still open at stop; dropping them"
+            );
+        }
+        // Let the last DISCONNECTs reach the sockets.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        if tokio::time::timeout(STOP_TIMEOUT, self.server.stop(true)).await.is_err() {
+            tracing::warn!("MQTT server did not stop in time");
+        }
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            match tokio::time::timeout(STOP_TIMEOUT, joined).await {
+                Ok(Ok(Ok(()))) => tracing::info!("MQTT server stopped"),
+                Ok(Ok(Err(_))) => tracing::error!("the mapcast-mqtt thread panicked"),
+                Ok(Err(e)) => {
+                    tracing::error!({ ERROR_MESSAGE } = %e, "cannot join the mapcast-mqtt thread")
+                }
+                Err(_) => {
+                    tracing::warn!("the mapcast-mqtt thread did not exit in time; leaving it")
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MqttServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            // Dropped without `stop`: stop without waiting.
+            self.shutdown.cancel();
+            // The stop command is sent by the call; the future only waits for it.
+            drop(self.server.stop(false));
+        }
+    }
+}
+
+/// Runs inside the ntex System: register the listeners and start the workers.
+fn build(
+    tcp: TcpListener,
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    ws: Option<TcpListener>,
+    ctx: Ctx,
+    workers: usize,
+) -> io::Result<ntex::server::Server> {
+    let limits = ctx.broker.limits().clone();
+    let c = ctx.clone();
+    let mut builder = ntex::server::build()
+        .name("mapcast-mqtt")
+        .workers(workers.max(1))
+        .disable_signals()
+        .shutdown_timeout(WORKER_SHUTDOWN)
+        .listen("mqtt", tcp, async move |_| mqtt_over(c.clone()))?
+        .config("mqtt", SharedCfg::new("MQTT").add(service_config(&limits)));
+
+    if let Some((listener, tls)) = tls {
+        let c = ctx.clone();
+        builder = builder
+            .listen("mqtt-tls", listener, async move |_| {
+                chain_factory(TlsAcceptor::new(tls.clone()))
+                    .map_err(|e: io::Error| {
+                        tracing::debug!({ ERROR_MESSAGE } = %e, "TLS handshake failed");
+                    })
+                    .map_init_err(|_| ())
+                    .and_then(mqtt_over(c.clone()))
+            })?
+            .config("mqtt-tls", SharedCfg::new("MQTT-TLS").add(service_config(&limits)));
+    }
+    if let Some(listener) = ws {
+        let c = ctx.clone();
+        builder = builder
+            .listen("mqtt-ws", listener, async move |_| ws_service(c.clone()))?
+            .config("mqtt-ws", SharedCfg::new("MQTT-WS").add(service_config(&limits)));
+    }
+    Ok(builder.run())
+}
+
+/// ntex-mqtt settings from the broker limits.
+fn service_config(limits: &BrokerLimits) -> MqttServiceConfig {
+    MqttServiceConfig::new()
+        .set_max_qos(QoS::ExactlyOnce)
+        .set_max_size(limits.max_packet_bytes)
+        .set_max_receive(limits.receive_maximum)
+        .set_max_receive_size((limits.max_packet_bytes as usize).max(64 * 1024))
+        .set_max_topic_alias(limits.max_topic_alias)
+        // Whole payloads only, never streamed: handlers read them whole anyway,
+        // and `qos2` relies on it.
+        .set_min_chunk_size(limits.max_packet_bytes)
+        .set_max_send(limits.max_inflight)
+        .set_handle_qos_after_disconnect(Some(QoS::AtLeastOnce))
+        .set_connect_timeout(CONNECT_TIMEOUT)
+}
+
+/// The MQTT service over one transport: the 3.1.1 client-id pre-check, then
+/// the protocol, with connection errors logged.
+fn mqtt_over<F: Filter>(
+    ctx: Ctx,
+) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = (), InitError = ()> {
+    let stats = ctx.broker.stats().clone();
+    chain_factory(fn_service(async move |io: Io<F>| {
+        v3::refuse_empty_persistent_id(IoBoxed::from(io), &stats).await
+    }))
+    .and_then(chain_factory(mqtt_service(ctx)).map_err(log_conn_error).map_init_err(|_| ()))
+}
+
+/// One MQTT service for both protocol levels, over any transport.
+#[allow(clippy::type_complexity, reason = "the v3/v5 service types are unnameable")]
+fn mqtt_service(
+    ctx: Ctx,
+) -> ntex_mqtt::MqttServer<
+    impl ServiceFactory<IoBoxed, SharedCfg, Response = (), Error = MqttError<ConnError>, InitError = ()>,
+    impl ServiceFactory<IoBoxed, SharedCfg, Response = (), Error = MqttError<ConnError>, InitError = ()>,
+    ConnError,
+    (),
+> {
+    let c3 = ctx.clone();
+    let c5 = ctx;
+    ntex_mqtt::MqttServer::new()
+        .v3(ntex_mqtt::v3::MqttServer::new(async move |h| v3::handshake(&c3, h).await)
+            .control(v3::control_factory())
+            .protocol(v3::protocol_factory())
+            .middleware(qos2::InboundQos2V3)
+            .publish(v3::publish_factory()))
+        .v5(ntex_mqtt::v5::MqttServer::new(async move |h| v5::handshake(&c5, h).await)
+            .control(v5::control_factory())
+            .protocol(v5::protocol_factory())
+            .middleware(qos2::InboundQos2V5)
+            .publish(v5::publish_factory()))
+}
+
+/// Connection-level failures our handlers did not already log.
+fn log_conn_error(err: MqttError<ConnError>) {
+    match err {
+        MqttError::Handshake(HandshakeError::Timeout) => {
+            tracing::debug!("MQTT handshake timed out")
+        }
+        MqttError::Handshake(HandshakeError::Disconnected(_)) => {}
+        MqttError::Handshake(HandshakeError::Protocol(e)) => {
+            tracing::info!({ ERROR_MESSAGE } = %e, "MQTT handshake failed");
+        }
+        MqttError::Handshake(HandshakeError::Service(e)) | MqttError::Service(e) => {
+            tracing::debug!({ ERROR_MESSAGE } = %e, "MQTT connection closed");
+        }
+    }
+}
+
+/// Load the certificate chain and key for the TLS listener (at startup, before
+/// any runtime serves connections).
+#[allow(clippy::disallowed_methods, reason = "startup only, before serving")]
+fn load_tls(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let open = |path: &std::path::Path| -> anyhow::Result<BufReader<File>> {
+        Ok(BufReader::new(
+            File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        ))
+    };
+    let certs = rustls_pemfile::certs(&mut open(&files.cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("cannot read certificates from {}", files.cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate found in {}", files.cert.display());
+    let key = rustls_pemfile::private_key(&mut open(&files.key)?)
+        .with_context(|| format!("cannot read the private key from {}", files.key.display()))?
+        .with_context(|| format!("no private key found in {}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("invalid TLS certificate or key")?;
+    Ok(Arc::new(config))
+}
+
+/// MQTT over WebSocket: an HTTP/1 service whose only useful request is the
+/// upgrade; the upgraded stream runs the same MQTT service.
+fn ws_service<F: Filter>(
+    ctx: Ctx,
+) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = (), InitError = ()> {
+    let max_frame = (ctx.broker.limits().max_packet_bytes as usize).max(64 * 1024) + 16;
+    HttpService::new(fn_service(async |_: Request| {
+        Ok::<_, io::Error>(
+            Response::build(StatusCode::UPGRADE_REQUIRED)
+                .header(ntex::http::header::UPGRADE, "websocket")
+                .body("MQTT over WebSocket: upgrade with subprotocol \"mqtt\""),
+        )
+    }))
+    .h1_control(fn_factory_with_config(async move |cfg: SharedCfg| {
+        let mqtt =
+            Pipeline::new(mqtt_over(ctx.clone()).create(cfg).await.map_err(|()| WsInitError)?);
+        Ok::<_, WsInitError>(fn_service(async move |msg: h1::Control<F, io::Error>| {
+            Ok::<_, io::Error>(match msg {
+                h1::Control::Upgrade(up) => upgrade(up, mqtt.clone(), max_frame),
+                other => other.ack(),
+            })
+        }))
+    }))
+    .map_err(|e| tracing::debug!({ ERROR_MESSAGE } = %e, "MQTT over WebSocket: HTTP error"))
+    .map_init_err(|()| ())
+}
+
+#[derive(Debug)]
+struct WsInitError;
+
+fn upgrade<F, S>(
+    up: h1::control::Upgrade<F>,
+    mqtt: Pipeline<S>,
+    max_frame: usize,
+) -> h1::ControlAck<F>
+where
+    F: Filter,
+    S: Service<Io<Layer<ws::WsTransport, F>>, Response = (), Error = ()> + 'static,
+{
+    if let Err(e) = ws::verify_handshake(up.get_ref().head()) {
+        tracing::debug!({ ERROR_MESSAGE } = %e, "MQTT over WebSocket: bad upgrade request");
+        return up.fail(e);
+    }
+    up.handle(move |req, io, codec| async move {
+        let offered = req.head().headers.get(SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
+        let res = ws_response(req.head(), ws_subprotocol(offered));
+        if io.send(h1::Message::Item((res.drop_body(), BodySize::None)), &codec).await.is_err() {
+            return;
+        }
+        let io = ws::WsTransport::create(io, ws::Codec::new().max_size(max_frame));
+        let _ = mqtt.call(io).await;
+    })
+}
+
+/// The 101 response, with the MQTT subprotocol when the client offered it
+/// (browsers and rumqttc drop the connection otherwise).
+fn ws_response(req: &RequestHead, subprotocol: Option<&'static str>) -> Response {
+    let accept = req
+        .headers
+        .get(SEC_WEBSOCKET_KEY)
+        .and_then(|key| ws::hash_key(key.as_ref()).ok())
+        .unwrap_or_default();
+    let mut res = Response::build(StatusCode::SWITCHING_PROTOCOLS);
+    res.upgrade("websocket").no_chunking().header(SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = subprotocol {
+        res.header(SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    res.finish()
+}
+
+/// The subprotocol to answer: `mqtt`, or the legacy `mqttv3.1` (old Paho
+/// clients), when offered.
+fn ws_subprotocol(offered: Option<&str>) -> Option<&'static str> {
+    let mut legacy = None;
+    for p in offered?.split(',').map(str::trim) {
+        if p.eq_ignore_ascii_case("mqtt") {
+            return Some("mqtt");
+        }
+        if p.eq_ignore_ascii_case("mqttv3.1") {
+            legacy = Some("mqttv3.1");
+        }
+    }
+    legacy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_subprotocol_prefers_mqtt() {
+        assert_eq!(ws_subprotocol(Some("mqtt")), Some("mqtt"));
+        assert_eq!(ws_subprotocol(Some("mqttv3.1, MQTT")), Some("mqtt"));
+        assert_eq!(ws_subprotocol(Some("mqttv3.1")), Some("mqttv3.1"));
+        assert_eq!(ws_subprotocol(Some("graphql-ws")), None);
+        assert_eq!(ws_subprotocol(None), None);
+    }
+
+    #[test]
+    fn service_config_follows_the_limits() {
+        let limits = BrokerLimits::default();
+        let cfg = format!("{:?}", service_config(&limits));
+        assert!(cfg.contains("max_qos: ExactlyOnce"), "{cfg}");
+        assert!(cfg.contains(&format!("max_size: {}", limits.max_packet_bytes)), "{cfg}");
+        assert!(cfg.contains(&format!("max_receive: {}", limits.receive_maximum)), "{cfg}");
+        assert!(cfg.contains(&format!("max_topic_alias: {}", limits.max_topic_alias)), "{cfg}");
+        assert!(cfg.contains("handle_qos_after_disconnect: Some(AtLeastOnce)"), "{cfg}");
+    }
+
+    #[test]
+    fn missing_tls_files_are_reported_with_their_path() {
+        let files =
+            TlsFiles { cert: "/nonexistent/cert.pem".into(), key: "/nonexistent/key.pem".into() };
+        let err = load_tls(&files).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/cert.pem"), "{err:#}");
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods, reason = "test fixture")]
+    fn tls_config_loads_from_pem_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, TEST_CERT).unwrap();
+        std::fs::write(&key, TEST_KEY).unwrap();
+        load_tls(&TlsFiles { cert, key }).unwrap();
+    }
+
+    // A self-signed EC P-256 certificate for `localhost`, for tests only.
+    const TEST_CERT: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBmzCCAUGgAwIBAgIUXb+1Op6hmLNtFCZdIDXbzSaP1tUwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyNTExMDk0MVoYDzIxMjYxMTAx
+MTEwOTQxWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAARUpsUFUdcY4ugwqx1+9HviahCaZf31Tz/RdX/Ao92Sjbjc5umyDn0v
+UzyIqG6teAERpKKtKsFHpHVSE4FiDP/4o28wbTAdBgNVHQ4EFgQUOrEWJEfsSF6r
+ZSOxS0M02u5WQfkwHwYDVR0jBBgwFoAUOrEWJEfsSF6rZSOxS0M02u5WQfkwDwYD
+VR0TAQH/BAUwAwEB/zAaBgNVHREEEzARgglsb2NhbGhvc3SHBH8AAAEwCgYIKoZI
+zj0EAwIDSAAwRQIhAOGKosHX3VN8l3/4rS6pWUWhT03rNCZz/QjJdv3F3cfPAiBq
+9D8xKKhGmLeCQvzAZ7fJFqC/OWpJsGqheZOrYEkqcg==
+-----END CERTIFICATE-----
+";
+    const TEST_KEY: &str = "\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgeZkXDl4DlH8Gec5w
+uPZs4HKUa0N5+JF8x8tTrKTI3GahRANCAARUpsUFUdcY4ugwqx1+9HviahCaZf31
+Tz/RdX/Ao92Sjbjc5umyDn0vUzyIqG6teAERpKKtKsFHpHVSE4FiDP/4
+-----END PRIVATE KEY-----
+";
+}

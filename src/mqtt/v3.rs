@@ -1,0 +1,388 @@
+//! MQTT 3.1.1: the handshake, publish, protocol and control services.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use ntex::io::IoBoxed;
+use ntex::io::types::PeerAddr;
+use ntex::service::{ServiceFactory, fn_factory_with_config, fn_service};
+use ntex::time::Seconds;
+use ntex_mqtt::error::ProtocolError;
+use ntex_mqtt::{Control, Reason, v3};
+use tracing::Instrument;
+
+use super::convert;
+use super::pump;
+use super::reason::{self, ConnError, ConnectRefusal, PublishRejection, V3Verdict};
+use super::server::CONNECT_TIMEOUT;
+use super::session::{self, Conn, Ctx, OpenRequest, Sink};
+use crate::broker::{DisconnectKind, ProtocolVersion, Stats, SubscriptionOptions};
+use crate::telemetry::names::ERROR_MESSAGE;
+
+pub(super) async fn handshake(
+    ctx: &Ctx,
+    h: v3::Handshake,
+) -> Result<v3::HandshakeAck<Conn>, ConnError> {
+    let limits = ctx.broker.limits();
+    let pkt = h.packet();
+    let raw_id = pkt.client_id.clone();
+    let clean = pkt.clean_session;
+    let (client_id, assigned) =
+        match session::client_id(ctx, ProtocolVersion::V311, &pkt.client_id, clean) {
+            Ok(id) => id,
+            Err(r) => return refuse(ctx, h, &raw_id, r),
+        };
+    let will =
+        match pkt.last_will.as_ref().map(|w| convert::will_v3(w, &client_id, limits)).transpose() {
+            Ok(will) => will,
+            Err(r) => return refuse(ctx, h, &raw_id, r),
+        };
+    let keep_alive = pkt.keep_alive;
+    let req = OpenRequest {
+        protocol: ProtocolVersion::V311,
+        client_id,
+        assigned,
+        clean_start: clean,
+        session_expiry_secs: convert::session_expiry_v3(clean),
+        username: pkt.username.clone(),
+        password: pkt.password.clone(),
+        will,
+        peer: h.io().query::<PeerAddr>().as_ref().map(|p| p.0),
+        problem_info: false,
+    };
+
+    let opened = match session::open(ctx, req, Sink::V3(h.sink()), h.io().get_ref()).await {
+        Ok(opened) => opened,
+        Err(r) => return refuse(ctx, h, &raw_id, r),
+    };
+    let session_present = opened.session_present;
+    let ack = h.ack(opened.conn, session_present).max_send(Some(limits.max_inflight));
+    // Keep-alive 0 means none; ntex would otherwise close after 30 idle seconds.
+    Ok(if keep_alive == 0 { ack.idle_timeout(Seconds::ZERO) } else { ack })
+}
+
+/// A refused CONNECT: a CONNACK return code, or closing without one when
+/// 3.1.1 has no code for the reason.
+fn refuse(
+    ctx: &Ctx,
+    h: v3::Handshake,
+    client_id: &ntex::util::ByteString,
+    refusal: ConnectRefusal,
+) -> Result<v3::HandshakeAck<Conn>, ConnError> {
+    ctx.broker.stats().rejected_connects.fetch_add(1, Relaxed);
+    let code = refusal.v3();
+    tracing::warn!(
+        client.id = %client_id,
+        mqtt.protocol = "3.1.1",
+        mqtt.reason_code = code.map(u8::from),
+        "connection refused: {}",
+        refusal.as_str()
+    );
+    match code {
+        Some(code) => Ok(h.failed(code)),
+        None => Err(ConnError::protocol(refusal.as_str())),
+    }
+}
+
+/// [MQTT-3.1.3-8]: a 3.1.1 CONNECT with an empty client id and no clean
+/// session gets CONNACK 0x02 "identifier rejected". ntex-mqtt's decoder drops
+/// it without a CONNACK before our handshake runs, so look at the first bytes
+/// ourselves. Any other connection passes through untouched.
+pub(super) async fn refuse_empty_persistent_id(io: IoBoxed, stats: &Stats) -> Result<IoBoxed, ()> {
+    loop {
+        match io.with_read_buf(|buf| empty_persistent_client_id(buf)) {
+            Some(false) => return Ok(io),
+            Some(true) => {
+                stats.rejected_connects.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    mqtt.protocol = "3.1.1",
+                    mqtt.reason_code = u8::from(v3::codec::ConnectAckReason::IdentifierRejected),
+                    "connection refused: {}",
+                    ConnectRefusal::ClientIdRejected.as_str()
+                );
+                let _ = io.encode_slice(&[0x20, 0x02, 0x00, 0x02]);
+                let _ = io.shutdown().await;
+                return Err(());
+            }
+            // ntex-mqtt applies its own timeouts and reports errors.
+            None => match ntex::time::timeout(CONNECT_TIMEOUT, io.read_ready()).await {
+                Ok(Ok(Some(()))) => {}
+                _ => return Ok(io),
+            },
+        }
+    }
+}
+
+/// Does `buf` start with a 3.1.1 CONNECT with an empty client id and clean
+/// session 0? `None`: not enough bytes yet to tell.
+fn empty_persistent_client_id(buf: &[u8]) -> Option<bool> {
+    const HEADER: &[u8] = b"\x00\x04MQTT\x04";
+    let (&first, rest) = buf.split_first()?;
+    if first != 0x10 {
+        return Some(false);
+    }
+    // Remaining length: 1 to 4 bytes, high bit set on all but the last.
+    let mut len_bytes = 0;
+    loop {
+        let b = *rest.get(len_bytes)?;
+        len_bytes += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if len_bytes == 4 {
+            return Some(false);
+        }
+    }
+    // Protocol name and level (7), flags (1), keep-alive (2), client id length (2).
+    let vh = &rest[len_bytes..];
+    if vh.len() < 12 {
+        return if HEADER.starts_with(&vh[..vh.len().min(HEADER.len())]) {
+            None
+        } else {
+            Some(false)
+        };
+    }
+    Some(vh.starts_with(HEADER) && vh[7] & 0x02 == 0 && vh[10] == 0 && vh[11] == 0)
+}
+
+pub(super) async fn publish(conn: &Conn, p: v3::Publish) -> Result<(), ConnError> {
+    let pkt = p.packet();
+    let qos = convert::qos_in(pkt.qos);
+    let size = p.payload_size();
+    conn.broker.stats().received(size);
+
+    let topic = match conn.check_publish(&pkt.topic, size) {
+        Ok(topic) => topic,
+        Err(r) => return rejected(conn, r),
+    };
+    let payload = p.read_all().await.map_err(|e| {
+        tracing::debug!(
+            parent: &conn.span,
+            client.id = %conn.client_id,
+            { ERROR_MESSAGE } = %e,
+            "publish payload incomplete"
+        );
+        ConnError::protocol("publish payload incomplete")
+    })?;
+    let msg = conn.message(topic, payload, qos, pkt.retain, None, None);
+    match conn.route(msg).await {
+        Ok(_) => Ok(()),
+        Err(r) => rejected(conn, r),
+    }
+}
+
+fn rejected(conn: &Conn, rejection: PublishRejection) -> Result<(), ConnError> {
+    conn.rejected();
+    match rejection.v3() {
+        V3Verdict::AckAndDrop => Ok(()),
+        V3Verdict::Close(err) => Err(err),
+    }
+}
+
+pub(super) async fn protocol(
+    conn: &Conn,
+    msg: v3::ProtocolMessage,
+) -> Result<v3::ProtocolMessageAck, ConnError> {
+    match msg {
+        v3::ProtocolMessage::Subscribe(mut s) => {
+            subscribe(conn, &mut s).instrument(conn.span.clone()).await;
+            Ok(s.ack())
+        }
+        v3::ProtocolMessage::Unsubscribe(s) => {
+            unsubscribe(conn, &s).instrument(conn.span.clone()).await;
+            Ok(s.ack())
+        }
+        v3::ProtocolMessage::Disconnect(d) => {
+            conn.finish(DisconnectKind::Clean, None);
+            Ok(d.ack())
+        }
+        v3::ProtocolMessage::Ping(p) => Ok(p.ack()),
+        v3::ProtocolMessage::PublishRelease(r) => Ok(r.ack()),
+    }
+}
+
+async fn subscribe(conn: &Conn, s: &mut v3::control::Subscribe) {
+    let limits = conn.broker.limits().topic_limits();
+    let auth = conn.broker.auth();
+
+    let mut requests = Vec::new();
+    let mut slots = Vec::new();
+    for mut sub in s.iter_mut() {
+        let options = SubscriptionOptions::qos(convert::qos_in(sub.qos()));
+        match convert::subscribe_request(sub.topic(), options, limits) {
+            Ok(req) if auth.can_subscribe(&conn.identity, &conn.client_id, &req.filter.filter) => {
+                slots.push(Some(requests.len()));
+                requests.push(req);
+            }
+            refused => {
+                let why = if refused.is_ok() { "not authorized" } else { "topic filter invalid" };
+                tracing::info!(mqtt.topic = %sub.topic(), "subscription refused: {why}");
+                sub.fail();
+                slots.push(None);
+            }
+        }
+    }
+
+    let results = if requests.is_empty() {
+        Vec::new()
+    } else {
+        conn.broker.subscribe(conn.client_id.clone(), conn.conn, requests).await
+    };
+    for (mut sub, slot) in s.iter_mut().zip(slots) {
+        let Some(i) = slot else { continue };
+        match results.get(i) {
+            Some(Ok(qos)) => sub.confirm(convert::qos_out(*qos)),
+            Some(Err(e)) => {
+                tracing::info!(
+                    mqtt.topic = %sub.topic(),
+                    { ERROR_MESSAGE } = %e,
+                    "subscription refused"
+                );
+                sub.fail();
+            }
+            None => sub.fail(),
+        }
+    }
+}
+
+async fn unsubscribe(conn: &Conn, s: &v3::control::Unsubscribe) {
+    let limits = conn.broker.limits().topic_limits();
+    let filters: Vec<_> = s
+        .iter()
+        .filter(|topic| crate::domain::SharedFilter::parse((*topic).clone(), limits).is_ok())
+        .cloned()
+        .collect();
+    if !filters.is_empty() {
+        conn.broker.unsubscribe(conn.client_id.clone(), conn.conn, filters).await;
+    }
+}
+
+pub(super) async fn control(
+    conn: &Conn,
+    msg: Control<ConnError>,
+) -> Result<Option<v3::codec::Encoded>, ConnError> {
+    match msg {
+        Control::WrBackpressure(w) => conn.set_wr_backpressure(w.enabled()),
+        Control::Stop(why) => {
+            let _entered = conn.span.enter();
+            match why {
+                Reason::Error(e) => {
+                    let e = e.get_ref();
+                    tracing::info!(
+                        client.id = %conn.client_id,
+                        mqtt.reason_code = u8::from(e.code),
+                        "closing connection: {}",
+                        e.reason
+                    );
+                }
+                Reason::Protocol(p) => protocol_error(conn, p.get_ref()),
+                Reason::PeerGone(g) => {
+                    tracing::debug!(
+                        client.id = %conn.client_id,
+                        { ERROR_MESSAGE } = g.err().map(tracing::field::display),
+                        "connection lost"
+                    );
+                }
+            }
+            conn.finish(DisconnectKind::Unclean, None);
+        }
+    }
+    // 3.1.1 has no server DISCONNECT: closing is the message.
+    Ok(None)
+}
+
+fn protocol_error(conn: &Conn, err: &ProtocolError) {
+    if matches!(err, ProtocolError::KeepAliveTimeout) {
+        tracing::info!(client.id = %conn.client_id, "keep-alive timeout");
+    } else {
+        conn.broker.stats().protocol_errors.fetch_add(1, Relaxed);
+        let code = reason::protocol_error(err).reason_code;
+        tracing::warn!(
+            client.id = %conn.client_id,
+            mqtt.reason_code = u8::from(code),
+            { ERROR_MESSAGE } = %err,
+            "protocol error"
+        );
+    }
+}
+
+pub(super) fn control_factory() -> impl ServiceFactory<
+    Control<ConnError>,
+    v3::Session<Conn>,
+    Response = Option<v3::codec::Encoded>,
+    Error = ConnError,
+    InitError = ConnError,
+> {
+    fn_factory_with_config(async |session: v3::Session<Conn>| {
+        // Created once per connection, after the CONNACK is written.
+        let conn = (*session).clone();
+        pump::spawn(conn.clone());
+        Ok::<_, ConnError>(fn_service(async move |msg| control(&conn, msg).await))
+    })
+}
+
+pub(super) fn protocol_factory() -> impl ServiceFactory<
+    v3::ProtocolMessage,
+    v3::Session<Conn>,
+    Response = v3::ProtocolMessageAck,
+    Error = ConnError,
+    InitError = ConnError,
+> {
+    fn_factory_with_config(async |session: v3::Session<Conn>| {
+        let conn = (*session).clone();
+        Ok::<_, ConnError>(fn_service(async move |msg| protocol(&conn, msg).await))
+    })
+}
+
+pub(super) fn publish_factory() -> impl ServiceFactory<
+    v3::Publish,
+    v3::Session<Conn>,
+    Response = (),
+    Error = ConnError,
+    InitError = ConnError,
+> {
+    fn_factory_with_config(async |session: v3::Session<Conn>| {
+        let conn = (*session).clone();
+        Ok::<_, ConnError>(fn_service(async move |p| publish(&conn, p).await))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 3.1.1 CONNECT with `flags` and client id `id`.
+    fn connect(flags: u8, id: &[u8]) -> Vec<u8> {
+        let mut body = b"\x00\x04MQTT\x04".to_vec();
+        body.extend([flags, 0x00, 0x1e, 0x00, id.len() as u8]);
+        body.extend(id);
+        let mut pkt = vec![0x10, body.len() as u8];
+        pkt.extend(body);
+        pkt
+    }
+
+    #[test]
+    fn an_empty_client_id_without_clean_session_is_spotted() {
+        assert_eq!(empty_persistent_client_id(&connect(0x00, b"")), Some(true));
+        assert_eq!(empty_persistent_client_id(&connect(0x02, b"")), Some(false));
+        assert_eq!(empty_persistent_client_id(&connect(0x00, b"car-1")), Some(false));
+    }
+
+    #[test]
+    fn partial_or_foreign_first_bytes_are_handled() {
+        let full = connect(0x00, b"");
+        for cut in 0..full.len() {
+            assert_eq!(empty_persistent_client_id(&full[..cut]), None, "cut at {cut}");
+        }
+        // v5 CONNECT (level 5), HTTP, and a v5 header cut short.
+        let mut v5 = connect(0x00, b"");
+        v5[8] = 5;
+        assert_eq!(empty_persistent_client_id(&v5), Some(false));
+        assert_eq!(empty_persistent_client_id(&v5[..9]), Some(false));
+        assert_eq!(empty_persistent_client_id(b"GET /mqtt HTTP/1.1"), Some(false));
+        // A long remaining length (2 bytes).
+        let mut long = connect(0x00, b"");
+        long[1] |= 0x80;
+        long.insert(2, 0x00);
+        assert_eq!(empty_persistent_client_id(&long), Some(true));
+    }
+}

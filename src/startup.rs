@@ -1,0 +1,279 @@
+//! Wiring: `build()` binds every listener and starts every component;
+//! `run_until_stopped()` serves until asked to stop or until a component dies,
+//! then shuts everything down in order.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use tokio::task::{JoinError, JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::auth::ConfigAuthenticator;
+use crate::broker::{self, BrokerHandle, SharedAuthenticator};
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::mqtt::{MqttListeners, MqttServer, TlsFiles};
+use crate::shutdown::GRACE;
+use crate::store::{self, Store};
+use crate::telemetry::names;
+
+/// The whole process, built and serving. Tests build the same thing on port 0.
+pub struct Application {
+    mqtt: MqttServer,
+    mqtt_addr: SocketAddr,
+    mqtts_addr: Option<SocketAddr>,
+    ws_addr: Option<SocketAddr>,
+    http: actix_web::dev::ServerHandle,
+    http_addr: SocketAddr,
+    broker: BrokerHandle,
+    store: Store,
+    tasks: Tasks,
+    stopping: CancellationToken,
+}
+
+/// The long-lived tasks; each is `None` once joined.
+struct Tasks {
+    http: Option<JoinHandle<std::io::Result<()>>>,
+    router: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Bind, connect, migrate, restore and start. Runs on the tokio runtime
+    /// that will own the database pool.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Bind first: a taken port fails fast, before any state is touched.
+        let mqtt_listener = bind(settings.mqtt.listen, "MQTT")?;
+        let mqtts_listener = settings.mqtt.tls_listen.map(|a| bind(a, "MQTT TLS")).transpose()?;
+        let ws_listener = settings.mqtt.ws_listen.map(|a| bind(a, "MQTT WebSocket")).transpose()?;
+        let http_listener = bind(settings.http.listen, "HTTP")?;
+        let mqtt_addr = mqtt_listener.local_addr()?;
+        let mqtts_addr = mqtts_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let ws_addr = ws_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let http_addr = http_listener.local_addr()?;
+
+        tokio::fs::create_dir_all(&settings.data_dir).await.with_context(|| {
+            format!("cannot create data directory {}", settings.data_dir.display())
+        })?;
+        let store =
+            Store::connect(settings.database_url().expose(), settings.database.max_connections)
+                .await?;
+        store.migrate().await?;
+        let restored = store.load_broker_state().await.context("cannot restore broker state")?;
+
+        let (writer, writer_task) = store::spawn_writer(store.clone());
+        let auth: SharedAuthenticator = Arc::new(ConfigAuthenticator::new(
+            settings.effective_allow_anonymous(),
+            settings.auth.users.clone(),
+        ));
+        let (broker, router_task) = broker::spawn_router(
+            settings.broker.limits.clone(),
+            auth,
+            writer,
+            restored,
+            Duration::from_secs(settings.broker.sys_interval_secs),
+        );
+
+        let tls = match (mqtts_listener, &settings.mqtt.tls_cert, &settings.mqtt.tls_key) {
+            (Some(listener), Some(cert), Some(key)) => {
+                Some((listener, TlsFiles { cert: cert.clone(), key: key.clone() }))
+            }
+            (Some(_), _, _) => {
+                unreachable!("Settings::load requires tls_cert and tls_key with tls_listen")
+            }
+            (None, _, _) => None,
+        };
+        let listeners = MqttListeners { tcp: mqtt_listener, tls, ws: ws_listener };
+        let mqtt = MqttServer::start(listeners, broker.clone(), settings.mqtt.workers)
+            .context("cannot start the MQTT server")?;
+
+        let stopping = CancellationToken::new();
+        let state = AppState {
+            store: store.clone(),
+            broker: broker.clone(),
+            started_at: Instant::now(),
+            stopping: stopping.clone(),
+        };
+        let http_server = http::build(http_listener, state, settings.http.workers)
+            .context("cannot start the HTTP server")?;
+        let http = http_server.handle();
+        let http_task = tokio::spawn(http_server);
+
+        tracing::debug!(config = %settings.redacted_digest(), "configuration");
+        tracing::info!(
+            { names::MQTT_ADDRESS } = %mqtt_addr,
+            { names::MQTTS_ADDRESS } = mqtts_addr.map(tracing::field::display),
+            { names::WS_ADDRESS } = ws_addr.map(tracing::field::display),
+            { names::HTTP_ADDRESS } = %http_addr,
+            { names::DATABASE_BACKEND } = %store.backend(),
+            auth.allow_anonymous = settings.effective_allow_anonymous(),
+            "mapcast started"
+        );
+
+        Ok(Self {
+            mqtt,
+            mqtt_addr,
+            mqtts_addr,
+            ws_addr,
+            http,
+            http_addr,
+            broker,
+            store,
+            tasks: Tasks {
+                http: Some(http_task),
+                router: Some(router_task),
+                writer: Some(writer_task),
+            },
+            stopping,
+        })
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.mqtts_addr
+    }
+
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn broker(&self) -> &BrokerHandle {
+        &self.broker
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serve until `shutdown` is cancelled or a core component stops, then
+    /// shut down in order within [`GRACE`]. An error means a component died
+    /// or the shutdown could not finish.
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let t = &mut self.tasks;
+        let failure = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            r = join(&mut t.http) => Some(component_died("http", r)),
+            r = join(&mut t.router) => Some(component_died("broker router", r)),
+            r = join(&mut t.writer) => Some(component_died("store writer", r)),
+        };
+        tracing::info!("shutting down");
+        self.stopping.cancel();
+
+        let Self { mqtt, http, broker, store, mut tasks, .. } = self;
+        let orderly = async move {
+            // Stop taking connections and close them (wills are sent as for
+            // any unclean disconnect), then let the router flush its state.
+            mqtt.stop().await;
+            broker.shutdown().await;
+            drop(broker);
+            http.stop(true).await;
+            log_exit("http", finish(&mut tasks.http).await);
+            log_exit("broker router", finish(&mut tasks.router).await);
+            // The router held the last writer handle: the writer now drains
+            // its queue, commits and returns.
+            log_exit("store writer", finish(&mut tasks.writer).await);
+            store.close().await;
+        };
+        if tokio::time::timeout(GRACE, orderly).await.is_err() {
+            tracing::error!(
+                grace_secs = GRACE.as_secs(),
+                "shutdown did not finish in time; pending writes may be lost"
+            );
+            return Err(
+                failure.unwrap_or_else(|| anyhow!("shutdown did not finish within {GRACE:?}"))
+            );
+        }
+        tracing::info!("shutdown complete");
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .with_context(|| format!("cannot bind the {what} listener to {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// What a finished task returned, reduced to success or failure.
+trait TaskOutput {
+    fn into_result(self) -> anyhow::Result<()>;
+}
+
+impl TaskOutput for () {
+    fn into_result(self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+impl<E: Into<anyhow::Error>> TaskOutput for Result<(), E> {
+    fn into_result(self) -> anyhow::Result<()> {
+        self.map_err(Into::into)
+    }
+}
+
+type Outcome = Result<anyhow::Result<()>, JoinError>;
+
+/// Await a task that has not been joined yet; `None` if it has.
+async fn finish<T: TaskOutput>(task: &mut Option<JoinHandle<T>>) -> Option<Outcome> {
+    let outcome = task.as_mut()?.await;
+    *task = None;
+    Some(outcome.map(TaskOutput::into_result))
+}
+
+/// Like [`finish`], but a task already joined never completes (for `select!`).
+async fn join<T: TaskOutput>(task: &mut Option<JoinHandle<T>>) -> Outcome {
+    match finish(task).await {
+        Some(outcome) => outcome,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why a task ended, as an error; `None` when it returned successfully.
+fn exit_error(outcome: Outcome) -> Option<anyhow::Error> {
+    match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) if e.is_panic() => Some(anyhow!("panicked: {}", panic_message(e.into_panic()))),
+        Err(e) => Some(anyhow!("{e}")),
+    }
+}
+
+/// A core component ended while the process was serving: log which and why.
+fn component_died(component: &'static str, outcome: Outcome) -> anyhow::Error {
+    let why = exit_error(outcome).unwrap_or_else(|| anyhow!("stopped unexpectedly"));
+    tracing::error!(
+        { names::COMPONENT } = component,
+        { names::ERROR_MESSAGE } = format!("{why:#}"),
+        "a core component stopped; shutting down"
+    );
+    why.context(format!("{component} stopped"))
+}
+
+/// A component ended during shutdown: only failures are news.
+fn log_exit(component: &'static str, outcome: Option<Outcome>) {
+    if let Some(why) = outcome.and_then(exit_error) {
+        tracing::error!(
+            { names::COMPONENT } = component,
+            { names::ERROR_MESSAGE } = format!("{why:#}"),
+            "component failed while shutting down"
+        );
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}

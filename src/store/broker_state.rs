@@ -1,0 +1,184 @@
+//! Reading the broker's durable state back at start, and the encoding of
+//! message properties shared with the writer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use ntex::util::{ByteString, Bytes};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::Store;
+use crate::broker::{Delivery, Message, MessageProps, QoS, RestoredState, SubscriptionOptions};
+use crate::domain::{ClientId, SharedFilter, TopicLimits, TopicName};
+
+/// A persistent session as stored.
+pub struct StoredSession {
+    pub client_id: ClientId,
+    pub expiry_secs: u32,
+    pub disconnected_at: Option<SystemTime>,
+    pub subscriptions: Vec<(SharedFilter, SubscriptionOptions)>,
+    /// Queued QoS≥1 deliveries, oldest first.
+    pub messages: Vec<StoredMessage>,
+}
+
+pub type StoredMessage = Delivery;
+
+#[derive(Serialize, Deserialize)]
+struct PropsJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    utf8: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_topic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_data: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    user_properties: Vec<(String, String)>,
+}
+
+pub(crate) fn encode_props(props: Option<&MessageProps>) -> Option<String> {
+    let p = props.filter(|p| !p.is_empty())?;
+    serde_json::to_string(&PropsJson {
+        content_type: p.content_type.as_ref().map(|s| s.to_string()),
+        utf8: p.payload_is_utf8,
+        response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
+        correlation_data: p.correlation_data.as_ref().map(|b| b.to_vec()),
+        user_properties: p.user_properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    })
+    .ok()
+}
+
+fn decode_props(json: Option<String>) -> Option<Arc<MessageProps>> {
+    let p: PropsJson = serde_json::from_str(&json?).ok()?;
+    Some(Arc::new(MessageProps {
+        content_type: p.content_type.map(ByteString::from),
+        payload_is_utf8: p.utf8,
+        response_topic: p.response_topic.map(ByteString::from),
+        correlation_data: p.correlation_data.map(Bytes::from),
+        user_properties: p.user_properties.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+    }))
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// Wall-clock expiry back to a monotonic deadline (past ones become "now").
+fn expires_at(ms: Option<i64>) -> Option<Instant> {
+    let at = from_millis(ms?);
+    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+    Some(Instant::now() + left)
+}
+
+fn message(topic: String, payload: Vec<u8>, qos: i64, retain: bool, props: Option<String>, expires: Option<i64>, received: i64) -> Option<Message> {
+    // Stored topics were valid when stored; skip anything that is not.
+    let topic = TopicName::parse(topic, TopicLimits::default()).ok()?;
+    let mut msg = Message::new(topic, Bytes::from(payload), QoS::from_u8(qos as u8)?, retain);
+    msg.props = decode_props(props);
+    msg.expires_at = expires_at(expires);
+    msg.received_at = from_millis(received);
+    Some(msg)
+}
+
+impl Store {
+    /// Everything the router needs to resume where the last run stopped.
+    pub async fn load_broker_state(&self) -> anyhow::Result<RestoredState> {
+        let pool = self.pool();
+        let mut state = RestoredState::default();
+
+        let rows = sqlx::query("SELECT topic, payload, qos, props, expires_at, updated_at FROM retained")
+            .fetch_all(pool)
+            .await
+            .context("loading retained messages")?;
+        for r in rows {
+            if let Some(m) = message(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, true, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?) {
+                state.retained.push(m);
+            }
+        }
+
+        let rows = sqlx::query("SELECT client_id, expiry_secs, disconnected_at FROM sessions")
+            .fetch_all(pool)
+            .await
+            .context("loading sessions")?;
+        let mut sessions: std::collections::HashMap<String, StoredSession> = rows
+            .into_iter()
+            .map(|r| -> anyhow::Result<_> {
+                let id: String = r.try_get(0)?;
+                let expiry: i64 = r.try_get(1)?;
+                let gone: Option<i64> = r.try_get(2)?;
+                Ok((
+                    id.clone(),
+                    StoredSession {
+                        client_id: ClientId::from(id.as_str()),
+                        expiry_secs: expiry.clamp(0, u32::MAX as i64) as u32,
+                        // A session that was connected when the process died
+                        // has been gone since then; count from the start.
+                        disconnected_at: Some(gone.map(from_millis).unwrap_or_else(SystemTime::now)),
+                        subscriptions: Vec::new(),
+                        messages: Vec::new(),
+                    },
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+
+        let rows = sqlx::query("SELECT client_id, filter, options FROM session_subscriptions")
+            .fetch_all(pool)
+            .await
+            .context("loading subscriptions")?;
+        for r in rows {
+            let id: String = r.try_get(0)?;
+            let filter: String = r.try_get(1)?;
+            let options: String = r.try_get(2)?;
+            let (Some(s), Ok(f), Ok(o)) = (
+                sessions.get_mut(&id),
+                SharedFilter::parse(filter, TopicLimits::default()),
+                serde_json::from_str::<SubscriptionOptions>(&options),
+            ) else {
+                continue;
+            };
+            s.subscriptions.push((f, o));
+        }
+
+        let rows = sqlx::query(
+            "SELECT seq, client_id, topic, payload, qos, retain, props, sub_ids, expires_at, received_at \
+             FROM session_messages ORDER BY seq",
+        )
+        .fetch_all(pool)
+        .await
+        .context("loading queued messages")?;
+        let mut max_seq = 0u64;
+        for r in rows {
+            let seq: i64 = r.try_get(0)?;
+            max_seq = max_seq.max(seq as u64);
+            let id: String = r.try_get(1)?;
+            let retain: i64 = r.try_get(5)?;
+            let sub_ids: Option<String> = r.try_get(7)?;
+            let Some(msg) = message(r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, retain != 0, r.try_get(6)?, r.try_get(8)?, r.try_get(9)?) else {
+                continue;
+            };
+            let Some(s) = sessions.get_mut(&id) else { continue };
+            s.messages.push(Delivery {
+                seq: seq as u64,
+                qos: msg.qos,
+                retain: msg.retain,
+                subscription_ids: sub_ids.as_deref().and_then(|j: &str| serde_json::from_str::<Vec<u32>>(j).ok()).unwrap_or_default(),
+                // It may have reached the client before the restart.
+                dup: true,
+                stored: true,
+                msg: Arc::new(msg),
+            });
+        }
+        state.next_seq = max_seq + 1;
+        state.sessions = sessions.into_values().collect();
+        tracing::info!(
+            retained = state.retained.len(),
+            sessions = state.sessions.len(),
+            queued = state.sessions.iter().map(|s| s.messages.len()).sum::<usize>(),
+            "broker state restored"
+        );
+        Ok(state)
+    }
+}

@@ -1,0 +1,243 @@
+//! The shared connection pool and the embedded migrations.
+
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{Migrate, Migrator};
+use tokio::runtime::Handle;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// sqlx's default migrations table.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// Applied to every SQLite connection: wait for locks instead of failing, and
+/// fsync at checkpoints only (safe with WAL: a crash loses no committed data,
+/// an OS crash at most the last transactions).
+const SQLITE_CONNECTION_PRAGMAS: &str =
+    "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names.
+    pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            bail!("unsupported database URL scheme (expected sqlite: or postgres://)")
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The database: one pool shared by every part of the process.
+///
+/// Queries may be issued from any runtime (actix and ntex workers run their
+/// own) through [`Store::run`], which executes them on the runtime that owns
+/// the pool: PostgreSQL connections break when the runtime that opened them
+/// stops.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    handle: Handle,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open the pool. Must be called on the runtime that will own it.
+    /// SQLite files (and their directory) are created when missing.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10));
+        let url = match backend {
+            Backend::Sqlite => {
+                if let Some(dir) =
+                    sqlite_path(url).and_then(Path::parent).filter(|d| !d.as_os_str().is_empty())
+                {
+                    tokio::fs::create_dir_all(dir).await.with_context(|| {
+                        format!("cannot create database directory {}", dir.display())
+                    })?;
+                }
+                options = options.after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        sqlx::raw_sql(SQLITE_CONNECTION_PRAGMAS).execute(conn).await.map(drop)
+                    })
+                });
+                with_create_mode(url)
+            }
+            Backend::Postgres => url.to_owned(),
+        };
+        // The error may quote the URL: name the backend only.
+        let pool = options
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot connect to the {backend} database"))?;
+        if backend == Backend::Sqlite {
+            // Persistent in the file: once is enough. WAL lets readers run
+            // beside the single batching writer.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .context("cannot enable SQLite WAL")?;
+        }
+        tracing::debug!(database.backend = %backend, max_connections, "database pool open");
+        Ok(Self { pool, backend, handle: Handle::current() })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Run a query future on the runtime that owns the pool, from any thread
+    /// or runtime. A panic in `fut` resumes in the caller; a stopped runtime
+    /// reads as a closed pool.
+    pub async fn run<F, T, E>(&self, fut: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        match self.handle.spawn(fut).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(sqlx::Error::PoolClosed.into()),
+        }
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Apply the embedded migrations of this backend that are not applied yet.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let (pool, migrator) = (self.pool.clone(), self.migrator());
+        self.run(async move { migrator.run(&pool).await.map_err(anyhow::Error::from) })
+            .await
+            .context("cannot apply database migrations")
+    }
+
+    /// Whether every embedded migration is applied (for readiness).
+    pub async fn migrations_applied(&self) -> bool {
+        let (pool, migrator) = (self.pool.clone(), self.migrator());
+        let applied = self
+            .run(async move {
+                let mut conn = pool.acquire().await?;
+                conn.list_applied_migrations(MIGRATIONS_TABLE).await.map_err(anyhow::Error::from)
+            })
+            .await;
+        let Ok(applied) = applied else { return false };
+        migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .all(|m| applied.iter().any(|a| a.version == m.version))
+    }
+
+    /// A round trip to the database.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        let pool = self.pool.clone();
+        self.run(async move { sqlx::query("SELECT 1").execute(&pool).await.map(drop) }).await
+    }
+
+    /// Close every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The file path of a `sqlite:` URL, unless it is in memory.
+fn sqlite_path(url: &str) -> Option<&Path> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| Path::new(path))
+}
+
+/// Ask SQLite to create the file unless the URL chose a mode.
+fn with_create_mode(url: &str) -> String {
+    match url.split_once('?') {
+        Some((_, query)) if query.split('&').any(|p| p.starts_with("mode=")) => url.to_owned(),
+        Some(_) => format!("{url}&mode=rwc"),
+        None => format!("{url}?mode=rwc"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_are_named_by_url_scheme() {
+        assert_eq!(Backend::from_url("sqlite://./data/x.db").unwrap(), Backend::Sqlite);
+        assert_eq!(Backend::from_url("postgresql://u@h/db").unwrap(), Backend::Postgres);
+        assert!(Backend::from_url("mysql://u:secret@h/db").is_err());
+    }
+
+    #[test]
+    fn sqlite_urls_get_a_create_mode_unless_they_chose_one() {
+        assert_eq!(with_create_mode("sqlite://a.db"), "sqlite://a.db?mode=rwc");
+        assert_eq!(
+            with_create_mode("sqlite://a.db?cache=shared"),
+            "sqlite://a.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(with_create_mode("sqlite://a.db?mode=ro"), "sqlite://a.db?mode=ro");
+        assert_eq!(sqlite_path("sqlite:///var/x/a.db?mode=rw"), Some(Path::new("/var/x/a.db")));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_sqlite_database_is_created_migrated_and_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/nested/mapcast.db", dir.path().display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        assert!(!store.migrations_applied().await);
+
+        store.migrate().await.unwrap();
+        store.migrate().await.expect("migrating twice is a no-op");
+
+        assert!(store.migrations_applied().await);
+        store.ping().await.unwrap();
+        let mode: (String,) =
+            sqlx::query_as("PRAGMA journal_mode").fetch_one(store.pool()).await.unwrap();
+        assert_eq!(mode.0, "wal");
+    }
+}

@@ -1,0 +1,22 @@
+//! The integration suite: the real server on port 0, driven over real sockets
+//! by tokio-native MQTT clients (rumqttc) and, where a test needs exact control
+//! of the wire, by a small raw MQTT connection.
+//!
+//! One module per capability; `helpers` owns every wire detail.
+
+mod helpers;
+
+mod connect;
+mod health;
+mod interop;
+mod postgres;
+mod pubsub;
+mod restart;
+mod retained;
+mod sessions;
+mod shared;
+mod sys;
+mod tls;
+mod v5_features;
+mod websocket;
+mod will;

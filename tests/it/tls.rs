@@ -1,0 +1,64 @@
+//! MQTT over TLS (rustls): the TLS listener with a certificate from the config.
+
+use rumqttc::v5::mqttbytes::QoS;
+
+use crate::helpers::{
+    RECV, TestApp, V3Options, V5Options, packet_type, self_signed_cert, spawn_app_with, text,
+};
+
+/// An app with a TLS listener; returns the CA (DER) clients must trust.
+async fn app_with_tls() -> (TestApp, Vec<u8>, tempfile::TempDir) {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = self_signed_cert(certs.path()).await;
+    let app = spawn_app_with(|s| {
+        s.mqtt.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+        s.mqtt.tls_cert = Some(cert);
+        s.mqtt.tls_key = Some(key);
+    })
+    .await;
+    (app, ca, certs)
+}
+
+#[tokio::test]
+async fn a_v5_client_over_tls_exchanges_messages_with_a_tcp_client() {
+    let (app, ca, _certs) = app_with_tls().await;
+    let tls_addr = app.mqtts_addr.expect("the TLS listener reports its address");
+    let mut secure = V5Options::new_tls("secure-car", tls_addr, &ca).connect().await;
+    let mut plain = app.v5_client("plain-phone", true, None).await;
+    secure.subscribe("to/car", QoS::AtLeastOnce).await;
+    plain.subscribe("to/phone", QoS::AtLeastOnce).await;
+
+    plain.publish_qos1("to/car", false, "over tcp").await;
+    secure.publish_qos1("to/phone", false, "over tls").await;
+
+    assert_eq!(text(&secure.recv_publish().await.payload), "over tcp");
+    assert_eq!(text(&plain.recv_publish().await.payload), "over tls");
+}
+
+#[tokio::test]
+async fn a_v3_client_over_tls_can_publish_and_subscribe() {
+    let (app, ca, _certs) = app_with_tls().await;
+    let mut secure = V3Options::new_tls("secure-v3", app.mqtts_addr.unwrap(), &ca).connect().await;
+
+    secure.subscribe("echo", rumqttc::QoS::AtLeastOnce).await;
+    secure.publish_qos1("echo", false, "encrypted").await;
+
+    assert_eq!(text(&secure.recv_publish().await.payload), "encrypted");
+}
+
+#[tokio::test]
+async fn plain_mqtt_on_the_tls_port_gets_no_connack() {
+    let (app, _ca, _certs) = app_with_tls().await;
+    let (mut conn, connack) = {
+        let mut conn = crate::helpers::RawConn::connect(app.mqtts_addr.unwrap()).await;
+        // A v3 CONNECT in clear text where a TLS ClientHello is expected.
+        conn.send_bytes(&[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 1, b'p'])
+            .await;
+        let connack = conn.try_recv(RECV).await;
+        (conn, connack)
+    };
+
+    let is_connack = connack.as_ref().is_ok_and(|f| f.packet_type() == packet_type::CONNACK);
+    assert!(!is_connack, "no MQTT answer in clear text: {connack:?}");
+    assert!(conn.closed_within(RECV).await);
+}
