@@ -170,8 +170,9 @@ impl Application {
 
         let Self { mqtt, http, broker, store, mut tasks, .. } = self;
         let orderly = async move {
-            // Stop taking connections and close them (wills are sent as for
-            // any unclean disconnect), then let the router flush its state.
+            // Stop taking MQTT connections and close the open ones, then let
+            // the router flush its state; HTTP goes last so /readyz reports
+            // the drain (it answers 503 from now on).
             mqtt.stop().await;
             broker.shutdown().await;
             drop(broker);

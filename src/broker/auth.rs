@@ -81,7 +81,10 @@ pub enum AuthError {
 }
 
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate<'a>(&'a self, creds: &'a Credentials) -> BoxFuture<'a, Result<Identity, AuthError>>;
+    fn authenticate<'a>(
+        &'a self,
+        creds: &'a Credentials,
+    ) -> BoxFuture<'a, Result<Identity, AuthError>>;
     fn can_publish(&self, who: &Identity, client_id: &ClientId, topic: &TopicName) -> bool;
     fn can_subscribe(&self, who: &Identity, client_id: &ClientId, filter: &TopicFilter) -> bool;
 }
@@ -112,7 +115,10 @@ impl ConfigAuthenticator {
 }
 
 impl Authenticator for ConfigAuthenticator {
-    fn authenticate<'a>(&'a self, creds: &'a Credentials) -> BoxFuture<'a, Result<Identity, AuthError>> {
+    fn authenticate<'a>(
+        &'a self,
+        creds: &'a Credentials,
+    ) -> BoxFuture<'a, Result<Identity, AuthError>> {
         Box::pin(async move {
             let Some(username) = &creds.username else {
                 return if self.allow_anonymous {
@@ -154,7 +160,9 @@ impl Authenticator for ConfigAuthenticator {
 pub fn verify_password(password: &str, phc: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
     match PasswordHash::new(phc) {
-        Ok(parsed) => argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => {
+            argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
+        }
         Err(_) => false,
     }
 }
@@ -186,13 +194,26 @@ mod tests {
     async fn config_users_are_checked_against_argon2_hashes() {
         let auth = ConfigAuthenticator::new(
             false,
-            vec![ConfigUser { username: "ann".into(), password_hash: hash_password("s3cret"), role: Role::Admin }],
+            vec![ConfigUser {
+                username: "ann".into(),
+                password_hash: hash_password("s3cret"),
+                role: Role::Admin,
+            }],
         );
         let id = auth.authenticate(&creds(Some("ann"), Some("s3cret"))).await.unwrap();
         assert_eq!(id.role, Role::Admin);
-        assert_eq!(auth.authenticate(&creds(Some("ann"), Some("nope"))).await.unwrap_err(), AuthError::BadCredentials);
-        assert_eq!(auth.authenticate(&creds(Some("bob"), Some("s3cret"))).await.unwrap_err(), AuthError::BadCredentials);
-        assert_eq!(auth.authenticate(&creds(None, None)).await.unwrap_err(), AuthError::NotAuthorized);
+        assert_eq!(
+            auth.authenticate(&creds(Some("ann"), Some("nope"))).await.unwrap_err(),
+            AuthError::BadCredentials
+        );
+        assert_eq!(
+            auth.authenticate(&creds(Some("bob"), Some("s3cret"))).await.unwrap_err(),
+            AuthError::BadCredentials
+        );
+        assert_eq!(
+            auth.authenticate(&creds(None, None)).await.unwrap_err(),
+            AuthError::NotAuthorized
+        );
     }
 
     #[tokio::test]

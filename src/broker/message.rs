@@ -8,7 +8,9 @@ use ntex::util::{ByteString, Bytes};
 use crate::domain::{ClientId, TopicName};
 
 /// Quality of service, ordered so `min` gives the effective delivery QoS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum QoS {
     AtMostOnce = 0,
     AtLeastOnce = 1,
@@ -79,8 +81,9 @@ impl Message {
 
     /// Seconds left for the outgoing message expiry interval (v5 §3.3.2.3.3).
     pub fn remaining_expiry_secs(&self, now: Instant) -> Option<u32> {
-        self.expires_at
-            .map(|at| at.saturating_duration_since(now).as_secs().max(1).min(u32::MAX as u64) as u32)
+        self.expires_at.map(|at| {
+            at.saturating_duration_since(now).as_secs().max(1).min(u32::MAX as u64) as u32
+        })
     }
 }
 

@@ -147,7 +147,12 @@ pub struct PublishOutcome {
 
 pub(crate) enum Command {
     Connect(ConnectRequest, oneshot::Sender<ConnectOutcome>),
-    Disconnect { client_id: ClientId, conn: ConnectionId, kind: DisconnectKind, session_expiry_secs: Option<u32> },
+    Disconnect {
+        client_id: ClientId,
+        conn: ConnectionId,
+        kind: DisconnectKind,
+        session_expiry_secs: Option<u32>,
+    },
     Subscribe {
         client_id: ClientId,
         conn: ConnectionId,
@@ -164,7 +169,10 @@ pub(crate) enum Command {
         msg: Message,
         reply: Option<oneshot::Sender<Result<PublishReply, PublishError>>>,
     },
-    Retained { filter: SharedFilter, reply: oneshot::Sender<Vec<Arc<Message>>> },
+    Retained {
+        filter: SharedFilter,
+        reply: oneshot::Sender<Vec<Arc<Message>>>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -234,7 +242,12 @@ impl BrokerHandle {
     }
 
     /// Remove subscriptions; `true` per filter that existed.
-    pub async fn unsubscribe(&self, client_id: ClientId, conn: ConnectionId, filters: Vec<ByteString>) -> Vec<bool> {
+    pub async fn unsubscribe(
+        &self,
+        client_id: ClientId,
+        conn: ConnectionId,
+        filters: Vec<ByteString>,
+    ) -> Vec<bool> {
         let n = filters.len();
         let (tx, rx) = oneshot::channel();
         if self.send(Command::Unsubscribe { client_id, conn, filters, reply: tx }).await.is_err() {
@@ -278,9 +291,14 @@ impl BrokerHandle {
         }
     }
 
-    /// A fresh connection id (unique per process).
+    /// A number unique in this process (names generated client ids).
     pub fn next_connection_id(&self) -> ConnectionId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether the router is still taking commands (for readiness probes).
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
     }
 
     async fn send(&self, cmd: Command) -> Result<(), PublishError> {

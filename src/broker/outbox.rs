@@ -4,7 +4,7 @@
 //! and whatever was in flight when a connection dropped goes back to its front
 //! (flagged DUP) for the next one. It is bounded; overflow follows the policy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -52,6 +52,13 @@ struct State {
     inflight: BTreeMap<u64, Delivery>,
     conn: Option<ConnectionId>,
     kicked: Option<(ConnectionId, KickReason)>,
+    /// Inbound QoS 2 packet ids received (PUBREC sent) but not yet released:
+    /// a resent PUBLISH with one of them, even on a new connection, is not
+    /// routed again [MQTT-4.3.3-10].
+    incoming_qos2: HashSet<u16>,
+    /// Outbound QoS 2 packet ids past PUBREC, waiting for PUBCOMP: a new
+    /// connection resends PUBREL for them, not the PUBLISH [MQTT-4.4.0-1].
+    pending_release: BTreeSet<u16>,
 }
 
 pub struct Outbox {
@@ -81,6 +88,8 @@ impl Outbox {
                 inflight: BTreeMap::new(),
                 conn: None,
                 kicked: None,
+                incoming_qos2: HashSet::new(),
+                pending_release: BTreeSet::new(),
             }),
             notify: Notify::new(),
             bound: bound.max(1),
@@ -213,6 +222,40 @@ impl Outbox {
         }
     }
 
+    /// An inbound QoS 2 PUBLISH with `packet_id` arrived: `true` when it is
+    /// new and must be routed, `false` when it is a resend of one already
+    /// received (acknowledge it again, do not route it).
+    pub fn incoming_qos2_begin(&self, packet_id: u16) -> bool {
+        self.lock().incoming_qos2.insert(packet_id)
+    }
+
+    /// PUBREL for an inbound QoS 2 message: its packet id may be reused.
+    pub fn incoming_qos2_release(&self, packet_id: u16) {
+        self.lock().incoming_qos2.remove(&packet_id);
+    }
+
+    /// PUBREC for the outbound delivery `seq` sent as `packet_id`: the message
+    /// is delivered (forget it) but the exchange goes on until PUBCOMP.
+    pub fn outgoing_qos2_received(&self, seq: u64, packet_id: u16) {
+        let mut st = self.lock();
+        st.pending_release.insert(packet_id);
+        let removed = st.inflight.remove(&seq);
+        drop(st);
+        if let Some(d) = removed {
+            self.forget(&d);
+        }
+    }
+
+    /// PUBCOMP for `packet_id`: the QoS 2 exchange is over.
+    pub fn outgoing_qos2_completed(&self, packet_id: u16) {
+        self.lock().pending_release.remove(&packet_id);
+    }
+
+    /// Packet ids whose PUBREL a new connection must (re)send, oldest first.
+    pub fn pending_releases(&self) -> Vec<u16> {
+        self.lock().pending_release.iter().copied().collect()
+    }
+
     /// Queued plus in-flight deliveries.
     pub fn len(&self) -> usize {
         let st = self.lock();
@@ -237,7 +280,10 @@ impl Outbox {
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbox").field("client_id", &self.client_id).field("len", &self.len()).finish()
+        f.debug_struct("Outbox")
+            .field("client_id", &self.client_id)
+            .field("len", &self.len())
+            .finish()
     }
 }
 

@@ -159,7 +159,12 @@ impl Router {
         )
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, handle: BrokerHandle, sys_interval: Duration) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        handle: BrokerHandle,
+        sys_interval: Duration,
+    ) {
         // The router holds a handle only to publish $SYS; drop it so the
         // channel closes when every other handle is gone.
         drop(handle);
@@ -285,7 +290,11 @@ impl Router {
 
         // Persist the session row (and, if it just became persistent, what it has).
         if persistent {
-            let mut ops = vec![WriteOp::UpsertSession { client_id: client.clone(), expiry_secs: expiry, disconnected_at: None }];
+            let mut ops = vec![WriteOp::UpsertSession {
+                client_id: client.clone(),
+                expiry_secs: expiry,
+                disconnected_at: None,
+            }];
             ops.extend(subs.into_iter().map(|(filter, options)| WriteOp::PutSubscription {
                 client_id: client.clone(),
                 filter: filter.to_wire(),
@@ -298,12 +307,26 @@ impl Router {
         self.connected(conn, session_present, outbox, expiry)
     }
 
-    fn connected(&self, conn: ConnectionId, session_present: bool, outbox: Arc<Outbox>, expiry: u32) -> ConnectOutcome {
-        self.stats.clients_connected.store(self.sessions.values().filter(|s| s.conn.is_some()).count() as u64, Relaxed);
+    fn connected(
+        &self,
+        conn: ConnectionId,
+        session_present: bool,
+        outbox: Arc<Outbox>,
+        expiry: u32,
+    ) -> ConnectOutcome {
+        self.stats
+            .clients_connected
+            .store(self.sessions.values().filter(|s| s.conn.is_some()).count() as u64, Relaxed);
         ConnectOutcome { conn, session_present, outbox, session_expiry_secs: expiry }
     }
 
-    fn disconnect(&mut self, client: &ClientId, conn: ConnectionId, kind: DisconnectKind, expiry_override: Option<u32>) {
+    fn disconnect(
+        &mut self,
+        client: &ClientId,
+        conn: ConnectionId,
+        kind: DisconnectKind,
+        expiry_override: Option<u32>,
+    ) {
         let Some(session) = self.sessions.get_mut(client) else { return };
         if session.conn != Some(conn) {
             // A connection that was taken over; the session belongs to another.
@@ -323,7 +346,9 @@ impl Router {
             }
             DisconnectKind::CleanWithWill | DisconnectKind::Unclean => session.will.take(),
         };
-        self.stats.clients_connected.store(self.sessions.values().filter(|s| s.conn.is_some()).count() as u64, Relaxed);
+        self.stats
+            .clients_connected
+            .store(self.sessions.values().filter(|s| s.conn.is_some()).count() as u64, Relaxed);
 
         if let Some(will) = will {
             if will.delay_secs == 0 || expiry == 0 {
@@ -365,7 +390,12 @@ impl Router {
         }
     }
 
-    fn subscribe(&mut self, client: &ClientId, conn: ConnectionId, subs: Vec<SubscribeRequest>) -> Vec<Result<QoS, SubscribeError>> {
+    fn subscribe(
+        &mut self,
+        client: &ClientId,
+        conn: ConnectionId,
+        subs: Vec<SubscribeRequest>,
+    ) -> Vec<Result<QoS, SubscribeError>> {
         let Some(session) = self.sessions.get_mut(client).filter(|s| s.conn == Some(conn)) else {
             return vec![Err(SubscribeError::NoSession); subs.len()];
         };
@@ -384,7 +414,11 @@ impl Router {
             session.subscriptions.insert(req.filter.clone(), options);
             self.trie.insert(&req.filter.filter, entry(client, &req.filter, options));
             if persistent {
-                ops.push(WriteOp::PutSubscription { client_id: client.clone(), filter: req.filter.to_wire(), options });
+                ops.push(WriteOp::PutSubscription {
+                    client_id: client.clone(),
+                    filter: req.filter.to_wire(),
+                    options,
+                });
             }
             // Retained messages are not sent for shared subscriptions [MQTT-4.8.2-6 note].
             let send_retained = req.filter.group.is_none()
@@ -418,14 +452,22 @@ impl Router {
                 msg,
             };
             if stored {
-                self.submit(vec![WriteOp::EnqueueMessage { client_id: client.clone(), delivery: d.clone() }]);
+                self.submit(vec![WriteOp::EnqueueMessage {
+                    client_id: client.clone(),
+                    delivery: d.clone(),
+                }]);
             }
             outbox.push(d);
         }
         results
     }
 
-    fn unsubscribe(&mut self, client: &ClientId, conn: ConnectionId, filters: Vec<ByteString>) -> Vec<bool> {
+    fn unsubscribe(
+        &mut self,
+        client: &ClientId,
+        conn: ConnectionId,
+        filters: Vec<ByteString>,
+    ) -> Vec<bool> {
         let limits = self.limits.topic_limits();
         let Some(session) = self.sessions.get_mut(client).filter(|s| s.conn == Some(conn)) else {
             return vec![false; filters.len()];
@@ -439,7 +481,10 @@ impl Router {
                 if existed {
                     self.trie.remove(&filter.filter, client, &filter.group);
                     if session.is_persistent() {
-                        ops.push(WriteOp::DeleteSubscription { client_id: client.clone(), filter: filter.to_wire() });
+                        ops.push(WriteOp::DeleteSubscription {
+                            client_id: client.clone(),
+                            filter: filter.to_wire(),
+                        });
                     }
                 }
                 existed
@@ -452,7 +497,11 @@ impl Router {
         results
     }
 
-    fn publish(&mut self, msg: Arc<Message>, wants_reply: bool) -> Result<PublishReply, PublishError> {
+    fn publish(
+        &mut self,
+        msg: Arc<Message>,
+        wants_reply: bool,
+    ) -> Result<PublishReply, PublishError> {
         let mut ops = Vec::new();
         // `$` topics are the broker's own and never stored.
         if msg.retain && !msg.topic.is_system() && self.retained.apply(&msg) {
@@ -534,17 +583,23 @@ impl Router {
         if !shared.is_empty() {
             // Each (group, filter) picks one member, round-robin, preferring
             // members that are connected now.
-            shared.sort_by(|a, b| (&a.group, &a.filter, &a.client).cmp(&(&b.group, &b.filter, &b.client)));
+            shared.sort_by(|a, b| {
+                (&a.group, &a.filter, &a.client).cmp(&(&b.group, &b.filter, &b.client))
+            });
             let mut i = 0;
             while i < shared.len() {
                 let key = (shared[i].group.clone().unwrap_or_default(), shared[i].filter.clone());
                 let mut j = i;
-                while j < shared.len() && shared[j].group.as_ref() == Some(&key.0) && shared[j].filter == key.1 {
+                while j < shared.len()
+                    && shared[j].group.as_ref() == Some(&key.0)
+                    && shared[j].filter == key.1
+                {
                     j += 1;
                 }
                 let members = &shared[i..j];
                 let cursor = self.share_cursor.entry(key).or_insert(0);
-                let online = |e: &&Entry| self.sessions.get(&e.client).is_some_and(|s| s.conn.is_some());
+                let online =
+                    |e: &&Entry| self.sessions.get(&e.client).is_some_and(|s| s.conn.is_some());
                 let n = members.len();
                 let pick = (0..n)
                     .map(|k| (*cursor + k) % n)
@@ -588,7 +643,10 @@ impl Router {
                     }
                 }
                 Timer::Expire(client, epoch) => {
-                    let stale = self.sessions.get(&client).is_none_or(|s| s.conn.is_some() || s.epoch != epoch);
+                    let stale = self
+                        .sessions
+                        .get(&client)
+                        .is_none_or(|s| s.conn.is_some() || s.epoch != epoch);
                     if !stale {
                         tracing::info!(client.id = %client, "session expired");
                         self.end_session(&client);
@@ -631,7 +689,12 @@ impl Router {
     }
 }
 
-fn add_target(targets: &mut Vec<Target>, client: &ClientId, options: &SubscriptionOptions, msg_qos: QoS) {
+fn add_target(
+    targets: &mut Vec<Target>,
+    client: &ClientId,
+    options: &SubscriptionOptions,
+    msg_qos: QoS,
+) {
     let qos = msg_qos.min(options.qos);
     // Overlapping subscriptions of one client: one delivery with the highest
     // QoS and every subscription identifier [MQTT-3.3.4-2, -3.3.4-5].
@@ -650,7 +713,12 @@ fn add_target(targets: &mut Vec<Target>, client: &ClientId, options: &Subscripti
 }
 
 fn entry(client: &ClientId, filter: &SharedFilter, options: SubscriptionOptions) -> Entry {
-    Entry { client: client.clone(), group: filter.group.clone(), filter: filter.filter.clone(), options }
+    Entry {
+        client: client.clone(),
+        group: filter.group.clone(),
+        filter: filter.filter.clone(),
+        options,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -679,7 +747,13 @@ mod tests {
         store.migrate().await.unwrap();
         let (writer, _) = spawn_writer(store);
         let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
-        let (h, _) = spawn_router(BrokerLimits::default(), auth, writer, RestoredState::default(), Duration::from_secs(3600));
+        let (h, _) = spawn_router(
+            BrokerLimits::default(),
+            auth,
+            writer,
+            RestoredState::default(),
+            Duration::from_secs(3600),
+        );
         (h, dir)
     }
 
@@ -695,7 +769,13 @@ mod tests {
         }
     }
 
-    async fn connect(h: &BrokerHandle, id: &str, clean: bool, expiry: u32, will: Option<Will>) -> ConnectOutcome {
+    async fn connect(
+        h: &BrokerHandle,
+        id: &str,
+        clean: bool,
+        expiry: u32,
+        will: Option<Will>,
+    ) -> ConnectOutcome {
         h.connect(ConnectRequest {
             client_id: ClientId::from(id),
             protocol: ProtocolVersion::V5,
@@ -709,7 +789,9 @@ mod tests {
 
     async fn next(c: &ConnectOutcome) -> Option<Delivery> {
         let mut buf = Vec::new();
-        match tokio::time::timeout(Duration::from_millis(200), c.outbox.next(c.conn, &mut buf, 1)).await {
+        match tokio::time::timeout(Duration::from_millis(200), c.outbox.next(c.conn, &mut buf, 1))
+            .await
+        {
             Ok(Next::Ready) => buf.pop(),
             _ => None,
         }
@@ -719,7 +801,13 @@ mod tests {
     async fn publishes_reach_matching_subscribers_at_the_lower_qos() {
         let (h, _d) = broker().await;
         let c = connect(&h, "sub", true, 0, None).await;
-        let granted = h.subscribe(ClientId::from("sub"), c.conn, vec![sub("cars/+/location", QoS::AtLeastOnce)]).await;
+        let granted = h
+            .subscribe(
+                ClientId::from("sub"),
+                c.conn,
+                vec![sub("cars/+/location", QoS::AtLeastOnce)],
+            )
+            .await;
         assert_eq!(granted, vec![Ok(QoS::AtLeastOnce)]);
 
         let out = h.publish(msg("cars/7/location", "x", QoS::ExactlyOnce, false)).await.unwrap();
@@ -746,7 +834,11 @@ mod tests {
 
         h.publish(msg("a/b", "", QoS::AtLeastOnce, true)).await.unwrap();
         assert_eq!(&next(&c).await.unwrap().msg.payload[..], b"");
-        assert!(h.retained(SharedFilter::parse("a/#", TopicLimits::default()).unwrap()).await.is_empty());
+        assert!(
+            h.retained(SharedFilter::parse("a/#", TopicLimits::default()).unwrap())
+                .await
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -770,7 +862,10 @@ mod tests {
         let second = connect(&h, "car", false, 60, None).await;
         assert!(second.session_present);
         let mut buf = Vec::new();
-        assert_eq!(first.outbox.next(first.conn, &mut buf, 1).await, Next::Kicked(KickReason::SessionTakenOver));
+        assert_eq!(
+            first.outbox.next(first.conn, &mut buf, 1).await,
+            Next::Kicked(KickReason::SessionTakenOver)
+        );
     }
 
     #[tokio::test]
@@ -778,7 +873,9 @@ mod tests {
         let (h, _d) = broker().await;
         let watcher = connect(&h, "w", true, 0, None).await;
         h.subscribe(ClientId::from("w"), watcher.conn, vec![sub("wills/#", QoS::AtMostOnce)]).await;
-        let will = || Some(Will { message: msg("wills/x", "gone", QoS::AtMostOnce, false), delay_secs: 0 });
+        let will = || {
+            Some(Will { message: msg("wills/x", "gone", QoS::AtMostOnce, false), delay_secs: 0 })
+        };
 
         let c = connect(&h, "x", true, 0, will()).await;
         h.disconnect(ClientId::from("x"), c.conn, DisconnectKind::Clean, None).await;

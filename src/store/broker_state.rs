@@ -46,7 +46,11 @@ pub(crate) fn encode_props(props: Option<&MessageProps>) -> Option<String> {
         utf8: p.payload_is_utf8,
         response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
         correlation_data: p.correlation_data.as_ref().map(|b| b.to_vec()),
-        user_properties: p.user_properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        user_properties: p
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     })
     .ok()
 }
@@ -73,7 +77,15 @@ fn expires_at(ms: Option<i64>) -> Option<Instant> {
     Some(Instant::now() + left)
 }
 
-fn message(topic: String, payload: Vec<u8>, qos: i64, retain: bool, props: Option<String>, expires: Option<i64>, received: i64) -> Option<Message> {
+fn message(
+    topic: String,
+    payload: Vec<u8>,
+    qos: i64,
+    retain: bool,
+    props: Option<String>,
+    expires: Option<i64>,
+    received: i64,
+) -> Option<Message> {
     // Stored topics were valid when stored; skip anything that is not.
     let topic = TopicName::parse(topic, TopicLimits::default()).ok()?;
     let mut msg = Message::new(topic, Bytes::from(payload), QoS::from_u8(qos as u8)?, retain);
@@ -89,12 +101,21 @@ impl Store {
         let pool = self.pool();
         let mut state = RestoredState::default();
 
-        let rows = sqlx::query("SELECT topic, payload, qos, props, expires_at, updated_at FROM retained")
-            .fetch_all(pool)
-            .await
-            .context("loading retained messages")?;
+        let rows =
+            sqlx::query("SELECT topic, payload, qos, props, expires_at, updated_at FROM retained")
+                .fetch_all(pool)
+                .await
+                .context("loading retained messages")?;
         for r in rows {
-            if let Some(m) = message(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, true, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?) {
+            if let Some(m) = message(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                true,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+            ) {
                 state.retained.push(m);
             }
         }
@@ -116,7 +137,9 @@ impl Store {
                         expiry_secs: expiry.clamp(0, u32::MAX as i64) as u32,
                         // A session that was connected when the process died
                         // has been gone since then; count from the start.
-                        disconnected_at: Some(gone.map(from_millis).unwrap_or_else(SystemTime::now)),
+                        disconnected_at: Some(
+                            gone.map(from_millis).unwrap_or_else(SystemTime::now),
+                        ),
                         subscriptions: Vec::new(),
                         messages: Vec::new(),
                     },
@@ -156,7 +179,15 @@ impl Store {
             let id: String = r.try_get(1)?;
             let retain: i64 = r.try_get(5)?;
             let sub_ids: Option<String> = r.try_get(7)?;
-            let Some(msg) = message(r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, retain != 0, r.try_get(6)?, r.try_get(8)?, r.try_get(9)?) else {
+            let Some(msg) = message(
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                retain != 0,
+                r.try_get(6)?,
+                r.try_get(8)?,
+                r.try_get(9)?,
+            ) else {
                 continue;
             };
             let Some(s) = sessions.get_mut(&id) else { continue };
@@ -164,7 +195,10 @@ impl Store {
                 seq: seq as u64,
                 qos: msg.qos,
                 retain: msg.retain,
-                subscription_ids: sub_ids.as_deref().and_then(|j: &str| serde_json::from_str::<Vec<u32>>(j).ok()).unwrap_or_default(),
+                subscription_ids: sub_ids
+                    .as_deref()
+                    .and_then(|j: &str| serde_json::from_str::<Vec<u32>>(j).ok())
+                    .unwrap_or_default(),
                 // It may have reached the client before the restart.
                 dup: true,
                 stored: true,

@@ -25,12 +25,26 @@ const MAX_BATCH_OPS: usize = 4096;
 pub enum WriteOp {
     UpsertRetained(std::sync::Arc<Message>),
     DeleteRetained(ByteString),
-    UpsertSession { client_id: ClientId, expiry_secs: u32, disconnected_at: Option<SystemTime> },
+    UpsertSession {
+        client_id: ClientId,
+        expiry_secs: u32,
+        disconnected_at: Option<SystemTime>,
+    },
     /// Deletes the session with its subscriptions and queued messages.
     DeleteSession(ClientId),
-    PutSubscription { client_id: ClientId, filter: String, options: SubscriptionOptions },
-    DeleteSubscription { client_id: ClientId, filter: String },
-    EnqueueMessage { client_id: ClientId, delivery: Delivery },
+    PutSubscription {
+        client_id: ClientId,
+        filter: String,
+        options: SubscriptionOptions,
+    },
+    DeleteSubscription {
+        client_id: ClientId,
+        filter: String,
+    },
+    EnqueueMessage {
+        client_id: ClientId,
+        delivery: Delivery,
+    },
     DeleteMessage(u64),
 }
 
@@ -60,7 +74,10 @@ impl StoreWriter {
     }
 
     /// Queue writes; the receiver resolves once they are committed.
-    pub fn submit_durable(&self, ops: Vec<WriteOp>) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+    pub fn submit_durable(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.send(Item::Ops(ops, Some(tx)))?;
         Ok(rx)
@@ -124,7 +141,11 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
         let n = ops.len();
         let result = commit(&store, &mut ops).await;
         match &result {
-            Ok(()) => tracing::trace!(ops = n, elapsed_us = started.elapsed().as_micros() as u64, "store batch committed"),
+            Ok(()) => tracing::trace!(
+                ops = n,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "store batch committed"
+            ),
             Err(e) => tracing::error!(ops = n, error = %e, "store batch failed"),
         }
         let reply = result.map_err(|_| StoreError::Unavailable);
@@ -207,7 +228,10 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: WriteOp) -> Result<(),
             .await?;
         }
         WriteOp::DeleteRetained(topic) => {
-            sqlx::query("DELETE FROM retained WHERE topic = $1").bind(topic.to_string()).execute(conn).await?;
+            sqlx::query("DELETE FROM retained WHERE topic = $1")
+                .bind(topic.to_string())
+                .execute(conn)
+                .await?;
         }
         WriteOp::UpsertSession { client_id, expiry_secs, disconnected_at } => {
             sqlx::query(

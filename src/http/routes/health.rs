@@ -27,6 +27,9 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.stopping.is_cancelled() {
         return Err(ApiError::Unavailable("the broker is shutting down".into()));
     }
+    if !state.broker.is_running() {
+        return Err(ApiError::Unavailable("the broker core has stopped".into()));
+    }
     let store = &state.store;
     match tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await {
         Ok(Ok(())) => {}
