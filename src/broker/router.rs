@@ -61,6 +61,7 @@ struct Router {
     next_conn: Arc<AtomicU64>,
     /// Scratch buffer reused for every publish (no per-message allocation).
     scratch: Vec<Target>,
+    push_scratch: Vec<(Arc<Outbox>, Delivery)>,
 }
 
 /// One session a publish goes to, after merging overlapping subscriptions.
@@ -96,6 +97,7 @@ pub fn spawn_router(
         next_seq: restored.next_seq.max(1),
         next_conn: next_conn.clone(),
         scratch: Vec::new(),
+        push_scratch: Vec::new(),
     };
     router.restore(restored);
     let handle = BrokerHandle { tx, stats, limits, auth, next_conn };
@@ -517,7 +519,7 @@ impl Router {
 
         let matched = self.collect_targets(&msg);
         let mut targets = std::mem::take(&mut self.scratch);
-        let mut pushes: Vec<(Arc<Outbox>, Delivery)> = Vec::with_capacity(targets.len());
+        let mut pushes = std::mem::take(&mut self.push_scratch);
         for t in targets.drain(..) {
             let Some(session) = self.sessions.get(&t.client) else { continue };
             let seq = self.next_seq;
@@ -556,9 +558,10 @@ impl Router {
             self.submit(ops);
             None
         };
-        for (outbox, d) in pushes {
+        for (outbox, d) in pushes.drain(..) {
             outbox.push(d);
         }
+        self.push_scratch = pushes;
         Ok(PublishReply { outcome: PublishOutcome { matched }, commit })
     }
 
@@ -611,6 +614,7 @@ impl Router {
                 i = j;
             }
         }
+        merge_targets(scratch);
         matched
     }
 
@@ -695,20 +699,30 @@ fn add_target(
     options: &SubscriptionOptions,
     msg_qos: QoS,
 ) {
-    let qos = msg_qos.min(options.qos);
-    // Overlapping subscriptions of one client: one delivery with the highest
-    // QoS and every subscription identifier [MQTT-3.3.4-2, -3.3.4-5].
-    if let Some(t) = targets.iter_mut().find(|t| t.client == *client) {
-        t.qos = t.qos.max(qos);
-        t.retain_as_published |= options.retain_as_published;
-        t.subscription_ids.extend(options.subscription_id);
-        return;
-    }
     targets.push(Target {
         client: client.clone(),
-        qos,
+        qos: msg_qos.min(options.qos),
         retain_as_published: options.retain_as_published,
         subscription_ids: options.subscription_id.into_iter().collect(),
+    });
+}
+
+/// Overlapping subscriptions of one client become one delivery with the
+/// highest QoS and every subscription identifier [MQTT-3.3.4-2, -3.3.4-5].
+/// Sorting keeps this O(n log n) for large fan-outs.
+fn merge_targets(targets: &mut Vec<Target>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_unstable_by(|a, b| a.client.cmp(&b.client));
+    targets.dedup_by(|later, kept| {
+        if later.client != kept.client {
+            return false;
+        }
+        kept.qos = kept.qos.max(later.qos);
+        kept.retain_as_published |= later.retain_as_published;
+        kept.subscription_ids.append(&mut later.subscription_ids);
+        true
     });
 }
 
