@@ -7,6 +7,12 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+mod accounts;
+mod telemetry;
+
+pub use accounts::{DeviceCommand, UserCommand, device_command, user_command};
+pub use telemetry::{CrashesArgs, CrashesCommand, EsCommand, crashes_command, es_command};
+
 use crate::broker::auth::{Secret, hash_password};
 use crate::config::{Env, Overrides, Settings};
 
@@ -30,6 +36,20 @@ pub enum Command {
     /// Read a password from stdin and print its argon2id hash, for the
     /// `password_hash` of a user in `[[auth.users]]`.
     HashPassword,
+    /// Manage the users stored in the database (e.g. the first admin).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage the devices stored in the database.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Load-test an MQTT broker (this one or any other): throughput, loss,
+    /// latency percentiles, broker CPU and memory.
+    Bench(crate::bench::BenchArgs),
+    /// Elasticsearch: install the index templates of mapcast's data streams.
+    #[command(subcommand)]
+    Es(EsCommand),
+    /// Read the crash reports under the data directory.
+    Crashes(CrashesArgs),
 }
 
 const MORE_SETTINGS: &str = "Settings are layered: defaults, then the --config file, then \
@@ -71,6 +91,18 @@ pub struct ConfigArgs {
     /// [default: sqlite://{data_dir}/mapcast.db] [env: MAPCAST_DATABASE_URL].
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Seconds between map snapshots, 1–300 [default: 60]
+    /// [env: MAPCAST_MAP_INTERVAL_SECS].
+    #[arg(long, value_name = "SECS")]
+    pub map_interval: Option<u64>,
+    /// Ship logs, crashes and metrics to this Elasticsearch [default: off]
+    /// [env: MAPCAST_ELASTICSEARCH_URL].
+    #[arg(long, value_name = "URL")]
+    pub elasticsearch_url: Option<String>,
+    /// Export traces over OTLP/HTTP to this APM Server or collector
+    /// [default: off] [env: MAPCAST_OTLP_ENDPOINT].
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ConfigArgs {
@@ -85,6 +117,9 @@ impl ConfigArgs {
             http_listen: self.http_listen,
             data_dir: self.data_dir,
             database_url: self.database_url.map(Secret::new),
+            map_interval_secs: self.map_interval,
+            elasticsearch_url: self.elasticsearch_url,
+            otlp_endpoint: self.otlp_endpoint,
         };
         let env = Env::from_process();
         let file = self.config.or_else(|| env.config_file());

@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerLimits;
+use crate::broker::acl::{AclPolicy, AclRule, AnonymousAcl};
 use crate::broker::auth::{ConfigUser, Secret};
 
 /// The whole configuration. Every section and field has a default, so an
@@ -34,6 +35,14 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Log output on stdout.
     pub log: LogSettings,
+    /// The map updater: how often the snapshot is built and who is on it.
+    pub map: MapSettings,
+    /// Stored history of selected topics, and how long it is kept.
+    pub history: HistorySettings,
+    /// Metrics, Elasticsearch shipping and its spool.
+    pub telemetry: TelemetrySettings,
+    /// Switches for verifying the crash reporter; all off by default.
+    pub debug: DebugSettings,
 }
 
 impl Default for Settings {
@@ -46,6 +55,10 @@ impl Default for Settings {
             broker: BrokerSettings::default(),
             auth: AuthSettings::default(),
             log: LogSettings::default(),
+            map: MapSettings::default(),
+            history: HistorySettings::default(),
+            telemetry: TelemetrySettings::default(),
+            debug: DebugSettings::default(),
         }
     }
 }
@@ -144,15 +157,42 @@ impl<'de> Deserialize<'de> for BrokerSettings {
     }
 }
 
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// Whether clients may connect without a user name. Default: allowed only
     /// when every listener is bound to a loopback address (like Mosquitto 2).
     pub allow_anonymous: Option<bool>,
+    /// What anonymous clients may do: `all` (publish and subscribe anywhere
+    /// but `$`-topics) or `read_map` (subscribe to `map/#` only). Default:
+    /// `all` when every listener is on loopback, else `read_map`.
+    pub anonymous_acl: Option<AnonymousAcl>,
     /// Users defined here, each `{ username, password_hash, role }` with an
     /// argon2id hash from `mapcast hash-password`. Default: none.
     pub users: Vec<ConfigUser>,
+    /// Lifetime of the bearer tokens `POST /api/v1/sessions` issues, in
+    /// seconds. Default 86400 (24 h).
+    pub token_ttl_secs: u64,
+    /// Whether anyone may create an account with `POST /api/v1/users`; when
+    /// off only admins can. Default true.
+    pub self_registration: bool,
+    /// Extra ACL rules, each `{ role, action, filter }`: `role` (`admin`,
+    /// `user`, `device`, `anonymous`) may `action` (`publish`, `subscribe`,
+    /// `both`) on topics matching `filter`. Default: none.
+    pub acl: Vec<AclRule>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: None,
+            anonymous_acl: None,
+            users: Vec::new(),
+            token_ttl_secs: 24 * 3600,
+            self_registration: true,
+            acl: Vec::new(),
+        }
+    }
 }
 
 // Password hashes are secrets too: show who, not how.
@@ -161,7 +201,11 @@ impl std::fmt::Debug for AuthSettings {
         let users: Vec<_> = self.users.iter().map(|u| (&u.username, u.role)).collect();
         f.debug_struct("AuthSettings")
             .field("allow_anonymous", &self.allow_anonymous)
+            .field("anonymous_acl", &self.anonymous_acl)
             .field("users", &users)
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("self_registration", &self.self_registration)
+            .field("acl", &self.acl)
             .finish()
     }
 }
@@ -201,6 +245,171 @@ impl FromStr for LogFormat {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Seconds between metrics documents shipped to Elasticsearch. Default 10.
+    pub metrics_interval_secs: u64,
+    /// Documents waiting in memory for the shipper; more are dropped and
+    /// counted, never waited for. Default 16384.
+    pub queue_capacity: usize,
+    /// Bound of the on-disk spool (`{data_dir}/telemetry/spool/`) that holds
+    /// documents while Elasticsearch is unreachable; past it the oldest
+    /// segment is dropped and counted. Default 268435456 (256 MiB).
+    pub spool_max_bytes: u64,
+    /// Direct shipping to Elasticsearch; off unless `url` is set.
+    pub elasticsearch: ElasticsearchSettings,
+    /// OTLP trace export; off unless `endpoint` is set.
+    pub otlp: OtlpSettings,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            metrics_interval_secs: 10,
+            queue_capacity: 16 * 1024,
+            spool_max_bytes: 256 * 1024 * 1024,
+            elasticsearch: ElasticsearchSettings::default(),
+            otlp: OtlpSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ElasticsearchSettings {
+    /// Base URL, e.g. `https://es:9200`. Default: none (shipping off).
+    pub url: Option<String>,
+    /// Basic-auth user (with `password`). Default: none.
+    pub username: Option<String>,
+    /// Basic-auth password. Never logged. Default: none.
+    pub password: Option<Secret>,
+    /// API key, base64 `id:key` as Elasticsearch returns it (`encoded`);
+    /// wins over `username`. Never logged. Default: none.
+    pub api_key: Option<Secret>,
+    /// Data stream namespace: `logs-mapcast.app-{namespace}` etc. Lowercase,
+    /// no `-`. Default `default`.
+    pub namespace: String,
+    /// Write to plain indices (`mapcast-logs-app-{namespace}`, ...) instead of
+    /// data streams, for servers without data streams. Default false.
+    pub plain_indices: bool,
+    /// Most documents in one `_bulk` request. Default 1000.
+    pub batch_max_docs: usize,
+    /// Milliseconds between flushes of a partial batch. Default 1000.
+    pub flush_interval_ms: u64,
+    /// Seconds before a `_bulk` request counts as failed. Default 10.
+    pub request_timeout_secs: u64,
+    /// Longest wait between retries while Elasticsearch fails. Default 30.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for ElasticsearchSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            username: None,
+            password: None,
+            api_key: None,
+            namespace: "default".into(),
+            plain_indices: false,
+            batch_max_docs: 1000,
+            flush_interval_ms: 1000,
+            request_timeout_secs: 10,
+            max_backoff_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpSettings {
+    /// OTLP/HTTP base URL of an Elastic APM Server (`http://apm:8200`) or an
+    /// OpenTelemetry collector (`http://otel:4318`); spans go to
+    /// `{endpoint}/v1/traces`. Default: none (off).
+    pub endpoint: Option<String>,
+    /// `http/protobuf` or `http/json`. Default `http/protobuf`.
+    pub protocol: OtlpProtocol,
+    /// `Authorization` header value, e.g. `Bearer SECRET_TOKEN` or
+    /// `ApiKey KEY` for an APM Server. Never logged. Default: none.
+    pub authorization: Option<Secret>,
+    /// Share of new traces exported, 0.0–1.0; a trace continued from a
+    /// caller follows the caller's decision. Default 1.0.
+    pub sample_ratio: f64,
+}
+
+impl Default for OtlpSettings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: OtlpProtocol::default(),
+            authorization: None,
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl FromStr for OtlpProtocol {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            "http/json" => Ok(Self::HttpJson),
+            _ => bail!("expected `http/protobuf` or `http/json`, got {s:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugSettings {
+    /// Enables `POST /api/v1/admin/debug/panic` and the MQTT topic
+    /// `$debug/panic`, which panic on purpose to test crash reports.
+    /// Default false.
+    pub panic_endpoint: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapSettings {
+    /// Seconds between map snapshots, 1–300. Default 60.
+    pub interval_secs: u64,
+    /// Devices whose last position arrived within this many seconds are on
+    /// the map. Default 900 (15 minutes).
+    pub ttl_secs: u64,
+}
+
+impl Default for MapSettings {
+    fn default() -> Self {
+        Self { interval_secs: 60, ttl_secs: 900 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistorySettings {
+    /// Topic filters whose messages are stored and served by
+    /// `GET /api/v1/history/{topic}`. Default `["devices/+/location"]`.
+    pub topics: Vec<String>,
+    /// Days history is kept; older messages are purged in small batches.
+    /// 0 keeps everything. Default 30.
+    pub retention_days: u32,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self { topics: vec!["devices/+/location".into()], retention_days: 30 }
+    }
+}
+
 /// The command-line layer: each `Some` wins over every other source.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -212,6 +421,9 @@ pub struct Overrides {
     pub http_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<Secret>,
+    pub map_interval_secs: Option<u64>,
+    pub elasticsearch_url: Option<String>,
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The environment variables to layer, passed in explicitly.
@@ -291,7 +503,49 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_ALLOW_ANONYMOUS", "auth.allow_anonymous", |s, v| {
         set_some(&mut s.auth.allow_anonymous, v)
     }),
+    var("MAPCAST_ANONYMOUS_ACL", "auth.anonymous_acl", |s, v| {
+        set_some(&mut s.auth.anonymous_acl, v)
+    }),
+    var("MAPCAST_TOKEN_TTL_SECS", "auth.token_ttl_secs", |s, v| set(&mut s.auth.token_ttl_secs, v)),
+    var("MAPCAST_SELF_REGISTRATION", "auth.self_registration", |s, v| {
+        set(&mut s.auth.self_registration, v)
+    }),
     var("MAPCAST_LOG_FORMAT", "log.format", |s, v| set(&mut s.log.format, v)),
+    var("MAPCAST_MAP_INTERVAL_SECS", "map.interval_secs", |s, v| set(&mut s.map.interval_secs, v)),
+    var("MAPCAST_MAP_TTL_SECS", "map.ttl_secs", |s, v| set(&mut s.map.ttl_secs, v)),
+    var("MAPCAST_HISTORY_RETENTION_DAYS", "history.retention_days", |s, v| {
+        set(&mut s.history.retention_days, v)
+    }),
+    var("MAPCAST_METRICS_INTERVAL_SECS", "telemetry.metrics_interval_secs", |s, v| {
+        set(&mut s.telemetry.metrics_interval_secs, v)
+    }),
+    var("MAPCAST_ELASTICSEARCH_URL", "telemetry.elasticsearch.url", |s, v| {
+        set_some(&mut s.telemetry.elasticsearch.url, v)
+    }),
+    var("MAPCAST_ELASTICSEARCH_USERNAME", "telemetry.elasticsearch.username", |s, v| {
+        set_some(&mut s.telemetry.elasticsearch.username, v)
+    }),
+    var("MAPCAST_ELASTICSEARCH_PASSWORD", "telemetry.elasticsearch.password", |s, v| {
+        s.telemetry.elasticsearch.password = Some(Secret::new(v));
+        Ok(())
+    }),
+    var("MAPCAST_ELASTICSEARCH_API_KEY", "telemetry.elasticsearch.api_key", |s, v| {
+        s.telemetry.elasticsearch.api_key = Some(Secret::new(v));
+        Ok(())
+    }),
+    var("MAPCAST_ELASTICSEARCH_NAMESPACE", "telemetry.elasticsearch.namespace", |s, v| {
+        set(&mut s.telemetry.elasticsearch.namespace, v)
+    }),
+    var("MAPCAST_OTLP_ENDPOINT", "telemetry.otlp.endpoint", |s, v| {
+        set_some(&mut s.telemetry.otlp.endpoint, v)
+    }),
+    var("MAPCAST_OTLP_PROTOCOL", "telemetry.otlp.protocol", |s, v| {
+        set(&mut s.telemetry.otlp.protocol, v)
+    }),
+    var("MAPCAST_OTLP_AUTHORIZATION", "telemetry.otlp.authorization", |s, v| {
+        s.telemetry.otlp.authorization = Some(Secret::new(v));
+        Ok(())
+    }),
     var("RUST_LOG", "log.level", |s, v| set(&mut s.log.level, v)),
     var("MAPCAST_LOG_LEVEL", "log.level", |s, v| set(&mut s.log.level, v)),
 ];
@@ -364,6 +618,9 @@ impl Settings {
         put(&mut self.http.listen, o.http_listen);
         put(&mut self.data_dir, o.data_dir);
         put(&mut self.database.url, o.database_url.map(Some));
+        put(&mut self.map.interval_secs, o.map_interval_secs);
+        put(&mut self.telemetry.elasticsearch.url, o.elasticsearch_url.map(Some));
+        put(&mut self.telemetry.otlp.endpoint, o.otlp_endpoint.map(Some));
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -381,9 +638,60 @@ impl Settings {
         if self.broker.sys_interval_secs == 0 {
             bail!("broker.sys_interval_secs must be at least 1");
         }
+        if !(1..=300).contains(&self.map.interval_secs) {
+            bail!("map.interval_secs must be between 1 and 300, got {}", self.map.interval_secs);
+        }
+        if self.map.ttl_secs == 0 {
+            bail!("map.ttl_secs must be at least 1");
+        }
+        for topic in &self.history.topics {
+            crate::domain::TopicFilter::parse(topic.clone(), self.broker.limits.topic_limits())
+                .with_context(|| format!("invalid topic filter {topic:?} in history.topics"))?;
+        }
+        if self.auth.token_ttl_secs == 0 {
+            bail!("auth.token_ttl_secs must be at least 1");
+        }
+        self.acl_policy()?;
+        self.validate_telemetry()?;
         tracing_subscriber::EnvFilter::builder()
             .parse(&self.log.level)
             .with_context(|| format!("invalid log.level {:?}", self.log.level))?;
+        Ok(())
+    }
+
+    fn validate_telemetry(&self) -> anyhow::Result<()> {
+        let t = &self.telemetry;
+        if t.metrics_interval_secs == 0 || t.queue_capacity == 0 {
+            bail!(
+                "telemetry.metrics_interval_secs and telemetry.queue_capacity must be at least 1"
+            );
+        }
+        let es = &t.elasticsearch;
+        if let Some(url) = &es.url {
+            elasticsearch::http::Url::parse(url).context("invalid telemetry.elasticsearch.url")?;
+        }
+        let ns = &es.namespace;
+        if ns.is_empty()
+            || !ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.".contains(c))
+        {
+            bail!(
+                "telemetry.elasticsearch.namespace must be lowercase letters, digits, `_` or `.`, got {ns:?}"
+            );
+        }
+        if es.batch_max_docs == 0 || es.flush_interval_ms == 0 || es.request_timeout_secs == 0 {
+            bail!(
+                "telemetry.elasticsearch.batch_max_docs, flush_interval_ms and request_timeout_secs must be at least 1"
+            );
+        }
+        if !(0.0..=1.0).contains(&t.otlp.sample_ratio) {
+            bail!("telemetry.otlp.sample_ratio must be between 0.0 and 1.0");
+        }
+        if let Some(endpoint) = &t.otlp.endpoint {
+            elasticsearch::http::Url::parse(endpoint).context("invalid telemetry.otlp.endpoint")?;
+        }
+        if es.password.is_some() && es.username.is_none() {
+            bail!("telemetry.elasticsearch.password needs telemetry.elasticsearch.username");
+        }
         Ok(())
     }
 
@@ -409,10 +717,37 @@ impl Settings {
             .unwrap_or_else(|| self.listen_addrs().all(|a| a.ip().is_loopback()))
     }
 
+    /// `auth.anonymous_acl`, or — when unset — `all` while every listener is
+    /// on loopback (local, Mosquitto-style use) and `read_map` otherwise.
+    pub fn effective_anonymous_acl(&self) -> AnonymousAcl {
+        self.auth.anonymous_acl.unwrap_or_else(|| {
+            if self.listen_addrs().all(|a| a.ip().is_loopback()) {
+                AnonymousAcl::All
+            } else {
+                AnonymousAcl::ReadMap
+            }
+        })
+    }
+
+    /// The ACL the broker and the REST API enforce.
+    pub fn acl_policy(&self) -> anyhow::Result<AclPolicy> {
+        AclPolicy::new(self.effective_anonymous_acl(), &self.auth.acl)
+            .context("invalid filter in auth.acl")
+    }
+
     /// The settings as JSON with every secret (database URL, password hashes)
     /// replaced, fit for logs and crash reports.
     pub fn redacted_digest(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).expect("settings always serialize");
+        // A password written into the Elasticsearch URL is a secret too.
+        if let Some(url) = value.pointer_mut("/telemetry/elasticsearch/url")
+            && let Some(mut parsed) =
+                url.as_str().and_then(|u| elasticsearch::http::Url::parse(u).ok())
+            && parsed.password().is_some()
+        {
+            let _ = parsed.set_password(Some("[redacted]"));
+            *url = parsed.to_string().into();
+        }
         if let Some(users) = value.pointer_mut("/auth/users").and_then(|u| u.as_array_mut()) {
             for user in users {
                 user["password_hash"] = "[redacted]".into();
@@ -451,6 +786,9 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("./data"));
         assert_eq!(s.database_url().expose(), "sqlite://./data/mapcast.db");
         assert_eq!(s.broker.sys_interval_secs, 10);
+        assert_eq!((s.map.interval_secs, s.map.ttl_secs), (60, 900));
+        assert_eq!(s.history.topics, ["devices/+/location"]);
+        assert_eq!(s.history.retention_days, 30);
         assert_eq!(s.log.format, LogFormat::Json);
         assert_eq!(s.log.level, "info");
         assert!(s.effective_allow_anonymous());
@@ -550,6 +888,48 @@ mod tests {
     }
 
     #[test]
+    fn auth_keys_load_from_file_and_env_and_bad_acl_filters_are_refused() {
+        let file = config_file(
+            r#"
+            [auth]
+            token_ttl_secs = 60
+            self_registration = false
+            anonymous_acl = "read_map"
+            [[auth.acl]]
+            role = "user"
+            action = "both"
+            filter = "public/#"
+            "#,
+        );
+        let s = Settings::load(Some(file.path()), &Env::default(), Overrides::default()).unwrap();
+        assert_eq!(s.auth.token_ttl_secs, 60);
+        assert!(!s.auth.self_registration);
+        assert_eq!(s.effective_anonymous_acl(), AnonymousAcl::ReadMap);
+        assert_eq!(s.auth.acl[0].action, crate::broker::acl::AclAction::Both);
+
+        let e = env(&[("MAPCAST_TOKEN_TTL_SECS", "5"), ("MAPCAST_ANONYMOUS_ACL", "all")]);
+        let s = Settings::load(Some(file.path()), &e, Overrides::default()).unwrap();
+        assert_eq!((s.auth.token_ttl_secs, s.effective_anonymous_acl()), (5, AnonymousAcl::All));
+
+        let bad =
+            config_file("[[auth.acl]]\nrole = \"user\"\naction = \"both\"\nfilter = \"a/#/b\"");
+        assert!(Settings::load(Some(bad.path()), &Env::default(), Overrides::default()).is_err());
+        let zero = env(&[("MAPCAST_TOKEN_TTL_SECS", "0")]);
+        assert!(Settings::load(None, &zero, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn anonymous_clients_read_only_the_map_by_default_off_loopback() {
+        let s = Settings::load(None, &Env::default(), Overrides::default()).unwrap();
+        assert_eq!(s.effective_anonymous_acl(), AnonymousAcl::All);
+        assert!(s.auth.self_registration);
+        assert_eq!(s.auth.token_ttl_secs, 24 * 3600);
+        let public = Overrides { http_listen: Some(addr("0.0.0.0:8080")), ..Default::default() };
+        let s = Settings::load(None, &Env::default(), public).unwrap();
+        assert_eq!(s.effective_anonymous_acl(), AnonymousAcl::ReadMap);
+    }
+
+    #[test]
     fn anonymous_can_be_refused_on_loopback() {
         let s = Settings::load(
             None,
@@ -584,6 +964,18 @@ mod tests {
         let shown = format!("{s:?} {}", s.redacted_digest());
         assert!(!shown.contains("hunter2") && !shown.contains("secretish"), "{shown}");
         assert!(shown.contains("ann"));
+        let env = env(&[
+            ("MAPCAST_ELASTICSEARCH_PASSWORD", "es-hunter3"),
+            ("MAPCAST_ELASTICSEARCH_USERNAME", "elastic"),
+            ("MAPCAST_ELASTICSEARCH_API_KEY", "key-hunter4"),
+            ("MAPCAST_ELASTICSEARCH_URL", "https://elastic:url-hunter5@es:9200"),
+        ]);
+        let s = Settings::load(None, &env, Overrides::default()).unwrap();
+        let shown = format!("{s:?} {}", s.redacted_digest());
+        let digest = s.redacted_digest().to_string();
+        assert!(!digest.contains("hunter5"), "{digest}");
+        assert!(!shown.contains("hunter3") && !shown.contains("hunter4"), "{shown}");
+        assert_eq!(s.telemetry.elasticsearch.password.unwrap().expose(), "es-hunter3");
     }
 
     #[test]
@@ -603,6 +995,56 @@ mod tests {
         all.extend(ENV_VARS.iter().map(|v| v.name.to_owned()));
         let missing: Vec<_> = all.iter().filter(|k| !readme.contains(&format!("`{k}`"))).collect();
         assert!(missing.is_empty(), "README.md does not document {missing:?}");
+    }
+
+    #[test]
+    fn elasticsearch_comes_from_env_and_the_cli_wins() {
+        let e = env(&[
+            ("MAPCAST_ELASTICSEARCH_URL", "http://from-env:9200"),
+            ("MAPCAST_ELASTICSEARCH_NAMESPACE", "prod"),
+        ]);
+        let s = Settings::load(None, &e, Overrides::default()).unwrap();
+        assert_eq!(s.telemetry.elasticsearch.url.as_deref(), Some("http://from-env:9200"));
+        assert_eq!(s.telemetry.elasticsearch.namespace, "prod");
+        let cli = Overrides {
+            elasticsearch_url: Some("http://from-cli:9200".into()),
+            ..Default::default()
+        };
+        let s = Settings::load(None, &e, cli).unwrap();
+        assert_eq!(s.telemetry.elasticsearch.url.as_deref(), Some("http://from-cli:9200"));
+    }
+
+    #[test]
+    fn bad_elasticsearch_settings_are_refused() {
+        for (k, v) in [
+            ("MAPCAST_ELASTICSEARCH_URL", "not a url"),
+            ("MAPCAST_ELASTICSEARCH_NAMESPACE", "has-dash"),
+            ("MAPCAST_ELASTICSEARCH_PASSWORD", "no-user"),
+        ] {
+            assert!(Settings::load(None, &env(&[(k, v)]), Overrides::default()).is_err(), "{k}");
+        }
+    }
+
+    #[test]
+    fn the_map_interval_is_bounded_and_the_cli_wins() {
+        for bad in ["0", "301"] {
+            let e = env(&[("MAPCAST_MAP_INTERVAL_SECS", bad)]);
+            assert!(Settings::load(None, &e, Overrides::default()).is_err(), "{bad}");
+        }
+        let e = env(&[("MAPCAST_MAP_INTERVAL_SECS", "300"), ("MAPCAST_MAP_TTL_SECS", "60")]);
+        let s = Settings::load(None, &e, Overrides::default()).unwrap();
+        assert_eq!((s.map.interval_secs, s.map.ttl_secs), (300, 60));
+        let cli = Overrides { map_interval_secs: Some(5), ..Default::default() };
+        assert_eq!(Settings::load(None, &e, cli).unwrap().map.interval_secs, 5);
+    }
+
+    #[test]
+    fn history_topics_must_be_valid_filters() {
+        let file = config_file("[history]\ntopics = [\"a/#/b\"]");
+        assert!(Settings::load(Some(file.path()), &Env::default(), Overrides::default()).is_err());
+        let file = config_file("[history]\ntopics = [\"cmd/#\"]\nretention_days = 7");
+        let s = Settings::load(Some(file.path()), &Env::default(), Overrides::default()).unwrap();
+        assert_eq!((s.history.topics, s.history.retention_days), (vec!["cmd/#".into()], 7));
     }
 
     #[test]

@@ -5,13 +5,17 @@
 //! types, `broker` owns all broker state, `mqtt` and `http` are thin inbound
 //! adapters over it, `store` is the database, `telemetry` the observability.
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod identities;
+pub mod locations;
 pub mod mqtt;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod updater;

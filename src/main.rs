@@ -17,6 +17,13 @@ fn main() -> ExitCode {
         Command::HashPassword => {
             cli::hash_password_command(std::io::stdin().lock(), std::io::stdout().lock())
         }
+        Command::User(cmd) => {
+            cli::user_command(cmd, std::io::stdin().lock(), std::io::stdout().lock())
+        }
+        Command::Device(cmd) => cli::device_command(cmd, std::io::stdout().lock()),
+        Command::Bench(args) => mapcast::bench::run(args),
+        Command::Es(cmd) => cli::es_command(cmd, std::io::stdout().lock()),
+        Command::Crashes(args) => cli::crashes_command(args, std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,7 +36,7 @@ fn main() -> ExitCode {
 
 fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let settings = args.load_settings()?;
-    let _telemetry = telemetry::init(&settings.log);
+    let _telemetry = telemetry::init(&settings);
     warn_unknown_env();
     let result = with_runtime(async {
         let app = Application::build(settings).await?;
@@ -43,7 +50,7 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
 
 fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
     let settings = args.load_settings()?;
-    let _telemetry = telemetry::init(&settings.log);
+    let _telemetry = telemetry::init(&settings);
     warn_unknown_env();
     with_runtime(async {
         let store = Store::connect(settings.database_url().expose(), 1).await?;

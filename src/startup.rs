@@ -14,10 +14,13 @@ use crate::broker::auth::ConfigAuthenticator;
 use crate::broker::{self, BrokerHandle, SharedAuthenticator};
 use crate::config::Settings;
 use crate::http::{self, AppState};
+use crate::identities::{DbAuthenticator, Identities, IdentitySettings};
+use crate::locations::{HistoryTopics, LocationHook, PositionFeed};
 use crate::mqtt::{MqttListeners, MqttServer, TlsFiles};
 use crate::shutdown::GRACE;
-use crate::store::{self, Store};
-use crate::telemetry::names;
+use crate::store::{self, HistoryRetention, Store};
+use crate::telemetry::{crash, metrics, names};
+use crate::updater::{MapUpdater, MapView};
 
 /// The whole process, built and serving. Tests build the same thing on port 0.
 pub struct Application {
@@ -38,6 +41,9 @@ struct Tasks {
     http: Option<JoinHandle<std::io::Result<()>>>,
     router: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
+    updater: Option<JoinHandle<()>>,
+    /// `None` when history is kept forever.
+    retention: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -64,17 +70,43 @@ impl Application {
         let restored = store.load_broker_state().await.context("cannot restore broker state")?;
 
         let (writer, writer_task) = store::spawn_writer(store.clone());
-        let auth: SharedAuthenticator = Arc::new(ConfigAuthenticator::new(
-            settings.effective_allow_anonymous(),
-            settings.auth.users.clone(),
+        let identities = Identities::new(
+            store.clone(),
+            IdentitySettings {
+                token_ttl: Duration::from_secs(settings.auth.token_ttl_secs),
+                self_registration: settings.auth.self_registration,
+                allow_anonymous: settings.effective_allow_anonymous(),
+            },
+        );
+        let auth: SharedAuthenticator = Arc::new(DbAuthenticator::new(
+            identities.clone(),
+            ConfigAuthenticator::new(
+                settings.effective_allow_anonymous(),
+                settings.auth.users.clone(),
+            ),
+            settings.acl_policy()?,
         ));
+        // Every publish (MQTT or REST) passes the location hook: validation,
+        // latest position and history, and the feed of the map updater.
+        let history_topics =
+            HistoryTopics::parse(&settings.history.topics, settings.broker.limits.topic_limits())?;
+        let feed = Arc::new(PositionFeed::default());
+        let hook = Arc::new(LocationHook::new(history_topics.clone(), feed.clone()));
         let (broker, router_task) = broker::spawn_router(
             settings.broker.limits.clone(),
             auth,
             writer,
             restored,
             Duration::from_secs(settings.broker.sys_interval_secs),
+            Some(hook),
         );
+        let map_view = MapView::default();
+        let updater =
+            MapUpdater::load(&settings.map, broker.clone(), store.clone(), feed, map_view.clone())
+                .await?;
+
+        metrics::global().set_broker_stats(broker.stats().clone());
+        crash::set_debug_triggers(settings.debug.panic_endpoint);
 
         let tls = match (mqtts_listener, &settings.mqtt.tls_cert, &settings.mqtt.tls_key) {
             (Some(listener), Some(cert), Some(key)) => {
@@ -93,6 +125,9 @@ impl Application {
         let state = AppState {
             store: store.clone(),
             broker: broker.clone(),
+            identities,
+            map: map_view,
+            history_topics,
             started_at: Instant::now(),
             stopping: stopping.clone(),
         };
@@ -100,6 +135,11 @@ impl Application {
             .context("cannot start the HTTP server")?;
         let http = http_server.handle();
         let http_task = tokio::spawn(http_server);
+        let updater_task = tokio::spawn(updater.run_until_stopped(stopping.clone()));
+        let retention_task = (settings.history.retention_days > 0).then(|| {
+            let retention = HistoryRetention::new(store.clone(), settings.history.retention_days);
+            tokio::spawn(retention.run_until_stopped(stopping.clone()))
+        });
 
         tracing::debug!(config = %settings.redacted_digest(), "configuration");
         tracing::info!(
@@ -125,6 +165,8 @@ impl Application {
                 http: Some(http_task),
                 router: Some(router_task),
                 writer: Some(writer_task),
+                updater: Some(updater_task),
+                retention: retention_task,
             },
             stopping,
         })
@@ -164,12 +206,17 @@ impl Application {
             r = join(&mut t.http) => Some(component_died("http", r)),
             r = join(&mut t.router) => Some(component_died("broker router", r)),
             r = join(&mut t.writer) => Some(component_died("store writer", r)),
+            r = join(&mut t.updater) => Some(component_died("map updater", r)),
+            r = join(&mut t.retention) => Some(component_died("history retention", r)),
         };
         tracing::info!("shutting down");
         self.stopping.cancel();
 
         let Self { mqtt, http, broker, store, mut tasks, .. } = self;
         let orderly = async move {
+            // The background jobs saw `stopping` and end their current step.
+            log_exit("map updater", finish(&mut tasks.updater).await);
+            log_exit("history retention", finish(&mut tasks.retention).await);
             // Stop taking MQTT connections and close the open ones, then let
             // the router flush its state; HTTP goes last so /readyz reports
             // the drain (it answers 503 from now on).

@@ -57,16 +57,116 @@ pub enum Role {
     Anonymous,
 }
 
+impl Role {
+    /// The name used in the database, the config file and the REST API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+            Self::Device => "device",
+            Self::Anonymous => "anonymous",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, UnknownRole> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "user" => Ok(Self::User),
+            "device" => Ok(Self::Device),
+            "anonymous" => Ok(Self::Anonymous),
+            _ => Err(UnknownRole),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role (expected admin, user, device or anonymous)")]
+pub struct UnknownRole;
+
 /// Who a connection or request acts as, once authenticated.
+///
+/// A user's `owned_devices` are read when it authenticates: an MQTT session
+/// that is already open does not see devices created (or deleted) after its
+/// CONNECT until it reconnects; REST requests see them at once.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// The user name (for a device: its id); `None` when anonymous.
     pub username: Option<String>,
     pub role: Role,
+    /// The id of a user stored in the database (`None` for devices, config
+    /// users and anonymous callers).
+    pub user_id: Option<String>,
+    /// The id of the device this is (role `Device` only).
+    pub device_id: Option<String>,
+    /// Ids of the devices this user owns, whose topics it may read and write.
+    pub owned_devices: Vec<String>,
 }
 
 impl Identity {
     pub fn anonymous() -> Self {
-        Self { username: None, role: Role::Anonymous }
+        Self {
+            username: None,
+            role: Role::Anonymous,
+            user_id: None,
+            device_id: None,
+            owned_devices: Vec::new(),
+        }
+    }
+
+    /// A user stored in the database.
+    pub fn user(user_id: String, username: String, role: Role, owned_devices: Vec<String>) -> Self {
+        Self {
+            username: Some(username),
+            role,
+            user_id: Some(user_id),
+            device_id: None,
+            owned_devices,
+        }
+    }
+
+    /// A device stored in the database; it signs in with its id as user name.
+    pub fn device(device_id: String) -> Self {
+        Self {
+            username: Some(device_id.clone()),
+            role: Role::Device,
+            user_id: None,
+            device_id: Some(device_id),
+            owned_devices: Vec::new(),
+        }
+    }
+
+    /// A user from `[[auth.users]]`; one with role `device` is the device
+    /// whose id is its user name.
+    pub fn configured(username: String, role: Role) -> Self {
+        Self {
+            device_id: (role == Role::Device).then(|| username.clone()),
+            username: Some(username),
+            role,
+            user_id: None,
+            owned_devices: Vec::new(),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.role == Role::Anonymous
+    }
+
+    /// Whether `device_id` is one of this user's devices.
+    pub fn owns_device(&self, device_id: &str) -> bool {
+        self.owned_devices.iter().any(|d| d == device_id)
     }
 }
 
@@ -139,7 +239,7 @@ impl Authenticator for ConfigAuthenticator {
                 .await
                 .map_err(|_| AuthError::Unavailable)?;
             if ok {
-                Ok(Identity { username: Some(user.username.clone()), role: user.role })
+                Ok(Identity::configured(user.username.clone(), user.role))
             } else {
                 Err(AuthError::BadCredentials)
             }

@@ -2,6 +2,7 @@
 //! messages; transports (MQTT, REST, the map updater) talk to it through a
 //! cloneable [`BrokerHandle`] and never touch its state.
 
+pub mod acl;
 pub mod auth;
 pub mod limits;
 pub mod message;
@@ -26,8 +27,8 @@ pub use outbox::{ConnectionId, KickReason, Next, Outbox, OverflowPolicy};
 pub use router::{RestoredState, spawn_router};
 pub use stats::Stats;
 
-use crate::domain::{ClientId, SharedFilter};
-use crate::store::StoreError;
+use crate::domain::{ClientId, LocationError, SharedFilter};
+use crate::store::{StoreError, WriteOp};
 
 /// Which MQTT protocol level a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +137,27 @@ pub enum PublishError {
     Storage(#[from] StoreError),
     #[error("broker is shutting down")]
     ShuttingDown,
+    /// A [`PublishHook`] refused the payload (v5 PUBACK 0x99).
+    #[error("payload format invalid: {0}")]
+    InvalidPayload(LocationError),
+}
+
+/// Looks at every publish that enters through a [`BrokerHandle`] (MQTT, REST,
+/// the map updater), on the publisher's thread, before the router sees it:
+/// it may refuse the payload, and add store writes that commit in the same
+/// batch as the publish's own (so a QoS≥1 acknowledgement covers them).
+pub trait PublishHook: Send + Sync + 'static {
+    fn inspect(&self, msg: &Message) -> Result<Inspection, PublishError>;
+}
+
+/// What a [`PublishHook`] wants done with an accepted publish.
+#[derive(Default)]
+pub struct Inspection {
+    /// Store writes committed with the publish.
+    pub ops: Vec<WriteOp>,
+    /// Runs once the router took the publish (for [`BrokerHandle::publish`],
+    /// once it is durable); not at all if it was refused.
+    pub on_accepted: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// What routing a publish did.
@@ -167,6 +189,8 @@ pub(crate) enum Command {
     },
     Publish {
         msg: Message,
+        /// Writes added by the [`PublishHook`].
+        ops: Vec<WriteOp>,
         reply: Option<oneshot::Sender<Result<PublishReply, PublishError>>>,
     },
     Retained {
@@ -190,6 +214,7 @@ pub struct BrokerHandle {
     limits: Arc<BrokerLimits>,
     auth: SharedAuthenticator,
     next_conn: Arc<AtomicU64>,
+    hook: Option<Arc<dyn PublishHook>>,
 }
 
 impl BrokerHandle {
@@ -259,11 +284,15 @@ impl BrokerHandle {
     /// Route a message and wait until it is durable (every store write it
     /// caused is committed). Acknowledge a QoS≥1 publish only after this.
     pub async fn publish(&self, msg: Message) -> Result<PublishOutcome, PublishError> {
+        let Inspection { ops, on_accepted } = self.inspect(&msg)?;
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Publish { msg, reply: Some(tx) }).await?;
+        self.send(Command::Publish { msg, ops, reply: Some(tx) }).await?;
         let reply = rx.await.map_err(|_| PublishError::ShuttingDown)??;
         if let Some(commit) = reply.commit {
             commit.await.map_err(|_| PublishError::ShuttingDown)??;
+        }
+        if let Some(f) = on_accepted {
+            f();
         }
         Ok(reply.outcome)
     }
@@ -271,7 +300,21 @@ impl BrokerHandle {
     /// Route a message without waiting for anything (QoS 0 fast path).
     /// Applies backpressure to the caller when the router is saturated.
     pub async fn publish_fire(&self, msg: Message) -> Result<(), PublishError> {
-        self.send(Command::Publish { msg, reply: None }).await
+        let Inspection { ops, on_accepted } = self.inspect(&msg)?;
+        self.send(Command::Publish { msg, ops, reply: None }).await?;
+        if let Some(f) = on_accepted {
+            f();
+        }
+        Ok(())
+    }
+
+    fn inspect(&self, msg: &Message) -> Result<Inspection, PublishError> {
+        let Some(hook) = &self.hook else { return Ok(Inspection::default()) };
+        let inspection = hook.inspect(msg);
+        if let Err(PublishError::InvalidPayload(_)) = &inspection {
+            self.stats.invalid_payloads.fetch_add(1, Ordering::Relaxed);
+        }
+        inspection
     }
 
     /// Retained messages whose topics match `filter` (for REST GET).

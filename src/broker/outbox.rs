@@ -49,7 +49,7 @@ pub enum Next {
 struct State {
     queue: VecDeque<Delivery>,
     /// Handed to the pump, waiting for PUBACK/PUBREC; ordered for redelivery.
-    inflight: BTreeMap<u64, Delivery>,
+    inflight: Inflight,
     conn: Option<ConnectionId>,
     kicked: Option<(ConnectionId, KickReason)>,
     /// Inbound QoS 2 packet ids received (PUBREC sent) but not yet released:
@@ -59,6 +59,8 @@ struct State {
     /// Outbound QoS 2 packet ids past PUBREC, waiting for PUBCOMP: a new
     /// connection resends PUBREL for them, not the PUBLISH [MQTT-4.4.0-1].
     pending_release: BTreeSet<u16>,
+    /// Deliveries dropped by the bound so far (for log throttling).
+    dropped: u64,
 }
 
 pub struct Outbox {
@@ -85,11 +87,12 @@ impl Outbox {
         Self {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                inflight: BTreeMap::new(),
+                inflight: Inflight { map: BTreeMap::new(), stats: stats.clone() },
                 conn: None,
                 kicked: None,
                 incoming_qos2: HashSet::new(),
                 pending_release: BTreeSet::new(),
+                dropped: 0,
             }),
             notify: Notify::new(),
             bound: bound.max(1),
@@ -110,10 +113,12 @@ impl Outbox {
     pub fn push(&self, d: Delivery) -> bool {
         let mut st = self.lock();
         if st.queue.len() >= self.bound {
+            st.dropped += 1;
+            let dropped = st.dropped;
             if d.qos == QoS::AtMostOnce || self.policy == OverflowPolicy::DropNew {
                 drop(st);
                 self.stats.dropped_queue_full(d.qos);
-                tracing::debug!(client.id = %self.client_id, qos = d.qos as u8, "outbound queue full, message dropped");
+                self.log_drop(dropped, "new");
                 self.forget(&d);
                 return false;
             }
@@ -124,7 +129,7 @@ impl Outbox {
             };
             if let Some(v) = victim {
                 self.stats.dropped_queue_full(v.qos);
-                tracing::warn!(client.id = %self.client_id, qos = v.qos as u8, topic = %v.msg.topic, "outbound queue full, oldest message dropped");
+                self.log_drop(dropped, "oldest");
                 self.forget(&v);
             }
         }
@@ -134,6 +139,20 @@ impl Outbox {
         // waking current waiters cannot lose a delivery.
         self.notify.notify_waiters();
         true
+    }
+
+    /// A slow consumer can overflow thousands of times a second: log the
+    /// first drop and then every thousandth, with the running total.
+    fn log_drop(&self, dropped: u64, which: &'static str) {
+        if dropped == 1 || dropped.is_multiple_of(1000) {
+            tracing::warn!(
+                client.id = %self.client_id,
+                dropped_total = dropped,
+                dropped = which,
+                bound = self.bound,
+                "outbound queue full: messages dropped"
+            );
+        }
     }
 
     /// Restore a delivery read back from the store at start (no bound check:
@@ -230,8 +249,9 @@ impl Outbox {
     }
 
     /// PUBREL for an inbound QoS 2 message: its packet id may be reused.
-    pub fn incoming_qos2_release(&self, packet_id: u16) {
-        self.lock().incoming_qos2.remove(&packet_id);
+    /// `false` when the id was not awaiting release.
+    pub fn incoming_qos2_release(&self, packet_id: u16) -> bool {
+        self.lock().incoming_qos2.remove(&packet_id)
     }
 
     /// PUBREC for the outbound delivery `seq` sent as `packet_id`: the message
@@ -269,7 +289,7 @@ impl Outbox {
     /// Drop everything (clean start over an existing session).
     pub fn clear(&self) {
         let mut st = self.lock();
-        let inflight = std::mem::take(&mut st.inflight);
+        let inflight = st.inflight.take();
         let dropped: Vec<Delivery> = st.queue.drain(..).chain(inflight.into_values()).collect();
         drop(st);
         for d in &dropped {
@@ -288,9 +308,47 @@ impl std::fmt::Debug for Outbox {
 }
 
 fn requeue_inflight(st: &mut State) {
-    let inflight = std::mem::take(&mut st.inflight);
+    let inflight = st.inflight.take();
     for (_, mut d) in inflight.into_iter().rev() {
         d.dup = true;
         st.queue.push_front(d);
+    }
+}
+
+/// The in-flight map, kept in step with the `inflight_out` gauge of [`Stats`].
+struct Inflight {
+    map: BTreeMap<u64, Delivery>,
+    stats: Arc<Stats>,
+}
+
+impl Inflight {
+    fn insert(&mut self, seq: u64, d: Delivery) {
+        if self.map.insert(seq, d).is_none() {
+            self.stats.inflight_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn remove(&mut self, seq: &u64) -> Option<Delivery> {
+        let removed = self.map.remove(seq);
+        if removed.is_some() {
+            self.stats.inflight_out.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        removed
+    }
+
+    fn take(&mut self) -> BTreeMap<u64, Delivery> {
+        let n = self.map.len() as u64;
+        self.stats.inflight_out.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        std::mem::take(&mut self.map)
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.take();
     }
 }

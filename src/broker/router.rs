@@ -18,8 +18,8 @@ use super::session::Session;
 use super::trie::{Entry, SubscriptionTrie};
 use super::{
     BrokerHandle, BrokerLimits, Command, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind,
-    Message, PublishError, PublishOutcome, PublishReply, QoS, RetainHandling, SharedAuthenticator,
-    Stats, SubscribeError, SubscribeRequest, SubscriptionOptions, sys,
+    Message, PublishError, PublishHook, PublishOutcome, PublishReply, QoS, RetainHandling,
+    SharedAuthenticator, Stats, SubscribeError, SubscribeRequest, SubscriptionOptions, sys,
 };
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::store::{StoreWriter, StoredSession, WriteOp};
@@ -72,13 +72,15 @@ struct Target {
     subscription_ids: Vec<u32>,
 }
 
-/// Start the router on the current tokio runtime.
+/// Start the router on the current tokio runtime. `hook` sees every publish
+/// made through the returned handle (and its clones) before it is routed.
 pub fn spawn_router(
     limits: BrokerLimits,
     auth: SharedAuthenticator,
     writer: StoreWriter,
     restored: RestoredState,
     sys_interval: Duration,
+    hook: Option<Arc<dyn PublishHook>>,
 ) -> (BrokerHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let stats = Arc::new(Stats::default());
@@ -100,7 +102,7 @@ pub fn spawn_router(
         push_scratch: Vec::new(),
     };
     router.restore(restored);
-    let handle = BrokerHandle { tx, stats, limits, auth, next_conn };
+    let handle = BrokerHandle { tx, stats, limits, auth, next_conn, hook };
     let sys_handle = handle.clone();
     let task = tokio::spawn(router.run(rx, sys_handle, sys_interval));
     (handle, task)
@@ -211,8 +213,8 @@ impl Router {
             Command::Unsubscribe { client_id, conn, filters, reply } => {
                 let _ = reply.send(self.unsubscribe(&client_id, conn, filters));
             }
-            Command::Publish { msg, reply } => {
-                let result = self.publish(Arc::new(msg), reply.is_some());
+            Command::Publish { msg, ops, reply } => {
+                let result = self.publish(Arc::new(msg), ops, reply.is_some());
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
@@ -499,12 +501,14 @@ impl Router {
         results
     }
 
+    /// Route `msg`; `ops` are extra writes (from the publish hook) committed
+    /// in the same batch as the retained and queued copies.
     fn publish(
         &mut self,
         msg: Arc<Message>,
+        mut ops: Vec<WriteOp>,
         wants_reply: bool,
     ) -> Result<PublishReply, PublishError> {
-        let mut ops = Vec::new();
         // `$` topics are the broker's own and never stored.
         if msg.retain && !msg.topic.is_system() && self.retained.apply(&msg) {
             ops.push(if msg.payload.is_empty() {
@@ -620,7 +624,7 @@ impl Router {
 
     fn route_will(&mut self, will: super::Will) {
         tracing::debug!(topic = %will.message.topic, "publishing will message");
-        let _ = self.publish(Arc::new(will.message), false);
+        let _ = self.publish(Arc::new(will.message), Vec::new(), false);
     }
 
     fn schedule(&mut self, at: Instant, timer: Timer) {
@@ -662,7 +666,7 @@ impl Router {
 
     fn publish_sys(&mut self) {
         for msg in sys::snapshot(&self.stats) {
-            let _ = self.publish(Arc::new(msg), false);
+            let _ = self.publish(Arc::new(msg), Vec::new(), false);
         }
     }
 
@@ -767,6 +771,7 @@ mod tests {
             writer,
             RestoredState::default(),
             Duration::from_secs(3600),
+            None,
         );
         (h, dir)
     }

@@ -22,6 +22,10 @@ pub struct Stats {
     pub rejected_publishes: AtomicU64,
     pub rejected_connects: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Publishes refused for their payload (invalid locations), any protocol.
+    pub invalid_payloads: AtomicU64,
+    /// QoS 1/2 deliveries handed to connections and not yet acknowledged.
+    pub inflight_out: AtomicU64,
 }
 
 impl Default for Stats {
@@ -42,6 +46,8 @@ impl Default for Stats {
             rejected_publishes: AtomicU64::new(0),
             rejected_connects: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            invalid_payloads: AtomicU64::new(0),
+            inflight_out: AtomicU64::new(0),
         }
     }
 }

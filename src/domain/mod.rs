@@ -1,7 +1,16 @@
 //! Pure domain types, parsed at the edge ("parse, don't validate").
 
+mod account;
 mod client_id;
+mod device_id;
+mod location;
+mod map;
+pub mod time;
 mod topic;
 
+pub use account::{AccountError, DeviceKind, DeviceName, Password, Username};
 pub use client_id::ClientId;
+pub use device_id::{DeviceId, DeviceIdError};
+pub use location::{Location, LocationError};
+pub use map::{Bbox, BboxError, MapDiff, MapPositions, MapSnapshot, Position};
 pub use topic::{SharedFilter, TopicError, TopicFilter, TopicLimits, TopicName, filter_matches};

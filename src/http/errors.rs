@@ -2,9 +2,16 @@
 //! `application/problem+json` with a stable `type` per kind of problem.
 //! Causes are logged here and never sent to the client.
 
+use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
+use actix_web::http::header::WWW_AUTHENTICATE;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+
+use crate::broker::PublishError;
+use crate::domain::{AccountError, LocationError};
+use crate::identities::IdentityError;
+use crate::telemetry::names;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -13,8 +20,30 @@ pub enum ApiError {
     /// The request is malformed (body, query or path); the text says how.
     #[error("{0}")]
     BadRequest(String),
+    /// No valid credentials (missing, invalid, expired or revoked token, or
+    /// a wrong password); answered with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the requested resource does not exist")]
     NotFound,
+    /// It existed but is no longer available (e.g. a map version too old to diff).
+    #[error("{0}")]
+    Gone(String),
+    /// The resource already exists (e.g. a taken user name).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is not of the media type the endpoint reads.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Well-formed, but the values are wrong (a wrong type, a missing field,
+    /// a password too short); the text says which.
+    #[error("{0}")]
+    UnprocessableEntity(String),
     /// A dependency is down or the process is stopping; the text says which.
     #[error("{0}")]
     Unavailable(String),
@@ -37,7 +66,14 @@ impl ApiError {
     fn code_and_title(&self) -> (&'static str, &'static str) {
         match self {
             Self::BadRequest(_) => ("bad-request", "The request is invalid"),
+            Self::Unauthorized(_) => ("unauthorized", "Authentication required"),
+            Self::Forbidden(_) => ("forbidden", "Forbidden"),
             Self::NotFound => ("not-found", "Not found"),
+            Self::Gone(_) => ("gone", "Gone"),
+            Self::Conflict(_) => ("conflict", "Conflict"),
+            Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
+            Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
+            Self::UnprocessableEntity(_) => ("unprocessable", "The request is invalid"),
             Self::Unavailable(_) => ("unavailable", "Service unavailable"),
             Self::Internal(_) => ("internal", "Internal error"),
         }
@@ -58,7 +94,14 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Gone(_) => StatusCode::GONE,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnprocessableEntity(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -68,13 +111,78 @@ impl ResponseError for ApiError {
         if let Self::Internal(cause) = self {
             tracing::error!(error.message = format!("{cause:#}"), "request failed");
         }
-        HttpResponse::build(self.status_code()).content_type(PROBLEM_JSON).json(self.problem())
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::Unauthorized(_) = self {
+            response.insert_header((WWW_AUTHENTICATE, r#"Bearer realm="mapcast""#));
+        }
+        response.content_type(PROBLEM_JSON).json(self.problem())
+    }
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::UsernameTaken => Self::Conflict("the username is already taken".into()),
+            IdentityError::BadCredentials => Self::Unauthorized("bad user name or password".into()),
+            IdentityError::UnknownUser(_) => Self::NotFound,
+            IdentityError::Database(cause) => {
+                tracing::error!({ names::ERROR_MESSAGE } = %cause, "identity store query failed");
+                Self::Unavailable("the database is unavailable".into())
+            }
+            IdentityError::Hashing => Self::Unavailable("the server is shutting down".into()),
+        }
+    }
+}
+
+/// A publish the broker refused: an invalid location payload is the
+/// client's fault (not JSON → 400, wrong values → 422); the rest are ours.
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::InvalidPayload(LocationError::NotJson) => {
+                Self::BadRequest(format!("invalid location: {}", LocationError::NotJson))
+            }
+            PublishError::InvalidPayload(why) => {
+                Self::UnprocessableEntity(format!("invalid location: {why}"))
+            }
+            PublishError::Busy => Self::Unavailable("the broker is overloaded; retry".into()),
+            PublishError::Storage(_) => Self::Unavailable("storage is unavailable; retry".into()),
+            PublishError::ShuttingDown => Self::Unavailable("the broker is shutting down".into()),
+        }
+    }
+}
+
+/// Invalid names, passwords and kinds in a well-formed body.
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        Self::UnprocessableEntity(e.to_string())
     }
 }
 
 /// Extractor failures (bad JSON, query or path) as problems too.
 pub fn extractor_error(err: impl std::fmt::Display) -> actix_web::Error {
     ApiError::BadRequest(err.to_string()).into()
+}
+
+/// JSON body failures: not JSON at all → 400, not `application/json` → 415,
+/// too big → 413, valid JSON of the wrong shape (wrong type, missing field)
+/// → 422.
+pub fn json_error(err: JsonPayloadError) -> actix_web::Error {
+    match err {
+        JsonPayloadError::ContentType => {
+            ApiError::UnsupportedMediaType("the body must be application/json".into())
+        }
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+            ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"))
+        }
+        JsonPayloadError::Deserialize(e) if e.is_data() => {
+            ApiError::UnprocessableEntity(format!("invalid body: {e}"))
+        }
+        JsonPayloadError::Deserialize(e) => ApiError::BadRequest(format!("malformed JSON: {e}")),
+        other => ApiError::BadRequest(other.to_string()),
+    }
+    .into()
 }
 
 #[cfg(test)]
@@ -94,5 +202,16 @@ mod tests {
         assert_eq!(body["type"], "urn:mapcast:problem:internal");
         assert_eq!(body["status"], 500);
         assert!(!body.to_string().contains("hunter2"));
+    }
+
+    #[actix_web::test]
+    async fn unauthorized_asks_for_a_bearer_token() {
+        let resp = ApiError::Unauthorized("sign in".into()).error_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let challenge = resp.headers().get(WWW_AUTHENTICATE).unwrap().to_str().unwrap();
+        assert!(challenge.starts_with("Bearer"), "{challenge}");
+        let body: serde_json::Value =
+            serde_json::from_slice(&to_bytes(resp.into_body()).await.unwrap()).unwrap();
+        assert_eq!(body["type"], "urn:mapcast:problem:unauthorized");
     }
 }

@@ -2,24 +2,31 @@
 //! Handlers translate HTTP to domain calls through [`AppState`]; they own no
 //! shared state.
 
+pub mod auth;
 pub mod errors;
+mod openapi;
+mod payload;
 mod routes;
 pub mod state;
 
 use std::net::TcpListener;
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use std::panic::AssertUnwindSafe;
+
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, web};
+use futures::FutureExt as _;
 use tracing::Instrument;
 use tracing::field::Empty;
+use utoipa_actix_web::AppExt;
 
 pub use errors::ApiError;
 pub use state::AppState;
 
-use crate::telemetry::names;
+use crate::telemetry::{metrics, names, otel};
 
 /// Seconds actix waits for in-flight requests when stopping gracefully.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
@@ -28,15 +35,21 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 /// spawns it and stops it through `Server::handle()`.
 pub fn build(listener: TcpListener, state: AppState, workers: usize) -> std::io::Result<Server> {
     let state = web::Data::new(state);
+    let openapi = web::Data::new(openapi::OpenApiJson(
+        openapi::document().to_json().map_err(std::io::Error::other)?,
+    ));
     let server = actix_web::HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .app_data(web::JsonConfig::default().error_handler(|e, _| errors::extractor_error(e)))
+            .app_data(openapi.clone())
+            .app_data(web::JsonConfig::default().error_handler(|e, _| errors::json_error(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))
             .app_data(web::PathConfig::default().error_handler(|e, _| errors::extractor_error(e)))
             .wrap(from_fn(trace_request))
+            .into_utoipa_app()
             .configure(routes::configure)
             .default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
+            .into_app()
     })
     .workers(workers)
     // Signals are handled once, in `shutdown`; stopping goes through the handle.
@@ -47,32 +60,53 @@ pub fn build(listener: TcpListener, state: AppState, workers: usize) -> std::io:
     Ok(server)
 }
 
-/// Every request runs in a span; one line per request with route, status and duration.
+/// Every request runs in a span; one line per request with route, status and
+/// duration, and its latency in the route's histogram. A panicking handler
+/// costs only its request: the crash reporter has recorded it, the client
+/// gets a 500 problem.
 async fn trace_request(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    // The route is known before the handler runs, so a crash report has it.
+    let pattern = req.match_pattern();
     let span = tracing::info_span!(
         "http.request",
         { names::HTTP_REQUEST_METHOD } = %req.method(),
         { names::URL_PATH } = req.path(),
-        { names::HTTP_ROUTE } = Empty,
+        { names::HTTP_ROUTE } = pattern.as_deref(),
         { names::HTTP_RESPONSE_STATUS_CODE } = Empty,
         { names::EVENT_DURATION } = Empty,
+        { names::TRACE_ID } = Empty,
     );
+    // A caller's `traceparent` makes this request part of its trace.
+    if let Some(traceparent) = req.headers().get(otel::TRACEPARENT).and_then(|v| v.to_str().ok()) {
+        otel::continue_trace(&span, traceparent);
+    }
     let start = Instant::now();
-    let result = next.call(req).instrument(span.clone()).await;
-    let duration_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let result = match AssertUnwindSafe(next.call(req).instrument(span.clone()))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result.map(ServiceResponse::map_into_boxed_body),
+        // actix renders the error as the response (a 500 problem); the
+        // request is gone with the unwound handler, so no response of our own.
+        Err(_) => Err(ApiError::Internal(anyhow::anyhow!("the request handler panicked")).into()),
+    };
+    let elapsed = start.elapsed();
+    let duration_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
 
     let (status, route) = match &result {
-        Ok(res) => (res.status(), res.request().match_pattern()),
-        Err(e) => (e.as_response_error().status_code(), None),
+        Ok(res) => (res.status(), pattern.or_else(|| res.request().match_pattern())),
+        Err(e) => (e.as_response_error().status_code(), pattern),
     };
     span.record(names::HTTP_RESPONSE_STATUS_CODE, status.as_u16());
     span.record(names::EVENT_DURATION, duration_ns);
     if let Some(route) = &route {
         span.record(names::HTTP_ROUTE, route.as_str());
     }
+    metrics::global()
+        .observe_http(route.as_deref().unwrap_or(metrics::UNMATCHED_ROUTE), elapsed.as_secs_f64());
     let _entered = span.enter();
     let probe = matches!(route.as_deref(), Some("/healthz" | "/readyz"));
     if probe {

@@ -5,12 +5,22 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerHandle;
+use crate::identities::Identities;
+use crate::locations::HistoryTopics;
 use crate::store::Store;
+use crate::updater::MapView;
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub broker: BrokerHandle,
+    /// Users, devices and tokens; the [`crate::http::auth::Caller`]
+    /// extractor resolves bearer tokens through it.
+    pub identities: Identities,
+    /// The latest map snapshot and recent versions, kept by the map updater.
+    pub map: MapView,
+    /// Topics whose history `GET /api/v1/history/...` serves.
+    pub history_topics: HistoryTopics,
     pub started_at: Instant,
     /// Cancelled when the process starts shutting down (or a core component
     /// died): readiness fails from then on so load balancers drain us.

@@ -4,9 +4,16 @@
 //! - QoS 0 is written and forgotten.
 //! - QoS 1 uses ntex's non-blocking send; PUBACKs arrive through one callback
 //!   per connection that acks the outbox (no task per message).
-//! - QoS 2 runs one transaction at a time in a local task: PUBREC acks the
-//!   outbox, then PUBREL/PUBCOMP. ntex keeps a single PUBREL slot per
+//! - QoS 2 runs one transaction at a time in a local task: PUBREC hands the
+//!   message over (the outbox forgets it but remembers its packet id), then
+//!   PUBREL/PUBCOMP ends the exchange. ntex keeps a single PUBREL slot per
 //!   connection, so overlapping QoS 2 flows would confuse it.
+//! - An exchange that an earlier connection of the session left between
+//!   PUBREC and PUBCOMP resumes with PUBREL, not the PUBLISH [MQTT-4.4.0-1].
+//!   ntex only releases flows it started, so the pump writes those PUBRELs
+//!   itself before any delivery, and `qos2` takes their PUBCOMPs before the
+//!   dispatcher (which would call them unexpected). Their ids stay reserved
+//!   until then.
 //!
 //! In flight never exceeds the sink's credit: min(`limits.max_inflight`, the
 //! client's receive maximum), enforced by ntex and waited for here. Writes are
@@ -20,8 +27,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use ntex::channel::condition::Condition;
-use ntex::util::HashMap;
-use ntex_mqtt::error::SendPacketError;
+use ntex::util::{HashMap, HashSet};
+use ntex_mqtt::error::{EncodeError, SendPacketError};
 use ntex_mqtt::{v3, v5};
 use tracing::Instrument;
 
@@ -29,7 +36,7 @@ use super::convert::{outbound_props_v5, qos_out};
 use super::reason::{self, ConnError};
 use super::session::{Conn, Sink};
 use crate::broker::{Delivery, Next, Outbox, QoS};
-use crate::telemetry::names::ERROR_MESSAGE;
+use crate::telemetry::names::{CLIENT_ID, ERROR_MESSAGE, MQTT_REASON_CODE, MQTT_TOPIC};
 
 /// Deliveries taken from the outbox per lock.
 const BATCH: usize = 64;
@@ -40,9 +47,39 @@ pub(super) fn spawn(conn: Conn) {
     ntex::rt::spawn(run(conn).instrument(span));
 }
 
+/// Outbound QoS 2 exchanges that an earlier connection of the session left
+/// after PUBREC: this connection resent their PUBREL and waits for PUBCOMP.
+/// Shared by the pump (which sends the PUBRELs and keeps the ids out of use)
+/// and the `qos2` middleware (which takes the PUBCOMPs).
+#[derive(Default)]
+pub(super) struct ResumedReleases(RefCell<HashSet<u16>>);
+
+impl ResumedReleases {
+    /// A PUBREL for `id` went out.
+    pub(super) fn insert(&self, id: u16) {
+        self.0.borrow_mut().insert(id);
+    }
+
+    fn contains(&self, id: u16) -> bool {
+        self.0.borrow().contains(&id)
+    }
+
+    /// A PUBCOMP arrived: `true` when it ends one of these exchanges (and
+    /// the session's), `false` when it belongs to ntex.
+    pub(super) fn complete(&self, outbox: &Outbox, id: NonZeroU16) -> bool {
+        let resumed = self.0.borrow_mut().remove(&id.get());
+        if resumed {
+            outbox.outgoing_qos2_completed(id.get());
+        }
+        resumed
+    }
+}
+
 /// Packet id → outbox sequence of QoS ≥ 1 messages on the wire.
 struct InFlight {
     outbox: Arc<Outbox>,
+    /// Ids of resumed QoS 2 exchanges: not free until their PUBCOMP.
+    resumed: Rc<ResumedReleases>,
     by_packet: RefCell<HashMap<u16, u64>>,
     next_id: Cell<u16>,
     /// A QoS 2 transaction is running.
@@ -58,6 +95,9 @@ impl InFlight {
         loop {
             let id = self.next_id.get().wrapping_add(1).max(1);
             self.next_id.set(id);
+            if self.resumed.contains(id) {
+                continue;
+            }
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry(id) {
                 e.insert(seq);
                 return NonZeroU16::new(id).unwrap_or(NonZeroU16::MIN);
@@ -76,9 +116,25 @@ impl InFlight {
         }
     }
 
-    /// PUBREC received (or the message cannot be sent): the outbox is done
-    /// with it, but the id stays taken until the QoS 2 flow ends.
-    fn delivered(&self, id: NonZeroU16) {
+    /// PUBREC received: the message is delivered, the exchange goes on (in
+    /// the session too, should this connection drop before PUBCOMP). The id
+    /// stays taken until the QoS 2 flow ends.
+    fn received(&self, id: NonZeroU16) {
+        let seq = self.by_packet.borrow().get(&id.get()).copied();
+        if let Some(seq) = seq {
+            self.outbox.outgoing_qos2_received(seq, id.get());
+        }
+    }
+
+    /// PUBCOMP received: the exchange is over.
+    fn completed(&self, id: NonZeroU16) {
+        self.outbox.outgoing_qos2_completed(id.get());
+    }
+
+    /// The message cannot be sent, or the client refused it in its PUBREC
+    /// (v5, reason ≥ 0x80, which ends the exchange [MQTT-4.3.3]): the
+    /// outbox is done with it. The id stays taken until the flow ends.
+    fn dropped(&self, id: NonZeroU16) {
         let seq = self.by_packet.borrow().get(&id.get()).copied();
         if let Some(seq) = seq {
             self.outbox.ack(seq);
@@ -96,6 +152,7 @@ enum Stop {
 async fn run(conn: Conn) {
     let inflight = Rc::new(InFlight {
         outbox: conn.outbox.clone(),
+        resumed: conn.resumed.clone(),
         by_packet: RefCell::new(HashMap::default()),
         next_id: Cell::new(0),
         qos2_busy: Cell::new(false),
@@ -122,17 +179,58 @@ async fn run(conn: Conn) {
         }
     }
 
-    let stop = pump(&conn, &inflight).await;
+    let stop = match resume_releases(&conn) {
+        Ok(()) => pump(&conn, &inflight).await,
+        Err(stop) => stop,
+    };
     if let Stop::Close(err) = stop {
         tracing::info!(
-            client.id = %conn.client_id,
-            mqtt.reason_code = u8::from(err.code),
+            { CLIENT_ID } = %conn.client_id,
+            { MQTT_REASON_CODE } = u8::from(err.code),
             "closing connection: {}",
             err.reason
         );
         close(&conn.sink, err);
     }
-    tracing::debug!(client.id = %conn.client_id, "pump stopped");
+    tracing::debug!({ CLIENT_ID } = %conn.client_id, "pump stopped");
+}
+
+/// Resend PUBREL for every QoS 2 exchange of the session past PUBREC, before
+/// any delivery [MQTT-4.4.0-1]. Written straight to the connection: ntex's
+/// sink only releases flows it saw the PUBREC of.
+fn resume_releases(conn: &Conn) -> Result<(), Stop> {
+    for id in conn.outbox.pending_releases() {
+        let Some(id) = NonZeroU16::new(id) else { continue };
+        conn.resumed.insert(id.get());
+        if let Err(e) = write_pubrel(conn, id) {
+            tracing::error!({ ERROR_MESSAGE } = %e, "cannot resend PUBREL");
+            return Err(Stop::Close(ConnError::new(
+                v5::codec::DisconnectReasonCode::ImplementationSpecificError,
+                "cannot resend PUBREL",
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A PUBREL with `id`, encoded into the connection's write buffer (a codec of
+/// its own: a PUBREL depends on no setting of the connection's).
+fn write_pubrel(conn: &Conn, id: NonZeroU16) -> Result<(), EncodeError> {
+    match &conn.sink {
+        Sink::V3(_) => conn.io.encode(
+            v3::codec::Encoded::Packet(v3::codec::Packet::PublishRelease { packet_id: id }),
+            &v3::codec::Codec::new(),
+        ),
+        Sink::V5(_) => conn.io.encode(
+            v5::codec::Encoded::Packet(v5::codec::Packet::PublishRelease(v5::codec::PublishAck2 {
+                packet_id: id,
+                reason_code: v5::codec::PublishAck2Reason::Success,
+                properties: Vec::new(),
+                reason_string: None,
+            })),
+            &v5::codec::Codec::new(),
+        ),
+    }
 }
 
 fn close(sink: &Sink, err: ConnError) {
@@ -309,7 +407,7 @@ fn send_failed(d: &Delivery, err: SendPacketError) -> Result<(), Stop> {
     match err {
         SendPacketError::Encode(e) => {
             tracing::warn!(
-                mqtt.topic = %d.msg.topic,
+                { MQTT_TOPIC } = %d.msg.topic,
                 { ERROR_MESSAGE } = %e,
                 "message dropped: cannot be sent to this client"
             );
@@ -318,7 +416,7 @@ fn send_failed(d: &Delivery, err: SendPacketError) -> Result<(), Stop> {
         SendPacketError::Disconnected => Err(Stop::Closed),
         other => {
             tracing::error!(
-                mqtt.topic = %d.msg.topic,
+                { MQTT_TOPIC } = %d.msg.topic,
                 { ERROR_MESSAGE } = %other,
                 "outbound publish failed"
             );
@@ -381,15 +479,17 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
                 async move {
                     match fut.await {
                         Ok(rec) => {
-                            inf.delivered(id);
-                            let _ = rec.release().await;
+                            inf.received(id);
+                            if rec.release().await.is_ok() {
+                                inf.completed(id);
+                            }
                         }
                         Err(SendPacketError::Encode(e)) => {
                             tracing::warn!(
                                 { ERROR_MESSAGE } = %e,
                                 "message dropped: cannot be sent to this client"
                             );
-                            inf.delivered(id);
+                            inf.dropped(id);
                         }
                         Err(_) => {}
                     }
@@ -404,16 +504,24 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
             ntex::rt::spawn(
                 async move {
                     match fut.await {
-                        Ok(rec) => {
-                            inf.delivered(id);
+                        Ok(rec) if u8::from(rec.packet().reason_code) >= 0x80 => {
+                            // Refused: the exchange ends here. ntex still
+                            // sends its PUBREL; the client answers it.
+                            inf.dropped(id);
                             let _ = rec.release().await;
+                        }
+                        Ok(rec) => {
+                            inf.received(id);
+                            if rec.release().await.is_ok() {
+                                inf.completed(id);
+                            }
                         }
                         Err(SendPacketError::Encode(e)) => {
                             tracing::warn!(
                                 { ERROR_MESSAGE } = %e,
                                 "message dropped: cannot be sent to this client"
                             );
-                            inf.delivered(id);
+                            inf.dropped(id);
                         }
                         Err(_) => {}
                     }

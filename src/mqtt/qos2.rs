@@ -1,22 +1,34 @@
 //! Inbound QoS 2, handled in front of ntex-mqtt 8.2.1's dispatchers.
 //!
+//! Which inbound QoS 2 packet ids were received and not released yet is the
+//! session's, not the connection's (`Outbox::incoming_qos2_*`): a PUBLISH
+//! resent after a reconnect is acknowledged again but routed once
+//! [MQTT-4.3.3-10]; see [`Taken`].
+//!
 //! - v5: the dispatcher never forgets a QoS 2 packet id after PUBREL, so the
 //!   connection is cut with "receive maximum exceeded" after that many QoS 2
 //!   messages, and a reused id is refused with a PUBACK (0x91) instead of a
 //!   PUBREC. This middleware runs the receiver side of the QoS 2 flow itself
 //!   (PUBLISH → route → PUBREC, PUBREL → PUBCOMP) and never hands a QoS 2
-//!   PUBLISH to the dispatcher. Because such a PUBLISH may set a topic alias
-//!   the dispatcher then never sees, the middleware resolves every alias and
-//!   passes the dispatcher full topic names.
-//! - 3.1.1: a PUBREL for an id the connection does not know (the client
-//!   resuming a flow after a reconnect) is a protocol error in ntex, which
-//!   disconnects the client in a loop; it gets its PUBCOMP instead.
+//!   PUBLISH (nor a PUBREL) to the dispatcher. Because such a PUBLISH may set
+//!   a topic alias the dispatcher then never sees, the middleware resolves
+//!   every alias and passes the dispatcher full topic names.
+//! - 3.1.1: ntex runs the flow and the publish service (`v3::publish`) skips
+//!   routing a resent id. A PUBREL for an id the connection does not know
+//!   (the client resuming a flow after a reconnect) is a protocol error in
+//!   ntex, which disconnects the client in a loop; it gets its PUBCOMP here
+//!   instead. Every PUBREL ends the session's record of its id.
+//! - Both: a PUBCOMP ending an outbound exchange that the pump resumed with
+//!   PUBREL after a reconnect is taken here ([`ResumedReleases`]); ntex does
+//!   not know that exchange and would call it a protocol error.
 //!
 //! Payloads always arrive whole: the server config sets the minimum chunk
 //! size to the maximum packet size, so a PUBLISH is never streamed.
 
 use std::cell::RefCell;
 use std::num::NonZeroU16;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use ntex::service::cfg::SharedCfg;
 use ntex::service::{Middleware, Service, ServiceCtx};
@@ -27,9 +39,41 @@ use v5::codec::{
     Decoded, DisconnectReasonCode, Encoded, Packet, PublishAck, PublishAck2, PublishAck2Reason,
 };
 
+use super::pump::ResumedReleases;
 use super::reason::ConnError;
 use super::session::Conn;
 use super::v5::handle_publish;
+use crate::broker::Outbox;
+
+/// An inbound QoS 2 packet id the session took for a PUBLISH being routed
+/// ([`Outbox::incoming_qos2_begin`]). Dropped before [`Taken::keep`] (the
+/// routing failed, the PUBLISH was refused, or the connection went away
+/// mid-way) it gives the id back, so that a resend is routed rather than
+/// acknowledged and lost.
+pub(super) struct Taken<'a> {
+    outbox: &'a Outbox,
+    id: NonZeroU16,
+}
+
+impl<'a> Taken<'a> {
+    /// `None` when the id was already received and not released: a resend,
+    /// to acknowledge again without routing it.
+    pub(super) fn begin(outbox: &'a Outbox, id: NonZeroU16) -> Option<Self> {
+        // Not `then_some`: an eager `Taken` would be dropped, giving the id back.
+        outbox.incoming_qos2_begin(id.get()).then(|| Self { outbox, id })
+    }
+
+    /// The PUBLISH was taken (PUBREC follows): keep the id until PUBREL.
+    pub(super) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.outbox.incoming_qos2_release(self.id.get());
+    }
+}
 
 /// The v5 middleware; see the module docs.
 pub(super) struct InboundQos2V5;
@@ -41,7 +85,7 @@ impl<S> Middleware<S, (SharedCfg, v5::Session<Conn>)> for InboundQos2V5 {
         InboundQos2V5Service {
             inner,
             conn: (*session).clone(),
-            awaiting_release: RefCell::new(HashSet::default()),
+            unreleased: RefCell::new(HashSet::default()),
             aliases: RefCell::new(HashMap::default()),
         }
     }
@@ -50,8 +94,10 @@ impl<S> Middleware<S, (SharedCfg, v5::Session<Conn>)> for InboundQos2V5 {
 pub(super) struct InboundQos2V5Service<S> {
     inner: S,
     conn: Conn,
-    /// PUBREC sent, PUBREL not received yet.
-    awaiting_release: RefCell<HashSet<NonZeroU16>>,
+    /// PUBREC sent on this connection, PUBREL not received yet: only for the
+    /// receive maximum, which counts per connection. Whether an id was
+    /// received is the session's (see [`Taken`]).
+    unreleased: RefCell<HashSet<NonZeroU16>>,
     /// Inbound topic aliases of this connection.
     aliases: RefCell<HashMap<NonZeroU16, ByteString>>,
 }
@@ -81,11 +127,21 @@ where
                 }
                 ctx.call(&self.inner, Decoded::Publish(pkt, payload, size)).await
             }
-            Decoded::Packet(Packet::PublishRelease(rel), size) => {
-                if self.awaiting_release.borrow_mut().remove(&rel.packet_id) {
-                    return Ok(Some(pubcomp(rel.packet_id)));
-                }
-                ctx.call(&self.inner, Decoded::Packet(Packet::PublishRelease(rel), size)).await
+            // The dispatcher never sees a QoS 2 PUBLISH, so every PUBREL is ours.
+            Decoded::Packet(Packet::PublishRelease(rel), _) => {
+                let id = rel.packet_id;
+                self.unreleased.borrow_mut().remove(&id);
+                let reason = if self.conn.outbox.incoming_qos2_release(id.get()) {
+                    PublishAck2Reason::Success
+                } else {
+                    PublishAck2Reason::PacketIdNotFound
+                };
+                Ok(Some(pubcomp(id, reason)))
+            }
+            Decoded::Packet(Packet::PublishComplete(comp), _)
+                if self.conn.resumed.complete(&self.conn.outbox, comp.packet_id) =>
+            {
+                Ok(None)
             }
             other => ctx.call(&self.inner, other).await,
         }
@@ -127,25 +183,32 @@ impl<S> InboundQos2V5Service<S> {
         if pkt.topic.contains(['#', '+']) {
             return Err(ProtocolError::spec(SpecViolation::Pub_3_3_2_2).into());
         }
-        if self.awaiting_release.borrow().contains(&id) {
-            // Sent again before our PUBREC arrived: acknowledge, route once.
-            return Ok(Some(pubrec(id, v5::codec::PublishAckReason::Success, None)));
-        }
         let receive_max = usize::from(self.conn.broker.limits().receive_maximum);
-        if receive_max != 0 && self.awaiting_release.borrow().len() >= receive_max {
+        let over_quota = {
+            let unreleased = self.unreleased.borrow();
+            receive_max != 0 && unreleased.len() >= receive_max && !unreleased.contains(&id)
+        };
+        if over_quota {
             return Err(ProtocolError::spec(SpecViolation::Pub_3_3_4_7).into());
         }
         if !self.conn.sink_open() {
             // As ntex does: the client resends it after reconnecting.
             return Ok(None);
         }
+        let Some(taken) = Taken::begin(&self.conn.outbox, id) else {
+            // Received before, on this connection or an earlier one of the
+            // session: acknowledge again, route once.
+            self.unreleased.borrow_mut().insert(id);
+            return Ok(Some(pubrec(id, v5::codec::PublishAckReason::Success, None)));
+        };
 
         let publish = v5::Publish::new(pkt, Payload::from_bytes(payload), size);
         let (code, why) =
             handle_publish(&self.conn, &publish).await.map_err(DispatcherError::Service)?;
         // A failure code ends the flow: no PUBREL follows [MQTT-4.3.3].
         if u8::from(code) < 0x80 {
-            self.awaiting_release.borrow_mut().insert(id);
+            taken.keep();
+            self.unreleased.borrow_mut().insert(id);
         }
         let why = why.filter(|_| self.conn.problem_info).map(ByteString::from_static);
         Ok(Some(pubrec(id, code, why)))
@@ -169,10 +232,10 @@ fn pubrec(
     }))
 }
 
-fn pubcomp(id: NonZeroU16) -> Encoded {
+fn pubcomp(id: NonZeroU16, reason_code: PublishAck2Reason) -> Encoded {
     Encoded::Packet(Packet::PublishComplete(PublishAck2 {
         packet_id: id,
-        reason_code: PublishAck2Reason::Success,
+        reason_code,
         properties: Vec::new(),
         reason_string: None,
     }))
@@ -184,13 +247,20 @@ pub(super) struct InboundQos2V3;
 impl<S> Middleware<S, (SharedCfg, v3::Session<Conn>)> for InboundQos2V3 {
     type Service = InboundQos2V3Service<S>;
 
-    fn create(&self, inner: S, _: (SharedCfg, v3::Session<Conn>)) -> Self::Service {
-        InboundQos2V3Service { inner, known: RefCell::new(HashSet::default()) }
+    fn create(&self, inner: S, (_, session): (SharedCfg, v3::Session<Conn>)) -> Self::Service {
+        InboundQos2V3Service {
+            inner,
+            outbox: session.outbox.clone(),
+            resumed: session.resumed.clone(),
+            known: RefCell::new(HashSet::default()),
+        }
     }
 }
 
 pub(super) struct InboundQos2V3Service<S> {
     inner: S,
+    outbox: Arc<Outbox>,
+    resumed: Rc<ResumedReleases>,
     /// QoS 2 ids this connection received and the dispatcher tracks.
     known: RefCell<HashSet<NonZeroU16>>,
 }
@@ -222,15 +292,136 @@ where
                     self.known.borrow_mut().insert(id);
                 }
             }
-            Decoded::Packet(Packet::PublishRelease { packet_id }, _)
-                if !self.known.borrow_mut().remove(packet_id) =>
+            Decoded::Packet(Packet::PublishRelease { packet_id }, _) => {
+                self.outbox.incoming_qos2_release(packet_id.get());
+                if !self.known.borrow_mut().remove(packet_id) {
+                    return Ok(Some(Encoded::Packet(Packet::PublishComplete {
+                        packet_id: *packet_id,
+                    })));
+                }
+            }
+            Decoded::Packet(Packet::PublishComplete { packet_id }, _)
+                if self.resumed.complete(&self.outbox, *packet_id) =>
             {
-                return Ok(Some(Encoded::Packet(Packet::PublishComplete {
-                    packet_id: *packet_id,
-                })));
+                return Ok(None);
             }
             _ => {}
         }
         ctx.call(&self.inner, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ntex::service::{Pipeline, fn_service};
+    use v3::codec::{Decoded, Encoded, Packet};
+
+    use super::*;
+    use crate::broker::{OverflowPolicy, Stats};
+    use crate::domain::ClientId;
+    use crate::store::{Store, spawn_writer};
+
+    fn id(n: u16) -> NonZeroU16 {
+        NonZeroU16::new(n).unwrap()
+    }
+
+    /// An outbox on a throwaway store (these tests never write to it).
+    async fn outbox() -> (Arc<Outbox>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let (writer, _) = spawn_writer(Store::connect(&url, 1).await.unwrap());
+        let stats = Arc::new(Stats::default());
+        let outbox = Outbox::new(ClientId::new("c"), 8, OverflowPolicy::default(), stats, writer);
+        (Arc::new(outbox), dir)
+    }
+
+    fn v3_publish(n: u16) -> Decoded {
+        let publish = v3::codec::Publish {
+            dup: false,
+            retain: false,
+            qos: QoS::ExactlyOnce,
+            topic: ByteString::from_static("a"),
+            packet_id: Some(id(n)),
+            payload_size: 0,
+        };
+        Decoded::Publish(publish, ntex::util::Bytes::new(), 10)
+    }
+
+    #[ntex::test]
+    async fn a_taken_id_is_given_back_unless_kept() {
+        let (outbox, _dir) = outbox().await;
+        let taken = Taken::begin(&outbox, id(1)).unwrap();
+        assert!(Taken::begin(&outbox, id(1)).is_none(), "a resend while routing");
+        drop(taken);
+        Taken::begin(&outbox, id(1)).unwrap().keep();
+        assert!(Taken::begin(&outbox, id(1)).is_none(), "a resend after PUBREC");
+        assert!(outbox.incoming_qos2_release(1));
+        assert!(Taken::begin(&outbox, id(1)).is_some());
+    }
+
+    #[ntex::test]
+    async fn a_v3_pubrel_for_an_unknown_id_gets_its_pubcomp() {
+        let (outbox, _dir) = outbox().await;
+        let inner = fn_service::<_, _, _, _, ()>(async |req: Decoded| match req {
+            Decoded::Packet(Packet::PublishRelease { packet_id }, _) => {
+                Ok::<_, DispatcherError<ConnError>>(Some(Encoded::Packet(
+                    Packet::PublishComplete { packet_id },
+                )))
+            }
+            _ => Ok(None),
+        });
+        let svc = Pipeline::new(InboundQos2V3Service {
+            inner,
+            outbox: outbox.clone(),
+            resumed: Rc::default(),
+            known: RefCell::new(HashSet::default()),
+        });
+
+        // Unknown (a flow from before a reconnect): answered here, and the
+        // session forgets the id.
+        assert!(outbox.incoming_qos2_begin(7));
+        let res = svc.call(Decoded::Packet(Packet::PublishRelease { packet_id: id(7) }, 2)).await;
+        assert_eq!(
+            res.unwrap(),
+            Some(Encoded::Packet(Packet::PublishComplete { packet_id: id(7) }))
+        );
+        assert!(outbox.incoming_qos2_begin(7), "released by the PUBREL");
+
+        // Known: the dispatcher answers, and the id is forgotten after.
+        svc.call(v3_publish(8)).await.unwrap();
+        assert!(svc.get_ref().known.borrow().contains(&id(8)));
+        svc.call(Decoded::Packet(Packet::PublishRelease { packet_id: id(8) }, 2)).await.unwrap();
+        assert!(svc.get_ref().known.borrow().is_empty());
+    }
+
+    #[ntex::test]
+    async fn a_pubcomp_of_a_resumed_exchange_is_taken_before_ntex() {
+        let (outbox, _dir) = outbox().await;
+        // Anything reaching ntex here would be a protocol error.
+        let inner = fn_service::<_, _, _, _, ()>(async |req: Decoded| {
+            Err::<Option<Encoded>, _>(DispatcherError::Service(ConnError::protocol(match req {
+                Decoded::Packet(Packet::PublishComplete { .. }, _) => "PUBCOMP reached ntex",
+                _ => "unexpected packet",
+            })))
+        });
+        let resumed = Rc::new(ResumedReleases::default());
+        let svc = Pipeline::new(InboundQos2V3Service {
+            inner,
+            outbox: outbox.clone(),
+            resumed: resumed.clone(),
+            known: RefCell::new(HashSet::default()),
+        });
+
+        // As the pump does for an exchange left after PUBREC.
+        outbox.outgoing_qos2_received(1, 5);
+        assert_eq!(outbox.pending_releases(), [5]);
+        resumed.insert(5);
+
+        let comp = Decoded::Packet(Packet::PublishComplete { packet_id: id(5) }, 2);
+        assert_eq!(svc.call(comp).await.unwrap(), None);
+        assert!(outbox.pending_releases().is_empty());
+        // Only once: a second one is ntex's (and an error there).
+        let comp = Decoded::Packet(Packet::PublishComplete { packet_id: id(5) }, 2);
+        assert!(svc.call(comp).await.is_err());
     }
 }

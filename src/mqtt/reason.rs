@@ -120,6 +120,8 @@ pub(crate) enum PublishRejection {
     Busy,
     Storage,
     ShuttingDown,
+    /// The payload failed validation (an invalid location); the reason names why.
+    PayloadFormatInvalid(&'static str),
 }
 
 impl From<&TopicError> for PublishRejection {
@@ -134,6 +136,7 @@ impl From<&PublishError> for PublishRejection {
             PublishError::Busy => Self::Busy,
             PublishError::Storage(_) => Self::Storage,
             PublishError::ShuttingDown => Self::ShuttingDown,
+            PublishError::InvalidPayload(e) => Self::PayloadFormatInvalid(e.as_str()),
         }
     }
 }
@@ -190,12 +193,17 @@ impl PublishRejection {
             }
             Self::Storage => V5Verdict::Drop,
             Self::ShuttingDown => V5Verdict::Disconnect(shutting_down()),
+            Self::PayloadFormatInvalid(why) if acked => {
+                V5Verdict::Ack(PublishAckReason::PayloadFormatInvalid, why)
+            }
+            Self::PayloadFormatInvalid(_) => V5Verdict::Drop,
         }
     }
 
     pub(crate) fn v3(self) -> V3Verdict {
         match self {
-            Self::NotAuthorized => V3Verdict::AckAndDrop,
+            // Dropped, counted and logged; acked so the client does not resend it.
+            Self::NotAuthorized | Self::PayloadFormatInvalid(_) => V3Verdict::AckAndDrop,
             Self::TopicInvalid => V3Verdict::Close(ConnError::new(
                 DisconnectReasonCode::TopicNameInvalid,
                 "topic name invalid",
@@ -350,6 +358,12 @@ mod tests {
             R::Busy.v5(QoS::AtLeastOnce),
             V5Verdict::Ack(PublishAckReason::QuotaExceeded, _)
         ));
+        assert_eq!(
+            R::PayloadFormatInvalid("properties.ts is required").v5(QoS::AtLeastOnce),
+            V5Verdict::Ack(PublishAckReason::PayloadFormatInvalid, "properties.ts is required")
+        );
+        assert_eq!(u8::from(PublishAckReason::PayloadFormatInvalid), 0x99);
+        assert_eq!(R::PayloadFormatInvalid("x").v5(QoS::AtMostOnce), V5Verdict::Drop);
         assert!(matches!(
             R::ShuttingDown.v5(QoS::AtLeastOnce),
             V5Verdict::Disconnect(ConnError { code: DisconnectReasonCode::ServerShuttingDown, .. })
@@ -360,6 +374,7 @@ mod tests {
     fn v3_never_acks_what_was_not_stored() {
         use PublishRejection as R;
         assert_eq!(R::NotAuthorized.v3(), V3Verdict::AckAndDrop);
+        assert_eq!(R::PayloadFormatInvalid("x").v3(), V3Verdict::AckAndDrop);
         for r in [R::TopicInvalid, R::PayloadTooLarge, R::Busy, R::Storage, R::ShuttingDown] {
             assert!(matches!(r.v3(), V3Verdict::Close(_)), "{r:?}");
         }

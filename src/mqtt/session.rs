@@ -18,14 +18,55 @@ use ntex_mqtt::{v3, v5};
 use tokio_util::sync::CancellationToken;
 
 use super::convert;
-use super::reason::{ConnectRefusal, PublishRejection};
+use super::pump::ResumedReleases;
+use super::reason::{ConnError, ConnectRefusal, PublishRejection};
 use crate::broker::auth::Credentials;
 use crate::broker::{
     BrokerHandle, ConnectRequest, ConnectionId, DisconnectKind, Identity, Message, MessageProps,
     Outbox, ProtocolVersion, PublishOutcome, QoS, Will,
 };
 use crate::domain::{ClientId, TopicName};
-use crate::telemetry::names::ERROR_MESSAGE;
+use crate::telemetry::names::{
+    CLIENT_ADDRESS, CLIENT_ID, ERROR_MESSAGE, MQTT_CLEAN_START, MQTT_CLIENT_ID_ASSIGNED,
+    MQTT_CONNECTION_ID, MQTT_DISCONNECT, MQTT_PAYLOAD_SIZE, MQTT_PROTOCOL, MQTT_SESSION_EXPIRY,
+    MQTT_SESSION_PRESENT, MQTT_TOPIC, USER_NAME,
+};
+
+/// Publishing here panics inside the connection task when
+/// `debug.panic_endpoint` is on (to check crash reports end to end).
+pub(super) const DEBUG_PANIC_TOPIC: &str = "$debug/panic";
+
+/// Run a packet handler so that a panic in it ends only its connection: the
+/// crash reporter has recorded the panic; the connection closes as on an
+/// error (v5: DISCONNECT "implementation specific error").
+pub(super) async fn catch_panic<T>(
+    handler: impl Future<Output = Result<T, ConnError>>,
+) -> Result<T, ConnError> {
+    use futures::FutureExt as _;
+    std::panic::AssertUnwindSafe(handler).catch_unwind().await.unwrap_or_else(|_| {
+        Err(ConnError::new(
+            ntex_mqtt::v5::codec::DisconnectReasonCode::ImplementationSpecificError,
+            "internal error",
+        ))
+    })
+}
+
+/// The span of an MQTT 5 publish that carries a W3C `traceparent` user
+/// property: it continues the publisher's trace, so the broker's work is
+/// part of it. Publishes without one get no span (no per-message cost).
+pub(super) fn publish_span(conn: &ConnState, props: &[(ByteString, ByteString)]) -> tracing::Span {
+    use crate::telemetry::otel;
+    let Some((_, traceparent)) = props.iter().find(|(k, _)| k == otel::TRACEPARENT) else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        parent: &conn.span,
+        "mqtt.publish",
+        { crate::telemetry::names::TRACE_ID } = tracing::field::Empty,
+    );
+    otel::continue_trace(&span, traceparent);
+    span
+}
 
 /// What every worker of the MQTT server shares (`Send`, cloned per worker).
 #[derive(Clone)]
@@ -52,6 +93,8 @@ pub(super) struct ConnState {
     pub conn: ConnectionId,
     pub identity: Identity,
     pub outbox: Arc<Outbox>,
+    /// Outbound QoS 2 exchanges of earlier connections resumed with PUBREL.
+    pub resumed: Rc<ResumedReleases>,
     pub sink: Sink,
     pub io: IoRef,
     /// v5 "request problem information": reason strings only when asked.
@@ -159,18 +202,18 @@ pub(super) async fn open(
     let span = tracing::info_span!(
         parent: None,
         "mqtt.connection",
-        client.id = %client_id,
-        client.address = req.peer.map(tracing::field::display),
-        user.name = username.as_deref(),
-        mqtt.protocol = protocol_name(req.protocol),
-        mqtt.connection_id = outcome.conn,
+        { CLIENT_ID } = %client_id,
+        { CLIENT_ADDRESS } = req.peer.map(tracing::field::display),
+        { USER_NAME } = username.as_deref(),
+        { MQTT_PROTOCOL } = protocol_name(req.protocol),
+        { MQTT_CONNECTION_ID } = outcome.conn,
     );
     span.in_scope(|| {
         tracing::info!(
-            mqtt.clean_start = req.clean_start,
-            mqtt.session_present = outcome.session_present,
-            mqtt.session_expiry = outcome.session_expiry_secs,
-            mqtt.client_id_assigned = req.assigned,
+            { MQTT_CLEAN_START } = req.clean_start,
+            { MQTT_SESSION_PRESENT } = outcome.session_present,
+            { MQTT_SESSION_EXPIRY } = outcome.session_expiry_secs,
+            { MQTT_CLIENT_ID_ASSIGNED } = req.assigned,
             "client connected"
         );
     });
@@ -183,6 +226,7 @@ pub(super) async fn open(
         conn: outcome.conn,
         identity,
         outbox: outcome.outbox,
+        resumed: Rc::default(),
         sink,
         io,
         problem_info: req.problem_info,
@@ -213,6 +257,11 @@ impl ConnState {
         topic: &ByteString,
         payload_size: usize,
     ) -> Result<TopicName, PublishRejection> {
+        if self.may_trigger_debug_panic() && topic == DEBUG_PANIC_TOPIC {
+            let _entered = self.span.enter();
+            tracing::warn!("panicking on publish to {DEBUG_PANIC_TOPIC} (debug.panic_endpoint)");
+            panic!("debug panic requested by a publish to {DEBUG_PANIC_TOPIC}");
+        }
         let limits = self.broker.limits();
         let topic = match TopicName::parse(topic.clone(), limits.topic_limits()) {
             Ok(t) => t,
@@ -220,9 +269,11 @@ impl ConnState {
                 self.broker.stats().protocol_errors.fetch_add(1, Relaxed);
                 tracing::warn!(
                     parent: &self.span,
-                    client.id = %self.client_id,
-                    mqtt.topic = %topic,
-                    { ERROR_MESSAGE } = %e,
+                    {
+                        { CLIENT_ID } = %self.client_id,
+                        { MQTT_TOPIC } = %topic,
+                        { ERROR_MESSAGE } = %e,
+                    },
                     "publish rejected: invalid topic name"
                 );
                 return Err(PublishRejection::TopicInvalid);
@@ -231,9 +282,11 @@ impl ConnState {
         if payload_size > limits.max_payload_bytes as usize {
             tracing::warn!(
                 parent: &self.span,
-                client.id = %self.client_id,
-                mqtt.topic = %topic,
-                mqtt.payload_size = payload_size,
+                {
+                    { CLIENT_ID } = %self.client_id,
+                    { MQTT_TOPIC } = %topic,
+                    { MQTT_PAYLOAD_SIZE } = payload_size,
+                },
                 "publish rejected: payload too large"
             );
             return Err(PublishRejection::PayloadTooLarge);
@@ -241,13 +294,19 @@ impl ConnState {
         if !self.broker.auth().can_publish(&self.identity, &self.client_id, &topic) {
             tracing::warn!(
                 parent: &self.span,
-                client.id = %self.client_id,
-                mqtt.topic = %topic,
+                { { CLIENT_ID } = %self.client_id, { MQTT_TOPIC } = %topic },
                 "publish rejected: not authorized"
             );
             return Err(PublishRejection::NotAuthorized);
         }
         Ok(topic)
+    }
+
+    /// `debug.panic_endpoint` is on and the client is an admin (or
+    /// anonymous, which only exists when anonymous access is allowed).
+    fn may_trigger_debug_panic(&self) -> bool {
+        crate::telemetry::crash::debug_triggers_enabled()
+            && (self.identity.is_admin() || self.identity.is_anonymous())
     }
 
     /// The message a checked publish becomes.
@@ -282,8 +341,7 @@ impl ConnState {
         result.map_err(|e| {
             tracing::warn!(
                 parent: &self.span,
-                client.id = %self.client_id,
-                { ERROR_MESSAGE } = %e,
+                { { CLIENT_ID } = %self.client_id, { ERROR_MESSAGE } = %e },
                 "publish failed"
             );
             PublishRejection::from(&e)
@@ -334,8 +392,7 @@ impl ConnState {
         self.open.fetch_sub(1, Relaxed);
         tracing::info!(
             parent: &self.span,
-            client.id = %self.client_id,
-            mqtt.disconnect = ?kind,
+            { { CLIENT_ID } = %self.client_id, { MQTT_DISCONNECT } = ?kind },
             "client disconnected"
         );
 
@@ -350,7 +407,7 @@ impl ConnState {
             }
             Err(_) => {
                 tracing::warn!(
-                    client.id = %client_id,
+                    { CLIENT_ID } = %client_id,
                     "no runtime left to report the disconnect to the broker"
                 );
             }

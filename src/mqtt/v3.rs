@@ -12,11 +12,14 @@ use tracing::Instrument;
 
 use super::convert;
 use super::pump;
+use super::qos2;
 use super::reason::{self, ConnError, ConnectRefusal, PublishRejection, V3Verdict};
 use super::server::CONNECT_TIMEOUT;
 use super::session::{self, Conn, Ctx, OpenRequest, Sink};
 use crate::broker::{DisconnectKind, ProtocolVersion, Stats, SubscriptionOptions};
-use crate::telemetry::names::ERROR_MESSAGE;
+use crate::telemetry::names::{
+    CLIENT_ID, ERROR_MESSAGE, MQTT_PROTOCOL, MQTT_REASON_CODE, MQTT_TOPIC,
+};
 
 pub(super) async fn handshake(
     ctx: &Ctx,
@@ -71,9 +74,9 @@ fn refuse(
     ctx.broker.stats().rejected_connects.fetch_add(1, Relaxed);
     let code = refusal.v3();
     tracing::warn!(
-        client.id = %client_id,
-        mqtt.protocol = "3.1.1",
-        mqtt.reason_code = code.map(u8::from),
+        { CLIENT_ID } = %client_id,
+        { MQTT_PROTOCOL } = "3.1.1",
+        { MQTT_REASON_CODE } = code.map(u8::from),
         "connection refused: {}",
         refusal.as_str()
     );
@@ -94,8 +97,9 @@ pub(super) async fn refuse_empty_persistent_id(io: IoBoxed, stats: &Stats) -> Re
             Some(true) => {
                 stats.rejected_connects.fetch_add(1, Relaxed);
                 tracing::warn!(
-                    mqtt.protocol = "3.1.1",
-                    mqtt.reason_code = u8::from(v3::codec::ConnectAckReason::IdentifierRejected),
+                    { MQTT_PROTOCOL } = "3.1.1",
+                    { MQTT_REASON_CODE } =
+                        u8::from(v3::codec::ConnectAckReason::IdentifierRejected),
                     "connection refused: {}",
                     ConnectRefusal::ClientIdRejected.as_str()
                 );
@@ -146,9 +150,33 @@ fn empty_persistent_client_id(buf: &[u8]) -> Option<bool> {
 
 pub(super) async fn publish(conn: &Conn, p: v3::Publish) -> Result<(), ConnError> {
     let pkt = p.packet();
+    conn.broker.stats().received(p.payload_size());
+
+    // QoS 2: route a packet id once per session, across its connections
+    // [MQTT-4.3.3-10]. A resend gets its PUBREC (from ntex) unrouted.
+    let taken = match pkt.packet_id.filter(|_| pkt.qos == ntex_mqtt::QoS::ExactlyOnce) {
+        Some(id) => match qos2::Taken::begin(&conn.outbox, id) {
+            Some(taken) => Some(taken),
+            None => return Ok(()),
+        },
+        None => None,
+    };
+    let res = check_and_route(conn, &p).await;
+    if res.is_ok()
+        && let Some(taken) = taken
+    {
+        // PUBREC follows, even for a message dropped here (3.1.1 has no
+        // failure code for it): the id stays taken until PUBREL.
+        taken.keep();
+    }
+    res
+}
+
+/// Check and route one PUBLISH; `Err` closes the connection.
+async fn check_and_route(conn: &Conn, p: &v3::Publish) -> Result<(), ConnError> {
+    let pkt = p.packet();
     let qos = convert::qos_in(pkt.qos);
     let size = p.payload_size();
-    conn.broker.stats().received(size);
 
     let topic = match conn.check_publish(&pkt.topic, size) {
         Ok(topic) => topic,
@@ -157,8 +185,7 @@ pub(super) async fn publish(conn: &Conn, p: v3::Publish) -> Result<(), ConnError
     let payload = p.read_all().await.map_err(|e| {
         tracing::debug!(
             parent: &conn.span,
-            client.id = %conn.client_id,
-            { ERROR_MESSAGE } = %e,
+            { { CLIENT_ID } = %conn.client_id, { ERROR_MESSAGE } = %e },
             "publish payload incomplete"
         );
         ConnError::protocol("publish payload incomplete")
@@ -196,6 +223,7 @@ pub(super) async fn protocol(
             Ok(d.ack())
         }
         v3::ProtocolMessage::Ping(p) => Ok(p.ack()),
+        // The session forgot the id already (`qos2`, in front of ntex).
         v3::ProtocolMessage::PublishRelease(r) => Ok(r.ack()),
     }
 }
@@ -215,7 +243,7 @@ async fn subscribe(conn: &Conn, s: &mut v3::control::Subscribe) {
             }
             refused => {
                 let why = if refused.is_ok() { "not authorized" } else { "topic filter invalid" };
-                tracing::info!(mqtt.topic = %sub.topic(), "subscription refused: {why}");
+                tracing::info!({ MQTT_TOPIC } = %sub.topic(), "subscription refused: {why}");
                 sub.fail();
                 slots.push(None);
             }
@@ -233,7 +261,7 @@ async fn subscribe(conn: &Conn, s: &mut v3::control::Subscribe) {
             Some(Ok(qos)) => sub.confirm(convert::qos_out(*qos)),
             Some(Err(e)) => {
                 tracing::info!(
-                    mqtt.topic = %sub.topic(),
+                    { MQTT_TOPIC } = %sub.topic(),
                     { ERROR_MESSAGE } = %e,
                     "subscription refused"
                 );
@@ -268,8 +296,8 @@ pub(super) async fn control(
                 Reason::Error(e) => {
                     let e = e.get_ref();
                     tracing::info!(
-                        client.id = %conn.client_id,
-                        mqtt.reason_code = u8::from(e.code),
+                        { CLIENT_ID } = %conn.client_id,
+                        { MQTT_REASON_CODE } = u8::from(e.code),
                         "closing connection: {}",
                         e.reason
                     );
@@ -277,7 +305,7 @@ pub(super) async fn control(
                 Reason::Protocol(p) => protocol_error(conn, p.get_ref()),
                 Reason::PeerGone(g) => {
                     tracing::debug!(
-                        client.id = %conn.client_id,
+                        { CLIENT_ID } = %conn.client_id,
                         { ERROR_MESSAGE } = g.err().map(tracing::field::display),
                         "connection lost"
                     );
@@ -292,13 +320,13 @@ pub(super) async fn control(
 
 fn protocol_error(conn: &Conn, err: &ProtocolError) {
     if matches!(err, ProtocolError::KeepAliveTimeout) {
-        tracing::info!(client.id = %conn.client_id, "keep-alive timeout");
+        tracing::info!({ CLIENT_ID } = %conn.client_id, "keep-alive timeout");
     } else {
         conn.broker.stats().protocol_errors.fetch_add(1, Relaxed);
         let code = reason::protocol_error(err).reason_code;
         tracing::warn!(
-            client.id = %conn.client_id,
-            mqtt.reason_code = u8::from(code),
+            { CLIENT_ID } = %conn.client_id,
+            { MQTT_REASON_CODE } = u8::from(code),
             { ERROR_MESSAGE } = %err,
             "protocol error"
         );
@@ -329,7 +357,9 @@ pub(super) fn protocol_factory() -> impl ServiceFactory<
 > {
     fn_factory_with_config(async |session: v3::Session<Conn>| {
         let conn = (*session).clone();
-        Ok::<_, ConnError>(fn_service(async move |msg| protocol(&conn, msg).await))
+        Ok::<_, ConnError>(fn_service(async move |msg| {
+            session::catch_panic(protocol(&conn, msg)).await
+        }))
     })
 }
 
@@ -342,7 +372,7 @@ pub(super) fn publish_factory() -> impl ServiceFactory<
 > {
     fn_factory_with_config(async |session: v3::Session<Conn>| {
         let conn = (*session).clone();
-        Ok::<_, ConnError>(fn_service(async move |p| publish(&conn, p).await))
+        Ok::<_, ConnError>(fn_service(async move |p| session::catch_panic(publish(&conn, p)).await))
     })
 }
 

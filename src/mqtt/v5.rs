@@ -19,7 +19,9 @@ use super::reason::{
 };
 use super::session::{self, Conn, Ctx, OpenRequest, Sink};
 use crate::broker::{DisconnectKind, ProtocolVersion, QoS};
-use crate::telemetry::names::ERROR_MESSAGE;
+use crate::telemetry::names::{
+    CLIENT_ID, ERROR_MESSAGE, MQTT_PROTOCOL, MQTT_REASON_CODE, MQTT_TOPIC,
+};
 
 pub(super) async fn handshake(
     ctx: &Ctx,
@@ -97,9 +99,9 @@ fn refuse(
     let code = refusal.v5();
     ctx.broker.stats().rejected_connects.fetch_add(1, Relaxed);
     tracing::warn!(
-        client.id = %client_id,
-        mqtt.protocol = "5.0",
-        mqtt.reason_code = u8::from(code),
+        { CLIENT_ID } = %client_id,
+        { MQTT_PROTOCOL } = "5.0",
+        { MQTT_REASON_CODE } = u8::from(code),
         "connection refused: {}",
         refusal.as_str()
     );
@@ -138,8 +140,7 @@ pub(super) async fn handle_publish(
     else {
         tracing::warn!(
             parent: &conn.span,
-            client.id = %conn.client_id,
-            mqtt.topic = %topic,
+            { { CLIENT_ID } = %conn.client_id, { MQTT_TOPIC } = %topic },
             "publish rejected: invalid response topic"
         );
         return rejected(conn, PublishRejection::TopicInvalid, qos);
@@ -147,8 +148,7 @@ pub(super) async fn handle_publish(
     let payload = p.read_all().await.map_err(|e| {
         tracing::debug!(
             parent: &conn.span,
-            client.id = %conn.client_id,
-            { ERROR_MESSAGE } = %e,
+            { { CLIENT_ID } = %conn.client_id, { ERROR_MESSAGE } = %e },
             "publish payload incomplete"
         );
         ConnError::new(DisconnectReasonCode::UnspecifiedError, "publish payload incomplete")
@@ -229,8 +229,8 @@ async fn subscribe(conn: &Conn, s: &mut v5::control::Subscribe) -> Result<(), Co
             Err(None) => return Err(reason::NO_LOCAL_ON_SHARED),
         };
         tracing::info!(
-            mqtt.topic = %sub.topic(),
-            mqtt.reason_code = u8::from(refusal.v5()),
+            { MQTT_TOPIC } = %sub.topic(),
+            { MQTT_REASON_CODE } = u8::from(refusal.v5()),
             "subscription refused"
         );
         sub.fail(refusal.v5());
@@ -249,8 +249,8 @@ async fn subscribe(conn: &Conn, s: &mut v5::control::Subscribe) -> Result<(), Co
             Some(Err(e)) => {
                 let code = reason::suback_v5(*e);
                 tracing::info!(
-                    mqtt.topic = %sub.topic(),
-                    mqtt.reason_code = u8::from(code),
+                    { MQTT_TOPIC } = %sub.topic(),
+                    { MQTT_REASON_CODE } = u8::from(code),
                     { ERROR_MESSAGE } = %e,
                     "subscription refused"
                 );
@@ -303,8 +303,8 @@ pub(super) async fn control(
                 Reason::Error(e) => {
                     let e = e.get_ref();
                     tracing::info!(
-                        client.id = %conn.client_id,
-                        mqtt.reason_code = u8::from(e.code),
+                        { CLIENT_ID } = %conn.client_id,
+                        { MQTT_REASON_CODE } = u8::from(e.code),
                         "closing connection: {}",
                         e.reason
                     );
@@ -313,7 +313,7 @@ pub(super) async fn control(
                 Reason::Protocol(p) => Some(protocol_error(conn, p.get_ref())),
                 Reason::PeerGone(g) => {
                     tracing::debug!(
-                        client.id = %conn.client_id,
+                        { CLIENT_ID } = %conn.client_id,
                         { ERROR_MESSAGE } = g.err().map(tracing::field::display),
                         "connection lost"
                     );
@@ -330,15 +330,15 @@ fn protocol_error(conn: &Conn, err: &ProtocolError) -> v5::codec::Disconnect {
     let d = reason::protocol_error(err);
     if matches!(err, ProtocolError::KeepAliveTimeout) {
         tracing::info!(
-            client.id = %conn.client_id,
-            mqtt.reason_code = u8::from(d.reason_code),
+            { CLIENT_ID } = %conn.client_id,
+            { MQTT_REASON_CODE } = u8::from(d.reason_code),
             "keep-alive timeout"
         );
     } else {
         conn.broker.stats().protocol_errors.fetch_add(1, Relaxed);
         tracing::warn!(
-            client.id = %conn.client_id,
-            mqtt.reason_code = u8::from(d.reason_code),
+            { CLIENT_ID } = %conn.client_id,
+            { MQTT_REASON_CODE } = u8::from(d.reason_code),
             { ERROR_MESSAGE } = %err,
             "protocol error"
         );
@@ -370,7 +370,9 @@ pub(super) fn protocol_factory() -> impl ServiceFactory<
 > {
     fn_factory_with_config(async |session: v5::Session<Conn>| {
         let conn = (*session).clone();
-        Ok::<_, ConnError>(fn_service(async move |msg| protocol(&conn, msg).await))
+        Ok::<_, ConnError>(fn_service(async move |msg| {
+            session::catch_panic(protocol(&conn, msg)).await
+        }))
     })
 }
 
@@ -383,6 +385,9 @@ pub(super) fn publish_factory() -> impl ServiceFactory<
 > {
     fn_factory_with_config(async |session: v5::Session<Conn>| {
         let conn = (*session).clone();
-        Ok::<_, ConnError>(fn_service(async move |p| publish(&conn, p).await))
+        Ok::<_, ConnError>(fn_service(async move |p: v5::Publish| {
+            let span = session::publish_span(&conn, &p.packet().properties.user_properties);
+            session::catch_panic(publish(&conn, p)).instrument(span).await
+        }))
     })
 }

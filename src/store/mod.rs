@@ -2,11 +2,20 @@
 //! by the broker, the API and the background jobs.
 
 mod broker_state;
+mod history;
+mod identities;
+mod locations;
+mod map_snapshots;
 mod pool;
+mod retention;
 mod writer;
 
 pub use broker_state::{StoredMessage, StoredSession};
+pub use history::{HistoryCursor, HistoryItem, HistoryPage, HistoryQuery};
+pub use identities::{DeviceRecord, InsertError, TokenRecord, UserRecord};
+pub use map_snapshots::SnapshotRecord;
 pub use pool::{Backend, Store};
+pub use retention::{HistoryRetention, PURGE_BATCH, PurgeOutcome};
 pub use writer::{StoreWriter, WriteOp, spawn_writer};
 
 /// A database failure as callers see it; the cause is logged where it happens.

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ntex::util::ByteString;
+use ntex::util::{ByteString, Bytes};
 use sqlx::Any;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::broker_state::encode_props;
 use super::{Store, StoreError};
 use crate::broker::{Delivery, Message, SubscriptionOptions};
-use crate::domain::ClientId;
+use crate::domain::{ClientId, DeviceId, Position, TopicName};
 
 /// Items queued before callers get `StoreError::Overloaded`.
 const QUEUE: usize = 64 * 1024;
@@ -46,6 +46,18 @@ pub enum WriteOp {
         delivery: Delivery,
     },
     DeleteMessage(u64),
+    /// A device's latest position; an older fix never replaces a newer one.
+    UpsertLocation {
+        device_id: DeviceId,
+        position: Position,
+    },
+    /// One message of a topic with history enabled.
+    AppendHistory {
+        topic: TopicName,
+        payload: Bytes,
+        content_type: Option<ByteString>,
+        received_at: SystemTime,
+    },
 }
 
 type Commit = oneshot::Sender<Result<(), StoreError>>;
@@ -140,6 +152,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
         let started = std::time::Instant::now();
         let n = ops.len();
         let result = commit(&store, &mut ops).await;
+        crate::telemetry::metrics::global().observe_db_batch(n, started.elapsed().as_secs_f64());
         match &result {
             Ok(()) => tracing::trace!(
                 ops = n,
@@ -180,14 +193,23 @@ async fn commit(store: &Store, ops: &mut Vec<WriteOp>) -> Result<(), sqlx::Error
     }
     let mut tx = store.pool().begin().await?;
     let mut delete_seqs: Vec<i64> = Vec::new();
+    let mut locations = super::locations::LatestBatch::default();
+    let mut history = super::history::HistoryBatch::default();
     for op in ops.drain(..) {
         match op {
             WriteOp::EnqueueMessage { delivery, .. } if deleted.contains(&delivery.seq) => {}
             WriteOp::DeleteMessage(seq) if enqueued.contains(&seq) => {}
             WriteOp::DeleteMessage(seq) => delete_seqs.push(seq as i64),
+            WriteOp::UpsertLocation { device_id, position } => locations.add(device_id, position),
+            WriteOp::AppendHistory { topic, payload, content_type, received_at } => {
+                history.add(topic, payload, content_type, received_at)
+            }
             op => execute(&mut tx, op).await?,
         }
     }
+    // Many rows per statement: the hot path writes one of each per position.
+    locations.execute(&mut tx).await?;
+    history.execute(&mut tx).await?;
     for chunk in delete_seqs.chunks(500) {
         let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!("DELETE FROM session_messages WHERE seq IN ({})", placeholders.join(","));
@@ -299,8 +321,10 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: WriteOp) -> Result<(),
             .execute(conn)
             .await?;
         }
-        // Batched into one statement by `commit`.
-        WriteOp::DeleteMessage(_) => {}
+        // Batched into multi-row statements by `commit`.
+        WriteOp::DeleteMessage(_)
+        | WriteOp::UpsertLocation { .. }
+        | WriteOp::AppendHistory { .. } => {}
     }
     Ok(())
 }

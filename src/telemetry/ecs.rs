@@ -1,87 +1,197 @@
-//! ECS JSON log lines: one object per event with the ECS base fields, the
-//! fields of every enclosing span (inner spans win) and the event's own fields.
+//! ECS JSON documents: one object per event with the ECS base fields, the
+//! fields of every enclosing span (inner spans win), the event's own fields
+//! and `trace.id` / `span.id`.
+//!
+//! [`EcsLayer`] builds each document once and hands the same text to every
+//! sink: the stdout line (JSON format), the crash reporter's breadcrumbs and
+//! the Elasticsearch shipper.
 
 use std::fmt::{self, Write as _};
+use std::hash::{BuildHasher, RandomState};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{LazyLock, OnceLock};
 
 use serde_json::{Map, Value};
+use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Dispatch, Event, Metadata, Subscriber};
 use tracing_log::NormalizeEvent;
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
-use super::names;
+use super::elastic::DocSender;
+use super::{crash, names};
 
-/// The event formatter; pair it with [`JsonFields`] so span fields are stored as JSON.
-#[derive(Debug, Default)]
-pub struct EcsFormat;
+/// What [`EcsLayer`] keeps in each span's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct SpanFields {
+    pub fields: Map<String, Value>,
+    pub trace_id: String,
+    pub span_id: String,
+}
 
-impl<S> FormatEvent<S, JsonFields> for EcsFormat
+/// The layer that writes ECS documents to its sinks.
+pub struct EcsLayer {
+    /// The subscriber this layer is part of, to ask the OpenTelemetry layer
+    /// for its ids (set when the subscriber is installed).
+    dispatch: OnceLock<WeakDispatch>,
+    /// Where JSON lines go (stdout through a background writer); `None` when
+    /// another layer prints for humans.
+    out: Option<BoxMakeWriter>,
+    /// The Elasticsearch shipper's queue, when shipping is on.
+    ship: Option<DocSender>,
+}
+
+impl EcsLayer {
+    pub fn new(out: Option<BoxMakeWriter>, ship: Option<DocSender>) -> Self {
+        Self { dispatch: OnceLock::new(), out, ship }
+    }
+}
+
+impl<S> Layer<S> for EcsLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, JsonFields>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        // Records bridged from the `log` crate carry their real metadata in fields.
+    fn on_register_dispatch(&self, dispatch: &Dispatch) {
+        let _ = self.dispatch.set(dispatch.downgrade());
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut fields = Map::new();
+        attrs.record(&mut FieldVisitor { fields: &mut fields, message: None });
+        // An explicit `trace.id` (e.g. from a `traceparent`) wins; otherwise
+        // inherit the parent's, or start a trace at a root span.
+        let trace_id = match fields.get(names::TRACE_ID).and_then(Value::as_str) {
+            Some(t) => t.to_owned(),
+            None => span
+                .parent()
+                .and_then(|p| p.extensions().get::<SpanFields>().map(|f| f.trace_id.clone()))
+                .unwrap_or_else(new_trace_id),
+        };
+        let span_id = format!("{:016x}", random_u64());
+        span.extensions_mut().insert(SpanFields { fields, trace_id, span_id });
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        if let Some(stored) = span.extensions_mut().get_mut::<SpanFields>() {
+            values.record(&mut FieldVisitor { fields: &mut stored.fields, message: None });
+            // A trace continued from a `traceparent` (see `otel::continue_trace`).
+            if let Some(trace_id) = stored.fields.get(names::TRACE_ID).and_then(Value::as_str) {
+                stored.trace_id = trace_id.to_owned();
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
+        let line =
+            document(meta, event, ctx.event_scope(event).map(|s| s.from_root()), dispatch.as_ref());
 
-        let mut fields = Map::new();
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                let ext = span.extensions();
-                let Some(stored) = ext.get::<FormattedFields<JsonFields>>() else {
-                    continue;
-                };
-                if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&stored.fields) {
-                    fields.extend(map);
-                }
-            }
+        crash::breadcrumb(&line);
+        if let Some(ship) = &self.ship
+            && shippable(meta.target())
+        {
+            ship.send_log(&line);
         }
-        let mut visitor = FieldVisitor { fields: &mut fields, message: None };
-        event.record(&mut visitor);
-        let message = visitor.message.take().unwrap_or_default();
-
-        // The base fields first, so the line reads well to humans too.
-        let mut line = String::with_capacity(256);
-        line.push_str("{\"");
-        line.push_str(names::TIMESTAMP);
-        line.push_str("\":\"");
-        SystemTime.format_time(&mut Writer::new(&mut line))?;
-        line.push('"');
-        push_field(
-            &mut line,
-            names::LOG_LEVEL,
-            &Value::from(meta.level().as_str().to_ascii_lowercase()),
-        );
-        push_field(&mut line, names::MESSAGE, &Value::from(message));
-        push_field(&mut line, names::ECS_VERSION, &Value::from(names::ECS_VERSION_VALUE));
-        push_field(&mut line, names::SERVICE_NAME, &Value::from(names::SERVICE_NAME_VALUE));
-        push_field(&mut line, names::SERVICE_VERSION, &Value::from(env!("CARGO_PKG_VERSION")));
-        push_field(&mut line, names::LOG_LOGGER, &Value::from(meta.target()));
-        if let Some(file) = meta.file() {
-            push_field(&mut line, names::LOG_ORIGIN_FILE_NAME, &Value::from(file));
+        if let Some(out) = &self.out {
+            let mut w = out.make_writer();
+            // One write per line, so lines never interleave.
+            let mut buf = Vec::with_capacity(line.len() + 1);
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            let _ = w.write_all(&buf);
         }
-        if let Some(n) = meta.line() {
-            push_field(&mut line, names::LOG_ORIGIN_FILE_LINE, &Value::from(n));
-        }
-        if let Some(thread) = std::thread::current().name() {
-            push_field(&mut line, names::PROCESS_THREAD_NAME, &Value::from(thread));
-        }
-        for (key, value) in &fields {
-            if !is_base_field(key) {
-                push_field(&mut line, key, value);
-            }
-        }
-        line.push_str("}\n");
-        writer.write_str(&line)
     }
+}
+
+/// Events of the shipper and its HTTP stack stay local: shipping them would
+/// feed back into the queue they report on.
+fn shippable(target: &str) -> bool {
+    const LOCAL: [&str; 6] =
+        ["mapcast::telemetry::elastic", "elasticsearch", "reqwest", "hyper", "h2", "rustls"];
+    !LOCAL.iter().any(|p| target.starts_with(p))
+}
+
+/// The ECS document of one event, as one line of JSON (no newline).
+fn document<'a, S>(
+    meta: &Metadata<'_>,
+    event: &Event<'_>,
+    scope: Option<impl Iterator<Item = SpanRef<'a, S>>>,
+    dispatch: Option<&Dispatch>,
+) -> String
+where
+    S: Subscriber + for<'l> LookupSpan<'l> + 'a,
+{
+    let mut fields = Map::new();
+    let mut ids = None;
+    let mut innermost = None;
+    if let Some(scope) = scope {
+        for span in scope {
+            innermost = Some(span.id());
+            let ext = span.extensions();
+            if let Some(stored) = ext.get::<SpanFields>() {
+                fields.extend(stored.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                ids = Some((stored.trace_id.clone(), stored.span_id.clone()));
+            }
+        }
+    }
+    // Exporting traces: the ids Kibana's APM views know (no extension held here).
+    if let (Some(id), Some(dispatch)) = (&innermost, dispatch)
+        && let Some(otel_ids) = super::otel::ids_of(id, dispatch)
+    {
+        ids = Some(otel_ids);
+    }
+    let mut visitor = FieldVisitor { fields: &mut fields, message: None };
+    event.record(&mut visitor);
+    let message = visitor.message.take().unwrap_or_default();
+
+    // The base fields first, so the line reads well to humans too.
+    let mut line = String::with_capacity(256);
+    line.push_str("{\"");
+    line.push_str(names::TIMESTAMP);
+    line.push_str("\":\"");
+    let _ = SystemTime.format_time(&mut Writer::new(&mut line));
+    line.push('"');
+    push_field(
+        &mut line,
+        names::LOG_LEVEL,
+        &Value::from(meta.level().as_str().to_ascii_lowercase()),
+    );
+    push_field(&mut line, names::MESSAGE, &Value::from(message));
+    push_field(&mut line, names::ECS_VERSION, &Value::from(names::ECS_VERSION_VALUE));
+    push_field(&mut line, names::SERVICE_NAME, &Value::from(names::SERVICE_NAME_VALUE));
+    push_field(&mut line, names::SERVICE_VERSION, &Value::from(env!("CARGO_PKG_VERSION")));
+    push_field(&mut line, names::LOG_LOGGER, &Value::from(meta.target()));
+    if let Some(file) = meta.file() {
+        push_field(&mut line, names::LOG_ORIGIN_FILE_NAME, &Value::from(file));
+    }
+    if let Some(n) = meta.line() {
+        push_field(&mut line, names::LOG_ORIGIN_FILE_LINE, &Value::from(n));
+    }
+    if let Some(thread) = std::thread::current().name() {
+        push_field(&mut line, names::PROCESS_THREAD_NAME, &Value::from(thread));
+    }
+    if let Some((trace_id, span_id)) = ids {
+        push_field(&mut line, names::TRACE_ID, &Value::from(trace_id));
+        push_field(&mut line, names::SPAN_ID, &Value::from(span_id));
+    }
+    for (key, value) in &fields {
+        if !is_base_field(key) {
+            push_field(&mut line, key, value);
+        }
+    }
+    line.push('}');
+    line
 }
 
 fn push_field(line: &mut String, key: &str, value: &Value) {
@@ -107,12 +217,38 @@ fn is_base_field(key: &str) -> bool {
             | names::LOG_ORIGIN_FILE_NAME
             | names::LOG_ORIGIN_FILE_LINE
             | names::PROCESS_THREAD_NAME
+            | names::TRACE_ID
+            | names::SPAN_ID
     )
 }
 
-struct FieldVisitor<'a> {
-    fields: &'a mut Map<String, Value>,
-    message: Option<String>,
+/// The trace and span ids of the current span (this layer's own ids).
+pub(crate) fn current_ids() -> Option<(String, String)> {
+    tracing::dispatcher::get_default(|dispatch| {
+        let id = dispatch.current_span().id()?.clone();
+        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+        let span = registry.span(&id)?;
+        let ext = span.extensions();
+        let stored = ext.get::<SpanFields>()?;
+        Some((stored.trace_id.clone(), stored.span_id.clone()))
+    })
+}
+
+/// 64 random bits: a per-process random hasher over a counter.
+pub(crate) fn random_u64() -> u64 {
+    static SEED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    SEED.hash_one(COUNTER.fetch_add(1, Relaxed))
+}
+
+/// A W3C-sized trace id: 32 lowercase hex digits.
+pub(crate) fn new_trace_id() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+pub(crate) struct FieldVisitor<'a> {
+    pub fields: &'a mut Map<String, Value>,
+    pub message: Option<String>,
 }
 
 impl FieldVisitor<'_> {
@@ -168,7 +304,6 @@ mod tests {
     use std::io;
     use std::sync::{Arc, Mutex};
 
-    use tracing_subscriber::fmt::MakeWriter;
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
@@ -186,19 +321,10 @@ mod tests {
         }
     }
 
-    impl<'a> MakeWriter<'a> for Capture {
-        type Writer = Capture;
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
-
     fn capture(f: impl FnOnce()) -> Vec<Value> {
         let out = Capture::default();
-        let layer = tracing_subscriber::fmt::layer()
-            .fmt_fields(JsonFields::new())
-            .event_format(EcsFormat)
-            .with_writer(out.clone());
+        let writer = out.clone();
+        let layer = EcsLayer::new(Some(BoxMakeWriter::new(move || writer.clone())), None);
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), f);
         let bytes = out.0.lock().unwrap().clone();
         String::from_utf8(bytes)
@@ -234,5 +360,39 @@ mod tests {
     fn fields_cannot_shadow_base_fields() {
         let lines = capture(|| tracing::info!(log.level = "fake", "hello"));
         assert_eq!(lines[0]["log.level"], "info");
+    }
+
+    #[test]
+    fn spans_share_the_trace_id_of_their_root_and_have_their_own_span_id() {
+        let lines = capture(|| {
+            let root = tracing::info_span!("request");
+            let _r = root.enter();
+            tracing::info!("in root");
+            let child = tracing::info_span!("query");
+            let _c = child.enter();
+            tracing::info!("in child");
+        });
+        let trace = lines[0]["trace.id"].as_str().unwrap();
+        assert_eq!(trace.len(), 32);
+        assert_eq!(lines[1]["trace.id"], trace);
+        assert_ne!(lines[0]["span.id"], lines[1]["span.id"]);
+    }
+
+    #[test]
+    fn fields_recorded_later_appear_on_later_events() {
+        let lines = capture(|| {
+            let span = tracing::info_span!("request", http.route = tracing::field::Empty);
+            let _s = span.enter();
+            span.record("http.route", "/a");
+            tracing::info!("done");
+        });
+        assert_eq!(lines[0]["http.route"], "/a");
+    }
+
+    #[test]
+    fn the_shipper_never_sees_its_own_events() {
+        assert!(!shippable("mapcast::telemetry::elastic::shipper"));
+        assert!(!shippable("reqwest::connect"));
+        assert!(shippable("mapcast::broker::router"));
     }
 }

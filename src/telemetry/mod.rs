@@ -1,51 +1,91 @@
 //! Telemetry: set up once at start, torn down through the returned guard.
 //!
-//! Logs go to stdout as ECS JSON lines (or a human format), written by a
-//! background thread so a slow reader of stdout never stalls the broker.
+//! - `ecs`: every event becomes one ECS JSON document, built once and given
+//!   to each sink: stdout (JSON format; written by a background thread so a
+//!   slow reader of stdout never stalls the broker), the crash reporter's
+//!   breadcrumbs and the Elasticsearch shipper.
+//! - `elastic`: bulk shipping to Elasticsearch data streams, with a bounded
+//!   queue, an on-disk spool and dead-lettering.
+//! - `crash`: the panic hook writing crash reports.
+//! - `metrics`: counters and histograms for `/metrics` and Elasticsearch.
+//! - `otel`: OTLP trace export and W3C trace context.
+//! - `names`: every field and metric name (they are API).
+//!
 //! Records of the `log` crate (ntex, actix, sqlx) are bridged into `tracing`.
 
+pub mod crash;
 mod ecs;
+pub mod elastic;
+pub mod metrics;
 pub mod names;
+pub mod otel;
 
 use std::io::IsTerminal;
+use std::sync::LazyLock;
+use std::time::Instant;
 
+use serde_json::{Map, Value};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::JsonFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-pub use ecs::EcsFormat;
+pub use ecs::EcsLayer;
 
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{LogFormat, Settings};
 
-/// Keeps the log writer alive; dropping it flushes pending lines. Hold it
-/// until the very end of `main`.
-#[must_use = "dropping the guard stops log output"]
+/// Keeps the log writer and the shipper alive; dropping it ships (or
+/// spools) what is queued and flushes pending lines. Hold it until the very
+/// end of `main`.
+#[must_use = "dropping the guard stops log output and shipping"]
 pub struct TelemetryGuard {
+    // Field order is drop order: the shipper first (it may still log).
+    _shipper: Option<elastic::ShipperHandle>,
+    _otel: Option<otel::OtelGuard>,
     _writer: Option<WorkerGuard>,
 }
 
-/// Install the global subscriber. Safe to call more than once (tests): later
-/// calls leave the first subscriber in place and return an inert guard.
-pub fn init(settings: &LogSettings) -> TelemetryGuard {
+/// Install the global subscriber, the panic hook and, when configured, the
+/// Elasticsearch shipper. Safe to call more than once (tests): later calls
+/// leave the first subscriber in place and return an inert guard.
+pub fn init(settings: &Settings) -> TelemetryGuard {
+    LazyLock::force(&STARTED);
     // `Settings` validated the directives already; fall back rather than fail.
     let filter =
-        EnvFilter::builder().parse(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::builder().parse(&settings.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
-    let registry = tracing_subscriber::registry().with(filter);
+    let shipper = match elastic::start(&settings.telemetry, &settings.data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mapcast: Elasticsearch shipping is off: {e:#}");
+            None
+        }
+    };
+    let (ship, handle) = shipper.map_or((None, None), |(s, h)| (Some(s), Some(h)));
+    let (tracer, otel_guard) = match otel::build(&settings.telemetry.otlp) {
+        Ok(Some((tracer, guard))) => (Some(tracer), Some(guard)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("mapcast: OTLP export is off: {e:#}");
+            (None, None)
+        }
+    };
+    // The OpenTelemetry layer goes first, so spans exist there before the
+    // ECS layer asks for their ids.
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t)));
 
     // `try_init` also installs the `log` → `tracing` bridge.
-    let installed = match settings.format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(JsonFields::new())
-                    .event_format(EcsFormat)
-                    .with_writer(writer),
-            )
-            .try_init(),
+    let installed = match settings.log.format {
+        LogFormat::Json => {
+            registry.with(EcsLayer::new(Some(BoxMakeWriter::new(writer)), ship.clone())).try_init()
+        }
         LogFormat::Pretty => registry
+            .with(EcsLayer::new(None, ship.clone()))
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(std::io::stdout().is_terminal())
@@ -53,7 +93,66 @@ pub fn init(settings: &LogSettings) -> TelemetryGuard {
             )
             .try_init(),
     };
-    TelemetryGuard { _writer: installed.is_ok().then_some(guard) }
+    if installed.is_err() {
+        return TelemetryGuard { _shipper: None, _otel: None, _writer: None };
+    }
+    crash::install(&settings.data_dir, settings.redacted_digest(), ship);
+    TelemetryGuard { _shipper: handle, _otel: otel_guard, _writer: Some(guard) }
+}
+
+static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Seconds since telemetry was set up (≈ process start).
+pub(crate) fn uptime_secs() -> u64 {
+    STARTED.elapsed().as_secs()
+}
+
+/// The git commit this binary was built from (short hash), or "unknown".
+pub const BUILD_COMMIT: &str = env!("MAPCAST_BUILD_COMMIT");
+
+/// Now, as ECS writes `@timestamp` (RFC 3339, UTC).
+pub(crate) fn now_rfc3339() -> String {
+    let mut s = String::with_capacity(32);
+    let _ = SystemTime.format_time(&mut Writer::new(&mut s));
+    s
+}
+
+struct Host {
+    name: String,
+    pid: u32,
+}
+
+static HOST: LazyLock<Host> = LazyLock::new(|| Host {
+    #[allow(clippy::disallowed_methods, reason = "read once, on first use at startup")]
+    name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into()),
+    pid: std::process::id(),
+});
+
+/// The ECS fields every shipped document (metrics, crash) starts with.
+pub(crate) fn base_document() -> Map<String, Value> {
+    let host = &*HOST;
+    let mut doc = Map::new();
+    let fields = [
+        (names::TIMESTAMP, Value::from(now_rfc3339())),
+        (names::ECS_VERSION, names::ECS_VERSION_VALUE.into()),
+        (names::SERVICE_NAME, names::SERVICE_NAME_VALUE.into()),
+        (names::SERVICE_VERSION, env!("CARGO_PKG_VERSION").into()),
+        (names::SERVICE_BUILD_COMMIT, BUILD_COMMIT.into()),
+        (names::SERVICE_NODE_NAME, host.name.clone().into()),
+        (names::HOST_NAME, host.name.clone().into()),
+        (names::HOST_OS_TYPE, std::env::consts::OS.into()),
+        (names::HOST_ARCHITECTURE, std::env::consts::ARCH.into()),
+        (names::PROCESS_PID, host.pid.into()),
+    ];
+    for (k, v) in fields {
+        doc.insert(k.into(), v);
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -62,8 +161,22 @@ mod tests {
 
     #[test]
     fn init_can_be_called_twice() {
-        let first = init(&LogSettings::default());
-        let second = init(&LogSettings::default());
+        // The first call installs the panic hook for this test binary: keep
+        // its crash reports out of the working tree.
+        let settings = Settings {
+            data_dir: std::env::temp_dir().join("mapcast-lib-tests"),
+            ..Settings::default()
+        };
+        let first = init(&settings);
+        let second = init(&settings);
         assert!(second._writer.is_none() || first._writer.is_none());
+    }
+
+    #[test]
+    fn base_documents_carry_the_service_identity() {
+        let doc = base_document();
+        assert_eq!(doc[names::SERVICE_NAME], "mapcast");
+        assert!(doc[names::TIMESTAMP].as_str().unwrap().ends_with('Z'));
+        assert!(!doc[names::SERVICE_BUILD_COMMIT].as_str().unwrap().is_empty());
     }
 }

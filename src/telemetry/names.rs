@@ -34,6 +34,50 @@ pub const DATABASE_BACKEND: &str = "database.backend";
 /// Which long-lived part of the process an event is about (router, writer, mqtt, http).
 pub const COMPONENT: &str = "mapcast.component";
 
+// The map updater (one event per snapshot) and history retention.
+pub const MAP_VERSION: &str = "mapcast.map.version";
+/// Devices on the map.
+pub const MAP_TOTAL: &str = "mapcast.map.total";
+/// Size of the GeoJSON snapshot and of its gzip encoding, in bytes.
+pub const MAP_RAW_BYTES: &str = "mapcast.map.raw_bytes";
+pub const MAP_GZIP_BYTES: &str = "mapcast.map.gzip_bytes";
+/// Time to merge, build, index and compress one snapshot, in milliseconds.
+pub const MAP_BUILD_MS: &str = "mapcast.map.build_ms";
+/// Ticks skipped because a build overran its interval.
+pub const MAP_SKIPPED_TICKS: &str = "mapcast.map.skipped_ticks";
+/// History rows and map snapshot records deleted by one purge.
+pub const HISTORY_PURGED_ROWS: &str = "mapcast.history.purged_rows";
+pub const HISTORY_PURGED_SNAPSHOTS: &str = "mapcast.history.purged_snapshots";
+
+// MQTT clients (ECS `client.*`, `user.*`) and their connections.
+pub const CLIENT_ID: &str = "client.id";
+pub const CLIENT_ADDRESS: &str = "client.address";
+pub const USER_NAME: &str = "user.name";
+/// A user's id in the database (ECS `user.id`).
+pub const USER_ID: &str = "user.id";
+/// A user's role, `admin` or `user` (ECS `user.roles`).
+pub const USER_ROLES: &str = "user.roles";
+/// A device's id (its MQTT user name).
+pub const DEVICE_ID: &str = "device.id";
+/// `car` or `phone`.
+pub const DEVICE_KIND: &str = "device.kind";
+/// "3.1.1" or "5.0".
+pub const MQTT_PROTOCOL: &str = "mqtt.protocol";
+/// The broker's number for one network connection of a session.
+pub const MQTT_CONNECTION_ID: &str = "mqtt.connection_id";
+pub const MQTT_TOPIC: &str = "mqtt.topic";
+/// A CONNACK, PUBACK, SUBACK or DISCONNECT reason code (3.1.1 return codes too).
+pub const MQTT_REASON_CODE: &str = "mqtt.reason_code";
+pub const MQTT_PAYLOAD_SIZE: &str = "mqtt.payload_size";
+pub const MQTT_CLEAN_START: &str = "mqtt.clean_start";
+pub const MQTT_SESSION_PRESENT: &str = "mqtt.session_present";
+/// Granted session expiry, in seconds.
+pub const MQTT_SESSION_EXPIRY: &str = "mqtt.session_expiry";
+/// The broker generated the client id (the client sent none).
+pub const MQTT_CLIENT_ID_ASSIGNED: &str = "mqtt.client_id_assigned";
+/// How a connection ended (clean, clean with will, unclean).
+pub const MQTT_DISCONNECT: &str = "mqtt.disconnect";
+
 // HTTP requests (ECS `http.*`, `url.*`, `event.duration` in nanoseconds).
 pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
 pub const HTTP_ROUTE: &str = "http.route";
@@ -45,3 +89,91 @@ pub const EVENT_DURATION: &str = "event.duration";
 /// crate; they duplicate metadata and are left out of the output.
 pub(crate) const LOG_BRIDGE_FIELDS: [&str; 4] =
     ["log.target", "log.module_path", "log.file", "log.line"];
+
+// Tracing correlation (ECS `trace.*`, `span.*`): a root span gets a trace id,
+// every span an id; events and crash documents carry both.
+pub const TRACE_ID: &str = "trace.id";
+pub const SPAN_ID: &str = "span.id";
+
+// Process and host identity on shipped documents.
+pub const SERVICE_NODE_NAME: &str = "service.node.name";
+pub const SERVICE_ENVIRONMENT: &str = "service.environment";
+pub const HOST_NAME: &str = "host.name";
+pub const HOST_OS_TYPE: &str = "host.os.type";
+pub const HOST_ARCHITECTURE: &str = "host.architecture";
+pub const PROCESS_PID: &str = "process.pid";
+pub const PROCESS_UPTIME: &str = "process.uptime";
+pub const EVENT_DATASET: &str = "event.dataset";
+pub const EVENT_KIND: &str = "event.kind";
+pub const DATA_STREAM_TYPE: &str = "data_stream.type";
+pub const DATA_STREAM_DATASET: &str = "data_stream.dataset";
+pub const DATA_STREAM_NAMESPACE: &str = "data_stream.namespace";
+
+// Crash documents (`logs-mapcast.crash-*`).
+pub const ERROR_TYPE: &str = "error.type";
+pub const ERROR_ID: &str = "error.id";
+pub const ERROR_STACK_TRACE: &str = "error.stack_trace";
+/// The build's git commit (short hash), or "unknown".
+pub const SERVICE_BUILD_COMMIT: &str = "mapcast.build.commit";
+/// Enclosing spans at the panic, outermost first: `[{name, fields}]`.
+pub const CRASH_SPANS: &str = "mapcast.crash.spans";
+/// The last log events before the panic, oldest first (ECS documents).
+pub const CRASH_BREADCRUMBS: &str = "mapcast.crash.breadcrumbs";
+/// Active feature-flag variants: `[{key, variant}]`.
+pub const CRASH_FEATURE_FLAGS: &str = "mapcast.crash.feature_flags";
+/// The configuration with every secret redacted.
+pub const CRASH_CONFIG: &str = "mapcast.crash.config";
+/// `error.type` of a crash document.
+pub const ERROR_TYPE_PANIC: &str = "panic";
+
+// Datasets (the middle of a data stream name).
+pub const DATASET_APP: &str = "mapcast.app";
+pub const DATASET_CRASH: &str = "mapcast.crash";
+pub const DATASET_BROKER: &str = "mapcast.broker";
+
+/// Metrics: the Prometheus name at `/metrics` and the field of the periodic
+/// document in `metrics-mapcast.broker-*`, side by side.
+pub mod metrics {
+    pub const CLIENTS_CONNECTED: (&str, &str) =
+        ("mapcast_clients_connected", "mapcast.clients.connected");
+    pub const CLIENTS_TOTAL: (&str, &str) = ("mapcast_clients_total", "mapcast.clients.total");
+    pub const MESSAGES_RECEIVED: (&str, &str) =
+        ("mapcast_messages_received_total", "mapcast.messages.received");
+    pub const MESSAGES_SENT: (&str, &str) =
+        ("mapcast_messages_sent_total", "mapcast.messages.sent");
+    pub const BYTES_RECEIVED: (&str, &str) =
+        ("mapcast_bytes_received_total", "mapcast.bytes.received");
+    pub const BYTES_SENT: (&str, &str) = ("mapcast_bytes_sent_total", "mapcast.bytes.sent");
+    pub const INFLIGHT_OUT: (&str, &str) =
+        ("mapcast_qos_inflight_outbound", "mapcast.qos.inflight_outbound");
+    pub const SUBSCRIPTIONS: (&str, &str) = ("mapcast_subscriptions", "mapcast.subscriptions");
+    pub const RETAINED: (&str, &str) = ("mapcast_retained_messages", "mapcast.retained");
+    /// Labelled by `reason`; the document has one field per reason below it.
+    pub const DROPPED: (&str, &str) = ("mapcast_messages_dropped_total", "mapcast.dropped");
+    pub const DROP_REASONS: [&str; 4] =
+        ["queue_full_qos0", "queue_full_qos1", "expired", "rejected_publish"];
+    pub const DB_BATCH_OPS: (&str, &str) = ("mapcast_db_batch_ops", "mapcast.db.batch_ops");
+    pub const DB_BATCH_SECONDS: (&str, &str) =
+        ("mapcast_db_batch_duration_seconds", "mapcast.db.batch_duration_seconds");
+    /// Labelled by `route`; the document holds one object per route.
+    pub const HTTP_SECONDS: (&str, &str) =
+        ("mapcast_http_request_duration_seconds", "mapcast.http.request_duration_seconds");
+    pub const TELEMETRY_QUEUE_DEPTH: (&str, &str) =
+        ("mapcast_telemetry_queue_depth", "mapcast.telemetry.queue_depth");
+    pub const TELEMETRY_QUEUE_DROPPED: (&str, &str) =
+        ("mapcast_telemetry_queue_dropped_total", "mapcast.telemetry.queue_dropped");
+    pub const TELEMETRY_SHIPPED: (&str, &str) =
+        ("mapcast_telemetry_shipped_total", "mapcast.telemetry.shipped");
+    pub const TELEMETRY_RETRIED: (&str, &str) =
+        ("mapcast_telemetry_retried_total", "mapcast.telemetry.retried");
+    pub const TELEMETRY_DEAD_LETTERED: (&str, &str) =
+        ("mapcast_telemetry_dead_lettered_total", "mapcast.telemetry.dead_lettered");
+    pub const SPOOL_BYTES: (&str, &str) =
+        ("mapcast_telemetry_spool_bytes", "mapcast.telemetry.spool_bytes");
+    pub const SPOOL_DOCUMENTS: (&str, &str) =
+        ("mapcast_telemetry_spool_documents", "mapcast.telemetry.spool_documents");
+    pub const SPOOL_DROPPED: (&str, &str) =
+        ("mapcast_telemetry_spool_dropped_total", "mapcast.telemetry.spool_dropped");
+    pub const CRASHES: (&str, &str) = ("mapcast_crashes_total", "mapcast.crashes");
+    pub const UPTIME: (&str, &str) = ("mapcast_uptime_seconds", "mapcast.uptime_seconds");
+}

@@ -10,8 +10,12 @@
 //!   withheld acknowledgements, invalid packets).
 //! - [`ServerProcess`]: the real binary, for kill -9 tests.
 
+mod api;
 mod binary;
+mod es_bulk;
 mod inbox;
+mod locations;
+mod otlp;
 mod postgres;
 mod raw;
 mod v3;
@@ -29,7 +33,11 @@ use mapcast::startup::Application;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+pub use api::{Api, DeviceCreds, PASSWORD, add_admin, expect_json, expect_problem, mapcast_cli};
 pub use binary::ServerProcess;
+pub use es_bulk::EsBulk;
+pub use locations::{fast_map, feature_ids, location, location_at};
+pub use otlp::OtlpReceiver;
 pub use postgres::{fresh_postgres_database, mark_postgres_ran, postgres_test_url};
 pub use raw::{RawConn, RawEnd, packet_type};
 pub use v3::{V3Client, V3Options};

@@ -6,17 +6,29 @@
 
 mod helpers;
 
+mod acl;
+mod bench;
 mod connect;
+mod crash;
+mod elastic;
 mod health;
+mod history;
+mod identities;
 mod interop;
+mod locations;
+mod map;
+mod metrics;
+mod otlp;
 mod postgres;
 mod pubsub;
 mod restart;
 mod retained;
 mod sessions;
 mod shared;
+mod sse;
 mod sys;
 mod tls;
+mod topics;
 mod v5_features;
 mod websocket;
 mod will;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, Subscribe, SubscribeReasonCode};
 
@@ -121,20 +122,17 @@ async fn plus_matches_exactly_one_level() {
     let app = spawn_app().await;
     let mut sub = app.v5_client("plus", true, None).await;
     let publisher = app.v5_client("pub", true, None).await;
-    sub.subscribe("devices/+/location", QoS::AtMostOnce).await;
+    sub.subscribe("devices/+/status", QoS::AtMostOnce).await;
 
-    for topic in [
-        "devices/car1/location",
-        "devices/location",
-        "devices/car1/x/location",
-        "devices//location",
-    ] {
+    for topic in
+        ["devices/car1/status", "devices/status", "devices/car1/x/status", "devices//status"]
+    {
         publisher.publish(topic, QoS::AtMostOnce, false, topic).await;
     }
 
     let got: Vec<String> =
         sub.collect_publishes(QUIET).await.iter().map(crate::helpers::v5_topic).collect();
-    assert_eq!(got, ["devices/car1/location", "devices//location"]);
+    assert_eq!(got, ["devices/car1/status", "devices//status"]);
 }
 
 #[tokio::test]
@@ -210,7 +208,8 @@ async fn dollar_topics_are_not_matched_by_hash_or_plus() {
 async fn a_v5_publish_to_a_wildcard_topic_is_refused_and_not_delivered() {
     let app = spawn_app().await;
     let mut sub = app.v5_client("watcher", true, None).await;
-    sub.subscribe("#", QoS::AtLeastOnce).await;
+    // Not `#`: the map updater publishes `map/*` retained from the start.
+    sub.subscribe("cars/#", QoS::AtLeastOnce).await;
     let (mut conn, _) = RawConn::connect_v5(app.mqtt_addr, "bad-pub", true, None).await;
 
     conn.publish_v5("cars/+/speed", QoS::AtLeastOnce, 1, false, false, b"x", None).await;
@@ -223,7 +222,7 @@ async fn a_v5_publish_to_a_wildcard_topic_is_refused_and_not_delivered() {
 async fn a_v3_publish_to_a_wildcard_topic_closes_the_connection() {
     let app = spawn_app().await;
     let mut sub = app.v3_client("watcher", true).await;
-    sub.subscribe("#", rumqttc::QoS::AtLeastOnce).await;
+    sub.subscribe("cars/#", rumqttc::QoS::AtLeastOnce).await;
     let (mut conn, _) = RawConn::connect_v3(app.mqtt_addr, "bad-pub", true).await;
 
     conn.publish_v3("cars/#", 1, 1, b"x").await;
@@ -454,4 +453,71 @@ async fn many_subscribers_each_get_every_message() {
     for s in &mut subs {
         assert_eq!(s.recv_publishes(10).await.len(), 10);
     }
+}
+
+#[tokio::test]
+async fn a_v3_qos2_publish_resent_with_dup_after_a_reconnect_is_delivered_exactly_once() {
+    let app = spawn_app().await;
+    let mut sub = app.v5_client("q2-sub", true, None).await;
+    sub.subscribe("q2/dup3", QoS::ExactlyOnce).await;
+    let (mut conn, _) = RawConn::connect_v3(app.mqtt_addr, "q2-pub3", false).await;
+    conn.publish_v3("q2/dup3", 2, 9, b"once").await;
+    conn.recv_type(packet_type::PUBREC).await;
+    drop(conn);
+
+    let (mut conn, connack) = RawConn::connect_v3(app.mqtt_addr, "q2-pub3", false).await;
+    assert!(connack.session_present());
+    let mut resent = v4::Publish::new("q2/dup3", rumqttc::QoS::ExactlyOnce, b"once".to_vec());
+    resent.pkid = 9;
+    resent.dup = true;
+    conn.send_v4(v4::Packet::Publish(resent)).await;
+    assert_eq!(conn.recv_type(packet_type::PUBREC).await.pkid(), 9);
+    conn.pubrel(9).await;
+    assert_eq!(conn.recv_type(packet_type::PUBCOMP).await.pkid(), 9);
+
+    // Released: the same id starts a new message.
+    conn.publish_v3("q2/dup3", 2, 9, b"twice").await;
+    conn.recv_type(packet_type::PUBREC).await;
+    conn.pubrel(9).await;
+    conn.recv_type(packet_type::PUBCOMP).await;
+
+    let got = sub.collect_publishes(QUIET).await;
+    let payloads: Vec<_> = got.iter().map(|p| p.payload.clone()).collect();
+    assert_eq!(payloads, [&b"once"[..], &b"twice"[..]], "a resent QoS 2 PUBLISH is routed once");
+}
+
+#[tokio::test]
+async fn a_v3_outgoing_qos2_exchange_cut_after_pubrec_resumes_with_pubrel() {
+    let app = spawn_app().await;
+    let (mut sub, _) = RawConn::connect_v3(app.mqtt_addr, "q2-out3", false).await;
+    let mut subscribe = v4::Subscribe::new("q2/out3", rumqttc::QoS::ExactlyOnce);
+    subscribe.pkid = 1;
+    sub.send_v4(v4::Packet::Subscribe(subscribe)).await;
+    sub.recv_type(packet_type::SUBACK).await;
+    let mut publisher = app.v5_client("pub", true, None).await;
+    publisher.publish_qos2("q2/out3", false, "one").await;
+    let publish = sub.recv_type(packet_type::PUBLISH).await;
+    assert_eq!(publish.qos(), 2);
+    sub.pubrec(publish.pkid()).await;
+    assert_eq!(sub.recv_type(packet_type::PUBREL).await.pkid(), publish.pkid());
+
+    // Drop before PUBCOMP; a second message waits while the client is away.
+    drop(sub);
+    publisher.publish_qos2("q2/out3", false, "two").await;
+    let (mut sub, connack) = RawConn::connect_v3(app.mqtt_addr, "q2-out3", false).await;
+    assert!(connack.session_present());
+
+    // PUBREL first, then the queued message, under another packet id while
+    // the first exchange is not complete.
+    let resumed = sub.recv().await;
+    assert_eq!(resumed.packet_type(), packet_type::PUBREL, "{resumed:?}");
+    assert_eq!(resumed.pkid(), publish.pkid());
+    let next = sub.recv_type(packet_type::PUBLISH).await;
+    assert_eq!(next.payload(false), b"two");
+    assert_ne!(next.pkid(), publish.pkid(), "a packet id still in use was handed out");
+    sub.pubcomp(publish.pkid()).await;
+    sub.pubrec(next.pkid()).await;
+    assert_eq!(sub.recv_type(packet_type::PUBREL).await.pkid(), next.pkid());
+    sub.pubcomp(next.pkid()).await;
+    assert!(sub.try_recv_type(packet_type::PUBLISH, QUIET).await.is_err(), "delivered twice");
 }

@@ -22,7 +22,7 @@ pub async fn retained_and_queued_messages_survive_kill_9(extra_args: &[&str]) {
     car.subscribe("cmd/car-9", QoS::AtLeastOnce).await;
     car.disconnect().await;
     let mut ops = V3Options::new("ops", server.mqtt_addr).connect().await;
-    ops.publish_qos1("map/version", true, "42").await;
+    ops.publish_qos1("fleet/version", true, "42").await;
     for i in 1..=3 {
         // Each PUBACK promises the message is durable.
         ops.publish_qos1("cmd/car-9", false, format!("cmd {i}")).await;
@@ -41,7 +41,7 @@ pub async fn retained_and_queued_messages_survive_kill_9(extra_args: &[&str]) {
     assert_eq!(got, ["cmd 1", "cmd 2", "cmd 3"]);
     car.expect_quiet().await;
     let mut viewer = V5Options::new("viewer", server.mqtt_addr).connect().await;
-    viewer.subscribe("map/version", QoS::AtLeastOnce).await;
+    viewer.subscribe("fleet/version", QoS::AtLeastOnce).await;
     let retained = viewer.recv_publish().await;
     assert_eq!((text(&retained.payload), retained.retain), ("42".into(), true));
 

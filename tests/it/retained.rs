@@ -39,11 +39,11 @@ async fn a_v3_subscriber_gets_retained_messages_too() {
 async fn a_new_retained_message_replaces_the_old_one() {
     let app = spawn_app().await;
     let mut publisher = app.v5_client("pub", true, None).await;
-    publisher.publish_qos1("map/version", true, "1").await;
-    publisher.publish_qos1("map/version", true, "2").await;
+    publisher.publish_qos1("fleet/version", true, "1").await;
+    publisher.publish_qos1("fleet/version", true, "2").await;
 
     let mut late = app.v5_client("late", true, None).await;
-    late.subscribe("map/version", QoS::AtLeastOnce).await;
+    late.subscribe("fleet/version", QoS::AtLeastOnce).await;
 
     assert_eq!(text(&late.recv_publish().await.payload), "2");
     late.expect_quiet().await;

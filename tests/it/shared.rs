@@ -75,9 +75,9 @@ async fn a_shared_subscriber_receives_the_original_topic() {
     member.subscribe("$share/g/devices/#", QoS::AtLeastOnce).await;
     let mut publisher = app.v5_client("pub", true, None).await;
 
-    publisher.publish_qos1("devices/7/location", false, "here").await;
+    publisher.publish_qos1("devices/7/status", false, "here").await;
 
-    assert_eq!(crate::helpers::v5_topic(&member.recv_publish().await), "devices/7/location");
+    assert_eq!(crate::helpers::v5_topic(&member.recv_publish().await), "devices/7/status");
 }
 
 #[tokio::test]

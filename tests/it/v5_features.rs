@@ -103,7 +103,7 @@ async fn an_expired_retained_message_is_no_longer_sent_on_subscribe() {
 async fn a_topic_alias_set_by_the_client_is_resolved_for_subscribers() {
     let app = spawn_app().await;
     let mut sub = app.v5_client("sub", true, None).await;
-    sub.subscribe("devices/car-1/location", QoS::AtLeastOnce).await;
+    sub.subscribe("devices/car-1/status", QoS::AtLeastOnce).await;
     let publisher = app.v5_client("pub", true, None).await;
     let max = publisher.connack.properties.as_ref().and_then(|p| p.topic_alias_max);
     assert!(max.is_some_and(|m| m >= 1), "CONNACK advertises a topic alias maximum: {max:?}");
@@ -111,13 +111,13 @@ async fn a_topic_alias_set_by_the_client_is_resolved_for_subscribers() {
 
     // First publish sets alias 1, the second uses it with an empty topic.
     publisher
-        .publish_with("devices/car-1/location", QoS::AtLeastOnce, false, "first", alias(1))
+        .publish_with("devices/car-1/status", QoS::AtLeastOnce, false, "first", alias(1))
         .await;
     publisher.publish_with("", QoS::AtLeastOnce, false, "second", alias(1)).await;
 
     let got = sub.recv_publishes(2).await;
     for (p, want) in got.iter().zip(["first", "second"]) {
-        assert_eq!(crate::helpers::v5_topic(p), "devices/car-1/location");
+        assert_eq!(crate::helpers::v5_topic(p), "devices/car-1/status");
         assert_eq!(text(&p.payload), want);
     }
 }

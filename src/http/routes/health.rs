@@ -12,15 +12,26 @@ use crate::http::state::AppState;
 /// Readiness must answer quickly even when the database hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(healthz).service(readyz);
 }
 
+/// The process is alive and serves HTTP.
+#[utoipa::path(tag = "meta", responses((status = 200, description = "`{\"status\":\"ok\"}`")))]
 #[get("/healthz")]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
+/// The process can do its job: database reachable, migrations applied,
+/// broker running, not shutting down.
+#[utoipa::path(
+    tag = "meta",
+    responses(
+        (status = 200, description = "Ready"),
+        (status = 503, description = "Not ready; the detail says why", content_type = "application/problem+json"),
+    )
+)]
 #[get("/readyz")]
 #[tracing::instrument(skip_all)]
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -1,9 +1,32 @@
 //! One file per resource; `configure` mounts them all.
+//!
+//! Mounting goes through `utoipa_actix_web`'s `ServiceConfig`: `service(..)`
+//! takes only handlers with a `#[utoipa::path]`, so every route is in
+//! `/openapi.json` (checked by the route test in `http::openapi`).
 
+mod debug;
+mod devices;
 mod health;
+mod history;
+mod map;
+mod metrics;
+mod sessions;
+mod subscribe;
+mod topics;
+mod users;
 
-use actix_web::web::ServiceConfig;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 pub fn configure(cfg: &mut ServiceConfig) {
     health::configure(cfg);
+    metrics::configure(cfg);
+    debug::configure(cfg);
+    users::configure(cfg);
+    sessions::configure(cfg);
+    devices::configure(cfg);
+    topics::configure(cfg);
+    history::configure(cfg);
+    subscribe::configure(cfg);
+    map::configure(cfg);
+    super::openapi::configure(cfg);
 }

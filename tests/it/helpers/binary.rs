@@ -76,6 +76,16 @@ impl ServerProcess {
         Self { child, mqtt_addr, http_addr, logs }
     }
 
+    /// Like [`ServerProcess::start`], with `toml` written to
+    /// `{data_dir}/mapcast.toml` and passed as `--config`.
+    pub async fn start_with_config(data_dir: &Path, toml: &str, extra_args: &[&str]) -> Self {
+        let config = data_dir.join("mapcast.toml");
+        tokio::fs::write(&config, toml).await.expect("write the config file");
+        let mut args = vec!["--config", config.to_str().expect("UTF-8 path")];
+        args.extend_from_slice(extra_args);
+        Self::start(data_dir, &args).await
+    }
+
     /// SIGKILL: no shutdown code runs, nothing is flushed.
     pub async fn kill9(mut self) {
         self.child.kill().await.expect("SIGKILL the server");

@@ -1,0 +1,372 @@
+//! Who may publish to which topic and subscribe to which filter. Pure: the
+//! [`Identity`] carries everything a decision needs (role, device id, owned
+//! devices), so the same answer holds over MQTT and REST.
+//!
+//! Built-in rules:
+//! - nobody publishes to `$`-topics;
+//! - an admin may do everything else, and read `$SYS/#`;
+//! - a device publishes and subscribes under `devices/{its id}/#` and
+//!   subscribes to `map/#`;
+//! - a user reads `map/#` and reads and writes `devices/{id}/#` of each device
+//!   it owns;
+//! - an anonymous client (only when anonymous access is allowed) may do
+//!   everything (`all`) or only read `map/#` (`read_map`).
+//!
+//! Extra rules from the config (`[[auth.acl]]`) grant more, never less.
+//!
+//! A subscription is granted only when *every* topic its filter can match is
+//! readable: `devices/#` is refused to a user even though some of the topics
+//! it matches are the user's own.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::auth::{Identity, Role};
+use crate::domain::{TopicError, TopicFilter, TopicLimits, TopicName, filter_matches};
+
+/// The first topic level of device topics: `devices/{device id}/...`.
+pub const DEVICES_ROOT: &str = "devices";
+/// The first topic level of the map: `map/snapshot`, `map/version`, ...
+pub const MAP_ROOT: &str = "map";
+
+/// What an anonymous client may do (`auth.anonymous_acl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnonymousAcl {
+    /// Publish and subscribe anywhere except publishing to `$`-topics, like a
+    /// Mosquitto broker without an ACL file.
+    #[default]
+    All,
+    /// Subscribe to `map/#` only.
+    ReadMap,
+}
+
+impl FromStr for AnonymousAcl {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "all" => Ok(Self::All),
+            "read_map" => Ok(Self::ReadMap),
+            _ => anyhow::bail!("expected `all` or `read_map`, got {s:?}"),
+        }
+    }
+}
+
+/// What an extra rule grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AclAction {
+    Subscribe,
+    Publish,
+    Both,
+}
+
+impl AclAction {
+    fn publish(self) -> bool {
+        matches!(self, Self::Publish | Self::Both)
+    }
+
+    fn subscribe(self) -> bool {
+        matches!(self, Self::Subscribe | Self::Both)
+    }
+}
+
+/// One `[[auth.acl]]` entry: `role` may `action` on topics matching `filter`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    pub role: Role,
+    pub action: AclAction,
+    /// A topic filter; wildcards allowed (`public/#`).
+    pub filter: String,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    role: Role,
+    action: AclAction,
+    filter: TopicFilter,
+}
+
+/// The built-in rules, the anonymous policy and the extra rules.
+#[derive(Debug, Clone)]
+pub struct AclPolicy {
+    anonymous: AnonymousAcl,
+    rules: Vec<Rule>,
+}
+
+impl AclPolicy {
+    /// Fails when a rule's filter is not a valid topic filter.
+    pub fn new(anonymous: AnonymousAcl, rules: &[AclRule]) -> Result<Self, TopicError> {
+        let rules = rules
+            .iter()
+            .map(|r| {
+                let filter = TopicFilter::parse(r.filter.clone(), TopicLimits::default())?;
+                Ok(Rule { role: r.role, action: r.action, filter })
+            })
+            .collect::<Result<_, TopicError>>()?;
+        Ok(Self { anonymous, rules })
+    }
+
+    pub fn can_publish(&self, who: &Identity, topic: &TopicName) -> bool {
+        if topic.is_system() {
+            return false;
+        }
+        let t = topic.as_str();
+        let built_in = match who.role {
+            Role::Admin => true,
+            Role::Device => who.device_id.as_deref().is_some_and(|id| in_device_tree(t, id)),
+            Role::User => who.owned_devices.iter().any(|id| in_device_tree(t, id)),
+            Role::Anonymous => self.anonymous == AnonymousAcl::All,
+        };
+        built_in
+            || self.rules.iter().any(|r| {
+                r.role == who.role && r.action.publish() && filter_matches(r.filter.as_str(), t)
+            })
+    }
+
+    pub fn can_subscribe(&self, who: &Identity, filter: &TopicFilter) -> bool {
+        let f = filter.as_str();
+        let built_in = match who.role {
+            Role::Admin => true,
+            Role::Device => {
+                covers_root(f, MAP_ROOT)
+                    || who.device_id.as_deref().is_some_and(|id| covers_device_tree(f, id))
+            }
+            Role::User => {
+                covers_root(f, MAP_ROOT)
+                    || who.owned_devices.iter().any(|id| covers_device_tree(f, id))
+            }
+            Role::Anonymous => match self.anonymous {
+                AnonymousAcl::All => true,
+                AnonymousAcl::ReadMap => covers_root(f, MAP_ROOT),
+            },
+        };
+        built_in
+            || self.rules.iter().any(|r| {
+                r.role == who.role && r.action.subscribe() && filter_covers(r.filter.as_str(), f)
+            })
+    }
+}
+
+/// Is `topic` `devices/{id}` or below it?
+fn in_device_tree(topic: &str, id: &str) -> bool {
+    let mut levels = topic.split('/');
+    levels.next() == Some(DEVICES_ROOT) && levels.next() == Some(id)
+}
+
+/// Does every topic `filter` matches lie in `{root}/#`?
+fn covers_root(filter: &str, root: &str) -> bool {
+    filter.split('/').next() == Some(root)
+}
+
+/// Does every topic `filter` matches lie in `devices/{id}/#`?
+fn covers_device_tree(filter: &str, id: &str) -> bool {
+    // `id` never holds a wildcard (ids are generated or validated), so a
+    // literal second level equal to it pins the tree.
+    in_device_tree(filter, id)
+}
+
+/// Does `pattern` match every topic that `filter` matches? Both are valid
+/// filters. Conservative: `false` when unsure.
+pub fn filter_covers(pattern: &str, filter: &str) -> bool {
+    // A first-level wildcard in the pattern never matches `$` topics; a filter
+    // that can reach them (one starting with `$`) is covered only literally.
+    if filter.starts_with('$') && (pattern.starts_with('+') || pattern.starts_with('#')) {
+        return false;
+    }
+    let mut p = pattern.split('/');
+    let mut f = filter.split('/');
+    loop {
+        match (p.next(), f.next()) {
+            // `#` matches whatever the rest of the filter can.
+            (Some("#"), _) => return true,
+            // `a/#` matches `a` itself too.
+            (Some(_), None) => return false,
+            (None, None) => return true,
+            (None, Some(_)) => return false,
+            // A `#` in the filter reaches any depth: only `#` covers it.
+            (Some(_), Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(_), Some("+")) => return false,
+            (Some(pl), Some(fl)) if pl == fl => {}
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(s: &str) -> TopicName {
+        TopicName::parse(s.to_owned(), TopicLimits::default()).unwrap()
+    }
+
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::parse(s.to_owned(), TopicLimits::default()).unwrap()
+    }
+
+    fn admin() -> Identity {
+        Identity::user("u0".into(), "root".into(), Role::Admin, vec![])
+    }
+
+    fn alice() -> Identity {
+        Identity::user("u1".into(), "alice".into(), Role::User, vec!["car1".into(), "ph1".into()])
+    }
+
+    fn car1() -> Identity {
+        Identity::device("car1".into())
+    }
+
+    fn policy(anonymous: AnonymousAcl) -> AclPolicy {
+        AclPolicy::new(anonymous, &[]).unwrap()
+    }
+
+    #[test]
+    fn publish_table() {
+        let p = policy(AnonymousAcl::All);
+        let cases: &[(&str, Identity, &str, bool)] = &[
+            ("device in its tree", car1(), "devices/car1/location", true),
+            ("device at its root", car1(), "devices/car1", true),
+            ("device deep in its tree", car1(), "devices/car1/a/b/c", true),
+            ("device in another tree", car1(), "devices/car2/location", false),
+            ("device with a prefix-sharing id", car1(), "devices/car10/location", false),
+            ("device to the map", car1(), "map/snapshot", false),
+            ("device elsewhere", car1(), "chat", false),
+            ("user to an owned device", alice(), "devices/car1/cmd", true),
+            ("user to another owned device", alice(), "devices/ph1/cmd", true),
+            ("user to a foreign device", alice(), "devices/car2/cmd", false),
+            ("user to the map", alice(), "map/snapshot", false),
+            ("admin anywhere", admin(), "devices/car2/cmd", true),
+            ("admin to the map", admin(), "map/snapshot", true),
+            ("admin to $SYS", admin(), "$SYS/broker/uptime", false),
+            ("device to $SYS", car1(), "$SYS/x", false),
+            ("anonymous (all) anywhere", Identity::anonymous(), "a/b", true),
+            ("anonymous (all) to $-topic", Identity::anonymous(), "$foo", false),
+        ];
+        for (name, who, t, expected) in cases {
+            assert_eq!(p.can_publish(who, &topic(t)), *expected, "{name}: {t}");
+        }
+        let read_map = policy(AnonymousAcl::ReadMap);
+        assert!(!read_map.can_publish(&Identity::anonymous(), &topic("map/snapshot")));
+    }
+
+    #[test]
+    fn subscribe_table() {
+        let p = policy(AnonymousAcl::All);
+        let cases: &[(&str, Identity, &str, bool)] = &[
+            ("device to its tree", car1(), "devices/car1/#", true),
+            ("device to its commands", car1(), "devices/car1/cmd/+", true),
+            ("device to the map", car1(), "map/#", true),
+            ("device to the snapshot", car1(), "map/snapshot", true),
+            ("device to another device", car1(), "devices/car2/#", false),
+            ("device to all devices", car1(), "devices/+/location", false),
+            ("device to everything", car1(), "#", false),
+            ("user to the map", alice(), "map/#", true),
+            ("user to the map root", alice(), "map", true),
+            ("user to an owned device", alice(), "devices/car1/location", true),
+            ("user to an owned tree", alice(), "devices/ph1/#", true),
+            ("user to a foreign device", alice(), "devices/car2/location", false),
+            ("user to all devices", alice(), "devices/#", false),
+            ("user to every location", alice(), "devices/+/location", false),
+            ("user to everything", alice(), "#", false),
+            ("user to a single-level wildcard", alice(), "+/snapshot", false),
+            ("user to $SYS", alice(), "$SYS/#", false),
+            ("admin to everything", admin(), "#", true),
+            ("admin to $SYS", admin(), "$SYS/#", true),
+            ("anonymous (all) to everything", Identity::anonymous(), "#", true),
+        ];
+        for (name, who, f, expected) in cases {
+            assert_eq!(p.can_subscribe(who, &filter(f)), *expected, "{name}: {f}");
+        }
+    }
+
+    #[test]
+    fn anonymous_read_map_reads_the_map_only() {
+        let p = policy(AnonymousAcl::ReadMap);
+        let anon = Identity::anonymous();
+        assert!(p.can_subscribe(&anon, &filter("map/#")));
+        assert!(p.can_subscribe(&anon, &filter("map/version")));
+        assert!(!p.can_subscribe(&anon, &filter("#")));
+        assert!(!p.can_subscribe(&anon, &filter("+/version")));
+        assert!(!p.can_subscribe(&anon, &filter("devices/car1/location")));
+        assert!(!p.can_publish(&anon, &topic("devices/car1/location")));
+    }
+
+    #[test]
+    fn extra_rules_grant_per_role_and_action() {
+        let rules = [
+            AclRule { role: Role::User, action: AclAction::Both, filter: "public/#".into() },
+            AclRule { role: Role::Device, action: AclAction::Subscribe, filter: "fleet/+".into() },
+            AclRule { role: Role::Anonymous, action: AclAction::Publish, filter: "inbox".into() },
+        ];
+        let p = AclPolicy::new(AnonymousAcl::ReadMap, &rules).unwrap();
+        assert!(p.can_publish(&alice(), &topic("public/chat")));
+        assert!(p.can_subscribe(&alice(), &filter("public/#")));
+        assert!(!p.can_subscribe(&alice(), &filter("#")), "a rule covers only its own filter");
+        assert!(!p.can_publish(&car1(), &topic("public/chat")), "rules are per role");
+        assert!(p.can_subscribe(&car1(), &filter("fleet/news")));
+        assert!(!p.can_subscribe(&car1(), &filter("fleet/#")), "fleet/+ does not cover fleet/#");
+        assert!(!p.can_publish(&car1(), &topic("fleet/news")), "subscribe-only rule");
+        assert!(p.can_publish(&Identity::anonymous(), &topic("inbox")));
+        assert!(!p.can_publish(&alice(), &topic("$SYS/x")), "rules never open $-topics to publish");
+    }
+
+    #[test]
+    fn invalid_rule_filters_are_rejected() {
+        let bad = [AclRule { role: Role::User, action: AclAction::Both, filter: "a/#/b".into() }];
+        assert!(AclPolicy::new(AnonymousAcl::All, &bad).is_err());
+    }
+
+    #[test]
+    fn filter_coverage_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("#", "a/b", true),
+            ("#", "#", true),
+            ("#", "$SYS/#", false),
+            ("+/#", "$SYS/x", false),
+            ("$SYS/#", "$SYS/broker/uptime", true),
+            ("a/#", "a", true),
+            ("a/#", "a/#", true),
+            ("a/#", "a/+/c", true),
+            ("a/#", "b/#", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a/+", true),
+            ("a/+", "a/#", false),
+            ("a/+", "a/b/c", false),
+            ("a/+", "a", false),
+            ("a/b", "a/b", true),
+            ("a/b", "a/+", false),
+            ("a/b", "a/b/c", false),
+            ("a/b/c", "a/b", false),
+            ("+/b", "x/b", true),
+            ("+/b", "+/b", true),
+            ("+/b", "#", false),
+        ];
+        for (pattern, f, expected) in cases {
+            assert_eq!(filter_covers(pattern, f), *expected, "{pattern} covers {f}");
+        }
+    }
+
+    #[test]
+    fn coverage_agrees_with_matching_on_sample_topics() {
+        // If `pattern` covers `filter`, every sample topic `filter` matches,
+        // `pattern` matches too.
+        let filters = ["#", "+", "a", "a/#", "a/+", "a/b", "+/b", "a/+/c", "$SYS/#", "a/b/#"];
+        let topics = ["a", "b", "a/b", "x/b", "a/b/c", "a/x/c", "$SYS/x", "a/b/c/d", "c"];
+        for pattern in filters {
+            for f in filters {
+                if filter_covers(pattern, f) {
+                    for t in topics {
+                        assert!(
+                            !filter_matches(f, t) || filter_matches(pattern, t),
+                            "{pattern} claims to cover {f} but misses {t}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

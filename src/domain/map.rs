@@ -1,0 +1,494 @@
+//! The map snapshot: a GeoJSON FeatureCollection of the latest position of
+//! every active device, serialised once per build and served as bytes, with
+//! an R-tree over the features for `?bbox=` and a compact id → position list
+//! for `?since=`.
+//!
+//! Building is pure and CPU-bound (the updater runs it on a blocking thread):
+//! features are written straight into one buffer, in device-id order, and
+//! each remembers its byte range so a bbox query is a concatenation of slices.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use ntex::util::Bytes;
+use rstar::primitives::GeomWithData;
+use rstar::{AABB, RTree};
+use serde::Serialize;
+
+use super::time::write_rfc3339;
+use super::{DeviceId, Location};
+
+/// A device's latest position and when the broker received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Position {
+    pub location: Location,
+    pub received_at_ms: i64,
+}
+
+impl Position {
+    /// Whether `self` should replace `older` as the latest position: a later
+    /// fix (`ts`) wins; for the same fix, the later arrival.
+    pub fn supersedes(&self, older: &Position) -> bool {
+        (self.location.ts_ms, self.received_at_ms) >= (older.location.ts_ms, older.received_at_ms)
+    }
+}
+
+/// `minLon,minLat,maxLon,maxLat` in degrees (RFC 7946 §5). `min_lon >
+/// max_lon` is a box crossing the antimeridian.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bbox {
+    pub min_lon: f64,
+    pub min_lat: f64,
+    pub max_lon: f64,
+    pub max_lat: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BboxError {
+    #[error("bbox must be four comma-separated numbers: minLon,minLat,maxLon,maxLat")]
+    Format,
+    #[error("bbox longitudes must be within [-180, 180] and latitudes within [-90, 90]")]
+    Range,
+    #[error("bbox minLat must not be greater than maxLat")]
+    Inverted,
+}
+
+impl Bbox {
+    pub fn parse(s: &str) -> Result<Self, BboxError> {
+        let mut parts = s.split(',').map(|p| p.trim().parse::<f64>());
+        let mut next = || match parts.next() {
+            Some(Ok(v)) if v.is_finite() => Ok(v),
+            _ => Err(BboxError::Format),
+        };
+        let (min_lon, min_lat, max_lon, max_lat) = (next()?, next()?, next()?, next()?);
+        if parts.next().is_some() {
+            return Err(BboxError::Format);
+        }
+        let lon_ok = |v: f64| (-180.0..=180.0).contains(&v);
+        let lat_ok = |v: f64| (-90.0..=90.0).contains(&v);
+        if !(lon_ok(min_lon) && lon_ok(max_lon) && lat_ok(min_lat) && lat_ok(max_lat)) {
+            return Err(BboxError::Range);
+        }
+        if min_lat > max_lat {
+            return Err(BboxError::Inverted);
+        }
+        Ok(Self { min_lon, min_lat, max_lon, max_lat })
+    }
+
+    /// The one or two (across the antimeridian) boxes to look up.
+    fn envelopes(&self) -> impl Iterator<Item = AABB<[f64; 2]>> {
+        let (w, s, e, n) = (self.min_lon, self.min_lat, self.max_lon, self.max_lat);
+        let (first, second) = if w <= e { ([w, s], [e, n]) } else { ([w, s], [180.0, n]) };
+        let wrap = (w > e).then(|| AABB::from_corners([-180.0, s], [e, n]));
+        std::iter::once(AABB::from_corners(first, second)).chain(wrap)
+    }
+
+    fn extend(bbox: &mut Option<Bbox>, [lon, lat]: [f64; 2]) {
+        match bbox {
+            None => *bbox = Some(Bbox { min_lon: lon, min_lat: lat, max_lon: lon, max_lat: lat }),
+            Some(b) => {
+                b.min_lon = b.min_lon.min(lon);
+                b.min_lat = b.min_lat.min(lat);
+                b.max_lon = b.max_lon.max(lon);
+                b.max_lat = b.max_lat.max(lat);
+            }
+        }
+    }
+}
+
+/// Device ids and positions of one snapshot, sorted by id (for diffs).
+pub type MapPositions = Arc<[(DeviceId, [f64; 2])]>;
+
+/// One published map.
+pub struct MapSnapshot {
+    pub version: u64,
+    pub generated_at_ms: i64,
+    /// Bounding box of every feature; `None` when there are none.
+    pub bbox: Option<Bbox>,
+    /// The whole FeatureCollection (`application/geo+json`).
+    pub json: Bytes,
+    /// `(device, position)` per feature, sorted by device id.
+    pub positions: MapPositions,
+    /// Byte range in `json` of each feature, parallel to `positions`.
+    ranges: Vec<Range<u32>>,
+    index: RTree<GeomWithData<[f64; 2], u32>>,
+}
+
+impl std::fmt::Debug for MapSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapSnapshot")
+            .field("version", &self.version)
+            .field("total", &self.total())
+            .field("bytes", &self.json.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MapSnapshot {
+    /// The snapshot of `devices` (already filtered to the active ones).
+    pub fn build<'a>(
+        version: u64,
+        generated_at_ms: i64,
+        devices: impl IntoIterator<Item = (&'a DeviceId, &'a Position)>,
+    ) -> Self {
+        let mut devices: Vec<(&DeviceId, &Position)> = devices.into_iter().collect();
+        devices.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut bbox = None;
+        for (_, p) in &devices {
+            Bbox::extend(&mut bbox, [p.location.lon, p.location.lat]);
+        }
+
+        let mut out = Vec::with_capacity(256 + devices.len() * 240);
+        write_header(&mut out, version, generated_at_ms, devices.len(), bbox);
+        let mut ranges = Vec::with_capacity(devices.len());
+        let mut positions = Vec::with_capacity(devices.len());
+        let mut points = Vec::with_capacity(devices.len());
+        for (i, (id, p)) in devices.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let start = out.len();
+            write_feature(&mut out, id, p);
+            ranges.push(start as u32..out.len() as u32);
+            let at = [p.location.lon, p.location.lat];
+            positions.push(((*id).clone(), at));
+            points.push(GeomWithData::new(at, i as u32));
+        }
+        out.extend_from_slice(b"]}");
+        Self {
+            version,
+            generated_at_ms,
+            bbox,
+            json: Bytes::from(out),
+            positions: positions.into(),
+            ranges,
+            index: RTree::bulk_load(points),
+        }
+    }
+
+    /// Active devices in this snapshot.
+    pub fn total(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// A FeatureCollection of the features inside `area`, in device-id order;
+    /// `total` and `bbox` describe what it contains.
+    pub fn select(&self, area: &Bbox) -> Vec<u8> {
+        let mut hits: Vec<usize> = area
+            .envelopes()
+            .flat_map(|env| self.index.locate_in_envelope(env).map(|p| p.data as usize))
+            .collect();
+        hits.sort_unstable();
+        hits.dedup();
+        let mut bbox = None;
+        for &i in &hits {
+            Bbox::extend(&mut bbox, self.positions[i].1);
+        }
+        let bytes: usize = hits.iter().map(|&i| self.ranges[i].len() + 1).sum();
+        let mut out = Vec::with_capacity(256 + bytes);
+        write_header(&mut out, self.version, self.generated_at_ms, hits.len(), bbox);
+        for (n, &i) in hits.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            let r = &self.ranges[i];
+            out.extend_from_slice(&self.json[r.start as usize..r.end as usize]);
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+}
+
+/// What changed between two snapshots, by device id.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct MapDiff {
+    /// The newer snapshot's version.
+    pub version: u64,
+    /// The version the client had.
+    pub since: u64,
+    /// Devices in the newer snapshot only.
+    pub added: Vec<String>,
+    /// Devices in both whose position changed.
+    pub moved: Vec<String>,
+    /// Devices in the older snapshot only (gone quiet past the TTL).
+    pub removed: Vec<String>,
+}
+
+impl MapDiff {
+    /// Both lists sorted by device id (as [`MapSnapshot::positions`] is).
+    pub fn between(
+        since: u64,
+        old: &[(DeviceId, [f64; 2])],
+        version: u64,
+        new: &[(DeviceId, [f64; 2])],
+    ) -> Self {
+        let mut diff =
+            Self { version, since, added: Vec::new(), moved: Vec::new(), removed: Vec::new() };
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            match (old.get(i), new.get(j)) {
+                (Some(o), Some(n)) if o.0 == n.0 => {
+                    if o.1 != n.1 {
+                        diff.moved.push(n.0.to_string());
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                (Some(o), Some(n)) if o.0 < n.0 => {
+                    diff.removed.push(o.0.to_string());
+                    i += 1;
+                }
+                (Some(o), None) => {
+                    diff.removed.push(o.0.to_string());
+                    i += 1;
+                }
+                (_, Some(n)) => {
+                    diff.added.push(n.0.to_string());
+                    j += 1;
+                }
+                (None, None) => unreachable!("loop condition"),
+            }
+        }
+        diff
+    }
+}
+
+fn write_header(
+    out: &mut Vec<u8>,
+    version: u64,
+    generated_at_ms: i64,
+    total: usize,
+    bbox: Option<Bbox>,
+) {
+    out.extend_from_slice(b"{\"type\":\"FeatureCollection\",\"version\":");
+    out.extend_from_slice(version.to_string().as_bytes());
+    out.extend_from_slice(b",\"generated_at\":\"");
+    write_rfc3339(out, generated_at_ms);
+    out.extend_from_slice(b"\",\"total\":");
+    out.extend_from_slice(total.to_string().as_bytes());
+    if let Some(b) = bbox {
+        out.extend_from_slice(b",\"bbox\":[");
+        for (k, v) in [b.min_lon, b.min_lat, b.max_lon, b.max_lat].into_iter().enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            write_f64(out, v);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b",\"features\":[");
+}
+
+fn write_feature(out: &mut Vec<u8>, id: &DeviceId, p: &Position) {
+    let l = &p.location;
+    out.extend_from_slice(b"{\"type\":\"Feature\",\"id\":");
+    // Ids are printable but may hold quotes or backslashes: escape properly.
+    serde_json::to_writer(&mut *out, id.as_str()).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(b",\"geometry\":{\"type\":\"Point\",\"coordinates\":[");
+    write_f64(out, l.lon);
+    out.push(b',');
+    write_f64(out, l.lat);
+    if let Some(alt) = l.alt {
+        out.push(b',');
+        write_f64(out, alt);
+    }
+    out.extend_from_slice(b"]},\"properties\":{\"ts\":\"");
+    write_rfc3339(out, l.ts_ms);
+    out.extend_from_slice(b"\",\"received_at\":\"");
+    write_rfc3339(out, p.received_at_ms);
+    out.push(b'"');
+    for (key, value) in [
+        ("speed", l.speed),
+        ("heading", l.heading),
+        ("accuracy", l.accuracy),
+        ("battery", l.battery),
+    ] {
+        if let Some(v) = value {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            write_f64(out, v);
+        }
+    }
+    if let Some(kind) = l.kind {
+        out.extend_from_slice(b",\"kind\":\"");
+        out.extend_from_slice(kind.as_str().as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"}}");
+}
+
+fn write_f64(out: &mut Vec<u8>, v: f64) {
+    // Validated finite on the way in; serde_json writes shortest round-trip form.
+    serde_json::to_writer(&mut *out, &v).expect("writing to a Vec cannot fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::domain::DeviceKind;
+
+    fn pos(lon: f64, lat: f64, ts_ms: i64) -> Position {
+        Position {
+            location: Location {
+                lon,
+                lat,
+                alt: None,
+                ts_ms,
+                speed: Some(3.5),
+                heading: None,
+                accuracy: None,
+                battery: Some(80.0),
+                kind: Some(DeviceKind::Car),
+            },
+            received_at_ms: ts_ms + 10,
+        }
+    }
+
+    fn id(s: &str) -> DeviceId {
+        DeviceId::parse(s.to_owned()).unwrap()
+    }
+
+    fn table(entries: &[(&str, f64, f64)]) -> HashMap<DeviceId, Position> {
+        entries.iter().map(|(d, lon, lat)| (id(d), pos(*lon, *lat, 1_000))).collect()
+    }
+
+    #[test]
+    fn a_snapshot_is_a_feature_collection_with_version_total_and_bbox() {
+        let t = table(&[("b", 13.4, 52.5), ("a", -0.1, 51.5), ("q\"x", 2.35, 48.85)]);
+        let snap = MapSnapshot::build(7, 0, &t);
+        let doc: serde_json::Value = serde_json::from_slice(&snap.json).unwrap();
+        assert_eq!(doc["type"], "FeatureCollection");
+        assert_eq!(doc["version"], 7);
+        assert_eq!(doc["total"], 3);
+        assert_eq!(doc["generated_at"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(doc["bbox"], serde_json::json!([-0.1, 48.85, 13.4, 52.5]));
+        let ids: Vec<_> = doc["features"].as_array().unwrap().iter().map(|f| &f["id"]).collect();
+        assert_eq!(ids, ["a", "b", "q\"x"]);
+        let f = &doc["features"][1];
+        assert_eq!(f["geometry"]["coordinates"], serde_json::json!([13.4, 52.5]));
+        assert_eq!(f["properties"]["kind"], "car");
+        assert_eq!(f["properties"]["speed"], 3.5);
+        assert_eq!(f["properties"]["ts"], "1970-01-01T00:00:01.000Z");
+        // It is GeoJSON the geojson crate reads back.
+        let fc: geojson::FeatureCollection =
+            std::str::from_utf8(&snap.json).unwrap().parse().unwrap();
+        assert_eq!(fc.features.len(), 3);
+    }
+
+    #[test]
+    fn an_empty_snapshot_has_no_bbox_and_no_features() {
+        let snap = MapSnapshot::build(1, 0, &HashMap::new());
+        let doc: serde_json::Value = serde_json::from_slice(&snap.json).unwrap();
+        assert_eq!(doc["total"], 0);
+        assert!(doc.get("bbox").is_none());
+        assert_eq!(doc["features"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn bbox_selection_returns_only_the_features_inside() {
+        let t = table(&[("berlin", 13.4, 52.5), ("london", -0.1, 51.5), ("sf", -122.4, 37.8)]);
+        let snap = MapSnapshot::build(3, 0, &t);
+        let europe = Bbox::parse("-10,35,30,60").unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&snap.select(&europe)).unwrap();
+        let ids: Vec<_> = doc["features"].as_array().unwrap().iter().map(|f| &f["id"]).collect();
+        assert_eq!(ids, ["berlin", "london"]);
+        assert_eq!(doc["total"], 2);
+        assert_eq!(doc["version"], 3);
+        let nowhere = Bbox::parse("50,-10,60,-5").unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&snap.select(&nowhere)).unwrap();
+        assert_eq!(doc["total"], 0);
+    }
+
+    #[test]
+    fn a_bbox_across_the_antimeridian_wraps() {
+        let t = table(&[("fiji", 178.4, -18.1), ("samoa", -171.8, -13.8), ("paris", 2.35, 48.85)]);
+        let snap = MapSnapshot::build(1, 0, &t);
+        let pacific = Bbox::parse("170,-30,-160,0").unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&snap.select(&pacific)).unwrap();
+        let ids: Vec<_> = doc["features"].as_array().unwrap().iter().map(|f| &f["id"]).collect();
+        assert_eq!(ids, ["fiji", "samoa"]);
+    }
+
+    #[test]
+    fn malformed_bboxes_are_rejected_with_a_reason() {
+        assert_eq!(Bbox::parse("1,2,3"), Err(BboxError::Format));
+        assert_eq!(Bbox::parse("1,2,3,4,5"), Err(BboxError::Format));
+        assert_eq!(Bbox::parse("a,2,3,4"), Err(BboxError::Format));
+        assert_eq!(Bbox::parse("1,2,NaN,4"), Err(BboxError::Format));
+        assert_eq!(Bbox::parse(""), Err(BboxError::Format));
+        assert_eq!(Bbox::parse("-181,0,0,1"), Err(BboxError::Range));
+        assert_eq!(Bbox::parse("0,-91,0,1"), Err(BboxError::Range));
+        assert_eq!(Bbox::parse("0,10,1,5"), Err(BboxError::Inverted));
+        assert!(Bbox::parse(" -10, 35 ,30,60").is_ok());
+    }
+
+    #[test]
+    fn diffs_name_added_moved_and_removed_devices() {
+        let old =
+            MapSnapshot::build(1, 0, &table(&[("a", 1.0, 1.0), ("b", 2.0, 2.0), ("c", 3.0, 3.0)]));
+        let new =
+            MapSnapshot::build(2, 0, &table(&[("b", 2.0, 2.0), ("c", 3.5, 3.0), ("d", 4.0, 4.0)]));
+        let diff = MapDiff::between(1, &old.positions, 2, &new.positions);
+        assert_eq!(diff.added, ["d"]);
+        assert_eq!(diff.moved, ["c"]);
+        assert_eq!(diff.removed, ["a"]);
+        let same = MapDiff::between(2, &new.positions, 2, &new.positions);
+        assert!(same.added.is_empty() && same.moved.is_empty() && same.removed.is_empty());
+    }
+
+    #[test]
+    fn later_fixes_supersede_earlier_ones() {
+        let early = pos(0.0, 0.0, 1_000);
+        let late = pos(1.0, 1.0, 2_000);
+        assert!(late.supersedes(&early));
+        assert!(!early.supersedes(&late));
+    }
+}
+
+/// `cargo test --release --lib -- --ignored a_100k_device_snapshot` prints
+/// the build time of the seed's fleet size (target: ≤ 50 ms).
+#[cfg(test)]
+mod timing {
+    use std::collections::HashMap;
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    #[ignore = "timing, run in release"]
+    fn a_100k_device_snapshot_builds_quickly() {
+        let table: HashMap<DeviceId, Position> = (0..100_000)
+            .map(|i| {
+                let location = Location {
+                    lon: (i % 3600) as f64 / 10.0 - 180.0,
+                    lat: (i % 1800) as f64 / 10.0 - 90.0,
+                    alt: None,
+                    ts_ms: 1_795_600_800_000 + i,
+                    speed: Some(13.5),
+                    heading: Some(270.0),
+                    accuracy: Some(5.0),
+                    battery: Some(80.0),
+                    kind: Some(crate::domain::DeviceKind::Car),
+                };
+                let id = DeviceId::parse(format!("car-{i:06}")).unwrap();
+                (id, Position { location, received_at_ms: 1_795_600_800_000 + i })
+            })
+            .collect();
+        let started = Instant::now();
+        let snap = MapSnapshot::build(1, 0, &table);
+        let built = started.elapsed();
+        let area = Bbox::parse("0,0,10,10").unwrap();
+        let started = Instant::now();
+        let selected = snap.select(&area);
+        println!(
+            "100k devices: build {built:?}, {} bytes; bbox select {:?}, {} bytes",
+            snap.json.len(),
+            started.elapsed(),
+            selected.len()
+        );
+        assert_eq!(snap.total(), 100_000);
+    }
+}

@@ -1,0 +1,180 @@
+//! `/api/v1/devices`: a user provisions its cars and phones (the secret for
+//! MQTT is shown once), lists and reads them; admins see and delete any.
+
+use actix_web::http::header::LOCATION;
+use actix_web::{HttpResponse, delete, get, post, web};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::time::format_rfc3339;
+use crate::domain::{DeviceKind, DeviceName};
+use crate::http::auth::Caller;
+use crate::http::errors::ApiError;
+use crate::http::state::AppState;
+use crate::identities::Device;
+
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_device).service(list_devices).service(get_device).service(delete_device);
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewDevice {
+    /// 1–100 characters.
+    #[schema(example = "Golf")]
+    name: String,
+    /// `car` or `phone`.
+    #[schema(example = "car")]
+    kind: String,
+}
+
+/// The answer to a creation: the only time the secret is shown.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedDevice {
+    /// The device id: its MQTT user name.
+    id: String,
+    /// Its MQTT password, shown this once.
+    secret: String,
+    name: String,
+    /// `car` or `phone`.
+    #[schema(value_type = String)]
+    kind: DeviceKind,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceView {
+    id: String,
+    name: String,
+    /// `car` or `phone`.
+    #[schema(value_type = String)]
+    kind: DeviceKind,
+    owner_id: String,
+    /// RFC 3339.
+    created_at: String,
+}
+
+impl From<Device> for DeviceView {
+    fn from(d: Device) -> Self {
+        Self {
+            created_at: format_rfc3339(d.created_at),
+            id: d.id,
+            name: d.name,
+            kind: d.kind,
+            owner_id: d.owner_id,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceList {
+    items: Vec<DeviceView>,
+}
+
+/// Provision a car or phone; the answer holds its MQTT secret, once.
+#[utoipa::path(
+    tag = "identities",
+    request_body = NewDevice,
+    responses(
+        (status = 201, description = "The device and its secret", body = CreatedDevice),
+        (status = 400, description = "Malformed JSON", content_type = "application/problem+json"),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+        (status = 422, description = "Wrong fields, an invalid name or kind", content_type = "application/problem+json"),
+    )
+)]
+#[post("/api/v1/devices")]
+#[tracing::instrument(skip_all)]
+async fn create_device(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<NewDevice>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = caller.require_user()?;
+    let body = body.into_inner();
+    let name = DeviceName::parse(body.name)?;
+    let kind: DeviceKind = body.kind.parse()?;
+
+    let new = state.identities.create_device(owner, name, kind).await?;
+
+    let d = new.device;
+    Ok(HttpResponse::Created()
+        .insert_header((LOCATION, format!("/api/v1/devices/{}", d.id)))
+        .insert_header(("Cache-Control", "no-store"))
+        .json(CreatedDevice {
+            secret: new.secret.expose().to_owned(),
+            id: d.id,
+            name: d.name,
+            kind: d.kind,
+        }))
+}
+
+/// Your devices (an admin: every device).
+#[utoipa::path(
+    tag = "identities",
+    responses(
+        (status = 200, description = "Devices, oldest first", body = DeviceList),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+    )
+)]
+#[get("/api/v1/devices")]
+#[tracing::instrument(skip_all)]
+async fn list_devices(
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let user = caller.require_user()?;
+    let owner = (!caller.identity.is_admin()).then_some(user);
+    let devices = state.identities.devices(owner).await?;
+    Ok(HttpResponse::Ok()
+        .json(DeviceList { items: devices.into_iter().map(DeviceView::from).collect() }))
+}
+
+/// One device (its owner or an admin).
+#[utoipa::path(
+    tag = "identities",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device", body = DeviceView),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+        (status = 403, description = "Another user's device", content_type = "application/problem+json"),
+        (status = 404, description = "No such device", content_type = "application/problem+json"),
+    )
+)]
+#[get("/api/v1/devices/{id}")]
+#[tracing::instrument(skip_all, fields(device.id = %id))]
+async fn get_device(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user = caller.require_user()?;
+    let device = state.identities.device(&id).await?.ok_or(ApiError::NotFound)?;
+    if device.owner_id != user && !caller.identity.is_admin() {
+        return Err(ApiError::Forbidden("this device belongs to another user".into()));
+    }
+    Ok(HttpResponse::Ok().json(DeviceView::from(device)))
+}
+
+/// Delete a device (admins only); its MQTT credentials stop working.
+#[utoipa::path(
+    tag = "identities",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", content_type = "application/problem+json"),
+        (status = 404, description = "No such device", content_type = "application/problem+json"),
+    )
+)]
+#[delete("/api/v1/devices/{id}")]
+#[tracing::instrument(skip_all, fields(device.id = %id))]
+async fn delete_device(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    if state.identities.delete_device(&id).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}

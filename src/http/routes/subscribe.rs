@@ -1,0 +1,202 @@
+//! `GET /api/v1/subscribe?filter=F`: matching publishes as Server-Sent
+//! Events, for clients that speak only HTTP.
+//!
+//! Each stream is a broker session of its own (`sse:{n}`, clean, not
+//! persistent) subscribed at QoS 0: the broker fans out to it like to any
+//! MQTT client, its outbox is bounded like theirs (a slow reader loses the
+//! oldest messages, counted as drops), and it ends when the client goes away
+//! or the broker shuts down.
+
+use std::time::Duration;
+
+use actix_web::http::header::{CacheControl, CacheDirective};
+use actix_web::{HttpResponse, get, web};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::broker::{
+    BrokerHandle, ConnectRequest, ConnectionId, Delivery, DisconnectKind, Next, Outbox,
+    ProtocolVersion, QoS, SubscribeRequest, SubscriptionOptions,
+};
+use crate::domain::{ClientId, SharedFilter, TopicFilter};
+use crate::http::auth::Caller;
+use crate::http::errors::ApiError;
+use crate::http::payload::payload_json;
+use crate::http::state::AppState;
+
+/// A comment line this often keeps proxies from closing an idle stream.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Deliveries taken from the outbox per wake-up.
+const BATCH: usize = 64;
+
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(subscribe);
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SubscribeParams {
+    /// MQTT topic filter; `+` and `#` wildcards allowed (no `$share/`).
+    filter: String,
+}
+
+/// The `data:` of each event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SseEvent {
+    topic: String,
+    /// The payload as JSON when it is JSON, else a string (base64 when
+    /// `payload_encoding` is `base64`).
+    #[schema(value_type = Object)]
+    payload: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_encoding: Option<&'static str>,
+    /// Set for retained messages sent when the stream starts.
+    retain: bool,
+    /// The QoS it was published with.
+    qos: u8,
+}
+
+/// Stream matching publishes as `text/event-stream`.
+#[utoipa::path(
+    tag = "topics",
+    params(SubscribeParams),
+    responses(
+        (status = 200, description = "An event stream; each `data:` is one publish", content_type = "text/event-stream", body = SseEvent),
+        (status = 400, description = "Invalid filter", content_type = "application/problem+json"),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+        (status = 403, description = "The ACL forbids subscribing to this filter", content_type = "application/problem+json"),
+        (status = 503, description = "The broker is shutting down", content_type = "application/problem+json"),
+    )
+)]
+#[get("/api/v1/subscribe")]
+#[tracing::instrument(skip_all, fields(mqtt.filter = %params.filter))]
+async fn subscribe(
+    state: web::Data<AppState>,
+    caller: Caller,
+    params: web::Query<SubscribeParams>,
+) -> Result<HttpResponse, ApiError> {
+    let limits = state.broker.limits().topic_limits();
+    if params.filter.starts_with("$share/") {
+        return Err(ApiError::BadRequest("shared subscriptions are MQTT-only".into()));
+    }
+    let filter = TopicFilter::parse(params.filter.clone(), limits)
+        .map_err(|e| ApiError::BadRequest(format!("invalid filter: {e}")))?;
+    if !state.broker.auth().can_subscribe(&caller.identity, &caller.client_id, &filter) {
+        return Err(ApiError::Forbidden(format!("not allowed to subscribe to {filter}")));
+    }
+
+    let broker = state.broker.clone();
+    let client_id = ClientId::from(format!("sse:{}", broker.next_connection_id()).as_str());
+    let unavailable = || ApiError::Unavailable("the broker is shutting down".into());
+    let session = broker
+        .connect(ConnectRequest {
+            client_id: client_id.clone(),
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            session_expiry_secs: 0,
+            will: None,
+        })
+        .await
+        .map_err(|_| unavailable())?;
+    // From here on the session is ended when the stream is dropped.
+    let stream = SseStream {
+        guard: SessionGuard {
+            broker: broker.clone(),
+            client_id: client_id.clone(),
+            conn: session.conn,
+        },
+        outbox: session.outbox,
+        buf: Vec::with_capacity(BATCH),
+    };
+    let granted = broker
+        .subscribe(
+            client_id.clone(),
+            session.conn,
+            vec![SubscribeRequest {
+                filter: SharedFilter { group: None, filter },
+                options: SubscriptionOptions::qos(QoS::AtMostOnce),
+            }],
+        )
+        .await;
+    if !matches!(granted.as_slice(), [Ok(_)]) {
+        tracing::warn!(client.id = %client_id, result = ?granted, "SSE subscription refused");
+        return Err(unavailable());
+    }
+    tracing::info!(client.id = %client_id, caller = %caller.client_id, "SSE stream opened");
+
+    let events = futures::stream::unfold(Some(stream), |stream| async move {
+        let mut stream = stream?;
+        let chunk = stream.next_chunk().await?;
+        Some((Ok::<_, actix_web::Error>(chunk), Some(stream)))
+    });
+    let opening =
+        futures::stream::once(async { Ok(bytes::Bytes::from_static(b": subscribed\n\n")) });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(CacheControl(vec![CacheDirective::NoCache]))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(futures::StreamExt::chain(opening, events)))
+}
+
+struct SseStream {
+    guard: SessionGuard,
+    outbox: std::sync::Arc<Outbox>,
+    buf: Vec<Delivery>,
+}
+
+impl SseStream {
+    /// The next bytes to send: events, or a heartbeat; `None` ends the stream.
+    async fn next_chunk(&mut self) -> Option<bytes::Bytes> {
+        self.buf.clear();
+        let next = tokio::time::timeout(
+            HEARTBEAT,
+            self.outbox.next(self.guard.conn, &mut self.buf, BATCH),
+        )
+        .await;
+        match next {
+            Err(_) => Some(bytes::Bytes::from_static(b": keep-alive\n\n")),
+            Ok(Next::Kicked(reason)) => {
+                tracing::debug!(client.id = %self.guard.client_id, ?reason, "SSE stream ended by the broker");
+                None
+            }
+            Ok(Next::Ready) => {
+                let mut out = Vec::new();
+                for d in &self.buf {
+                    let (payload, binary) = payload_json(&d.msg.payload);
+                    let event = SseEvent {
+                        topic: d.msg.topic.to_string(),
+                        payload,
+                        payload_encoding: binary.then_some("base64"),
+                        retain: d.retain,
+                        qos: d.msg.qos as u8,
+                    };
+                    out.extend_from_slice(b"data: ");
+                    serde_json::to_writer(&mut out, &event).expect("writing to a Vec cannot fail");
+                    out.extend_from_slice(b"\n\n");
+                    self.guard.broker.stats().sent(d.msg.payload.len());
+                }
+                Some(bytes::Bytes::from(out))
+            }
+        }
+    }
+}
+
+/// Ends the broker session when the stream is dropped (client gone, server
+/// stopping).
+struct SessionGuard {
+    broker: BrokerHandle,
+    client_id: ClientId,
+    conn: ConnectionId,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let (broker, client_id, conn) = (self.broker.clone(), self.client_id.clone(), self.conn);
+        tracing::debug!(client.id = %client_id, "SSE stream closed");
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                broker.disconnect(client_id, conn, DisconnectKind::Clean, None).await
+            });
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `/api/v1/users`: sign-up (open unless `auth.self_registration = false`),
+//! and user management for admins.
+
+use actix_web::{HttpResponse, delete, get, post, web};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::broker::auth::Role;
+use crate::domain::time::format_rfc3339;
+use crate::domain::{Password, Username};
+use crate::http::auth::{Caller, OptionalCaller};
+use crate::http::errors::ApiError;
+use crate::http::state::AppState;
+use crate::identities::User;
+
+pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_user).service(list_users).service(delete_user);
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct NewUser {
+    /// 3–64 letters, digits, `_`, `.` or `-`.
+    #[schema(example = "ann")]
+    username: String,
+    /// At least 8 characters.
+    #[schema(example = "correct horse battery")]
+    password: String,
+    /// `user` (the default) or `admin`; only an admin may create admins.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "user")]
+    role: Option<Role>,
+}
+
+// Hand-written: the password must never reach a log line.
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("username", &self.username)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to a sign-up: `{"id","username","role"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedUser {
+    id: String,
+    username: String,
+    /// `user` or `admin`.
+    #[schema(value_type = String)]
+    role: Role,
+}
+
+/// A user in a listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    id: String,
+    username: String,
+    /// `user` or `admin`.
+    #[schema(value_type = String)]
+    role: Role,
+    /// RFC 3339.
+    created_at: String,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        Self {
+            created_at: format_rfc3339(u.created_at),
+            id: u.id,
+            username: u.username,
+            role: u.role,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserList {
+    items: Vec<UserView>,
+}
+
+/// Sign up (open unless `auth.self_registration = false`; then admins only).
+#[utoipa::path(
+    tag = "identities",
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "The user", body = CreatedUser),
+        (status = 400, description = "Malformed JSON", content_type = "application/problem+json"),
+        (status = 401, description = "An invalid token, or sign-up needs an admin", content_type = "application/problem+json"),
+        (status = 403, description = "Only admins create admins (or any user, when self-registration is off)", content_type = "application/problem+json"),
+        (status = 409, description = "The username is taken", content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", content_type = "application/problem+json"),
+        (status = 422, description = "Wrong fields, a short password or an invalid username", content_type = "application/problem+json"),
+    )
+)]
+#[post("/api/v1/users")]
+#[tracing::instrument(skip_all)]
+async fn create_user(
+    state: web::Data<AppState>,
+    OptionalCaller(caller): OptionalCaller,
+    body: web::Json<NewUser>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let role = match body.role.unwrap_or(Role::User) {
+        Role::User => Role::User,
+        Role::Admin => {
+            caller.require_admin()?;
+            Role::Admin
+        }
+        other => {
+            return Err(ApiError::UnprocessableEntity(format!(
+                "role must be \"user\" or \"admin\", not {:?}",
+                other.as_str()
+            )));
+        }
+    };
+    if !state.identities.settings().self_registration {
+        caller.require_admin()?;
+    }
+    let username = Username::parse(body.username)?;
+    let password = Password::parse(body.password)?;
+
+    let user = state.identities.register_user(username, password, role).await?;
+
+    Ok(HttpResponse::Created().json(CreatedUser { id: user.id, username: user.username, role }))
+}
+
+/// Every user (admins only).
+#[utoipa::path(
+    tag = "identities",
+    responses(
+        (status = 200, description = "Every user, oldest first", body = UserList),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", content_type = "application/problem+json"),
+    )
+)]
+#[get("/api/v1/users")]
+#[tracing::instrument(skip_all)]
+async fn list_users(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let users = state.identities.users().await?;
+    Ok(HttpResponse::Ok().json(UserList { items: users.into_iter().map(UserView::from).collect() }))
+}
+
+/// Delete a user with its devices and tokens (admins only).
+#[utoipa::path(
+    tag = "identities",
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", content_type = "application/problem+json"),
+        (status = 404, description = "No such user", content_type = "application/problem+json"),
+    )
+)]
+#[delete("/api/v1/users/{id}")]
+#[tracing::instrument(skip_all, fields(user.id = %id))]
+async fn delete_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    if state.identities.delete_user(&id).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}

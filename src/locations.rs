@@ -1,0 +1,178 @@
+//! Where positions enter: the [`PublishHook`] every publish passes through,
+//! whichever way it came (MQTT, REST). It
+//!
+//! - validates `devices/{id}/location` payloads ([`Location::parse`]) and
+//!   refuses invalid ones (MQTT v5 PUBACK 0x99, REST 400/422), so they are
+//!   neither routed nor stored;
+//! - adds the device's latest position and the history rows to the
+//!   publish's own store batch (a QoS≥1 acknowledgement covers them);
+//! - once the publish is accepted, hands the position to the map updater
+//!   through the [`PositionFeed`] — no database query per map tick.
+//!
+//! It runs on the publisher's thread, never on the router's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::broker::{Inspection, Message, PublishError, PublishHook};
+use crate::domain::time::millis;
+use crate::domain::{DeviceId, Location, Position, TopicFilter, TopicLimits, TopicName};
+use crate::store::WriteOp;
+
+/// The topic filters with history enabled (`history.topics`).
+#[derive(Debug, Clone)]
+pub struct HistoryTopics(Arc<[TopicFilter]>);
+
+impl HistoryTopics {
+    /// Filters as configured (validated by the settings loader).
+    pub fn parse(filters: &[String], limits: TopicLimits) -> anyhow::Result<Self> {
+        let parsed = filters
+            .iter()
+            .map(|f| TopicFilter::parse(f.clone(), limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(parsed.into()))
+    }
+
+    /// Whether messages on `topic` are kept.
+    pub fn matches(&self, topic: &TopicName) -> bool {
+        self.0.iter().any(|f| f.matches(topic))
+    }
+}
+
+/// Positions accepted since the map updater last looked, newest per device.
+///
+/// A std `Mutex`: publishers hold it for one map insert, the updater for a
+/// `mem::take`; neither crosses an `.await`.
+#[derive(Debug, Default)]
+pub struct PositionFeed {
+    pending: Mutex<HashMap<DeviceId, Position>>,
+}
+
+impl PositionFeed {
+    pub fn record(&self, device: DeviceId, position: Position) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match pending.get(&device) {
+            Some(kept) if !position.supersedes(kept) => {}
+            _ => {
+                pending.insert(device, position);
+            }
+        }
+    }
+
+    /// Everything recorded since the last call.
+    pub fn take(&self) -> HashMap<DeviceId, Position> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The hook: location validation, latest position, history.
+pub struct LocationHook {
+    history: HistoryTopics,
+    feed: Arc<PositionFeed>,
+}
+
+impl LocationHook {
+    pub fn new(history: HistoryTopics, feed: Arc<PositionFeed>) -> Self {
+        Self { history, feed }
+    }
+}
+
+impl PublishHook for LocationHook {
+    fn inspect(&self, msg: &Message) -> Result<Inspection, PublishError> {
+        let mut inspection = Inspection::default();
+        // An empty retained publish clears the retained value: nothing to check or keep.
+        if msg.payload.is_empty() {
+            if msg.retain || DeviceId::from_location_topic(&msg.topic).is_none() {
+                return Ok(inspection);
+            }
+            return Err(PublishError::InvalidPayload(crate::domain::LocationError::NotJson));
+        }
+        if let Some(device) = DeviceId::from_location_topic(&msg.topic) {
+            let location = Location::parse(&msg.payload).map_err(PublishError::InvalidPayload)?;
+            let position = Position { location, received_at_ms: millis(msg.received_at) };
+            inspection.ops.push(WriteOp::UpsertLocation {
+                device_id: device.clone(),
+                position: position.clone(),
+            });
+            let feed = self.feed.clone();
+            inspection.on_accepted = Some(Box::new(move || feed.record(device, position)));
+        }
+        if self.history.matches(&msg.topic) {
+            inspection.ops.push(WriteOp::AppendHistory {
+                topic: msg.topic.clone(),
+                payload: msg.payload.clone(),
+                content_type: msg.props.as_ref().and_then(|p| p.content_type.clone()),
+                received_at: msg.received_at,
+            });
+        }
+        Ok(inspection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ntex::util::Bytes;
+
+    use super::*;
+    use crate::broker::QoS;
+    use crate::domain::LocationError;
+
+    const GOOD: &str = r#"{"type":"Feature","geometry":{"type":"Point","coordinates":[1,2]},"properties":{"ts":5}}"#;
+
+    fn hook(history: &[&str]) -> (LocationHook, Arc<PositionFeed>) {
+        let feed = Arc::new(PositionFeed::default());
+        let topics: Vec<String> = history.iter().map(|s| s.to_string()).collect();
+        let history = HistoryTopics::parse(&topics, TopicLimits::default()).unwrap();
+        (LocationHook::new(history, feed.clone()), feed)
+    }
+
+    fn msg(topic: &str, payload: &str, retain: bool) -> Message {
+        let topic = TopicName::parse(topic.to_owned(), TopicLimits::default()).unwrap();
+        Message::new(topic, Bytes::from(payload.to_owned()), QoS::AtLeastOnce, retain)
+    }
+
+    #[test]
+    fn a_valid_location_is_stored_and_fed_to_the_map_once_accepted() {
+        let (hook, feed) = hook(&["devices/+/location"]);
+        let inspection = hook.inspect(&msg("devices/car-1/location", GOOD, false)).unwrap();
+        assert!(matches!(inspection.ops[0], WriteOp::UpsertLocation { .. }));
+        assert!(matches!(inspection.ops[1], WriteOp::AppendHistory { .. }));
+        assert!(feed.take().is_empty(), "nothing is fed before the broker accepts it");
+        (inspection.on_accepted.unwrap())();
+        let fed = feed.take();
+        assert_eq!(fed.len(), 1);
+        assert_eq!(fed.values().next().unwrap().location.ts_ms, 5);
+    }
+
+    #[test]
+    fn an_invalid_location_is_refused_with_its_reason() {
+        let (hook, _) = hook(&[]);
+        let err = hook.inspect(&msg("devices/car-1/location", "{}", false)).err().unwrap();
+        assert!(matches!(err, PublishError::InvalidPayload(LocationError::NotFeature)));
+        let err = hook.inspect(&msg("devices/car-1/location", "", false)).err().unwrap();
+        assert!(matches!(err, PublishError::InvalidPayload(LocationError::NotJson)));
+    }
+
+    #[test]
+    fn clearing_a_retained_location_and_other_topics_pass_unchecked() {
+        let (hook, _) = hook(&["cmd/#"]);
+        assert!(hook.inspect(&msg("devices/car-1/location", "", true)).unwrap().ops.is_empty());
+        assert!(
+            hook.inspect(&msg("devices/car-1/status", "not json", false)).unwrap().ops.is_empty()
+        );
+        let kept = hook.inspect(&msg("cmd/car-1", "honk", false)).unwrap();
+        assert!(matches!(kept.ops.as_slice(), [WriteOp::AppendHistory { .. }]));
+    }
+
+    #[test]
+    fn the_feed_keeps_the_newest_fix_per_device() {
+        let feed = PositionFeed::default();
+        let id = DeviceId::parse("d").unwrap();
+        let at = |ts| {
+            Position { location: Location::parse(format!(r#"{{"type":"Feature","geometry":{{"type":"Point","coordinates":[1,2]}},"properties":{{"ts":{ts}}}}}"#).as_bytes()).unwrap(), received_at_ms: 0 }
+        };
+        feed.record(id.clone(), at(10));
+        feed.record(id.clone(), at(5));
+        assert_eq!(feed.take()[&id].location.ts_ms, 10);
+    }
+}

@@ -1,0 +1,317 @@
+//! The on-disk spool: documents that could not be shipped yet, in order,
+//! in NDJSON segment files `{seq:020}.ndjson` (one envelope per line:
+//! `{"stream":..,"id":..,"doc":{..}}`). Bounded: past `max_bytes` the oldest
+//! segment is dropped, counted and logged. Survives restarts: a new process
+//! replays what an old one left.
+//!
+//! Blocking file I/O: the shipper calls it through `spawn_blocking`.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "blocking file I/O by design; callers run it on blocking threads"
+)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Doc, Stream};
+use crate::telemetry::metrics;
+
+/// A segment is closed for appending past this size.
+const SEGMENT_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    stream: Stream,
+    id: &'a str,
+    #[serde(borrow)]
+    doc: &'a RawValue,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Segment {
+    bytes: u64,
+    docs: u64,
+}
+
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    segments: BTreeMap<u64, Segment>,
+    /// The segment being appended to, with its open file.
+    current: Option<(u64, File)>,
+}
+
+impl Spool {
+    /// Open (creating) the spool directory and take over its segments.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let mut segments = BTreeMap::new();
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(seq) = segment_seq(&path) else { continue };
+            let bytes = fs::metadata(&path)?.len();
+            let docs = BufReader::new(File::open(&path)?).lines().count() as u64;
+            segments.insert(seq, Segment { bytes, docs });
+        }
+        let spool = Self { dir: dir.to_owned(), max_bytes, segments, current: None };
+        spool.publish_gauges();
+        Ok(spool)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments.values().all(|s| s.docs == 0)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.bytes).sum()
+    }
+
+    pub fn docs(&self) -> u64 {
+        self.segments.values().map(|s| s.docs).sum()
+    }
+
+    /// Append `docs` after everything spooled so far (fsync'd), then enforce the bound.
+    pub fn append(&mut self, docs: &[Doc]) -> io::Result<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for doc in docs {
+            let Ok(raw) = RawValue::from_string(doc.body.clone()) else {
+                tracing::warn!(id = %doc.id, "not JSON; left out of the spool");
+                continue;
+            };
+            let env = Envelope { stream: doc.stream, id: &doc.id, doc: &raw };
+            text.push_str(&serde_json::to_string(&env).map_err(io::Error::other)?);
+            text.push('\n');
+        }
+        let seq = match &self.current {
+            Some((seq, _))
+                if self.segments.get(seq).is_some_and(|s| s.bytes < SEGMENT_MAX_BYTES) =>
+            {
+                *seq
+            }
+            _ => self.roll()?,
+        };
+        let (_, file) = self.current.as_mut().expect("rolled");
+        file.write_all(text.as_bytes())?;
+        file.sync_data()?;
+        let seg = self.segments.entry(seq).or_default();
+        seg.bytes += text.len() as u64;
+        seg.docs += docs.len() as u64;
+        self.enforce_bound();
+        self.publish_gauges();
+        Ok(())
+    }
+
+    /// The oldest segment's documents, closing it for appending first.
+    pub fn oldest(&mut self) -> io::Result<Option<(u64, Vec<Doc>)>> {
+        let Some((&seq, _)) = self.segments.iter().next() else { return Ok(None) };
+        if self.current.as_ref().is_some_and(|(c, _)| *c == seq) {
+            self.current = None;
+        }
+        let text = fs::read_to_string(self.path(seq))?;
+        let mut docs = Vec::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            match serde_json::from_str::<Envelope<'_>>(line) {
+                Ok(env) => docs.push(Doc {
+                    stream: env.stream,
+                    id: env.id.to_owned(),
+                    body: env.doc.get().to_owned(),
+                }),
+                // A torn last line after a crash: skip it, keep the rest.
+                Err(e) => {
+                    tracing::warn!(segment = seq, error.message = %e, "bad spool line skipped")
+                }
+            }
+        }
+        Ok(Some((seq, docs)))
+    }
+
+    /// Replace segment `seq` (closed by [`Spool::oldest`]) with `docs`,
+    /// atomically; an empty list removes it.
+    pub fn replace(&mut self, seq: u64, docs: &[Doc]) -> io::Result<()> {
+        let path = self.path(seq);
+        if docs.is_empty() {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            self.segments.remove(&seq);
+        } else {
+            let tmp = path.with_extension("tmp");
+            let mut file = File::create(&tmp)?;
+            let mut bytes = 0;
+            for doc in docs {
+                let raw = RawValue::from_string(doc.body.clone()).map_err(io::Error::other)?;
+                let env = Envelope { stream: doc.stream, id: &doc.id, doc: &raw };
+                let line = serde_json::to_string(&env).map_err(io::Error::other)? + "\n";
+                file.write_all(line.as_bytes())?;
+                bytes += line.len() as u64;
+            }
+            file.sync_data()?;
+            fs::rename(&tmp, &path)?;
+            self.segments.insert(seq, Segment { bytes, docs: docs.len() as u64 });
+        }
+        self.publish_gauges();
+        Ok(())
+    }
+
+    fn roll(&mut self) -> io::Result<u64> {
+        let seq = self.segments.keys().next_back().map_or(1, |s| s + 1);
+        let file = OpenOptions::new().create(true).append(true).open(self.path(seq))?;
+        self.segments.insert(seq, Segment::default());
+        self.current = Some((seq, file));
+        Ok(seq)
+    }
+
+    /// Drop the oldest segments (never the one being written) while over the bound.
+    fn enforce_bound(&mut self) {
+        while self.bytes() > self.max_bytes && self.segments.len() > 1 {
+            let Some((&seq, &seg)) = self.segments.iter().next() else { break };
+            let _ = fs::remove_file(self.path(seq));
+            self.segments.remove(&seq);
+            metrics::global().spool_dropped.fetch_add(seg.docs, Relaxed);
+            tracing::error!(
+                segment = seq,
+                documents = seg.docs,
+                bytes = seg.bytes,
+                max_bytes = self.max_bytes,
+                "telemetry spool full: oldest segment dropped"
+            );
+        }
+        // One segment over the bound on its own: close it so the next append rolls.
+        if self.bytes() > self.max_bytes {
+            self.current = None;
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let m = metrics::global();
+        m.spool_bytes.store(self.bytes(), Relaxed);
+        m.spool_documents.store(self.docs(), Relaxed);
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.ndjson"))
+    }
+}
+
+fn segment_seq(path: &Path) -> Option<u64> {
+    if path.extension()? != "ndjson" {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+/// Append refused documents with why to the dead-letter file (fsync'd).
+pub fn dead_letter(path: &Path, entries: &[(Doc, u16, serde_json::Value)]) -> io::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut text = String::new();
+    for (doc, status, error) in entries {
+        let document: serde_json::Value =
+            serde_json::from_str(&doc.body).unwrap_or_else(|_| doc.body.clone().into());
+        let line = serde_json::json!({
+            "@timestamp": crate::telemetry::now_rfc3339(),
+            "stream": doc.stream,
+            "id": doc.id,
+            "status": status,
+            "error": error,
+            "document": document,
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docs(from: usize, n: usize) -> Vec<Doc> {
+        (from..from + n)
+            .map(|i| Doc {
+                stream: Stream::App,
+                id: format!("id-{i}"),
+                body: format!("{{\"@timestamp\":\"t\",\"message\":\"m{i}\\nsecond line\"}}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn documents_come_back_in_order_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), u64::MAX).unwrap();
+        spool.append(&docs(0, 3)).unwrap();
+        spool.append(&docs(3, 2)).unwrap();
+        drop(spool);
+
+        let mut spool = Spool::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(spool.docs(), 5);
+        let (seq, got) = spool.oldest().unwrap().unwrap();
+        assert_eq!(got, docs(0, 5));
+        spool.replace(seq, &got[3..]).unwrap();
+        assert_eq!(spool.docs(), 2);
+        let (seq, got) = spool.oldest().unwrap().unwrap();
+        assert_eq!(got, docs(3, 2));
+        spool.replace(seq, &[]).unwrap();
+        assert!(spool.is_empty());
+        assert!(spool.oldest().unwrap().is_none());
+    }
+
+    #[test]
+    fn appends_after_taking_the_oldest_go_to_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), u64::MAX).unwrap();
+        spool.append(&docs(0, 1)).unwrap();
+        let (first, _) = spool.oldest().unwrap().unwrap();
+        spool.append(&docs(1, 1)).unwrap();
+        spool.replace(first, &[]).unwrap();
+        let (second, got) = spool.oldest().unwrap().unwrap();
+        assert!(second > first);
+        assert_eq!(got, docs(1, 1));
+    }
+
+    #[test]
+    fn over_the_bound_the_oldest_segment_is_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 200).unwrap();
+        let before = metrics::global().spool_dropped.load(Relaxed);
+        for i in 0..6 {
+            spool.append(&docs(i * 2, 2)).unwrap();
+        }
+        assert!(metrics::global().spool_dropped.load(Relaxed) > before);
+        // What is left is the newest, still in order.
+        let (_, got) = spool.oldest().unwrap().unwrap();
+        assert_eq!(got.last().unwrap().id, "id-11");
+        assert!(spool.bytes() <= 400, "{}", spool.bytes());
+    }
+
+    #[test]
+    fn dead_letters_keep_the_document_and_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dl.ndjson");
+        let error = serde_json::json!({"type": "mapper_parsing_exception"});
+        dead_letter(&path, &[(docs(0, 1).remove(0), 400, error)]).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["status"], 400);
+        assert_eq!(line["document"]["message"], "m0\nsecond line");
+    }
+}

@@ -1,0 +1,400 @@
+//! Process metrics: lock-free counters, gauges and fixed-bucket histograms,
+//! rendered as Prometheus text at `GET /metrics` and shipped as one document
+//! per interval to `metrics-mapcast.broker-*`.
+//!
+//! The broker's own counters live in [`Stats`] (one per broker); this module
+//! holds what belongs to the process: database batches, HTTP latency per
+//! route, the telemetry queue and spool, crashes. Names come from
+//! [`names::metrics`]: each pairs the Prometheus name with the document field.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+
+use super::names::metrics as m;
+use crate::broker::Stats;
+
+/// Seconds: 1 ms .. 10 s.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Operations per database batch.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 4096.0];
+
+/// A histogram with fixed upper bounds; `observe` is a few relaxed atomics.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One count per bound, plus the `+Inf` bucket (not cumulative).
+    counts: Box<[AtomicU64]>,
+    /// Sum of observations in millionths, to keep it an integer atomic.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let i = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((value.max(0.0) * 1e6) as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    pub fn sum(&self) -> f64 {
+        self.sum_micros.load(Relaxed) as f64 / 1e6
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum());
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+
+    /// `{count, sum, histogram: {values, counts}}`: the last is an
+    /// Elasticsearch `histogram` field (bucket upper bounds, `+Inf` as twice
+    /// the last bound), so Kibana can take percentiles.
+    fn document(&self) -> Value {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        let last = self.bounds.last().copied().unwrap_or(1.0);
+        let values: Vec<f64> = self.bounds.iter().copied().chain([last * 2.0]).collect();
+        let (values, counts): (Vec<f64>, Vec<u64>) =
+            values.into_iter().zip(counts).filter(|(_, c)| *c > 0).unzip();
+        json!({
+            "count": self.count(),
+            "sum": self.sum(),
+            "histogram": { "values": values, "counts": counts },
+        })
+    }
+}
+
+/// The process-wide metrics. Reach them with [`global`].
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    pub db_batch_ops: Histogram,
+    pub db_batch_seconds: Histogram,
+    /// Per matched route pattern; written once per new route, read per request.
+    http: RwLock<BTreeMap<String, Arc<Histogram>>>,
+    pub telemetry_queue_depth: AtomicU64,
+    pub telemetry_queue_dropped: AtomicU64,
+    pub telemetry_shipped: AtomicU64,
+    pub telemetry_retried: AtomicU64,
+    pub telemetry_dead_lettered: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    pub spool_documents: AtomicU64,
+    pub spool_dropped: AtomicU64,
+    pub crashes: AtomicU64,
+    /// The broker whose [`Stats`] the shipped document reports.
+    broker: Mutex<Option<Arc<Stats>>>,
+}
+
+static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    started: Instant::now(),
+    db_batch_ops: Histogram::new(BATCH_BUCKETS),
+    db_batch_seconds: Histogram::new(LATENCY_BUCKETS),
+    http: RwLock::new(BTreeMap::new()),
+    telemetry_queue_depth: AtomicU64::new(0),
+    telemetry_queue_dropped: AtomicU64::new(0),
+    telemetry_shipped: AtomicU64::new(0),
+    telemetry_retried: AtomicU64::new(0),
+    telemetry_dead_lettered: AtomicU64::new(0),
+    spool_bytes: AtomicU64::new(0),
+    spool_documents: AtomicU64::new(0),
+    spool_dropped: AtomicU64::new(0),
+    crashes: AtomicU64::new(0),
+    broker: Mutex::new(None),
+});
+
+pub fn global() -> &'static Metrics {
+    &GLOBAL
+}
+
+/// Label for requests that matched no route (keeps the label set bounded).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+impl Metrics {
+    /// One HTTP request on `route` (the matched pattern) took `seconds`.
+    pub fn observe_http(&self, route: &str, seconds: f64) {
+        let known = self.http.read().unwrap_or_else(|e| e.into_inner()).get(route).cloned();
+        let histogram = match known {
+            Some(h) => h,
+            None => self
+                .http
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(route.to_owned())
+                .or_insert_with(|| Arc::new(Histogram::new(LATENCY_BUCKETS)))
+                .clone(),
+        };
+        histogram.observe(seconds);
+    }
+
+    /// One database batch of `ops` operations committed (or failed) in `seconds`.
+    pub fn observe_db_batch(&self, ops: usize, seconds: f64) {
+        self.db_batch_ops.observe(ops as f64);
+        self.db_batch_seconds.observe(seconds);
+    }
+
+    /// The broker the shipped metrics document reports on.
+    pub fn set_broker_stats(&self, stats: Arc<Stats>) {
+        *self.broker.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    }
+
+    fn broker_stats(&self) -> Option<Arc<Stats>> {
+        self.broker.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn scalars<'a>(&self, stats: Option<&'a Stats>) -> Vec<Scalar<'a>> {
+        let g = |v: &AtomicU64| v.load(Relaxed);
+        let mut out = Vec::new();
+        if let Some(s) = stats {
+            out.extend([
+                Scalar::gauge(
+                    m::CLIENTS_CONNECTED,
+                    "Connected MQTT clients.",
+                    g(&s.clients_connected),
+                ),
+                Scalar::counter(
+                    m::CLIENTS_TOTAL,
+                    "MQTT connections accepted.",
+                    g(&s.clients_total),
+                ),
+                Scalar::counter(
+                    m::MESSAGES_RECEIVED,
+                    "PUBLISH packets received.",
+                    g(&s.messages_received),
+                ),
+                Scalar::counter(m::MESSAGES_SENT, "PUBLISH packets sent.", g(&s.messages_sent)),
+                Scalar::counter(m::BYTES_RECEIVED, "Payload bytes received.", g(&s.bytes_received)),
+                Scalar::counter(m::BYTES_SENT, "Payload bytes sent.", g(&s.bytes_sent)),
+                Scalar::gauge(
+                    m::INFLIGHT_OUT,
+                    "QoS 1/2 deliveries sent and not yet acknowledged.",
+                    g(&s.inflight_out),
+                ),
+                Scalar::gauge(m::SUBSCRIPTIONS, "Active subscriptions.", g(&s.subscriptions)),
+                Scalar::gauge(m::RETAINED, "Retained messages.", g(&s.retained_count)),
+            ]);
+            let drops = [
+                g(&s.publish_dropped_qos0),
+                g(&s.publish_dropped_qos1),
+                g(&s.messages_expired),
+                g(&s.rejected_publishes),
+            ];
+            for (reason, value) in m::DROP_REASONS.iter().zip(drops) {
+                out.push(Scalar {
+                    kind: "counter",
+                    name: m::DROPPED,
+                    help: "Messages dropped or refused, by reason.",
+                    label: Some(("reason", reason)),
+                    value,
+                });
+            }
+        }
+        out.extend([
+            Scalar::gauge(
+                m::TELEMETRY_QUEUE_DEPTH,
+                "Telemetry documents waiting in memory.",
+                g(&self.telemetry_queue_depth),
+            ),
+            Scalar::counter(
+                m::TELEMETRY_QUEUE_DROPPED,
+                "Telemetry documents dropped because the queue was full.",
+                g(&self.telemetry_queue_dropped),
+            ),
+            Scalar::counter(
+                m::TELEMETRY_SHIPPED,
+                "Documents written to Elasticsearch.",
+                g(&self.telemetry_shipped),
+            ),
+            Scalar::counter(
+                m::TELEMETRY_RETRIED,
+                "Documents sent again after a 429 or 5xx.",
+                g(&self.telemetry_retried),
+            ),
+            Scalar::counter(
+                m::TELEMETRY_DEAD_LETTERED,
+                "Documents Elasticsearch refused (400/404), kept in the dead-letter file.",
+                g(&self.telemetry_dead_lettered),
+            ),
+            Scalar::gauge(m::SPOOL_BYTES, "Bytes in the on-disk spool.", g(&self.spool_bytes)),
+            Scalar::gauge(
+                m::SPOOL_DOCUMENTS,
+                "Documents in the on-disk spool.",
+                g(&self.spool_documents),
+            ),
+            Scalar::counter(
+                m::SPOOL_DROPPED,
+                "Documents dropped because the spool was full.",
+                g(&self.spool_dropped),
+            ),
+            Scalar::counter(m::CRASHES, "Panics caught by the crash reporter.", g(&self.crashes)),
+            Scalar::gauge(
+                m::UPTIME,
+                "Seconds since the process started.",
+                self.started.elapsed().as_secs(),
+            ),
+        ]);
+        out
+    }
+
+    /// Prometheus text exposition (format 0.0.4) of `stats` and the process metrics.
+    pub fn render_prometheus(&self, stats: Option<&Stats>) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut last = "";
+        for s in self.scalars(stats) {
+            let (name, _) = s.name;
+            if name != last {
+                let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {}", s.help, s.kind);
+                last = name;
+            }
+            match s.label {
+                Some((k, v)) => {
+                    let _ = writeln!(out, "{name}{{{k}=\"{}\"}} {}", escape(v), s.value);
+                }
+                None => {
+                    let _ = writeln!(out, "{name} {}", s.value);
+                }
+            }
+        }
+        for (h, (name, _), help) in [
+            (&self.db_batch_ops, m::DB_BATCH_OPS, "Operations per database batch."),
+            (&self.db_batch_seconds, m::DB_BATCH_SECONDS, "Database batch commit time."),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            h.render(&mut out, name, "");
+        }
+        let (name, _) = m::HTTP_SECONDS;
+        let _ =
+            writeln!(out, "# HELP {name} HTTP request latency by route.\n# TYPE {name} histogram");
+        for (route, h) in self.http.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            h.render(&mut out, name, &format!("route=\"{}\"", escape(route)));
+        }
+        out
+    }
+
+    /// The fields of one metrics document (without the ECS base fields),
+    /// for the registered broker.
+    pub fn document(&self) -> Map<String, Value> {
+        let stats = self.broker_stats();
+        let mut doc = Map::new();
+        for s in self.scalars(stats.as_deref()) {
+            let (_, field) = s.name;
+            match s.label {
+                Some((_, v)) => doc.insert(format!("{field}.{v}"), s.value.into()),
+                None => doc.insert(field.to_owned(), s.value.into()),
+            };
+        }
+        doc.insert(m::DB_BATCH_OPS.1.into(), self.db_batch_ops.document());
+        doc.insert(m::DB_BATCH_SECONDS.1.into(), self.db_batch_seconds.document());
+        let routes: Vec<Value> = self
+            .http
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(route, h)| json!({ "route": route, "count": h.count(), "sum": h.sum() }))
+            .collect();
+        doc.insert(m::HTTP_SECONDS.1.into(), Value::Array(routes));
+        doc
+    }
+}
+
+struct Scalar<'a> {
+    kind: &'static str,
+    name: (&'static str, &'static str),
+    help: &'static str,
+    label: Option<(&'static str, &'a str)>,
+    value: u64,
+}
+
+impl Scalar<'_> {
+    fn gauge(name: (&'static str, &'static str), help: &'static str, value: u64) -> Self {
+        Self { kind: "gauge", name, help, label: None, value }
+    }
+    fn counter(name: (&'static str, &'static str), help: &'static str, value: u64) -> Self {
+        Self { kind: "counter", name, help, label: None, value }
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_the_exposition() {
+        let h = Histogram::new(&[1.0, 2.0]);
+        for v in [0.5, 1.5, 1.7, 9.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "route=\"/a\"");
+        assert!(out.contains("x_bucket{route=\"/a\",le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{route=\"/a\",le=\"2\"} 3\n"), "{out}");
+        assert!(out.contains("x_bucket{route=\"/a\",le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("x_count{route=\"/a\"} 4\n"), "{out}");
+        assert!((h.sum() - 12.7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn every_metric_has_help_and_type_before_its_samples() {
+        let metrics = global();
+        metrics.observe_http("/x/{id}", 0.01);
+        let stats = Stats::default();
+        stats.received(10);
+        let text = metrics.render_prometheus(Some(&stats));
+        let mut typed = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap().to_owned());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| typed.contains(*b)))
+                    .unwrap_or(name);
+                assert!(typed.contains(base), "no TYPE before {line}");
+            }
+        }
+        assert!(text.contains("mapcast_messages_received_total 1\n"), "{text}");
+        assert!(text.contains("route=\"/x/{id}\""), "{text}");
+    }
+
+    #[test]
+    fn the_document_has_one_field_per_drop_reason() {
+        let doc = global().document();
+        // No broker registered in this test: process metrics only.
+        assert!(doc.contains_key(m::SPOOL_BYTES.1));
+        assert!(doc[m::DB_BATCH_SECONDS.1]["histogram"]["values"].is_array());
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

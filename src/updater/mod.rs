@@ -1,0 +1,275 @@
+//! The map updater: every `map.interval_secs` it builds the snapshot of the
+//! devices seen within `map.ttl_secs`, records it in `map_snapshots`, serves
+//! it to the REST API ([`MapView`]) and publishes it retained to
+//! `map/snapshot` (GeoJSON), `map/snapshot.gz` (gzip) and `map/version`.
+//!
+//! The latest positions live in memory here: loaded from `locations_latest`
+//! at start, then fed by the location hook ([`PositionFeed`]); a tick never
+//! queries the database for them. The build runs on a blocking thread, never
+//! on the router. A build that overruns its interval is logged and the next
+//! tick is skipped rather than piled up.
+
+mod view;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use ntex::util::{ByteString, Bytes};
+use tokio_util::sync::CancellationToken;
+
+pub use view::{DIFF_WINDOW, DiffError, MapView, PublishedMap};
+
+use crate::broker::{BrokerHandle, Message, MessageProps, QoS};
+use crate::config::MapSettings;
+use crate::domain::time::{format_rfc3339, millis};
+use crate::domain::{DeviceId, MapSnapshot, Position, TopicLimits, TopicName};
+use crate::locations::PositionFeed;
+use crate::store::{SnapshotRecord, Store};
+use crate::telemetry::names;
+
+pub const SNAPSHOT_TOPIC: &str = "map/snapshot";
+pub const SNAPSHOT_GZ_TOPIC: &str = "map/snapshot.gz";
+pub const VERSION_TOPIC: &str = "map/version";
+pub const GEOJSON: &str = "application/geo+json";
+pub const GZIP: &str = "application/gzip";
+
+/// What one step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    Published {
+        version: u64,
+        total: usize,
+        raw_bytes: usize,
+        gzip_bytes: usize,
+        build_ms: u64,
+    },
+    /// Built but not published: its record could not be stored. The version
+    /// is used up either way (versions never repeat).
+    Failed {
+        version: u64,
+        reason: String,
+    },
+}
+
+pub struct MapUpdater {
+    broker: BrokerHandle,
+    store: Store,
+    feed: Arc<PositionFeed>,
+    view: MapView,
+    interval: Duration,
+    ttl: Duration,
+    /// Latest position per device seen within the TTL, owned by the updater.
+    table: HashMap<DeviceId, Position>,
+    /// The last version built (stored or not).
+    version: u64,
+}
+
+impl MapUpdater {
+    /// Load the last version and the positions still within the TTL.
+    pub async fn load(
+        settings: &MapSettings,
+        broker: BrokerHandle,
+        store: Store,
+        feed: Arc<PositionFeed>,
+        view: MapView,
+    ) -> anyhow::Result<Self> {
+        let ttl = Duration::from_secs(settings.ttl_secs);
+        let version = store.last_map_version().await.context("reading the last map version")?;
+        let since = millis(SystemTime::now() - ttl);
+        let table: HashMap<DeviceId, Position> = store
+            .load_latest_positions(since)
+            .await
+            .context("loading the latest positions")?
+            .into_iter()
+            .collect();
+        tracing::info!(
+            { names::MAP_VERSION } = version,
+            { names::MAP_TOTAL } = table.len(),
+            "map updater loaded"
+        );
+        Ok(Self {
+            broker,
+            store,
+            feed,
+            view,
+            interval: Duration::from_secs(settings.interval_secs),
+            ttl,
+            table,
+            version,
+        })
+    }
+
+    /// Build, record, serve and publish one snapshot.
+    #[tracing::instrument(name = "map.update", skip_all)]
+    pub async fn try_update_once(&mut self) -> UpdateOutcome {
+        self.version += 1;
+        let version = self.version;
+        let fresh = self.feed.take();
+        let now = SystemTime::now();
+        let cutoff = millis(now.checked_sub(self.ttl).unwrap_or(SystemTime::UNIX_EPOCH));
+        let generated_at = millis(now);
+        let mut table = std::mem::take(&mut self.table);
+
+        let built = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            for (device, position) in fresh {
+                match table.get(&device) {
+                    Some(kept) if !position.supersedes(kept) => {}
+                    _ => {
+                        table.insert(device, position);
+                    }
+                }
+            }
+            table.retain(|_, p| p.received_at_ms >= cutoff);
+            let snapshot = MapSnapshot::build(version, generated_at, &table);
+            let gzip = gzip(&snapshot.json);
+            let build_ms = started.elapsed().as_millis() as u64;
+            (table, PublishedMap { snapshot, gzip, build_ms })
+        })
+        .await;
+        let map = match built {
+            Ok((table, map)) => {
+                self.table = table;
+                Arc::new(map)
+            }
+            Err(e) => {
+                // The table went down with the build; the next tick starts
+                // from what the hook feeds (the store still has everything).
+                tracing::error!({ names::ERROR_MESSAGE } = %e, "map build panicked");
+                return UpdateOutcome::Failed { version, reason: format!("build panicked: {e}") };
+            }
+        };
+
+        let snap = &map.snapshot;
+        let record = SnapshotRecord {
+            version,
+            generated_at,
+            count: snap.total() as u64,
+            raw_bytes: snap.json.len() as u64,
+            gzip_bytes: map.gzip.len() as u64,
+            build_ms: map.build_ms,
+        };
+        if let Err(e) = self.store.record_map_snapshot(record).await {
+            tracing::error!({ names::ERROR_MESSAGE } = %e, "map snapshot not recorded; not publishing it");
+            return UpdateOutcome::Failed { version, reason: e.to_string() };
+        }
+        self.view.publish(map.clone());
+        self.publish(&map).await;
+        let outcome = UpdateOutcome::Published {
+            version,
+            total: snap.total(),
+            raw_bytes: snap.json.len(),
+            gzip_bytes: map.gzip.len(),
+            build_ms: map.build_ms,
+        };
+        tracing::info!(
+            { names::MAP_VERSION } = version,
+            { names::MAP_TOTAL } = snap.total(),
+            { names::MAP_RAW_BYTES } = snap.json.len(),
+            { names::MAP_GZIP_BYTES } = map.gzip.len(),
+            { names::MAP_BUILD_MS } = map.build_ms,
+            "map snapshot published"
+        );
+        outcome
+    }
+
+    /// Retained on `map/snapshot`, `map/snapshot.gz` and `map/version`. The
+    /// big two go at QoS 0 so offline persistent sessions do not each store
+    /// a copy (they get the retained one on subscribe); `map/version` at QoS 1.
+    async fn publish(&self, map: &PublishedMap) {
+        let snap = &map.snapshot;
+        let version = serde_json::json!({
+            "version": snap.version,
+            "generated_at": format_rfc3339(snap.generated_at_ms),
+            "total": snap.total(),
+            "bytes": snap.json.len(),
+            "gzip_bytes": map.gzip.len(),
+        });
+        let messages = [
+            (SNAPSHOT_TOPIC, snap.json.clone(), GEOJSON, QoS::AtMostOnce, true),
+            (SNAPSHOT_GZ_TOPIC, map.gzip.clone(), GZIP, QoS::AtMostOnce, false),
+            (
+                VERSION_TOPIC,
+                Bytes::from(version.to_string()),
+                "application/json",
+                QoS::AtLeastOnce,
+                true,
+            ),
+        ];
+        for (name, payload, content_type, qos, utf8) in messages {
+            let topic = TopicName::parse(name, TopicLimits::default()).expect("static topic");
+            let mut msg = Message::new(topic, payload, qos, true);
+            msg.props = Some(Arc::new(MessageProps {
+                content_type: Some(ByteString::from_static(content_type)),
+                payload_is_utf8: utf8,
+                ..MessageProps::default()
+            }));
+            if let Err(e) = self.broker.publish(msg).await {
+                tracing::warn!(
+                    { names::ERROR_MESSAGE } = %e,
+                    { names::MQTT_TOPIC } = name,
+                    "map publish failed"
+                );
+            }
+        }
+    }
+
+    /// Build every `interval` until `stop`; the first build is immediate.
+    pub async fn run_until_stopped(mut self, stop: CancellationToken) {
+        let mut next = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            let started = tokio::time::Instant::now();
+            self.try_update_once().await;
+            next += self.interval;
+            let now = tokio::time::Instant::now();
+            if now > next {
+                let mut skipped = 0;
+                while next <= now {
+                    next += self.interval;
+                    skipped += 1;
+                }
+                tracing::warn!(
+                    { names::MAP_BUILD_MS } = now.duration_since(started).as_millis() as u64,
+                    { names::MAP_SKIPPED_TICKS } = skipped,
+                    interval_secs = self.interval.as_secs(),
+                    "map update overran its interval; skipping the next tick"
+                );
+            }
+        }
+        tracing::debug!("map updater stopped");
+    }
+}
+
+/// Fast gzip: the snapshot is rebuilt every tick, so speed beats ratio.
+fn gzip(bytes: &[u8]) -> Bytes {
+    let mut enc = GzEncoder::new(Vec::with_capacity(bytes.len() / 4), Compression::fast());
+    enc.write_all(bytes).expect("writing to a Vec cannot fail");
+    Bytes::from(enc.finish().expect("writing to a Vec cannot fail"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn gzip_round_trips() {
+        let data = br#"{"type":"FeatureCollection","features":[]}"#.repeat(100);
+        let packed = gzip(&data);
+        assert!(packed.len() < data.len());
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&packed[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+    }
+}

@@ -1,0 +1,100 @@
+//! `mapcast bench` measures what it claims: against the real broker, every
+//! message the subscriptions call for is counted once, with latency.
+
+use mapcast::bench::TargetArgs;
+use mapcast::bench::conns::{ConnsArgs, measure as measure_conns};
+use mapcast::bench::pubsub::{PubSubArgs, measure as measure_pubsub};
+use mapcast::bench::wire::Version;
+
+use crate::helpers::{TestApp, spawn_app};
+
+fn target(app: &TestApp, version: Version) -> TargetArgs {
+    TargetArgs {
+        host: app.mqtt_addr.ip().to_string(),
+        port: app.mqtt_addr.port(),
+        mqtt_version: version,
+        username: None,
+        password: None,
+        keep_alive: 60,
+        broker_pid: Some(std::process::id()),
+        json: false,
+    }
+}
+
+fn pubsub(app: &TestApp, version: Version, qos: u8) -> PubSubArgs {
+    PubSubArgs {
+        target: target(app, version),
+        publishers: 4,
+        subscribers: 2,
+        topic: "cars/{i}/location".into(),
+        filter: "cars/+/location".into(),
+        qos,
+        rate: 200.0,
+        duration: 1.0,
+        warmup: 0.2,
+        drain: 3.0,
+        payload_size: None,
+        inflight: 10,
+        batch: 16,
+        max_backlog: 20_000,
+    }
+}
+
+#[tokio::test]
+async fn every_publish_reaches_every_matching_subscriber_exactly_once_at_each_qos() {
+    let app = spawn_app().await;
+    for (version, qos) in
+        [(Version::V311, 0), (Version::V311, 1), (Version::V5, 1), (Version::V5, 2)]
+    {
+        let report = measure_pubsub(pubsub(&app, version, qos)).await.unwrap();
+
+        let t = &report.totals;
+        assert!(t.published >= 4 * 200, "{version:?} QoS {qos}: {t:?}");
+        assert_eq!(t.expected, 2 * t.published, "{version:?} QoS {qos}");
+        assert_eq!(t.delivered, t.expected, "{version:?} QoS {qos}: {t:?}");
+        assert_eq!((t.lost, t.duplicates, t.foreign), (0, 0, 0), "{version:?} QoS {qos}");
+        if qos > 0 {
+            assert_eq!((t.acked, t.rejected), (t.published, 0), "{version:?} QoS {qos}");
+        }
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(report.latency.count > 0 && report.latency.p50_us > 0.0, "{:?}", report.latency);
+        assert!(report.latency.p50_us <= report.latency.p99_us);
+        assert!(!report.series.is_empty());
+        assert!(report.broker_process.is_some());
+    }
+}
+
+#[tokio::test]
+async fn subscribers_only_count_the_publishers_their_filter_matches() {
+    let app = spawn_app().await;
+    let mut args = pubsub(&app, Version::V311, 1);
+    args.filter = "cars/1/location".into();
+    args.payload_size = Some(64);
+
+    let report = measure_pubsub(args).await.unwrap();
+
+    let t = &report.totals;
+    // One of four publishers matches, for each of two subscribers.
+    assert!(t.expected > 0 && t.expected < t.published, "{t:?}");
+    assert_eq!((t.delivered, t.lost), (t.expected, 0), "{t:?}");
+    assert_eq!(report.payload_bytes, 64);
+}
+
+#[tokio::test]
+async fn idle_connections_are_opened_held_and_measured() {
+    let app = spawn_app().await;
+    let args = ConnsArgs {
+        target: target(&app, Version::V5),
+        connections: 200,
+        connect_rate: 0.0,
+        concurrency: 50,
+        hold: 0.5,
+        settle: 0.1,
+    };
+
+    let report = measure_conns(args).await.unwrap();
+
+    assert_eq!((report.connected, report.failed, report.dropped), (200, 0, 0), "{report:?}");
+    assert_eq!(report.connect_latency.count, 200);
+    assert!(report.rss_kib_per_connection.is_some());
+}

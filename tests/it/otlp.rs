@@ -1,0 +1,115 @@
+//! OTLP traces and W3C trace context across protocols, against a local
+//! OTLP/HTTP receiver ([`OtlpReceiver`]). The server is the real binary; its
+//! exporter flushes at shutdown, so each test stops it before looking.
+
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use serde_json::Value;
+
+use crate::helpers::{Api, OtlpReceiver, RECV, ServerProcess, V5Options};
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+fn traceparent() -> String {
+    format!("00-{TRACE}-{PARENT}-01")
+}
+
+fn otlp_config(receiver: &OtlpReceiver) -> String {
+    format!("[telemetry.otlp]\nendpoint = \"{}\"\nprotocol = \"http/json\"\n", receiver.url())
+}
+
+/// The stdout line (ECS) whose `url.path` is `path`, once it is printed.
+async fn log_line(server: &ServerProcess, path: &str) -> Value {
+    let deadline = std::time::Instant::now() + RECV;
+    loop {
+        let found = server
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["url.path"] == path);
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(std::time::Instant::now() < deadline, "no log line for {path}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn get_with_traceparent(api_addr: std::net::SocketAddr, path: &str) {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{api_addr}{path}"))
+        .header("traceparent", traceparent())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn an_http_request_with_a_traceparent_continues_the_callers_trace() {
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with_config(dir.path(), &otlp_config(&receiver), &[]).await;
+
+    get_with_traceparent(server.http_addr, "/traced").await;
+    Api::new(server.http_addr).get("/untraced", None).await;
+    let line = log_line(&server, "/traced").await;
+    let untraced = log_line(&server, "/untraced").await;
+    assert!(server.terminate(Duration::from_secs(15)).await.is_some_and(|s| s.success()));
+
+    let spans = receiver.spans();
+    let request = spans
+        .iter()
+        .find(|s| s.name == "http.request" && s.trace_id == TRACE)
+        .unwrap_or_else(|| panic!("no http.request span in the caller's trace: {spans:?}"));
+    assert_eq!(request.parent_span_id, PARENT);
+    // The log line names the same trace and span as the exported span.
+    assert_eq!(line["trace.id"], TRACE);
+    assert_eq!(line["span.id"], request.span_id.as_str());
+    // A request without one starts its own trace, exported too.
+    let own = untraced["trace.id"].as_str().unwrap();
+    assert_ne!(own, TRACE);
+    assert!(spans.iter().any(|s| s.trace_id == own && s.parent_span_id.is_empty()), "{spans:?}");
+    assert!(receiver.violations().is_empty(), "{:?}", receiver.violations());
+}
+
+#[tokio::test]
+async fn an_mqtt5_publish_with_a_traceparent_continues_the_publishers_trace() {
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with_config(dir.path(), &otlp_config(&receiver), &[]).await;
+    let mut subscriber = V5Options::new("trace-sub", server.mqtt_addr).connect().await;
+    subscriber.subscribe("traced/#", QoS::AtLeastOnce).await;
+    let publisher = V5Options::new("trace-pub", server.mqtt_addr).connect().await;
+
+    let props = PublishProperties {
+        user_properties: vec![("traceparent".into(), traceparent())],
+        ..Default::default()
+    };
+    publisher.publish_with("traced/1", QoS::AtLeastOnce, false, "x", props).await;
+
+    // The subscriber gets the context with the message.
+    let delivered = subscriber.recv_publish().await;
+    let user = delivered.properties.map(|p| p.user_properties).unwrap_or_default();
+    assert!(user.contains(&("traceparent".into(), traceparent())), "{user:?}");
+    assert!(server.terminate(Duration::from_secs(15)).await.is_some_and(|s| s.success()));
+
+    let spans = receiver.spans();
+    let publish = spans
+        .iter()
+        .find(|s| s.name == "mqtt.publish")
+        .unwrap_or_else(|| panic!("no mqtt.publish span: {spans:?}"));
+    assert_eq!(publish.trace_id, TRACE);
+    assert_eq!(publish.parent_span_id, PARENT);
+}
+
+#[tokio::test]
+async fn without_otlp_a_traceparent_still_correlates_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    get_with_traceparent(server.http_addr, "/traced-logs").await;
+    assert_eq!(log_line(&server, "/traced-logs").await["trace.id"], TRACE);
+}
