@@ -110,7 +110,7 @@ impl AclPolicy {
     }
 
     pub fn can_publish(&self, who: &Identity, topic: &TopicName) -> bool {
-        if topic.is_system() {
+        if topic.is_broker_reserved() {
             return false;
         }
         let t = topic.as_str();
@@ -244,7 +244,7 @@ mod tests {
             ("admin to $SYS", admin(), "$SYS/broker/uptime", false),
             ("device to $SYS", car1(), "$SYS/x", false),
             ("anonymous (all) anywhere", Identity::anonymous(), "a/b", true),
-            ("anonymous (all) to $-topic", Identity::anonymous(), "$foo", false),
+            ("anonymous (all) to a client $-topic", Identity::anonymous(), "$foo", true),
         ];
         for (name, who, t, expected) in cases {
             assert_eq!(p.can_publish(who, &topic(t)), *expected, "{name}: {t}");

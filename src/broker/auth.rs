@@ -247,8 +247,9 @@ impl Authenticator for ConfigAuthenticator {
     }
 
     fn can_publish(&self, _who: &Identity, _client_id: &ClientId, topic: &TopicName) -> bool {
-        // `$`-topics belong to the broker.
-        !topic.is_system()
+        // `$SYS` belongs to the broker; other `$` topics are the clients' (as
+        // in Mosquitto), only never matched by wildcards.
+        !topic.is_broker_reserved()
     }
 
     fn can_subscribe(&self, _who: &Identity, _client_id: &ClientId, _filter: &TopicFilter) -> bool {

@@ -509,15 +509,15 @@ impl Router {
         mut ops: Vec<WriteOp>,
         wants_reply: bool,
     ) -> Result<PublishReply, PublishError> {
-        // `$` topics are the broker's own and never stored.
-        if msg.retain && !msg.topic.is_system() && self.retained.apply(&msg) {
+        // `$SYS` topics are the broker's own and never stored.
+        if msg.retain && !msg.topic.is_broker_reserved() && self.retained.apply(&msg) {
             ops.push(if msg.payload.is_empty() {
                 WriteOp::DeleteRetained(msg.topic.as_bytestring().clone())
             } else {
                 WriteOp::UpsertRetained(msg.clone())
             });
             self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
-        } else if msg.retain && msg.topic.is_system() {
+        } else if msg.retain && msg.topic.is_broker_reserved() {
             self.retained.apply(&msg);
         }
 

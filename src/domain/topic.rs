@@ -79,10 +79,10 @@ impl TopicName {
         self.0
     }
 
-    /// `$`-topics are for the broker (`$SYS/...`); wildcards at the first
-    /// level never match them [MQTT-4.7.2-1].
-    pub fn is_system(&self) -> bool {
-        self.0.starts_with('$')
+    /// `$SYS` topics are published by the broker alone; clients may not.
+    /// (Every `$` topic escapes first-level wildcards [MQTT-4.7.2-1].)
+    pub fn is_broker_reserved(&self) -> bool {
+        self.0 == "$SYS" || self.0.starts_with("$SYS/")
     }
 }
 
@@ -251,6 +251,14 @@ mod tests {
         assert!(filter_matches("/+", "/finance"));
         assert!(!filter_matches("+", "/finance"));
         assert!(filter_matches("#", "a/b"));
+    }
+
+    #[test]
+    fn only_sys_topics_are_reserved_for_the_broker() {
+        assert!(name("$SYS/broker/uptime").unwrap().is_broker_reserved());
+        assert!(name("$SYS").unwrap().is_broker_reserved());
+        assert!(!name("$SYSTEM/x").unwrap().is_broker_reserved());
+        assert!(!name("$TopicA/B").unwrap().is_broker_reserved());
     }
 
     #[test]
