@@ -290,6 +290,13 @@ pub(crate) fn protocol_error(err: &ProtocolError) -> v5::codec::Disconnect {
         };
         return v5::codec::Disconnect::new(code).reason_string(Some(why.into()));
     }
+    // A packet that does not decode is malformed (0x81) [MQTT-4.13.1], not
+    // ntex's "implementation specific" 0x83.
+    if let ProtocolError::Decode(e) = err
+        && !matches!(e, ntex_mqtt::error::DecodeError::MaxSizeExceeded { .. })
+    {
+        return v5::codec::Disconnect::new(DisconnectReasonCode::MalformedPacket);
+    }
     v5::codec::Disconnect::from_proto_error(err)
 }
 
@@ -298,6 +305,18 @@ mod tests {
     use ntex_mqtt::error::SpecViolation;
 
     use super::*;
+
+    #[test]
+    fn undecodable_packets_are_malformed_but_oversized_ones_too_large() {
+        use ntex_mqtt::error::DecodeError;
+        let malformed = protocol_error(&ProtocolError::Decode(DecodeError::MalformedPacket));
+        assert_eq!(malformed.reason_code, DisconnectReasonCode::MalformedPacket);
+        let big = protocol_error(&ProtocolError::Decode(DecodeError::MaxSizeExceeded {
+            size: 10,
+            max_size: 5,
+        }));
+        assert_eq!(big.reason_code, DisconnectReasonCode::PacketTooLarge);
+    }
 
     #[test]
     fn connect_refusals_map_to_v5_and_v3_codes() {
