@@ -10,12 +10,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use ntex::util::Bytes;
+use ntex::util::{Bytes, BytesMut};
 use rstar::primitives::GeomWithData;
 use rstar::{AABB, RTree};
 use serde::Serialize;
 
-use super::time::write_rfc3339;
+use super::time::rfc3339_bytes;
 use super::{DeviceId, Location};
 
 /// A device's latest position and when the broker received it.
@@ -138,31 +138,46 @@ impl MapSnapshot {
             Bbox::extend(&mut bbox, [p.location.lon, p.location.lat]);
         }
 
-        let mut out = Vec::with_capacity(256 + devices.len() * 240);
-        write_header(&mut out, version, generated_at_ms, devices.len(), bbox);
-        let mut ranges = Vec::with_capacity(devices.len());
-        let mut positions = Vec::with_capacity(devices.len());
-        let mut points = Vec::with_capacity(devices.len());
-        for (i, (id, p)) in devices.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
+        // The R-tree is built on a second thread while the JSON is written.
+        let points: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| GeomWithData::new([p.location.lon, p.location.lat], i as u32))
+            .collect();
+        let (out, ranges, index) = std::thread::scope(|scope| {
+            let index = scope.spawn(move || RTree::bulk_load(points));
+            // Written straight into the buffer that is published (no copy).
+            let mut out = BytesMut::with_capacity(256 + devices.len() * 300);
+            write_header(&mut out, version, generated_at_ms, devices.len(), bbox);
+            let mut ranges = Vec::with_capacity(devices.len());
+            // Each feature is written to a small Vec (cheap pushes), then
+            // copied once into the buffer.
+            let mut feature = Vec::with_capacity(512);
+            for (i, (id, p)) in devices.iter().enumerate() {
+                feature.clear();
+                if i > 0 {
+                    feature.push(b',');
+                }
+                write_feature(&mut feature, id, p);
+                let start = Sink::len(&out) + usize::from(i > 0);
+                out.extend_from_slice(&feature);
+                ranges.push(start as u32..Sink::len(&out) as u32);
             }
-            let start = out.len();
-            write_feature(&mut out, id, p);
-            ranges.push(start as u32..out.len() as u32);
-            let at = [p.location.lon, p.location.lat];
-            positions.push(((*id).clone(), at));
-            points.push(GeomWithData::new(at, i as u32));
-        }
-        out.extend_from_slice(b"]}");
+            Sink::extend_from_slice(&mut out, b"]}");
+            (out, ranges, index.join().expect("R-tree build panicked"))
+        });
+        let positions: Vec<(DeviceId, [f64; 2])> = devices
+            .iter()
+            .map(|(id, p)| ((*id).clone(), [p.location.lon, p.location.lat]))
+            .collect();
         Self {
             version,
             generated_at_ms,
             bbox,
-            json: Bytes::from(out),
+            json: out.freeze(),
             positions: positions.into(),
             ranges,
-            index: RTree::bulk_load(points),
+            index,
         }
     }
 
@@ -253,8 +268,40 @@ impl MapDiff {
     }
 }
 
+/// Where features are written: the published buffer, or a bbox selection.
+/// (Method names as on `Vec`; in the writers below these are the trait's.)
+trait Sink {
+    fn extend_from_slice(&mut self, bytes: &[u8]);
+    fn push(&mut self, byte: u8);
+    fn len(&self) -> usize;
+}
+
+impl Sink for Vec<u8> {
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Vec::extend_from_slice(self, bytes);
+    }
+    fn push(&mut self, byte: u8) {
+        Vec::push(self, byte);
+    }
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+impl Sink for BytesMut {
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        BytesMut::extend_from_slice(self, bytes);
+    }
+    fn push(&mut self, byte: u8) {
+        BytesMut::extend_from_slice(self, &[byte]);
+    }
+    fn len(&self) -> usize {
+        BytesMut::len(self)
+    }
+}
+
 fn write_header(
-    out: &mut Vec<u8>,
+    out: &mut impl Sink,
     version: u64,
     generated_at_ms: i64,
     total: usize,
@@ -263,7 +310,7 @@ fn write_header(
     out.extend_from_slice(b"{\"type\":\"FeatureCollection\",\"version\":");
     out.extend_from_slice(version.to_string().as_bytes());
     out.extend_from_slice(b",\"generated_at\":\"");
-    write_rfc3339(out, generated_at_ms);
+    out.extend_from_slice(&rfc3339_bytes(generated_at_ms));
     out.extend_from_slice(b"\",\"total\":");
     out.extend_from_slice(total.to_string().as_bytes());
     if let Some(b) = bbox {
@@ -279,11 +326,19 @@ fn write_header(
     out.extend_from_slice(b",\"features\":[");
 }
 
-fn write_feature(out: &mut Vec<u8>, id: &DeviceId, p: &Position) {
+fn write_feature(out: &mut impl Sink, id: &DeviceId, p: &Position) {
     let l = &p.location;
     out.extend_from_slice(b"{\"type\":\"Feature\",\"id\":");
-    // Ids are printable but may hold quotes or backslashes: escape properly.
-    serde_json::to_writer(&mut *out, id.as_str()).expect("writing to a Vec cannot fail");
+    // Ids are printable (no control characters) but may hold quotes or
+    // backslashes: escape those properly, copy the rest.
+    if id.as_str().bytes().any(|b| b == b'"' || b == b'\\') {
+        let quoted = serde_json::to_string(id.as_str()).expect("strings always serialize");
+        out.extend_from_slice(quoted.as_bytes());
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(id.as_str().as_bytes());
+        out.push(b'"');
+    }
     out.extend_from_slice(b",\"geometry\":{\"type\":\"Point\",\"coordinates\":[");
     write_f64(out, l.lon);
     out.push(b',');
@@ -293,9 +348,9 @@ fn write_feature(out: &mut Vec<u8>, id: &DeviceId, p: &Position) {
         write_f64(out, alt);
     }
     out.extend_from_slice(b"]},\"properties\":{\"ts\":\"");
-    write_rfc3339(out, l.ts_ms);
+    out.extend_from_slice(&rfc3339_bytes(l.ts_ms));
     out.extend_from_slice(b"\",\"received_at\":\"");
-    write_rfc3339(out, p.received_at_ms);
+    out.extend_from_slice(&rfc3339_bytes(p.received_at_ms));
     out.push(b'"');
     for (key, value) in [
         ("speed", l.speed),
@@ -318,9 +373,13 @@ fn write_feature(out: &mut Vec<u8>, id: &DeviceId, p: &Position) {
     out.extend_from_slice(b"}}");
 }
 
-fn write_f64(out: &mut Vec<u8>, v: f64) {
-    // Validated finite on the way in; serde_json writes shortest round-trip form.
-    serde_json::to_writer(&mut *out, &v).expect("writing to a Vec cannot fail");
+fn write_f64(out: &mut impl Sink, v: f64) {
+    // Validated finite on the way in; shortest round-trip form, as serde_json writes.
+    if v.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
 }
 
 #[cfg(test)]
@@ -449,10 +508,11 @@ mod tests {
 }
 
 /// `cargo test --release --lib -- --ignored a_100k_device_snapshot` prints
-/// the build time of the seed's fleet size (target: ≤ 50 ms).
+/// the build time of the seed's fleet size (target: ≤ 50 ms). The table is
+/// a `BTreeMap`, as the updater keeps it.
 #[cfg(test)]
 mod timing {
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
     use std::time::Instant;
 
     use super::*;
@@ -460,7 +520,7 @@ mod timing {
     #[test]
     #[ignore = "timing, run in release"]
     fn a_100k_device_snapshot_builds_quickly() {
-        let table: HashMap<DeviceId, Position> = (0..100_000)
+        let table: BTreeMap<DeviceId, Position> = (0..100_000)
             .map(|i| {
                 let location = Location {
                     lon: (i % 3600) as f64 / 10.0 - 180.0,

@@ -2,7 +2,6 @@
 //! inside, RFC 3339 (`2026-11-25T10:00:00.000Z`) on the wire. Formatting is
 //! hand-written because the map snapshot formats two times per device.
 
-use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
@@ -42,21 +41,36 @@ pub fn format_rfc3339(ms: i64) -> String {
     String::from_utf8(out).expect("RFC 3339 is ASCII")
 }
 
-/// Append `ms` as RFC 3339 (see [`format_rfc3339`]); clamps to years 0000–9999.
+/// Append `ms` as RFC 3339 (see [`format_rfc3339`]).
 pub fn write_rfc3339(out: &mut Vec<u8>, ms: i64) {
+    out.extend_from_slice(&rfc3339_bytes(ms));
+}
+
+/// `ms` as the 24 bytes of RFC 3339 in UTC with milliseconds; clamps to
+/// years 0000–9999. By hand, not `write!`: the map snapshot writes two per
+/// device.
+pub fn rfc3339_bytes(ms: i64) -> [u8; 24] {
     let ms = ms.clamp(-62_167_219_200_000, MAX_MILLIS);
     let secs = ms.div_euclid(1000);
     let milli = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    );
+    let mut buf = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y as u64);
+    put(5, 2, u64::from(m));
+    put(8, 2, u64::from(d));
+    put(11, 2, (sod / 3600) as u64);
+    put(14, 2, (sod % 3600 / 60) as u64);
+    put(17, 2, (sod % 60) as u64);
+    put(20, 3, milli as u64);
+    buf
 }
 
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 → (year, month, day).

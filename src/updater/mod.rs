@@ -11,7 +11,7 @@
 
 mod view;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -48,6 +48,11 @@ pub enum UpdateOutcome {
         gzip_bytes: usize,
         build_ms: u64,
     },
+    /// Nothing moved, arrived or expired since `version`: no new snapshot,
+    /// so subscribers are not woken for nothing.
+    Unchanged {
+        version: u64,
+    },
     /// Built but not published: its record could not be stored. The version
     /// is used up either way (versions never repeat).
     Failed {
@@ -63,10 +68,14 @@ pub struct MapUpdater {
     view: MapView,
     interval: Duration,
     ttl: Duration,
-    /// Latest position per device seen within the TTL, owned by the updater.
-    table: HashMap<DeviceId, Position>,
+    /// Latest position per device seen within the TTL, owned by the updater;
+    /// ordered, so the snapshot (written in id order) needs no sort.
+    table: BTreeMap<DeviceId, Position>,
     /// The last version built (stored or not).
     version: u64,
+    /// Whether this run has published a snapshot yet (the first build always
+    /// publishes, so the retained topics hold this run's map).
+    published: bool,
 }
 
 impl MapUpdater {
@@ -81,7 +90,7 @@ impl MapUpdater {
         let ttl = Duration::from_secs(settings.ttl_secs);
         let version = store.last_map_version().await.context("reading the last map version")?;
         let since = millis(SystemTime::now() - ttl);
-        let table: HashMap<DeviceId, Position> = store
+        let table: BTreeMap<DeviceId, Position> = store
             .load_latest_positions(since)
             .await
             .context("loading the latest positions")?
@@ -101,18 +110,23 @@ impl MapUpdater {
             ttl,
             table,
             version,
+            published: false,
         })
     }
 
     /// Build, record, serve and publish one snapshot.
     #[tracing::instrument(name = "map.update", skip_all)]
     pub async fn try_update_once(&mut self) -> UpdateOutcome {
-        self.version += 1;
-        let version = self.version;
         let fresh = self.feed.take();
         let now = SystemTime::now();
         let cutoff = millis(now.checked_sub(self.ttl).unwrap_or(SystemTime::UNIX_EPOCH));
         let generated_at = millis(now);
+        let expired = self.table.values().any(|p| p.received_at_ms < cutoff);
+        if self.published && fresh.is_empty() && !expired {
+            return UpdateOutcome::Unchanged { version: self.version };
+        }
+        self.version += 1;
+        let version = self.version;
         let mut table = std::mem::take(&mut self.table);
 
         let built = tokio::task::spawn_blocking(move || {
@@ -160,6 +174,7 @@ impl MapUpdater {
         }
         self.view.publish(map.clone());
         self.publish(&map).await;
+        self.published = true;
         let outcome = UpdateOutcome::Published {
             version,
             total: snap.total(),

@@ -26,8 +26,27 @@ async fn the_map_lists_active_devices_with_version_total_and_bbox() {
     assert_eq!(map["bbox"], serde_json::json!([2.35, 48.85, 13.4, 52.5]));
     assert!(map["version"].as_u64().unwrap() >= 1);
     assert!(map["generated_at"].as_str().unwrap().ends_with('Z'));
+    car.publish_qos1("devices/paris/location", false, location(2.36, 48.85)).await;
     let later = app.wait_for_map(|m| m["version"].as_u64() > map["version"].as_u64()).await;
-    assert_eq!(later["total"], 2, "versions rise every tick");
+    assert_eq!(later["total"], 2, "a move makes a new version");
+}
+
+#[tokio::test]
+async fn an_unchanged_map_keeps_its_version_and_is_not_republished() {
+    let app = spawn_app_with(fast_map).await;
+    let mut car = app.v5_client("car", true, None).await;
+    car.publish_qos1("devices/car/location", false, location(7.0, 8.0)).await;
+    let map = app.wait_for_map(|m| m["total"] == 1).await;
+    let mut phone = app.v5_client("phone", true, None).await;
+    phone.subscribe("map/version", QoS::AtLeastOnce).await;
+    let retained = phone.recv_publish().await;
+    assert!(retained.retain);
+
+    // Several 1 s ticks pass with nothing new.
+    phone.expect_no_publish(Duration::from_millis(2500)).await;
+
+    let again: Value = app.get_map("", &[]).await.json().await.unwrap();
+    assert_eq!(again["version"], map["version"]);
 }
 
 #[tokio::test]
