@@ -308,6 +308,12 @@ impl BrokerHandle {
         Ok(())
     }
 
+    /// Validate a message that will be published later (a will) the way
+    /// a publish would be, without storing anything.
+    pub fn check_payload(&self, msg: &Message) -> Result<(), PublishError> {
+        self.inspect(msg).map(drop)
+    }
+
     fn inspect(&self, msg: &Message) -> Result<Inspection, PublishError> {
         let Some(hook) = &self.hook else { return Ok(Inspection::default()) };
         let inspection = hook.inspect(msg);

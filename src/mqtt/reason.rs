@@ -58,6 +58,8 @@ pub(crate) enum ConnectRefusal {
     WillTopicInvalid,
     WillTooLarge,
     WillNotAuthorized,
+    /// The will's payload fails the topic's validation (e.g. a bad location).
+    WillPayloadInvalid,
     /// v5 enhanced authentication (AUTH method) is not supported.
     BadAuthMethod,
     /// The broker core is shutting down.
@@ -76,6 +78,7 @@ impl ConnectRefusal {
                 ConnectAckReason::ServerUnavailable
             }
             Self::WillTopicInvalid => ConnectAckReason::TopicNameInvalid,
+            Self::WillPayloadInvalid => ConnectAckReason::PayloadFormatInvalid,
             Self::WillTooLarge => ConnectAckReason::PacketTooLarge,
             Self::BadAuthMethod => ConnectAckReason::BadAuthenticationMethod,
         }
@@ -92,7 +95,10 @@ impl ConnectRefusal {
                 Some(R::NotAuthorized)
             }
             Self::Auth(AuthError::Unavailable) | Self::Unavailable => Some(R::ServiceUnavailable),
-            Self::WillTopicInvalid | Self::WillTooLarge | Self::BadAuthMethod => None,
+            Self::WillTopicInvalid
+            | Self::WillTooLarge
+            | Self::WillPayloadInvalid
+            | Self::BadAuthMethod => None,
         }
     }
 
@@ -103,6 +109,7 @@ impl ConnectRefusal {
             Self::Auth(AuthError::NotAuthorized) => "not authorized",
             Self::Auth(AuthError::Unavailable) => "authentication backend unavailable",
             Self::WillTopicInvalid => "will topic invalid",
+            Self::WillPayloadInvalid => "will payload invalid for its topic",
             Self::WillTooLarge => "will payload too large",
             Self::WillNotAuthorized => "will topic not authorized",
             Self::BadAuthMethod => "enhanced authentication is not supported",

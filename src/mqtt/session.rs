@@ -183,6 +183,13 @@ pub(super) async fn open(
     {
         return Err(ConnectRefusal::WillNotAuthorized);
     }
+    // A will lands on its topic like any publish: an invalid location there
+    // is refused now, while the client can still be told.
+    if let Some(will) = &req.will
+        && broker.check_payload(&will.message).is_err()
+    {
+        return Err(ConnectRefusal::WillPayloadInvalid);
+    }
 
     let outcome = broker
         .connect(ConnectRequest {

@@ -9,7 +9,8 @@ use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use serde_json::Value;
 
 use crate::helpers::{
-    QUIET, TestApp, expect_problem, fast_map, feature_ids, location, spawn_app_with, text,
+    QUIET, TestApp, expect_problem, fast_map, feature_ids, location, spawn_app, spawn_app_with,
+    text,
 };
 
 async fn history(app: &TestApp, topic: &str) -> Value {
@@ -166,4 +167,26 @@ async fn locations_history_and_the_map_work_on_postgres() {
     assert_eq!(feature_ids(&map), ["pg-car"], "the position survived the restart");
     assert_eq!(map["features"][0]["geometry"]["coordinates"][0], 11.0);
     mark_postgres_ran().await;
+}
+
+#[tokio::test]
+async fn a_will_that_is_an_invalid_location_is_refused_at_connect_with_0x99() {
+    let app = spawn_app().await;
+
+    let refused = app
+        .v5("car")
+        .will("devices/car/location", "{\"type\":\"Feature\"}", QoS::AtLeastOnce, false, None)
+        .try_connect()
+        .await;
+    let valid = app
+        .v5("car2")
+        .will("devices/car2/location", &location(1.0, 2.0), QoS::AtLeastOnce, false, None)
+        .try_connect()
+        .await;
+
+    assert_eq!(
+        refused.err().and_then(|c| c.refused),
+        Some(rumqttc::v5::mqttbytes::v5::ConnectReturnCode::PayloadFormatInvalid)
+    );
+    assert!(valid.is_ok(), "a valid location will is accepted");
 }
