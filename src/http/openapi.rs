@@ -117,6 +117,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn publishing_documents_its_answers_including_the_problem_cases() {
+        let doc = serde_json::to_value(document()).unwrap();
+        for method in ["put", "post"] {
+            let responses = &doc["paths"]["/api/v1/topics/{topic}"][method]["responses"];
+            for status in ["200", "202", "400", "401", "403", "413", "422", "503"] {
+                assert!(responses.get(status).is_some(), "{method} lacks {status}: {responses}");
+            }
+        }
+    }
+
     /// The other direction: everything documented is really routed (the
     /// request reaches a resource, whatever the handler then answers).
     #[actix_web::test]

@@ -93,21 +93,42 @@ async fn get_topic(
     Ok(res.content_type(content_type).body(bytes::Bytes::from_owner(msg.payload.clone())))
 }
 
+/// The answers of a REST publish (PUT and POST), for the API description.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "only describes responses in /openapi.json")]
+enum PublishResponses {
+    /// Published (and, for PUT, retained)
+    #[response(status = 200)]
+    Published(Published),
+    /// Published, but no subscriber matched
+    #[response(status = 202)]
+    NoSubscriber(Published),
+    /// Invalid topic, QoS or payload (locations: not JSON)
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest,
+    /// No valid credentials
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized,
+    /// The ACL forbids publishing here
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden,
+    /// Larger than the broker's payload limit
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge,
+    /// Invalid location (`devices/{id}/location`)
+    #[response(status = 422, content_type = "application/problem+json")]
+    InvalidLocation,
+    /// Broker or storage unavailable
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable,
+}
+
 /// Publish the body retained (what MQTT retain=1 does).
 #[utoipa::path(
     tag = "topics",
     params(("topic" = String, Path, description = "Topic name"), PublishParams),
     request_body(content = Vec<u8>, description = "The payload; its `Content-Type` becomes the MQTT 5 content type", content_type = "*/*"),
-    responses(
-        (status = 200, description = "Published and retained", body = Published),
-        (status = 202, description = "Retained, but no subscriber matched", body = Published),
-        (status = 400, description = "Invalid topic, QoS or payload (locations: not JSON)", content_type = "application/problem+json"),
-        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
-        (status = 403, description = "The ACL forbids publishing here", content_type = "application/problem+json"),
-        (status = 413, description = "Larger than the broker's payload limit", content_type = "application/problem+json"),
-        (status = 422, description = "Invalid location (`devices/{id}/location`)", content_type = "application/problem+json"),
-        (status = 503, description = "Broker or storage unavailable", content_type = "application/problem+json"),
-    )
+    responses(PublishResponses)
 )]
 #[put("/api/v1/topics/{topic:.*}")]
 #[tracing::instrument(skip_all, fields(mqtt.topic = %topic))]
@@ -127,16 +148,7 @@ async fn put_topic(
     tag = "topics",
     params(("topic" = String, Path, description = "Topic name"), PublishParams),
     request_body(content = Vec<u8>, description = "The payload; its `Content-Type` becomes the MQTT 5 content type", content_type = "*/*"),
-    responses(
-        (status = 200, description = "Published", body = Published),
-        (status = 202, description = "No subscriber matched", body = Published),
-        (status = 400, description = "Invalid topic, QoS or payload (locations: not JSON)", content_type = "application/problem+json"),
-        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
-        (status = 403, description = "The ACL forbids publishing here", content_type = "application/problem+json"),
-        (status = 413, description = "Larger than the broker's payload limit", content_type = "application/problem+json"),
-        (status = 422, description = "Invalid location (`devices/{id}/location`)", content_type = "application/problem+json"),
-        (status = 503, description = "Broker or storage unavailable", content_type = "application/problem+json"),
-    )
+    responses(PublishResponses)
 )]
 #[post("/api/v1/topics/{topic:.*}")]
 #[tracing::instrument(skip_all, fields(mqtt.topic = %topic))]
