@@ -1,10 +1,9 @@
 //! The command line. Doc comments here are the `--help` text.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 mod accounts;
@@ -128,21 +127,9 @@ impl ConfigArgs {
 }
 
 /// `mapcast hash-password`: the first line of `input`, hashed, to `output`.
-pub fn hash_password_command(
-    mut input: impl BufRead,
-    mut output: impl Write,
-) -> anyhow::Result<()> {
-    if std::io::stdin().is_terminal() {
-        eprint!("Password (visible as you type): ");
-    }
-    let mut line = String::new();
-    input.read_line(&mut line).context("cannot read the password from stdin")?;
-    let password =
-        line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
-    if password.is_empty() {
-        bail!("empty password: write the password to stdin, e.g. `mapcast hash-password < file`");
-    }
-    writeln!(output, "{}", hash_password(password))?;
+pub fn hash_password_command(input: impl BufRead, mut output: impl Write) -> anyhow::Result<()> {
+    let password = accounts::read_password(input, "mapcast hash-password < file")?;
+    writeln!(output, "{}", hash_password(&password))?;
     Ok(())
 }
 

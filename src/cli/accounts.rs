@@ -88,7 +88,9 @@ pub fn user_command(
     let role = if args.admin || args.role == RoleArg::Admin { Role::Admin } else { Role::User };
     let username = Username::parse(args.username).context("invalid --username")?;
     let settings = args.config.load_settings()?;
-    let password = Password::parse(read_password(input)?).context("invalid password")?;
+    let password =
+        Password::parse(read_password(input, "mapcast user add ... --password-stdin < file")?)
+            .context("invalid password")?;
 
     let user = with_identities(&settings, |ids| async move {
         ids.register_user(username.clone(), password, role).await.map_err(|e| match e {
@@ -152,8 +154,9 @@ where
     result
 }
 
-/// The first line of `input` (without its line ending).
-fn read_password(mut input: impl BufRead) -> anyhow::Result<String> {
+/// The first line of `input` (without its line ending); `usage` shows how
+/// to pass it when it is empty.
+pub(super) fn read_password(mut input: impl BufRead, usage: &str) -> anyhow::Result<String> {
     if std::io::stdin().is_terminal() {
         eprint!("Password (visible as you type): ");
     }
@@ -162,9 +165,7 @@ fn read_password(mut input: impl BufRead) -> anyhow::Result<String> {
     let password =
         line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
     if password.is_empty() {
-        bail!(
-            "empty password: write it to stdin, e.g. `mapcast user add ... --password-stdin < file`"
-        );
+        bail!("empty password: write it to stdin, e.g. `{usage}`");
     }
     Ok(password.to_owned())
 }
