@@ -82,16 +82,6 @@ mod tests {
         ("get", "/api/v1/history/{topic}"),
         ("get", "/api/v1/subscribe"),
         ("get", "/api/v1/map"),
-        ("post", "/api/v1/users"),
-        ("get", "/api/v1/users"),
-        ("delete", "/api/v1/users/{id}"),
-        ("post", "/api/v1/sessions"),
-        ("get", "/api/v1/sessions/current"),
-        ("delete", "/api/v1/sessions/current"),
-        ("post", "/api/v1/devices"),
-        ("get", "/api/v1/devices"),
-        ("get", "/api/v1/devices/{id}"),
-        ("delete", "/api/v1/devices/{id}"),
     ];
 
     fn operations(doc: &serde_json::Value) -> Vec<(String, String)> {
