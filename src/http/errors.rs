@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::broker::PublishError;
 use crate::domain::{AccountError, LocationError};
 use crate::identities::IdentityError;
+use crate::store::StoreError;
 use crate::telemetry::names;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -47,6 +48,9 @@ pub enum ApiError {
     /// A dependency is down or the process is stopping; the text says which.
     #[error("{0}")]
     Unavailable(String),
+    /// The disk under the database is full (507): retrying soon will not help.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -75,6 +79,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
             Self::UnprocessableEntity(_) => ("unprocessable", "The request is invalid"),
             Self::Unavailable(_) => ("unavailable", "Service unavailable"),
+            Self::InsufficientStorage(_) => ("insufficient-storage", "Insufficient storage"),
             Self::Internal(_) => ("internal", "Internal error"),
         }
     }
@@ -103,6 +108,7 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnprocessableEntity(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -146,6 +152,9 @@ impl From<PublishError> for ApiError {
                 Self::UnprocessableEntity(format!("invalid location: {why}"))
             }
             PublishError::Busy => Self::Unavailable("the broker is overloaded; retry".into()),
+            PublishError::Storage(StoreError::Full) => {
+                Self::InsufficientStorage("the disk under the database is full".into())
+            }
             PublishError::Storage(_) => Self::Unavailable("storage is unavailable; retry".into()),
             PublishError::ShuttingDown => Self::Unavailable("the broker is shutting down".into()),
         }

@@ -14,6 +14,7 @@ use v5::codec::{ConnectAckReason, DisconnectReasonCode, PublishAckReason, Subscr
 use crate::broker::auth::AuthError;
 use crate::broker::{KickReason, PublishError, QoS, SubscribeError};
 use crate::domain::TopicError;
+use crate::store::StoreError;
 
 /// An error that ends one connection. v5 clients get a DISCONNECT with
 /// `code` (when the connection is still writable); v3 connections just close.
@@ -125,7 +126,10 @@ pub(crate) enum PublishRejection {
     PayloadTooLarge,
     NotAuthorized,
     Busy,
+    /// The database does not take writes (down or unreachable).
     Storage,
+    /// The disk under the database is full.
+    StorageFull,
     ShuttingDown,
     /// The payload failed validation (an invalid location); the reason names why.
     PayloadFormatInvalid(&'static str),
@@ -141,6 +145,7 @@ impl From<&PublishError> for PublishRejection {
     fn from(err: &PublishError) -> Self {
         match err {
             PublishError::Busy => Self::Busy,
+            PublishError::Storage(StoreError::Full) => Self::StorageFull,
             PublishError::Storage(_) => Self::Storage,
             PublishError::ShuttingDown => Self::ShuttingDown,
             PublishError::InvalidPayload(e) => Self::PayloadFormatInvalid(e.as_str()),
@@ -195,10 +200,16 @@ impl PublishRejection {
             // 0x89 "server busy" is not a PUBACK reason code either.
             Self::Busy if acked => V5Verdict::Ack(PublishAckReason::QuotaExceeded, "server busy"),
             Self::Busy => V5Verdict::Drop,
+            // No PUBACK code says "try again later"; 0x80 with a reason
+            // string is honest (0x83 would claim the content is unwelcome).
             Self::Storage if acked => {
                 V5Verdict::Ack(PublishAckReason::UnspecifiedError, "storage unavailable")
             }
-            Self::Storage => V5Verdict::Drop,
+            // A full disk is an exceeded resource limit: 0x97 "quota exceeded".
+            Self::StorageFull if acked => {
+                V5Verdict::Ack(PublishAckReason::QuotaExceeded, "storage full")
+            }
+            Self::Storage | Self::StorageFull => V5Verdict::Drop,
             Self::ShuttingDown => V5Verdict::Disconnect(shutting_down()),
             Self::PayloadFormatInvalid(why) if acked => {
                 V5Verdict::Ack(PublishAckReason::PayloadFormatInvalid, why)
@@ -226,6 +237,10 @@ impl PublishRejection {
             Self::Storage => V3Verdict::Close(ConnError::new(
                 DisconnectReasonCode::UnspecifiedError,
                 "storage unavailable",
+            )),
+            Self::StorageFull => V3Verdict::Close(ConnError::new(
+                DisconnectReasonCode::QuotaExceeded,
+                "storage full",
             )),
             Self::ShuttingDown => V3Verdict::Close(shutting_down()),
         }
@@ -380,6 +395,15 @@ mod tests {
             R::Storage.v5(QoS::AtLeastOnce),
             V5Verdict::Ack(PublishAckReason::UnspecifiedError, "storage unavailable")
         ));
+        assert_eq!(
+            R::StorageFull.v5(QoS::AtLeastOnce),
+            V5Verdict::Ack(PublishAckReason::QuotaExceeded, "storage full")
+        );
+        assert_eq!(
+            R::from(&PublishError::Storage(StoreError::Full)),
+            R::StorageFull,
+            "a full disk is told apart from an outage"
+        );
         assert!(matches!(
             R::Busy.v5(QoS::AtLeastOnce),
             V5Verdict::Ack(PublishAckReason::QuotaExceeded, _)
@@ -401,7 +425,14 @@ mod tests {
         use PublishRejection as R;
         assert_eq!(R::NotAuthorized.v3(), V3Verdict::AckAndDrop);
         assert_eq!(R::PayloadFormatInvalid("x").v3(), V3Verdict::AckAndDrop);
-        for r in [R::TopicInvalid, R::PayloadTooLarge, R::Busy, R::Storage, R::ShuttingDown] {
+        for r in [
+            R::TopicInvalid,
+            R::PayloadTooLarge,
+            R::Busy,
+            R::Storage,
+            R::StorageFull,
+            R::ShuttingDown,
+        ] {
             assert!(matches!(r.v3(), V3Verdict::Close(_)), "{r:?}");
         }
     }

@@ -8,6 +8,7 @@ mod locations;
 mod map_snapshots;
 mod pool;
 mod retention;
+mod write_health;
 mod writer;
 
 pub use broker_state::{StoredMessage, StoredSession};
@@ -16,6 +17,7 @@ pub use identities::{DeviceRecord, InsertError, TokenRecord, UserRecord};
 pub use map_snapshots::SnapshotRecord;
 pub use pool::{Backend, Store};
 pub use retention::{HistoryRetention, PURGE_BATCH, PurgeOutcome};
+pub use write_health::WriteHealth;
 pub use writer::{StoreWriter, WriteOp, spawn_writer};
 
 /// A database failure as callers see it; the cause is logged where it happens.
@@ -25,4 +27,7 @@ pub enum StoreError {
     Unavailable,
     #[error("write queue full")]
     Overloaded,
+    /// The disk under the database is full: writes fail, reads still work.
+    #[error("storage full")]
+    Full,
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,6 +11,8 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migrate, Migrator};
 use tokio::runtime::Handle;
+
+use super::WriteHealth;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
@@ -66,6 +69,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     handle: Handle,
+    /// Kept by the batching writer; read by readiness.
+    write_health: Arc<WriteHealth>,
 }
 
 impl fmt::Debug for Store {
@@ -115,7 +120,7 @@ impl Store {
                 .context("cannot enable SQLite WAL")?;
         }
         tracing::debug!(database.backend = %backend, max_connections, "database pool open");
-        Ok(Self { pool, backend, handle: Handle::current() })
+        Ok(Self { pool, backend, handle: Handle::current(), write_health: Arc::default() })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -124,6 +129,11 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether writes succeed, as the batching writer last saw it.
+    pub fn write_health(&self) -> &Arc<WriteHealth> {
+        &self.write_health
     }
 
     /// Run a query future on the runtime that owns the pool, from any thread

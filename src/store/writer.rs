@@ -4,6 +4,7 @@
 //! the database on the routing path.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ntex::util::{ByteString, Bytes};
@@ -12,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::broker_state::encode_props;
+use super::write_health::{self, WriteHealth};
 use super::{Store, StoreError};
 use crate::broker::{Delivery, Message, SubscriptionOptions};
 use crate::domain::{ClientId, DeviceId, Position, TopicName};
@@ -20,8 +22,16 @@ use crate::domain::{ClientId, DeviceId, Position, TopicName};
 const QUEUE: usize = 64 * 1024;
 /// Operations committed in one transaction at most.
 const MAX_BATCH_OPS: usize = 4096;
+/// A commit taking longer than this counts as failed: its durable callers
+/// are told so (they retry; duplicates are allowed at QoS 1).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts while writes fail, and between probes when idle.
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Non-durable writes kept for retry while the database is down; older ones
+/// are dropped beyond this (memory stays bounded during long outages).
+const MAX_KEPT_OPS: usize = 64 * 1024;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum WriteOp {
     UpsertRetained(std::sync::Arc<Message>),
     DeleteRetained(ByteString),
@@ -71,6 +81,7 @@ enum Item {
 #[derive(Clone)]
 pub struct StoreWriter {
     tx: mpsc::Sender<Item>,
+    health: Arc<WriteHealth>,
 }
 
 impl std::fmt::Debug for StoreWriter {
@@ -80,19 +91,27 @@ impl std::fmt::Debug for StoreWriter {
 }
 
 impl StoreWriter {
-    /// Queue writes without waiting for them.
+    /// Queue writes without waiting for them. While the database is down
+    /// they are kept and retried (up to a bound).
     pub fn submit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         self.send(Item::Ops(ops, None))
     }
 
-    /// Queue writes; the receiver resolves once they are committed.
+    /// Queue writes; the receiver resolves once they are committed. Refused
+    /// at once while the database does not take writes.
     pub fn submit_durable(
         &self,
         ops: Vec<WriteOp>,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        self.health.admit_durable()?;
         let (tx, rx) = oneshot::channel();
         self.send(Item::Ops(ops, Some(tx)))?;
         Ok(rx)
+    }
+
+    /// `Ok` while writes succeed; otherwise why they fail.
+    pub fn health(&self) -> Result<(), StoreError> {
+        self.health.check()
     }
 
     /// A persisted delivery was acknowledged (or dropped): forget it.
@@ -122,21 +141,48 @@ impl StoreWriter {
 /// Start the writer on the current runtime (the one that owns the pool).
 pub fn spawn_writer(store: Store) -> (StoreWriter, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (StoreWriter { tx }, tokio::spawn(run(store, rx)))
+    let health = store.write_health().clone();
+    (StoreWriter { tx, health }, tokio::spawn(run(store, rx)))
+}
+
+/// One queued write; only non-durable ones are retried after a failure
+/// (a durable caller was told, and retries itself).
+struct Pending {
+    op: WriteOp,
+    durable: bool,
 }
 
 async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
-    let mut ops: Vec<WriteOp> = Vec::new();
+    let health = store.write_health().clone();
+    let mut ops: Vec<Pending> = Vec::new();
     let mut commits: Vec<Commit> = Vec::new();
     let mut stop: Option<oneshot::Sender<()>> = None;
-    while stop.is_none() {
-        let Some(first) = rx.recv().await else { break };
-        let mut next = Some(first);
+    let mut closed = false;
+    while stop.is_none() && !closed {
+        // Healthy: sleep until work arrives. Down: wake up to retry or probe.
+        let first = if health.is_up() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(RETRY_INTERVAL, rx.recv()).await {
+                Ok(item) => item,
+                Err(_) => {
+                    health.open_probe();
+                    if ops.is_empty() {
+                        probe_connection(&store, &health).await;
+                        continue;
+                    }
+                    None
+                }
+            }
+        };
+        closed = first.is_none() && rx.is_closed();
+        let mut next = first;
         // Take whatever else is already queued: that is the group commit.
         while let Some(item) = next.take() {
             match item {
                 Item::Ops(o, c) => {
-                    ops.extend(o);
+                    let durable = c.is_some();
+                    ops.extend(o.into_iter().map(|op| Pending { op, durable }));
                     commits.extend(c);
                 }
                 Item::Stop(s) => {
@@ -149,26 +195,24 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
             }
             next = rx.try_recv().ok();
         }
-        let started = std::time::Instant::now();
-        let n = ops.len();
-        let result = commit(&store, &mut ops).await;
-        crate::telemetry::metrics::global().observe_db_batch(n, started.elapsed().as_secs_f64());
-        match &result {
-            Ok(()) => tracing::trace!(
-                ops = n,
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "store batch committed"
-            ),
-            Err(e) => tracing::error!(ops = n, error = %e, "store batch failed"),
-        }
-        let reply = result.map_err(|_| StoreError::Unavailable);
+        let reply = attempt(&store, &health, &ops).await;
+        let failed = reply.is_err();
         for c in commits.drain(..) {
             let _ = c.send(reply.clone());
         }
-        if reply.is_err() {
-            // Do not hot-loop against a database that is down.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if failed {
+            ops.retain(|p| !p.durable);
+            drop_oldest_beyond_bound(&mut ops);
+            if stop.is_none() {
+                // Do not hot-loop against a database that is down.
+                tokio::time::sleep(RETRY_INTERVAL).await;
+            }
+        } else {
+            ops.clear();
         }
+    }
+    if !ops.is_empty() {
+        tracing::error!(ops = ops.len(), "store writer stopped with writes it could not commit");
     }
     if let Some(s) = stop {
         let _ = s.send(());
@@ -176,7 +220,74 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
     tracing::debug!("store writer stopped");
 }
 
-async fn commit(store: &Store, ops: &mut Vec<WriteOp>) -> Result<(), sqlx::Error> {
+/// Commit `ops` in one transaction, bounded in time; records the outcome.
+async fn attempt(store: &Store, health: &WriteHealth, ops: &[Pending]) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let n = ops.len();
+    let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, commit(store, ops)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            let err = write_health::classify(&e);
+            tracing::error!(ops = n, error = %e, "store batch failed");
+            Err(err)
+        }
+        Err(_) => {
+            tracing::error!(
+                ops = n,
+                timeout_ms = ATTEMPT_TIMEOUT.as_millis() as u64,
+                "store batch timed out"
+            );
+            Err(StoreError::Unavailable)
+        }
+    };
+    crate::telemetry::metrics::global().observe_db_batch(n, started.elapsed().as_secs_f64());
+    match &result {
+        Ok(()) => {
+            if let Some(down) = health.succeeded() {
+                tracing::warn!(
+                    down_ms = down.as_millis() as u64,
+                    "store writes recovered; durable publishes are accepted again"
+                );
+            }
+            tracing::trace!(
+                ops = n,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "store batch committed"
+            );
+        }
+        Err(e) => {
+            if health.failed(e) {
+                tracing::error!(
+                    reason = %e,
+                    "store writes failing; durable publishes are refused until they succeed"
+                );
+            }
+        }
+    }
+    result
+}
+
+/// Idle while down after a connection failure: a round trip tells whether
+/// the database is back. A full disk still answers, so only a write (the
+/// next durable publish, let through as a probe) can end that state.
+async fn probe_connection(store: &Store, health: &WriteHealth) {
+    if matches!(health.check(), Err(StoreError::Unavailable))
+        && matches!(tokio::time::timeout(ATTEMPT_TIMEOUT, store.ping()).await, Ok(Ok(())))
+        && let Some(down) = health.succeeded()
+    {
+        tracing::warn!(down_ms = down.as_millis() as u64, "database reachable again");
+    }
+}
+
+fn drop_oldest_beyond_bound(ops: &mut Vec<Pending>) {
+    if ops.len() > MAX_KEPT_OPS {
+        let dropped = ops.len() - MAX_KEPT_OPS;
+        ops.drain(..dropped);
+        tracing::error!(dropped, "store writes dropped: too many waiting for the database");
+    }
+}
+
+async fn commit(store: &Store, ops: &[Pending]) -> Result<(), sqlx::Error> {
     if ops.is_empty() {
         return Ok(());
     }
@@ -184,8 +295,8 @@ async fn commit(store: &Store, ops: &mut Vec<WriteOp>) -> Result<(), sqlx::Error
     // neither the insert nor the delete.
     let mut enqueued = HashSet::new();
     let mut deleted = HashSet::new();
-    for op in ops.iter() {
-        match op {
+    for p in ops {
+        match &p.op {
             WriteOp::EnqueueMessage { delivery, .. } => enqueued.insert(delivery.seq),
             WriteOp::DeleteMessage(seq) => deleted.insert(*seq),
             _ => false,
@@ -195,14 +306,16 @@ async fn commit(store: &Store, ops: &mut Vec<WriteOp>) -> Result<(), sqlx::Error
     let mut delete_seqs: Vec<i64> = Vec::new();
     let mut locations = super::locations::LatestBatch::default();
     let mut history = super::history::HistoryBatch::default();
-    for op in ops.drain(..) {
-        match op {
+    for p in ops {
+        match &p.op {
             WriteOp::EnqueueMessage { delivery, .. } if deleted.contains(&delivery.seq) => {}
-            WriteOp::DeleteMessage(seq) if enqueued.contains(&seq) => {}
-            WriteOp::DeleteMessage(seq) => delete_seqs.push(seq as i64),
-            WriteOp::UpsertLocation { device_id, position } => locations.add(device_id, position),
+            WriteOp::DeleteMessage(seq) if enqueued.contains(seq) => {}
+            WriteOp::DeleteMessage(seq) => delete_seqs.push(*seq as i64),
+            WriteOp::UpsertLocation { device_id, position } => {
+                locations.add(device_id.clone(), position.clone())
+            }
             WriteOp::AppendHistory { topic, payload, content_type, received_at } => {
-                history.add(topic, payload, content_type, received_at)
+                history.add(topic.clone(), payload.clone(), content_type.clone(), *received_at)
             }
             op => execute(&mut tx, op).await?,
         }
@@ -231,7 +344,7 @@ fn expiry_millis(msg: &Message) -> Option<i64> {
     Some(millis(SystemTime::now() + left))
 }
 
-async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: WriteOp) -> Result<(), sqlx::Error> {
+async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<(), sqlx::Error> {
     let conn = &mut **tx;
     match op {
         WriteOp::UpsertRetained(msg) => {
@@ -244,7 +357,7 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: WriteOp) -> Result<(),
             .bind(msg.payload.to_vec())
             .bind(msg.qos as i64)
             .bind(encode_props(msg.props.as_deref()))
-            .bind(expiry_millis(&msg))
+            .bind(expiry_millis(msg))
             .bind(millis(msg.received_at))
             .execute(conn)
             .await?;
@@ -262,7 +375,7 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: WriteOp) -> Result<(),
                  disconnected_at = excluded.disconnected_at, updated_at = excluded.updated_at",
             )
             .bind(client_id.to_string())
-            .bind(expiry_secs as i64)
+            .bind(*expiry_secs as i64)
             .bind(disconnected_at.map(millis))
             .bind(millis(SystemTime::now()))
             .execute(conn)
@@ -279,13 +392,13 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: WriteOp) -> Result<(),
             }
         }
         WriteOp::PutSubscription { client_id, filter, options } => {
-            let options = serde_json::to_string(&options).unwrap_or_default();
+            let options = serde_json::to_string(options).unwrap_or_default();
             sqlx::query(
                 "INSERT INTO session_subscriptions (client_id, filter, options) VALUES ($1, $2, $3) \
                  ON CONFLICT (client_id, filter) DO UPDATE SET options = excluded.options",
             )
             .bind(client_id.to_string())
-            .bind(filter)
+            .bind(filter.clone())
             .bind(options)
             .execute(conn)
             .await?;
@@ -293,7 +406,7 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: WriteOp) -> Result<(),
         WriteOp::DeleteSubscription { client_id, filter } => {
             sqlx::query("DELETE FROM session_subscriptions WHERE client_id = $1 AND filter = $2")
                 .bind(client_id.to_string())
-                .bind(filter)
+                .bind(filter.clone())
                 .execute(conn)
                 .await?;
         }

@@ -10,6 +10,7 @@ mod acl;
 mod bench;
 mod connect;
 mod crash;
+mod db_outage;
 mod elastic;
 mod health;
 mod history;

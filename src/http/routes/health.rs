@@ -1,5 +1,6 @@
 //! `/healthz`: the process serves HTTP. `/readyz`: it can do its job — the
-//! database answers, migrations are applied and the broker core runs.
+//! database answers and takes writes, migrations are applied and the broker
+//! core runs.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use serde_json::json;
 
 use crate::http::errors::ApiError;
 use crate::http::state::AppState;
+use crate::store::StoreError;
 
 /// Readiness must answer quickly even when the database hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,6 +56,15 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     }
     if !tokio::time::timeout(CHECK_TIMEOUT, store.migrations_applied()).await.unwrap_or(false) {
         return Err(ApiError::Unavailable("database migrations are not applied".into()));
+    }
+    // Reads may work while writes fail (a full disk): durable publishes are
+    // refused then, so the process cannot do its job.
+    match store.write_health().check() {
+        Ok(()) => {}
+        Err(StoreError::Full) => {
+            return Err(ApiError::Unavailable("the database refuses writes: disk full".into()));
+        }
+        Err(_) => return Err(ApiError::Unavailable("database writes are failing".into())),
     }
     Ok(HttpResponse::Ok()
         .json(json!({ "status": "ready", "uptime_secs": state.started_at.elapsed().as_secs() })))

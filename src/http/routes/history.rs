@@ -19,6 +19,8 @@ use crate::store::{HistoryCursor, HistoryQuery};
 /// Items per page unless `limit` says otherwise, and the most it may say.
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
+/// Longest a page query may take before the answer is 503.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(get_history);
@@ -97,10 +99,20 @@ async fn get_history(
         return Err(ApiError::Forbidden(format!("not allowed to read {topic}")));
     }
 
-    let page = state
-        .store
-        .history_page(HistoryQuery { topic: topic.to_string(), since, until, before, limit })
+    let query = state.store.history_page(HistoryQuery {
+        topic: topic.to_string(),
+        since,
+        until,
+        before,
+        limit,
+    });
+    // A database that is down makes the pool wait; the client gets its 503 sooner.
+    let page = tokio::time::timeout(QUERY_TIMEOUT, query)
         .await
+        .map_err(|_| {
+            tracing::warn!("history query timed out");
+            ApiError::Unavailable("the database did not answer in time".into())
+        })?
         .map_err(|e| {
             tracing::warn!(error.message = %e, "history query failed");
             ApiError::Unavailable("the database is unavailable".into())

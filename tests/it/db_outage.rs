@@ -1,0 +1,127 @@
+//! PostgreSQL stopped hard and started again under the running binary:
+//! QoS 0 routing goes on, QoS≥1 publishes that need the database are
+//! refused (v5 PUBACK 0x80, v3 connection closed without PUBACK) instead of
+//! acknowledged and lost, REST answers 503 problem+json, `/readyz` fails,
+//! and everything recovers without restarting mapcast. Needs
+//! `MAPCAST_TEST_PG_BIN` (the test runs its own cluster).
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::Value;
+
+use crate::helpers::{
+    Api, PgCluster, RawConn, ServerProcess, V5Options, expect_json, expect_problem, location_at,
+    packet_type::PUBACK, text,
+};
+
+const TOPIC: &str = "devices/car-1/location";
+/// The first write after the database vanished fails within the writer's
+/// attempt timeout (5 s); later ones are refused at once.
+const FIRST_REFUSAL: Duration = Duration::from_secs(10);
+/// How long recovery may take once PostgreSQL is back.
+const RECOVERY: Duration = Duration::from_secs(20);
+
+async fn readyz(api: &Api) -> StatusCode {
+    api.get("/readyz", None).await.status()
+}
+
+async fn publish_location(api: &Api, topic: &str, lon: f64) -> reqwest::Response {
+    let body = location_at(lon, 0.0, 1_000 + lon as i64);
+    api.send(
+        Method::POST,
+        &format!("/api/v1/topics/{topic}"),
+        None,
+        Some(("application/geo+json", body)),
+    )
+    .await
+}
+
+fn lons(page: &Value) -> Vec<f64> {
+    let items = page["items"].as_array().expect("items");
+    items.iter().map(|i| i["payload"]["geometry"]["coordinates"][0].as_f64().unwrap()).collect()
+}
+
+/// A v5 QoS 1 publish of a location with `lon`; returns the PUBACK reason
+/// (success is 0x00, or 0x10 with nobody subscribed).
+async fn v5_qos1(conn: &mut RawConn, pkid: u16, lon: f64, timeout: Duration) -> u8 {
+    let payload = location_at(lon, 0.0, 1_000 + lon as i64);
+    conn.publish_v5(TOPIC, QoS::AtLeastOnce, pkid, false, false, payload.as_bytes(), None).await;
+    let ack = conn.try_recv_type(PUBACK, timeout).await.expect("a PUBACK");
+    assert_eq!(ack.pkid(), pkid);
+    ack.reason()
+}
+
+#[tokio::test]
+async fn a_postgres_outage_refuses_durable_publishes_and_recovers_without_a_restart() {
+    let Some(pg) = PgCluster::start_if_configured("db_outage").await else { return };
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data_dir.path(), &["--database-url", &pg.url()]).await;
+    let api = Api::new(server.http_addr);
+    let mut watcher = V5Options::new("watcher", server.mqtt_addr).connect().await;
+    watcher.subscribe("chat/#", QoS::AtMostOnce).await;
+    let (mut car, _) = RawConn::connect_v5(server.mqtt_addr, "car-1", true, None).await;
+    assert_eq!(readyz(&api).await, 200);
+    assert!(v5_qos1(&mut car, 1, 1.0, FIRST_REFUSAL).await < 0x80, "stored before the outage");
+
+    pg.stop_immediate().await;
+    let outage = Instant::now();
+
+    // QoS≥1 on a stored topic: refused with 0x80 "unspecified error" (no
+    // PUBACK code means "retry later"; the reason string says why).
+    assert_eq!(v5_qos1(&mut car, 2, 2.0, FIRST_REFUSAL).await, 0x80);
+    let refused_at = Instant::now();
+    assert_eq!(v5_qos1(&mut car, 3, 3.0, FIRST_REFUSAL).await, 0x80);
+    let fast_refusal = refused_at.elapsed();
+    assert!(fast_refusal < Duration::from_secs(1), "refused at once once known: {fast_refusal:?}");
+    // QoS 0 routing goes on.
+    car.publish_v5("chat/room", QoS::AtMostOnce, 0, false, false, b"still routing", None).await;
+    assert_eq!(text(&watcher.recv_publish().await.payload), "still routing");
+    // 3.1.1 has no negative PUBACK: the connection closes instead.
+    let (mut v3, _) = RawConn::connect_v3(server.mqtt_addr, "car-3", true).await;
+    v3.publish_v3("devices/car-3/location", 1, 7, location_at(4.0, 0.0, 1_004).as_bytes()).await;
+    let frames = v3.expect_closed(FIRST_REFUSAL).await;
+    assert!(frames.iter().all(|f| f.packet_type() != PUBACK), "no PUBACK: {frames:?}");
+    // REST: 503 problem+json for writes and reads; not ready.
+    expect_problem(publish_location(&api, "devices/car-4/location", 5.0).await, 503, "unavailable")
+        .await;
+    let history = api.get(&format!("/api/v1/history/{TOPIC}"), None).await;
+    expect_problem(history, 503, "unavailable").await;
+    let ready = api.get("/readyz", None).await;
+    expect_problem(ready, 503, "unavailable").await;
+
+    pg.start().await;
+    let outage_duration = outage.elapsed();
+
+    let back = Instant::now();
+    while readyz(&api).await != 200 {
+        assert!(back.elapsed() < RECOVERY, "not ready {RECOVERY:?} after PostgreSQL came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Durable publishes are accepted again (one passes as the probe).
+    let mut pkid = 10;
+    while v5_qos1(&mut car, pkid, 6.0, FIRST_REFUSAL).await >= 0x80 {
+        assert!(back.elapsed() < RECOVERY, "QoS 1 still refused {RECOVERY:?} after recovery");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pkid += 1;
+    }
+    let recovered_in = back.elapsed();
+    assert_eq!(publish_location(&api, "devices/car-4/location", 7.0).await.status(), 202);
+    let (mut v3, _) = RawConn::connect_v3(server.mqtt_addr, "car-3", true).await;
+    v3.publish_v3("devices/car-3/location", 1, 8, location_at(8.0, 0.0, 1_008).as_bytes()).await;
+    assert_eq!(v3.recv_type(PUBACK).await.pkid(), 8);
+
+    // What was acknowledged is stored; what was refused is not.
+    let page =
+        expect_json(api.get(&format!("/api/v1/history/{TOPIC}"), None).await, StatusCode::OK).await;
+    let mut stored = lons(&page);
+    stored.dedup();
+    assert_eq!(stored, [6.0, 1.0], "acknowledged positions only");
+    println!(
+        "database outage: {:.1} s down; first refusal in {:?}, then {fast_refusal:?}; QoS 1 accepted {recovered_in:?} after PostgreSQL was back",
+        outage_duration.as_secs_f64(),
+        refused_at.duration_since(outage),
+    );
+    drop(server);
+}
