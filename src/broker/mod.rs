@@ -12,7 +12,7 @@ mod router;
 mod session;
 pub mod stats;
 mod sys;
-mod trie;
+pub mod trie;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -49,6 +49,10 @@ impl SubscriptionTrie {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Insert or replace; returns `true` when the subscription is new.
     pub fn insert(&mut self, filter: &TopicFilter, entry: Entry) -> bool {
         let mut node = &mut self.root;
