@@ -11,6 +11,7 @@ mod bench;
 mod connect;
 mod crash;
 mod db_outage;
+mod disk_full;
 mod elastic;
 mod health;
 mod history;
