@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 mod accounts;
+mod flags;
 mod telemetry;
 
 pub use accounts::{DeviceCommand, UserCommand, device_command, user_command};
+pub use flags::{FlagChanges, FlagSetArgs, FlagsCommand, flags_command};
 pub use telemetry::{CrashesArgs, CrashesCommand, EsCommand, crashes_command, es_command};
 
 use crate::broker::auth::{Secret, hash_password};
@@ -49,6 +51,9 @@ pub enum Command {
     Es(EsCommand),
     /// Read the crash reports under the data directory.
     Crashes(CrashesArgs),
+    /// List and set the feature flags in the database.
+    #[command(subcommand)]
+    Flags(FlagsCommand),
 }
 
 const MORE_SETTINGS: &str = "Settings are layered: defaults, then the --config file, then \

@@ -43,6 +43,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Switches for verifying the crash reporter; all off by default.
     pub debug: DebugSettings,
+    /// Feature flags: how often they are re-read and canaries checked.
+    pub flags: FlagSettings,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             history: HistorySettings::default(),
             telemetry: TelemetrySettings::default(),
             debug: DebugSettings::default(),
+            flags: FlagSettings::default(),
         }
     }
 }
@@ -261,6 +264,13 @@ pub struct TelemetrySettings {
     pub elasticsearch: ElasticsearchSettings,
     /// OTLP trace export; off unless `endpoint` is set.
     pub otlp: OtlpSettings,
+    /// `service.version` on every log line and document. Default: the
+    /// version of this build.
+    pub service_version: Option<String>,
+    /// This is a canary build: every log line and document carries
+    /// `labels.canary = "true"`, so two builds behind one load balancer can
+    /// be compared. Default false.
+    pub canary: bool,
 }
 
 impl Default for TelemetrySettings {
@@ -271,6 +281,8 @@ impl Default for TelemetrySettings {
             spool_max_bytes: 256 * 1024 * 1024,
             elasticsearch: ElasticsearchSettings::default(),
             otlp: OtlpSettings::default(),
+            service_version: None,
+            canary: false,
         }
     }
 }
@@ -375,6 +387,24 @@ pub struct DebugSettings {
     /// `$debug/panic`, which panic on purpose to test crash reports.
     /// Default false.
     pub panic_endpoint: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlagSettings {
+    /// Milliseconds between re-reads of the flags from the database, so a
+    /// change made by another instance or `mapcast flags set` goes live;
+    /// at least 100. Default 2000.
+    pub refresh_ms: u64,
+    /// Seconds between canary checks (each compares the interval's canary
+    /// and control traffic); at least 1. Default 30.
+    pub canary_interval_secs: u64,
+}
+
+impl Default for FlagSettings {
+    fn default() -> Self {
+        Self { refresh_ms: 2000, canary_interval_secs: 30 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -546,6 +576,14 @@ pub const ENV_VARS: &[EnvVar] = &[
         s.telemetry.otlp.authorization = Some(Secret::new(v));
         Ok(())
     }),
+    var("MAPCAST_SERVICE_VERSION", "telemetry.service_version", |s, v| {
+        set_some(&mut s.telemetry.service_version, v)
+    }),
+    var("MAPCAST_CANARY", "telemetry.canary", |s, v| set(&mut s.telemetry.canary, v)),
+    var("MAPCAST_FLAGS_REFRESH_MS", "flags.refresh_ms", |s, v| set(&mut s.flags.refresh_ms, v)),
+    var("MAPCAST_CANARY_INTERVAL_SECS", "flags.canary_interval_secs", |s, v| {
+        set(&mut s.flags.canary_interval_secs, v)
+    }),
     var("RUST_LOG", "log.level", |s, v| set(&mut s.log.level, v)),
     var("MAPCAST_LOG_LEVEL", "log.level", |s, v| set(&mut s.log.level, v)),
 ];
@@ -647,6 +685,11 @@ impl Settings {
         for topic in &self.history.topics {
             crate::domain::TopicFilter::parse(topic.clone(), self.broker.limits.topic_limits())
                 .with_context(|| format!("invalid topic filter {topic:?} in history.topics"))?;
+        }
+        if self.flags.refresh_ms < 100 || self.flags.canary_interval_secs == 0 {
+            bail!(
+                "flags.refresh_ms must be at least 100 and flags.canary_interval_secs at least 1"
+            );
         }
         if self.auth.token_ttl_secs == 0 {
             bail!("auth.token_ttl_secs must be at least 1");

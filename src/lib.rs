@@ -10,6 +10,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod flags;
 pub mod http;
 pub mod identities;
 pub mod locations;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => mapcast::bench::run(args),
         Command::Es(cmd) => cli::es_command(cmd, std::io::stdout().lock()),
         Command::Crashes(args) => cli::crashes_command(args, std::io::stdout().lock()),
+        Command::Flags(cmd) => cli::flags_command(cmd, std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::auth::ConfigAuthenticator;
 use crate::broker::{self, BrokerHandle, SharedAuthenticator};
 use crate::config::Settings;
+use crate::flags::{FlagTimings, Flags};
 use crate::http::{self, AppState};
 use crate::identities::{DbAuthenticator, Identities, IdentitySettings};
 use crate::locations::{HistoryTopics, LocationHook, PositionFeed};
@@ -42,6 +43,8 @@ struct Tasks {
     router: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
     updater: Option<JoinHandle<()>>,
+    /// Flag refreshes and the canary guard.
+    flags: Option<JoinHandle<()>>,
     /// `None` when history is kept forever.
     retention: Option<JoinHandle<()>>,
 }
@@ -105,6 +108,17 @@ impl Application {
             MapUpdater::load(&settings.map, broker.clone(), store.clone(), feed, map_view.clone())
                 .await?;
 
+        let flags = Flags::load(
+            store.clone(),
+            &settings.data_dir,
+            FlagTimings {
+                refresh: Duration::from_millis(settings.flags.refresh_ms),
+                canary_interval: Duration::from_secs(settings.flags.canary_interval_secs),
+            },
+        )
+        .await
+        .context("cannot load the feature flags")?;
+
         metrics::global().set_broker_stats(broker.stats().clone());
         crash::set_debug_triggers(settings.debug.panic_endpoint);
 
@@ -127,6 +141,7 @@ impl Application {
             broker: broker.clone(),
             identities,
             map: map_view,
+            flags: flags.clone(),
             history_topics,
             started_at: Instant::now(),
             stopping: stopping.clone(),
@@ -136,6 +151,7 @@ impl Application {
         let http = http_server.handle();
         let http_task = tokio::spawn(http_server);
         let updater_task = tokio::spawn(updater.run_until_stopped(stopping.clone()));
+        let flags_task = tokio::spawn(flags.run_until_stopped(stopping.clone()));
         let retention_task = (settings.history.retention_days > 0).then(|| {
             let retention = HistoryRetention::new(store.clone(), settings.history.retention_days);
             tokio::spawn(retention.run_until_stopped(stopping.clone()))
@@ -166,6 +182,7 @@ impl Application {
                 router: Some(router_task),
                 writer: Some(writer_task),
                 updater: Some(updater_task),
+                flags: Some(flags_task),
                 retention: retention_task,
             },
             stopping,
@@ -207,6 +224,7 @@ impl Application {
             r = join(&mut t.router) => Some(component_died("broker router", r)),
             r = join(&mut t.writer) => Some(component_died("store writer", r)),
             r = join(&mut t.updater) => Some(component_died("map updater", r)),
+            r = join(&mut t.flags) => Some(component_died("feature flags", r)),
             r = join(&mut t.retention) => Some(component_died("history retention", r)),
         };
         tracing::info!("shutting down");
@@ -216,6 +234,7 @@ impl Application {
         let orderly = async move {
             // The background jobs saw `stopping` and end their current step.
             log_exit("map updater", finish(&mut tasks.updater).await);
+            log_exit("feature flags", finish(&mut tasks.flags).await);
             log_exit("history retention", finish(&mut tasks.retention).await);
             // Stop taking MQTT connections and close the open ones, then let
             // the router flush its state; HTTP goes last so /readyz reports

@@ -2,6 +2,7 @@
 
 mod account;
 mod client_id;
+mod cluster;
 mod device_id;
 mod location;
 mod map;
@@ -10,6 +11,7 @@ mod topic;
 
 pub use account::{AccountError, DeviceKind, DeviceName, Password, Username};
 pub use client_id::ClientId;
+pub use cluster::{MAX_ZOOM, cluster};
 pub use device_id::{DeviceId, DeviceIdError};
 pub use location::{Location, LocationError};
 pub use map::{Bbox, BboxError, MapDiff, MapPositions, MapSnapshot, Position};

@@ -22,6 +22,7 @@ use super::routes;
         (name = "history", description = "Stored messages of topics with history enabled"),
         (name = "map", description = "The map snapshot built by the updater"),
         (name = "identities", description = "Users, sign-in tokens and devices"),
+        (name = "flags", description = "Feature flags and their canaries (admins)"),
         (name = "meta", description = "Health, readiness and this document"),
     ),
 )]
@@ -82,6 +83,9 @@ mod tests {
         ("get", "/api/v1/history/{topic}"),
         ("get", "/api/v1/subscribe"),
         ("get", "/api/v1/map"),
+        ("get", "/api/v1/flags"),
+        ("get", "/api/v1/flags/{key}"),
+        ("put", "/api/v1/flags/{key}"),
     ];
 
     fn operations(doc: &serde_json::Value) -> Vec<(String, String)> {
@@ -127,7 +131,7 @@ mod tests {
                 .await;
         let doc = serde_json::to_value(document()).unwrap();
         for (method, path) in operations(&doc) {
-            let uri = path.replace("{topic}", "a/b").replace("{id}", "x");
+            let uri = path.replace("{topic}", "a/b").replace("{id}", "x").replace("{key}", "k");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let req = TestRequest::default().method(method.clone()).uri(&uri).to_request();
             let res = call_service(&app, req).await;

@@ -5,6 +5,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerHandle;
+use crate::flags::Flags;
 use crate::identities::Identities;
 use crate::locations::HistoryTopics;
 use crate::store::Store;
@@ -21,6 +22,8 @@ pub struct AppState {
     pub map: MapView,
     /// Topics whose history `GET /api/v1/history/...` serves.
     pub history_topics: HistoryTopics,
+    /// Feature flags: evaluation from memory, changes through the store.
+    pub flags: Flags,
     pub started_at: Instant,
     /// Cancelled when the process starts shutting down (or a core component
     /// died): readiness fails from then on so load balancers drain us.

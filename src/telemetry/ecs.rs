@@ -170,7 +170,10 @@ where
     push_field(&mut line, names::MESSAGE, &Value::from(message));
     push_field(&mut line, names::ECS_VERSION, &Value::from(names::ECS_VERSION_VALUE));
     push_field(&mut line, names::SERVICE_NAME, &Value::from(names::SERVICE_NAME_VALUE));
-    push_field(&mut line, names::SERVICE_VERSION, &Value::from(env!("CARGO_PKG_VERSION")));
+    push_field(&mut line, names::SERVICE_VERSION, &Value::from(super::service_version()));
+    if super::canary_build() {
+        push_field(&mut line, names::LABELS_CANARY, &Value::from("true"));
+    }
     push_field(&mut line, names::LOG_LOGGER, &Value::from(meta.target()));
     if let Some(file) = meta.file() {
         push_field(&mut line, names::LOG_ORIGIN_FILE_NAME, &Value::from(file));

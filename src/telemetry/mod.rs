@@ -21,7 +21,7 @@ pub mod names;
 pub mod otel;
 
 use std::io::IsTerminal;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Instant;
 
 use serde_json::{Map, Value};
@@ -53,6 +53,14 @@ pub struct TelemetryGuard {
 /// leave the first subscriber in place and return an inert guard.
 pub fn init(settings: &Settings) -> TelemetryGuard {
     LazyLock::force(&STARTED);
+    let _ = IDENTITY.set(Identity {
+        version: settings
+            .telemetry
+            .service_version
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+        canary: settings.telemetry.canary,
+    });
     // `Settings` validated the directives already; fall back rather than fail.
     let filter =
         EnvFilter::builder().parse(&settings.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -102,6 +110,25 @@ pub fn init(settings: &Settings) -> TelemetryGuard {
 
 static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
 
+/// How this build presents itself (`telemetry.service_version`,
+/// `telemetry.canary`), fixed by the first `init`.
+struct Identity {
+    version: String,
+    canary: bool,
+}
+
+static IDENTITY: OnceLock<Identity> = OnceLock::new();
+
+/// `service.version` of every document.
+pub(crate) fn service_version() -> &'static str {
+    IDENTITY.get().map_or(env!("CARGO_PKG_VERSION"), |i| i.version.as_str())
+}
+
+/// Whether documents carry `labels.canary: "true"`.
+pub(crate) fn canary_build() -> bool {
+    IDENTITY.get().is_some_and(|i| i.canary)
+}
+
 /// Seconds since telemetry was set up (≈ process start).
 pub(crate) fn uptime_secs() -> u64 {
     STARTED.elapsed().as_secs()
@@ -141,7 +168,7 @@ pub(crate) fn base_document() -> Map<String, Value> {
         (names::TIMESTAMP, Value::from(now_rfc3339())),
         (names::ECS_VERSION, names::ECS_VERSION_VALUE.into()),
         (names::SERVICE_NAME, names::SERVICE_NAME_VALUE.into()),
-        (names::SERVICE_VERSION, env!("CARGO_PKG_VERSION").into()),
+        (names::SERVICE_VERSION, service_version().into()),
         (names::SERVICE_BUILD_COMMIT, BUILD_COMMIT.into()),
         (names::SERVICE_NODE_NAME, host.name.clone().into()),
         (names::HOST_NAME, host.name.clone().into()),
@@ -151,6 +178,9 @@ pub(crate) fn base_document() -> Map<String, Value> {
     ];
     for (k, v) in fields {
         doc.insert(k.into(), v);
+    }
+    if canary_build() {
+        doc.insert(names::LABELS_CANARY.into(), "true".into());
     }
     doc
 }

@@ -126,6 +126,31 @@ pub const CRASH_CONFIG: &str = "mapcast.crash.config";
 /// `error.type` of a crash document.
 pub const ERROR_TYPE_PANIC: &str = "panic";
 
+// Feature flags (OpenTelemetry semantic conventions) and canaries.
+/// `event.action` of an evaluation, a failed canary check and a rollback.
+pub const EVENT_ACTION: &str = "event.action";
+pub const EVENT_REASON: &str = "event.reason";
+pub const FEATURE_FLAG_EVALUATION: &str = "feature_flag.evaluation";
+pub const FEATURE_FLAG_KEY: &str = "feature_flag.key";
+pub const FEATURE_FLAG_VARIANT: &str = "feature_flag.result.variant";
+pub const FEATURE_FLAG_REASON: &str = "feature_flag.result.reason";
+pub const FEATURE_FLAG_PROVIDER: &str = "feature_flag.provider.name";
+/// The targeting key: the MQTT client id or `rest:{user id}`.
+pub const FEATURE_FLAG_CONTEXT_ID: &str = "feature_flag.context.id";
+pub const CANARY_CHECK_FAILED: &str = "canary-check-failed";
+pub const CANARY_ROLLBACK: &str = "canary-rollback";
+pub const CANARY_FAILED_CHECKS: &str = "mapcast.canary.failed_checks";
+/// Crash reports from canary paths counted by one check.
+pub const CANARY_CRASHES: &str = "mapcast.canary.crashes";
+pub const CANARY_CONTROL_REQUESTS: &str = "mapcast.canary.control.requests";
+pub const CANARY_CONTROL_ERROR_RATE: &str = "mapcast.canary.control.error_rate";
+pub const CANARY_CONTROL_P99_MS: &str = "mapcast.canary.control.p99_ms";
+pub const CANARY_CANARY_REQUESTS: &str = "mapcast.canary.canary.requests";
+pub const CANARY_CANARY_ERROR_RATE: &str = "mapcast.canary.canary.error_rate";
+pub const CANARY_CANARY_P99_MS: &str = "mapcast.canary.canary.p99_ms";
+/// `"true"` on every document of a canary build (`telemetry.canary`).
+pub const LABELS_CANARY: &str = "labels.canary";
+
 // Datasets (the middle of a data stream name).
 pub const DATASET_APP: &str = "mapcast.app";
 pub const DATASET_CRASH: &str = "mapcast.crash";
@@ -176,4 +201,11 @@ pub mod metrics {
         ("mapcast_telemetry_spool_dropped_total", "mapcast.telemetry.spool_dropped");
     pub const CRASHES: (&str, &str) = ("mapcast_crashes_total", "mapcast.crashes");
     pub const UPTIME: (&str, &str) = ("mapcast_uptime_seconds", "mapcast.uptime_seconds");
+    /// Labelled by `flag` and `variant`; the document holds one object per variant.
+    pub const FLAG_REQUESTS: (&str, &str) =
+        ("mapcast_feature_flag_requests_total", "mapcast.feature_flags");
+    pub const FLAG_ERRORS: (&str, &str) =
+        ("mapcast_feature_flag_errors_total", "mapcast.feature_flags");
+    pub const FLAG_CRASHES: (&str, &str) =
+        ("mapcast_feature_flag_crashes_total", "mapcast.feature_flags");
 }

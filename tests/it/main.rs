@@ -13,6 +13,7 @@ mod crash;
 mod db_outage;
 mod disk_full;
 mod elastic;
+mod flags;
 mod health;
 mod history;
 mod identities;

@@ -6,6 +6,7 @@
 
 mod debug;
 mod devices;
+mod flags;
 mod health;
 mod history;
 mod map;
@@ -28,5 +29,6 @@ pub fn configure(cfg: &mut ServiceConfig) {
     history::configure(cfg);
     subscribe::configure(cfg);
     map::configure(cfg);
+    flags::configure(cfg);
     super::openapi::configure(cfg);
 }
