@@ -10,10 +10,13 @@
 //! broker's CPU time and memory from `/proc` ([`procfs`]).
 //!
 //! Scenarios: [`pubsub`] (throughput, loss, latency), [`conns`] (connection
-//! storms and memory per idle connection) and `map` (not available yet).
+//! storms and memory per idle connection) and [`map`] (devices publishing
+//! while phones poll the map over HTTP with `If-None-Match`).
 
 pub mod client;
 pub mod conns;
+pub mod http;
+pub mod map;
 pub mod payload;
 pub mod procfs;
 pub mod pubsub;
@@ -26,6 +29,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use self::conns::ConnsArgs;
+use self::map::MapArgs;
 use self::pubsub::PubSubArgs;
 use self::wire::Version;
 
@@ -45,8 +49,9 @@ pub enum Scenario {
     /// C idle connections at a connect rate: connect latency, failures and
     /// broker memory per connection.
     Conns(ConnsArgs),
-    /// Devices publishing while HTTP clients poll the map (not available yet).
-    Map,
+    /// K devices publishing positions while H HTTP clients poll the map
+    /// with `If-None-Match`: request rate, 304 share, latency, server CPU.
+    Map(MapArgs),
 }
 
 /// Which broker to load and how to talk to it.
@@ -98,10 +103,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         match args.scenario {
             Scenario::Pubsub(args) => pubsub::run(args).await,
             Scenario::Conns(args) => conns::run(args).await,
-            Scenario::Map => anyhow::bail!(
-                "the map scenario is not available yet: it needs the map endpoint \
-                 (GET /api/v1/map), which this build does not serve"
-            ),
+            Scenario::Map(args) => map::run(args).await,
         }
     })
 }

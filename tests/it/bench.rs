@@ -3,10 +3,11 @@
 
 use mapcast::bench::TargetArgs;
 use mapcast::bench::conns::{ConnsArgs, measure as measure_conns};
+use mapcast::bench::map::{MapArgs, measure as measure_map};
 use mapcast::bench::pubsub::{PubSubArgs, measure as measure_pubsub};
 use mapcast::bench::wire::Version;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, fast_map, spawn_app, spawn_app_with};
 
 fn target(app: &TestApp, version: Version) -> TargetArgs {
     TargetArgs {
@@ -97,4 +98,37 @@ async fn idle_connections_are_opened_held_and_measured() {
     assert_eq!((report.connected, report.failed, report.dropped), (200, 0, 0), "{report:?}");
     assert_eq!(report.connect_latency.count, 200);
     assert!(report.rss_kib_per_connection.is_some());
+}
+
+#[tokio::test]
+async fn the_map_scenario_counts_304s_and_sees_the_map_advance() {
+    let app = spawn_app_with(fast_map).await;
+    let args = MapArgs {
+        target: target(&app, Version::V311),
+        http_url: format!("http://{}", app.http_addr),
+        token: None,
+        path: "/api/v1/map".into(),
+        devices: 50,
+        publishers: 5,
+        topic: "devices/bench-{i}/location".into(),
+        interval: 0.5,
+        pollers: 4,
+        duration: 2.5,
+        warmup: 1.2,
+    };
+
+    let report = measure_map(args).await.unwrap();
+
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.published >= 200, "50 devices twice a second for 2.5 s: {}", report.published);
+    // Pollers send the ETag they hold: nearly every answer is a 304, and
+    // each new map version is fetched once per poller.
+    let ok = report.statuses.get(&200).copied().unwrap_or(0);
+    assert_eq!(ok + report.not_modified, report.requests, "{:?}", report.statuses);
+    assert!(report.not_modified > 10 * ok, "{:?}", report.statuses);
+    assert!(ok >= 1, "the map changed during the window: {:?}", report.statuses);
+    let (first, last) = (report.map_version_first.unwrap(), report.map_version_last.unwrap());
+    assert!(last > first, "versions {first} → {last}");
+    assert_eq!(report.latency.count, report.requests);
+    assert!(report.server_process.is_some());
 }
