@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::BrokerLimits;
 use crate::broker::acl::{AclPolicy, AclRule, AnonymousAcl};
 use crate::broker::auth::{ConfigUser, Secret};
+use crate::identities::lockout::LockoutSettings;
 
 /// The whole configuration. Every section and field has a default, so an
 /// empty file (or none) is a valid configuration.
@@ -183,6 +184,8 @@ pub struct AuthSettings {
     /// `user`, `device`, `anonymous`) may `action` (`publish`, `subscribe`,
     /// `both`) on topics matching `filter`. Default: none.
     pub acl: Vec<AclRule>,
+    /// Brute-force protection of REST sign-in and MQTT CONNECT (`[auth.lockout]`).
+    pub lockout: LockoutSettings,
 }
 
 impl Default for AuthSettings {
@@ -194,6 +197,7 @@ impl Default for AuthSettings {
             token_ttl_secs: 24 * 3600,
             self_registration: true,
             acl: Vec::new(),
+            lockout: LockoutSettings::default(),
         }
     }
 }
@@ -209,6 +213,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("token_ttl_secs", &self.token_ttl_secs)
             .field("self_registration", &self.self_registration)
             .field("acl", &self.acl)
+            .field("lockout", &self.lockout)
             .finish()
     }
 }

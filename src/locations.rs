@@ -9,7 +9,8 @@
 //! - once the publish is accepted, hands the position to the map updater
 //!   through the [`PositionFeed`] — no database query per map tick.
 //!
-//! It runs on the publisher's thread, never on the router's.
+//! It runs on the publisher's thread; only wills, published by the broker
+//! itself when a client goes away, pass it on the router's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -79,6 +79,7 @@ impl Application {
                 token_ttl: Duration::from_secs(settings.auth.token_ttl_secs),
                 self_registration: settings.auth.self_registration,
                 allow_anonymous: settings.effective_allow_anonymous(),
+                lockout: settings.auth.lockout.clone(),
             },
         );
         let auth: SharedAuthenticator = Arc::new(DbAuthenticator::new(

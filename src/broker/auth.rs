@@ -178,6 +178,10 @@ pub enum AuthError {
     NotAuthorized,
     #[error("authentication backend unavailable")]
     Unavailable,
+    /// The user name or the client's address is locked out after repeated
+    /// failures; the secret was not checked.
+    #[error("too many failed sign-ins")]
+    TooManyAttempts,
 }
 
 pub trait Authenticator: Send + Sync + 'static {

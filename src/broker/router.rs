@@ -18,8 +18,9 @@ use super::session::Session;
 use super::trie::{Entry, SubscriptionTrie};
 use super::{
     BrokerHandle, BrokerLimits, Command, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind,
-    Message, PublishError, PublishHook, PublishOutcome, PublishReply, QoS, RetainHandling,
-    SharedAuthenticator, Stats, SubscribeError, SubscribeRequest, SubscriptionOptions, sys,
+    Inspection, Message, PublishError, PublishHook, PublishOutcome, PublishReply, QoS,
+    RetainHandling, SharedAuthenticator, Stats, SubscribeError, SubscribeRequest,
+    SubscriptionOptions, sys,
 };
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::store::{StoreWriter, StoredSession, WriteOp};
@@ -62,6 +63,8 @@ struct Router {
     /// Scratch buffer reused for every publish (no per-message allocation).
     scratch: Vec<Target>,
     push_scratch: Vec<(Arc<Outbox>, Delivery)>,
+    /// The handle's publish hook, for wills: the router publishes them itself.
+    hook: Option<Arc<dyn PublishHook>>,
 }
 
 /// One session a publish goes to, after merging overlapping subscriptions.
@@ -100,6 +103,7 @@ pub fn spawn_router(
         next_conn: next_conn.clone(),
         scratch: Vec::new(),
         push_scratch: Vec::new(),
+        hook: hook.clone(),
     };
     router.restore(restored);
     let handle = BrokerHandle { tx, stats, limits, auth, next_conn, hook };
@@ -622,9 +626,31 @@ impl Router {
         matched
     }
 
+    /// Publish a will like any publish: through the hook, so a location
+    /// will updates the latest position, the history and the map. Wills are
+    /// rare, so the hook's small cost on the router's task does not matter.
     fn route_will(&mut self, will: super::Will) {
-        tracing::debug!(topic = %will.message.topic, "publishing will message");
-        let _ = self.publish(Arc::new(will.message), Vec::new(), false);
+        let mut msg = will.message;
+        // Published now, so stored and mapped as received now.
+        msg.received_at = SystemTime::now();
+        let inspection = self.hook.as_ref().map_or(Ok(Inspection::default()), |h| h.inspect(&msg));
+        let Inspection { ops, on_accepted } = match inspection {
+            Ok(inspection) => inspection,
+            Err(e) => {
+                // CONNECT refuses invalid wills: this only guards a hook that changed.
+                if let PublishError::InvalidPayload(_) = e {
+                    self.stats.invalid_payloads.fetch_add(1, Relaxed);
+                }
+                tracing::warn!(topic = %msg.topic, error = %e, "will message refused");
+                return;
+            }
+        };
+        tracing::debug!(topic = %msg.topic, "publishing will message");
+        if self.publish(Arc::new(msg), ops, false).is_ok()
+            && let Some(accepted) = on_accepted
+        {
+            accepted();
+        }
     }
 
     fn schedule(&mut self, at: Instant, timer: Timer) {

@@ -144,6 +144,7 @@ where
                 token_ttl: Duration::from_secs(settings.auth.token_ttl_secs),
                 self_registration: settings.auth.self_registration,
                 allow_anonymous: settings.effective_allow_anonymous(),
+                lockout: settings.auth.lockout.clone(),
             },
         );
         let result = act(ids).await;

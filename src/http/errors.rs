@@ -4,7 +4,7 @@
 
 use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
-use actix_web::http::header::WWW_AUTHENTICATE;
+use actix_web::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -45,6 +45,9 @@ pub enum ApiError {
     /// a password too short); the text says which.
     #[error("{0}")]
     UnprocessableEntity(String),
+    /// Too many attempts (e.g. failed sign-ins): answered with `Retry-After`.
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after_secs: u64 },
     /// A dependency is down or the process is stopping; the text says which.
     #[error("{0}")]
     Unavailable(String),
@@ -78,6 +81,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
             Self::UnprocessableEntity(_) => ("unprocessable", "The request is invalid"),
+            Self::TooManyRequests { .. } => ("too-many-requests", "Too many requests"),
             Self::Unavailable(_) => ("unavailable", "Service unavailable"),
             Self::InsufficientStorage(_) => ("insufficient-storage", "Insufficient storage"),
             Self::Internal(_) => ("internal", "Internal error"),
@@ -107,6 +111,7 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnprocessableEntity(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,6 +125,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let Self::Unauthorized(_) = self {
             response.insert_header((WWW_AUTHENTICATE, r#"Bearer realm="mapcast""#));
+        }
+        if let Self::TooManyRequests { retry_after_secs, .. } = self {
+            response.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
         }
         response.content_type(PROBLEM_JSON).json(self.problem())
     }
@@ -136,6 +144,10 @@ impl From<IdentityError> for ApiError {
                 Self::Unavailable("the database is unavailable".into())
             }
             IdentityError::Hashing => Self::Unavailable("the server is shutting down".into()),
+            IdentityError::LockedOut(locked) => Self::TooManyRequests {
+                detail: "too many failed sign-ins; retry later".into(),
+                retry_after_secs: locked.retry_after_secs(),
+            },
         }
     }
 }
@@ -211,6 +223,20 @@ mod tests {
         assert_eq!(body["type"], "urn:mapcast:problem:internal");
         assert_eq!(body["status"], 500);
         assert!(!body.to_string().contains("hunter2"));
+    }
+
+    #[actix_web::test]
+    async fn a_lockout_is_429_with_retry_after() {
+        let locked = crate::identities::lockout::Locked {
+            scope: crate::identities::lockout::LockScope::Identity,
+            retry_after: std::time::Duration::from_millis(1500),
+        };
+        let resp = ApiError::from(IdentityError::LockedOut(locked)).error_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers().get(RETRY_AFTER).unwrap(), "2");
+        let body: serde_json::Value =
+            serde_json::from_slice(&to_bytes(resp.into_body()).await.unwrap()).unwrap();
+        assert_eq!(body["type"], "urn:mapcast:problem:too-many-requests");
     }
 
     #[actix_web::test]

@@ -49,10 +49,23 @@ impl Authenticator for DbAuthenticator {
         creds: &'a Credentials,
     ) -> BoxFuture<'a, Result<Identity, AuthError>> {
         Box::pin(async move {
+            // No credentials at all is the anonymous policy's call, not a guess.
+            if creds.username.is_none() && creds.password.is_none() {
+                return self.config.authenticate(creds).await;
+            }
+            let guard = self.identities.sign_in_guard();
+            let from = creds.peer.map(|p| p.ip());
+            let Ok(attempt) = guard.begin(creds.username.as_deref(), from) else {
+                return Err(AuthError::TooManyAttempts);
+            };
             match self.look_up(creds).await {
-                Ok(Some(who)) => return Ok(who),
+                Ok(Some(who)) => {
+                    attempt.succeeded();
+                    return Ok(who);
+                }
                 Ok(None) => {}
                 Err(e) => {
+                    attempt.inconclusive();
                     tracing::warn!(
                         { names::CLIENT_ID } = %creds.client_id,
                         { names::ERROR_MESSAGE } = %e,
@@ -62,10 +75,24 @@ impl Authenticator for DbAuthenticator {
                 }
             }
             // A password without a user name was meant as a token: it is not one.
-            if creds.username.is_none() && creds.password.is_some() {
+            if creds.username.is_none() {
+                attempt.failed();
                 return Err(AuthError::BadCredentials);
             }
-            self.config.authenticate(creds).await
+            match self.config.authenticate(creds).await {
+                Ok(who) => {
+                    attempt.succeeded();
+                    Ok(who)
+                }
+                Err(AuthError::BadCredentials) => {
+                    attempt.failed();
+                    Err(AuthError::BadCredentials)
+                }
+                Err(e) => {
+                    attempt.inconclusive();
+                    Err(e)
+                }
+            }
         })
     }
 
@@ -87,6 +114,7 @@ mod tests {
     use crate::broker::auth::{ConfigUser, Role, Secret, hash_password};
     use crate::domain::{DeviceKind, DeviceName, Password, Username};
     use crate::identities::IdentitySettings;
+    use crate::identities::lockout::LockoutSettings;
     use crate::store::Store;
 
     async fn setup(allow_anonymous: bool) -> (tempfile::TempDir, Identities, DbAuthenticator) {
@@ -98,6 +126,7 @@ mod tests {
             token_ttl: Duration::from_secs(60),
             self_registration: true,
             allow_anonymous,
+            lockout: LockoutSettings::default(),
         };
         let ids = Identities::new(store, settings);
         let config = ConfigAuthenticator::new(
@@ -133,7 +162,7 @@ mod tests {
             .create_device_for("ann", DeviceName::parse("car").unwrap(), DeviceKind::Car)
             .await
             .unwrap();
-        let token = ids.login("ann", "correct horse").await.unwrap().token;
+        let token = ids.login("ann", "correct horse", None).await.unwrap().token;
 
         let auth = &auth;
         let sign_in = |user, pass| {

@@ -7,10 +7,14 @@
 //! passwords and device secrets with argon2id (verified on the blocking pool,
 //! successes cached briefly), tokens as their SHA-256 (they are long and
 //! random, so a fast hash is enough and lets a token be looked up directly).
+//! Every check of a password or secret passes the [`SignInGuard`] first:
+//! repeated failures lock the identity or the address out for a while.
 
 mod authenticator;
 mod cache;
+pub mod lockout;
 
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 pub use authenticator::DbAuthenticator;
 use cache::VerifyCache;
+use lockout::{Locked, LockoutSettings, SignInGuard};
 
 use crate::broker::auth::{Identity, Role, Secret, hash_password};
 use crate::domain::{DeviceKind, DeviceName, Password, Username, time};
@@ -45,6 +50,8 @@ pub struct IdentitySettings {
     pub self_registration: bool,
     /// Whether requests without credentials are served (as anonymous).
     pub allow_anonymous: bool,
+    /// Brute-force protection of sign-ins, from `[auth.lockout]`.
+    pub lockout: LockoutSettings,
 }
 
 /// A user as callers see it (no hash).
@@ -96,6 +103,9 @@ pub enum IdentityError {
     /// The blocking pool refused work (the runtime is shutting down).
     #[error("password hashing unavailable")]
     Hashing,
+    /// Too many failed sign-ins for this user name or from this address.
+    #[error("too many failed sign-ins; retry later")]
+    LockedOut(Locked),
 }
 
 impl From<InsertError> for IdentityError {
@@ -117,6 +127,7 @@ struct Inner {
     store: Store,
     settings: IdentitySettings,
     cache: VerifyCache,
+    guard: SignInGuard,
 }
 
 impl std::fmt::Debug for Identities {
@@ -128,7 +139,13 @@ impl std::fmt::Debug for Identities {
 impl Identities {
     pub fn new(store: Store, settings: IdentitySettings) -> Self {
         let cache = VerifyCache::new(VERIFY_CACHE_TTL);
-        Self { inner: Arc::new(Inner { store, settings, cache }) }
+        let guard = SignInGuard::new(settings.lockout.clone());
+        Self { inner: Arc::new(Inner { store, settings, cache, guard }) }
+    }
+
+    /// The lockout state every password or secret check goes through.
+    pub fn sign_in_guard(&self) -> &SignInGuard {
+        &self.inner.guard
     }
 
     pub fn settings(&self) -> &IdentitySettings {
@@ -165,14 +182,29 @@ impl Identities {
         Ok(user(record))
     }
 
-    /// Check a user name and password and issue a bearer token.
+    /// Check a user name and password from address `from` and issue a
+    /// bearer token; refused unchecked while either is locked out.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
+        from: Option<IpAddr>,
     ) -> Result<IssuedToken, IdentityError> {
-        let Some(record) = self.check_user(username, password).await? else {
-            return Err(IdentityError::BadCredentials);
+        let attempt =
+            self.sign_in_guard().begin(Some(username), from).map_err(IdentityError::LockedOut)?;
+        let record = match self.check_user(username, password).await {
+            Ok(Some(record)) => {
+                attempt.succeeded();
+                record
+            }
+            Ok(None) => {
+                attempt.failed();
+                return Err(IdentityError::BadCredentials);
+            }
+            Err(e) => {
+                attempt.inconclusive();
+                return Err(e);
+            }
         };
         let token = random_secret();
         let now = now_ms();
@@ -416,8 +448,12 @@ mod tests {
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store = Store::connect(&url, 2).await.unwrap();
         store.migrate().await.unwrap();
-        let settings =
-            IdentitySettings { token_ttl: ttl, self_registration: true, allow_anonymous: false };
+        let settings = IdentitySettings {
+            token_ttl: ttl,
+            self_registration: true,
+            allow_anonymous: false,
+            lockout: LockoutSettings::default(),
+        };
         (dir, Identities::new(store, settings))
     }
 
@@ -446,7 +482,7 @@ mod tests {
         let ann =
             ids.register_user(name("ann"), password("correct horse"), Role::User).await.unwrap();
 
-        let issued = ids.login("ann", "correct horse").await.unwrap();
+        let issued = ids.login("ann", "correct horse", None).await.unwrap();
         let who = ids.identity_for_token(issued.token.expose()).await.unwrap().unwrap();
         assert_eq!(who.user_id.as_deref(), Some(ann.id.as_str()));
         assert_eq!(who.role, Role::User);
@@ -462,11 +498,11 @@ mod tests {
         ids.register_user(name("ann"), password("correct horse"), Role::User).await.unwrap();
 
         assert!(matches!(
-            ids.login("ann", "wrong horse").await,
+            ids.login("ann", "wrong horse", None).await,
             Err(IdentityError::BadCredentials)
         ));
         assert!(matches!(
-            ids.login("bob", "correct horse").await,
+            ids.login("bob", "correct horse", None).await,
             Err(IdentityError::BadCredentials)
         ));
         assert!(matches!(
@@ -479,7 +515,7 @@ mod tests {
     async fn tokens_expire() {
         let (_dir, ids) = identities(Duration::from_millis(1)).await;
         ids.register_user(name("ann"), password("correct horse"), Role::User).await.unwrap();
-        let issued = ids.login("ann", "correct horse").await.unwrap();
+        let issued = ids.login("ann", "correct horse", None).await.unwrap();
 
         tokio::time::sleep(Duration::from_millis(5)).await;
 

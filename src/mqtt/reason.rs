@@ -78,6 +78,12 @@ impl ConnectRefusal {
             Self::Auth(AuthError::Unavailable) | Self::Unavailable => {
                 ConnectAckReason::ServerUnavailable
             }
+            // 0x9F "connection rate exceeded", not 0x86: the credentials were
+            // not checked and may be right, so the client must not be told
+            // they are wrong (a device would give up or ask for a new
+            // secret); it should back off and retry later, which is what
+            // 0x9F asks of it. 0x87 would read as a permanent ACL refusal.
+            Self::Auth(AuthError::TooManyAttempts) => ConnectAckReason::ConnectionRateExceeded,
             Self::WillTopicInvalid => ConnectAckReason::TopicNameInvalid,
             Self::WillPayloadInvalid => ConnectAckReason::PayloadFormatInvalid,
             Self::WillTooLarge => ConnectAckReason::PacketTooLarge,
@@ -96,6 +102,9 @@ impl ConnectRefusal {
                 Some(R::NotAuthorized)
             }
             Self::Auth(AuthError::Unavailable) | Self::Unavailable => Some(R::ServiceUnavailable),
+            // 3.1.1 has no rate code; "not authorized" without claiming the
+            // password is wrong.
+            Self::Auth(AuthError::TooManyAttempts) => Some(R::NotAuthorized),
             Self::WillTopicInvalid
             | Self::WillTooLarge
             | Self::WillPayloadInvalid
@@ -109,6 +118,7 @@ impl ConnectRefusal {
             Self::Auth(AuthError::BadCredentials) => "bad user name or password",
             Self::Auth(AuthError::NotAuthorized) => "not authorized",
             Self::Auth(AuthError::Unavailable) => "authentication backend unavailable",
+            Self::Auth(AuthError::TooManyAttempts) => "too many failed sign-ins; retry later",
             Self::WillTopicInvalid => "will topic invalid",
             Self::WillPayloadInvalid => "will payload invalid for its topic",
             Self::WillTooLarge => "will payload too large",
@@ -355,6 +365,11 @@ mod tests {
             ConnectAckReason::ServerUnavailable
         );
         assert_eq!(u8::from(ConnectRefusal::Auth(AuthError::BadCredentials).v5()), 0x86);
+        assert_eq!(u8::from(ConnectRefusal::Auth(AuthError::TooManyAttempts).v5()), 0x9F);
+        assert_eq!(
+            ConnectRefusal::Auth(AuthError::TooManyAttempts).v3(),
+            Some(v3::codec::ConnectAckReason::NotAuthorized)
+        );
         assert_eq!(u8::from(ConnectRefusal::WillTopicInvalid.v5()), 0x90);
         assert_eq!(
             ConnectRefusal::Auth(AuthError::BadCredentials).v3(),

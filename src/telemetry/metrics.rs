@@ -105,6 +105,11 @@ pub struct Metrics {
     pub spool_documents: AtomicU64,
     pub spool_dropped: AtomicU64,
     pub crashes: AtomicU64,
+    /// Sign-ins with a wrong secret, lockouts started, attempts refused
+    /// during a lockout (see `identities::lockout`).
+    pub auth_failures: AtomicU64,
+    pub auth_lockouts: AtomicU64,
+    pub auth_locked_refusals: AtomicU64,
     /// The broker whose [`Stats`] the shipped document reports.
     broker: Mutex<Option<Arc<Stats>>>,
 }
@@ -123,6 +128,9 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     spool_documents: AtomicU64::new(0),
     spool_dropped: AtomicU64::new(0),
     crashes: AtomicU64::new(0),
+    auth_failures: AtomicU64::new(0),
+    auth_lockouts: AtomicU64::new(0),
+    auth_locked_refusals: AtomicU64::new(0),
     broker: Mutex::new(None),
 });
 
@@ -195,6 +203,11 @@ impl Metrics {
                 ),
                 Scalar::gauge(m::SUBSCRIPTIONS, "Active subscriptions.", g(&s.subscriptions)),
                 Scalar::gauge(m::RETAINED, "Retained messages.", g(&s.retained_count)),
+                Scalar::counter(
+                    m::INVALID_PAYLOADS,
+                    "Publishes refused for an invalid payload (e.g. a bad location).",
+                    g(&s.invalid_payloads),
+                ),
             ]);
             let drops = [
                 g(&s.publish_dropped_qos0),
@@ -250,6 +263,21 @@ impl Metrics {
                 g(&self.spool_dropped),
             ),
             Scalar::counter(m::CRASHES, "Panics caught by the crash reporter.", g(&self.crashes)),
+            Scalar::counter(
+                m::AUTH_FAILURES,
+                "Sign-ins (REST or MQTT) with a wrong secret.",
+                g(&self.auth_failures),
+            ),
+            Scalar::counter(
+                m::AUTH_LOCKOUTS,
+                "Sign-in lockouts started (identity or address).",
+                g(&self.auth_lockouts),
+            ),
+            Scalar::counter(
+                m::AUTH_LOCKED_REFUSALS,
+                "Sign-ins refused unchecked during a lockout.",
+                g(&self.auth_locked_refusals),
+            ),
             Scalar::gauge(
                 m::UPTIME,
                 "Seconds since the process started.",

@@ -78,6 +78,12 @@ pub const MQTT_CLIENT_ID_ASSIGNED: &str = "mqtt.client_id_assigned";
 /// How a connection ended (clean, clean with will, unclean).
 pub const MQTT_DISCONNECT: &str = "mqtt.disconnect";
 
+// Sign-in lockouts (brute-force protection on REST sign-in and MQTT CONNECT).
+/// `identity` (a user name or device id) or `address` (a source IP).
+pub const AUTH_LOCKOUT_SCOPE: &str = "mapcast.auth.lockout.scope";
+/// How long the lockout lasts, in seconds.
+pub const AUTH_LOCKOUT_SECS: &str = "mapcast.auth.lockout.duration_secs";
+
 // HTTP requests (ECS `http.*`, `url.*`, `event.duration` in nanoseconds).
 pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
 pub const HTTP_ROUTE: &str = "http.route";
@@ -177,6 +183,18 @@ pub mod metrics {
     pub const DROPPED: (&str, &str) = ("mapcast_messages_dropped_total", "mapcast.dropped");
     pub const DROP_REASONS: [&str; 4] =
         ["queue_full_qos0", "queue_full_qos1", "expired", "rejected_publish"];
+    /// Publishes refused for their payload (invalid locations), any protocol.
+    pub const INVALID_PAYLOADS: (&str, &str) =
+        ("mapcast_publish_invalid_payload_total", "mapcast.publish.invalid_payload");
+    /// Sign-ins (REST or MQTT CONNECT) with a wrong secret.
+    pub const AUTH_FAILURES: (&str, &str) =
+        ("mapcast_auth_failures_total", "mapcast.auth.failures");
+    /// Lockouts started (an identity or an address hit its threshold).
+    pub const AUTH_LOCKOUTS: (&str, &str) =
+        ("mapcast_auth_lockouts_total", "mapcast.auth.lockouts");
+    /// Sign-ins refused unchecked because of a lockout.
+    pub const AUTH_LOCKED_REFUSALS: (&str, &str) =
+        ("mapcast_auth_locked_refusals_total", "mapcast.auth.locked_refusals");
     pub const DB_BATCH_OPS: (&str, &str) = ("mapcast_db_batch_ops", "mapcast.db.batch_ops");
     pub const DB_BATCH_SECONDS: (&str, &str) =
         ("mapcast_db_batch_duration_seconds", "mapcast.db.batch_duration_seconds");

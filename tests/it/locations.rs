@@ -190,3 +190,72 @@ async fn a_will_that_is_an_invalid_location_is_refused_at_connect_with_0x99() {
     );
     assert!(valid.is_ok(), "a valid location will is accepted");
 }
+
+#[tokio::test]
+async fn a_location_will_is_stored_like_a_published_position() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let app = crate::helpers::spawn_app_in(data_dir.path(), fast_map).await;
+    let topic = "devices/car-w/location";
+    let car = app
+        .v5("car-w")
+        .will(topic, &location(7.5, 45.5), QoS::AtLeastOnce, false, None)
+        .connect()
+        .await;
+
+    car.kill().await;
+
+    let deadline = tokio::time::Instant::now() + crate::helpers::RECV;
+    let stored = loop {
+        let stored = history(&app, topic).await;
+        if stored["items"].as_array().is_some_and(|i| !i.is_empty()) {
+            break stored;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the will never reached the history");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(stored["items"][0]["payload"]["geometry"]["coordinates"][0], 7.5);
+    let map = app.wait_for_map(|m| feature_ids(m).contains(&"car-w".to_owned())).await;
+    let version = map["version"].as_u64().unwrap();
+    app.stop().await;
+    // After a restart the map is rebuilt from the stored latest positions.
+    let app = crate::helpers::spawn_app_in(data_dir.path(), fast_map).await;
+    let map = app.wait_for_map(|m| m["version"].as_u64() > Some(version)).await;
+    assert_eq!(feature_ids(&map), ["car-w"], "the will's position is the latest one");
+}
+
+/// The value of an unlabelled Prometheus sample in `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> u64 {
+    let text = app.http_get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+#[tokio::test]
+async fn invalid_locations_are_counted_on_sys_and_in_metrics() {
+    let app = spawn_app_with(|s| {
+        fast_map(s);
+        s.broker.sys_interval_secs = 1;
+    })
+    .await;
+    let mut sys = app.v5_client("sys-watch", true, None).await;
+    sys.subscribe("$SYS/broker/publish/messages/invalid", QoS::AtMostOnce).await;
+    let mut car = app.v5_client("car-6", true, None).await;
+    assert_eq!(metric(&app, "mapcast_publish_invalid_payload_total").await, 0);
+
+    let mqtt = car.publish_qos1("devices/car-6/location", false, "{}").await;
+    let rest = app.put_json("devices/car-6/location", "[1,2]").await;
+
+    assert_eq!(mqtt.reason, PubAckReason::PayloadFormatInvalid);
+    assert_eq!(rest.status(), 422);
+    assert_eq!(metric(&app, "mapcast_publish_invalid_payload_total").await, 2);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(4);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let got = sys.try_recv_publish(left).await.expect("$SYS never counted both");
+        if text(&got.payload) == "2" {
+            break;
+        }
+    }
+}

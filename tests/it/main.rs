@@ -19,6 +19,7 @@ mod history;
 mod identities;
 mod interop;
 mod locations;
+mod lockout;
 mod map;
 mod metrics;
 mod otlp;

@@ -146,3 +146,41 @@ async fn get_with(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwes
     }
     req.send().await.unwrap()
 }
+
+/// The trace id of a `traceparent` user property, if the publish has one.
+fn trace_id_of(publish: &rumqttc::v5::mqttbytes::v5::Publish) -> Option<String> {
+    let props = publish.properties.as_ref()?;
+    let (_, value) = props.user_properties.iter().find(|(k, _)| k == "traceparent")?;
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "not a W3C traceparent: {value}");
+    Some(parts[1].to_owned())
+}
+
+#[tokio::test]
+async fn a_rest_publish_carries_the_requests_trace_to_mqtt5_subscribers() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::helpers::ServerProcess::start(dir.path(), &[]).await;
+    let mut sub = crate::helpers::V5Options::new("trace-sub", server.mqtt_addr).connect().await;
+    sub.subscribe("cmd/#", QoS::AtMostOnce).await;
+    let url = |topic: &str| format!("http://{}/api/v1/topics/{topic}", server.http_addr);
+    let http = reqwest::Client::new();
+
+    let traced = http
+        .post(url("cmd/traced"))
+        .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+        .body("honk")
+        .send()
+        .await
+        .unwrap();
+    let untraced = http.post(url("cmd/untraced")).body("honk").send().await.unwrap();
+
+    assert_eq!(traced.status(), 200);
+    assert_eq!(untraced.status(), 200);
+    let first = sub.recv_publish().await;
+    assert_eq!(crate::helpers::v5_topic(&first), "cmd/traced");
+    assert_eq!(trace_id_of(&first).as_deref(), Some(TRACE), "{:?}", first.properties);
+    let second = sub.recv_publish().await;
+    let own = trace_id_of(&second).expect("a request without one starts its own trace");
+    assert_ne!(own, TRACE);
+}

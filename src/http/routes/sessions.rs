@@ -1,6 +1,6 @@
 //! `/api/v1/sessions`: sign in for a bearer token, see who a token is, sign out.
 
-use actix_web::{HttpResponse, delete, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -58,15 +58,20 @@ pub struct Me {
         (status = 400, description = "Malformed JSON", content_type = "application/problem+json"),
         (status = 401, description = "Wrong user name or password", content_type = "application/problem+json"),
         (status = 422, description = "Wrong or missing fields", content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed sign-ins for this user name or from this address; see `Retry-After`", content_type = "application/problem+json"),
     )
 )]
 #[post("/api/v1/sessions")]
 #[tracing::instrument(skip_all)]
 async fn create_session(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<SignIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let issued = state.identities.login(&body.username, &body.password).await?;
+    // The socket's peer, not `X-Forwarded-For`: a header any client can
+    // forge must not pick the address its failures are counted against.
+    let from = req.peer_addr().map(|a| a.ip());
+    let issued = state.identities.login(&body.username, &body.password, from).await?;
     Ok(HttpResponse::Created()
         // A token is a credential: no cache may keep it.
         .insert_header(("Cache-Control", "no-store"))

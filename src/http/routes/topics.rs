@@ -20,6 +20,7 @@ use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 use crate::http::payload::{if_none_match, read_body, sniff_content_type};
 use crate::http::state::AppState;
+use crate::telemetry::otel;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(get_topic).service(put_topic).service(post_topic).service(delete_topic);
@@ -217,8 +218,15 @@ async fn publish(
     };
     let mut msg = Message::new(topic.clone(), payload, qos, retain);
     msg.publisher = Some(caller.client_id.clone());
-    msg.props = content_type
-        .map(|c| Arc::new(MessageProps { content_type: Some(c), ..MessageProps::default() }));
+    let mut props = MessageProps { content_type, ..MessageProps::default() };
+    // The publish continues the request's trace, as an MQTT 5 publish with a
+    // `traceparent` would: subscribers get the context with the message.
+    if let Some(traceparent) = otel::current_traceparent() {
+        props
+            .user_properties
+            .push((ByteString::from_static(otel::TRACEPARENT), ByteString::from(traceparent)));
+    }
+    msg.props = (!props.is_empty()).then(|| Arc::new(props));
     let outcome = state.broker.publish(msg).await?;
     let mut published = Published {
         topic: topic.to_string(),

@@ -1,0 +1,523 @@
+//! Brute-force protection for every way of signing in with a secret (REST
+//! `POST /api/v1/sessions` and MQTT CONNECT): failures are counted per
+//! identity (the user name or device id tried) and per source address, and
+//! past a threshold within a window that key is locked out for a while.
+//!
+//! - An attempt is counted when it *starts* ([`SignInGuard::begin`]), so
+//!   parallel guesses cannot overshoot the threshold while argon2 runs.
+//! - A success resets its identity's counter, but only takes back its own
+//!   attempt from the address: a correct password for one account cannot
+//!   clear the lockout that guesses at other accounts earned that address.
+//! - Locked keys are refused before any password hashing, so a lockout also
+//!   sheds the CPU cost of an attack.
+//! - Memory is bounded: at most `max_entries` keys per scope; expired ones
+//!   go first, then unlocked partial counts. Lockouts are never evicted.
+//!
+//! The tables sit behind a std `Mutex` held for one map operation, never
+//! across an `.await`.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::telemetry::{metrics, names};
+
+/// `[auth.lockout]`: thresholds and durations of the sign-in lockout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LockoutSettings {
+    /// Failed sign-ins for one user name or device id, within `window_secs`,
+    /// that lock it out. 0 turns the per-identity lockout off. Default 5.
+    pub max_failures_per_identity: u32,
+    /// Failed sign-ins from one address (IPv6: one /64), within
+    /// `window_secs`, that lock it out. 0 turns it off. Default 20.
+    pub max_failures_per_address: u32,
+    /// How long failures are remembered, in seconds. Default 300.
+    pub window_secs: u64,
+    /// How long a lockout lasts, in seconds. Default 300.
+    pub duration_secs: u64,
+    /// Identities and addresses tracked at most, each. Default 100000.
+    pub max_entries: usize,
+}
+
+impl Default for LockoutSettings {
+    fn default() -> Self {
+        Self {
+            max_failures_per_identity: 5,
+            max_failures_per_address: 20,
+            window_secs: 300,
+            duration_secs: 300,
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// What to tell a client whose attempt would exceed the threshold while
+/// earlier ones are still being checked.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(1);
+
+/// Which key a lockout is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockScope {
+    Identity,
+    Address,
+}
+
+impl LockScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Address => "address",
+        }
+    }
+}
+
+/// A refused attempt: the key is locked for `retry_after` more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Locked {
+    pub scope: LockScope,
+    pub retry_after: Duration,
+}
+
+impl Locked {
+    /// Whole seconds to wait, at least 1 (for `Retry-After`).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0)
+    }
+}
+
+/// An identity as tracked: a hash of the name, so the table holds no names
+/// and its entries have a fixed size whatever an MQTT client sends.
+type IdentityKey = [u8; 16];
+
+#[derive(Debug, Clone, Copy)]
+struct Counter {
+    /// Attempts started in the window and not taken back (in flight or failed).
+    failures: u32,
+    window_start: Instant,
+    locked_until: Option<Instant>,
+}
+
+impl Counter {
+    fn new(now: Instant) -> Self {
+        Self { failures: 0, window_start: now, locked_until: None }
+    }
+
+    fn locked(&self, now: Instant) -> Option<Duration> {
+        self.locked_until.filter(|until| *until > now).map(|until| until - now)
+    }
+
+    /// Forget failures older than the window and lockouts that are over.
+    fn refresh(&mut self, now: Instant, window: Duration) {
+        let lock_over = self.locked_until.is_some_and(|until| until <= now);
+        let window_over = self.locked_until.is_none() && now - self.window_start >= window;
+        if lock_over || window_over {
+            *self = Self::new(now);
+        }
+    }
+
+    /// Still worth keeping: locked, or holding failures within the window.
+    fn live(&self, now: Instant, window: Duration) -> bool {
+        self.locked(now).is_some() || (self.failures > 0 && now - self.window_start < window)
+    }
+}
+
+/// One bounded table of counters.
+struct Table<K> {
+    max_failures: u32,
+    counters: HashMap<K, Counter>,
+}
+
+impl<K: Eq + Hash + Copy> Table<K> {
+    fn new(max_failures: u32) -> Self {
+        Self { max_failures, counters: HashMap::new() }
+    }
+
+    fn enabled(&self) -> bool {
+        self.max_failures > 0
+    }
+
+    /// How long `key` is still locked out.
+    fn locked(&mut self, key: &K, now: Instant, window: Duration) -> Option<Duration> {
+        let counter = self.counters.get_mut(key)?;
+        counter.refresh(now, window);
+        counter.locked(now)
+    }
+
+    /// The counter of `key`, made if there is room; `None` when the table
+    /// is full of lockouts (the attempt then goes uncounted on this key).
+    fn counter(&mut self, key: K, now: Instant, s: &LockoutSettings) -> Option<&mut Counter> {
+        let window = Duration::from_secs(s.window_secs);
+        if !self.counters.contains_key(&key) && self.counters.len() >= s.max_entries {
+            self.counters.retain(|_, c| c.live(now, window));
+            if self.counters.len() >= s.max_entries {
+                self.counters.retain(|_, c| c.locked(now).is_some());
+            }
+            if self.counters.len() >= s.max_entries {
+                return None;
+            }
+        }
+        let counter = self.counters.entry(key).or_insert_with(|| Counter::new(now));
+        counter.refresh(now, window);
+        Some(counter)
+    }
+
+    /// Whether attempts in flight on `key` already reach the threshold.
+    fn exhausted(&self, key: &K) -> bool {
+        self.enabled() && self.counters.get(key).is_some_and(|c| c.failures >= self.max_failures)
+    }
+
+    /// Take back one attempt of `key`.
+    fn take_back(&mut self, key: &K) {
+        if let Some(c) = self.counters.get_mut(key) {
+            c.failures = c.failures.saturating_sub(1);
+        }
+    }
+
+    /// An attempt on `key` failed: lock it if that reached the threshold.
+    /// `true` when a lockout starts now.
+    fn failed(&mut self, key: &K, now: Instant, lockout: Duration) -> bool {
+        let Some(c) = self.counters.get_mut(key) else { return false };
+        if c.locked_until.is_none() && c.failures >= self.max_failures {
+            c.locked_until = Some(now + lockout);
+            return true;
+        }
+        false
+    }
+}
+
+struct Tables {
+    identities: Table<IdentityKey>,
+    addresses: Table<IpAddr>,
+}
+
+/// The lockout state, shared by the REST API and the MQTT authenticator.
+pub struct SignInGuard {
+    settings: LockoutSettings,
+    // Held for a few map operations, never across an `.await`.
+    tables: Mutex<Tables>,
+}
+
+impl SignInGuard {
+    pub fn new(settings: LockoutSettings) -> Self {
+        let tables = Tables {
+            identities: Table::new(settings.max_failures_per_identity),
+            addresses: Table::new(settings.max_failures_per_address),
+        };
+        Self { settings, tables: Mutex::new(tables) }
+    }
+
+    /// Start a sign-in as `identity` (the user name or device id presented,
+    /// if any) from `from`: refused while either is locked out, else counted
+    /// until the [`Attempt`] says how it went.
+    pub fn begin<'a>(
+        &'a self,
+        identity: Option<&str>,
+        from: Option<IpAddr>,
+    ) -> Result<Attempt<'a>, Locked> {
+        let now = Instant::now();
+        let window = Duration::from_secs(self.settings.window_secs);
+        let identity_key = identity.map(identity_key);
+        let address = from.map(address_key);
+        let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+
+        let locked = [
+            (LockScope::Identity, identity_key.and_then(|k| t.identities.locked(&k, now, window))),
+            (LockScope::Address, address.and_then(|k| t.addresses.locked(&k, now, window))),
+        ]
+        .into_iter()
+        .find_map(|(scope, left)| left.map(|retry_after| Locked { scope, retry_after }))
+        .or_else(|| {
+            // Attempts in flight already use up the budget: wait for them.
+            let busy = [
+                (LockScope::Identity, identity_key.is_some_and(|k| t.identities.exhausted(&k))),
+                (LockScope::Address, address.is_some_and(|k| t.addresses.exhausted(&k))),
+            ];
+            busy.into_iter()
+                .find(|(_, busy)| *busy)
+                .map(|(scope, _)| Locked { scope, retry_after: IN_FLIGHT_WAIT })
+        });
+        if let Some(locked) = locked {
+            drop(t);
+            metrics::global().auth_locked_refusals.fetch_add(1, Relaxed);
+            tracing::debug!(
+                { names::CLIENT_ADDRESS } = from.map(tracing::field::display),
+                { names::AUTH_LOCKOUT_SCOPE } = locked.scope.as_str(),
+                "sign-in refused: locked out"
+            );
+            return Err(locked);
+        }
+
+        let mut attempt = Attempt {
+            guard: self,
+            identity: identity.map(|name| name.chars().take(64).collect()),
+            identity_key: None,
+            address: None,
+            from,
+            done: false,
+        };
+        if t.identities.enabled()
+            && let Some(key) = identity_key
+            && let Some(c) = t.identities.counter(key, now, &self.settings)
+        {
+            c.failures += 1;
+            attempt.identity_key = Some(key);
+        }
+        if t.addresses.enabled()
+            && let Some(key) = address
+            && let Some(c) = t.addresses.counter(key, now, &self.settings)
+        {
+            c.failures += 1;
+            attempt.address = Some(key);
+        }
+        Ok(attempt)
+    }
+
+    /// Keys tracked now, identities and addresses together (for tests).
+    pub fn tracked(&self) -> usize {
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        t.identities.counters.len() + t.addresses.counters.len()
+    }
+}
+
+/// A sign-in in progress. Dropped without a verdict it counts as failed.
+#[must_use = "say how the sign-in went"]
+pub struct Attempt<'a> {
+    guard: &'a SignInGuard,
+    /// The name tried, for the lockout warning (at most 64 characters).
+    identity: Option<String>,
+    identity_key: Option<IdentityKey>,
+    address: Option<IpAddr>,
+    from: Option<IpAddr>,
+    done: bool,
+}
+
+impl Attempt<'_> {
+    /// The secret was right: the identity starts afresh; the address only
+    /// gets this attempt back.
+    pub fn succeeded(mut self) {
+        self.done = true;
+        let mut t = self.guard.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = &self.identity_key {
+            t.identities.counters.remove(key);
+        }
+        if let Some(key) = &self.address {
+            t.addresses.take_back(key);
+        }
+    }
+
+    /// No verdict (the database was down): the attempt does not count.
+    pub fn inconclusive(mut self) {
+        self.done = true;
+        let mut t = self.guard.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = &self.identity_key {
+            t.identities.take_back(key);
+        }
+        if let Some(key) = &self.address {
+            t.addresses.take_back(key);
+        }
+    }
+
+    /// The secret was wrong (or there is no such identity).
+    pub fn failed(mut self) {
+        self.done = true;
+        self.record_failure();
+    }
+
+    fn record_failure(&self) {
+        let now = Instant::now();
+        let lockout = Duration::from_secs(self.guard.settings.duration_secs);
+        let started = {
+            let mut t = self.guard.tables.lock().unwrap_or_else(|e| e.into_inner());
+            [
+                self.identity_key
+                    .filter(|k| t.identities.failed(k, now, lockout))
+                    .map(|_| LockScope::Identity),
+                self.address
+                    .filter(|k| t.addresses.failed(k, now, lockout))
+                    .map(|_| LockScope::Address),
+            ]
+        };
+        let m = metrics::global();
+        m.auth_failures.fetch_add(1, Relaxed);
+        for scope in started.into_iter().flatten() {
+            m.auth_lockouts.fetch_add(1, Relaxed);
+            tracing::warn!(
+                { names::USER_NAME } = self.identity.as_deref(),
+                { names::CLIENT_ADDRESS } = self.from.map(tracing::field::display),
+                { names::AUTH_LOCKOUT_SCOPE } = scope.as_str(),
+                { names::AUTH_LOCKOUT_SECS } = lockout.as_secs(),
+                "sign-in locked out after repeated failures"
+            );
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record_failure();
+        }
+    }
+}
+
+/// A keyed-free hash of a name is enough here: the key only has to be
+/// stable and fixed-size, and the table is never shown to anyone.
+fn identity_key(name: &str) -> IdentityKey {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// IPv4 as is (also when mapped into IPv6); IPv6 by its /64, which one
+/// subscriber usually holds whole.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(per_identity: u32, per_address: u32) -> SignInGuard {
+        SignInGuard::new(LockoutSettings {
+            max_failures_per_identity: per_identity,
+            max_failures_per_address: per_address,
+            window_secs: 60,
+            duration_secs: 60,
+            max_entries: 100,
+        })
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn an_identity_is_locked_after_its_threshold_from_any_address() {
+        let g = guard(3, 100);
+        for i in 0..3 {
+            g.begin(Some("ann"), ip(&format!("10.0.0.{i}"))).unwrap().failed();
+        }
+        let locked = g.begin(Some("ann"), ip("10.9.9.9")).err().unwrap();
+        assert_eq!(locked.scope, LockScope::Identity);
+        assert!(locked.retry_after_secs() > 0 && locked.retry_after_secs() <= 60);
+        assert!(g.begin(Some("bob"), ip("10.9.9.9")).is_ok(), "others are unaffected");
+    }
+
+    #[test]
+    fn a_success_resets_its_identity_but_not_the_lockout_its_address_earned() {
+        let g = guard(3, 4);
+        g.begin(Some("ann"), ip("10.0.0.1")).unwrap().failed();
+        g.begin(Some("ann"), ip("10.0.0.1")).unwrap().failed();
+        g.begin(Some("ann"), ip("10.0.0.1")).unwrap().succeeded();
+        // Ann's counter is back to zero: two more failures do not lock her.
+        g.begin(Some("ann"), ip("10.0.0.2")).unwrap().failed();
+        g.begin(Some("ann"), ip("10.0.0.2")).unwrap().failed();
+        g.begin(Some("ann"), ip("10.0.0.3")).expect("not locked yet").succeeded();
+
+        // 10.0.0.1 guesses at others until locked; ann's right password from
+        // there is refused, and trying it does not unlock the address.
+        g.begin(Some("x"), ip("10.0.0.1")).unwrap().failed();
+        g.begin(Some("y"), ip("10.0.0.1")).unwrap().failed();
+        let locked = g.begin(Some("ann"), ip("10.0.0.1")).err().unwrap();
+        assert_eq!(locked.scope, LockScope::Address);
+        assert!(g.begin(Some("ann"), ip("10.0.0.1")).is_err());
+    }
+
+    #[test]
+    fn attempts_in_flight_count_so_parallel_guesses_cannot_overshoot() {
+        let g = guard(2, 100);
+        let a = g.begin(Some("ann"), None).unwrap();
+        let b = g.begin(Some("ann"), None).unwrap();
+        let third = g.begin(Some("ann"), None).err().expect("the budget is in flight");
+        assert_eq!(third.retry_after, IN_FLIGHT_WAIT);
+        // Both in flight already use up the budget: both fail, lockout.
+        a.failed();
+        b.failed();
+        assert!(g.begin(Some("ann"), None).is_err());
+    }
+
+    #[test]
+    fn inconclusive_attempts_do_not_count_and_dropped_ones_do() {
+        let g = guard(1, 100);
+        g.begin(Some("ann"), None).unwrap().inconclusive();
+        assert!(g.begin(Some("ann"), None).is_ok_and(|a| {
+            drop(a);
+            true
+        }));
+        assert!(g.begin(Some("ann"), None).is_err(), "a dropped attempt is a failure");
+    }
+
+    #[test]
+    fn lockouts_and_windows_expire() {
+        let g = SignInGuard::new(LockoutSettings {
+            max_failures_per_identity: 1,
+            duration_secs: 0,
+            window_secs: 0,
+            ..LockoutSettings::default()
+        });
+        g.begin(Some("ann"), None).unwrap().failed();
+        assert!(g.begin(Some("ann"), None).is_ok(), "a zero-length lockout is over at once");
+    }
+
+    #[test]
+    fn zero_turns_a_scope_off() {
+        let g = guard(0, 0);
+        for _ in 0..10 {
+            g.begin(Some("ann"), ip("10.0.0.1")).unwrap().failed();
+        }
+        assert!(g.begin(Some("ann"), ip("10.0.0.1")).is_ok());
+        assert_eq!(g.tracked(), 0);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_lockouts_survive_a_flood_of_new_keys() {
+        let g = SignInGuard::new(LockoutSettings {
+            max_failures_per_identity: 2,
+            max_failures_per_address: 0,
+            max_entries: 10,
+            ..LockoutSettings::default()
+        });
+        g.begin(Some("ann"), None).unwrap().failed();
+        g.begin(Some("ann"), None).unwrap().failed();
+        for i in 0..1000 {
+            g.begin(Some(&format!("spray-{i}")), None).unwrap().failed();
+        }
+        assert!(g.tracked() <= 10, "{}", g.tracked());
+        assert!(g.begin(Some("ann"), None).is_err(), "ann is still locked");
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(
+            address_key("2001:db8::1".parse().unwrap()),
+            address_key("2001:db8::ff".parse().unwrap())
+        );
+        assert_ne!(
+            address_key("2001:db8::1".parse().unwrap()),
+            address_key("2001:db9::1".parse().unwrap())
+        );
+        assert_eq!(
+            address_key("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+}
