@@ -17,7 +17,9 @@ pub enum EsCommand {
     /// Install (or update) the component and index templates of the data
     /// streams logs-mapcast.app-*, logs-mapcast.crash-* and
     /// metrics-mapcast.broker-* (from dashboards/templates/). Uses
-    /// telemetry.elasticsearch.* (url, credentials, plain_indices).
+    /// telemetry.elasticsearch.* (url, credentials, plain_indices). An
+    /// OpenSearch server (told by `GET /`) gets its own types for the
+    /// Elasticsearch-only ones (flattened, histogram, constant_keyword).
     Setup(ConfigArgs),
 }
 

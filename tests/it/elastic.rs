@@ -372,14 +372,14 @@ async fn logs_and_a_crash_are_found_with_search_in_a_real_server() {
 }
 
 /// A running osmem-server, killed on drop.
-struct Osmem {
-    url: String,
+pub(crate) struct Osmem {
+    pub(crate) url: String,
     _child: tokio::process::Child,
     http: reqwest::Client,
 }
 
 impl Osmem {
-    async fn start(bin: &str) -> Self {
+    pub(crate) async fn start(bin: &str) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(bin)
             .args(["-addr", "127.0.0.1:0", "-parent-pid", &std::process::id().to_string()])
@@ -402,7 +402,7 @@ impl Osmem {
     }
 
     /// The first hit of `query` in `index`, polling until there is one.
-    async fn search_until(&self, index: &str, query: Value) -> Value {
+    pub(crate) async fn search_until(&self, index: &str, query: Value) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let resp = self

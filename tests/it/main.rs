@@ -13,6 +13,8 @@ mod crash;
 mod db_outage;
 mod disk_full;
 mod elastic;
+mod elk_files;
+mod es_setup;
 mod flags;
 mod health;
 mod history;

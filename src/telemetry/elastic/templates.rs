@@ -2,10 +2,15 @@
 //! streams, from `dashboards/templates/` (compiled in, so the binary needs no
 //! checkout). With `plain_indices` the same mappings are installed for the
 //! plain index names, without `data_stream`.
+//!
+//! The files are written for Elasticsearch 8/9. Setup first asks the server
+//! who it is (`GET /`); an OpenSearch server gets the field types it lacks
+//! replaced ([`Distribution::adapt`]).
 
 use anyhow::{Context as _, bail};
 use elasticsearch::Elasticsearch;
 use elasticsearch::cluster::ClusterPutComponentTemplateParts;
+use elasticsearch::http::StatusCode;
 use elasticsearch::indices::IndicesPutIndexTemplateParts;
 use serde_json::Value;
 
@@ -62,14 +67,92 @@ pub fn bodies(plain: bool, namespace: &str) -> anyhow::Result<Vec<(&'static str,
     Ok(out)
 }
 
+/// The kind of server behind the URL, as its root endpoint tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Distribution {
+    Elasticsearch,
+    /// OpenSearch (or a server presenting itself as such), with its version.
+    OpenSearch(String),
+}
+
+impl Distribution {
+    /// From the body of `GET /`: OpenSearch names itself in
+    /// `version.distribution`; Elasticsearch has no such field.
+    pub fn from_info(info: &Value) -> Self {
+        match info["version"]["distribution"].as_str() {
+            Some("opensearch") => {
+                Self::OpenSearch(info["version"]["number"].as_str().unwrap_or("unknown").to_owned())
+            }
+            _ => Self::Elasticsearch,
+        }
+    }
+
+    /// Asks the server. A key allowed to manage templates may not be allowed
+    /// to read `GET /` (403): then the Elasticsearch mappings are used as
+    /// written.
+    pub async fn detect(client: &Elasticsearch) -> anyhow::Result<Self> {
+        let response = client
+            .info()
+            .send()
+            .await
+            .context("cannot reach Elasticsearch to ask which server it is")?;
+        match response.status_code() {
+            StatusCode::UNAUTHORIZED => bail!("Elasticsearch refused the credentials (HTTP 401)"),
+            s if s.is_success() => Ok(Self::from_info(&response.json().await.unwrap_or_default())),
+            _ => Ok(Self::Elasticsearch),
+        }
+    }
+
+    /// Rewrites the mapping types the distribution lacks, in place:
+    /// OpenSearch has `flat_object` for `flattened`, no `histogram` (the
+    /// buckets are kept in `_source`, not indexed) and no `constant_keyword`
+    /// without a value.
+    pub fn adapt(&self, body: &mut Value) {
+        if *self == Self::Elasticsearch {
+            return;
+        }
+        match body {
+            Value::Object(map) => {
+                match map.get("type").and_then(Value::as_str) {
+                    Some("flattened") => {
+                        map.insert("type".into(), "flat_object".into());
+                    }
+                    Some("histogram") => {
+                        map.insert("type".into(), "object".into());
+                        map.insert("enabled".into(), false.into());
+                    }
+                    // OpenSearch wants the value up front; Elasticsearch takes
+                    // it from the first document.
+                    Some("constant_keyword") if !map.contains_key("value") => {
+                        map.insert("type".into(), "keyword".into());
+                    }
+                    _ => {}
+                }
+                map.values_mut().for_each(|v| self.adapt(v));
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.adapt(v)),
+            _ => {}
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Self::Elasticsearch => String::new(),
+            Self::OpenSearch(version) => format!(" (OpenSearch {version} mappings)"),
+        }
+    }
+}
+
 /// Install (or overwrite) every template; one line per template on success.
 pub async fn install(
     client: &Elasticsearch,
     plain: bool,
     namespace: &str,
 ) -> anyhow::Result<Vec<String>> {
+    let distribution = Distribution::detect(client).await?;
     let mut done = Vec::new();
-    for (kind, name, body) in bodies(plain, namespace)? {
+    for (kind, name, mut body) in bodies(plain, namespace)? {
+        distribution.adapt(&mut body);
         let response = match kind {
             "component" => {
                 client
@@ -94,7 +177,7 @@ pub async fn install(
             let text = response.text().await.unwrap_or_default();
             bail!("installing {kind} template {name}: HTTP {status}: {text}");
         }
-        done.push(format!("{kind} template {name}"));
+        done.push(format!("{kind} template {name}{}", distribution.label()));
     }
     Ok(done)
 }
@@ -139,6 +222,39 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn opensearch_is_recognised_by_its_root_endpoint() {
+        let os = serde_json::json!({"version": {"distribution": "opensearch", "number": "3.8.0"}});
+        assert_eq!(Distribution::from_info(&os), Distribution::OpenSearch("3.8.0".into()));
+        let es = serde_json::json!({"version": {"number": "8.19.0", "build_flavor": "default"}});
+        assert_eq!(Distribution::from_info(&es), Distribution::Elasticsearch);
+    }
+
+    #[test]
+    fn opensearch_gets_its_own_types_and_elasticsearch_the_files_as_written() {
+        let types = |body: &Value| {
+            let text = body.to_string();
+            ["flattened", "histogram", "flat_object"]
+                .map(|t| text.contains(&format!("\"type\":\"{t}\"")))
+        };
+        let os = Distribution::OpenSearch("3.8.0".into());
+        for (_, name, mut body) in bodies(false, "default").unwrap() {
+            let before = types(&body);
+            Distribution::Elasticsearch.adapt(&mut body);
+            assert_eq!(types(&body), before, "{name}: Elasticsearch gets the file as written");
+            os.adapt(&mut body);
+            let [flattened, histogram, flat_object] = types(&body);
+            assert!(!flattened && !histogram, "{name}: {body}");
+            assert!(!body.to_string().contains("\"type\":\"constant_keyword\""), "{name}");
+            assert_eq!(flat_object, before[0], "{name}");
+        }
+        let mut metrics = bodies(false, "default").unwrap().remove(3).2;
+        os.adapt(&mut metrics);
+        let histogram = &metrics["template"]["mappings"]["properties"]["mapcast.db.batch_duration_seconds"]
+            ["properties"]["histogram"];
+        assert_eq!(histogram, &serde_json::json!({"type": "object", "enabled": false}));
     }
 
     #[test]

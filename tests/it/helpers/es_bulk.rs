@@ -194,6 +194,11 @@ async fn handle(
         tokio::time::sleep(delay).await;
     }
 
+    // The root endpoint as Elasticsearch 8 answers it (no `distribution`).
+    if path == "/" && method == hyper::Method::GET {
+        let info = json!({ "version": { "number": "8.19.0", "build_flavor": "default" } });
+        return Ok(reply(StatusCode::OK, info));
+    }
     let template = ["/_component_template/", "/_index_template/"]
         .iter()
         .any(|p| path.starts_with(p) && path.len() > p.len());

@@ -1,0 +1,332 @@
+//! The Logstash pipeline (`logstash/pipeline/mapcast.conf`), parsed with the
+//! grammar of Logstash's configuration language (sections, plugins,
+//! `key => value` settings, conditionals) and checked: balanced braces,
+//! known plugins with unique ids, and data-stream routing to exactly the
+//! streams mapcast's own shipper writes.
+
+use std::collections::BTreeSet;
+
+use mapcast::telemetry::elastic::{Indices, Stream};
+
+use super::{assert_reports, read, repo};
+
+const PLUGINS: &[(&str, &[&str])] = &[
+    ("input", &["tcp", "file", "beats", "stdin"]),
+    ("filter", &["mutate", "fingerprint", "json", "date", "drop"]),
+    ("output", &["elasticsearch", "stdout"]),
+];
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Word(String),
+    Str(String),
+    Punct(&'static str),
+}
+
+#[derive(Debug, Clone)]
+enum Setting {
+    Scalar(String),
+    List(Vec<Setting>),
+    Hash(Vec<(String, Setting)>),
+}
+
+#[derive(Debug)]
+struct Plugin {
+    section: String,
+    name: String,
+    settings: Vec<(String, Setting)>,
+}
+
+/// Tokens of a pipeline file; comments dropped, brace balance checked.
+fn tokenize(text: &str, errors: &mut Vec<String>) -> Vec<Token> {
+    let mut tokens = Vec::new();
+    let mut depth: Vec<char> = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '#' => while chars.next_if(|c| *c != '\n').is_some() {},
+            '"' | '\'' => {
+                let mut s = String::new();
+                loop {
+                    match chars.next() {
+                        Some('\\') => s.extend(chars.next()),
+                        Some(q) if q == c => break,
+                        Some(other) => s.push(other),
+                        None => {
+                            errors.push("unterminated string".into());
+                            break;
+                        }
+                    }
+                }
+                tokens.push(Token::Str(s));
+            }
+            '{' | '[' => {
+                depth.push(c);
+                tokens.push(Token::Punct(if c == '{' { "{" } else { "[" }));
+            }
+            '}' | ']' => {
+                let open = if c == '}' { '{' } else { '[' };
+                if depth.pop() != Some(open) {
+                    errors.push(format!("unbalanced {c}"));
+                }
+                tokens.push(Token::Punct(if c == '}' { "}" } else { "]" }));
+            }
+            '=' if chars.peek() == Some(&'>') => {
+                chars.next();
+                tokens.push(Token::Punct("=>"));
+            }
+            ',' => tokens.push(Token::Punct(",")),
+            c if c.is_whitespace() => {}
+            c => {
+                let mut word = c.to_string();
+                while let Some(n) =
+                    chars.next_if(|n| !n.is_whitespace() && !"{}[],#\"'".contains(*n))
+                {
+                    word.push(n);
+                }
+                tokens.push(Token::Word(word));
+            }
+        }
+    }
+    if !depth.is_empty() {
+        errors.push(format!("unbalanced: {} unclosed", depth.len()));
+    }
+    tokens
+}
+
+struct Parser {
+    tokens: Vec<Token>,
+    at: usize,
+    plugins: Vec<Plugin>,
+    errors: Vec<String>,
+}
+
+impl Parser {
+    fn next(&mut self) -> Option<Token> {
+        let t = self.tokens.get(self.at).cloned();
+        self.at += 1;
+        t
+    }
+
+    fn peek_is(&self, p: &str) -> bool {
+        self.tokens.get(self.at)
+            == Some(&Token::Punct(match p {
+                "{" => "{",
+                "}" => "}",
+                "[" => "[",
+                "]" => "]",
+                "," => ",",
+                _ => "=>",
+            }))
+    }
+
+    fn expect(&mut self, p: &'static str) -> bool {
+        let ok = self.next() == Some(Token::Punct(p));
+        if !ok {
+            self.errors.push(format!("expected {p} near token {}", self.at));
+        }
+        ok
+    }
+
+    fn config(&mut self) {
+        while let Some(token) = self.next() {
+            match token {
+                Token::Word(section) if PLUGINS.iter().any(|(s, _)| *s == section) => {
+                    if self.expect("{") {
+                        self.block(&section);
+                    }
+                }
+                other => {
+                    self.errors.push(format!("unknown top-level {other:?}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Plugins and conditionals up to the closing brace of a section.
+    fn block(&mut self, section: &str) {
+        loop {
+            match self.next() {
+                None => return,
+                Some(Token::Punct("}")) => return,
+                Some(Token::Word(w)) if w == "if" || w == "else" => {
+                    // The condition runs to the block's opening brace.
+                    while !self.peek_is("{") && self.at < self.tokens.len() {
+                        self.at += 1;
+                    }
+                    if self.expect("{") {
+                        self.block(section);
+                    }
+                }
+                Some(Token::Word(name)) => {
+                    let known = PLUGINS
+                        .iter()
+                        .any(|(s, names)| *s == section && names.contains(&name.as_str()));
+                    if !known {
+                        self.errors.push(format!("unknown {section} plugin {name}"));
+                    }
+                    if self.expect("{") {
+                        let settings = self.settings();
+                        self.plugins.push(Plugin { section: section.into(), name, settings });
+                    }
+                }
+                Some(other) => {
+                    self.errors.push(format!("unexpected {other:?} in {section}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `key => value` pairs up to a closing brace.
+    fn settings(&mut self) -> Vec<(String, Setting)> {
+        let mut out = Vec::new();
+        loop {
+            match self.next() {
+                None | Some(Token::Punct("}")) => return out,
+                Some(Token::Punct(",")) => {}
+                Some(Token::Word(key) | Token::Str(key)) => {
+                    if !self.expect("=>") {
+                        return out;
+                    }
+                    let value = self.value();
+                    out.push((key, value));
+                }
+                Some(other) => {
+                    self.errors.push(format!("unexpected {other:?} in settings"));
+                    return out;
+                }
+            }
+        }
+    }
+
+    fn value(&mut self) -> Setting {
+        match self.next() {
+            Some(Token::Punct("[")) => {
+                let mut items = Vec::new();
+                while !self.peek_is("]") && self.at < self.tokens.len() {
+                    if self.peek_is(",") {
+                        self.at += 1;
+                        continue;
+                    }
+                    items.push(self.value());
+                }
+                self.at += 1;
+                Setting::List(items)
+            }
+            Some(Token::Punct("{")) => Setting::Hash(self.settings()),
+            Some(Token::Word(s) | Token::Str(s)) => Setting::Scalar(s),
+            other => {
+                self.errors.push(format!("expected a value, found {other:?}"));
+                Setting::Scalar(String::new())
+            }
+        }
+    }
+}
+
+fn scalar<'a>(settings: &'a [(String, Setting)], key: &str) -> Option<&'a str> {
+    settings.iter().find_map(|(k, v)| match v {
+        Setting::Scalar(s) if k == key => Some(s.as_str()),
+        _ => None,
+    })
+}
+
+/// Everything wrong with a pipeline file.
+fn check_pipeline(text: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    let tokens = tokenize(text, &mut errors);
+    let mut parser = Parser { tokens, at: 0, plugins: Vec::new(), errors: Vec::new() };
+    parser.config();
+    errors.append(&mut parser.errors);
+    let plugins = parser.plugins;
+
+    let mut ids = BTreeSet::new();
+    for p in &plugins {
+        match scalar(&p.settings, "id") {
+            Some(id) if !ids.insert(id.to_owned()) => {
+                errors.push(format!("duplicate plugin id {id}"))
+            }
+            Some(_) => {}
+            None => errors.push(format!("{} plugin {} has no id", p.section, p.name)),
+        }
+    }
+    for section in ["input", "output"] {
+        if !plugins.iter().any(|p| p.section == section) {
+            errors.push(format!("no {section} plugin"));
+        }
+    }
+    for es in plugins.iter().filter(|p| p.name == "elasticsearch") {
+        if scalar(&es.settings, "data_stream") != Some("true") {
+            errors.push("the elasticsearch output does not write data streams".into());
+        }
+        let hosts = es.settings.iter().find(|(k, _)| k == "hosts").map(|(_, v)| v);
+        if !matches!(hosts, Some(Setting::List(h)) if !h.is_empty()) {
+            errors.push("the elasticsearch output has no hosts list".into());
+        }
+        if scalar(&es.settings, "index").is_some() {
+            errors.push("the elasticsearch output names an index beside data streams".into());
+        }
+    }
+
+    // Each routing branch sets a type and a dataset: the streams they name.
+    let mut routed = BTreeSet::new();
+    for p in plugins.iter().filter(|p| p.name == "mutate") {
+        for (key, value) in &p.settings {
+            let Setting::Hash(fields) = value else { continue };
+            if key != "add_field" {
+                continue;
+            }
+            let kind = scalar(fields, "[data_stream][type]");
+            let dataset = scalar(fields, "[data_stream][dataset]");
+            if let (Some(kind), Some(dataset)) = (kind, dataset) {
+                routed.insert(format!("{kind}-{dataset}-default"));
+            }
+        }
+    }
+    let indices = Indices::new("default", false);
+    let shipped: BTreeSet<String> = [Stream::App, Stream::Crash, Stream::Metrics]
+        .iter()
+        .map(|s| indices.of(*s).to_owned())
+        .collect();
+    if routed != shipped {
+        errors.push(format!("routes to {routed:?}, the shipper writes {shipped:?}"));
+    }
+    errors
+}
+
+#[test]
+fn the_pipeline_parses_and_routes_to_the_shippers_data_streams() {
+    let errors = check_pipeline(&read(&repo("logstash/pipeline/mapcast.conf")));
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn pipelines_yml_loads_the_mapcast_pipeline_from_its_mounted_path() {
+    let text = read(&repo("logstash/config/pipelines.yml"));
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("pipelines.yml is YAML");
+    let pipelines = docs[0].as_vec().expect("a list of pipelines");
+    assert_eq!(pipelines.len(), 1);
+    assert_eq!(pipelines[0]["pipeline.id"].as_str(), Some("mapcast"));
+    assert_eq!(
+        pipelines[0]["path.config"].as_str(),
+        Some("/usr/share/logstash/pipeline/mapcast.conf")
+    );
+}
+
+#[test]
+fn a_broken_pipeline_is_rejected_for_each_defect() {
+    let errors = check_pipeline(&read(&repo("tests/fixtures/logstash/broken.conf")));
+    assert_reports(
+        &errors,
+        &[
+            "unbalanced: 1 unclosed",
+            "unknown output plugin elasticsaerch",
+            "unknown filter plugin mutat",
+            "duplicate plugin id mapcast_route",
+            "routes to",
+            "\"logs-mapcast.crashes-default\"",
+            "the elasticsearch output does not write data streams",
+        ],
+    );
+}
