@@ -185,26 +185,6 @@ impl Observations {
             }
         }
     }
-
-    /// The same counters as fields of the metrics document.
-    pub fn document(&self) -> Value {
-        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let rows: Vec<Value> = map
-            .iter()
-            .flat_map(|(key, variants)| {
-                variants.iter().map(move |(variant, s)| {
-                    json!({
-                        names::FEATURE_FLAG_KEY: key,
-                        names::FEATURE_FLAG_VARIANT: variant,
-                        "requests": s.requests.load(Relaxed),
-                        "errors": s.errors.load(Relaxed),
-                        "crashes": s.crashes.load(Relaxed),
-                    })
-                })
-            })
-            .collect();
-        Value::Array(rows)
-    }
 }
 
 /// A metric's Prometheus and document names.

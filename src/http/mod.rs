@@ -17,7 +17,7 @@ use std::panic::AssertUnwindSafe;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, web};
+use actix_web::{App, HttpMessage, web};
 use futures::FutureExt as _;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -78,6 +78,8 @@ async fn trace_request(
         { names::HTTP_RESPONSE_STATUS_CODE } = Empty,
         { names::EVENT_DURATION } = Empty,
         { names::TRACE_ID } = Empty,
+        { names::FEATURE_FLAG_KEY } = Empty,
+        { names::FEATURE_FLAG_VARIANT } = Empty,
     );
     // A caller's `traceparent` makes this request part of its trace.
     if let Some(traceparent) = req.headers().get(otel::TRACEPARENT).and_then(|v| v.to_str().ok()) {
@@ -104,6 +106,14 @@ async fn trace_request(
     span.record(names::EVENT_DURATION, duration_ns);
     if let Some(route) = &route {
         span.record(names::HTTP_ROUTE, route.as_str());
+    }
+    // A flagged handler left its evaluation: the request line names the
+    // variant, so latency and errors split by variant.
+    if let Ok(res) = &result
+        && let Some(flag) = res.request().extensions().get::<crate::flags::Evaluation>()
+    {
+        span.record(names::FEATURE_FLAG_KEY, &*flag.key);
+        span.record(names::FEATURE_FLAG_VARIANT, &*flag.variant);
     }
     metrics::global()
         .observe_http(route.as_deref().unwrap_or(metrics::UNMATCHED_ROUTE), elapsed.as_secs_f64());

@@ -219,7 +219,8 @@ pub mod metrics {
         ("mapcast_telemetry_spool_dropped_total", "mapcast.telemetry.spool_dropped");
     pub const CRASHES: (&str, &str) = ("mapcast_crashes_total", "mapcast.crashes");
     pub const UPTIME: (&str, &str) = ("mapcast_uptime_seconds", "mapcast.uptime_seconds");
-    /// Labelled by `flag` and `variant`; the document holds one object per variant.
+    /// Labelled by `flag` and `variant`; on `/metrics` only (the
+    /// request log lines carry `feature_flag.result.variant` for Kibana).
     pub const FLAG_REQUESTS: (&str, &str) =
         ("mapcast_feature_flag_requests_total", "mapcast.feature_flags");
     pub const FLAG_ERRORS: (&str, &str) =

@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Api, PASSWORD, ServerProcess, V3Options, add_admin, expect_json, expect_problem, location,
-    mapcast_cli,
+    Api, PASSWORD, ServerProcess, V3Options, add_admin, expect_json, expect_problem,
+    fresh_postgres_database, location, mapcast_cli, mark_postgres_ran, postgres_test_url,
 };
 
 const FLAG: &str = "/api/v1/flags/map.clustering";
@@ -122,14 +122,20 @@ async fn flags_are_for_admins_and_bodies_are_validated() {
 #[tokio::test]
 async fn a_flag_set_from_the_command_line_goes_live_in_the_running_server() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start_with_config(dir.path(), CANARY_CONFIG, &[]).await;
+    cli_changes_go_live(dir.path(), &[]).await;
+}
+
+/// `db` selects the database (none: SQLite in the data directory).
+pub async fn cli_changes_go_live(dir: &Path, db: &[&str]) {
+    let server = ServerProcess::start_with_config(dir, CANARY_CONFIG, db).await;
     map_with_one_device(&server).await;
     let api = Api::new(server.http_addr);
     assert_eq!(zoomed(&api, None).await, (StatusCode::OK, false), "no flag: the whole map");
 
-    let data_dir = dir.path().to_str().unwrap();
+    let data_dir = dir.to_str().unwrap();
+    let target = [&["--data-dir", data_dir][..], db].concat();
     let args = ["flags", "set", "map.clustering", "--enabled", "true", "--rollout", "100"];
-    let (ok, out, err) = mapcast_cli(&[&args[..], &["--data-dir", data_dir]].concat(), "").await;
+    let (ok, out, err) = mapcast_cli(&[&args[..], &target].concat(), "").await;
     assert!(ok, "{err}");
     let printed: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(printed["rollout"], 100);
@@ -143,14 +149,11 @@ async fn a_flag_set_from_the_command_line_goes_live_in_the_running_server() {
     let whole: Value = api.get("/api/v1/map", None).await.json().await.unwrap();
     assert!(whole.get("clustered").is_none());
 
-    let (ok, out, err) = mapcast_cli(&["flags", "list", "--data-dir", data_dir], "").await;
+    let (ok, out, err) = mapcast_cli(&[&["flags", "list"][..], &target].concat(), "").await;
     assert!(ok, "{err}");
     assert!(out.contains("\"key\":\"map.clustering\""), "{out}");
-    let (ok, _, err) = mapcast_cli(
-        &["flags", "set", "map.clustering", "--rollout", "200", "--data-dir", data_dir],
-        "",
-    )
-    .await;
+    let too_much = ["flags", "set", "map.clustering", "--rollout", "200"];
+    let (ok, _, err) = mapcast_cli(&[&too_much[..], &target].concat(), "").await;
     assert!(!ok && err.contains("200"), "{err}");
 }
 
@@ -201,6 +204,14 @@ async fn each_caller_keeps_its_variant_across_requests_and_restarts() {
     assert_eq!(evaluation["feature_flag.result.reason"], "targeting_match");
     assert_eq!(evaluation["feature_flag.provider.name"], "mapcast");
     assert_eq!(evaluation["http.route"], "/api/v1/map", "{evaluation}");
+    // So does the request's own line, with its duration and status.
+    let request = lines
+        .iter()
+        .find(|l| l["message"] == "request completed" && l["trace.id"] == evaluation["trace.id"])
+        .expect("the request line");
+    assert_eq!(request["feature_flag.key"], "map.clustering", "{request}");
+    assert_eq!(request["feature_flag.result.variant"], "control", "{request}");
+    assert!(request["event.duration"].is_u64());
     let metrics = api.get("/metrics", None).await.text().await.unwrap();
     let on = 3 * seen.iter().filter(|s| **s).count();
     for (variant, count) in [("control", 3 * seen.len() - on), ("on", on)] {
@@ -232,8 +243,24 @@ fn rollback_events(server: &ServerProcess) -> Vec<Value> {
 #[tokio::test]
 async fn a_failing_canary_rolls_itself_back_and_stays_rolled_back() {
     let dir = tempfile::tempdir().unwrap();
-    let root = add_admin(dir.path(), "root", PASSWORD).await;
-    let server = ServerProcess::start_with_config(dir.path(), CANARY_CONFIG, &[]).await;
+    failing_canary_rolls_back(dir.path(), &[]).await;
+}
+
+/// `mapcast user add --admin` for `root` on the database `db` selects.
+async fn add_root(dir: &Path, db: &[&str]) -> Value {
+    if db.is_empty() {
+        return add_admin(dir, "root", PASSWORD).await;
+    }
+    let args = ["user", "add", "--username", "root", "--admin", "--password-stdin", "--data-dir"];
+    let args = [&args[..], &[dir.to_str().unwrap()], db].concat();
+    let (ok, stdout, stderr) = mapcast_cli(&args, &format!("{PASSWORD}\n")).await;
+    assert!(ok, "{stderr}");
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+pub async fn failing_canary_rolls_back(dir: &Path, db: &[&str]) {
+    let root = add_root(dir, db).await;
+    let server = ServerProcess::start_with_config(dir, CANARY_CONFIG, db).await;
     map_with_one_device(&server).await;
     let (api, token, me) = admin(&server, &root).await;
     // The admin is the canary, anonymous callers the control.
@@ -289,7 +316,7 @@ async fn a_failing_canary_rolls_itself_back_and_stays_rolled_back() {
 
     // A restart does not resume the bad canary.
     server.terminate(Duration::from_secs(10)).await.expect("a clean exit");
-    let server = ServerProcess::start_with_config(dir.path(), CANARY_CONFIG, &[]).await;
+    let server = ServerProcess::start_with_config(dir, CANARY_CONFIG, db).await;
     map_with_one_device(&server).await;
     let api = Api::new(server.http_addr);
     let token = api.login("root", PASSWORD).await;
@@ -347,4 +374,16 @@ async fn a_crash_in_a_canary_path_rolls_it_back_even_after_the_process_died() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["mapcast.canary.crashes"], 1);
     assert!(events[0]["event.reason"].as_str().unwrap().contains("crashed"));
+}
+
+#[tokio::test]
+async fn flags_and_rollbacks_work_on_postgres() {
+    let Some(base) = postgres_test_url("flags_and_rollbacks_work_on_postgres") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_postgres_database(&base).await;
+    cli_changes_go_live(dir.path(), &["--database-url", &url]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_postgres_database(&base).await;
+    failing_canary_rolls_back(dir.path(), &["--database-url", &url]).await;
+    mark_postgres_ran().await;
 }

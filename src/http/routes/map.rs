@@ -7,7 +7,7 @@
 use std::io::Write;
 
 use actix_web::http::header::{self, CacheControl, CacheDirective, HttpDate};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, get, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, get, web};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::Deserialize;
@@ -85,6 +85,7 @@ async fn zoomed_map(
         return Err(ApiError::BadRequest(format!("zoom must be 0-{MAX_ZOOM}, got {zoom}")));
     }
     let (eval, span) = state.flags.evaluate(MAP_CLUSTERING, caller.client_id.as_str());
+    req.extensions_mut().insert(eval.clone());
     let probe = state.flags.probe(&eval);
     let result = async {
         if eval.is_canary() {
