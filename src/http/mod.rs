@@ -8,6 +8,7 @@ mod openapi;
 mod payload;
 mod routes;
 pub mod state;
+pub mod tickets;
 
 use std::net::TcpListener;
 use std::time::Instant;
@@ -35,12 +36,14 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 /// spawns it and stops it through `Server::handle()`.
 pub fn build(listener: TcpListener, state: AppState, workers: usize) -> std::io::Result<Server> {
     let state = web::Data::new(state);
+    let tickets = web::Data::new(tickets::SseTickets::default());
     let openapi = web::Data::new(openapi::OpenApiJson(
         openapi::document().to_json().map_err(std::io::Error::other)?,
     ));
     let server = actix_web::HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(tickets.clone())
             .app_data(openapi.clone())
             .app_data(web::JsonConfig::default().error_handler(|e, _| errors::json_error(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))

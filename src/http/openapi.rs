@@ -82,6 +82,7 @@ mod tests {
         ("delete", "/api/v1/topics/{topic}"),
         ("get", "/api/v1/history/{topic}"),
         ("get", "/api/v1/subscribe"),
+        ("post", "/api/v1/subscribe/tickets"),
         ("get", "/api/v1/map"),
         ("get", "/api/v1/flags"),
         ("get", "/api/v1/flags/{key}"),

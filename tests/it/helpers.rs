@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 pub use api::{Api, DeviceCreds, PASSWORD, add_admin, expect_json, expect_problem, mapcast_cli};
 pub use binary::ServerProcess;
 pub use es_bulk::EsBulk;
-pub use locations::{fast_map, feature_ids, location, location_at};
+pub use locations::{Sse, fast_map, feature_ids, location, location_at};
 pub use otlp::OtlpReceiver;
 pub use pg_cluster::PgCluster;
 pub use postgres::{fresh_postgres_database, mark_postgres_ran, postgres_test_url};

@@ -55,3 +55,104 @@ async fn bad_or_forbidden_filters_are_problems() {
     expect_problem(app.sse_request("devices/#").await, 403, "forbidden").await;
     assert_eq!(app.sse_request("map/#").await.status(), 200, "anonymous may read the map");
 }
+
+/// `POST /api/v1/subscribe/tickets` for `filter` as the holder of `token`.
+async fn ticket(app: &crate::helpers::TestApp, token: &str, filter: &str) -> reqwest::Response {
+    app.api()
+        .post_json("/api/v1/subscribe/tickets", Some(token), &serde_json::json!({"filter": filter}))
+        .await
+}
+
+#[tokio::test]
+async fn a_browser_streams_with_a_one_time_ticket_instead_of_a_header() {
+    let app = spawn_app_with(|s| s.auth.allow_anonymous = Some(false)).await;
+    let api = app.api();
+    let token = api.sign_up("ann").await;
+    let car = api.create_device(&token, "Golf", "car").await;
+    let filter = format!("devices/{}/location", car.id);
+
+    let issued = ticket(&app, &token, &filter).await;
+
+    assert_eq!(issued.headers()["cache-control"], "no-store");
+    let issued = crate::helpers::expect_json(issued, reqwest::StatusCode::CREATED).await;
+    assert_eq!(issued["filter"], filter.as_str());
+    assert!(issued["expires_at"].is_string());
+    let t = issued["ticket"].as_str().unwrap();
+    let query = [("filter", filter.as_str()), ("ticket", t)];
+    let mut sse = crate::helpers::Sse::open(app.sse_request_with(&query).await).await;
+    let put = api
+        .send(
+            Method::PUT,
+            &format!("/api/v1/topics/{filter}"),
+            Some(&token),
+            Some(("application/json", location(3.0, 4.0))),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+    assert_eq!(sse.next_event().await["topic"], filter.as_str());
+    // Used once: the same ticket opens nothing more.
+    expect_problem(app.sse_request_with(&query).await, 401, "unauthorized").await;
+    expect_problem(app.sse_request(&filter).await, 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn a_ticket_is_only_for_its_filter_and_only_for_what_the_caller_may_read() {
+    let app = spawn_app_with(|s| s.auth.allow_anonymous = Some(false)).await;
+    let token = app.api().sign_up("ann").await;
+
+    let forbidden = ticket(&app, &token, "devices/#").await;
+    let invalid = ticket(&app, &token, "a/#/b").await;
+    let anonymous = app
+        .api()
+        .post_json("/api/v1/subscribe/tickets", None, &serde_json::json!({"filter": "map/#"}))
+        .await;
+    let for_map = crate::helpers::expect_json(
+        ticket(&app, &token, "map/#").await,
+        reqwest::StatusCode::CREATED,
+    )
+    .await;
+    let for_map = for_map["ticket"].as_str().unwrap();
+    let other_filter = app.sse_request_with(&[("filter", "map/+"), ("ticket", for_map)]).await;
+
+    expect_problem(forbidden, 403, "forbidden").await;
+    expect_problem(invalid, 400, "bad-request").await;
+    expect_problem(anonymous, 401, "unauthorized").await;
+    expect_problem(other_filter, 401, "unauthorized").await;
+    let made_up = app.sse_request_with(&[("filter", "map/#"), ("ticket", "made-up")]).await;
+    expect_problem(made_up, 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn a_ticket_never_reaches_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::helpers::ServerProcess::start(dir.path(), &[]).await;
+    let api = crate::helpers::Api::new(server.http_addr);
+    let token = api.sign_up("ann").await;
+    let issued = api
+        .post_json(
+            "/api/v1/subscribe/tickets",
+            Some(&token),
+            &serde_json::json!({"filter": "map/#"}),
+        )
+        .await;
+    let issued = crate::helpers::expect_json(issued, reqwest::StatusCode::CREATED).await;
+    let t = issued["ticket"].as_str().unwrap().to_owned();
+
+    let stream = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/subscribe", server.http_addr))
+        .query(&[("filter", "map/#"), ("ticket", t.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    drop(stream);
+
+    // The request line of the stream is there, without its query.
+    let deadline = std::time::Instant::now() + crate::helpers::RECV;
+    while !server.logs().contains("\"url.path\":\"/api/v1/subscribe\"") {
+        assert!(std::time::Instant::now() < deadline, "no request line:\n{}", server.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!server.logs().contains(&t), "the ticket reached the logs");
+    assert!(!server.logs().contains(&token), "the token reached the logs");
+}

@@ -1,5 +1,8 @@
 //! `GET /api/v1/subscribe?filter=F`: matching publishes as Server-Sent
-//! Events, for clients that speak only HTTP.
+//! Events, for clients that speak only HTTP. A browser's `EventSource`
+//! cannot send `Authorization`, so it first gets a one-time ticket from
+//! `POST /api/v1/subscribe/tickets` and passes it as `?ticket=` (see
+//! [`crate::http::tickets`]).
 //!
 //! Each stream is a broker session of its own (`sse:{n}`, clean, not
 //! persistent) subscribed at QoS 0: the broker fans out to it like to any
@@ -10,19 +13,22 @@
 use std::time::Duration;
 
 use actix_web::http::header::{CacheControl, CacheDirective};
-use actix_web::{HttpResponse, get, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, get, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::broker::auth::{Identity, Secret};
 use crate::broker::{
     BrokerHandle, ConnectRequest, ConnectionId, Delivery, DisconnectKind, Next, Outbox,
     ProtocolVersion, QoS, SubscribeRequest, SubscriptionOptions,
 };
+use crate::domain::time::{format_rfc3339, millis};
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 use crate::http::payload::payload_json;
 use crate::http::state::AppState;
+use crate::http::tickets::{IssueError, SseTickets, TICKET_TTL};
 
 /// A comment line this often keeps proxies from closing an idle stream.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -30,7 +36,7 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 const BATCH: usize = 64;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(subscribe);
+    cfg.service(subscribe).service(create_ticket);
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -38,6 +44,28 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 pub struct SubscribeParams {
     /// MQTT topic filter; `+` and `#` wildcards allowed (no `$share/`).
     filter: String,
+    /// A ticket from `POST /api/v1/subscribe/tickets` for this filter,
+    /// instead of `Authorization` (for `EventSource`). Works once.
+    #[param(value_type = Option<String>)]
+    ticket: Option<Secret>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TicketRequest {
+    /// The filter the ticket is for, exactly as it will be passed to
+    /// `GET /api/v1/subscribe`.
+    #[schema(example = "devices/+/location")]
+    filter: String,
+}
+
+/// A one-time ticket for one SSE stream.
+#[derive(Serialize, ToSchema)]
+pub struct SseTicket {
+    /// Pass as `?ticket=` with the same `filter`, within `expires_at`.
+    ticket: String,
+    filter: String,
+    /// RFC 3339; about a minute from now.
+    expires_at: String,
 }
 
 /// The `data:` of each event.
@@ -72,18 +100,26 @@ pub struct SseEvent {
 #[tracing::instrument(skip_all, fields(mqtt.filter = %params.filter))]
 async fn subscribe(
     state: web::Data<AppState>,
-    caller: Caller,
+    tickets: web::Data<SseTickets>,
+    req: HttpRequest,
     params: web::Query<SubscribeParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let limits = state.broker.limits().topic_limits();
-    if params.filter.starts_with("$share/") {
-        return Err(ApiError::BadRequest("shared subscriptions are MQTT-only".into()));
-    }
-    let filter = TopicFilter::parse(params.filter.clone(), limits)
-        .map_err(|e| ApiError::BadRequest(format!("invalid filter: {e}")))?;
-    if !state.broker.auth().can_subscribe(&caller.identity, &caller.client_id, &filter) {
-        return Err(ApiError::Forbidden(format!("not allowed to subscribe to {filter}")));
-    }
+    let (identity, caller_id) = match &params.ticket {
+        Some(ticket) => {
+            let grant = tickets.redeem(ticket.expose(), &params.filter).ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "the ticket is unknown, expired, already used or for another filter".into(),
+                )
+            })?;
+            (grant.identity, grant.client_id)
+        }
+        None => {
+            let caller = Caller::extract(&req).await?;
+            (caller.identity, caller.client_id)
+        }
+    };
+    // Checked again for a ticket: the rules may have changed since.
+    let filter = allowed_filter(&state, &identity, &caller_id, &params.filter)?;
 
     let broker = state.broker.clone();
     let client_id = ClientId::from(format!("sse:{}", broker.next_connection_id()).as_str());
@@ -122,7 +158,7 @@ async fn subscribe(
         tracing::warn!(client.id = %client_id, result = ?granted, "SSE subscription refused");
         return Err(unavailable());
     }
-    tracing::info!(client.id = %client_id, caller = %caller.client_id, "SSE stream opened");
+    tracing::info!(client.id = %client_id, caller = %caller_id, "SSE stream opened");
 
     let events = futures::stream::unfold(Some(stream), |stream| async move {
         let mut stream = stream?;
@@ -136,6 +172,64 @@ async fn subscribe(
         .insert_header(CacheControl(vec![CacheDirective::NoCache]))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(futures::StreamExt::chain(opening, events)))
+}
+
+/// A one-time ticket to open an SSE stream without an `Authorization` header.
+#[utoipa::path(
+    tag = "topics",
+    request_body = TicketRequest,
+    responses(
+        (status = 201, description = "A ticket for `GET /api/v1/subscribe?filter=F&ticket=T`, valid once for about a minute", body = SseTicket),
+        (status = 400, description = "Invalid filter", content_type = "application/problem+json"),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+        (status = 403, description = "The ACL forbids subscribing to this filter", content_type = "application/problem+json"),
+        (status = 429, description = "Too many unused tickets; see `Retry-After`", content_type = "application/problem+json"),
+    )
+)]
+#[post("/api/v1/subscribe/tickets")]
+#[tracing::instrument(skip_all, fields(mqtt.filter = %body.filter))]
+async fn create_ticket(
+    state: web::Data<AppState>,
+    tickets: web::Data<SseTickets>,
+    caller: Caller,
+    body: web::Json<TicketRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let filter = body.into_inner().filter;
+    allowed_filter(&state, &caller.identity, &caller.client_id, &filter)?;
+    let ticket = tickets.issue(caller.identity, caller.client_id, filter.clone()).map_err(
+        |e: IssueError| ApiError::TooManyRequests {
+            detail: format!("{e}; use or let expire the ones issued"),
+            retry_after_secs: TICKET_TTL.as_secs(),
+        },
+    )?;
+    let expires_at = millis(std::time::SystemTime::now() + TICKET_TTL);
+    Ok(HttpResponse::Created()
+        // A credential, if a short-lived one: no cache may keep it.
+        .insert_header(("Cache-Control", "no-store"))
+        .json(SseTicket {
+            ticket: ticket.expose().to_owned(),
+            filter,
+            expires_at: format_rfc3339(expires_at),
+        }))
+}
+
+/// `raw` as a filter `identity` may stream: 400 when it is invalid or
+/// shared, 403 when the ACL forbids it.
+fn allowed_filter(
+    state: &AppState,
+    identity: &Identity,
+    client_id: &ClientId,
+    raw: &str,
+) -> Result<TopicFilter, ApiError> {
+    if raw.starts_with("$share/") {
+        return Err(ApiError::BadRequest("shared subscriptions are MQTT-only".into()));
+    }
+    let filter = TopicFilter::parse(raw.to_owned(), state.broker.limits().topic_limits())
+        .map_err(|e| ApiError::BadRequest(format!("invalid filter: {e}")))?;
+    if !state.broker.auth().can_subscribe(identity, client_id, &filter) {
+        return Err(ApiError::Forbidden(format!("not allowed to subscribe to {filter}")));
+    }
+    Ok(filter)
 }
 
 struct SseStream {

@@ -83,19 +83,20 @@ impl TestApp {
 
     /// `GET /api/v1/subscribe?filter=...` as an open event stream.
     pub async fn sse(&self, filter: &str) -> Sse {
-        let resp = self.sse_request(filter).await;
-        assert_eq!(resp.status(), 200, "SSE refused: {}", resp.text().await.unwrap_or_default());
-        let mut sse = Sse { resp, buf: String::new() };
-        // The server opens with a comment once subscribed.
-        sse.next_block(RECV).await.expect("the stream opens");
-        sse
+        Sse::open(self.sse_request(filter).await).await
     }
 
     /// The raw response of a subscribe request (for the failure cases).
     pub async fn sse_request(&self, filter: &str) -> Response {
+        self.sse_request_with(&[("filter", filter)]).await
+    }
+
+    /// `GET /api/v1/subscribe` with `query` (e.g. a filter and a ticket) and
+    /// no credentials, as a browser's `EventSource` sends it.
+    pub async fn sse_request_with(&self, query: &[(&str, &str)]) -> Response {
         reqwest::Client::new()
             .get(format!("http://{}/api/v1/subscribe", self.http_addr))
-            .query(&[("filter", filter)])
+            .query(query)
             .send()
             .await
             .expect("GET /api/v1/subscribe")
@@ -117,6 +118,15 @@ pub struct Sse {
 }
 
 impl Sse {
+    /// The stream of an accepted subscribe request; panics unless it is one.
+    pub async fn open(resp: Response) -> Self {
+        assert_eq!(resp.status(), 200, "SSE refused: {}", resp.text().await.unwrap_or_default());
+        let mut sse = Sse { resp, buf: String::new() };
+        // The server opens with a comment once subscribed.
+        sse.next_block(RECV).await.expect("the stream opens");
+        sse
+    }
+
     /// The next event's `data:` as JSON (comments skipped); panics after [`RECV`].
     pub async fn next_event(&mut self) -> Value {
         match self.try_next_event(RECV).await {
