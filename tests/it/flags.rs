@@ -387,3 +387,34 @@ async fn flags_and_rollbacks_work_on_postgres() {
     failing_canary_rolls_back(dir.path(), &["--database-url", &url]).await;
     mark_postgres_ran().await;
 }
+
+#[tokio::test]
+async fn a_slow_canary_is_rolled_back_for_its_p99() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = add_admin(dir.path(), "root", PASSWORD).await;
+    let server = ServerProcess::start_with_config(dir.path(), CANARY_CONFIG, &[]).await;
+    map_with_one_device(&server).await;
+    let (api, token, me) = admin(&server, &root).await;
+    let body = json!({
+        "enabled": true, "allow": [me], "debug_fault": "slow",
+        "canary": {"min_samples": 3, "failed_checks": 1, "min_p99_ms": 100},
+    });
+    expect_json(put_flag(&api, &token, body).await, StatusCode::OK).await;
+
+    let deadline = Instant::now() + WAIT;
+    while rollback_events(&server).is_empty() {
+        assert!(Instant::now() < deadline, "never rolled back:\n{}", server.logs());
+        // Slow answers overlap, so each interval sees enough of them.
+        let canary = futures::future::join_all((0..4).map(|_| zoomed(&api, Some(&token))));
+        let control = futures::future::join_all((0..8).map(|_| zoomed(&api, None)));
+        let (canary, control) = tokio::join!(canary, control);
+        assert!(canary.iter().chain(&control).all(|(status, _)| *status == StatusCode::OK));
+    }
+    let e = &rollback_events(&server)[0];
+    assert!(e["event.reason"].as_str().unwrap().contains("p99"), "{e}");
+    assert!(e["mapcast.canary.canary.p99_ms"].as_f64().unwrap() >= 250.0, "{e}");
+    assert!(e["mapcast.canary.control.p99_ms"].as_f64().unwrap() < 100.0, "{e}");
+    assert_eq!(e["mapcast.canary.canary.error_rate"], 0.0, "{e}");
+    let flag = expect_json(api.get(FLAG, Some(&token)).await, StatusCode::OK).await;
+    assert_eq!((flag["state"].as_str(), flag["rollout"].as_u64()), (Some("rolled_back"), Some(0)));
+}
