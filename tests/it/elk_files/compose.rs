@@ -179,6 +179,52 @@ fn the_compose_file_mounts_the_pipeline_where_pipelines_yml_looks_and_imports_th
     assert!(script_text.contains("/api/saved_objects/_import?overwrite=true"));
 }
 
+/// The container path `path` of `service` seen from `other`, through the
+/// named volume both mount.
+fn through_shared_volume(compose: &Yaml, service: &str, path: &str, other: &str) -> Option<String> {
+    let mounts = |name: &str| -> Vec<(String, String)> {
+        compose["services"][name]["volumes"]
+            .as_vec()
+            .into_iter()
+            .flatten()
+            .filter_map(Yaml::as_str)
+            .filter_map(|v| {
+                let mut parts = v.split(':');
+                Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+            })
+            .collect()
+    };
+    let (volume, rest) = mounts(service)
+        .into_iter()
+        .find_map(|(volume, at)| Some((volume, path.strip_prefix(&at)?.to_owned())))?;
+    let (_, at) = mounts(other).into_iter().find(|(v, _)| *v == volume)?;
+    Some(format!("{at}{rest}"))
+}
+
+#[test]
+fn the_logstash_variant_feeds_mapcasts_log_file_to_the_pipelines_file_input() {
+    let main = YamlLoader::load_from_str(&read(&repo("docker-compose.yml"))).unwrap().remove(0);
+    let overlay =
+        YamlLoader::load_from_str(&read(&repo("docker-compose.logstash.yml"))).unwrap().remove(0);
+    let main_services = keys(&main["services"]);
+    for name in keys(&overlay["services"]) {
+        assert!(main_services.contains(&name), "the overlay adds service {name}");
+    }
+    let mapcast = &overlay["services"]["mapcast"];
+    // Direct shipping off, so no document is written twice.
+    assert_eq!(mapcast["environment"]["MAPCAST_ELASTICSEARCH_URL"].as_str(), Some(""));
+    let command = mapcast["command"][0].as_str().unwrap();
+    assert!(command.starts_with("exec mapcast serve >> "), "{command}");
+    let log_file = command.rsplit(' ').next().unwrap();
+    let seen_by_logstash = through_shared_volume(&main, "mapcast", log_file, "logstash")
+        .expect("the log file is on a volume Logstash mounts");
+    let globs = super::logstash::file_input_paths(&read(&repo("logstash/pipeline/mapcast.conf")));
+    assert!(
+        globs.iter().any(|g| super::catalog::glob(g, &seen_by_logstash)),
+        "{seen_by_logstash} is not read by {globs:?}"
+    );
+}
+
 #[test]
 fn the_image_is_multi_stage_locked_and_without_openssl() {
     let dockerfile = read(&repo("Dockerfile"));

@@ -232,14 +232,39 @@ fn scalar<'a>(settings: &'a [(String, Setting)], key: &str) -> Option<&'a str> {
     })
 }
 
-/// Everything wrong with a pipeline file.
-fn check_pipeline(text: &str) -> Vec<String> {
+fn parse(text: &str) -> (Vec<Plugin>, Vec<String>) {
     let mut errors = Vec::new();
     let tokens = tokenize(text, &mut errors);
     let mut parser = Parser { tokens, at: 0, plugins: Vec::new(), errors: Vec::new() };
     parser.config();
     errors.append(&mut parser.errors);
-    let plugins = parser.plugins;
+    (parser.plugins, errors)
+}
+
+/// The paths (globs) the `file` inputs of a pipeline read.
+pub fn file_input_paths(text: &str) -> Vec<String> {
+    let (plugins, _) = parse(text);
+    let mut out = Vec::new();
+    for p in plugins.iter().filter(|p| p.section == "input" && p.name == "file") {
+        for (key, value) in &p.settings {
+            match value {
+                Setting::Scalar(path) if key == "path" => out.push(path.clone()),
+                Setting::List(paths) if key == "path" => {
+                    out.extend(paths.iter().filter_map(|s| match s {
+                        Setting::Scalar(path) => Some(path.clone()),
+                        _ => None,
+                    }));
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Everything wrong with a pipeline file.
+fn check_pipeline(text: &str) -> Vec<String> {
+    let (plugins, mut errors) = parse(text);
 
     let mut ids = BTreeSet::new();
     for p in &plugins {
