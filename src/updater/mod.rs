@@ -245,14 +245,10 @@ impl MapUpdater {
             }
             let started = tokio::time::Instant::now();
             self.try_update_once().await;
-            next += self.interval;
             let now = tokio::time::Instant::now();
-            if now > next {
-                let mut skipped = 0;
-                while next <= now {
-                    next += self.interval;
-                    skipped += 1;
-                }
+            let skipped;
+            (next, skipped) = next_tick(next, now, self.interval);
+            if skipped > 0 {
                 tracing::warn!(
                     { names::MAP_BUILD_MS } = now.duration_since(started).as_millis() as u64,
                     { names::MAP_SKIPPED_TICKS } = skipped,
@@ -263,6 +259,22 @@ impl MapUpdater {
         }
         tracing::debug!("map updater stopped");
     }
+}
+
+/// The tick after the one at `last`, now that a build ended at `now`, and
+/// how many ticks the build overran: those are skipped, not piled up.
+fn next_tick(
+    last: tokio::time::Instant,
+    now: tokio::time::Instant,
+    interval: Duration,
+) -> (tokio::time::Instant, u32) {
+    let mut next = last + interval;
+    let mut skipped = 0;
+    while next < now {
+        next += interval;
+        skipped += 1;
+    }
+    (next, skipped)
 }
 
 /// Fast gzip: the snapshot is rebuilt every tick, so speed beats ratio.
@@ -277,6 +289,16 @@ mod tests {
     use std::io::Read;
 
     use super::*;
+
+    #[test]
+    fn an_overrunning_build_skips_the_ticks_it_missed() {
+        let t0 = tokio::time::Instant::now();
+        let second = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(next_tick(t0, t0 + ms(300), second), (t0 + second, 0), "on time");
+        assert_eq!(next_tick(t0, t0 + ms(2500), second), (t0 + ms(3000), 2), "two missed");
+        assert_eq!(next_tick(t0, t0 + second, second), (t0 + second, 0), "just in time");
+    }
 
     #[test]
     fn gzip_round_trips() {

@@ -574,3 +574,21 @@ async fn identities_work_on_postgres() {
     expect_problem(after, 401, "unauthorized").await;
     mark_postgres_ran().await;
 }
+
+#[tokio::test]
+async fn users_devices_and_tokens_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |s: &mut mapcast::config::Settings| s.auth.allow_anonymous = Some(false);
+    let app = spawn_app_in(dir.path(), settings).await;
+    let (token, car) = user_with_car(&app.api(), "ann").await;
+    app.stop().await;
+
+    let app = spawn_app_in(dir.path(), settings).await;
+    let api = app.api();
+
+    api.login("ann", PASSWORD).await;
+    let me =
+        expect_json(api.get("/api/v1/sessions/current", Some(&token)).await, StatusCode::OK).await;
+    assert_eq!(me["devices"], json!([car.id]), "the token and the device are back");
+    V5Options::new("car", app.mqtt_addr).credentials(&car.id, &car.secret).connect().await;
+}

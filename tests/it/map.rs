@@ -178,3 +178,36 @@ async fn a_restart_keeps_positions_and_the_version_keeps_rising() {
     assert_eq!(feature_ids(&after), ["kept"]);
     assert_eq!(after["features"][0]["geometry"]["coordinates"], serde_json::json!([4.0, 5.0]));
 }
+
+#[tokio::test]
+async fn each_build_records_its_version_count_sizes_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_in(dir.path(), fast_map).await;
+    let mut car = app.v5_client("car", true, None).await;
+    car.publish_qos1("devices/car/location", false, location(1.0, 2.0)).await;
+    let map = app.wait_for_map(|m| feature_ids(m) == ["car"]).await;
+    let version = map["version"].as_i64().unwrap();
+    let served = app.get_map("", &[]).await.bytes().await.unwrap();
+
+    let db = format!("sqlite://{}/mapcast.db", dir.path().display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let deadline = tokio::time::Instant::now() + crate::helpers::RECV;
+    let (count, raw_bytes, gzip_bytes, build_ms) = loop {
+        let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT count, raw_bytes, gzip_bytes, build_ms FROM map_snapshots WHERE version = ?",
+        )
+        .bind(version)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(row) = row {
+            break row;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "version {version} is not recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(count, 1);
+    assert_eq!(raw_bytes, served.len() as i64, "the raw size is the served document's");
+    assert!(gzip_bytes > 0, "{gzip_bytes}");
+    assert!((0..5_000).contains(&build_ms), "{build_ms}");
+}

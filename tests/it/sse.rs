@@ -156,3 +156,38 @@ async fn a_ticket_never_reaches_the_logs() {
     assert!(!server.logs().contains(&t), "the ticket reached the logs");
     assert!(!server.logs().contains(&token), "the token reached the logs");
 }
+
+/// `mapcast_messages_dropped_total{reason="queue_full_qos0"}` of `app`.
+async fn qos0_drops(app: &crate::helpers::TestApp) -> u64 {
+    let text = app.http_get("/metrics").await.text().await.unwrap();
+    let sample = "mapcast_messages_dropped_total{reason=\"queue_full_qos0\"} ";
+    text.lines().find_map(|l| l.strip_prefix(sample)).and_then(|v| v.parse().ok()).unwrap()
+}
+
+#[tokio::test]
+async fn a_stalled_sse_reader_loses_the_overflow_counted_and_others_are_unaffected() {
+    let app = spawn_app_with(|s| s.broker.limits.max_queued_messages = 4).await;
+    // Opened, then never read: the socket buffers fill, then its queue.
+    let stalled = app.sse_request("bulk/#").await;
+    assert_eq!(stalled.status(), 200);
+    let payload = "x".repeat(200 * 1024);
+
+    for i in 0..150 {
+        let resp = app
+            .topic_request(
+                Method::POST,
+                &format!("bulk/{i}"),
+                "?qos=0",
+                Some(("text/plain", payload.clone())),
+            )
+            .await;
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+
+    assert!(qos0_drops(&app).await > 0, "the stalled reader's overflow is counted");
+    let mut fresh = app.sse("bulk/#").await;
+    app.topic_request(Method::POST, "bulk/last", "?qos=0", Some(("text/plain", "done".into())))
+        .await;
+    assert_eq!(fresh.next_event().await["payload"], "done");
+    drop(stalled);
+}
