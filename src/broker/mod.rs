@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use auth::{Authenticator, Identity, SharedAuthenticator};
 pub use limits::BrokerLimits;
 pub use message::{Delivery, Message, MessageProps, QoS};
-pub use outbox::{ConnectionId, KickReason, Next, Outbox, OverflowPolicy};
+pub use outbox::{ConnectionId, KickReason, Next, Outbox, OverflowPolicy, Pushed};
 pub use router::{RestoredState, spawn_router};
 pub use stats::Stats;
 
@@ -201,9 +201,14 @@ pub(crate) enum Command {
 }
 
 /// The router's answer to a publish: routed now, durable when `commit` resolves.
+/// Longest a QoS≥1 acknowledgement waits for congested subscribers.
+const MAX_BACKPRESSURE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(crate) struct PublishReply {
     outcome: PublishOutcome,
     commit: Option<oneshot::Receiver<Result<(), StoreError>>>,
+    /// Live subscribers whose queues this publish pushed past their bound.
+    congested: Vec<Arc<Outbox>>,
 }
 
 /// A cloneable handle on the broker core, usable from any thread or runtime.
@@ -290,6 +295,15 @@ impl BrokerHandle {
         let reply = rx.await.map_err(|_| PublishError::ShuttingDown)??;
         if let Some(commit) = reply.commit {
             commit.await.map_err(|_| PublishError::ShuttingDown)??;
+        }
+        // Backpressure: acknowledge once the subscribers this publish
+        // congested have room again, so a fast publisher slows to their pace
+        // instead of their queues dropping its messages.
+        // The message is queued either way; the wait is bounded so one
+        // subscriber cannot hold a publisher's acknowledgement for long.
+        if !reply.congested.is_empty() {
+            let all_room = futures::future::join_all(reply.congested.iter().map(|o| o.room()));
+            let _ = tokio::time::timeout(MAX_BACKPRESSURE_WAIT, all_room).await;
         }
         if let Some(f) = on_accepted {
             f();

@@ -3,10 +3,17 @@
 //! It outlives connections: while the client is away it is the offline queue,
 //! and whatever was in flight when a connection dropped goes back to its front
 //! (flagged DUP) for the next one. It is bounded; overflow follows the policy.
+//!
+//! A QoS≥1 message for a consumer that is connected and keeping up is never
+//! dropped at the bound: it is queued (within a headroom past it) and the
+//! publisher's acknowledgement waits until the queue is back under the bound
+//! ([`Outbox::room`]), so fast publishers slow down to the pace of the
+//! subscriber instead of losing messages. A consumer that stopped reading
+//! gets the overflow policy, so it cannot stall everyone else.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -37,6 +44,21 @@ pub enum KickReason {
     ServerShuttingDown,
 }
 
+/// A connected consumer that has not taken a delivery for this long while
+/// deliveries wait counts as stalled: no backpressure on its behalf.
+const STALLED_AFTER: Duration = Duration::from_secs(1);
+
+/// What happened to a pushed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued past the bound for a live consumer: the publisher should wait
+    /// for [`Outbox::room`] before acknowledging.
+    Congested,
+    /// Dropped by the bound (counted and logged).
+    Dropped,
+}
+
 /// What the pump gets from [`Outbox::next`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -61,6 +83,15 @@ struct State {
     pending_release: BTreeSet<u16>,
     /// Deliveries dropped by the bound so far (for log throttling).
     dropped: u64,
+    /// When the pump last took deliveries (or the connection attached).
+    last_pull: Instant,
+}
+
+impl State {
+    /// Connected and taking deliveries: worth slowing publishers down for.
+    fn consumer_live(&self, now: Instant) -> bool {
+        self.conn.is_some() && now.duration_since(self.last_pull) < STALLED_AFTER
+    }
 }
 
 pub struct Outbox {
@@ -68,7 +99,12 @@ pub struct Outbox {
     // crosses an `.await`; the router and one pump are the only contenders.
     state: Mutex<State>,
     notify: Notify,
+    /// Publishers waiting for the queue to shrink under the bound.
+    room: Notify,
     bound: usize,
+    /// Reliable deliveries queued past `bound` for a live consumer before
+    /// the overflow policy applies after all.
+    headroom: usize,
     policy: OverflowPolicy,
     stats: Arc<Stats>,
     /// Deletes stored deliveries once they are acknowledged or dropped.
@@ -93,14 +129,25 @@ impl Outbox {
                 incoming_qos2: HashSet::new(),
                 pending_release: BTreeSet::new(),
                 dropped: 0,
+                last_pull: Instant::now(),
             }),
             notify: Notify::new(),
+            room: Notify::new(),
             bound: bound.max(1),
+            headroom: bound.max(1),
             policy,
             stats,
             store,
             client_id,
         }
+    }
+
+    /// Let up to `headroom` reliable deliveries queue past the bound while
+    /// publishers wait (default: the bound again). One publisher's whole
+    /// receive window should fit, or its concurrent publishes overflow.
+    pub fn with_headroom(mut self, headroom: usize) -> Self {
+        self.headroom = headroom.max(1);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -109,28 +156,37 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queue a delivery. Returns `false` when it was dropped by the bound.
-    pub fn push(&self, d: Delivery) -> bool {
+    /// Queue a delivery, applying the bound.
+    pub fn push(&self, d: Delivery) -> Pushed {
         let mut st = self.lock();
+        let mut pushed = Pushed::Queued;
         if st.queue.len() >= self.bound {
-            st.dropped += 1;
-            let dropped = st.dropped;
-            if d.qos == QoS::AtMostOnce || self.policy == OverflowPolicy::DropNew {
-                drop(st);
-                self.stats.dropped_queue_full(d.qos);
-                self.log_drop(dropped, "new");
-                self.forget(&d);
-                return false;
-            }
-            // Drop the oldest; prefer a QoS0 one so reliable messages survive longer.
-            let victim = match st.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
-                Some(i) => st.queue.remove(i),
-                None => st.queue.pop_front(),
-            };
-            if let Some(v) = victim {
-                self.stats.dropped_queue_full(v.qos);
-                self.log_drop(dropped, "oldest");
-                self.forget(&v);
+            let reliable = d.qos != QoS::AtMostOnce;
+            if reliable
+                && st.queue.len() < self.bound + self.headroom
+                && st.consumer_live(Instant::now())
+            {
+                pushed = Pushed::Congested;
+            } else {
+                st.dropped += 1;
+                let dropped = st.dropped;
+                if !reliable || self.policy == OverflowPolicy::DropNew {
+                    drop(st);
+                    self.stats.dropped_queue_full(d.qos);
+                    self.log_drop(dropped, "new");
+                    self.forget(&d);
+                    return Pushed::Dropped;
+                }
+                // Drop the oldest; prefer a QoS0 one so reliable messages survive longer.
+                let victim = match st.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
+                    Some(i) => st.queue.remove(i),
+                    None => st.queue.pop_front(),
+                };
+                if let Some(v) = victim {
+                    self.stats.dropped_queue_full(v.qos);
+                    self.log_drop(dropped, "oldest");
+                    self.forget(&v);
+                }
             }
         }
         st.queue.push_back(d);
@@ -138,7 +194,25 @@ impl Outbox {
         // Pumps enable their `Notified` before looking at the queue, so
         // waking current waiters cannot lose a delivery.
         self.notify.notify_waiters();
-        true
+        pushed
+    }
+
+    /// Resolves once the queue is under its bound again, or its consumer
+    /// stalled or went away (then the overflow policy applies, not waiting).
+    pub async fn room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.queue.len() < self.bound || !st.consumer_live(Instant::now()) {
+                    return;
+                }
+            }
+            // Re-check at the stall horizon even if nothing wakes us.
+            let _ = tokio::time::timeout(STALLED_AFTER, notified).await;
+        }
     }
 
     /// A slow consumer can overflow thousands of times a second: log the
@@ -174,6 +248,7 @@ impl Outbox {
         let mut st = self.lock();
         requeue_inflight(&mut st);
         st.conn = Some(conn);
+        st.last_pull = Instant::now();
         drop(st);
         // Wake a pump of an older connection so it sees it lost the session.
         self.notify.notify_waiters();
@@ -185,6 +260,9 @@ impl Outbox {
         if st.conn == Some(conn) {
             requeue_inflight(&mut st);
             st.conn = None;
+            drop(st);
+            // Publishers waiting on this consumer stop waiting.
+            self.room.notify_waiters();
         }
     }
 
@@ -226,8 +304,16 @@ impl Outbox {
                     out.push(d);
                 }
                 if !out.is_empty() {
+                    st.last_pull = now;
+                    let under = st.queue.len() < self.bound;
+                    drop(st);
+                    if under {
+                        self.room.notify_waiters();
+                    }
                     return Next::Ready;
                 }
+                // Nothing waiting: an idle consumer is not a stalled one.
+                st.last_pull = now;
             }
             notified.await;
         }
@@ -350,5 +436,79 @@ impl Inflight {
 impl Drop for Inflight {
     fn drop(&mut self) {
         self.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ntex::util::Bytes;
+
+    use super::*;
+    use crate::broker::message::Message;
+    use crate::domain::{ClientId, TopicLimits, TopicName};
+    use crate::store::{Store, spawn_writer};
+
+    /// An outbox of bound 2 on a throwaway store (nothing here is stored).
+    async fn outbox() -> (Arc<Outbox>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let (writer, _) = spawn_writer(Store::connect(&url, 1).await.unwrap());
+        let stats = Arc::new(Stats::default());
+        let outbox = Outbox::new(ClientId::new("c"), 2, OverflowPolicy::default(), stats, writer);
+        (Arc::new(outbox), dir)
+    }
+
+    fn delivery(seq: u64, qos: QoS) -> Delivery {
+        let topic = TopicName::parse("a/b", TopicLimits::default()).unwrap();
+        Delivery {
+            seq,
+            msg: Arc::new(Message::new(topic, Bytes::from_static(b"x"), qos, false)),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            dup: false,
+            stored: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_consumer_gets_reliable_overflow_queued_and_the_publisher_waits() {
+        let (outbox, _dir) = outbox().await;
+        outbox.attach(1);
+        assert_eq!(outbox.push(delivery(1, QoS::AtLeastOnce)), Pushed::Queued);
+        assert_eq!(outbox.push(delivery(2, QoS::AtLeastOnce)), Pushed::Queued);
+        assert_eq!(outbox.push(delivery(3, QoS::AtLeastOnce)), Pushed::Congested);
+        assert_eq!(outbox.push(delivery(4, QoS::AtLeastOnce)), Pushed::Congested);
+        // Past the headroom (by default the bound again) the policy drops the oldest.
+        assert_eq!(outbox.push(delivery(5, QoS::AtLeastOnce)), Pushed::Queued);
+        assert_eq!(outbox.len(), 4);
+        // QoS 0 is never worth waiting for.
+        assert_eq!(outbox.push(delivery(6, QoS::AtMostOnce)), Pushed::Dropped);
+
+        let room = outbox.room();
+        tokio::pin!(room);
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut room).await.is_err());
+        let mut out = Vec::new();
+        assert_eq!(outbox.next(1, &mut out, 3).await, Next::Ready);
+        assert_eq!(out.iter().map(|d| d.seq).collect::<Vec<_>>(), [2, 3, 4]);
+        tokio::time::timeout(Duration::from_millis(50), room).await.expect("room after a pull");
+    }
+
+    #[tokio::test]
+    async fn an_absent_or_stalled_consumer_gets_the_overflow_policy_not_backpressure() {
+        let (outbox, _dir) = outbox().await;
+        for seq in 1..=3 {
+            outbox.push(delivery(seq, QoS::AtLeastOnce));
+        }
+        assert_eq!(outbox.len(), 2, "offline: the oldest was dropped");
+        outbox.room().await;
+
+        outbox.attach(1);
+        outbox.lock().last_pull = Instant::now() - STALLED_AFTER;
+        assert_eq!(outbox.push(delivery(4, QoS::AtLeastOnce)), Pushed::Queued);
+        assert_eq!(outbox.len(), 2, "stalled: the oldest was dropped");
+        outbox.room().await;
     }
 }

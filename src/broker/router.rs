@@ -12,7 +12,7 @@ use ntex::util::ByteString;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::outbox::{ConnectionId, KickReason, Outbox};
+use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
 use super::retained::RetainedStore;
 use super::session::Session;
 use super::trie::{Entry, SubscriptionTrie};
@@ -164,6 +164,9 @@ impl Router {
             self.limits.queue_overflow,
             self.stats.clone(),
             self.writer.clone(),
+        )
+        .with_headroom(
+            self.limits.max_queued_messages.max(usize::from(self.limits.receive_maximum)),
         )
     }
 
@@ -465,7 +468,8 @@ impl Router {
                     delivery: d.clone(),
                 }]);
             }
-            outbox.push(d);
+            // Retained messages on subscribe: no publisher to slow down.
+            let _ = outbox.push(d);
         }
         results
     }
@@ -566,11 +570,14 @@ impl Router {
             self.submit(ops);
             None
         };
+        let mut congested = Vec::new();
         for (outbox, d) in pushes.drain(..) {
-            outbox.push(d);
+            if outbox.push(d) == Pushed::Congested && wants_reply {
+                congested.push(outbox);
+            }
         }
         self.push_scratch = pushes;
-        Ok(PublishReply { outcome: PublishOutcome { matched }, commit })
+        Ok(PublishReply { outcome: PublishOutcome { matched }, commit, congested })
     }
 
     /// Fill `self.scratch` with one target per session; returns the match count.

@@ -521,3 +521,42 @@ async fn a_v3_outgoing_qos2_exchange_cut_after_pubrec_resumes_with_pubrel() {
     sub.pubcomp(next.pkid()).await;
     assert!(sub.try_recv_type(packet_type::PUBLISH, QUIET).await.is_err(), "delivered twice");
 }
+
+/// A subscriber that keeps reading but cannot take messages as fast as four
+/// publishers send them: its queue (bound 5) overflows many times over, yet
+/// every QoS 1 message arrives, in order per publisher, because the
+/// publishers' PUBACKs wait for room instead of the queue dropping.
+#[tokio::test]
+async fn qos1_publishers_slow_down_to_a_live_subscriber_instead_of_losing_messages() {
+    let app = spawn_app_with(|s| s.broker.limits.max_queued_messages = 5).await;
+    let mut sub = app.v5_client("steady-sub", true, None).await;
+    sub.subscribe("fleet/+", QoS::AtLeastOnce).await;
+    let mut publishers = Vec::new();
+    for p in 0..4 {
+        publishers.push(app.v5_client(&format!("fast-pub-{p}"), true, None).await);
+    }
+
+    const EACH: usize = 200;
+    for (p, publisher) in publishers.iter().enumerate() {
+        for i in 0..EACH {
+            publisher.publish(&format!("fleet/{p}"), QoS::AtLeastOnce, false, i.to_string()).await;
+        }
+    }
+
+    let got = sub.recv_publishes(4 * EACH).await;
+    for p in 0..4 {
+        let topic = format!("fleet/{p}");
+        let seqs: Vec<usize> = got
+            .iter()
+            .filter(|m| crate::helpers::v5_topic(m) == topic)
+            .map(|m| text(&m.payload).parse().unwrap())
+            .collect();
+        assert_eq!(seqs, (0..EACH).collect::<Vec<_>>(), "publisher {p}");
+    }
+    let dropped = crate::helpers::metric(
+        app.http_addr,
+        "mapcast_messages_dropped_total{reason=\"queue_full_qos1\"}",
+    )
+    .await;
+    assert_eq!(dropped, 0.0);
+}
