@@ -95,6 +95,17 @@ fn embedded(o: &Value, pointer: &str, errors: &mut Vec<String>) -> Option<Value>
         .ok()
 }
 
+/// The `dataType` Lens gives a column of a field of mapping type `kind`.
+fn lens_data_type(kind: &str) -> &'static str {
+    match kind {
+        k if numeric(k) => "number",
+        "date" | "date_nanos" => "date",
+        "boolean" => "boolean",
+        "ip" => "ip",
+        _ => "string",
+    }
+}
+
 /// The field names a KQL query tests (`field : v`, `field >= n`).
 pub fn kql_fields(query: &str) -> Vec<String> {
     let mut fields = Vec::new();
@@ -243,6 +254,16 @@ impl Checker<'_> {
                     _ => None,
                 };
                 self.field(o, fields, source, usable);
+                if let Some(kind) = fields.get(source) {
+                    let expected = lens_data_type(kind);
+                    if column["dataType"] != expected {
+                        self.errors.push(format!(
+                            "{}: column {id} is {}, {source} is {expected}",
+                            here(o),
+                            column["dataType"]
+                        ));
+                    }
+                }
             }
             self.kql(o, fields, &state["query"]["query"]);
         }
@@ -415,6 +436,7 @@ fn a_broken_bundle_is_rejected_for_each_defect() {
             "does not resolve in the bundle",
             "panel p2 has no \"lens\" reference p2:panel_p2",
             "the visualization shows missing column zz",
+            "column n is \"string\", log.origin.file.line is number",
             "panel p3 overlaps another",
         ],
     );
