@@ -398,7 +398,11 @@ fn short_decimal(v: f64) -> Option<([u8; 24], usize)> {
     let scaled = (v * scale).round();
     // |scaled| < 1e15 keeps it exact in an i64 and within 15 significant digits;
     // below 1e-5 ryu switches to exponent notation, so leave those to it.
-    if scaled.is_nan() || scaled.abs() >= 1e15 || scaled / scale != v || (v != 0.0 && v.abs() < 1e-5) {
+    if scaled.is_nan()
+        || scaled.abs() >= 1e15
+        || scaled / scale != v
+        || (v != 0.0 && v.abs() < 1e-5)
+    {
         return None;
     }
     let n = scaled as i64;
