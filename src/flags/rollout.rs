@@ -13,8 +13,23 @@ const VARIANT_SEED: u32 = 86_028_157;
 
 /// The client's bucket in `1..=normalizer` within `group`.
 pub fn normalized_value(group: &str, id: &str, normalizer: u32, seed: u32) -> u32 {
-    let hashed = murmur3_x86_32(format!("{group}:{id}").as_bytes(), seed);
+    let hashed = with_bucket_key(group, id, |key| murmur3_x86_32(key, seed));
     hashed % normalizer + 1
+}
+
+/// `f` of `"{group}:{id}"`, built on the stack when short (evaluation runs
+/// per request: no allocation for usual keys).
+fn with_bucket_key<R>(group: &str, id: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    const STACK: usize = 256;
+    let len = group.len() + 1 + id.len();
+    if len > STACK {
+        return f(format!("{group}:{id}").as_bytes());
+    }
+    let mut buf = [0u8; STACK];
+    buf[..group.len()].copy_from_slice(group.as_bytes());
+    buf[group.len()] = b':';
+    buf[group.len() + 1..len].copy_from_slice(id.as_bytes());
+    f(&buf[..len])
 }
 
 /// Whether `id` is in a rollout of `percent` (0–100) within `group`.
@@ -80,6 +95,13 @@ mod tests {
             assert!((share - f64::from(percent)).abs() < 8.0, "{percent}% gave {share}%");
             previous = inside.len();
         }
+    }
+
+    #[test]
+    fn long_keys_hash_like_short_ones() {
+        let id = "x".repeat(300);
+        let expected = murmur3_x86_32(format!("g:{id}").as_bytes(), 0) % 100 + 1;
+        assert_eq!(normalized_value("g", &id, 100, 0), expected);
     }
 
     #[test]
