@@ -8,6 +8,7 @@ mod helpers;
 
 mod acl;
 mod bench;
+mod chaos;
 mod connect;
 mod crash;
 mod db_outage;
