@@ -85,12 +85,17 @@ struct State {
     dropped: u64,
     /// When the pump last took deliveries (or the connection attached).
     last_pull: Instant,
+    /// The pump found the queue empty and waits for the next push.
+    pump_parked: bool,
 }
 
 impl State {
     /// Connected and taking deliveries: worth slowing publishers down for.
+    /// A pump parked on an empty queue takes the next push at once, however
+    /// long it has been idle.
     fn consumer_live(&self, now: Instant) -> bool {
-        self.conn.is_some() && now.duration_since(self.last_pull) < STALLED_AFTER
+        self.conn.is_some()
+            && (self.pump_parked || now.duration_since(self.last_pull) < STALLED_AFTER)
     }
 }
 
@@ -130,6 +135,7 @@ impl Outbox {
                 pending_release: BTreeSet::new(),
                 dropped: 0,
                 last_pull: Instant::now(),
+                pump_parked: false,
             }),
             notify: Notify::new(),
             room: Notify::new(),
@@ -249,6 +255,7 @@ impl Outbox {
         requeue_inflight(&mut st);
         st.conn = Some(conn);
         st.last_pull = Instant::now();
+        st.pump_parked = false;
         drop(st);
         // Wake a pump of an older connection so it sees it lost the session.
         self.notify.notify_waiters();
@@ -305,6 +312,7 @@ impl Outbox {
                 }
                 if !out.is_empty() {
                     st.last_pull = now;
+                    st.pump_parked = false;
                     let under = st.queue.len() < self.bound;
                     drop(st);
                     if under {
@@ -314,6 +322,7 @@ impl Outbox {
                 }
                 // Nothing waiting: an idle consumer is not a stalled one.
                 st.last_pull = now;
+                st.pump_parked = true;
             }
             notified.await;
         }
@@ -494,6 +503,24 @@ mod tests {
         assert_eq!(outbox.next(1, &mut out, 3).await, Next::Ready);
         assert_eq!(out.iter().map(|d| d.seq).collect::<Vec<_>>(), [2, 3, 4]);
         tokio::time::timeout(Duration::from_millis(50), room).await.expect("room after a pull");
+    }
+
+    #[tokio::test]
+    async fn a_consumer_idle_on_an_empty_queue_is_live_however_long_it_waited() {
+        let (outbox, _dir) = outbox().await;
+        outbox.attach(1);
+        let pump = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                outbox.next(1, &mut out, 1).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        outbox.lock().last_pull = Instant::now() - 2 * STALLED_AFTER;
+        assert!(outbox.lock().consumer_live(Instant::now()));
+        outbox.push(delivery(1, QoS::AtLeastOnce));
+        assert_eq!(pump.await.unwrap(), Next::Ready);
     }
 
     #[tokio::test]
