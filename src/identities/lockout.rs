@@ -3,8 +3,11 @@
 //! identity (the user name or device id tried) and per source address, and
 //! past a threshold within a window that key is locked out for a while.
 //!
-//! - An attempt is counted when it *starts* ([`SignInGuard::begin`]), so
-//!   parallel guesses cannot overshoot the threshold while argon2 runs.
+//! - Attempts still being checked count against an identity's threshold
+//!   ([`SignInGuard::begin`]), so parallel guesses at one account cannot
+//!   overshoot it while argon2 runs. An address is judged on finished
+//!   failures only: a fleet behind one NAT reconnecting at once is not
+//!   refused for being many.
 //! - A success resets its identity's counter, but only takes back its own
 //!   attempt from the address: a correct password for one account cannot
 //!   clear the lockout that guesses at other accounts earned that address.
@@ -98,15 +101,17 @@ type IdentityKey = [u8; 16];
 
 #[derive(Debug, Clone, Copy)]
 struct Counter {
-    /// Attempts started in the window and not taken back (in flight or failed).
+    /// Failed attempts in the window.
     failures: u32,
+    /// Attempts started and not yet settled.
+    in_flight: u32,
     window_start: Instant,
     locked_until: Option<Instant>,
 }
 
 impl Counter {
     fn new(now: Instant) -> Self {
-        Self { failures: 0, window_start: now, locked_until: None }
+        Self { failures: 0, in_flight: 0, window_start: now, locked_until: None }
     }
 
     fn locked(&self, now: Instant) -> Option<Duration> {
@@ -118,25 +123,30 @@ impl Counter {
         let lock_over = self.locked_until.is_some_and(|until| until <= now);
         let window_over = self.locked_until.is_none() && now - self.window_start >= window;
         if lock_over || window_over {
-            *self = Self::new(now);
+            *self = Self { in_flight: self.in_flight, ..Self::new(now) };
         }
     }
 
-    /// Still worth keeping: locked, or holding failures within the window.
+    /// Still worth keeping: locked, checking, or holding failures within the window.
     fn live(&self, now: Instant, window: Duration) -> bool {
-        self.locked(now).is_some() || (self.failures > 0 && now - self.window_start < window)
+        self.locked(now).is_some()
+            || self.in_flight > 0
+            || (self.failures > 0 && now - self.window_start < window)
     }
 }
 
 /// One bounded table of counters.
 struct Table<K> {
     max_failures: u32,
+    /// Whether attempts in flight use up the threshold (identities) or only
+    /// finished failures count (addresses).
+    in_flight_counts: bool,
     counters: HashMap<K, Counter>,
 }
 
 impl<K: Eq + Hash + Copy> Table<K> {
-    fn new(max_failures: u32) -> Self {
-        Self { max_failures, counters: HashMap::new() }
+    fn new(max_failures: u32, in_flight_counts: bool) -> Self {
+        Self { max_failures, in_flight_counts, counters: HashMap::new() }
     }
 
     fn enabled(&self) -> bool {
@@ -170,13 +180,15 @@ impl<K: Eq + Hash + Copy> Table<K> {
 
     /// Whether attempts in flight on `key` already reach the threshold.
     fn exhausted(&self, key: &K) -> bool {
-        self.enabled() && self.counters.get(key).is_some_and(|c| c.failures >= self.max_failures)
+        self.enabled()
+            && self.in_flight_counts
+            && self.counters.get(key).is_some_and(|c| c.failures + c.in_flight >= self.max_failures)
     }
 
-    /// Take back one attempt of `key`.
-    fn take_back(&mut self, key: &K) {
+    /// An attempt on `key` ended without failing.
+    fn settle(&mut self, key: &K) {
         if let Some(c) = self.counters.get_mut(key) {
-            c.failures = c.failures.saturating_sub(1);
+            c.in_flight = c.in_flight.saturating_sub(1);
         }
     }
 
@@ -184,6 +196,8 @@ impl<K: Eq + Hash + Copy> Table<K> {
     /// `true` when a lockout starts now.
     fn failed(&mut self, key: &K, now: Instant, lockout: Duration) -> bool {
         let Some(c) = self.counters.get_mut(key) else { return false };
+        c.in_flight = c.in_flight.saturating_sub(1);
+        c.failures += 1;
         if c.locked_until.is_none() && c.failures >= self.max_failures {
             c.locked_until = Some(now + lockout);
             return true;
@@ -207,8 +221,8 @@ pub struct SignInGuard {
 impl SignInGuard {
     pub fn new(settings: LockoutSettings) -> Self {
         let tables = Tables {
-            identities: Table::new(settings.max_failures_per_identity),
-            addresses: Table::new(settings.max_failures_per_address),
+            identities: Table::new(settings.max_failures_per_identity, true),
+            addresses: Table::new(settings.max_failures_per_address, false),
         };
         Self { settings, tables: Mutex::new(tables) }
     }
@@ -234,7 +248,7 @@ impl SignInGuard {
         .into_iter()
         .find_map(|(scope, left)| left.map(|retry_after| Locked { scope, retry_after }))
         .or_else(|| {
-            // Attempts in flight already use up the budget: wait for them.
+            // Attempts in flight already use up the identity's budget: wait for them.
             let busy = [
                 (LockScope::Identity, identity_key.is_some_and(|k| t.identities.exhausted(&k))),
                 (LockScope::Address, address.is_some_and(|k| t.addresses.exhausted(&k))),
@@ -266,14 +280,14 @@ impl SignInGuard {
             && let Some(key) = identity_key
             && let Some(c) = t.identities.counter(key, now, &self.settings)
         {
-            c.failures += 1;
+            c.in_flight += 1;
             attempt.identity_key = Some(key);
         }
         if t.addresses.enabled()
             && let Some(key) = address
             && let Some(c) = t.addresses.counter(key, now, &self.settings)
         {
-            c.failures += 1;
+            c.in_flight += 1;
             attempt.address = Some(key);
         }
         Ok(attempt)
@@ -299,8 +313,8 @@ pub struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    /// The secret was right: the identity starts afresh; the address only
-    /// gets this attempt back.
+    /// The secret was right: the identity starts afresh; the address keeps
+    /// the failures it has.
     pub fn succeeded(mut self) {
         self.done = true;
         let mut t = self.guard.tables.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,7 +322,7 @@ impl Attempt<'_> {
             t.identities.counters.remove(key);
         }
         if let Some(key) = &self.address {
-            t.addresses.take_back(key);
+            t.addresses.settle(key);
         }
     }
 
@@ -317,10 +331,10 @@ impl Attempt<'_> {
         self.done = true;
         let mut t = self.guard.tables.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(key) = &self.identity_key {
-            t.identities.take_back(key);
+            t.identities.settle(key);
         }
         if let Some(key) = &self.address {
-            t.addresses.take_back(key);
+            t.addresses.settle(key);
         }
     }
 
@@ -453,6 +467,20 @@ mod tests {
         a.failed();
         b.failed();
         assert!(g.begin(Some("ann"), None).is_err());
+    }
+
+    #[test]
+    fn many_sign_ins_at_once_from_one_address_are_not_refused_for_being_many() {
+        let g = guard(3, 3);
+        let fleet: Vec<_> = (0..50)
+            .map(|i| g.begin(Some(&format!("car-{i}")), ip("10.0.0.1")).expect("not refused"))
+            .collect();
+        fleet.into_iter().for_each(Attempt::succeeded);
+        // Only failures lock an address out.
+        for i in 0..3 {
+            g.begin(Some(&format!("x-{i}")), ip("10.0.0.1")).unwrap().failed();
+        }
+        assert_eq!(g.begin(Some("car-0"), ip("10.0.0.1")).err().unwrap().scope, LockScope::Address);
     }
 
     #[test]
