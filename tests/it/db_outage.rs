@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::helpers::{
     Api, PgCluster, RawConn, ServerProcess, V5Options, expect_json, expect_problem, location_at,
-    packet_type::PUBACK, text,
+    mark_pg_cluster_ran, packet_type::PUBACK, text,
 };
 
 const TOPIC: &str = "devices/car-1/location";
@@ -124,4 +124,5 @@ async fn a_postgres_outage_refuses_durable_publishes_and_recovers_without_a_rest
         refused_at.duration_since(outage),
     );
     drop(server);
+    mark_pg_cluster_ran().await;
 }

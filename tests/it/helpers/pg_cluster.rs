@@ -115,6 +115,16 @@ impl Drop for PgCluster {
     }
 }
 
+/// Tell CI that a test with its own cluster really ran (it checks for this file).
+pub async fn mark_pg_cluster_ran() {
+    if let Ok(dir) = std::env::var("MAPCAST_TEST_MARKER_DIR") {
+        tokio::fs::create_dir_all(&dir).await.expect("create MAPCAST_TEST_MARKER_DIR");
+        tokio::fs::write(Path::new(&dir).join("pg-cluster-ran"), b"ok\n")
+            .await
+            .expect("write pg-cluster-ran marker");
+    }
+}
+
 fn command(tool: &Path, as_postgres: bool) -> Command {
     if as_postgres {
         let mut cmd = Command::new("runuser");
