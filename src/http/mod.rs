@@ -25,6 +25,9 @@ use tracing::field::Empty;
 use utoipa_actix_web::AppExt;
 
 pub use errors::ApiError;
+/// Request bodies checked without a server, for `fuzz/` (not an API).
+#[doc(hidden)]
+pub use routes::fuzzing;
 pub use state::AppState;
 
 use crate::telemetry::{metrics, names, otel};

@@ -13,8 +13,11 @@
 //! - `qos2`: the receiver side of QoS 2, in front of ntex-mqtt's dispatchers.
 //! - `convert`: wire ↔ domain types.
 //! - `reason`: every reason code sent to clients, in one place.
+//! - `fuzzing`: the packet path without a socket, for `fuzz/` (not an API).
 
 mod convert;
+#[doc(hidden)]
+pub mod fuzzing;
 mod pump;
 mod qos2;
 mod reason;

@@ -118,7 +118,7 @@ pub(super) async fn refuse_empty_persistent_id(io: IoBoxed, stats: &Stats) -> Re
 
 /// Does `buf` start with a 3.1.1 CONNECT with an empty client id and clean
 /// session 0? `None`: not enough bytes yet to tell.
-fn empty_persistent_client_id(buf: &[u8]) -> Option<bool> {
+pub(super) fn empty_persistent_client_id(buf: &[u8]) -> Option<bool> {
     const HEADER: &[u8] = b"\x00\x04MQTT\x04";
     let (&first, rest) = buf.split_first()?;
     if first != 0x10 {

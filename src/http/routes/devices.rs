@@ -27,6 +27,12 @@ pub struct NewDevice {
     kind: String,
 }
 
+impl NewDevice {
+    pub(super) fn parse(self) -> Result<(DeviceName, DeviceKind), ApiError> {
+        Ok((DeviceName::parse(self.name)?, self.kind.parse()?))
+    }
+}
+
 /// The answer to a creation: the only time the secret is shown.
 #[derive(Serialize, ToSchema)]
 pub struct CreatedDevice {
@@ -88,9 +94,7 @@ async fn create_device(
     body: web::Json<NewDevice>,
 ) -> Result<HttpResponse, ApiError> {
     let owner = caller.require_user()?;
-    let body = body.into_inner();
-    let name = DeviceName::parse(body.name)?;
-    let kind: DeviceKind = body.kind.parse()?;
+    let (name, kind) = body.into_inner().parse()?;
 
     let new = state.identities.create_device(owner, name, kind).await?;
 

@@ -6,6 +6,8 @@
 
 mod debug;
 mod devices;
+#[doc(hidden)]
+pub mod fuzzing;
 mod flags;
 mod health;
 mod history;

@@ -31,6 +31,23 @@ pub struct NewUser {
     role: Option<Role>,
 }
 
+impl NewUser {
+    /// `user` (the default) or `admin`; no other role is created here.
+    pub(super) fn role(&self) -> Result<Role, ApiError> {
+        match self.role.unwrap_or(Role::User) {
+            role @ (Role::User | Role::Admin) => Ok(role),
+            other => Err(ApiError::UnprocessableEntity(format!(
+                "role must be \"user\" or \"admin\", not {:?}",
+                other.as_str()
+            ))),
+        }
+    }
+
+    pub(super) fn credentials(self) -> Result<(Username, Password), ApiError> {
+        Ok((Username::parse(self.username)?, Password::parse(self.password)?))
+    }
+}
+
 // Hand-written: the password must never reach a log line.
 impl std::fmt::Debug for NewUser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,24 +118,14 @@ async fn create_user(
     body: web::Json<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let role = match body.role.unwrap_or(Role::User) {
-        Role::User => Role::User,
-        Role::Admin => {
-            caller.require_admin()?;
-            Role::Admin
-        }
-        other => {
-            return Err(ApiError::UnprocessableEntity(format!(
-                "role must be \"user\" or \"admin\", not {:?}",
-                other.as_str()
-            )));
-        }
-    };
+    let role = body.role()?;
+    if role == Role::Admin {
+        caller.require_admin()?;
+    }
     if !state.identities.settings().self_registration {
         caller.require_admin()?;
     }
-    let username = Username::parse(body.username)?;
-    let password = Password::parse(body.password)?;
+    let (username, password) = body.credentials()?;
 
     let user = state.identities.register_user(username, password, role).await?;
 
