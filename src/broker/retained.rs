@@ -31,6 +31,12 @@ impl RetainedStore {
         }
     }
 
+    /// Whether [`Self::apply`] would change anything (clearing a topic that
+    /// has no retained message does not).
+    pub fn would_change(&self, msg: &Message) -> bool {
+        !msg.payload.is_empty() || self.by_topic.contains_key(msg.topic.as_bytestring())
+    }
+
     pub fn insert(&mut self, msg: Arc<Message>) {
         self.by_topic.insert(msg.topic.as_bytestring().clone(), msg);
     }

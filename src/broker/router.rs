@@ -517,16 +517,16 @@ impl Router {
         mut ops: Vec<WriteOp>,
         wants_reply: bool,
     ) -> Result<PublishReply, PublishError> {
-        // `$SYS` topics are the broker's own and never stored.
-        if msg.retain && !msg.topic.is_broker_reserved() && self.retained.apply(&msg) {
+        // `$SYS` topics are the broker's own and never stored. The retained
+        // value changes only once the write is queued: a refused publish
+        // changes nothing.
+        let stored_retained = msg.retain && !msg.topic.is_broker_reserved();
+        if stored_retained && self.retained.would_change(&msg) {
             ops.push(if msg.payload.is_empty() {
                 WriteOp::DeleteRetained(msg.topic.as_bytestring().clone())
             } else {
                 WriteOp::UpsertRetained(msg.clone())
             });
-            self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
-        } else if msg.retain && msg.topic.is_broker_reserved() {
-            self.retained.apply(&msg);
         }
 
         let matched = self.collect_targets(&msg);
@@ -562,7 +562,7 @@ impl Router {
                 Err(e) => {
                     // Not stored, so not routed either: the publisher gets an
                     // error instead of an acknowledgement and will retry.
-                    tracing::warn!(topic = %msg.topic, error = %e, "publish refused: store queue full");
+                    tracing::warn!(topic = %msg.topic, error = %e, "publish refused: not stored");
                     return Err(PublishError::Storage(e));
                 }
             }
@@ -570,6 +570,9 @@ impl Router {
             self.submit(ops);
             None
         };
+        if msg.retain && self.retained.apply(&msg) && stored_retained {
+            self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
+        }
         let mut congested = Vec::new();
         for (outbox, d) in pushes.drain(..) {
             if outbox.push(d) == Pushed::Congested && wants_reply {

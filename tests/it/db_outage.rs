@@ -64,6 +64,8 @@ async fn a_postgres_outage_refuses_durable_publishes_and_recovers_without_a_rest
     let (mut car, _) = RawConn::connect_v5(server.mqtt_addr, "car-1", true, None).await;
     assert_eq!(readyz(&api).await, 200);
     assert!(v5_qos1(&mut car, 1, 1.0, FIRST_REFUSAL).await < 0x80, "stored before the outage");
+    car.publish_v5("fleet/version", QoS::AtLeastOnce, 4, false, true, b"v1", None).await;
+    assert!(car.recv_type(PUBACK).await.reason() < 0x80);
 
     pg.stop_immediate().await;
     let outage = Instant::now();
@@ -75,6 +77,12 @@ async fn a_postgres_outage_refuses_durable_publishes_and_recovers_without_a_rest
     assert_eq!(v5_qos1(&mut car, 3, 3.0, FIRST_REFUSAL).await, 0x80);
     let fast_refusal = refused_at.elapsed();
     assert!(fast_refusal < Duration::from_secs(1), "refused at once once known: {fast_refusal:?}");
+    // A retained message is not kept either: the old value stays.
+    car.publish_v5("fleet/version", QoS::AtLeastOnce, 5, false, true, b"v2", None).await;
+    assert_eq!(car.recv_type(PUBACK).await.reason(), 0x80);
+    let mut viewer = V5Options::new("viewer", server.mqtt_addr).connect().await;
+    viewer.subscribe("fleet/version", QoS::AtMostOnce).await;
+    assert_eq!(text(&viewer.recv_publish().await.payload), "v1");
     // QoS 0 routing goes on.
     car.publish_v5("chat/room", QoS::AtMostOnce, 0, false, false, b"still routing", None).await;
     assert_eq!(text(&watcher.recv_publish().await.payload), "still routing");
