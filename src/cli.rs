@@ -103,7 +103,7 @@ pub struct ConfigArgs {
     /// [env: MAPCAST_ELASTICSEARCH_URL].
     #[arg(long, value_name = "URL")]
     pub elasticsearch_url: Option<String>,
-    /// Export traces over OTLP/HTTP to this APM Server or collector
+    /// Export traces and metrics over OTLP/HTTP to this APM Server or collector
     /// [default: off] [env: MAPCAST_OTLP_ENDPOINT].
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,

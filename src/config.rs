@@ -342,7 +342,8 @@ impl Default for ElasticsearchSettings {
 pub struct OtlpSettings {
     /// OTLP/HTTP base URL of an Elastic APM Server (`http://apm:8200`) or an
     /// OpenTelemetry collector (`http://otel:4318`); spans go to
-    /// `{endpoint}/v1/traces`. Default: none (off).
+    /// `{endpoint}/v1/traces`, metrics to `{endpoint}/v1/metrics` (every
+    /// `metrics_interval_secs`). Default: none (off).
     pub endpoint: Option<String>,
     /// `http/protobuf` or `http/json`. Default `http/protobuf`.
     pub protocol: OtlpProtocol,

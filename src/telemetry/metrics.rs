@@ -322,6 +322,45 @@ impl Metrics {
         out
     }
 
+    /// Name, kind (`true`: counter) and help of every counter and gauge,
+    /// once each, broker ones included even before a broker is registered.
+    pub(crate) fn scalar_kinds(&self) -> Vec<((&'static str, &'static str), bool, &'static str)> {
+        let mut out: Vec<_> = Vec::new();
+        for s in self.scalars(Some(&Stats::default())) {
+            if out.last().is_none_or(|(name, _, _)| *name != s.name) {
+                out.push((s.name, s.kind == "counter", s.help));
+            }
+        }
+        out
+    }
+
+    /// Every counter and gauge of the registered broker and the process, as
+    /// `(name, is_counter, help, label, value)`: what the OTLP export reads.
+    pub(crate) fn visit_scalars(
+        &self,
+        mut f: impl FnMut((&'static str, &'static str), bool, &'static str, Option<(&str, &str)>, u64),
+    ) {
+        let stats = self.broker_stats();
+        for s in self.scalars(stats.as_deref()) {
+            f(s.name, s.kind == "counter", s.help, s.label, s.value);
+        }
+    }
+
+    /// Count and sum of each histogram, with the route for HTTP latency.
+    pub(crate) fn visit_histograms(
+        &self,
+        mut f: impl FnMut((&'static str, &'static str), Option<&str>, u64, f64),
+    ) {
+        for (h, name) in
+            [(&self.db_batch_ops, m::DB_BATCH_OPS), (&self.db_batch_seconds, m::DB_BATCH_SECONDS)]
+        {
+            f(name, None, h.count(), h.sum());
+        }
+        for (route, h) in self.http.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            f(m::HTTP_SECONDS, Some(route), h.count(), h.sum());
+        }
+    }
+
     /// The fields of one metrics document (without the ECS base fields),
     /// for the registered broker.
     pub fn document(&self) -> Map<String, Value> {

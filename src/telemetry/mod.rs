@@ -8,7 +8,8 @@
 //!   queue, an on-disk spool and dead-lettering.
 //! - `crash`: the panic hook writing crash reports.
 //! - `metrics`: counters and histograms for `/metrics` and Elasticsearch.
-//! - `otel`: OTLP trace export and W3C trace context.
+//! - `otel`: OTLP trace export and W3C trace context; `otel_metrics`: OTLP
+//!   metric export.
 //! - `names`: every field and metric name (they are API).
 //!
 //! Records of the `log` crate (ntex, actix, sqlx) are bridged into `tracing`.
@@ -19,6 +20,7 @@ pub mod elastic;
 pub mod metrics;
 pub mod names;
 pub mod otel;
+mod otel_metrics;
 
 use std::io::IsTerminal;
 use std::sync::{LazyLock, OnceLock};
@@ -73,7 +75,8 @@ pub fn init(settings: &Settings) -> TelemetryGuard {
         }
     };
     let (ship, handle) = shipper.map_or((None, None), |(s, h)| (Some(s), Some(h)));
-    let (tracer, otel_guard) = match otel::build(&settings.telemetry.otlp) {
+    let metrics_interval = std::time::Duration::from_secs(settings.telemetry.metrics_interval_secs);
+    let (tracer, otel_guard) = match otel::build(&settings.telemetry.otlp, metrics_interval) {
         Ok(Some((tracer, guard))) => (Some(tracer), Some(guard)),
         Ok(None) => (None, None),
         Err(e) => {

@@ -219,6 +219,9 @@ pub mod metrics {
         ("mapcast_telemetry_spool_dropped_total", "mapcast.telemetry.spool_dropped");
     pub const CRASHES: (&str, &str) = ("mapcast_crashes_total", "mapcast.crashes");
     pub const UPTIME: (&str, &str) = ("mapcast_uptime_seconds", "mapcast.uptime_seconds");
+    /// OTLP exports a histogram as two counters: `{field}.count`, `{field}.sum`.
+    pub const OTEL_COUNT_SUFFIX: &str = ".count";
+    pub const OTEL_SUM_SUFFIX: &str = ".sum";
     /// Labelled by `flag` and `variant`; on `/metrics` only (the
     /// request log lines carry `feature_flag.result.variant` for Kibana).
     pub const FLAG_REQUESTS: (&str, &str) =

@@ -1,4 +1,5 @@
-//! OTLP traces and W3C trace context.
+//! OTLP traces and W3C trace context; with them, the OTLP metrics
+//! (`otel_metrics`), sharing endpoint, headers and resource.
 //!
 //! With `telemetry.otlp.endpoint`, every `tracing` span is exported through
 //! tracing-opentelemetry and the OTLP/HTTP exporter (blocking client, built
@@ -22,6 +23,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Tracer};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -38,22 +40,31 @@ pub(crate) fn enabled() -> bool {
     ENABLED.load(Relaxed)
 }
 
-/// Flushes and stops the exporter when dropped.
+/// Flushes and stops the exporters when dropped: metrics first (a last
+/// export of the final values), then spans.
 pub struct OtelGuard {
     provider: SdkTracerProvider,
+    meters: SdkMeterProvider,
 }
 
 impl Drop for OtelGuard {
     fn drop(&mut self) {
+        if let Err(e) = self.meters.shutdown() {
+            eprintln!("mapcast: OTLP metric exporter did not shut down cleanly: {e}");
+        }
         if let Err(e) = self.provider.shutdown() {
             eprintln!("mapcast: OTLP exporter did not shut down cleanly: {e}");
         }
     }
 }
 
-/// Build the exporter and tracer when `telemetry.otlp.endpoint` is set. Call
-/// it before any async runtime exists (the blocking HTTP client needs that).
-pub(crate) fn build(settings: &OtlpSettings) -> anyhow::Result<Option<(Tracer, OtelGuard)>> {
+/// Build the exporters and tracer when `telemetry.otlp.endpoint` is set;
+/// metrics are pushed every `metrics_interval`. Call it before any async
+/// runtime exists (the blocking HTTP client needs that).
+pub(crate) fn build(
+    settings: &OtlpSettings,
+    metrics_interval: Duration,
+) -> anyhow::Result<Option<(Tracer, OtelGuard)>> {
     let Some(endpoint) = &settings.endpoint else { return Ok(None) };
     let mut headers = std::collections::HashMap::new();
     if let Some(auth) = &settings.authorization {
@@ -68,7 +79,7 @@ pub(crate) fn build(settings: &OtlpSettings) -> anyhow::Result<Option<(Tracer, O
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
         .with_protocol(protocol)
         .with_timeout(Duration::from_secs(10))
-        .with_headers(headers)
+        .with_headers(headers.clone())
         .build()
         .context("cannot build the OTLP exporter")?;
     let resource = Resource::builder()
@@ -79,6 +90,13 @@ pub(crate) fn build(settings: &OtlpSettings) -> anyhow::Result<Option<(Tracer, O
         ])
         .build();
     let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
+    let meters = super::otel_metrics::build(
+        endpoint,
+        protocol,
+        headers,
+        metrics_interval,
+        resource.clone(),
+    )?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
@@ -86,7 +104,7 @@ pub(crate) fn build(settings: &OtlpSettings) -> anyhow::Result<Option<(Tracer, O
         .build();
     let tracer = provider.tracer(names::SERVICE_NAME_VALUE);
     ENABLED.store(true, Relaxed);
-    Ok(Some((tracer, OtelGuard { provider })))
+    Ok(Some((tracer, OtelGuard { provider, meters })))
 }
 
 /// `traceparent` → (trace id, parent span id, flags), each as lowercase hex;

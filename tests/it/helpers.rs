@@ -38,7 +38,7 @@ pub use api::{Api, DeviceCreds, PASSWORD, add_admin, expect_json, expect_problem
 pub use binary::ServerProcess;
 pub use es_bulk::EsBulk;
 pub use locations::{Sse, fast_map, feature_ids, location, location_at};
-pub use otlp::OtlpReceiver;
+pub use otlp::{ExportedPoint, OtlpReceiver};
 pub use pg_cluster::{PgCluster, mark_pg_cluster_ran};
 pub use postgres::{fresh_postgres_database, mark_postgres_ran, postgres_test_url};
 pub use raw::{RawConn, RawEnd, packet_type};

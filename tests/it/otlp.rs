@@ -1,6 +1,7 @@
-//! OTLP traces and W3C trace context across protocols, against a local
-//! OTLP/HTTP receiver ([`OtlpReceiver`]). The server is the real binary; its
-//! exporter flushes at shutdown, so each test stops it before looking.
+//! OTLP traces, OTLP metrics and W3C trace context across protocols,
+//! against a local OTLP/HTTP receiver ([`OtlpReceiver`]). The server is the
+//! real binary; its span exporter flushes at shutdown, so trace tests stop it
+//! before looking.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde_json::Value;
 
-use crate::helpers::{Api, OtlpReceiver, RECV, ServerProcess, V5Options};
+use crate::helpers::{Api, ExportedPoint, OtlpReceiver, RECV, ServerProcess, V5Options};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -112,4 +113,80 @@ async fn without_otlp_a_traceparent_still_correlates_the_logs() {
     let server = ServerProcess::start(dir.path(), &[]).await;
     get_with_traceparent(server.http_addr, "/traced-logs").await;
     assert_eq!(log_line(&server, "/traced-logs").await["trace.id"], TRACE);
+}
+
+/// The last exported value of metric `name` with exactly `attributes`.
+fn last_point(points: &[ExportedPoint], name: &str, attributes: &[&str]) -> Option<f64> {
+    points.iter().rev().find(|p| p.name == name && p.attributes == attributes).map(|p| p.value)
+}
+
+/// The value of an unlabelled sample in the Prometheus text.
+fn prometheus_value(text: &str, name: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn metrics_are_pushed_periodically_with_the_numbers_of_the_metrics_endpoint() {
+    const SENT: usize = 25;
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[telemetry]\nmetrics_interval_secs = 1\n{}", otlp_config(&receiver));
+    let server = ServerProcess::start_with_config(dir.path(), &config, &[]).await;
+    let mut subscriber = V5Options::new("otlp-metrics-sub", server.mqtt_addr).connect().await;
+    subscriber.subscribe("otlp/metrics/#", QoS::AtLeastOnce).await;
+    let publisher = V5Options::new("otlp-metrics-pub", server.mqtt_addr).connect().await;
+    for i in 0..SENT {
+        publisher.publish(&format!("otlp/metrics/{i}"), QoS::AtLeastOnce, false, "hello").await;
+    }
+    assert_eq!(subscriber.recv_publishes(SENT).await.len(), SENT);
+    let text = Api::new(server.http_addr).get("/metrics", None).await.text().await.unwrap();
+    let on_endpoint = prometheus_value(&text, "mapcast_messages_received_total");
+    assert!(on_endpoint >= SENT as f64, "{text}");
+
+    // A periodic export (not only the one at shutdown) catches up with the endpoint.
+    let deadline = std::time::Instant::now() + RECV + Duration::from_secs(5);
+    let received = loop {
+        let points = receiver.points();
+        match last_point(&points, "mapcast.messages.received", &[]) {
+            Some(v) if v >= on_endpoint => break v,
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "no catching-up export: {points:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let points = receiver.points();
+    let counter = points.iter().find(|p| p.name == "mapcast.messages.received").unwrap();
+    assert!(counter.monotonic, "{counter:?}");
+    assert!(received >= SENT as f64);
+    assert!(last_point(&points, "mapcast.messages.sent", &[]).is_some_and(|v| v >= SENT as f64));
+    assert!(
+        last_point(&points, "mapcast.bytes.received", &[]).is_some_and(|v| v >= 5.0 * SENT as f64)
+    );
+    assert_eq!(last_point(&points, "mapcast.clients.connected", &[]), Some(2.0), "{points:?}");
+    // Labels become attributes: one series per drop reason, as on `/metrics`.
+    for reason in ["queue_full_qos0", "queue_full_qos1", "expired", "rejected_publish"] {
+        let attributes = [format!("reason={reason}")];
+        let attributes: Vec<&str> = attributes.iter().map(String::as_str).collect();
+        assert!(
+            last_point(&points, "mapcast.dropped", &attributes).is_some(),
+            "{reason}: {points:?}"
+        );
+    }
+    // Histograms arrive as count and sum; HTTP latency per route.
+    assert!(
+        points.iter().any(|p| p.name == "mapcast.http.request_duration_seconds.count"
+            && p.attributes == ["route=/metrics"]
+            && p.value >= 1.0),
+        "{points:?}"
+    );
+    assert!(points.iter().any(|p| p.name == "mapcast.db.batch_ops.count"));
+
+    // Shutting down exports the final values once more.
+    let before = receiver.points().len();
+    assert!(server.terminate(Duration::from_secs(15)).await.is_some_and(|s| s.success()));
+    let after = receiver.points();
+    assert!(after.len() > before, "no export at shutdown");
+    assert!(last_point(&after, "mapcast.messages.received", &[]).is_some_and(|v| v >= received));
+    assert!(receiver.violations().is_empty(), "{:?}", receiver.violations());
 }

@@ -1,6 +1,7 @@
-//! A local OTLP/HTTP trace receiver (JSON encoding): it keeps every span
-//! posted to `/v1/traces`, flattened to (name, trace id, span id, parent
-//! span id), and records anything that is not a well-formed export.
+//! A local OTLP/HTTP receiver (JSON encoding): it keeps every span posted
+//! to `/v1/traces`, flattened to (name, trace id, span id, parent span id),
+//! every metric data point posted to `/v1/metrics`, flattened to (name,
+//! attributes, value), and records anything that is not a well-formed export.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,10 +24,24 @@ pub struct ExportedSpan {
     pub parent_span_id: String,
 }
 
+/// One data point of a sum or gauge, in arrival order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedPoint {
+    pub name: String,
+    /// `key=value` pairs, sorted.
+    pub attributes: Vec<String>,
+    pub value: f64,
+    /// Whether it came from a monotonic sum (a counter).
+    pub monotonic: bool,
+}
+
 #[derive(Default)]
 struct State {
     spans: Vec<ExportedSpan>,
+    points: Vec<ExportedPoint>,
     violations: Vec<String>,
+    /// Every request body as received, for tests that grep what was sent.
+    bodies: Vec<Bytes>,
 }
 
 pub struct OtlpReceiver {
@@ -69,8 +84,17 @@ impl OtlpReceiver {
         self.state.lock().unwrap().spans.clone()
     }
 
+    pub fn points(&self) -> Vec<ExportedPoint> {
+        self.state.lock().unwrap().points.clone()
+    }
+
     pub fn violations(&self) -> Vec<String> {
         self.state.lock().unwrap().violations.clone()
+    }
+
+    /// Every export body received so far, byte for byte.
+    pub fn raw_bodies(&self) -> Vec<Bytes> {
+        self.state.lock().unwrap().bodies.clone()
     }
 }
 
@@ -88,11 +112,19 @@ async fn handle(
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let parsed = serde_json::from_slice::<Value>(&body);
     let mut s = state.lock().unwrap();
+    s.bodies.push(body.clone());
     match parsed {
         Ok(export) if path == "/v1/traces" && content_type.starts_with("application/json") => {
             s.spans.extend(spans(&export));
         }
-        _ => s.violations.push(format!("{path} ({content_type}): not an OTLP/JSON trace export")),
+        Ok(export)
+            if path == "/v1/metrics"
+                && content_type.starts_with("application/json")
+                && export["resourceMetrics"].is_array() =>
+        {
+            s.points.extend(points(&export));
+        }
+        _ => s.violations.push(format!("{path} ({content_type}): not an OTLP/JSON export")),
     }
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -117,4 +149,45 @@ fn spans(export: &Value) -> Vec<ExportedSpan> {
         }
     }
     out
+}
+
+fn points(export: &Value) -> Vec<ExportedPoint> {
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for rm in list(&export["resourceMetrics"]) {
+        for sm in list(&rm["scopeMetrics"]) {
+            for metric in list(&sm["metrics"]) {
+                let name = metric["name"].as_str().unwrap_or_default().to_owned();
+                let (data, monotonic) = if metric["sum"].is_object() {
+                    (&metric["sum"], metric["sum"]["isMonotonic"] == true)
+                } else {
+                    (&metric["gauge"], false)
+                };
+                for dp in list(&data["dataPoints"]) {
+                    let mut attributes: Vec<String> = list(&dp["attributes"])
+                        .iter()
+                        .map(|a| {
+                            format!("{}={}", text(&a["key"]), text(&a["value"]["stringValue"]))
+                        })
+                        .collect();
+                    attributes.sort();
+                    let Some(value) = number(&dp["asInt"]).or_else(|| number(&dp["asDouble"]))
+                    else {
+                        continue;
+                    };
+                    out.push(ExportedPoint { name: name.clone(), attributes, value, monotonic });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+/// OTLP/JSON writes 64-bit integers as strings; accept numbers too.
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
