@@ -32,6 +32,12 @@ pub struct BrokerLimits {
     pub max_session_expiry_secs: u32,
     /// Keep-alive the broker imposes when a client asks for none or more (v5 server keep-alive), seconds; 0 = accept the client's.
     pub server_keep_alive_secs: u16,
+    /// Most MQTT connections open at once, all listeners together; more get CONNACK 0x97 (3.1.1: 0x03). 0 = no limit.
+    pub max_connections: usize,
+    /// New MQTT connections per second one source address (IPv6: one /64) may open, sustained; more get CONNACK 0x9F (3.1.1: 0x03). 0 = no limit.
+    pub max_connect_rate_per_ip: u32,
+    /// Connections one source address may open in a burst before its rate applies.
+    pub connect_burst_per_ip: u32,
 }
 
 impl Default for BrokerLimits {
@@ -49,6 +55,9 @@ impl Default for BrokerLimits {
             max_topic_alias: 64,
             max_session_expiry_secs: 7 * 24 * 3600,
             server_keep_alive_secs: 0,
+            max_connections: 50_000,
+            max_connect_rate_per_ip: 100,
+            connect_burst_per_ip: 1_000,
         }
     }
 }

@@ -21,6 +21,10 @@ pub struct Stats {
     pub subscriptions: AtomicU64,
     pub rejected_publishes: AtomicU64,
     pub rejected_connects: AtomicU64,
+    /// Of `rejected_connects`: turned away at `broker.max_connections`.
+    pub refused_max_connections: AtomicU64,
+    /// Of `rejected_connects`: over `broker.max_connect_rate_per_ip`.
+    pub refused_connect_rate: AtomicU64,
     pub protocol_errors: AtomicU64,
     /// Publishes refused for their payload (invalid locations), any protocol.
     pub invalid_payloads: AtomicU64,
@@ -45,6 +49,8 @@ impl Default for Stats {
             subscriptions: AtomicU64::new(0),
             rejected_publishes: AtomicU64::new(0),
             rejected_connects: AtomicU64::new(0),
+            refused_max_connections: AtomicU64::new(0),
+            refused_connect_rate: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             invalid_payloads: AtomicU64::new(0),
             inflight_out: AtomicU64::new(0),

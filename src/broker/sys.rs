@@ -11,7 +11,7 @@ use crate::domain::{TopicLimits, TopicName};
 pub fn snapshot(stats: &Stats) -> Vec<Message> {
     let c = |counter: &std::sync::atomic::AtomicU64| Stats::get(counter).to_string();
     let dropped = Stats::get(&stats.publish_dropped_qos0) + Stats::get(&stats.publish_dropped_qos1);
-    let entries: [(&str, String); 15] = [
+    let entries: [(&str, String); 17] = [
         ("$SYS/broker/version", format!("mapcast {}", env!("CARGO_PKG_VERSION"))),
         ("$SYS/broker/uptime", format!("{} seconds", stats.uptime_secs())),
         ("$SYS/broker/clients/connected", c(&stats.clients_connected)),
@@ -25,6 +25,8 @@ pub fn snapshot(stats: &Stats) -> Vec<Message> {
         ("$SYS/broker/retained messages/count", c(&stats.retained_count)),
         ("$SYS/broker/subscriptions/count", c(&stats.subscriptions)),
         ("$SYS/broker/connections/rejected", c(&stats.rejected_connects)),
+        ("$SYS/broker/connections/rejected/max_connections", c(&stats.refused_max_connections)),
+        ("$SYS/broker/connections/rejected/connect_rate", c(&stats.refused_connect_rate)),
         ("$SYS/broker/publish/messages/rejected", c(&stats.rejected_publishes)),
         ("$SYS/broker/publish/messages/invalid", c(&stats.invalid_payloads)),
     ];

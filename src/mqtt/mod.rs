@@ -7,14 +7,18 @@
 //! broker through the `Send` [`BrokerHandle`](crate::broker::BrokerHandle).
 //!
 //! - `server`: the thread, listeners, TLS and the WebSocket upgrade.
+//! - `admission`: connection cap and per-address connect rate, before CONNECT.
+//! - `trim`: the memory of closed connections handed back to the system.
 //! - `v3`, `v5`: handshake, publish, protocol and control services per level.
 //! - `session`: per-connection state and the steps both levels share.
 //! - `pump`: a session's outbox → the connection's sink.
 //! - `qos2`: the receiver side of QoS 2, in front of ntex-mqtt's dispatchers.
+//! - `unexpected`: packets a connected client must not send, refused.
 //! - `convert`: wire ↔ domain types.
 //! - `reason`: every reason code sent to clients, in one place.
 //! - `fuzzing`: the packet path without a socket, for `fuzz/` (not an API).
 
+mod admission;
 mod convert;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -23,6 +27,8 @@ mod qos2;
 mod reason;
 mod server;
 mod session;
+mod trim;
+mod unexpected;
 mod v3;
 mod v5;
 

@@ -202,13 +202,23 @@ impl<S> InboundQos2V5Service<S> {
             return Ok(Some(pubrec(id, v5::codec::PublishAckReason::Success, None)));
         };
 
+        // Counted against the receive maximum from now on: the dispatcher
+        // hands over pipelined PUBLISHes while earlier ones are still routed.
+        self.unreleased.borrow_mut().insert(id);
         let publish = v5::Publish::new(pkt, Payload::from_bytes(payload), size);
-        let (code, why) =
-            handle_publish(&self.conn, &publish).await.map_err(DispatcherError::Service)?;
+        let handled = handle_publish(&self.conn, &publish).await;
+        let (code, why) = match handled {
+            Ok(ack) => ack,
+            Err(e) => {
+                self.unreleased.borrow_mut().remove(&id);
+                return Err(DispatcherError::Service(e));
+            }
+        };
         // A failure code ends the flow: no PUBREL follows [MQTT-4.3.3].
         if u8::from(code) < 0x80 {
             taken.keep();
-            self.unreleased.borrow_mut().insert(id);
+        } else {
+            self.unreleased.borrow_mut().remove(&id);
         }
         let why = why.filter(|_| self.conn.problem_info).map(ByteString::from_static);
         Ok(Some(pubrec(id, code, why)))
@@ -288,8 +298,13 @@ where
         use v3::codec::{Decoded, Encoded, Packet};
         match &req {
             Decoded::Publish(pkt, ..) if pkt.qos == QoS::ExactlyOnce => {
-                if let Some(id) = pkt.packet_id {
-                    self.known.borrow_mut().insert(id);
+                // An id this connection has not seen released yet: PUBREC
+                // again, deliver nothing [MQTT-4.3.3-2] (ntex would call the
+                // reuse a protocol error and close).
+                if let Some(id) = pkt.packet_id
+                    && !self.known.borrow_mut().insert(id)
+                {
+                    return Ok(Some(Encoded::Packet(Packet::PublishReceived { packet_id: id })));
                 }
             }
             Decoded::Packet(Packet::PublishRelease { packet_id }, _) => {

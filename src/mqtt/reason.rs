@@ -332,6 +332,44 @@ pub(crate) fn protocol_error(err: &ProtocolError) -> v5::codec::Disconnect {
     v5::codec::Disconnect::from_proto_error(err)
 }
 
+/// Why a connection is turned away before its CONNECT is handled (`admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overload {
+    /// `broker.max_connections` connections are open.
+    MaxConnections,
+    /// The source address is over `broker.max_connect_rate_per_ip`.
+    ConnectRate,
+}
+
+impl Overload {
+    pub(crate) fn v5(self) -> ConnectAckReason {
+        match self {
+            Self::MaxConnections => ConnectAckReason::QuotaExceeded,
+            Self::ConnectRate => ConnectAckReason::ConnectionRateExceeded,
+        }
+    }
+
+    /// 3.1.1 has one code for both: come back later.
+    pub(crate) fn v3(self) -> v3::codec::ConnectAckReason {
+        v3::codec::ConnectAckReason::ServiceUnavailable
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "too many connections",
+            Self::ConnectRate => "connection rate exceeded",
+        }
+    }
+}
+
+/// A packet a client must not send once connected: a second CONNECT
+/// [MQTT-3.1.0-2], a packet only servers send, or a SUBSCRIBE / UNSUBSCRIBE
+/// without topic filters [MQTT-3.8.3-2] [MQTT-3.10.3-2]. A protocol error
+/// (0x82); ntex-mqtt would ignore or acknowledge them.
+pub(crate) const fn unexpected_packet(why: &'static str) -> ConnError {
+    ConnError::protocol(why)
+}
+
 #[cfg(test)]
 mod tests {
     use ntex_mqtt::error::SpecViolation;
@@ -479,6 +517,14 @@ mod tests {
         assert_eq!(protocol_error(&alias).reason_code, DisconnectReasonCode::TopicAliasInvalid);
         let other = ProtocolError::spec(SpecViolation::Subs_4_7_1);
         assert_eq!(protocol_error(&other).reason_code, DisconnectReasonCode::ProtocolError);
+    }
+
+    #[test]
+    fn overloads_map_to_connack_codes() {
+        assert_eq!(u8::from(Overload::MaxConnections.v5()), 0x97);
+        assert_eq!(u8::from(Overload::ConnectRate.v5()), 0x9F);
+        assert_eq!(u8::from(Overload::ConnectRate.v3()), 0x03);
+        assert_eq!(u8::from(unexpected_packet("second CONNECT").code), 0x82);
     }
 
     #[test]

@@ -116,6 +116,11 @@ pub(super) async fn refuse_empty_persistent_id(io: IoBoxed, stats: &Stats) -> Re
     }
 }
 
+/// The longest 3.1.1 CONNECT body: the variable header (10) and five
+/// length-prefixed fields (client id, will topic and message, user name,
+/// password) of at most 65,535 bytes each.
+const MAX_V3_CONNECT_LEN: usize = 10 + 5 * (2 + 65_535);
+
 /// Does `buf` start with a 3.1.1 CONNECT with an empty client id and clean
 /// session 0? `None`: not enough bytes yet to tell.
 pub(super) fn empty_persistent_client_id(buf: &[u8]) -> Option<bool> {
@@ -126,8 +131,10 @@ pub(super) fn empty_persistent_client_id(buf: &[u8]) -> Option<bool> {
     }
     // Remaining length: 1 to 4 bytes, high bit set on all but the last.
     let mut len_bytes = 0;
+    let mut len = 0usize;
     loop {
         let b = *rest.get(len_bytes)?;
+        len |= usize::from(b & 0x7f) << (7 * len_bytes);
         len_bytes += 1;
         if b & 0x80 == 0 {
             break;
@@ -135,6 +142,11 @@ pub(super) fn empty_persistent_client_id(buf: &[u8]) -> Option<bool> {
         if len_bytes == 4 {
             return Some(false);
         }
+    }
+    // Too short for the fields below, or longer than any 3.1.1 CONNECT can
+    // be: not for this check to wait on; ntex refuses it at once.
+    if !(12..=MAX_V3_CONNECT_LEN).contains(&len) {
+        return Some(false);
     }
     // Protocol name and level (7), flags (1), keep-alive (2), client id length (2).
     let vh = &rest[len_bytes..];
@@ -414,5 +426,8 @@ mod tests {
         long[1] |= 0x80;
         long.insert(2, 0x00);
         assert_eq!(empty_persistent_client_id(&long), Some(true));
+        // Truncated, and longer than any CONNECT: left to ntex without waiting.
+        assert_eq!(empty_persistent_client_id(b"\x10\x08\x00\x04MQTT\x04\x00"), Some(false));
+        assert_eq!(empty_persistent_client_id(b"\x10\xff\xff\xff\x7f"), Some(false));
     }
 }

@@ -224,6 +224,17 @@ impl Metrics {
                     value,
                 });
             }
+            let (quota, rate) = (g(&s.refused_max_connections), g(&s.refused_connect_rate));
+            let rejected = [quota, rate, g(&s.rejected_connects).saturating_sub(quota + rate)];
+            for (reason, value) in m::CONNECTION_REJECT_REASONS.iter().zip(rejected) {
+                out.push(Scalar {
+                    kind: "counter",
+                    name: m::CONNECTIONS_REJECTED,
+                    help: "MQTT connections refused, by reason.",
+                    label: Some(("reason", reason)),
+                    value,
+                });
+            }
         }
         out.extend([
             Scalar::gauge(

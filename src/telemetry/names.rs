@@ -195,6 +195,11 @@ pub mod metrics {
     /// Sign-ins refused unchecked because of a lockout.
     pub const AUTH_LOCKED_REFUSALS: (&str, &str) =
         ("mapcast_auth_locked_refusals_total", "mapcast.auth.locked_refusals");
+    /// Labelled by `reason`; the document has one field per reason below it.
+    pub const CONNECTIONS_REJECTED: (&str, &str) =
+        ("mapcast_connections_rejected_total", "mapcast.connections.rejected");
+    /// `other`: authentication, client id, will (any CONNECT refused later).
+    pub const CONNECTION_REJECT_REASONS: [&str; 3] = ["max_connections", "connect_rate", "other"];
     pub const DB_BATCH_OPS: (&str, &str) = ("mapcast_db_batch_ops", "mapcast.db.batch_ops");
     pub const DB_BATCH_SECONDS: (&str, &str) =
         ("mapcast_db_batch_duration_seconds", "mapcast.db.batch_duration_seconds");

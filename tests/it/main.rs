@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod abuse;
 mod acl;
 mod bench;
 mod chaos;
@@ -32,7 +33,10 @@ mod restart;
 mod retained;
 mod sessions;
 mod shared;
+mod shutdown;
+mod slow_consumer;
 mod sse;
+mod storms;
 mod sys;
 mod tls;
 mod topics;

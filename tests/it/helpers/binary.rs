@@ -86,6 +86,11 @@ impl ServerProcess {
         Self::start(data_dir, &args).await
     }
 
+    /// The process id, to read its memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server process is running")
+    }
+
     /// SIGKILL: no shutdown code runs, nothing is flushed.
     pub async fn kill9(mut self) {
         self.child.kill().await.expect("SIGKILL the server");
