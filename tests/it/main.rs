@@ -8,6 +8,7 @@ mod helpers;
 
 mod abuse;
 mod acl;
+mod acl_matrix;
 mod bench;
 mod chaos;
 mod connect;
@@ -31,6 +32,7 @@ mod postgres;
 mod pubsub;
 mod restart;
 mod retained;
+mod secrets;
 mod sessions;
 mod shared;
 mod shutdown;
