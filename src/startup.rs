@@ -121,6 +121,9 @@ impl Application {
         .context("cannot load the feature flags")?;
 
         metrics::global().set_broker_stats(broker.stats().clone());
+        let flag_rows = flags.clone();
+        metrics::global()
+            .set_flag_rows(metrics::FlagRows(Arc::new(move || flag_rows.document_rows())));
         crash::set_debug_triggers(settings.debug.panic_endpoint);
 
         let tls = match (mqtts_listener, &settings.mqtt.tls_cert, &settings.mqtt.tls_key) {

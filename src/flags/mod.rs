@@ -146,6 +146,11 @@ impl Flags {
         Ok(())
     }
 
+    /// Requests, errors and crashes per flag variant, for the metrics document.
+    pub fn document_rows(&self) -> Vec<serde_json::Value> {
+        self.0.observations.document_rows()
+    }
+
     /// Requests, errors and crashes per flag variant, in Prometheus text.
     pub fn render_prometheus(&self, out: &mut String) {
         self.0.observations.render_prometheus(out);

@@ -187,6 +187,30 @@ impl Observations {
     }
 }
 
+impl Observations {
+    /// One object per flag variant, `{flag, variant, requests, errors,
+    /// crashes}`, for the metrics document.
+    pub fn document_rows(&self) -> Vec<Value> {
+        use names::metrics as m;
+        // The object keys are the last segment of each field name.
+        let key = |field: &'static str| field.rsplit('.').next().unwrap_or(field);
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut rows = Vec::new();
+        for (flag, variants) in map.iter() {
+            for (variant, s) in variants {
+                let mut row = serde_json::Map::new();
+                row.insert(key(m::FLAG_ROW_FLAG).into(), flag.as_str().into());
+                row.insert(key(m::FLAG_ROW_VARIANT).into(), variant.as_str().into());
+                row.insert(key(m::FLAG_ROW_REQUESTS).into(), s.requests.load(Relaxed).into());
+                row.insert(key(m::FLAG_ROW_ERRORS).into(), s.errors.load(Relaxed).into());
+                row.insert(key(m::FLAG_ROW_CRASHES).into(), s.crashes.load(Relaxed).into());
+                rows.push(Value::Object(row));
+            }
+        }
+        rows
+    }
+}
+
 /// A metric's Prometheus and document names.
 type Metric = (&'static str, &'static str);
 /// Reads one counter of a variant.
@@ -285,6 +309,22 @@ mod tests {
         assert_eq!((s.requests, s.errors), (100, 1));
         assert!((0.9..=2.5).contains(&s.p99_ms), "p99 of 99×1 ms and 1×2 s: {}", s.p99_ms);
         assert_eq!(obs.take_window("f")["on"], Sample::default());
+    }
+
+    #[test]
+    fn document_rows_hold_the_totals_of_each_variant() {
+        let obs = Observations::default();
+        obs.stats("f", "on").record(10, true);
+        obs.stats("f", "on").record(10, false);
+        obs.stats("f", "off").record(10, true);
+        let _ = obs.take_window("f");
+        assert_eq!(
+            obs.document_rows(),
+            vec![
+                json!({"flag": "f", "variant": "off", "requests": 1, "errors": 0, "crashes": 0}),
+                json!({"flag": "f", "variant": "on", "requests": 2, "errors": 1, "crashes": 0}),
+            ]
+        );
     }
 
     #[test]

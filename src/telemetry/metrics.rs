@@ -112,6 +112,18 @@ pub struct Metrics {
     pub auth_locked_refusals: AtomicU64,
     /// The broker whose [`Stats`] the shipped document reports.
     broker: Mutex<Option<Arc<Stats>>>,
+    /// The per-flag-variant rows of the shipped document.
+    flag_rows: Mutex<Option<FlagRows>>,
+}
+
+/// Reads the per-flag-variant counters (`Flags::document_rows`).
+#[derive(Clone)]
+pub struct FlagRows(pub Arc<dyn Fn() -> Vec<Value> + Send + Sync>);
+
+impl std::fmt::Debug for FlagRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlagRows")
+    }
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -132,6 +144,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     auth_lockouts: AtomicU64::new(0),
     auth_locked_refusals: AtomicU64::new(0),
     broker: Mutex::new(None),
+    flag_rows: Mutex::new(None),
 });
 
 pub fn global() -> &'static Metrics {
@@ -167,6 +180,11 @@ impl Metrics {
     /// The broker the shipped metrics document reports on.
     pub fn set_broker_stats(&self, stats: Arc<Stats>) {
         *self.broker.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    }
+
+    /// Where the shipped document reads the feature-flag counters.
+    pub fn set_flag_rows(&self, rows: FlagRows) {
+        *self.flag_rows.lock().unwrap_or_else(|e| e.into_inner()) = Some(rows);
     }
 
     fn broker_stats(&self) -> Option<Arc<Stats>> {
@@ -394,6 +412,10 @@ impl Metrics {
             .map(|(route, h)| json!({ "route": route, "count": h.count(), "sum": h.sum() }))
             .collect();
         doc.insert(m::HTTP_SECONDS.1.into(), Value::Array(routes));
+        let flag_rows = self.flag_rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(rows) = flag_rows {
+            doc.insert(m::FLAG_REQUESTS.1.into(), Value::Array((rows.0)()));
+        }
         doc
     }
 }

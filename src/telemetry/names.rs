@@ -227,12 +227,17 @@ pub mod metrics {
     /// OTLP exports a histogram as two counters: `{field}.count`, `{field}.sum`.
     pub const OTEL_COUNT_SUFFIX: &str = ".count";
     pub const OTEL_SUM_SUFFIX: &str = ".sum";
-    /// Labelled by `flag` and `variant`; on `/metrics` only (the
-    /// request log lines carry `feature_flag.result.variant` for Kibana).
+    /// Labelled by `flag` and `variant`. The document holds one object per
+    /// variant below `mapcast.feature_flags`, with the fields below.
     pub const FLAG_REQUESTS: (&str, &str) =
         ("mapcast_feature_flag_requests_total", "mapcast.feature_flags");
     pub const FLAG_ERRORS: (&str, &str) =
         ("mapcast_feature_flag_errors_total", "mapcast.feature_flags");
     pub const FLAG_CRASHES: (&str, &str) =
         ("mapcast_feature_flag_crashes_total", "mapcast.feature_flags");
+    pub const FLAG_ROW_FLAG: &str = "mapcast.feature_flags.flag";
+    pub const FLAG_ROW_VARIANT: &str = "mapcast.feature_flags.variant";
+    pub const FLAG_ROW_REQUESTS: &str = "mapcast.feature_flags.requests";
+    pub const FLAG_ROW_ERRORS: &str = "mapcast.feature_flags.errors";
+    pub const FLAG_ROW_CRASHES: &str = "mapcast.feature_flags.crashes";
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use rumqttc::QoS;
 use serde_json::Value;
 
-use crate::helpers::{Api, EsBulk, ServerProcess, V3Options, mapcast_cli};
+use crate::helpers::{
+    Api, EsBulk, PASSWORD, ServerProcess, V3Options, add_admin, location, mapcast_cli,
+};
 
 pub const APP: &str = "logs-mapcast.app-default";
 pub const CRASH: &str = "logs-mapcast.crash-default";
@@ -421,4 +423,54 @@ impl Osmem {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The per-variant counters of `/metrics` are in the shipped metrics
+/// document too, one object per flag variant.
+#[tokio::test]
+async fn flag_variant_counters_are_shipped_in_the_metrics_document() {
+    let es = EsBulk::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    add_admin(dir.path(), "root", PASSWORD).await;
+    let config = shipping_config(&es.url(), "[map]\ninterval_secs = 1\n");
+    let server = ServerProcess::start_with_config(dir.path(), &config, &[]).await;
+    let api = Api::new(server.http_addr);
+    let mut car = V3Options::new("car-flags", server.mqtt_addr).connect().await;
+    car.publish_qos1("devices/car-flags/location", false, location(13.4, 52.5)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.get("/api/v1/map", None).await.status() != 200 {
+        assert!(Instant::now() < deadline, "no map snapshot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = api.login("root", PASSWORD).await;
+    let body = serde_json::json!({ "enabled": true, "rollout": 100 }).to_string();
+    let put = api
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/flags/map.clustering",
+            Some(&token),
+            Some(("application/json", body)),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+    for _ in 0..3 {
+        assert_eq!(api.get("/api/v1/map?zoom=3", Some(&token)).await.status(), 200);
+    }
+    let line = "mapcast_feature_flag_requests_total{flag=\"map.clustering\",variant=\"on\"} 3";
+    let text = api.get("/metrics", None).await.text().await.unwrap();
+    assert!(text.contains(line), "{text}");
+
+    let row = serde_json::json!({
+        "flag": "map.clustering", "variant": "on", "requests": 3, "errors": 0, "crashes": 0,
+    });
+    let shipped = es
+        .wait_for(Duration::from_secs(10), |es| {
+            es.accepted().iter().any(|a| {
+                a.index == METRICS
+                    && a.doc["mapcast.feature_flags"].as_array().is_some_and(|r| r.contains(&row))
+            })
+        })
+        .await;
+    assert!(shipped, "no metrics document with {row}");
+    assert!(es.violations().is_empty(), "{:?}", es.violations());
 }
