@@ -1,6 +1,6 @@
 //! One access table, three transports: every identity × topic × operation is
 //! tried over MQTT 5 (PUBACK / SUBACK reason codes), REST
-//! (`POST`/`GET /api/v1/topics/...`) and SSE (`GET /api/v1/subscribe`), and
+//! (`POST`/`PUT`/`GET /api/v1/topics/...`) and SSE (`GET /api/v1/subscribe`), and
 //! all three must give the answer README's "Who may do what" table gives.
 //!
 //! Devices hold MQTT credentials only (no bearer token), so their rows are
@@ -133,16 +133,13 @@ fn http_verdict(status: u16, allowed: &[u16], what: &str) -> Option<bool> {
     }
 }
 
-async fn rest_answer(api: &Api, token: Option<&str>, topic: &str, op: Op) -> Option<bool> {
+/// `POST` (publish), `PUT` (publish retained) or `GET` (read the retained
+/// message: 404 when there is none is still an allowed read).
+async fn rest_answer(api: &Api, token: Option<&str>, topic: &str, method: Method) -> Option<bool> {
     let path = format!("/api/v1/topics/{topic}");
-    let resp = match op {
-        Op::Publish => {
-            let body = Some(("application/json", location(13.4, 52.5)));
-            api.send(Method::POST, &path, token, body).await
-        }
-        Op::Read => api.get(&path, token).await,
-    };
-    http_verdict(resp.status().as_u16(), &[200, 202, 204, 404], &format!("{op:?} {path}"))
+    let body = (method != Method::GET).then(|| ("application/json", location(13.4, 52.5)));
+    let resp = api.send(method.clone(), &path, token, body).await;
+    http_verdict(resp.status().as_u16(), &[200, 202, 204, 404], &format!("{method} {path}"))
 }
 
 async fn sse_answer(app: &TestApp, token: Option<&str>, topic: &str) -> Option<bool> {
@@ -183,8 +180,20 @@ async fn mqtt_rest_and_sse_enforce_the_same_access_table() {
                 let token = caller.token.as_deref();
                 let mut answers = vec![("MQTT", mqtt_answer(&mut mqtt, &topic, op).await)];
                 if caller.rest {
-                    answers.push(("REST", rest_answer(&api, token, &topic, op).await));
-                    if op == Op::Read {
+                    if op == Op::Publish {
+                        answers.push((
+                            "REST POST",
+                            rest_answer(&api, token, &topic, Method::POST).await,
+                        ));
+                        answers.push((
+                            "REST PUT",
+                            rest_answer(&api, token, &topic, Method::PUT).await,
+                        ));
+                    } else {
+                        answers.push((
+                            "REST GET",
+                            rest_answer(&api, token, &topic, Method::GET).await,
+                        ));
                         answers.push(("SSE", sse_answer(&app, token, &topic).await));
                     }
                 }
