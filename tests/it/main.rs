@@ -37,6 +37,7 @@ mod sessions;
 mod shared;
 mod shutdown;
 mod slow_consumer;
+mod spool_bound;
 mod sse;
 mod storms;
 mod sys;

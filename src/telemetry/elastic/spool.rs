@@ -79,36 +79,70 @@ impl Spool {
 
     /// Append `docs` after everything spooled so far (fsync'd), then enforce the bound.
     pub fn append(&mut self, docs: &[Doc]) -> io::Result<()> {
-        if docs.is_empty() {
-            return Ok(());
-        }
-        let mut text = String::new();
+        let mut lines = Vec::with_capacity(docs.len());
         for doc in docs {
             let Ok(raw) = RawValue::from_string(doc.body.clone()) else {
                 tracing::warn!(id = %doc.id, "not JSON; left out of the spool");
                 continue;
             };
             let env = Envelope { stream: doc.stream, id: &doc.id, doc: &raw };
-            text.push_str(&serde_json::to_string(&env).map_err(io::Error::other)?);
-            text.push('\n');
+            lines.push(serde_json::to_string(&env).map_err(io::Error::other)? + "\n");
         }
-        let seq = match &self.current {
-            Some((seq, _))
-                if self.segments.get(seq).is_some_and(|s| s.bytes < SEGMENT_MAX_BYTES) =>
+        // A batch larger than the whole bound keeps only its newest documents.
+        let mut total: u64 = lines.iter().map(|l| l.len() as u64).sum();
+        let mut skip = 0;
+        while total > self.max_bytes && skip < lines.len() {
+            total -= lines[skip].len() as u64;
+            skip += 1;
+        }
+        if skip > 0 {
+            self.count_dropped(
+                skip as u64,
+                "telemetry spool full: oldest documents of a batch dropped",
+            );
+        }
+        // Segments hold at most a quarter of the bound each, so dropping the
+        // oldest ones keeps the spool within the bound.
+        let segment_limit = (self.max_bytes / 4).clamp(1, SEGMENT_MAX_BYTES);
+        let mut lines = lines[skip..].iter().peekable();
+        while lines.peek().is_some() {
+            let seq = match &self.current {
+                Some((seq, _))
+                    if self.segments.get(seq).is_some_and(|s| s.bytes < segment_limit) =>
+                {
+                    *seq
+                }
+                _ => self.roll()?,
+            };
+            let room =
+                segment_limit - self.segments.get(&seq).map_or(0, |s| s.bytes).min(segment_limit);
+            let mut text = String::new();
+            let mut count = 0u64;
+            // At least one line per segment, however long.
+            while let Some(line) =
+                lines.next_if(|l| count == 0 || ((text.len() + l.len()) as u64) <= room)
             {
-                *seq
+                text.push_str(line);
+                count += 1;
             }
-            _ => self.roll()?,
-        };
-        let (_, file) = self.current.as_mut().expect("rolled");
-        file.write_all(text.as_bytes())?;
-        file.sync_data()?;
-        let seg = self.segments.entry(seq).or_default();
-        seg.bytes += text.len() as u64;
-        seg.docs += docs.len() as u64;
-        self.enforce_bound();
+            let (_, file) = self.current.as_mut().expect("rolled");
+            file.write_all(text.as_bytes())?;
+            file.sync_data()?;
+            let seg = self.segments.entry(seq).or_default();
+            seg.bytes += text.len() as u64;
+            seg.docs += count;
+            if seg.bytes >= segment_limit {
+                self.current = None;
+            }
+            self.enforce_bound();
+        }
         self.publish_gauges();
         Ok(())
+    }
+
+    fn count_dropped(&self, docs: u64, message: &'static str) {
+        metrics::global().spool_dropped.fetch_add(docs, Relaxed);
+        tracing::error!(documents = docs, max_bytes = self.max_bytes, "{message}");
     }
 
     /// The oldest segment's documents, closing it for appending first.
@@ -177,6 +211,9 @@ impl Spool {
     fn enforce_bound(&mut self) {
         while self.bytes() > self.max_bytes && self.segments.len() > 1 {
             let Some((&seq, &seg)) = self.segments.iter().next() else { break };
+            if self.current.as_ref().is_some_and(|(c, _)| *c == seq) {
+                self.current = None;
+            }
             let _ = fs::remove_file(self.path(seq));
             self.segments.remove(&seq);
             metrics::global().spool_dropped.fetch_add(seg.docs, Relaxed);
@@ -297,10 +334,44 @@ mod tests {
             spool.append(&docs(i * 2, 2)).unwrap();
         }
         assert!(metrics::global().spool_dropped.load(Relaxed) > before);
+        assert!(spool.bytes() <= 200, "{}", spool.bytes());
         // What is left is the newest, still in order.
-        let (_, got) = spool.oldest().unwrap().unwrap();
-        assert_eq!(got.last().unwrap().id, "id-11");
-        assert!(spool.bytes() <= 400, "{}", spool.bytes());
+        let mut left = Vec::new();
+        while let Some((seq, got)) = spool.oldest().unwrap() {
+            left.extend(got.into_iter().map(|d| d.id));
+            spool.replace(seq, &[]).unwrap();
+        }
+        assert_eq!(left.last().map(String::as_str), Some("id-11"));
+    }
+
+    #[allow(clippy::disallowed_methods, reason = "sizing the spool's files in a test")]
+    fn bytes_on_disk(dir: &Path) -> u64 {
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
+    }
+
+    #[test]
+    fn the_files_on_disk_never_exceed_the_bound_whatever_the_batch_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bound = 2_000;
+        let mut spool = Spool::open(dir.path(), bound).unwrap();
+        let mut next = 0;
+        for batch in [1, 3, 40, 2, 7, 1, 25, 1] {
+            spool.append(&docs(next, batch)).unwrap();
+            next += batch;
+            assert!(bytes_on_disk(dir.path()) <= bound, "after a batch of {batch}");
+            assert_eq!(bytes_on_disk(dir.path()), spool.bytes());
+        }
+        // The newest documents survive, in order.
+        let mut last = None;
+        while let Some((seq, got)) = spool.oldest().unwrap() {
+            for d in &got {
+                let n: usize = d.id.trim_start_matches("id-").parse().unwrap();
+                assert!(last.is_none_or(|l| n > l), "out of order at {n}");
+                last = Some(n);
+            }
+            spool.replace(seq, &[]).unwrap();
+        }
+        assert_eq!(last, Some(next - 1));
     }
 
     #[test]
