@@ -187,6 +187,12 @@ impl Metrics {
         *self.flag_rows.lock().unwrap_or_else(|e| e.into_inner()) = Some(rows);
     }
 
+    /// The per-flag-variant rows, once the flags are registered.
+    pub(crate) fn flag_rows(&self) -> Option<Vec<Value>> {
+        let rows = self.flag_rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        rows.map(|r| (r.0)())
+    }
+
     fn broker_stats(&self) -> Option<Arc<Stats>> {
         self.broker.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -412,9 +418,8 @@ impl Metrics {
             .map(|(route, h)| json!({ "route": route, "count": h.count(), "sum": h.sum() }))
             .collect();
         doc.insert(m::HTTP_SECONDS.1.into(), Value::Array(routes));
-        let flag_rows = self.flag_rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(rows) = flag_rows {
-            doc.insert(m::FLAG_REQUESTS.1.into(), Value::Array((rows.0)()));
+        if let Some(rows) = self.flag_rows() {
+            doc.insert(m::FLAG_REQUESTS.1.into(), Value::Array(rows));
         }
         doc
     }

@@ -6,7 +6,9 @@
 //! own thread, so the hot path pays nothing for the export. Instrument names
 //! are the document field names of [`names::metrics`] (`mapcast.messages.received`);
 //! a Prometheus label becomes an attribute; a histogram is exported as its
-//! `.count` and `.sum` (observable instruments have no buckets).
+//! `.count` and `.sum` (observable instruments have no buckets); the
+//! feature-flag counters are `mapcast.feature_flags.{requests,errors,crashes}`
+//! with `flag` and `variant` attributes.
 
 use std::time::Duration;
 
@@ -40,7 +42,9 @@ pub(crate) fn build(
         .context("cannot build the OTLP metric exporter")?;
     let reader = PeriodicReader::builder(exporter).with_interval(interval).build();
     let provider = SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build();
-    register(&provider.meter(names::SERVICE_NAME_VALUE));
+    let meter = provider.meter(names::SERVICE_NAME_VALUE);
+    register(&meter);
+    register_flags(&meter);
     Ok(provider)
 }
 
@@ -76,6 +80,37 @@ fn register(meter: &Meter) {
             .with_description("Sum of the observations of the histogram.")
             .with_callback(move |o| observe_histogram(field, |_, sum, at| o.observe(sum, at)))
             .build();
+    }
+}
+
+fn register_flags(meter: &Meter) {
+    use names::metrics as m;
+    for (field, help) in [
+        (m::FLAG_ROW_REQUESTS, "Passes through feature-flagged paths, by flag and variant."),
+        (m::FLAG_ROW_ERRORS, "Failed passes (errors and crashes), by flag and variant."),
+        (m::FLAG_ROW_CRASHES, "Panics inside feature-flagged paths, by flag and variant."),
+    ] {
+        meter
+            .u64_observable_counter(field)
+            .with_description(help)
+            .with_callback(move |o| observe_flags(o, field))
+            .build();
+    }
+}
+
+/// Each row of `Flags::document_rows` holds the counter under the last
+/// segment of its field name.
+fn observe_flags(o: &dyn AsyncInstrument<u64>, field: &str) {
+    use names::metrics as m;
+    let last = |f: &'static str| f.rsplit('.').next().unwrap_or(f);
+    let text = |row: &serde_json::Value, f| row[last(f)].as_str().unwrap_or_default().to_owned();
+    for row in global().flag_rows().unwrap_or_default() {
+        let Some(value) = row[field.rsplit('.').next().unwrap_or(field)].as_u64() else { continue };
+        let attributes = [
+            KeyValue::new(last(m::FLAG_ROW_FLAG), text(&row, m::FLAG_ROW_FLAG)),
+            KeyValue::new(last(m::FLAG_ROW_VARIANT), text(&row, m::FLAG_ROW_VARIANT)),
+        ];
+        o.observe(value, &attributes);
     }
 }
 

@@ -9,7 +9,10 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde_json::Value;
 
-use crate::helpers::{Api, ExportedPoint, OtlpReceiver, RECV, ServerProcess, V5Options};
+use crate::helpers::{
+    Api, ExportedPoint, OtlpReceiver, PASSWORD, RECV, ServerProcess, V3Options, V5Options,
+    add_admin, location,
+};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -188,5 +191,47 @@ async fn metrics_are_pushed_periodically_with_the_numbers_of_the_metrics_endpoin
     let after = receiver.points();
     assert!(after.len() > before, "no export at shutdown");
     assert!(last_point(&after, "mapcast.messages.received", &[]).is_some_and(|v| v >= received));
+    assert!(receiver.violations().is_empty(), "{:?}", receiver.violations());
+}
+
+#[tokio::test]
+async fn flag_variant_counters_are_exported_with_flag_and_variant_attributes() {
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    add_admin(dir.path(), "root", PASSWORD).await;
+    let config = format!(
+        "[map]\ninterval_secs = 1\n[telemetry]\nmetrics_interval_secs = 1\n{}",
+        otlp_config(&receiver)
+    );
+    let server = ServerProcess::start_with_config(dir.path(), &config, &[]).await;
+    let api = Api::new(server.http_addr);
+    let mut car = V3Options::new("car-otlp", server.mqtt_addr).connect().await;
+    car.publish_qos1("devices/car-otlp/location", false, location(13.4, 52.5)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while api.get("/api/v1/map", None).await.status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "no map snapshot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = api.login("root", PASSWORD).await;
+    let body = serde_json::json!({ "enabled": true, "rollout": 100 }).to_string();
+    let flag = "/api/v1/flags/map.clustering";
+    let put =
+        api.send(reqwest::Method::PUT, flag, Some(&token), Some(("application/json", body))).await;
+    assert_eq!(put.status(), 200);
+    for _ in 0..3 {
+        assert_eq!(api.get("/api/v1/map?zoom=3", Some(&token)).await.status(), 200);
+    }
+
+    let attributes = ["flag=map.clustering", "variant=on"];
+    let deadline = std::time::Instant::now() + RECV + Duration::from_secs(5);
+    loop {
+        let points = receiver.points();
+        if last_point(&points, "mapcast.feature_flags.requests", &attributes) == Some(3.0) {
+            assert_eq!(last_point(&points, "mapcast.feature_flags.errors", &attributes), Some(0.0));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no flag counters: {points:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(receiver.violations().is_empty(), "{:?}", receiver.violations());
 }
