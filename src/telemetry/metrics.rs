@@ -105,6 +105,12 @@ pub struct Metrics {
     pub spool_documents: AtomicU64,
     pub spool_dropped: AtomicU64,
     pub crashes: AtomicU64,
+    /// Map snapshots published, and the figures of the latest.
+    pub updater_builds: AtomicU64,
+    pub updater_build_ms: AtomicU64,
+    pub updater_devices: AtomicU64,
+    pub updater_raw_bytes: AtomicU64,
+    pub updater_gzip_bytes: AtomicU64,
     /// Sign-ins with a wrong secret, lockouts started, attempts refused
     /// during a lockout (see `identities::lockout`).
     pub auth_failures: AtomicU64,
@@ -140,6 +146,11 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     spool_documents: AtomicU64::new(0),
     spool_dropped: AtomicU64::new(0),
     crashes: AtomicU64::new(0),
+    updater_builds: AtomicU64::new(0),
+    updater_build_ms: AtomicU64::new(0),
+    updater_devices: AtomicU64::new(0),
+    updater_raw_bytes: AtomicU64::new(0),
+    updater_gzip_bytes: AtomicU64::new(0),
     auth_failures: AtomicU64::new(0),
     auth_lockouts: AtomicU64::new(0),
     auth_locked_refusals: AtomicU64::new(0),
@@ -298,6 +309,31 @@ impl Metrics {
                 g(&self.spool_dropped),
             ),
             Scalar::counter(m::CRASHES, "Panics caught by the crash reporter.", g(&self.crashes)),
+            Scalar::counter(
+                m::UPDATER_BUILDS,
+                "Map snapshots built and published.",
+                g(&self.updater_builds),
+            ),
+            Scalar::gauge(
+                m::UPDATER_BUILD_MS,
+                "Build time of the latest map snapshot (table update, snapshot, gzip), ms.",
+                g(&self.updater_build_ms),
+            ),
+            Scalar::gauge(
+                m::UPDATER_DEVICES,
+                "Devices on the latest map snapshot.",
+                g(&self.updater_devices),
+            ),
+            Scalar::gauge(
+                m::UPDATER_RAW_BYTES,
+                "Size of the latest map snapshot (GeoJSON), bytes.",
+                g(&self.updater_raw_bytes),
+            ),
+            Scalar::gauge(
+                m::UPDATER_GZIP_BYTES,
+                "Size of the latest map snapshot gzipped, bytes.",
+                g(&self.updater_gzip_bytes),
+            ),
             Scalar::counter(
                 m::AUTH_FAILURES,
                 "Sign-ins (REST or MQTT) with a wrong secret.",

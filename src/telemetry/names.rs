@@ -223,6 +223,17 @@ pub mod metrics {
     pub const SPOOL_DROPPED: (&str, &str) =
         ("mapcast_telemetry_spool_dropped_total", "mapcast.telemetry.spool_dropped");
     pub const CRASHES: (&str, &str) = ("mapcast_crashes_total", "mapcast.crashes");
+    /// The map updater: builds published, and the last one's figures.
+    pub const UPDATER_BUILDS: (&str, &str) =
+        ("mapcast_updater_builds_total", "mapcast.updater.builds");
+    pub const UPDATER_BUILD_MS: (&str, &str) =
+        ("mapcast_updater_last_build_milliseconds", "mapcast.updater.last_build_ms");
+    pub const UPDATER_DEVICES: (&str, &str) =
+        ("mapcast_updater_snapshot_devices", "mapcast.updater.snapshot_devices");
+    pub const UPDATER_RAW_BYTES: (&str, &str) =
+        ("mapcast_updater_snapshot_bytes", "mapcast.updater.snapshot_bytes");
+    pub const UPDATER_GZIP_BYTES: (&str, &str) =
+        ("mapcast_updater_snapshot_gzip_bytes", "mapcast.updater.snapshot_gzip_bytes");
     pub const UPTIME: (&str, &str) = ("mapcast_uptime_seconds", "mapcast.uptime_seconds");
     /// OTLP exports a histogram as two counters: `{field}.count`, `{field}.sum`.
     pub const OTEL_COUNT_SUFFIX: &str = ".count";

@@ -175,6 +175,16 @@ impl MapUpdater {
         self.view.publish(map.clone());
         self.publish(&map).await;
         self.published = true;
+        let m = crate::telemetry::metrics::global();
+        m.updater_builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (gauge, value) in [
+            (&m.updater_build_ms, map.build_ms),
+            (&m.updater_devices, snap.total() as u64),
+            (&m.updater_raw_bytes, snap.json.len() as u64),
+            (&m.updater_gzip_bytes, map.gzip.len() as u64),
+        ] {
+            gauge.store(value, std::sync::atomic::Ordering::Relaxed);
+        }
         let outcome = UpdateOutcome::Published {
             version,
             total: snap.total(),

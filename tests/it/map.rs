@@ -211,3 +211,20 @@ async fn each_build_records_its_version_count_sizes_and_time() {
     assert!(gzip_bytes > 0, "{gzip_bytes}");
     assert!((0..5_000).contains(&build_ms), "{build_ms}");
 }
+
+#[tokio::test]
+async fn each_published_build_shows_on_metrics() {
+    let app = spawn_app_with(fast_map).await;
+    let mut car = app.v5_client("metered", true, None).await;
+    car.publish_qos1("devices/metered/location", false, location(4.9, 52.4)).await;
+    app.wait_for_map(|m| m["total"] == 1).await;
+
+    // Metrics are process-wide and other tests build maps too: lower bounds.
+    let metric = |name: &'static str| crate::helpers::metric(app.http_addr, name);
+    assert!(metric("mapcast_updater_builds_total").await >= 1.0);
+    assert!(metric("mapcast_updater_snapshot_devices").await >= 1.0);
+    assert!(metric("mapcast_updater_snapshot_bytes").await > 100.0);
+    assert!(metric("mapcast_updater_snapshot_gzip_bytes").await > 0.0);
+    let text = app.http_get("/metrics").await.text().await.unwrap();
+    assert!(text.contains("# TYPE mapcast_updater_last_build_milliseconds gauge"), "{text}");
+}

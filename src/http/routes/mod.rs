@@ -6,9 +6,9 @@
 
 mod debug;
 mod devices;
+mod flags;
 #[doc(hidden)]
 pub mod fuzzing;
-mod flags;
 mod health;
 mod history;
 mod map;
