@@ -198,7 +198,7 @@ pub fn json_error(err: JsonPayloadError) -> actix_web::Error {
             ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"))
         }
         JsonPayloadError::Deserialize(e) if e.is_data() => {
-            ApiError::UnprocessableEntity(format!("invalid body: {e}"))
+            ApiError::UnprocessableEntity(format!("invalid body: {}", without_value(&e)))
         }
         JsonPayloadError::Deserialize(e) => ApiError::BadRequest(format!("malformed JSON: {e}")),
         other => ApiError::BadRequest(other.to_string()),
@@ -206,9 +206,55 @@ pub fn json_error(err: JsonPayloadError) -> actix_web::Error {
     .into()
 }
 
+/// serde's message for a body of the wrong shape, without the offending
+/// value: a password sent as a number must not come back in the error body.
+/// Field names (missing, unknown) stay: they are the schema's or the client's
+/// keys, never values.
+fn without_value(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let msg = full.split(" at line ").next().unwrap_or(&full);
+    let redacted = ["invalid type", "invalid value", "invalid length", "unknown variant"]
+        .into_iter()
+        .find(|head| msg.starts_with(head))
+        .map(|head| match msg.split_once(", expected ") {
+            Some((_, expected)) => format!("{head}, expected {expected}"),
+            None => head.to_owned(),
+        });
+    let msg = redacted.as_deref().unwrap_or(msg);
+    format!("{msg} at line {} column {}", e.line(), e.column())
+}
+
 #[cfg(test)]
 mod tests {
     use actix_web::body::to_bytes;
+
+    #[test]
+    fn shape_errors_name_the_expectation_not_the_value() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code, reason = "only deserialised")]
+        struct Login {
+            username: String,
+            password: String,
+            role: Option<Role>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Role {
+            Admin,
+        }
+        for (body, secret, kept) in [
+            (r#"{"username":"ann","password":98765431}"#, "98765431", "expected a string"),
+            (r#"{"username":"ann","password":["hunter2x"]}"#, "hunter2x", "expected a string"),
+            (r#"{"username":"ann","password":"p","role":"s3cr3t-role"}"#, "s3cr3t-role", "admin"),
+            (r#"{"username":"ann"}"#, "", "missing field `password`"),
+        ] {
+            let e = serde_json::from_str::<Login>(body).unwrap_err();
+            let text = without_value(&e);
+            assert!(secret.is_empty() || !text.contains(secret), "{text}");
+            assert!(text.contains(kept), "{text}");
+            assert!(text.contains(" at line 1 column "), "{text}");
+        }
+    }
 
     use super::*;
 
