@@ -107,6 +107,11 @@ pub struct ConfigArgs {
     /// [default: off] [env: MAPCAST_OTLP_ENDPOINT].
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Also write every log line, crash report and metrics document to this
+    /// Logstash `tcp` input (`json_lines` codec), `host:port` [default: off]
+    /// [env: MAPCAST_LOGSTASH_TCP].
+    #[arg(long, value_name = "ADDR")]
+    pub logstash_tcp: Option<String>,
 }
 
 impl ConfigArgs {
@@ -124,6 +129,7 @@ impl ConfigArgs {
             map_interval_secs: self.map_interval,
             elasticsearch_url: self.elasticsearch_url,
             otlp_endpoint: self.otlp_endpoint,
+            logstash_tcp: self.logstash_tcp,
         };
         let env = Env::from_process();
         let file = self.config.or_else(|| env.config_file());

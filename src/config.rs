@@ -269,6 +269,11 @@ pub struct TelemetrySettings {
     pub elasticsearch: ElasticsearchSettings,
     /// OTLP trace export; off unless `endpoint` is set.
     pub otlp: OtlpSettings,
+    /// `host:port` of a Logstash `tcp` input with the `json_lines` codec:
+    /// every log line, crash report and metrics document is also written
+    /// there (bounded queue, reconnects; dropped and counted when it cannot
+    /// keep up). Default: none (off).
+    pub logstash_tcp: Option<String>,
     /// `service.version` on every log line and document. Default: the
     /// version of this build.
     pub service_version: Option<String>,
@@ -286,6 +291,7 @@ impl Default for TelemetrySettings {
             spool_max_bytes: 256 * 1024 * 1024,
             elasticsearch: ElasticsearchSettings::default(),
             otlp: OtlpSettings::default(),
+            logstash_tcp: None,
             service_version: None,
             canary: false,
         }
@@ -460,6 +466,7 @@ pub struct Overrides {
     pub map_interval_secs: Option<u64>,
     pub elasticsearch_url: Option<String>,
     pub otlp_endpoint: Option<String>,
+    pub logstash_tcp: Option<String>,
 }
 
 /// The environment variables to layer, passed in explicitly.
@@ -572,6 +579,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_ELASTICSEARCH_NAMESPACE", "telemetry.elasticsearch.namespace", |s, v| {
         set(&mut s.telemetry.elasticsearch.namespace, v)
     }),
+    var("MAPCAST_LOGSTASH_TCP", "telemetry.logstash_tcp", |s, v| {
+        set_some(&mut s.telemetry.logstash_tcp, v)
+    }),
     var("MAPCAST_OTLP_ENDPOINT", "telemetry.otlp.endpoint", |s, v| {
         set_some(&mut s.telemetry.otlp.endpoint, v)
     }),
@@ -665,6 +675,7 @@ impl Settings {
         put(&mut self.map.interval_secs, o.map_interval_secs);
         put(&mut self.telemetry.elasticsearch.url, o.elasticsearch_url.map(Some));
         put(&mut self.telemetry.otlp.endpoint, o.otlp_endpoint.map(Some));
+        put(&mut self.telemetry.logstash_tcp, o.logstash_tcp.map(Some));
     }
 
     fn validate(&self) -> anyhow::Result<()> {

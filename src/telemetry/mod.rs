@@ -17,6 +17,7 @@
 pub mod crash;
 mod ecs;
 pub mod elastic;
+mod logstash;
 pub mod metrics;
 pub mod names;
 pub mod otel;
@@ -74,7 +75,7 @@ pub fn init(settings: &Settings) -> TelemetryGuard {
             None
         }
     };
-    let (ship, handle) = shipper.map_or((None, None), |(s, h)| (Some(s), Some(h)));
+    let (ship, handle) = shipper.map_or((None, None), |(s, h)| (Some(s), h));
     let metrics_interval = std::time::Duration::from_secs(settings.telemetry.metrics_interval_secs);
     let (tracer, otel_guard) = match otel::build(&settings.telemetry.otlp, metrics_interval) {
         Ok(Some((tracer, guard))) => (Some(tracer), Some(guard)),

@@ -25,6 +25,7 @@ mod identities;
 mod interop;
 mod locations;
 mod lockout;
+mod logstash;
 mod map;
 mod metrics;
 mod otlp;

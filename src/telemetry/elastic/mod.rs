@@ -32,6 +32,7 @@ use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder}
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::logstash::LogstashSink;
 use super::metrics;
 use super::names;
 use crate::config::{ElasticsearchSettings, TelemetrySettings};
@@ -87,10 +88,12 @@ impl Indices {
     }
 }
 
-/// The producer side of the shipper's queue: cheap to clone, never blocks.
+/// The producer side of the shipper's queue (and of the Logstash writer,
+/// when one is configured): cheap to clone, never blocks.
 #[derive(Clone, Debug)]
 pub struct DocSender {
-    tx: mpsc::Sender<Doc>,
+    tx: Option<mpsc::Sender<Doc>>,
+    logstash: Option<LogstashSink>,
     /// Unique per process; with `seq` it makes each `_id`.
     prefix: Arc<str>,
     seq: Arc<AtomicU64>,
@@ -107,8 +110,12 @@ impl DocSender {
     }
 
     pub(crate) fn send(&self, stream: Stream, id: String, body: String) {
+        if let Some(logstash) = &self.logstash {
+            logstash.send(&body);
+        }
+        let Some(tx) = &self.tx else { return };
         let m = metrics::global();
-        match self.tx.try_send(Doc { stream, id, body }) {
+        match tx.try_send(Doc { stream, id, body }) {
             Ok(()) => {
                 m.telemetry_queue_depth.fetch_add(1, Relaxed);
             }
@@ -196,19 +203,46 @@ pub fn client(settings: &ElasticsearchSettings) -> anyhow::Result<Elasticsearch>
     Ok(Elasticsearch::new(builder.build().context("cannot build the Elasticsearch client")?))
 }
 
-/// Start the shipper thread when `telemetry.elasticsearch.url` is set.
+/// Start the Logstash writer when `telemetry.logstash_tcp` is set; it
+/// writes metrics documents itself when no Elasticsearch shipper does.
+fn start_logstash(settings: &TelemetrySettings) -> anyhow::Result<Option<LogstashSink>> {
+    let Some(addr) = settings.logstash_tcp.clone() else { return Ok(None) };
+    let metrics = settings.elasticsearch.url.is_none().then(|| {
+        let every = Duration::from_secs(settings.metrics_interval_secs.max(1));
+        let prefix: Arc<str> = format!("{:016x}", super::ecs::random_u64()).into();
+        let ids = DocSender { tx: None, logstash: None, prefix, seq: Arc::new(AtomicU64::new(0)) };
+        let document: Box<dyn Fn() -> String + Send> =
+            Box::new(move || shipper::metrics_document(&ids).body);
+        (every, document)
+    });
+    LogstashSink::start(addr, settings.queue_capacity, metrics)
+        .map(Some)
+        .context("cannot spawn the mapcast-logstash thread")
+}
+
+/// Start the shipper thread when `telemetry.elasticsearch.url` is set, and
+/// the Logstash writer when `telemetry.logstash_tcp` is; `None` when neither.
 pub(crate) fn start(
     settings: &TelemetrySettings,
     data_dir: &Path,
-) -> anyhow::Result<Option<(DocSender, ShipperHandle)>> {
+) -> anyhow::Result<Option<(DocSender, Option<ShipperHandle>)>> {
+    let logstash = start_logstash(settings)?;
+    let prefix: Arc<str> = format!("{:016x}", super::ecs::random_u64()).into();
     let es = &settings.elasticsearch;
     if es.url.is_none() {
-        return Ok(None);
+        return Ok(logstash.map(|logstash| {
+            let sender = DocSender {
+                tx: None,
+                logstash: Some(logstash),
+                prefix,
+                seq: Arc::new(AtomicU64::new(0)),
+            };
+            (sender, None)
+        }));
     }
     let client = client(es)?;
     let (tx, rx) = mpsc::channel(settings.queue_capacity);
-    let prefix: Arc<str> = format!("{:016x}", super::ecs::random_u64()).into();
-    let sender = DocSender { tx, prefix, seq: Arc::new(AtomicU64::new(0)) };
+    let sender = DocSender { tx: Some(tx), logstash, prefix, seq: Arc::new(AtomicU64::new(0)) };
     let config = shipper::Config {
         indices: Indices::new(&es.namespace, es.plain_indices),
         paths: Paths::new(data_dir),
@@ -235,5 +269,5 @@ pub(crate) fn start(
             runtime.shutdown_timeout(Duration::from_secs(1));
         })
         .context("cannot spawn the mapcast-telemetry thread")?;
-    Ok(Some((sender, ShipperHandle { stop, thread: Some(thread) })))
+    Ok(Some((sender, Some(ShipperHandle { stop, thread: Some(thread) }))))
 }

@@ -399,7 +399,7 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// One metrics document: ECS base fields plus every metric.
-fn metrics_document(sender: &DocSender) -> Doc {
+pub(super) fn metrics_document(sender: &DocSender) -> Doc {
     let mut doc = crate::telemetry::base_document();
     doc.insert(names::EVENT_DATASET.into(), names::DATASET_BROKER.into());
     doc.insert(names::EVENT_KIND.into(), "metric".into());
