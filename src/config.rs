@@ -105,11 +105,21 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     /// Worker threads serving HTTP requests. Default 2.
     pub workers: usize,
+    /// PEM certificate chain: with `tls_key`, the API listener speaks HTTPS
+    /// (rustls) instead of HTTP. Default: none.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`. Default: none.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), workers: 2 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 2,
+            tls_cert: None,
+            tls_key: None,
+        }
     }
 }
 
@@ -532,6 +542,8 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_MQTT_WORKERS", "mqtt.workers", |s, v| set(&mut s.mqtt.workers, v)),
     var("MAPCAST_HTTP_LISTEN", "http.listen", |s, v| set(&mut s.http.listen, v)),
     var("MAPCAST_HTTP_WORKERS", "http.workers", |s, v| set(&mut s.http.workers, v)),
+    var("MAPCAST_HTTP_TLS_CERT", "http.tls_cert", |s, v| set_some(&mut s.http.tls_cert, v)),
+    var("MAPCAST_HTTP_TLS_KEY", "http.tls_key", |s, v| set_some(&mut s.http.tls_key, v)),
     var("MAPCAST_DATA_DIR", "data_dir", |s, v| set(&mut s.data_dir, v)),
     var("MAPCAST_DATABASE_URL", "database.url", |s, v| {
         s.database.url = Some(Secret::new(v));
@@ -683,6 +695,9 @@ impl Settings {
             && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none())
         {
             bail!("mqtt.tls_listen needs both mqtt.tls_cert and mqtt.tls_key");
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            bail!("HTTPS needs both http.tls_cert and http.tls_key");
         }
         if self.mqtt.workers == 0 || self.http.workers == 0 {
             bail!("mqtt.workers and http.workers must be at least 1");

@@ -150,7 +150,14 @@ impl Application {
             started_at: Instant::now(),
             stopping: stopping.clone(),
         };
-        let http_server = http::build(http_listener, state, settings.http.workers)
+        let http_tls = match (&settings.http.tls_cert, &settings.http.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::mqtt::load_tls(&TlsFiles { cert: cert.clone(), key: key.clone() })
+                    .context("cannot load the HTTPS certificate")?,
+            ),
+            _ => None,
+        };
+        let http_server = http::build(http_listener, http_tls, state, settings.http.workers)
             .context("cannot start the HTTP server")?;
         let http = http_server.handle();
         let http_task = tokio::spawn(http_server);

@@ -37,7 +37,13 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
 /// The HTTP server on an already bound listener, not yet polled: the caller
 /// spawns it and stops it through `Server::handle()`.
-pub fn build(listener: TcpListener, state: AppState, workers: usize) -> std::io::Result<Server> {
+/// With `tls`, the listener speaks HTTPS.
+pub fn build(
+    listener: TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    state: AppState,
+    workers: usize,
+) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let tickets = web::Data::new(tickets::SseTickets::default());
     let openapi = web::Data::new(openapi::OpenApiJson(
@@ -60,8 +66,11 @@ pub fn build(listener: TcpListener, state: AppState, workers: usize) -> std::io:
     .workers(workers)
     // Signals are handled once, in `shutdown`; stopping goes through the handle.
     .disable_signals()
-    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-    .listen(listener)?
+    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, (*config).clone())?,
+        None => server.listen(listener)?,
+    }
     .run();
     Ok(server)
 }

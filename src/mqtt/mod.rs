@@ -26,6 +26,8 @@ mod pump;
 mod qos2;
 mod reason;
 mod server;
+
+pub(crate) use server::load_tls;
 mod session;
 mod trim;
 mod unexpected;

@@ -288,7 +288,7 @@ fn log_conn_error(err: MqttError<ConnError>) {
 /// Load the certificate chain and key for the TLS listener (at startup, before
 /// any runtime serves connections).
 #[allow(clippy::disallowed_methods, reason = "startup only, before serving")]
-fn load_tls(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub(crate) fn load_tls(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let open = |path: &std::path::Path| -> anyhow::Result<BufReader<File>> {
         Ok(BufReader::new(
             File::open(path).with_context(|| format!("cannot open {}", path.display()))?,

@@ -62,3 +62,39 @@ async fn plain_mqtt_on_the_tls_port_gets_no_connack() {
     assert!(!is_connack, "no MQTT answer in clear text: {connack:?}");
     assert!(conn.closed_within(RECV).await);
 }
+
+/// The REST API over HTTPS with the certificate from the config: a client
+/// that trusts the CA gets answers (including a sign-in that carries a
+/// password); plain HTTP on that port gets none.
+#[tokio::test]
+async fn the_api_speaks_https_when_given_a_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = self_signed_cert(certs.path()).await;
+    let app = spawn_app_with(|s| {
+        s.http.tls_cert = Some(cert);
+        s.http.tls_key = Some(key);
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_der(&ca).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", app.http_addr.port());
+
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let signin = client
+        .post(format!("{base}/api/v1/sessions"))
+        .json(&serde_json::json!({"username": "nobody", "password": "not-the-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signin.status(), 401, "answered over TLS");
+
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", app.http_addr))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200, "plain HTTP is not served");
+}
