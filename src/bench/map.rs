@@ -531,16 +531,7 @@ fn render(r: &MapReport) -> String {
     );
     let _ = writeln!(s, "  latency     {}", r.latency.line());
     if let Some(b) = &r.server_process {
-        let _ = writeln!(
-            s,
-            "  server      pid {}: {:.2} CPU-s ({:.0} % of a core), {} requests per CPU-second, RSS {} → {} KiB",
-            b.usage.pid,
-            b.usage.cpu_s,
-            b.usage.cpu_pct,
-            human_count(b.requests_per_cpu_s),
-            b.usage.rss_kib_start.map_or("?".into(), |k| human_count(k as f64)),
-            b.usage.rss_kib_end.map_or("?".into(), |k| human_count(k as f64)),
-        );
+        let _ = writeln!(s, "  server      {}", b.usage.summary(b.requests_per_cpu_s, "requests"));
     }
     let _ = writeln!(
         s,

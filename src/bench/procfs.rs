@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::stats::human_count;
 use serde::Serialize;
 
 /// CPU seconds (user + system, all threads) a process has used so far.
@@ -70,6 +71,23 @@ pub struct ProcessUsage {
     pub cpu_pct: f64,
     pub rss_kib_start: Option<u64>,
     pub rss_kib_end: Option<u64>,
+}
+
+impl ProcessUsage {
+    /// `pid …: CPU-s (share of a core), N <what> per CPU-second, RSS a → b KiB`
+    /// for a report's broker or server line.
+    pub fn summary(&self, per_cpu_s: f64, what: &str) -> String {
+        let kib = |k: Option<u64>| k.map_or("?".into(), |k| human_count(k as f64));
+        format!(
+            "pid {}: {:.2} CPU-s ({:.0} % of a core), {} {what} per CPU-second, RSS {} → {} KiB",
+            self.pid,
+            self.cpu_s,
+            self.cpu_pct,
+            human_count(per_cpu_s),
+            kib(self.rss_kib_start),
+            kib(self.rss_kib_end),
+        )
+    }
 }
 
 /// Samples a process at the start and the end of a window.

@@ -939,13 +939,8 @@ fn render(r: &PubSubReport) -> String {
     if let Some(b) = &r.broker_process {
         let _ = writeln!(
             s,
-            "  broker      pid {}: {:.2} CPU-s ({:.0} % of a core), {} msgs delivered per CPU-second, RSS {} → {} KiB",
-            b.usage.pid,
-            b.usage.cpu_s,
-            b.usage.cpu_pct,
-            human_count(b.delivered_per_cpu_s),
-            b.usage.rss_kib_start.map_or("?".into(), |k| human_count(k as f64)),
-            b.usage.rss_kib_end.map_or("?".into(), |k| human_count(k as f64)),
+            "  broker      {}",
+            b.usage.summary(b.delivered_per_cpu_s, "msgs delivered")
         );
     }
     let _ = writeln!(

@@ -298,6 +298,9 @@ impl Outbox {
                     return Next::Kicked(KickReason::SessionTakenOver);
                 }
                 let now = Instant::now();
+                // Publishers only wait on a queue at its bound: wake them
+                // when this pull brings it under, not on every pull.
+                let was_full = st.queue.len() >= self.bound;
                 while out.len() < max {
                     let Some(d) = st.queue.pop_front() else { break };
                     if d.msg.is_expired(now) {
@@ -313,9 +316,9 @@ impl Outbox {
                 if !out.is_empty() {
                     st.last_pull = now;
                     st.pump_parked = false;
-                    let under = st.queue.len() < self.bound;
+                    let freed = was_full && st.queue.len() < self.bound;
                     drop(st);
-                    if under {
+                    if freed {
                         self.room.notify_waiters();
                     }
                     return Next::Ready;

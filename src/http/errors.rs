@@ -228,6 +228,8 @@ fn without_value(e: &serde_json::Error) -> String {
 mod tests {
     use actix_web::body::to_bytes;
 
+    use super::*;
+
     #[test]
     fn shape_errors_name_the_expectation_not_the_value() {
         #[derive(Debug, serde::Deserialize)]
@@ -255,8 +257,6 @@ mod tests {
             assert!(text.contains(" at line 1 column "), "{text}");
         }
     }
-
-    use super::*;
 
     #[actix_web::test]
     async fn errors_render_as_problem_json_without_their_cause() {
