@@ -248,10 +248,19 @@ async fn preflight(http: &HttpTarget, args: &MapArgs) -> anyhow::Result<()> {
     let mut conn = HttpConnection::open(http)
         .await
         .with_context(|| format!("cannot reach {}", args.http_url))?;
-    let res = conn
-        .send(&http.get_request(&args.path, args.token.as_deref(), None))
-        .await
-        .with_context(|| format!("GET {}{} failed", args.http_url, args.path))?;
+    let request = http.get_request(&args.path, args.token.as_deref(), None);
+    // A server that just started answers 503 until its first map is built.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let res = loop {
+        let res = conn
+            .send(&request)
+            .await
+            .with_context(|| format!("GET {}{} failed", args.http_url, args.path))?;
+        if res.status != 503 || Instant::now() >= give_up {
+            break res;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     match res.status {
         200 => Ok(()),
         401 | 403 => bail!(
