@@ -244,7 +244,9 @@ async fn pump(conn: &Conn, inflight: &Rc<InFlight>) -> Stop {
     let gone = conn.io.on_disconnect();
     let cancelled = conn.shutdown.cancelled();
     tokio::pin!(gone, cancelled);
-    let mut buf: Vec<Delivery> = Vec::with_capacity(BATCH);
+    // Grows on the first deliveries and keeps its capacity (≤ BATCH) after:
+    // an idle connection, most of them, never pays for a batch (3 KiB).
+    let mut buf: Vec<Delivery> = Vec::new();
     // `Outbox::next` with a `max` of 0 never takes anything: it only waits
     // for a kick. Used while waiting for credit or back-pressure.
     let mut none: Vec<Delivery> = Vec::new();
