@@ -206,14 +206,14 @@ fn span_stack() -> (Vec<Value>, Map<String, Value>) {
             let ext = s.extensions();
             let fields = ext.get::<SpanFields>();
             if let Some(f) = fields {
-                merged.extend(f.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                merged.extend(f.fields.iter().map(|(k, v)| (k.to_owned(), v.clone())));
                 merged.insert(names::TRACE_ID.into(), f.trace_id.clone().into());
                 merged.insert(names::SPAN_ID.into(), f.span_id.clone().into());
             }
             spans.push(json!({
                 "name": s.name(),
                 "target": s.metadata().target(),
-                "fields": fields.map(|f| Value::Object(f.fields.clone())).unwrap_or_default(),
+                "fields": fields.map(|f| Value::Object(f.fields.to_map())).unwrap_or_default(),
             }));
         }
         if let Some((trace_id, span_id)) = otel_ids {
