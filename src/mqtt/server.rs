@@ -184,10 +184,10 @@ fn build(
     Ok(builder.run())
 }
 
-/// Socket read buffer per connection. ntex's default is 16 KiB, and an idle
-/// connection holds one: 4 KiB still takes a batch of ~20 position publishes
-/// per read, at a quarter of the memory (measured with massif, 10,000 idle
-/// connections).
+/// Socket read buffer per connection while it reads. ntex's default is
+/// 16 KiB; 4 KiB still takes a batch of ~20 position publishes per read, at
+/// a quarter of the memory of a busy connection. An idle connection holds
+/// none: ntex returns an emptied read buffer to the worker's cache.
 const READ_BUF_HIGH: usize = 4 * 1024;
 const READ_BUF_LOW: usize = 512;
 /// Released read buffers each worker keeps for reuse.
