@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod auth;
+mod inbox;
 pub mod limits;
 pub mod message;
 pub mod outbox;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ntex::util::ByteString;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use auth::{Authenticator, Identity, SharedAuthenticator};
 pub use limits::BrokerLimits;
@@ -211,10 +212,51 @@ pub(crate) struct PublishReply {
     congested: Vec<Arc<Outbox>>,
 }
 
+/// A publish the router has taken; [`Submitted::settled`] says when it may
+/// be acknowledged.
+#[must_use = "a publish is acknowledged only once settled"]
+pub struct Submitted {
+    settle: Option<oneshot::Receiver<Result<PublishReply, PublishError>>>,
+    on_accepted: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Submitted {
+    /// Wait until every store write of the publish is committed and the
+    /// subscribers it congested have room (bounded); at once for a publish
+    /// submitted without `durable`.
+    pub async fn settled(self) -> Result<PublishOutcome, PublishError> {
+        let Submitted { settle, on_accepted } = self;
+        let outcome = match settle {
+            None => PublishOutcome { matched: 1 },
+            Some(settle) => {
+                let reply = settle.await.map_err(|_| PublishError::ShuttingDown)??;
+                if let Some(commit) = reply.commit {
+                    commit.await.map_err(|_| PublishError::ShuttingDown)??;
+                }
+                // Backpressure: acknowledge once the subscribers this publish
+                // congested have room again, so a fast publisher slows to their
+                // pace instead of their queues dropping its messages. The
+                // message is queued either way; the wait is bounded so one
+                // subscriber cannot hold a publisher's acknowledgement for long.
+                if !reply.congested.is_empty() {
+                    let all_room =
+                        futures::future::join_all(reply.congested.iter().map(|o| o.room()));
+                    let _ = tokio::time::timeout(MAX_BACKPRESSURE_WAIT, all_room).await;
+                }
+                reply.outcome
+            }
+        };
+        if let Some(f) = on_accepted {
+            f();
+        }
+        Ok(outcome)
+    }
+}
+
 /// A cloneable handle on the broker core, usable from any thread or runtime.
 #[derive(Clone)]
 pub struct BrokerHandle {
-    tx: mpsc::Sender<Command>,
+    inbox: inbox::InboxSender,
     stats: Arc<Stats>,
     limits: Arc<BrokerLimits>,
     auth: SharedAuthenticator,
@@ -239,7 +281,7 @@ impl BrokerHandle {
     /// connection that still holds it.
     pub async fn connect(&self, req: ConnectRequest) -> Result<ConnectOutcome, PublishError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Connect(req, tx)).await?;
+        self.send(Command::Connect(req, tx))?;
         rx.await.map_err(|_| PublishError::ShuttingDown)
     }
 
@@ -252,7 +294,7 @@ impl BrokerHandle {
         kind: DisconnectKind,
         session_expiry_secs: Option<u32>,
     ) {
-        let _ = self.send(Command::Disconnect { client_id, conn, kind, session_expiry_secs }).await;
+        let _ = self.send(Command::Disconnect { client_id, conn, kind, session_expiry_secs });
     }
 
     /// Add subscriptions; retained messages are queued on the session's outbox.
@@ -265,7 +307,7 @@ impl BrokerHandle {
     ) -> Vec<Result<QoS, SubscribeError>> {
         let n = subs.len();
         let (tx, rx) = oneshot::channel();
-        if self.send(Command::Subscribe { client_id, conn, subs, reply: tx }).await.is_err() {
+        if self.send(Command::Subscribe { client_id, conn, subs, reply: tx }).is_err() {
             return vec![Err(SubscribeError::NoSession); n];
         }
         rx.await.unwrap_or_else(|_| vec![Err(SubscribeError::NoSession); n])
@@ -280,7 +322,7 @@ impl BrokerHandle {
     ) -> Vec<bool> {
         let n = filters.len();
         let (tx, rx) = oneshot::channel();
-        if self.send(Command::Unsubscribe { client_id, conn, filters, reply: tx }).await.is_err() {
+        if self.send(Command::Unsubscribe { client_id, conn, filters, reply: tx }).is_err() {
             return vec![false; n];
         }
         rx.await.unwrap_or_else(|_| vec![false; n])
@@ -289,37 +331,41 @@ impl BrokerHandle {
     /// Route a message and wait until it is durable (every store write it
     /// caused is committed). Acknowledge a QoS≥1 publish only after this.
     pub async fn publish(&self, msg: Message) -> Result<PublishOutcome, PublishError> {
-        let Inspection { ops, on_accepted } = self.inspect(&msg)?;
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Publish { msg, ops, reply: Some(tx) }).await?;
-        let reply = rx.await.map_err(|_| PublishError::ShuttingDown)??;
-        if let Some(commit) = reply.commit {
-            commit.await.map_err(|_| PublishError::ShuttingDown)??;
-        }
-        // Backpressure: acknowledge once the subscribers this publish
-        // congested have room again, so a fast publisher slows to their pace
-        // instead of their queues dropping its messages.
-        // The message is queued either way; the wait is bounded so one
-        // subscriber cannot hold a publisher's acknowledgement for long.
-        if !reply.congested.is_empty() {
-            let all_room = futures::future::join_all(reply.congested.iter().map(|o| o.room()));
-            let _ = tokio::time::timeout(MAX_BACKPRESSURE_WAIT, all_room).await;
-        }
-        if let Some(f) = on_accepted {
-            f();
-        }
-        Ok(reply.outcome)
+        self.room().await;
+        self.submit(msg, true)?.settled().await
     }
 
     /// Route a message without waiting for anything (QoS 0 fast path).
-    /// Applies backpressure to the caller when the router is saturated.
+    /// Waits first while the router is saturated.
     pub async fn publish_fire(&self, msg: Message) -> Result<(), PublishError> {
+        self.room().await;
+        self.submit(msg, false)?.settled().await.map(drop)
+    }
+
+    /// Hand a message to the router now, without waiting: publishes
+    /// submitted one after the other are routed in that order. With
+    /// `durable`, [`Submitted::settled`] resolves once it may be acknowledged;
+    /// without, at once. Callers wait for [`BrokerHandle::room`] first.
+    pub fn submit(&self, msg: Message, durable: bool) -> Result<Submitted, PublishError> {
         let Inspection { ops, on_accepted } = self.inspect(&msg)?;
-        self.send(Command::Publish { msg, ops, reply: None }).await?;
-        if let Some(f) = on_accepted {
-            f();
-        }
-        Ok(())
+        let (reply, settle) = if durable {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.send(Command::Publish { msg, ops, reply })?;
+        Ok(Submitted { settle, on_accepted })
+    }
+
+    /// Resolves once the router has room for more publishes.
+    pub async fn room(&self) {
+        self.inbox.room().await
+    }
+
+    /// Whether the router has room for more publishes now.
+    pub fn has_room(&self) -> bool {
+        self.inbox.has_room()
     }
 
     /// Validate a message that will be published later (a will) the way
@@ -340,7 +386,7 @@ impl BrokerHandle {
     /// Retained messages whose topics match `filter` (for REST GET).
     pub async fn retained(&self, filter: SharedFilter) -> Vec<Arc<Message>> {
         let (tx, rx) = oneshot::channel();
-        if self.send(Command::Retained { filter, reply: tx }).await.is_err() {
+        if self.send(Command::Retained { filter, reply: tx }).is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -349,7 +395,7 @@ impl BrokerHandle {
     /// Ask the router to kick every connection, flush and stop.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.send(Command::Shutdown(tx)).await.is_ok() {
+        if self.send(Command::Shutdown(tx)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -361,10 +407,10 @@ impl BrokerHandle {
 
     /// Whether the router is still taking commands (for readiness probes).
     pub fn is_running(&self) -> bool {
-        !self.tx.is_closed()
+        !self.inbox.is_closed()
     }
 
-    async fn send(&self, cmd: Command) -> Result<(), PublishError> {
-        self.tx.send(cmd).await.map_err(|_| PublishError::ShuttingDown)
+    fn send(&self, cmd: Command) -> Result<(), PublishError> {
+        self.inbox.send(cmd).map_err(|_| PublishError::ShuttingDown)
     }
 }

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
 use ntex::util::ByteString;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::inbox::{InboxReceiver, inbox};
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
 use super::retained::RetainedStore;
 use super::session::Session;
@@ -25,7 +26,7 @@ use super::{
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::store::{StoreWriter, StoredSession, WriteOp};
 
-/// Commands queued to the router before publishers feel backpressure.
+/// Commands queued to the router before publishers are asked to wait.
 const COMMAND_QUEUE: usize = 16 * 1024;
 /// Commands handled per wake-up before timers get a look.
 const BATCH: usize = 1024;
@@ -85,7 +86,7 @@ pub fn spawn_router(
     sys_interval: Duration,
     hook: Option<Arc<dyn PublishHook>>,
 ) -> (BrokerHandle, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (inbox, rx) = inbox(COMMAND_QUEUE);
     let stats = Arc::new(Stats::default());
     let limits = Arc::new(limits);
     let next_conn = Arc::new(AtomicU64::new(1));
@@ -106,7 +107,7 @@ pub fn spawn_router(
         hook: hook.clone(),
     };
     router.restore(restored);
-    let handle = BrokerHandle { tx, stats, limits, auth, next_conn, hook };
+    let handle = BrokerHandle { inbox, stats, limits, auth, next_conn, hook };
     let sys_handle = handle.clone();
     let task = tokio::spawn(router.run(rx, sys_handle, sys_interval));
     (handle, task)
@@ -170,12 +171,7 @@ impl Router {
         )
     }
 
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Command>,
-        handle: BrokerHandle,
-        sys_interval: Duration,
-    ) {
+    async fn run(mut self, mut rx: InboxReceiver, handle: BrokerHandle, sys_interval: Duration) {
         // The router holds a handle only to publish $SYS; drop it so the
         // channel closes when every other handle is gone.
         drop(handle);
@@ -192,8 +188,8 @@ impl Router {
                     }
                     for _ in 0..BATCH {
                         match rx.try_recv() {
-                            Ok(cmd) => if self.handle(cmd) { return },
-                            Err(_) => break,
+                            Some(cmd) => if self.handle(cmd) { return },
+                            None => break,
                         }
                     }
                 }

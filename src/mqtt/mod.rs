@@ -20,8 +20,10 @@
 
 mod admission;
 mod convert;
+mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
+mod intake;
 mod pump;
 mod qos2;
 mod reason;

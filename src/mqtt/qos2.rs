@@ -125,7 +125,7 @@ where
                 {
                     return self.exactly_once(id, pkt, payload, size).await;
                 }
-                ctx.call(&self.inner, Decoded::Publish(pkt, payload, size)).await
+                ctx.call_nowait(&self.inner, Decoded::Publish(pkt, payload, size)).await
             }
             // The dispatcher never sees a QoS 2 PUBLISH, so every PUBREL is ours.
             Decoded::Packet(Packet::PublishRelease(rel), _) => {
@@ -143,7 +143,7 @@ where
             {
                 Ok(None)
             }
-            other => ctx.call(&self.inner, other).await,
+            other => ctx.call_nowait(&self.inner, other).await,
         }
     }
 }
@@ -322,7 +322,7 @@ where
             }
             _ => {}
         }
-        ctx.call(&self.inner, req).await
+        ctx.call_nowait(&self.inner, req).await
     }
 }
 

@@ -24,6 +24,7 @@ use ntex_mqtt::{HandshakeError, MqttError, MqttServiceConfig, QoS};
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
+use super::framing::WholePackets;
 use super::reason::ConnError;
 use super::session::Ctx;
 use super::{MqttListeners, MqttServer, TlsFiles, qos2, trim, unexpected, v3, v5};
@@ -210,16 +211,16 @@ fn service_config(limits: &BrokerLimits) -> MqttServiceConfig {
         .set_max_receive(limits.receive_maximum)
         .set_max_receive_size((limits.max_packet_bytes as usize).max(64 * 1024))
         .set_max_topic_alias(limits.max_topic_alias)
-        // Whole payloads only, never streamed: handlers read them whole anyway,
-        // and `qos2` relies on it.
+        // Payloads are never streamed: `framing` hands the codec whole
+        // packets only, and `qos2` relies on it.
         .set_min_chunk_size(limits.max_packet_bytes)
         .set_max_send(limits.max_inflight)
         .set_handle_qos_after_disconnect(Some(QoS::AtLeastOnce))
         .set_connect_timeout(CONNECT_TIMEOUT)
 }
 
-/// The MQTT service over one transport: admission (connection cap and
-/// connect rate), the 3.1.1 client-id pre-check, then the protocol, with
+/// The MQTT service over one transport: whole packets only (`framing`),
+/// admission (connection cap and connect rate), the 3.1.1 client-id pre-check, then the protocol, with
 /// connection errors logged. The admission permit lives as long as the
 /// connection.
 fn mqtt_over<F: Filter>(
@@ -227,6 +228,7 @@ fn mqtt_over<F: Filter>(
     admission: Arc<Admission>,
 ) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = (), InitError = ()> {
     let stats = ctx.broker.stats().clone();
+    let max_packet = ctx.broker.limits().max_packet_bytes;
     let connection = chain_factory(fn_service(async move |io: IoBoxed| {
         v3::refuse_empty_persistent_id(io, &stats).await
     }))
@@ -235,7 +237,7 @@ fn mqtt_over<F: Filter>(
         let connection = Pipeline::new(connection.create(cfg).await?);
         let admission = admission.clone();
         Ok::<_, ()>(fn_service(async move |io: Io<F>| {
-            let io = IoBoxed::from(io);
+            let io = IoBoxed::from(io.add_filter(WholePackets::new(max_packet)));
             let Some(_permit) = admission.admit(&io).await else { return Ok(()) };
             connection.call(io).await
         }))

@@ -39,15 +39,19 @@ pub(super) const DEBUG_PANIC_TOPIC: &str = "$debug/panic";
 /// Run a packet handler so that a panic in it ends only its connection: the
 /// crash reporter has recorded the panic; the connection closes as on an
 /// error (v5: DISCONNECT "implementation specific error").
-pub(super) async fn catch_panic<T>(
+pub(super) fn catch_panic<T>(
     handler: impl Future<Output = Result<T, ConnError>>,
-) -> Result<T, ConnError> {
+) -> impl Future<Output = Result<T, ConnError>> {
+    // A combinator, not an `async fn`: that would hold the handler's state
+    // twice (argument and moved copy) in every packet's future.
     use futures::FutureExt as _;
-    std::panic::AssertUnwindSafe(handler).catch_unwind().await.unwrap_or_else(|_| {
-        Err(ConnError::new(
-            ntex_mqtt::v5::codec::DisconnectReasonCode::ImplementationSpecificError,
-            "internal error",
-        ))
+    std::panic::AssertUnwindSafe(handler).catch_unwind().map(|result| {
+        result.unwrap_or_else(|_| {
+            Err(ConnError::new(
+                ntex_mqtt::v5::codec::DisconnectReasonCode::ImplementationSpecificError,
+                "internal error",
+            ))
+        })
     })
 }
 
@@ -338,12 +342,15 @@ impl ConnState {
         }
     }
 
-    /// Route a message: QoS 0 without waiting, QoS ≥ 1 until it is durable.
+    /// Hand a publish to the broker at once, so this connection's publishes
+    /// are routed in the order their handlers start (the listener stops
+    /// reading while the broker is saturated, see `intake`); a QoS≥1 one
+    /// then waits until it may be acknowledged.
     pub(super) async fn route(&self, msg: Message) -> Result<PublishOutcome, PublishRejection> {
-        let result = if msg.qos == QoS::AtMostOnce {
-            self.broker.publish_fire(msg).await.map(|()| PublishOutcome { matched: 1 })
-        } else {
-            self.broker.publish(msg).await
+        let durable = msg.qos != QoS::AtMostOnce;
+        let result = match self.broker.submit(msg, durable) {
+            Ok(submitted) => submitted.settled().await,
+            Err(e) => Err(e),
         };
         result.map_err(|e| {
             tracing::warn!(

@@ -126,7 +126,8 @@ where
         if let Some(why) = req.verdict() {
             return Err(refuse(&self.conn, why));
         }
-        ctx.call(&self.inner, req).await
+        // The dispatcher checked the whole chain's readiness just before.
+        ctx.call_nowait(&self.inner, req).await
     }
 }
 

@@ -11,6 +11,7 @@ use ntex_mqtt::{Control, Reason, v3};
 use tracing::Instrument;
 
 use super::convert;
+use super::intake;
 use super::pump;
 use super::qos2;
 use super::reason::{self, ConnError, ConnectRefusal, PublishRejection, V3Verdict};
@@ -356,7 +357,11 @@ pub(super) fn control_factory() -> impl ServiceFactory<
         // Created once per connection, after the CONNACK is written.
         let conn = (*session).clone();
         pump::spawn(conn.clone());
-        Ok::<_, ConnError>(fn_service(async move |msg| control(&conn, msg).await))
+        let control = fn_service({
+            let conn = conn.clone();
+            async move |msg| control(&conn, msg).await
+        });
+        Ok::<_, ConnError>(intake::Paced::new(control, conn))
     })
 }
 

@@ -13,6 +13,7 @@ use tracing::Instrument;
 use v5::codec::{DisconnectReasonCode, PublishAckReason, SubscribeAckReason, UnsubscribeAckReason};
 
 use super::convert;
+use super::intake;
 use super::pump;
 use super::reason::{
     self, ConnError, ConnectRefusal, PublishRejection, SubscribeRefusal, V5Verdict,
@@ -357,7 +358,11 @@ pub(super) fn control_factory() -> impl ServiceFactory<
         // Created once per connection, after the CONNACK is written.
         let conn = (*session).clone();
         pump::spawn(conn.clone());
-        Ok::<_, ConnError>(fn_service(async move |msg| control(&conn, msg).await))
+        let control = fn_service({
+            let conn = conn.clone();
+            async move |msg| control(&conn, msg).await
+        });
+        Ok::<_, ConnError>(intake::Paced::new(control, conn))
     })
 }
 

@@ -28,6 +28,7 @@ mod lockout;
 mod logstash;
 mod map;
 mod metrics;
+mod ordering;
 mod otlp;
 mod postgres;
 mod pubsub;

@@ -14,7 +14,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    RawConn, ServerProcess, V5Options, metric, publish_numbered, rss_kib, text, wait_for_metric,
+    RawConn, ServerProcess, V5Options, metric, publish_numbered, qos0_publish, rss_kib, text,
+    wait_for_metric,
 };
 
 const PUBLISHERS: usize = 100;
@@ -30,21 +31,7 @@ const DROPPED_QOS1: &str = "mapcast_messages_dropped_total{reason=\"queue_full_q
 
 /// A batch of 32 QoS 0 PUBLISHes of `PAYLOAD` bytes to `topic`, encoded once.
 fn publish_batch(topic: &str) -> Vec<u8> {
-    let mut one = vec![0x30];
-    let len = 2 + topic.len() + PAYLOAD;
-    let mut n = len;
-    loop {
-        let byte = (n % 128) as u8;
-        n /= 128;
-        one.push(if n > 0 { byte | 0x80 } else { byte });
-        if n == 0 {
-            break;
-        }
-    }
-    one.extend((topic.len() as u16).to_be_bytes());
-    one.extend(topic.as_bytes());
-    one.extend(std::iter::repeat_n(b'p', PAYLOAD));
-    one.repeat(32)
+    qos0_publish(topic, &[b'p'; PAYLOAD]).repeat(32)
 }
 
 /// A 3.1.1 publisher writing QoS 0 batches as fast as the broker reads them
