@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use ntex::util::{ByteString, Bytes};
 use sqlx::{Any, Row};
 
-use super::Store;
+use super::{Backend, Store};
 use crate::domain::TopicName;
 use crate::domain::time::millis;
 
@@ -32,17 +32,12 @@ impl HistoryBatch {
     pub(crate) async fn execute(
         self,
         tx: &mut sqlx::Transaction<'_, Any>,
+        backend: Backend,
     ) -> Result<(), sqlx::Error> {
         for chunk in self.0.chunks(ROWS_PER_STATEMENT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|r| {
-                    let b = r * 4;
-                    format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4)
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO history (topic, payload, content_type, received_at) VALUES {}",
-                values.join(", ")
+                backend.value_rows(chunk.len(), 4)
             );
             let mut q = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
             for (topic, payload, content_type, at) in chunk {

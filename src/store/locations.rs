@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use sqlx::{Any, Row};
 
-use super::Store;
+use super::{Backend, Store};
 use crate::domain::{DeviceId, DeviceKind, Location, Position};
 
 /// Columns bound per row of the multi-row upsert.
@@ -33,16 +33,10 @@ impl LatestBatch {
     pub(crate) async fn execute(
         self,
         tx: &mut sqlx::Transaction<'_, Any>,
+        backend: Backend,
     ) -> Result<(), sqlx::Error> {
         let rows: Vec<(DeviceId, Position)> = self.0.into_iter().collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|r| {
-                    let p: Vec<String> =
-                        (1..=COLUMNS).map(|c| format!("${}", r * COLUMNS + c)).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO locations_latest \
                  (device_id, lon, lat, alt, ts, speed, heading, accuracy, battery, kind, received_at) \
@@ -52,7 +46,7 @@ impl LatestBatch {
                  battery = excluded.battery, kind = excluded.kind, received_at = excluded.received_at \
                  WHERE excluded.ts > locations_latest.ts OR (excluded.ts = locations_latest.ts \
                  AND excluded.received_at >= locations_latest.received_at)",
-                values.join(", ")
+                backend.value_rows(chunk.len(), COLUMNS)
             );
             let mut q = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
             for (device, p) in chunk {

@@ -50,6 +50,31 @@ impl Backend {
             Self::Postgres => "postgres",
         }
     }
+
+    /// `rows` tuples of `columns` placeholders for a multi-row statement:
+    /// `($1, $2), ($3, $4)` for PostgreSQL, `(?, ?), (?, ?)` for SQLite,
+    /// where each numbered parameter costs a linear search of its name at
+    /// bind time (quadratic in the statement's size).
+    pub(crate) fn value_rows(self, rows: usize, columns: usize) -> String {
+        let mut out = String::with_capacity(rows * columns * 5);
+        for r in 0..rows {
+            out.push_str(if r == 0 { "(" } else { ", (" });
+            for c in 0..columns {
+                if c > 0 {
+                    out.push_str(", ");
+                }
+                match self {
+                    Self::Sqlite => out.push('?'),
+                    Self::Postgres => {
+                        use std::fmt::Write as _;
+                        let _ = write!(out, "${}", r * columns + c + 1);
+                    }
+                }
+            }
+            out.push(')');
+        }
+        out
+    }
 }
 
 impl fmt::Display for Backend {
@@ -214,6 +239,13 @@ fn with_create_mode(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_rows_number_parameters_for_postgres_only() {
+        assert_eq!(Backend::Postgres.value_rows(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(Backend::Sqlite.value_rows(2, 3), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(Backend::Sqlite.value_rows(1, 1), "(?)");
+    }
 
     #[test]
     fn backends_are_named_by_url_scheme() {

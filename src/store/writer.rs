@@ -321,11 +321,13 @@ async fn commit(store: &Store, ops: &[Pending]) -> Result<(), sqlx::Error> {
         }
     }
     // Many rows per statement: the hot path writes one of each per position.
-    locations.execute(&mut tx).await?;
-    history.execute(&mut tx).await?;
+    locations.execute(&mut tx, store.backend()).await?;
+    history.execute(&mut tx, store.backend()).await?;
     for chunk in delete_seqs.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("DELETE FROM session_messages WHERE seq IN ({})", placeholders.join(","));
+        let sql = format!(
+            "DELETE FROM session_messages WHERE seq IN {}",
+            store.backend().value_rows(1, chunk.len())
+        );
         let mut q = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
         for seq in chunk {
             q = q.bind(*seq);
