@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mapcast::flags::{Flag, FlagKey, FlagSpec, FlagState, Snapshot, murmur3_x86_32};
+use mapcast::flags::{Flag, FlagKey, FlagSpec, Snapshot, murmur3_x86_32};
 
 fn snapshot() -> Snapshot {
     let spec = FlagSpec {
@@ -15,15 +15,7 @@ fn snapshot() -> Snapshot {
         allow: (0..100).map(|i| format!("rest:allowed-{i}")).collect(),
         ..FlagSpec::default()
     };
-    let flag = Flag {
-        key: FlagKey::parse("map.clustering").unwrap(),
-        spec,
-        state: FlagState::Active,
-        failed_checks: 0,
-        updated_at: 0,
-        crash_watermark: String::new(),
-    };
-    Snapshot::new(vec![flag])
+    Snapshot::new(vec![Flag::new(FlagKey::parse("map.clustering").unwrap(), spec)])
 }
 
 fn evaluation(c: &mut Criterion) {

@@ -132,14 +132,7 @@ mod tests {
     use crate::flags::model::{FlagKey, FlagSpec};
 
     fn flag(spec: FlagSpec) -> Flag {
-        Flag {
-            key: FlagKey::parse("map.clustering").unwrap(),
-            spec,
-            state: FlagState::Active,
-            failed_checks: 0,
-            updated_at: 0,
-            crash_watermark: String::new(),
-        }
+        Flag::new(FlagKey::parse("map.clustering").unwrap(), spec)
     }
 
     fn eval(f: Flag, id: &str) -> Evaluation {

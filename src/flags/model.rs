@@ -251,6 +251,18 @@ pub struct Flag {
 }
 
 impl Flag {
+    /// A flag as first set: active, no check failed, no crash counted yet.
+    pub fn new(key: FlagKey, spec: FlagSpec) -> Self {
+        Self {
+            key,
+            spec,
+            state: FlagState::Active,
+            failed_checks: 0,
+            updated_at: 0,
+            crash_watermark: String::new(),
+        }
+    }
+
     /// The bucketing group.
     pub fn group(&self) -> &str {
         self.spec.group.as_deref().unwrap_or(self.key.as_str())
