@@ -286,8 +286,9 @@ impl BrokerHandle {
     }
 
     /// Report that connection `conn` of `client_id` has ended.
-    /// `session_expiry_secs` is the v5 DISCONNECT override, if any.
-    pub async fn disconnect(
+    /// `session_expiry_secs` is the v5 DISCONNECT override, if any. Queued
+    /// at once, so a reconnect that follows finds the session already ended.
+    pub fn disconnect(
         &self,
         client_id: ClientId,
         conn: ConnectionId,

@@ -929,11 +929,11 @@ mod tests {
         };
 
         let c = connect(&h, "x", true, 0, will()).await;
-        h.disconnect(ClientId::from("x"), c.conn, DisconnectKind::Clean, None).await;
+        h.disconnect(ClientId::from("x"), c.conn, DisconnectKind::Clean, None);
         assert!(next(&watcher).await.is_none());
 
         let c = connect(&h, "x", true, 0, will()).await;
-        h.disconnect(ClientId::from("x"), c.conn, DisconnectKind::Unclean, None).await;
+        h.disconnect(ClientId::from("x"), c.conn, DisconnectKind::Unclean, None);
         assert_eq!(&next(&watcher).await.unwrap().msg.payload[..], b"gone");
     }
 
@@ -942,14 +942,14 @@ mod tests {
         let (h, _d) = broker().await;
         let c = connect(&h, "p", false, 3600, None).await;
         h.subscribe(ClientId::from("p"), c.conn, vec![sub("q", QoS::AtLeastOnce)]).await;
-        h.disconnect(ClientId::from("p"), c.conn, DisconnectKind::Clean, None).await;
+        h.disconnect(ClientId::from("p"), c.conn, DisconnectKind::Clean, None);
         h.publish(msg("q", "while away", QoS::AtLeastOnce, false)).await.unwrap();
 
         let c = connect(&h, "p", false, 3600, None).await;
         assert!(c.session_present);
         assert_eq!(&next(&c).await.unwrap().msg.payload[..], b"while away");
 
-        h.disconnect(ClientId::from("p"), c.conn, DisconnectKind::Clean, None).await;
+        h.disconnect(ClientId::from("p"), c.conn, DisconnectKind::Clean, None);
         h.publish(msg("q", "dropped", QoS::AtLeastOnce, false)).await.unwrap();
         let c = connect(&h, "p", true, 0, None).await;
         assert!(!c.session_present);

@@ -410,22 +410,9 @@ impl ConnState {
             "client disconnected"
         );
 
-        let broker = self.broker.clone();
-        let client_id = self.client_id.clone();
-        let conn = self.conn;
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    broker.disconnect(client_id, conn, kind, session_expiry_secs).await
-                });
-            }
-            Err(_) => {
-                tracing::warn!(
-                    { CLIENT_ID } = %client_id,
-                    "no runtime left to report the disconnect to the broker"
-                );
-            }
-        }
+        // Queued before the socket closes: a client that reconnects as soon
+        // as it sees the close must find this session already ended.
+        self.broker.disconnect(self.client_id.clone(), self.conn, kind, session_expiry_secs);
     }
 }
 

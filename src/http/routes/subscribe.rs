@@ -285,12 +285,7 @@ struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        let (broker, client_id, conn) = (self.broker.clone(), self.client_id.clone(), self.conn);
-        tracing::debug!(client.id = %client_id, "SSE stream closed");
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                broker.disconnect(client_id, conn, DisconnectKind::Clean, None).await
-            });
-        }
+        tracing::debug!(client.id = %self.client_id, "SSE stream closed");
+        self.broker.disconnect(self.client_id.clone(), self.conn, DisconnectKind::Clean, None);
     }
 }
