@@ -250,6 +250,16 @@ mod tests {
     }
 
     #[test]
+    fn numbers_parse_to_the_nearest_double_however_many_digits_they_have() {
+        // 17 significant digits, and 64 of them: both name 110/9's double.
+        for speed in ["12.222222222222221", &format!("12.{}5", "2".repeat(62))] {
+            let payload = feature("[1, 2]", &format!(r#"{{"ts":0,"speed":{speed}}}"#));
+            let loc = Location::parse(payload.as_bytes()).unwrap();
+            assert_eq!(loc.speed, Some(110.0 / 9.0), "{speed}");
+        }
+    }
+
+    #[test]
     fn every_optional_property_is_read() {
         let payload = feature(
             "[-122.4194, 37.7749, 16.5]",
