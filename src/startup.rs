@@ -72,7 +72,10 @@ impl Application {
         store.migrate().await?;
         let restored = store.load_broker_state().await.context("cannot restore broker state")?;
 
-        let (writer, writer_task) = store::spawn_writer(store.clone());
+        let (writer, writer_task) = store::spawn_writer(
+            store.clone(),
+            Duration::from_millis(settings.database.commit_interval_ms),
+        );
         let identities = Identities::new(
             store.clone(),
             IdentitySettings {

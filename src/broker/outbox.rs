@@ -466,7 +466,7 @@ mod tests {
     async fn outbox() -> (Arc<Outbox>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
-        let (writer, _) = spawn_writer(Store::connect(&url, 1).await.unwrap());
+        let (writer, _) = spawn_writer(Store::connect(&url, 1).await.unwrap(), Duration::ZERO);
         let stats = Arc::new(Stats::default());
         let outbox = Outbox::new(ClientId::new("c"), 2, OverflowPolicy::default(), stats, writer);
         (Arc::new(outbox), dir)

@@ -795,7 +795,7 @@ mod tests {
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store = Store::connect(&url, 2).await.unwrap();
         store.migrate().await.unwrap();
-        let (writer, _) = spawn_writer(store);
+        let (writer, _) = spawn_writer(store, Duration::ZERO);
         let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
         let (h, _) = spawn_router(
             BrokerLimits::default(),

@@ -344,7 +344,8 @@ mod tests {
     async fn outbox() -> (Arc<Outbox>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
-        let (writer, _) = spawn_writer(Store::connect(&url, 1).await.unwrap());
+        let (writer, _) =
+            spawn_writer(Store::connect(&url, 1).await.unwrap(), std::time::Duration::ZERO);
         let stats = Arc::new(Stats::default());
         let outbox = Outbox::new(ClientId::new("c"), 8, OverflowPolicy::default(), stats, writer);
         (Arc::new(outbox), dir)

@@ -135,7 +135,7 @@ mod tests {
         let store =
             Store::connect(&format!("sqlite://{}/t.db", dir.path().display()), 2).await.unwrap();
         store.migrate().await.unwrap();
-        let (writer, _) = spawn_writer(store.clone());
+        let (writer, _) = spawn_writer(store.clone(), std::time::Duration::ZERO);
         let id = DeviceId::parse("p1").unwrap();
         let put = |p: Position| WriteOp::UpsertLocation { device_id: id.clone(), position: p };
 

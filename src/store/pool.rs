@@ -20,11 +20,12 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 /// sqlx's default migrations table.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
-/// Applied to every SQLite connection: wait for locks instead of failing, and
+/// Applied to every SQLite connection: wait for locks instead of failing;
 /// fsync at checkpoints only (safe with WAL: a crash loses no committed data,
-/// an OS crash at most the last transactions).
-const SQLITE_CONNECTION_PRAGMAS: &str =
-    "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+/// an OS crash at most the last transactions); statement journals of the
+/// batched multi-row writes in memory, not in a temporary file per batch.
+const SQLITE_CONNECTION_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; \
+     PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -112,7 +112,7 @@ mod tests {
         let store =
             Store::connect(&format!("sqlite://{}/t.db", dir.path().display()), 2).await.unwrap();
         store.migrate().await.unwrap();
-        let (writer, _) = spawn_writer(store.clone());
+        let (writer, _) = spawn_writer(store.clone(), Duration::ZERO);
         let topic = TopicName::parse("devices/a/location", TopicLimits::default()).unwrap();
         let now = millis(SystemTime::now());
         let row = |at: i64| WriteOp::AppendHistory {

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ntex::util::{ByteString, Bytes};
 use sqlx::Any;
@@ -139,10 +139,13 @@ impl StoreWriter {
 }
 
 /// Start the writer on the current runtime (the one that owns the pool).
-pub fn spawn_writer(store: Store) -> (StoreWriter, JoinHandle<()>) {
+/// While writes keep coming, commits start at most once per
+/// `commit_interval` so that a steady stream shares transactions; a write
+/// after a quiet spell is committed at once.
+pub fn spawn_writer(store: Store, commit_interval: Duration) -> (StoreWriter, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let health = store.write_health().clone();
-    (StoreWriter { tx, health }, tokio::spawn(run(store, rx)))
+    (StoreWriter { tx, health }, tokio::spawn(run(store, rx, commit_interval)))
 }
 
 /// One queued write; only non-durable ones are retried after a failure
@@ -152,13 +155,57 @@ struct Pending {
     durable: bool,
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
+/// What the next transaction commits.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Pending>,
+    commits: Vec<Commit>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    /// Adds `item`; false once the batch is full or a stop was asked for.
+    fn take(&mut self, item: Item) -> bool {
+        match item {
+            Item::Ops(o, c) => {
+                let durable = c.is_some();
+                self.ops.extend(o.into_iter().map(|op| Pending { op, durable }));
+                self.commits.extend(c);
+                self.ops.len() < MAX_BATCH_OPS
+            }
+            Item::Stop(s) => {
+                self.stop = Some(s);
+                false
+            }
+        }
+    }
+
+    /// Adds whatever is already queued.
+    fn take_queued(&mut self, rx: &mut mpsc::Receiver<Item>) -> bool {
+        while let Ok(item) = rx.try_recv() {
+            if !self.take(item) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Adds what arrives until `deadline`.
+    async fn gather_until(&mut self, rx: &mut mpsc::Receiver<Item>, deadline: Instant) {
+        while let Ok(Some(item)) = tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            if !self.take(item) || !self.take_queued(rx) {
+                return;
+            }
+        }
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Duration) {
     let health = store.write_health().clone();
-    let mut ops: Vec<Pending> = Vec::new();
-    let mut commits: Vec<Commit> = Vec::new();
-    let mut stop: Option<oneshot::Sender<()>> = None;
+    let mut batch = Batch::default();
     let mut closed = false;
-    while stop.is_none() && !closed {
+    let mut last_commit: Option<Instant> = None;
+    while batch.stop.is_none() && !closed {
         // Healthy: sleep until work arrives. Down: wake up to retry or probe.
         let first = if health.is_up() {
             rx.recv().await
@@ -167,7 +214,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
                 Ok(item) => item,
                 Err(_) => {
                     health.open_probe();
-                    if ops.is_empty() {
+                    if batch.ops.is_empty() {
                         probe_connection(&store, &health).await;
                         continue;
                     }
@@ -176,45 +223,41 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
             }
         };
         closed = first.is_none() && rx.is_closed();
-        let mut next = first;
         // Take whatever else is already queued: that is the group commit.
-        while let Some(item) = next.take() {
-            match item {
-                Item::Ops(o, c) => {
-                    let durable = c.is_some();
-                    ops.extend(o.into_iter().map(|op| Pending { op, durable }));
-                    commits.extend(c);
-                }
-                Item::Stop(s) => {
-                    stop = Some(s);
-                    break;
-                }
-            }
-            if ops.len() >= MAX_BATCH_OPS {
-                break;
-            }
-            next = rx.try_recv().ok();
+        let open = first.is_some_and(|item| batch.take(item)) && batch.take_queued(&mut rx);
+        // Writes keep coming: wait out the interval since the last commit
+        // for more to share this transaction.
+        if open
+            && health.is_up()
+            && let Some(at) = last_commit.map(|t| t + commit_interval)
+            && at > Instant::now()
+        {
+            batch.gather_until(&mut rx, at).await;
         }
-        let reply = attempt(&store, &health, &ops).await;
+        last_commit = Some(Instant::now());
+        let reply = attempt(&store, &health, &batch.ops).await;
         let failed = reply.is_err();
-        for c in commits.drain(..) {
+        for c in batch.commits.drain(..) {
             let _ = c.send(reply.clone());
         }
         if failed {
-            ops.retain(|p| !p.durable);
-            drop_oldest_beyond_bound(&mut ops);
-            if stop.is_none() {
+            batch.ops.retain(|p| !p.durable);
+            drop_oldest_beyond_bound(&mut batch.ops);
+            if batch.stop.is_none() {
                 // Do not hot-loop against a database that is down.
                 tokio::time::sleep(RETRY_INTERVAL).await;
             }
         } else {
-            ops.clear();
+            batch.ops.clear();
         }
     }
-    if !ops.is_empty() {
-        tracing::error!(ops = ops.len(), "store writer stopped with writes it could not commit");
+    if !batch.ops.is_empty() {
+        tracing::error!(
+            ops = batch.ops.len(),
+            "store writer stopped with writes it could not commit"
+        );
     }
-    if let Some(s) = stop {
+    if let Some(s) = batch.stop {
         let _ = s.send(());
     }
     tracing::debug!("store writer stopped");
@@ -222,7 +265,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>) {
 
 /// Commit `ops` in one transaction, bounded in time; records the outcome.
 async fn attempt(store: &Store, health: &WriteHealth, ops: &[Pending]) -> Result<(), StoreError> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let n = ops.len();
     let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, commit(store, ops)).await {
         Ok(Ok(())) => Ok(()),
@@ -342,7 +385,7 @@ fn millis(t: SystemTime) -> i64 {
 }
 
 fn expiry_millis(msg: &Message) -> Option<i64> {
-    let left = msg.expires_at?.saturating_duration_since(std::time::Instant::now());
+    let left = msg.expires_at?.saturating_duration_since(Instant::now());
     Some(millis(SystemTime::now() + left))
 }
 
@@ -442,4 +485,78 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
         | WriteOp::AppendHistory { .. } => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/w.db", dir.path().display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        (dir, store)
+    }
+
+    fn session(name: &str) -> Vec<WriteOp> {
+        let client_id = ClientId::from(name);
+        vec![WriteOp::UpsertSession { client_id, expiry_secs: 60, disconnected_at: None }]
+    }
+
+    async fn sessions(store: &Store) -> i64 {
+        sqlx::query_scalar::<Any, i64>("SELECT COUNT(*) FROM sessions")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+
+    const INTERVAL: Duration = Duration::from_secs(2);
+
+    #[tokio::test]
+    async fn a_write_after_a_quiet_spell_is_committed_at_once() {
+        let (_dir, store) = store().await;
+        let (writer, _) = spawn_writer(store.clone(), INTERVAL);
+
+        let started = Instant::now();
+        writer.submit_durable(session("a")).unwrap().await.unwrap().unwrap();
+
+        assert!(started.elapsed() < INTERVAL / 2, "took {:?}", started.elapsed());
+        assert_eq!(sessions(&store).await, 1);
+    }
+
+    #[tokio::test]
+    async fn writes_that_keep_coming_share_the_next_commit_after_the_interval() {
+        let (_dir, store) = store().await;
+        let (writer, _) = spawn_writer(store.clone(), INTERVAL);
+        let started = Instant::now();
+        writer.submit_durable(session("a")).unwrap().await.unwrap().unwrap();
+
+        let b = writer.submit_durable(session("b")).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let c = writer.submit_durable(session("c")).unwrap();
+        b.await.unwrap().unwrap();
+        let b_done = started.elapsed();
+        c.await.unwrap().unwrap();
+        let c_done = started.elapsed();
+
+        assert!(b_done >= INTERVAL, "committed {b_done:?} after the first, inside the interval");
+        assert!(c_done - b_done < INTERVAL / 4, "b at {b_done:?}, c at {c_done:?}: not one commit");
+        assert_eq!(sessions(&store).await, 3);
+    }
+
+    #[tokio::test]
+    async fn stopping_commits_what_waits_for_the_interval_without_waiting_it_out() {
+        let (_dir, store) = store().await;
+        let (writer, task) = spawn_writer(store.clone(), Duration::from_secs(30));
+        writer.submit_durable(session("a")).unwrap().await.unwrap().unwrap();
+        writer.submit(session("b")).unwrap();
+
+        let started = Instant::now();
+        writer.flush_and_stop().await;
+
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        assert_eq!(sessions(&store).await, 2);
+        task.await.unwrap();
+    }
 }
