@@ -2,6 +2,7 @@
 //! by the broker, the API and the background jobs.
 
 mod broker_state;
+mod commit_pace;
 mod history;
 mod identities;
 mod locations;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::broker_state::encode_props;
+use super::commit_pace::CommitPace;
 use super::write_health::{self, WriteHealth};
 use super::{Store, StoreError};
 use crate::broker::{Delivery, Message, SubscriptionOptions};
@@ -140,8 +141,8 @@ impl StoreWriter {
 
 /// Start the writer on the current runtime (the one that owns the pool).
 /// While writes keep coming, commits start at most once per
-/// `commit_interval` so that a steady stream shares transactions; a write
-/// after a quiet spell is committed at once.
+/// `commit_interval` (see [`CommitPace`]); a write after a quiet spell is
+/// committed at once.
 pub fn spawn_writer(store: Store, commit_interval: Duration) -> (StoreWriter, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let health = store.write_health().clone();
@@ -190,9 +191,17 @@ impl Batch {
         true
     }
 
-    /// Adds what arrives until `deadline`.
-    async fn gather_until(&mut self, rx: &mut mpsc::Receiver<Item>, deadline: Instant) {
-        while let Ok(Some(item)) = tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+    /// Adds what arrives until `deadline`, or until as many callers wait
+    /// as `pace` finds enough.
+    async fn gather_until(
+        &mut self,
+        rx: &mut mpsc::Receiver<Item>,
+        deadline: Instant,
+        pace: &CommitPace,
+    ) {
+        while !pace.enough(self.commits.len())
+            && let Ok(Some(item)) = tokio::time::timeout_at(deadline.into(), rx.recv()).await
+        {
             if !self.take(item) || !self.take_queued(rx) {
                 return;
             }
@@ -204,7 +213,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Durati
     let health = store.write_health().clone();
     let mut batch = Batch::default();
     let mut closed = false;
-    let mut last_commit: Option<Instant> = None;
+    let mut pace = CommitPace::new(commit_interval);
     while batch.stop.is_none() && !closed {
         // Healthy: sleep until work arrives. Down: wake up to retry or probe.
         let first = if health.is_up() {
@@ -225,16 +234,14 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Durati
         closed = first.is_none() && rx.is_closed();
         // Take whatever else is already queued: that is the group commit.
         let open = first.is_some_and(|item| batch.take(item)) && batch.take_queued(&mut rx);
-        // Writes keep coming: wait out the interval since the last commit
-        // for more to share this transaction.
+        // Writes keep coming: gather more to share this transaction.
         if open
             && health.is_up()
-            && let Some(at) = last_commit.map(|t| t + commit_interval)
-            && at > Instant::now()
+            && let Some(at) = pace.gather_until(batch.commits.len(), Instant::now())
         {
-            batch.gather_until(&mut rx, at).await;
+            batch.gather_until(&mut rx, at, &pace).await;
         }
-        last_commit = Some(Instant::now());
+        pace.started(batch.commits.len(), Instant::now());
         let reply = attempt(&store, &health, &batch.ops).await;
         let failed = reply.is_err();
         for c in batch.commits.drain(..) {
@@ -525,24 +532,47 @@ mod tests {
         assert_eq!(sessions(&store).await, 1);
     }
 
+    /// Three callers wait for the first commit (the writer task only runs
+    /// once the test awaits).
+    async fn commit_three_callers(writer: &StoreWriter, names: [&str; 3]) {
+        let waiting: Vec<_> =
+            names.iter().map(|n| writer.submit_durable(session(n)).unwrap()).collect();
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn writes_that_keep_coming_share_the_next_commit_after_the_interval() {
         let (_dir, store) = store().await;
         let (writer, _) = spawn_writer(store.clone(), INTERVAL);
         let started = Instant::now();
-        writer.submit_durable(session("a")).unwrap().await.unwrap().unwrap();
+        commit_three_callers(&writer, ["a", "b", "c"]).await;
 
-        let b = writer.submit_durable(session("b")).unwrap();
+        let d = writer.submit_durable(session("d")).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let c = writer.submit_durable(session("c")).unwrap();
-        b.await.unwrap().unwrap();
-        let b_done = started.elapsed();
-        c.await.unwrap().unwrap();
-        let c_done = started.elapsed();
+        let e = writer.submit_durable(session("e")).unwrap();
+        d.await.unwrap().unwrap();
+        let d_done = started.elapsed();
+        e.await.unwrap().unwrap();
+        let e_done = started.elapsed();
 
-        assert!(b_done >= INTERVAL, "committed {b_done:?} after the first, inside the interval");
-        assert!(c_done - b_done < INTERVAL / 4, "b at {b_done:?}, c at {c_done:?}: not one commit");
-        assert_eq!(sessions(&store).await, 3);
+        assert!(d_done >= INTERVAL, "committed {d_done:?} after the first, inside the interval");
+        assert!(e_done - d_done < INTERVAL / 4, "d at {d_done:?}, e at {e_done:?}: not one commit");
+        assert_eq!(sessions(&store).await, 5);
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_as_many_waiting_callers_as_the_last_commits_at_once() {
+        let (_dir, store) = store().await;
+        let (writer, _) = spawn_writer(store.clone(), INTERVAL);
+        commit_three_callers(&writer, ["a", "b", "c"]).await;
+
+        let started = Instant::now();
+        commit_three_callers(&writer, ["d", "e", "f"]).await;
+
+        assert!(started.elapsed() < INTERVAL / 2, "took {:?}", started.elapsed());
+        assert_eq!(sessions(&store).await, 6);
     }
 
     #[tokio::test]
