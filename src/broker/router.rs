@@ -53,6 +53,8 @@ struct Router {
     stats: Arc<Stats>,
     writer: StoreWriter,
     sessions: HashMap<ClientId, Session>,
+    /// Sessions with a live connection (`$SYS/broker/clients/connected`).
+    online: usize,
     trie: SubscriptionTrie,
     retained: RetainedStore,
     /// Round-robin cursors of shared groups, keyed by (group, filter).
@@ -104,6 +106,7 @@ pub fn spawn_router(
         next_conn: next_conn.clone(),
         scratch: Vec::new(),
         push_scratch: Vec::new(),
+        online: 0,
         hook: hook.clone(),
     };
     router.restore(restored);
@@ -245,6 +248,7 @@ impl Router {
         let mut session_present = false;
         if let Some(old) = self.sessions.get_mut(&client) {
             if let Some(old_conn) = old.conn.take() {
+                self.online -= 1;
                 tracing::info!(client.id = %client, "session taken over by a new connection");
                 old.outbox.kick(old_conn, KickReason::SessionTakenOver);
             }
@@ -283,6 +287,7 @@ impl Router {
         let session = self.sessions.get_mut(&client).expect("session inserted above");
         let was_persistent = session.is_persistent();
         session.conn = Some(conn);
+        self.online += 1;
         session.epoch = conn;
         session.protocol = req.protocol;
         session.expiry_secs = expiry;
@@ -311,19 +316,7 @@ impl Router {
         } else if was_persistent {
             self.submit(vec![WriteOp::DeleteSession(client.clone())]);
         }
-        self.connected(conn, session_present, outbox, expiry)
-    }
-
-    fn connected(
-        &self,
-        conn: ConnectionId,
-        session_present: bool,
-        outbox: Arc<Outbox>,
-        expiry: u32,
-    ) -> ConnectOutcome {
-        self.stats
-            .clients_connected
-            .store(self.sessions.values().filter(|s| s.conn.is_some()).count() as u64, Relaxed);
+        self.stats.clients_connected.store(self.online as u64, Relaxed);
         ConnectOutcome { conn, session_present, outbox, session_expiry_secs: expiry }
     }
 
@@ -340,6 +333,7 @@ impl Router {
             return;
         }
         session.conn = None;
+        self.online -= 1;
         session.epoch = conn;
         session.outbox.detach(conn);
         if let Some(e) = expiry_override {
@@ -353,9 +347,7 @@ impl Router {
             }
             DisconnectKind::CleanWithWill | DisconnectKind::Unclean => session.will.take(),
         };
-        self.stats
-            .clients_connected
-            .store(self.sessions.values().filter(|s| s.conn.is_some()).count() as u64, Relaxed);
+        self.stats.clients_connected.store(self.online as u64, Relaxed);
 
         if let Some(will) = will {
             if will.delay_secs == 0 || expiry == 0 {
@@ -385,6 +377,10 @@ impl Router {
     /// Remove a session and everything it owns, in memory and in the store.
     fn end_session(&mut self, client: &ClientId) {
         let Some(mut session) = self.sessions.remove(client) else { return };
+        if session.conn.is_some() {
+            self.online -= 1;
+            self.stats.clients_connected.store(self.online as u64, Relaxed);
+        }
         for filter in session.subscriptions.keys() {
             self.trie.remove(&filter.filter, client, &filter.group);
         }
@@ -917,6 +913,26 @@ mod tests {
             first.outbox.next(first.conn, &mut buf, 1).await,
             Next::Kicked(KickReason::SessionTakenOver)
         );
+    }
+
+    #[tokio::test]
+    async fn connected_clients_are_counted_through_takeovers_and_disconnects() {
+        let (h, _d) = broker().await;
+        let online = |h: &BrokerHandle| h.stats().clients_connected.load(Relaxed);
+        let a = connect(&h, "a", false, 60, None).await;
+        let b = connect(&h, "b", true, 0, None).await;
+        assert_eq!(online(&h), 2);
+        let a = connect(&h, "a", false, 60, None).await;
+        assert_eq!(online(&h), 2, "a takeover replaces a connection");
+        connect(&h, "b", true, 0, None).await;
+        assert_eq!(online(&h), 2, "so does a clean start");
+        let _ = b;
+
+        h.disconnect(ClientId::from("a"), a.conn, DisconnectKind::Clean, None);
+        connect(&h, "c", true, 0, None).await;
+        assert_eq!(online(&h), 2, "b and c; a's session is kept offline");
+        connect(&h, "a", true, 0, None).await;
+        assert_eq!(online(&h), 3);
     }
 
     #[tokio::test]
