@@ -134,13 +134,13 @@ pub struct DatabaseSettings {
     /// Least milliseconds between two commits of broker writes while they
     /// keep coming: a steady stream shares transactions instead of paying
     /// one each, at the cost of up to this much on QoS 1/2 acknowledgements.
-    /// 0 commits as soon as the previous commit ends. Default 5.
+    /// 0 commits as soon as the previous commit ends. Default 1.
     pub commit_interval_ms: u64,
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: None, max_connections: 10, commit_interval_ms: 5 }
+        Self { url: None, max_connections: 10, commit_interval_ms: 1 }
     }
 }
 
@@ -878,7 +878,7 @@ mod tests {
         assert_eq!((s.map.interval_secs, s.map.ttl_secs), (60, 900));
         assert_eq!(s.history.topics, ["devices/+/location"]);
         assert_eq!(s.history.retention_days, 30);
-        assert_eq!(s.database.commit_interval_ms, 5);
+        assert_eq!(s.database.commit_interval_ms, 1);
         assert_eq!(s.log.format, LogFormat::Json);
         assert_eq!(s.log.level, "info");
         assert!(s.effective_allow_anonymous());
