@@ -221,6 +221,19 @@ pub struct Submitted {
 }
 
 impl Submitted {
+    /// The outcome at once when there is nothing to wait for (a publish
+    /// submitted without `durable`); otherwise `self` back, to await
+    /// [`Submitted::settled`].
+    pub fn settled_now(self) -> Result<PublishOutcome, Self> {
+        if self.settle.is_some() {
+            return Err(self);
+        }
+        if let Some(f) = self.on_accepted {
+            f();
+        }
+        Ok(PublishOutcome { matched: 1 })
+    }
+
     /// Wait until every store write of the publish is committed and the
     /// subscribers it congested have room (bounded); at once for a publish
     /// submitted without `durable`.

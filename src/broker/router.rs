@@ -916,6 +916,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_a_durable_publish_waits_to_be_settled() {
+        let (h, _d) = broker().await;
+        let fire = h.submit(msg("a/b", "x", QoS::AtMostOnce, false), false).unwrap();
+        assert_eq!(fire.settled_now().ok().map(|o| o.matched), Some(1));
+
+        let durable = h.submit(msg("a/b", "x", QoS::AtLeastOnce, false), true).unwrap();
+        let Err(waiting) = durable.settled_now() else {
+            panic!("a durable publish waits for the router")
+        };
+        assert!(waiting.settled().await.is_ok());
+    }
+
+    #[tokio::test]
     async fn connected_clients_are_counted_through_takeovers_and_disconnects() {
         let (h, _d) = broker().await;
         let online = |h: &BrokerHandle| h.stats().clients_connected.load(Relaxed);

@@ -23,7 +23,7 @@ use super::reason::{ConnError, ConnectRefusal, PublishRejection};
 use crate::broker::auth::Credentials;
 use crate::broker::{
     BrokerHandle, ConnectRequest, ConnectionId, DisconnectKind, Identity, Message, MessageProps,
-    Outbox, ProtocolVersion, PublishOutcome, QoS, Will,
+    Outbox, ProtocolVersion, PublishOutcome, QoS, Submitted, Will,
 };
 use crate::domain::{ClientId, TopicName};
 use crate::telemetry::names::{
@@ -346,20 +346,31 @@ impl ConnState {
     /// are routed in the order their handlers start (the listener stops
     /// reading while the broker is saturated, see `intake`); a QoS≥1 one
     /// then waits until it may be acknowledged.
-    pub(super) async fn route(&self, msg: Message) -> Result<PublishOutcome, PublishRejection> {
+    ///
+    /// Not an `async fn`: the message is handed over before the returned
+    /// future exists, and only a publish that waits holds (boxed) state, so
+    /// the per-packet future that ntex moves around stays small.
+    pub(super) fn route(
+        &self,
+        msg: Message,
+    ) -> impl Future<Output = Result<PublishOutcome, PublishRejection>> + '_ {
         let durable = msg.qos != QoS::AtMostOnce;
-        let result = match self.broker.submit(msg, durable) {
-            Ok(submitted) => submitted.settled().await,
-            Err(e) => Err(e),
-        };
-        result.map_err(|e| {
-            tracing::warn!(
-                parent: &self.span,
-                { { CLIENT_ID } = %self.client_id, { ERROR_MESSAGE } = %e },
-                "publish failed"
-            );
-            PublishRejection::from(&e)
-        })
+        let submitted = self.broker.submit(msg, durable);
+        async move {
+            let result = match submitted.map(Submitted::settled_now) {
+                Ok(Ok(outcome)) => Ok(outcome),
+                Ok(Err(waiting)) => Box::pin(waiting.settled()).await,
+                Err(e) => Err(e),
+            };
+            result.map_err(|e| {
+                tracing::warn!(
+                    parent: &self.span,
+                    { { CLIENT_ID } = %self.client_id, { ERROR_MESSAGE } = %e },
+                    "publish failed"
+                );
+                PublishRejection::from(&e)
+            })
+        }
     }
 
     pub(super) fn sink_open(&self) -> bool {
