@@ -109,7 +109,8 @@ const SUBSCRIBE: u8 = 0x82;
 const PINGREQ: u8 = 0xC0;
 const DISCONNECT: u8 = 0xE0;
 
-fn put_varint(out: &mut Vec<u8>, mut len: usize) {
+/// Append `len` as an MQTT variable byte integer (a remaining length).
+pub fn put_varint(out: &mut Vec<u8>, mut len: usize) {
     loop {
         let mut byte = (len % 128) as u8;
         len /= 128;

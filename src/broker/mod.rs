@@ -228,10 +228,7 @@ impl Submitted {
         if self.settle.is_some() {
             return Err(self);
         }
-        if let Some(f) = self.on_accepted {
-            f();
-        }
-        Ok(PublishOutcome { matched: 1 })
+        Ok(accepted(self.on_accepted, PublishOutcome { matched: 1 }))
     }
 
     /// Wait until every store write of the publish is committed and the
@@ -239,31 +236,32 @@ impl Submitted {
     /// submitted without `durable`.
     pub async fn settled(self) -> Result<PublishOutcome, PublishError> {
         let Submitted { settle, on_accepted } = self;
-        let outcome = match settle {
-            None => PublishOutcome { matched: 1 },
-            Some(settle) => {
-                let reply = settle.await.map_err(|_| PublishError::ShuttingDown)??;
-                if let Some(commit) = reply.commit {
-                    commit.await.map_err(|_| PublishError::ShuttingDown)??;
-                }
-                // Backpressure: acknowledge once the subscribers this publish
-                // congested have room again, so a fast publisher slows to their
-                // pace instead of their queues dropping its messages. The
-                // message is queued either way; the wait is bounded so one
-                // subscriber cannot hold a publisher's acknowledgement for long.
-                if !reply.congested.is_empty() {
-                    let all_room =
-                        futures::future::join_all(reply.congested.iter().map(|o| o.room()));
-                    let _ = tokio::time::timeout(MAX_BACKPRESSURE_WAIT, all_room).await;
-                }
-                reply.outcome
-            }
+        let Some(settle) = settle else {
+            return Ok(accepted(on_accepted, PublishOutcome { matched: 1 }));
         };
-        if let Some(f) = on_accepted {
-            f();
+        let reply = settle.await.map_err(|_| PublishError::ShuttingDown)??;
+        if let Some(commit) = reply.commit {
+            commit.await.map_err(|_| PublishError::ShuttingDown)??;
         }
-        Ok(outcome)
+        // Backpressure: acknowledge once the subscribers this publish
+        // congested have room again, so a fast publisher slows to their pace
+        // instead of their queues dropping its messages. The message is
+        // queued either way; the wait is bounded so one subscriber cannot
+        // hold a publisher's acknowledgement for long.
+        if !reply.congested.is_empty() {
+            let all_room = futures::future::join_all(reply.congested.iter().map(|o| o.room()));
+            let _ = tokio::time::timeout(MAX_BACKPRESSURE_WAIT, all_room).await;
+        }
+        Ok(accepted(on_accepted, reply.outcome))
     }
+}
+
+/// Run the publish's acceptance hook, once it may be acknowledged.
+fn accepted(hook: Option<Box<dyn FnOnce() + Send>>, outcome: PublishOutcome) -> PublishOutcome {
+    if let Some(f) = hook {
+        f();
+    }
+    outcome
 }
 
 /// A cloneable handle on the broker core, usable from any thread or runtime.
@@ -347,13 +345,6 @@ impl BrokerHandle {
     pub async fn publish(&self, msg: Message) -> Result<PublishOutcome, PublishError> {
         self.room().await;
         self.submit(msg, true)?.settled().await
-    }
-
-    /// Route a message without waiting for anything (QoS 0 fast path).
-    /// Waits first while the router is saturated.
-    pub async fn publish_fire(&self, msg: Message) -> Result<(), PublishError> {
-        self.room().await;
-        self.submit(msg, false)?.settled().await.map(drop)
     }
 
     /// Hand a message to the router now, without waiting: publishes

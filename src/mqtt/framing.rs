@@ -116,15 +116,7 @@ mod tests {
     /// A packet of type `first` with `body_len` body bytes.
     fn packet(first: u8, body_len: usize) -> Vec<u8> {
         let mut out = vec![first];
-        let mut n = body_len;
-        loop {
-            let byte = (n % 128) as u8;
-            n /= 128;
-            out.push(if n > 0 { byte | 0x80 } else { byte });
-            if n == 0 {
-                break;
-            }
-        }
+        crate::bench::wire::put_varint(&mut out, body_len);
         out.extend(std::iter::repeat_n(0xaa, body_len));
         out
     }

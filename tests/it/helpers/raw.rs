@@ -20,26 +20,16 @@ use tokio::net::TcpStream;
 
 use super::RECV;
 
-/// MQTT control packet types (the high nibble of the first byte).
-/// A QoS 0 PUBLISH of `payload` to `topic`, encoded by hand (for floods
+/// A 3.1.1 QoS 0 PUBLISH of `payload` to `topic`, as bytes (for floods
 /// written in one go).
 pub fn qos0_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x30];
-    let mut n = 2 + topic.len() + payload.len();
-    loop {
-        let byte = (n % 128) as u8;
-        n /= 128;
-        out.push(if n > 0 { byte | 0x80 } else { byte });
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend((topic.len() as u16).to_be_bytes());
-    out.extend(topic.as_bytes());
-    out.extend(payload);
+    use mapcast::bench::wire::{QoS, Version, encode_publish};
+    let mut out = Vec::new();
+    encode_publish(&mut out, Version::V311, QoS::AtMostOnce, topic.as_bytes(), 0, payload);
     out
 }
 
+/// MQTT control packet types (the high nibble of the first byte).
 pub mod packet_type {
     pub const CONNACK: u8 = 2;
     pub const PUBLISH: u8 = 3;
