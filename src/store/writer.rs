@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ntex::util::{ByteString, Bytes};
 use sqlx::Any;
+use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -28,6 +29,9 @@ const MAX_BATCH_OPS: usize = 4096;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while writes fail, and between probes when idle.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// The writer's own connection goes back to the pool after this long
+/// without writes.
+const KEEP_IDLE_CONNECTION: Duration = Duration::from_secs(1);
 /// Non-durable writes kept for retry while the database is down; older ones
 /// are dropped beyond this (memory stays bounded during long outages).
 const MAX_KEPT_OPS: usize = 64 * 1024;
@@ -214,9 +218,24 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Durati
     let mut batch = Batch::default();
     let mut closed = false;
     let mut pace = CommitPace::new(commit_interval);
+    // The writer keeps its own connection: a SQLite connection drops its
+    // page cache whenever another connection wrote since its last
+    // transaction, so alternating pooled connections read every touched
+    // B-tree page back from disk on each commit.
+    let mut conn = None;
     while batch.stop.is_none() && !closed {
         // Healthy: sleep until work arrives. Down: wake up to retry or probe.
-        let first = if health.is_up() {
+        let first = if health.is_up() && conn.is_some() {
+            match tokio::time::timeout(KEEP_IDLE_CONNECTION, rx.recv()).await {
+                Ok(item) => item,
+                Err(_) => {
+                    // Back to the pool, which checks it before the next use
+                    // (a PostgreSQL restart in a quiet spell fails no batch).
+                    conn = None;
+                    continue;
+                }
+            }
+        } else if health.is_up() {
             rx.recv().await
         } else {
             match tokio::time::timeout(RETRY_INTERVAL, rx.recv()).await {
@@ -242,7 +261,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Durati
             batch.gather_until(&mut rx, at, &pace).await;
         }
         pace.started(batch.commits.len(), Instant::now());
-        let reply = attempt(&store, &health, &batch.ops).await;
+        let reply = attempt(&store, &mut conn, &health, &batch.ops).await;
         let failed = reply.is_err();
         for c in batch.commits.drain(..) {
             let _ = c.send(reply.clone());
@@ -271,10 +290,22 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Durati
 }
 
 /// Commit `ops` in one transaction, bounded in time; records the outcome.
-async fn attempt(store: &Store, health: &WriteHealth, ops: &[Pending]) -> Result<(), StoreError> {
+/// After a failure the connection is given up, so a broken one is replaced.
+async fn attempt(
+    store: &Store,
+    conn: &mut Option<PoolConnection<Any>>,
+    health: &WriteHealth,
+    ops: &[Pending],
+) -> Result<(), StoreError> {
     let started = Instant::now();
     let n = ops.len();
-    let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, commit(store, ops)).await {
+    let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, commit(store, conn, ops)).await;
+    if !matches!(outcome, Ok(Ok(())))
+        && let Some(mut c) = conn.take()
+    {
+        c.close_on_drop();
+    }
+    let result = match outcome {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             let err = write_health::classify(&e);
@@ -337,7 +368,11 @@ fn drop_oldest_beyond_bound(ops: &mut Vec<Pending>) {
     }
 }
 
-async fn commit(store: &Store, ops: &[Pending]) -> Result<(), sqlx::Error> {
+async fn commit(
+    store: &Store,
+    conn: &mut Option<PoolConnection<Any>>,
+    ops: &[Pending],
+) -> Result<(), sqlx::Error> {
     if ops.is_empty() {
         return Ok(());
     }
@@ -352,7 +387,11 @@ async fn commit(store: &Store, ops: &[Pending]) -> Result<(), sqlx::Error> {
             _ => false,
         };
     }
-    let mut tx = store.pool().begin().await?;
+    let conn = match conn {
+        Some(c) => c,
+        None => conn.insert(store.pool().acquire().await?),
+    };
+    let mut tx = sqlx::Connection::begin(&mut **conn).await?;
     let mut delete_seqs: Vec<i64> = Vec::new();
     let mut locations = super::locations::LatestBatch::default();
     let mut history = super::history::HistoryBatch::default();
