@@ -615,6 +615,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_writer_keeps_one_connection_while_writes_come_and_returns_it_when_quiet() {
+        let (_dir, store) = store().await;
+        let (writer, _) = spawn_writer(store.clone(), Duration::from_millis(1));
+        let in_use = |s: &Store| s.pool().size() - s.pool().num_idle() as u32;
+        for name in ["a", "b", "c"] {
+            writer.submit_durable(session(name)).unwrap().await.unwrap().unwrap();
+            assert_eq!(in_use(&store), 1, "the writer holds its connection between commits");
+        }
+        assert_eq!(sessions(&store).await, 3, "readers get another connection");
+
+        tokio::time::sleep(KEEP_IDLE_CONNECTION + Duration::from_millis(300)).await;
+        assert_eq!(in_use(&store), 0, "kept through a quiet spell");
+        writer.submit_durable(session("d")).unwrap().await.unwrap().unwrap();
+        assert_eq!(sessions(&store).await, 4);
+    }
+
+    #[tokio::test]
     async fn stopping_commits_what_waits_for_the_interval_without_waiting_it_out() {
         let (_dir, store) = store().await;
         let (writer, task) = spawn_writer(store.clone(), Duration::from_secs(30));
