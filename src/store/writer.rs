@@ -224,22 +224,21 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Durati
     // B-tree page back from disk on each commit.
     let mut conn = None;
     while batch.stop.is_none() && !closed {
-        // Healthy: sleep until work arrives. Down: wake up to retry or probe.
-        let first = if health.is_up() && conn.is_some() {
-            match tokio::time::timeout(KEEP_IDLE_CONNECTION, rx.recv()).await {
+        // Healthy: sleep until work arrives, holding the connection only
+        // for a while. Down: wake up to retry or probe.
+        let up = health.is_up();
+        let wait =
+            if up { conn.is_some().then_some(KEEP_IDLE_CONNECTION) } else { Some(RETRY_INTERVAL) };
+        let first = match wait {
+            None => rx.recv().await,
+            Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
                 Ok(item) => item,
-                Err(_) => {
+                Err(_) if up => {
                     // Back to the pool, which checks it before the next use
                     // (a PostgreSQL restart in a quiet spell fails no batch).
                     conn = None;
                     continue;
                 }
-            }
-        } else if health.is_up() {
-            rx.recv().await
-        } else {
-            match tokio::time::timeout(RETRY_INTERVAL, rx.recv()).await {
-                Ok(item) => item,
                 Err(_) => {
                     health.open_probe();
                     if batch.ops.is_empty() {
@@ -248,7 +247,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Durati
                     }
                     None
                 }
-            }
+            },
         };
         closed = first.is_none() && rx.is_closed();
         // Take whatever else is already queued: that is the group commit.

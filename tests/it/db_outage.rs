@@ -20,6 +20,8 @@ const TOPIC: &str = "devices/car-1/location";
 /// The first write after the database vanished fails within the writer's
 /// attempt timeout (5 s); later ones are refused at once.
 const FIRST_REFUSAL: Duration = Duration::from_secs(10);
+/// How long the writer holds its connection without writes (1 s), with margin.
+const QUIET_SPELL: Duration = Duration::from_millis(1_500);
 /// How long recovery may take once PostgreSQL is back.
 const RECOVERY: Duration = Duration::from_secs(20);
 
@@ -131,6 +133,30 @@ async fn a_postgres_outage_refuses_durable_publishes_and_recovers_without_a_rest
         outage_duration.as_secs_f64(),
         refused_at.duration_since(outage),
     );
+    drop(server);
+    mark_pg_cluster_ran().await;
+}
+
+/// The batching writer keeps one connection while writes come; one that
+/// PostgreSQL dropped while nothing was written must not cost the next
+/// durable publish a refusal.
+#[tokio::test]
+async fn a_postgres_restart_in_a_quiet_spell_refuses_no_publish() {
+    let Some(pg) = PgCluster::start_if_configured("db_quiet_restart").await else { return };
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data_dir.path(), &["--database-url", &pg.url()]).await;
+    let api = Api::new(server.http_addr);
+    let (mut car, _) = RawConn::connect_v5(server.mqtt_addr, "car-1", true, None).await;
+    assert!(v5_qos1(&mut car, 1, 1.0, FIRST_REFUSAL).await < 0x80, "stored before the restart");
+
+    tokio::time::sleep(QUIET_SPELL).await;
+    pg.stop_immediate().await;
+    pg.start().await;
+
+    assert!(v5_qos1(&mut car, 2, 2.0, FIRST_REFUSAL).await < 0x80, "refused after the restart");
+    let page =
+        expect_json(api.get(&format!("/api/v1/history/{TOPIC}"), None).await, StatusCode::OK).await;
+    assert_eq!(lons(&page), [2.0, 1.0]);
     drop(server);
     mark_pg_cluster_ran().await;
 }
