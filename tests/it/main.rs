@@ -45,6 +45,7 @@ mod storms;
 mod sys;
 mod tls;
 mod topics;
+mod trust;
 mod v5_features;
 mod websocket;
 mod will;

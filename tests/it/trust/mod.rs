@@ -1,0 +1,2 @@
+//! Attacks a stranger on the internet can try, each run from outside against
+//! the real server: one module per attack.
