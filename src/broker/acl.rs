@@ -3,7 +3,7 @@
 //! devices), so the same answer holds over MQTT and REST.
 //!
 //! Built-in rules:
-//! - nobody publishes to `$`-topics;
+//! - nobody publishes to `$SYS/#` or `map/#`: the server writes those;
 //! - an admin may do everything else, and read `$SYS/#`;
 //! - a device publishes and subscribes under `devices/{its id}/#` and
 //!   subscribes to `map/#`;
@@ -12,7 +12,8 @@
 //! - an anonymous client (only when anonymous access is allowed) may do
 //!   everything (`all`) or only read `map/#` (`read_map`).
 //!
-//! Extra rules from the config (`[[auth.acl]]`) grant more, never less.
+//! Extra rules from the config (`[[auth.acl]]`) grant more, never less, and
+//! never a write to a server-owned topic.
 //!
 //! A subscription is granted only when *every* topic its filter can match is
 //! readable: `devices/#` is refused to a user even though some of the topics
@@ -27,8 +28,7 @@ use crate::domain::{TopicError, TopicFilter, TopicLimits, TopicName, filter_matc
 
 /// The first topic level of device topics: `devices/{device id}/...`.
 pub const DEVICES_ROOT: &str = "devices";
-/// The first topic level of the map: `map/snapshot`, `map/version`, ...
-pub const MAP_ROOT: &str = "map";
+pub use crate::domain::MAP_ROOT;
 
 /// What an anonymous client may do (`auth.anonymous_acl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -110,7 +110,7 @@ impl AclPolicy {
     }
 
     pub fn can_publish(&self, who: &Identity, topic: &TopicName) -> bool {
-        if topic.is_broker_reserved() {
+        if topic.is_server_owned() {
             return false;
         }
         let t = topic.as_str();
@@ -240,7 +240,9 @@ mod tests {
             ("user to a foreign device", alice(), "devices/car2/cmd", false),
             ("user to the map", alice(), "map/snapshot", false),
             ("admin anywhere", admin(), "devices/car2/cmd", true),
-            ("admin to the map", admin(), "map/snapshot", true),
+            ("admin to the map", admin(), "map/snapshot", false),
+            ("admin to the map's root", admin(), "map", false),
+            ("admin next to the map", admin(), "maps/x", true),
             ("admin to $SYS", admin(), "$SYS/broker/uptime", false),
             ("device to $SYS", car1(), "$SYS/x", false),
             ("anonymous (all) anywhere", Identity::anonymous(), "a/b", true),
@@ -251,6 +253,7 @@ mod tests {
         }
         let read_map = policy(AnonymousAcl::ReadMap);
         assert!(!read_map.can_publish(&Identity::anonymous(), &topic("map/snapshot")));
+        assert!(!p.can_publish(&Identity::anonymous(), &topic("map/snapshot")));
     }
 
     #[test]
@@ -301,6 +304,7 @@ mod tests {
             AclRule { role: Role::User, action: AclAction::Both, filter: "public/#".into() },
             AclRule { role: Role::Device, action: AclAction::Subscribe, filter: "fleet/+".into() },
             AclRule { role: Role::Anonymous, action: AclAction::Publish, filter: "inbox".into() },
+            AclRule { role: Role::User, action: AclAction::Publish, filter: "map/#".into() },
         ];
         let p = AclPolicy::new(AnonymousAcl::ReadMap, &rules).unwrap();
         assert!(p.can_publish(&alice(), &topic("public/chat")));
@@ -312,6 +316,7 @@ mod tests {
         assert!(!p.can_publish(&car1(), &topic("fleet/news")), "subscribe-only rule");
         assert!(p.can_publish(&Identity::anonymous(), &topic("inbox")));
         assert!(!p.can_publish(&alice(), &topic("$SYS/x")), "rules never open $-topics to publish");
+        assert!(!p.can_publish(&alice(), &topic("map/snapshot")), "nor the map");
     }
 
     #[test]

@@ -251,9 +251,9 @@ impl Authenticator for ConfigAuthenticator {
     }
 
     fn can_publish(&self, _who: &Identity, _client_id: &ClientId, topic: &TopicName) -> bool {
-        // `$SYS` belongs to the broker; other `$` topics are the clients' (as
-        // in Mosquitto), only never matched by wildcards.
-        !topic.is_broker_reserved()
+        // `$SYS` and the map belong to the server; other `$` topics are the
+        // clients' (as in Mosquitto), only never matched by wildcards.
+        !topic.is_server_owned()
     }
 
     fn can_subscribe(&self, _who: &Identity, _client_id: &ClientId, _filter: &TopicFilter) -> bool {

@@ -15,4 +15,6 @@ pub use cluster::{MAX_ZOOM, cluster};
 pub use device_id::{DeviceId, DeviceIdError};
 pub use location::{Location, LocationError};
 pub use map::{Bbox, BboxError, MapDiff, MapPositions, MapSnapshot, Position};
-pub use topic::{SharedFilter, TopicError, TopicFilter, TopicLimits, TopicName, filter_matches};
+pub use topic::{
+    MAP_ROOT, SharedFilter, TopicError, TopicFilter, TopicLimits, TopicName, filter_matches,
+};

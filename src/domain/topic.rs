@@ -82,8 +82,23 @@ impl TopicName {
     /// `$SYS` topics are published by the broker alone; clients may not.
     /// (Every `$` topic escapes first-level wildcards [MQTT-4.7.2-1].)
     pub fn is_broker_reserved(&self) -> bool {
-        self.0 == "$SYS" || self.0.starts_with("$SYS/")
+        in_tree(&self.0, "$SYS")
     }
+
+    /// Topics only the server writes: `$SYS/#` and the map (`map/#`), which
+    /// phones read as the truth. No client publishes, retains or leaves a
+    /// will there, admins included.
+    pub fn is_server_owned(&self) -> bool {
+        self.is_broker_reserved() || in_tree(&self.0, MAP_ROOT)
+    }
+}
+
+/// The first level of the map's topics (`map/snapshot`, `map/version`, ...).
+pub const MAP_ROOT: &str = "map";
+
+/// Is `topic` `root` itself or below it?
+fn in_tree(topic: &str, root: &str) -> bool {
+    topic.strip_prefix(root).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl fmt::Display for TopicName {
@@ -259,6 +274,16 @@ mod tests {
         assert!(name("$SYS").unwrap().is_broker_reserved());
         assert!(!name("$SYSTEM/x").unwrap().is_broker_reserved());
         assert!(!name("$TopicA/B").unwrap().is_broker_reserved());
+    }
+
+    #[test]
+    fn the_map_and_sys_are_server_owned() {
+        for owned in ["map", "map/snapshot", "map/snapshot.gz", "map/x/y", "$SYS", "$SYS/a"] {
+            assert!(name(owned).unwrap().is_server_owned(), "{owned}");
+        }
+        for free in ["maps", "mapx/snapshot", "devices/map/x", "a/map", "$SYSTEM"] {
+            assert!(!name(free).unwrap().is_server_owned(), "{free}");
+        }
     }
 
     #[test]

@@ -1,2 +1,3 @@
 //! Attacks a stranger on the internet can try, each run from outside against
 //! the real server: one module per attack.
+mod reserved_topics;
