@@ -40,6 +40,8 @@ pub struct Settings {
     pub map: MapSettings,
     /// Stored history of selected topics, and how long it is kept.
     pub history: HistorySettings,
+    /// Which position timestamps are believed.
+    pub locations: LocationSettings,
     /// Metrics, Elasticsearch shipping and its spool.
     pub telemetry: TelemetrySettings,
     /// Switches for verifying the crash reporter; all off by default.
@@ -60,6 +62,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             map: MapSettings::default(),
             history: HistorySettings::default(),
+            locations: LocationSettings::default(),
             telemetry: TelemetrySettings::default(),
             debug: DebugSettings::default(),
             flags: FlagSettings::default(),
@@ -467,6 +470,26 @@ impl Default for HistorySettings {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocationSettings {
+    /// A position whose `properties.ts` is more than this many seconds ahead
+    /// of the server clock is refused (a device with a wrong clock would
+    /// otherwise pin its place on the map). Default 300.
+    pub max_future_skew_secs: u64,
+    /// A position whose `properties.ts` is more than this many seconds
+    /// older than the server clock is refused (`0` and other unset clocks
+    /// read as 1970). Phones that queue fixes while offline need a margin.
+    /// 0 turns the bound off. Default 2592000 (30 days).
+    pub max_age_secs: u64,
+}
+
+impl Default for LocationSettings {
+    fn default() -> Self {
+        Self { max_future_skew_secs: 300, max_age_secs: 30 * 24 * 3600 }
+    }
+}
+
 /// The command-line layer: each `Some` wins over every other source.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -578,6 +601,12 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_MAP_TTL_SECS", "map.ttl_secs", |s, v| set(&mut s.map.ttl_secs, v)),
     var("MAPCAST_HISTORY_RETENTION_DAYS", "history.retention_days", |s, v| {
         set(&mut s.history.retention_days, v)
+    }),
+    var("MAPCAST_LOCATIONS_MAX_FUTURE_SKEW_SECS", "locations.max_future_skew_secs", |s, v| {
+        set(&mut s.locations.max_future_skew_secs, v)
+    }),
+    var("MAPCAST_LOCATIONS_MAX_AGE_SECS", "locations.max_age_secs", |s, v| {
+        set(&mut s.locations.max_age_secs, v)
     }),
     var("MAPCAST_METRICS_INTERVAL_SECS", "telemetry.metrics_interval_secs", |s, v| {
         set(&mut s.telemetry.metrics_interval_secs, v)

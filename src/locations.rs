@@ -3,7 +3,8 @@
 //!
 //! - validates `devices/{id}/location` payloads ([`Location::parse`]) and
 //!   refuses invalid ones (MQTT v5 PUBACK 0x99, REST 400/422), so they are
-//!   neither routed nor stored;
+//!   neither routed nor stored; so is a fix whose `ts` is too far ahead of
+//!   the server clock or implausibly old (`[locations]`);
 //! - adds the device's latest position and the history rows to the
 //!   publish's own store batch (a QoS≥1 acknowledgement covers them);
 //! - once the publish is accepted, hands the position to the map updater
@@ -16,8 +17,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::broker::{Inspection, Message, PublishError, PublishHook};
+use crate::config::LocationSettings;
 use crate::domain::time::millis;
-use crate::domain::{DeviceId, Location, Position, TopicFilter, TopicLimits, TopicName};
+use crate::domain::{
+    DeviceId, Location, LocationError, Position, TopicFilter, TopicLimits, TopicName,
+};
 use crate::store::WriteOp;
 
 /// The topic filters with history enabled (`history.topics`).
@@ -70,11 +74,25 @@ impl PositionFeed {
 pub struct LocationHook {
     history: HistoryTopics,
     feed: Arc<PositionFeed>,
+    clock: LocationSettings,
 }
 
 impl LocationHook {
-    pub fn new(history: HistoryTopics, feed: Arc<PositionFeed>) -> Self {
-        Self { history, feed }
+    pub fn new(history: HistoryTopics, feed: Arc<PositionFeed>, clock: LocationSettings) -> Self {
+        Self { history, feed, clock }
+    }
+
+    /// Is a fix taken at `ts_ms` believable when it arrives at `received_ms`?
+    fn check_clock(&self, ts_ms: i64, received_ms: i64) -> Result<(), LocationError> {
+        let secs = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if ts_ms > received_ms.saturating_add(secs(self.clock.max_future_skew_secs)) {
+            return Err(LocationError::TsInFuture);
+        }
+        let max_age = self.clock.max_age_secs;
+        if max_age > 0 && ts_ms < received_ms.saturating_sub(secs(max_age)) {
+            return Err(LocationError::TsTooOld);
+        }
+        Ok(())
     }
 }
 
@@ -90,7 +108,10 @@ impl PublishHook for LocationHook {
         }
         if let Some(device) = DeviceId::from_location_topic(&msg.topic) {
             let location = Location::parse(&msg.payload).map_err(PublishError::InvalidPayload)?;
-            let position = Position { location, received_at_ms: millis(msg.received_at) };
+            let received_at_ms = millis(msg.received_at);
+            self.check_clock(location.ts_ms, received_at_ms)
+                .map_err(PublishError::InvalidPayload)?;
+            let position = Position { location, received_at_ms };
             inspection.ops.push(WriteOp::UpsertLocation {
                 device_id: device.clone(),
                 position: position.clone(),
@@ -116,15 +137,27 @@ mod tests {
 
     use super::*;
     use crate::broker::QoS;
-    use crate::domain::LocationError;
 
-    const GOOD: &str = r#"{"type":"Feature","geometry":{"type":"Point","coordinates":[1,2]},"properties":{"ts":5}}"#;
+    /// A fix stamped `ts`, received at [`RECEIVED`].
+    fn fix(ts: i64) -> Message {
+        let mut m = msg(
+            "devices/car-1/location",
+            &format!(
+                r#"{{"type":"Feature","geometry":{{"type":"Point","coordinates":[1,2]}},"properties":{{"ts":{ts}}}}}"#
+            ),
+            false,
+        );
+        m.received_at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(RECEIVED);
+        m
+    }
+    const RECEIVED: u64 = 1_800_000_000_000;
+    const GOOD_TS: i64 = RECEIVED as i64 - 5;
 
     fn hook(history: &[&str]) -> (LocationHook, Arc<PositionFeed>) {
         let feed = Arc::new(PositionFeed::default());
         let topics: Vec<String> = history.iter().map(|s| s.to_string()).collect();
         let history = HistoryTopics::parse(&topics, TopicLimits::default()).unwrap();
-        (LocationHook::new(history, feed.clone()), feed)
+        (LocationHook::new(history, feed.clone(), LocationSettings::default()), feed)
     }
 
     fn msg(topic: &str, payload: &str, retain: bool) -> Message {
@@ -133,16 +166,40 @@ mod tests {
     }
 
     #[test]
+    fn fixes_from_a_wrong_clock_are_refused() {
+        let (hook, feed) = hook(&[]);
+        let skew = 300_000;
+        let age = 30 * 24 * 3600 * 1000;
+        let received = RECEIVED as i64;
+        let cases = [
+            (received + skew, None),
+            (received + skew + 1, Some(LocationError::TsInFuture)),
+            (received - age, None),
+            (received - age - 1, Some(LocationError::TsTooOld)),
+            (0, Some(LocationError::TsTooOld)),
+        ];
+        for (ts, refused) in cases {
+            let got = hook.inspect(&fix(ts)).err();
+            let got = got.map(|e| match e {
+                PublishError::InvalidPayload(l) => l,
+                other => panic!("{other}"),
+            });
+            assert_eq!(got, refused, "ts {ts}");
+        }
+        assert!(feed.take().is_empty());
+    }
+
+    #[test]
     fn a_valid_location_is_stored_and_fed_to_the_map_once_accepted() {
         let (hook, feed) = hook(&["devices/+/location"]);
-        let inspection = hook.inspect(&msg("devices/car-1/location", GOOD, false)).unwrap();
+        let inspection = hook.inspect(&fix(GOOD_TS)).unwrap();
         assert!(matches!(inspection.ops[0], WriteOp::UpsertLocation { .. }));
         assert!(matches!(inspection.ops[1], WriteOp::AppendHistory { .. }));
         assert!(feed.take().is_empty(), "nothing is fed before the broker accepts it");
         (inspection.on_accepted.unwrap())();
         let fed = feed.take();
         assert_eq!(fed.len(), 1);
-        assert_eq!(fed.values().next().unwrap().location.ts_ms, 5);
+        assert_eq!(fed.values().next().unwrap().location.ts_ms, GOOD_TS);
     }
 
     #[test]
@@ -170,7 +227,7 @@ mod tests {
         let feed = PositionFeed::default();
         let id = DeviceId::parse("d").unwrap();
         let at = |ts| {
-            Position { location: Location::parse(format!(r#"{{"type":"Feature","geometry":{{"type":"Point","coordinates":[1,2]}},"properties":{{"ts":{ts}}}}}"#).as_bytes()).unwrap(), received_at_ms: 0 }
+            Position { location: Location::parse(format!(r#"{{"type":"Feature","geometry":{{"type":"Point","coordinates":[1,2]}},"properties":{{"ts":{ts}}}}}"#).as_bytes()).unwrap(), received_at_ms: 20 }
         };
         feed.record(id.clone(), at(10));
         feed.record(id.clone(), at(5));

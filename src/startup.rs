@@ -98,7 +98,8 @@ impl Application {
         let history_topics =
             HistoryTopics::parse(&settings.history.topics, settings.broker.limits.topic_limits())?;
         let feed = Arc::new(PositionFeed::default());
-        let hook = Arc::new(LocationHook::new(history_topics.clone(), feed.clone()));
+        let hook =
+            Arc::new(LocationHook::new(history_topics.clone(), feed.clone(), settings.locations));
         let (broker, router_task) = broker::spawn_router(
             settings.broker.limits.clone(),
             auth,

@@ -36,6 +36,8 @@ pub enum LocationError {
     BadBattery,
     BadKind,
     Malformed,
+    TsInFuture,
+    TsTooOld,
 }
 
 impl std::fmt::Display for LocationError {
@@ -68,6 +70,8 @@ impl LocationError {
             BadBattery => "properties.battery must be a number in [0, 100]",
             BadKind => "properties.kind must be \"car\" or \"phone\"",
             Malformed => "malformed GeoJSON Feature",
+            TsInFuture => "properties.ts is too far ahead of the server clock",
+            TsTooOld => "properties.ts is older than the server accepts",
         }
     }
 }

@@ -29,7 +29,14 @@ impl Position {
     /// Whether `self` should replace `older` as the latest position: a later
     /// fix (`ts`) wins; for the same fix, the later arrival.
     pub fn supersedes(&self, older: &Position) -> bool {
-        (self.location.ts_ms, self.received_at_ms) >= (older.location.ts_ms, older.received_at_ms)
+        self.order_key() >= older.order_key()
+    }
+
+    /// A fix counts as taken no later than it arrived: a device whose clock
+    /// runs ahead cannot hold its place on the map against its own later
+    /// (correctly stamped) fixes. The store's upsert orders rows the same way.
+    fn order_key(&self) -> (i64, i64) {
+        (self.location.ts_ms.min(self.received_at_ms), self.received_at_ms)
     }
 }
 
@@ -621,5 +628,14 @@ mod tests {
         let late = pos(1.0, 1.0, 2_000);
         assert!(late.supersedes(&early));
         assert!(!early.supersedes(&late));
+    }
+
+    #[test]
+    fn a_fix_stamped_ahead_of_its_arrival_counts_as_taken_on_arrival() {
+        let mut ahead = pos(0.0, 0.0, 1_000_000);
+        ahead.received_at_ms = 1_000;
+        let next = pos(1.0, 1.0, 2_000);
+        assert!(next.supersedes(&ahead), "the clock that ran ahead pinned the position");
+        assert!(!ahead.supersedes(&next));
     }
 }

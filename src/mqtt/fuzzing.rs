@@ -230,7 +230,7 @@ impl<'a> Steps<'a> {
                 .expect("a valid filter");
         Self {
             limits,
-            hook: LocationHook::new(history, Arc::new(PositionFeed::default())),
+            hook: LocationHook::new(history, Arc::new(PositionFeed::default()), Default::default()),
             client_id: ClientId::from("fuzz"),
         }
     }

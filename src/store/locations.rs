@@ -29,7 +29,8 @@ impl LatestBatch {
         }
     }
 
-    /// Upsert every row; the database keeps whichever fix is newer.
+    /// Upsert every row; the database keeps whichever fix is newer, in
+    /// [`Position::supersedes`]'s order.
     pub(crate) async fn execute(
         self,
         tx: &mut sqlx::Transaction<'_, Any>,
@@ -44,9 +45,11 @@ impl LatestBatch {
                  lat = excluded.lat, alt = excluded.alt, ts = excluded.ts, speed = excluded.speed, \
                  heading = excluded.heading, accuracy = excluded.accuracy, \
                  battery = excluded.battery, kind = excluded.kind, received_at = excluded.received_at \
-                 WHERE excluded.ts > locations_latest.ts OR (excluded.ts = locations_latest.ts \
+                 WHERE {new} > {old} OR ({new} = {old} \
                  AND excluded.received_at >= locations_latest.received_at)",
-                backend.value_rows(chunk.len(), COLUMNS)
+                backend.value_rows(chunk.len(), COLUMNS),
+                new = taken_at("excluded"),
+                old = taken_at("locations_latest"),
             );
             let mut q = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
             for (device, p) in chunk {
@@ -109,6 +112,13 @@ impl Store {
     }
 }
 
+/// `ts` capped at `received_at` (portable SQL: no `LEAST`/`MIN` of two).
+fn taken_at(table: &str) -> String {
+    format!(
+        "(CASE WHEN {table}.ts < {table}.received_at THEN {table}.ts ELSE {table}.received_at END)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,17 +151,38 @@ mod tests {
 
         // One batch with two fixes, then a late, older fix in its own batch.
         writer
-            .submit_durable(vec![put(at(1.0, 100, 5)), put(at(2.0, 200, 6))])
+            .submit_durable(vec![put(at(1.0, 100, 1005)), put(at(2.0, 200, 1006))])
             .unwrap()
             .await
             .unwrap()
             .unwrap();
-        writer.submit_durable(vec![put(at(3.0, 150, 7))]).unwrap().await.unwrap().unwrap();
+        writer.submit_durable(vec![put(at(3.0, 150, 1007))]).unwrap().await.unwrap().unwrap();
 
         let loaded = store.load_latest_positions(0).await.unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].0, id);
-        assert_eq!(loaded[0].1, at(2.0, 200, 6));
-        assert!(store.load_latest_positions(7).await.unwrap().is_empty(), "seen before the cutoff");
+        assert_eq!(loaded[0].1, at(2.0, 200, 1006));
+        assert!(
+            store.load_latest_positions(1007).await.unwrap().is_empty(),
+            "seen before the cutoff"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fix_stamped_ahead_of_its_arrival_loses_to_a_later_arrival() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::connect(&format!("sqlite://{}/t.db", dir.path().display()), 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let (writer, _) = spawn_writer(store.clone(), std::time::Duration::ZERO);
+        let id = DeviceId::parse("p1").unwrap();
+        let put = |p: Position| WriteOp::UpsertLocation { device_id: id.clone(), position: p };
+
+        // Stamped four minutes ahead, then a correct fix a second later.
+        writer.submit_durable(vec![put(at(1.0, 241_000, 1_000))]).unwrap().await.unwrap().unwrap();
+        writer.submit_durable(vec![put(at(2.0, 2_000, 2_000))]).unwrap().await.unwrap().unwrap();
+
+        let loaded = store.load_latest_positions(0).await.unwrap();
+        assert_eq!(loaded[0].1, at(2.0, 2_000, 2_000));
     }
 }

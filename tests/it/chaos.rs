@@ -485,7 +485,7 @@ fn location(seq: u32) -> String {
     serde_json::json!({
         "type": "Feature",
         "geometry": {"type": "Point", "coordinates": [seq as f64 % 180.0, 10.0]},
-        "properties": {"ts": 1_700_000_000_000i64 + seq as i64, "seq": seq}
+        "properties": {"ts": crate::helpers::an_hour_ago_ms() + seq as i64, "seq": seq}
     })
     .to_string()
 }

@@ -12,8 +12,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use serde_json::Value;
 
 use crate::helpers::{
-    Api, PgCluster, RawConn, ServerProcess, V5Options, expect_json, expect_problem, location_at,
-    mark_pg_cluster_ran, packet_type::PUBACK, text,
+    Api, PgCluster, RawConn, ServerProcess, V5Options, an_hour_ago_ms, expect_json, expect_problem,
+    location_at, mark_pg_cluster_ran, packet_type::PUBACK, text,
 };
 
 const TOPIC: &str = "devices/car-1/location";
@@ -30,7 +30,7 @@ async fn readyz(api: &Api) -> StatusCode {
 }
 
 async fn publish_location(api: &Api, topic: &str, lon: f64) -> reqwest::Response {
-    let body = location_at(lon, 0.0, 1_000 + lon as i64);
+    let body = location_at(lon, 0.0, an_hour_ago_ms() + lon as i64);
     api.send(
         Method::POST,
         &format!("/api/v1/topics/{topic}"),
@@ -48,7 +48,7 @@ fn lons(page: &Value) -> Vec<f64> {
 /// A v5 QoS 1 publish of a location with `lon`; returns the PUBACK reason
 /// (success is 0x00, or 0x10 with nobody subscribed).
 async fn v5_qos1(conn: &mut RawConn, pkid: u16, lon: f64, timeout: Duration) -> u8 {
-    let payload = location_at(lon, 0.0, 1_000 + lon as i64);
+    let payload = location_at(lon, 0.0, an_hour_ago_ms() + lon as i64);
     conn.publish_v5(TOPIC, QoS::AtLeastOnce, pkid, false, false, payload.as_bytes(), None).await;
     let ack = conn.try_recv_type(PUBACK, timeout).await.expect("a PUBACK");
     assert_eq!(ack.pkid(), pkid);

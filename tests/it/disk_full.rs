@@ -86,7 +86,7 @@ fn bulky_location(i: u16) -> Vec<u8> {
     serde_json::json!({
         "type": "Feature",
         "geometry": {"type": "Point", "coordinates": [i as f64 / 100.0, 1.0]},
-        "properties": {"ts": 1_000 + i as i64, "note": "x".repeat(3_000)}
+        "properties": {"ts": crate::helpers::an_hour_ago_ms() + i as i64, "note": "x".repeat(3_000)}
     })
     .to_string()
     .into_bytes()

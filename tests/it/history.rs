@@ -4,7 +4,9 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, expect_json, expect_problem, location_at, spawn_app_with};
+use crate::helpers::{
+    TestApp, an_hour_ago_ms, expect_json, expect_problem, location_at, spawn_app_with,
+};
 
 const TOPIC: &str = "devices/car-7/location";
 
@@ -30,7 +32,7 @@ async fn five_positions(app: &TestApp) {
                 Method::POST,
                 TOPIC,
                 "",
-                Some(("application/geo+json", location_at(i as f64, 0.0, 1_000 + i))),
+                Some(("application/geo+json", location_at(i as f64, 0.0, an_hour_ago_ms() + i))),
             )
             .await;
         assert_eq!(resp.status(), 202);

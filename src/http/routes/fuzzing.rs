@@ -71,7 +71,7 @@ fn location_publish(body: &[u8]) -> Result<(), ApiError> {
     let limits = TopicLimits::default();
     let topic = TopicName::parse("devices/fuzz/location", limits).expect("a valid topic");
     let history = HistoryTopics::parse(&[], limits).expect("no filters");
-    let hook = LocationHook::new(history, Default::default());
+    let hook = LocationHook::new(history, Default::default(), Default::default());
     let msg = Message::new(topic, Bytes::copy_from_slice(body), QoS::AtLeastOnce, false);
     hook.inspect(&msg).map_err(ApiError::from)?;
     let (value, binary) = payload_json(body);

@@ -12,6 +12,16 @@ use super::{RECV, TestApp};
 /// How long a test waits for the map updater (1 s interval in tests).
 pub const MAP_WAIT: Duration = Duration::from_secs(8);
 
+/// A fixed `properties.ts` an hour before this test process started: tests
+/// that order fixes by `ts` add small offsets to it, and every such fix is
+/// recent enough for the server to believe it.
+pub fn an_hour_ago_ms() -> i64 {
+    static BASE: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64 - 3_600_000
+    });
+    *BASE
+}
+
 /// A valid location payload fixed now.
 pub fn location(lon: f64, lat: f64) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
