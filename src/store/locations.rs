@@ -139,13 +139,18 @@ mod tests {
         Position { location, received_at_ms }
     }
 
-    #[tokio::test]
-    async fn the_newest_fix_wins_whatever_the_order_it_arrives_in() {
+    async fn fresh_store() -> (tempfile::TempDir, Store, crate::store::StoreWriter) {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Store::connect(&format!("sqlite://{}/t.db", dir.path().display()), 2).await.unwrap();
         store.migrate().await.unwrap();
         let (writer, _) = spawn_writer(store.clone(), std::time::Duration::ZERO);
+        (dir, store, writer)
+    }
+
+    #[tokio::test]
+    async fn the_newest_fix_wins_whatever_the_order_it_arrives_in() {
+        let (_dir, store, writer) = fresh_store().await;
         let id = DeviceId::parse("p1").unwrap();
         let put = |p: Position| WriteOp::UpsertLocation { device_id: id.clone(), position: p };
 
@@ -170,11 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fix_stamped_ahead_of_its_arrival_loses_to_a_later_arrival() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::connect(&format!("sqlite://{}/t.db", dir.path().display()), 2).await.unwrap();
-        store.migrate().await.unwrap();
-        let (writer, _) = spawn_writer(store.clone(), std::time::Duration::ZERO);
+        let (_dir, store, writer) = fresh_store().await;
         let id = DeviceId::parse("p1").unwrap();
         let put = |p: Position| WriteOp::UpsertLocation { device_id: id.clone(), position: p };
 
