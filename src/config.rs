@@ -196,8 +196,10 @@ pub struct AuthSettings {
     /// seconds. Default 86400 (24 h).
     pub token_ttl_secs: u64,
     /// Whether anyone may create an account with `POST /api/v1/users`; when
-    /// off only admins can. Default true.
-    pub self_registration: bool,
+    /// off only admins can. Default: on only when every listener is bound to
+    /// a loopback address (like anonymous access): off loopback a stranger
+    /// who signs up would read the whole map.
+    pub self_registration: Option<bool>,
     /// Extra ACL rules, each `{ role, action, filter }`: `role` (`admin`,
     /// `user`, `device`, `anonymous`) may `action` (`publish`, `subscribe`,
     /// `both`) on topics matching `filter`. Default: none.
@@ -213,7 +215,7 @@ impl Default for AuthSettings {
             anonymous_acl: None,
             users: Vec::new(),
             token_ttl_secs: 24 * 3600,
-            self_registration: true,
+            self_registration: None,
             acl: Vec::new(),
             lockout: LockoutSettings::default(),
         }
@@ -594,7 +596,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     }),
     var("MAPCAST_TOKEN_TTL_SECS", "auth.token_ttl_secs", |s, v| set(&mut s.auth.token_ttl_secs, v)),
     var("MAPCAST_SELF_REGISTRATION", "auth.self_registration", |s, v| {
-        set(&mut s.auth.self_registration, v)
+        set_some(&mut s.auth.self_registration, v)
     }),
     var("MAPCAST_LOG_FORMAT", "log.format", |s, v| set(&mut s.log.format, v)),
     var("MAPCAST_MAP_INTERVAL_SECS", "map.interval_secs", |s, v| set(&mut s.map.interval_secs, v)),
@@ -835,6 +837,14 @@ impl Settings {
             .unwrap_or_else(|| self.listen_addrs().all(|a| a.ip().is_loopback()))
     }
 
+    /// `auth.self_registration`, or — when unset — whether every listener is
+    /// bound to loopback only.
+    pub fn effective_self_registration(&self) -> bool {
+        self.auth
+            .self_registration
+            .unwrap_or_else(|| self.listen_addrs().all(|a| a.ip().is_loopback()))
+    }
+
     /// `auth.anonymous_acl`, or — when unset — `all` while every listener is
     /// on loopback (local, Mosquitto-style use) and `read_map` otherwise.
     pub fn effective_anonymous_acl(&self) -> AnonymousAcl {
@@ -1037,7 +1047,7 @@ mod tests {
         );
         let s = Settings::load(Some(file.path()), &Env::default(), Overrides::default()).unwrap();
         assert_eq!(s.auth.token_ttl_secs, 60);
-        assert!(!s.auth.self_registration);
+        assert!(!s.effective_self_registration());
         assert_eq!(s.effective_anonymous_acl(), AnonymousAcl::ReadMap);
         assert_eq!(s.auth.acl[0].action, crate::broker::acl::AclAction::Both);
 
@@ -1056,11 +1066,12 @@ mod tests {
     fn anonymous_clients_read_only_the_map_by_default_off_loopback() {
         let s = Settings::load(None, &Env::default(), Overrides::default()).unwrap();
         assert_eq!(s.effective_anonymous_acl(), AnonymousAcl::All);
-        assert!(s.auth.self_registration);
+        assert!(s.effective_self_registration());
         assert_eq!(s.auth.token_ttl_secs, 24 * 3600);
         let public = Overrides { http_listen: Some(addr("0.0.0.0:8080")), ..Default::default() };
         let s = Settings::load(None, &Env::default(), public).unwrap();
         assert_eq!(s.effective_anonymous_acl(), AnonymousAcl::ReadMap);
+        assert!(!s.effective_self_registration(), "strangers would sign up and read the map");
     }
 
     #[test]

@@ -142,7 +142,7 @@ where
             store.clone(),
             IdentitySettings {
                 token_ttl: Duration::from_secs(settings.auth.token_ttl_secs),
-                self_registration: settings.auth.self_registration,
+                self_registration: settings.effective_self_registration(),
                 allow_anonymous: settings.effective_allow_anonymous(),
                 lockout: settings.auth.lockout.clone(),
             },

@@ -424,7 +424,7 @@ async fn admin_only_endpoints_are_403_for_users_and_work_for_admins() {
 async fn self_registration_can_be_switched_off() {
     let dir = tempfile::tempdir().unwrap();
     add_admin(dir.path(), "root", PASSWORD).await;
-    let app = spawn_app_in(dir.path(), |s| s.auth.self_registration = false).await;
+    let app = spawn_app_in(dir.path(), |s| s.auth.self_registration = Some(false)).await;
     let api = app.api();
     let root = api.login("root", PASSWORD).await;
     let body = json!({"username": "ann", "password": PASSWORD});
