@@ -109,6 +109,9 @@ pub struct Identity {
     pub device_id: Option<String>,
     /// Ids of the devices this user owns, whose topics it may read and write.
     pub owned_devices: Vec<String>,
+    /// The digest of the bearer token this identity signed in with, if it
+    /// did: revoking that token closes what it opened.
+    pub token: Option<Arc<str>>,
 }
 
 impl Identity {
@@ -119,6 +122,7 @@ impl Identity {
             user_id: None,
             device_id: None,
             owned_devices: Vec::new(),
+            token: None,
         }
     }
 
@@ -130,6 +134,7 @@ impl Identity {
             user_id: Some(user_id),
             device_id: None,
             owned_devices,
+            token: None,
         }
     }
 
@@ -141,6 +146,7 @@ impl Identity {
             user_id: None,
             device_id: Some(device_id),
             owned_devices: Vec::new(),
+            token: None,
         }
     }
 
@@ -153,6 +159,7 @@ impl Identity {
             role,
             user_id: None,
             owned_devices: Vec::new(),
+            token: None,
         }
     }
 
@@ -167,6 +174,47 @@ impl Identity {
     /// Whether `device_id` is one of this user's devices.
     pub fn owns_device(&self, device_id: &str) -> bool {
         self.owned_devices.iter().any(|d| d == device_id)
+    }
+}
+
+/// Who owns a session: the identity behind the CONNECT that opened it. Two
+/// connections are the same principal when they signed in as the same stored
+/// user, the same device, or the same config user; every anonymous client is
+/// one principal (anonymous sessions protect nothing from each other).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal(Arc<str>);
+
+impl Principal {
+    /// As stored with a persistent session.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Read back from the store.
+    pub fn from_stored(s: &str) -> Self {
+        Self(s.into())
+    }
+
+    /// What kind of principal this is (`user`, `device`, `config` or
+    /// `anonymous`), for logs: never the id itself.
+    pub fn kind(&self) -> &str {
+        self.0.split_once(':').map_or(&*self.0, |(kind, _)| kind)
+    }
+}
+
+impl Identity {
+    /// The principal this identity acts as.
+    pub fn principal(&self) -> Principal {
+        let s = if let Some(id) = &self.user_id {
+            format!("user:{id}")
+        } else if let Some(id) = &self.device_id {
+            format!("device:{id}")
+        } else if let Some(name) = &self.username {
+            format!("config:{name}")
+        } else {
+            "anonymous".to_owned()
+        };
+        Principal(s.into())
     }
 }
 

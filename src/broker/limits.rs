@@ -38,6 +38,10 @@ pub struct BrokerLimits {
     pub max_connect_rate_per_ip: u32,
     /// Connections one source address may open in a burst before its rate applies.
     pub connect_burst_per_ip: u32,
+    /// Whether an admin may CONNECT with a client id whose session belongs to
+    /// another identity (and so replace or resume it). Everyone else is
+    /// refused with CONNACK 0x87 (3.1.1: 0x05). Default false.
+    pub admin_session_takeover: bool,
 }
 
 impl Default for BrokerLimits {
@@ -58,6 +62,7 @@ impl Default for BrokerLimits {
             max_connections: 50_000,
             max_connect_rate_per_ip: 100,
             connect_burst_per_ip: 1_000,
+            admin_session_takeover: false,
         }
     }
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ntex::util::ByteString;
 use tokio::sync::oneshot;
 
-pub use auth::{Authenticator, Identity, SharedAuthenticator};
+pub use auth::{Authenticator, Identity, Principal, SharedAuthenticator};
 pub use limits::BrokerLimits;
 pub use message::{Delivery, Message, MessageProps, QoS};
 pub use outbox::{ConnectionId, KickReason, Next, Outbox, OverflowPolicy, Pushed};
@@ -57,6 +57,30 @@ pub struct ConnectRequest {
     /// clean=true → 0; v5 as requested (the router caps it by the limits).
     pub session_expiry_secs: u32,
     pub will: Option<Will>,
+    /// Who is connecting: the session is theirs, and on resume each stored
+    /// subscription is checked against their current rights.
+    pub identity: Identity,
+}
+
+/// Credentials that stopped being valid while connections may be using them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// A user or device was deleted: its connections close and its sessions
+    /// end (nobody can resume them).
+    Principal(Principal),
+    /// A bearer token was revoked (its digest): the connections it opened
+    /// close; the user's sessions stay for its other sign-ins.
+    Token(Arc<str>),
+}
+
+/// Why the router would not open or resume a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// A session with this client id belongs to another identity.
+    #[error("the client id's session belongs to another identity")]
+    NotOwner,
+    #[error("broker is shutting down")]
+    ShuttingDown,
 }
 
 #[derive(Debug)]
@@ -169,7 +193,7 @@ pub struct PublishOutcome {
 }
 
 pub(crate) enum Command {
-    Connect(ConnectRequest, oneshot::Sender<ConnectOutcome>),
+    Connect(ConnectRequest, oneshot::Sender<Result<ConnectOutcome, ConnectError>>),
     Disconnect {
         client_id: ClientId,
         conn: ConnectionId,
@@ -198,6 +222,7 @@ pub(crate) enum Command {
         filter: SharedFilter,
         reply: oneshot::Sender<Vec<Arc<Message>>>,
     },
+    Revoke(Revocation, oneshot::Sender<usize>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -290,10 +315,10 @@ impl BrokerHandle {
 
     /// Open or resume the session of `req.client_id`, taking it over from any
     /// connection that still holds it.
-    pub async fn connect(&self, req: ConnectRequest) -> Result<ConnectOutcome, PublishError> {
+    pub async fn connect(&self, req: ConnectRequest) -> Result<ConnectOutcome, ConnectError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Connect(req, tx))?;
-        rx.await.map_err(|_| PublishError::ShuttingDown)
+        self.send(Command::Connect(req, tx)).map_err(|_| ConnectError::ShuttingDown)?;
+        rx.await.map_err(|_| ConnectError::ShuttingDown)?
     }
 
     /// Report that connection `conn` of `client_id` has ended.
@@ -393,6 +418,16 @@ impl BrokerHandle {
         let (tx, rx) = oneshot::channel();
         if self.send(Command::Retained { filter, reply: tx }).is_err() {
             return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Close, at once, every connection (MQTT or SSE) that `what` no longer
+    /// lets in; how many were closed.
+    pub async fn revoke(&self, what: Revocation) -> usize {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Revoke(what, tx)).is_err() {
+            return 0;
         }
         rx.await.unwrap_or_default()
     }

@@ -42,6 +42,9 @@ pub enum KickReason {
     SessionTakenOver,
     /// The broker is shutting down (v5 reason 0x8B).
     ServerShuttingDown,
+    /// The credentials the connection signed in with were revoked (the
+    /// user or device deleted, the token signed out; v5 reason 0x98).
+    Revoked,
 }
 
 /// A connected consumer that has not taken a delivery for this long while
@@ -382,6 +385,25 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Drop every delivery, queued or in flight, that `keep` refuses; how
+    /// many went. In-flight ones go back to the queue first, as on attach.
+    pub fn retain(&self, mut keep: impl FnMut(&Delivery) -> bool) -> usize {
+        let mut st = self.lock();
+        requeue_inflight(&mut st);
+        let mut dropped = Vec::new();
+        st.queue.retain(|d| {
+            keep(d) || {
+                dropped.push(d.clone());
+                false
+            }
+        });
+        drop(st);
+        for d in &dropped {
+            self.forget(d);
+        }
+        dropped.len()
     }
 
     /// Drop everything (clean start over an existing session).

@@ -18,10 +18,10 @@ use super::retained::RetainedStore;
 use super::session::Session;
 use super::trie::{Entry, SubscriptionTrie};
 use super::{
-    BrokerHandle, BrokerLimits, Command, ConnectOutcome, ConnectRequest, Delivery, DisconnectKind,
-    Inspection, Message, PublishError, PublishHook, PublishOutcome, PublishReply, QoS,
-    RetainHandling, SharedAuthenticator, Stats, SubscribeError, SubscribeRequest,
-    SubscriptionOptions, sys,
+    BrokerHandle, BrokerLimits, Command, ConnectError, ConnectOutcome, ConnectRequest, Delivery,
+    DisconnectKind, Identity, Inspection, Message, Principal, PublishError, PublishHook,
+    PublishOutcome, PublishReply, QoS, RetainHandling, Revocation, SharedAuthenticator, Stats,
+    SubscribeError, SubscribeRequest, SubscriptionOptions, sys,
 };
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::store::{StoreWriter, StoredSession, WriteOp};
@@ -68,6 +68,9 @@ struct Router {
     push_scratch: Vec<(Arc<Outbox>, Delivery)>,
     /// The handle's publish hook, for wills: the router publishes them itself.
     hook: Option<Arc<dyn PublishHook>>,
+    /// For checking a resumed session's subscriptions against its owner's
+    /// current rights.
+    auth: SharedAuthenticator,
 }
 
 /// One session a publish goes to, after merging overlapping subscriptions.
@@ -108,6 +111,7 @@ pub fn spawn_router(
         push_scratch: Vec::new(),
         online: 0,
         hook: hook.clone(),
+        auth: auth.clone(),
     };
     router.restore(restored);
     let handle = BrokerHandle { inbox, stats, limits, auth, next_conn, hook };
@@ -134,6 +138,8 @@ impl Router {
                 outbox.restore(d);
             }
             let mut session = Session {
+                owner: stored.owner,
+                token: None,
                 outbox,
                 conn: None,
                 epoch,
@@ -228,6 +234,9 @@ impl Router {
             Command::Retained { filter, reply } => {
                 let _ = reply.send(self.retained.matching(&filter.filter));
             }
+            Command::Revoke(what, reply) => {
+                let _ = reply.send(self.revoke(&what));
+            }
             Command::Shutdown(reply) => {
                 self.shutdown(reply);
                 return true;
@@ -236,9 +245,11 @@ impl Router {
         false
     }
 
-    fn connect(&mut self, req: ConnectRequest) -> ConnectOutcome {
-        let conn = self.next_conn.fetch_add(1, Relaxed);
+    fn connect(&mut self, req: ConnectRequest) -> Result<ConnectOutcome, ConnectError> {
         let client = req.client_id.clone();
+        let owner = req.identity.principal();
+        self.check_owner(&client, &owner, &req.identity)?;
+        let conn = self.next_conn.fetch_add(1, Relaxed);
         let expiry = if req.session_expiry_secs == u32::MAX {
             u32::MAX
         } else {
@@ -274,6 +285,8 @@ impl Router {
             self.sessions.insert(
                 client.clone(),
                 Session {
+                    owner: None,
+                    token: None,
                     outbox,
                     conn: None,
                     epoch: conn,
@@ -284,8 +297,13 @@ impl Router {
                 },
             );
         }
+        if session_present {
+            self.recheck_subscriptions(&client, &req.identity);
+        }
         let session = self.sessions.get_mut(&client).expect("session inserted above");
         let was_persistent = session.is_persistent();
+        session.owner = Some(owner.clone());
+        session.token = req.identity.token.clone();
         session.conn = Some(conn);
         self.online += 1;
         session.epoch = conn;
@@ -304,6 +322,7 @@ impl Router {
         if persistent {
             let mut ops = vec![WriteOp::UpsertSession {
                 client_id: client.clone(),
+                owner: Some(owner),
                 expiry_secs: expiry,
                 disconnected_at: None,
             }];
@@ -317,7 +336,122 @@ impl Router {
             self.submit(vec![WriteOp::DeleteSession(client.clone())]);
         }
         self.stats.clients_connected.store(self.online as u64, Relaxed);
-        ConnectOutcome { conn, session_present, outbox, session_expiry_secs: expiry }
+        Ok(ConnectOutcome { conn, session_present, outbox, session_expiry_secs: expiry })
+    }
+
+    /// Close the connections `what` covers; a deleted principal's sessions
+    /// end too, without their wills (they would speak for someone gone). A
+    /// kicked connection ends as any other (its DISCONNECT report settles a
+    /// session that lives on).
+    fn revoke(&mut self, what: &Revocation) -> usize {
+        let covered: Vec<ClientId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| match what {
+                Revocation::Principal(p) => s.owner.as_ref() == Some(p),
+                Revocation::Token(t) => s.conn.is_some() && s.token.as_ref() == Some(t),
+            })
+            .map(|(client, _)| client.clone())
+            .collect();
+        let mut closed = 0;
+        for client in covered {
+            let session = self.sessions.get_mut(&client).expect("listed above");
+            if let Some(conn) = session.conn {
+                session.outbox.kick(conn, KickReason::Revoked);
+                closed += 1;
+                tracing::info!(client.id = %client, "connection closed: its credentials were revoked");
+            }
+            if matches!(what, Revocation::Principal(_)) {
+                session.will = None;
+                self.end_session(&client);
+            }
+        }
+        closed
+    }
+
+    /// A session is resumed or replaced only by its owner; an admin too when
+    /// `broker.admin_session_takeover` is on.
+    fn check_owner(
+        &self,
+        client: &ClientId,
+        owner: &Principal,
+        identity: &Identity,
+    ) -> Result<(), ConnectError> {
+        let Some(existing) = self.sessions.get(client) else { return Ok(()) };
+        match &existing.owner {
+            Some(current) if current == owner => Ok(()),
+            Some(current) if identity.is_admin() && self.limits.admin_session_takeover => {
+                tracing::warn!(
+                    client.id = %client,
+                    session.owner_kind = current.kind(),
+                    "an admin took over a session of another identity"
+                );
+                Ok(())
+            }
+            Some(current) => {
+                self.stats.refused_session_owner.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    client.id = %client,
+                    session.owner_kind = current.kind(),
+                    session.claimant_kind = owner.kind(),
+                    "connect refused: the client id's session belongs to another identity"
+                );
+                Err(ConnectError::NotOwner)
+            }
+            None => {
+                tracing::warn!(
+                    client.id = %client,
+                    session.claimant_kind = owner.kind(),
+                    "a session stored without an owner is claimed by the first to connect"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Drop the subscriptions of a resumed session that its owner may no
+    /// longer hold (a device deleted, an ACL rule removed, a role changed),
+    /// and the queued messages on topics it may no longer read.
+    fn recheck_subscriptions(&mut self, client: &ClientId, identity: &Identity) {
+        let Some(session) = self.sessions.get_mut(client) else { return };
+        let limits = self.limits.topic_limits();
+        let dropped = session.outbox.retain(|d| {
+            TopicFilter::parse(d.msg.topic.as_bytestring().clone(), limits)
+                .is_ok_and(|topic| self.auth.can_subscribe(identity, client, &topic))
+        });
+        if dropped > 0 {
+            tracing::warn!(
+                client.id = %client,
+                dropped,
+                "queued messages the resumed session may no longer read were dropped"
+            );
+        }
+        let refused: Vec<SharedFilter> = session
+            .subscriptions
+            .keys()
+            .filter(|f| !self.auth.can_subscribe(identity, client, &f.filter))
+            .cloned()
+            .collect();
+        let mut ops = Vec::new();
+        for filter in refused {
+            session.subscriptions.remove(&filter);
+            self.trie.remove(&filter.filter, client, &filter.group);
+            tracing::warn!(
+                client.id = %client,
+                mqtt.filter = %filter.to_wire(),
+                "a resumed subscription is no longer allowed; dropped"
+            );
+            if session.is_persistent() {
+                ops.push(WriteOp::DeleteSubscription {
+                    client_id: client.clone(),
+                    filter: filter.to_wire(),
+                });
+            }
+        }
+        self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
+        if !ops.is_empty() {
+            self.submit(ops);
+        }
     }
 
     fn disconnect(
@@ -362,8 +496,10 @@ impl Router {
         if expiry == 0 {
             self.end_session(client);
         } else {
+            let owner = self.sessions.get(client).and_then(|s| s.owner.clone());
             self.submit(vec![WriteOp::UpsertSession {
                 client_id: client.clone(),
+                owner,
                 expiry_secs: expiry,
                 disconnected_at: Some(SystemTime::now()),
             }]);
@@ -823,15 +959,53 @@ mod tests {
         expiry: u32,
         will: Option<Will>,
     ) -> ConnectOutcome {
-        h.connect(ConnectRequest {
+        h.connect(request(id, clean, expiry, will, Identity::anonymous())).await.unwrap()
+    }
+
+    fn request(
+        id: &str,
+        clean: bool,
+        expiry: u32,
+        will: Option<Will>,
+        identity: Identity,
+    ) -> ConnectRequest {
+        ConnectRequest {
             client_id: ClientId::from(id),
             protocol: ProtocolVersion::V5,
             clean_start: clean,
             session_expiry_secs: expiry,
             will,
-        })
-        .await
-        .unwrap()
+            identity,
+        }
+    }
+
+    async fn connect_as(
+        h: &BrokerHandle,
+        id: &str,
+        clean: bool,
+        identity: Identity,
+    ) -> Result<ConnectOutcome, ConnectError> {
+        h.connect(request(id, clean, 60, None, identity)).await
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_resumes_or_replaces_a_session() {
+        let (h, _d) = broker().await;
+        let car = || Identity::device("car-1".into());
+        let admin = Identity::configured("ops".into(), crate::broker::auth::Role::Admin);
+        connect_as(&h, "car-1", false, car()).await.unwrap();
+
+        for (other, clean) in [
+            (Identity::device("car-2".into()), false),
+            (Identity::device("car-2".into()), true),
+            (Identity::anonymous(), false),
+            (admin, false),
+        ] {
+            let refused = connect_as(&h, "car-1", clean, other.clone()).await.err();
+            assert_eq!(refused, Some(ConnectError::NotOwner), "{other:?} clean={clean}");
+        }
+        let resumed = connect_as(&h, "car-1", false, car()).await.unwrap();
+        assert!(resumed.session_present);
     }
 
     async fn next(c: &ConnectOutcome) -> Option<Delivery> {

@@ -3,11 +3,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::auth::Principal;
 use super::outbox::{ConnectionId, Outbox};
 use super::{ProtocolVersion, SubscriptionOptions, Will};
 use crate::domain::SharedFilter;
 
 pub struct Session {
+    /// Whose session this is; only they resume or replace it. `None` for a
+    /// session stored before owners were recorded: the first to connect
+    /// claims it.
+    pub owner: Option<Principal>,
+    /// The digest of the bearer token the attached connection signed in
+    /// with, if it did: revoking the token closes the connection.
+    pub token: Option<Arc<str>>,
     pub outbox: Arc<Outbox>,
     /// The connection currently attached, if any.
     pub conn: Option<ConnectionId>,

@@ -25,6 +25,8 @@ pub struct Stats {
     pub refused_max_connections: AtomicU64,
     /// Of `rejected_connects`: over `broker.max_connect_rate_per_ip`.
     pub refused_connect_rate: AtomicU64,
+    /// Of `rejected_connects`: the client id's session belongs to another identity.
+    pub refused_session_owner: AtomicU64,
     pub protocol_errors: AtomicU64,
     /// Publishes refused for their payload (invalid locations), any protocol.
     pub invalid_payloads: AtomicU64,
@@ -51,6 +53,7 @@ impl Default for Stats {
             rejected_connects: AtomicU64::new(0),
             refused_max_connections: AtomicU64::new(0),
             refused_connect_rate: AtomicU64::new(0),
+            refused_session_owner: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             invalid_payloads: AtomicU64::new(0),
             inflight_out: AtomicU64::new(0),

@@ -59,6 +59,10 @@ pub(crate) enum ConnectRefusal {
     WillTopicInvalid,
     WillTooLarge,
     WillNotAuthorized,
+    /// The client id starts with a prefix the server keeps for itself.
+    ClientIdReserved,
+    /// The client id's session belongs to another identity.
+    SessionOwnedByOther,
     /// The will's payload fails the topic's validation (e.g. a bad location).
     WillPayloadInvalid,
     /// v5 enhanced authentication (AUTH method) is not supported.
@@ -70,11 +74,13 @@ pub(crate) enum ConnectRefusal {
 impl ConnectRefusal {
     pub(crate) fn v5(self) -> ConnectAckReason {
         match self {
-            Self::ClientIdRejected => ConnectAckReason::ClientIdentifierNotValid,
-            Self::Auth(AuthError::BadCredentials) => ConnectAckReason::BadUserNameOrPassword,
-            Self::Auth(AuthError::NotAuthorized) | Self::WillNotAuthorized => {
-                ConnectAckReason::NotAuthorized
+            Self::ClientIdRejected | Self::ClientIdReserved => {
+                ConnectAckReason::ClientIdentifierNotValid
             }
+            Self::Auth(AuthError::BadCredentials) => ConnectAckReason::BadUserNameOrPassword,
+            Self::Auth(AuthError::NotAuthorized)
+            | Self::WillNotAuthorized
+            | Self::SessionOwnedByOther => ConnectAckReason::NotAuthorized,
             Self::Auth(AuthError::Unavailable) | Self::Unavailable => {
                 ConnectAckReason::ServerUnavailable
             }
@@ -96,11 +102,11 @@ impl ConnectRefusal {
     pub(crate) fn v3(self) -> Option<v3::codec::ConnectAckReason> {
         use v3::codec::ConnectAckReason as R;
         match self {
-            Self::ClientIdRejected => Some(R::IdentifierRejected),
+            Self::ClientIdRejected | Self::ClientIdReserved => Some(R::IdentifierRejected),
             Self::Auth(AuthError::BadCredentials) => Some(R::BadUserNameOrPassword),
-            Self::Auth(AuthError::NotAuthorized) | Self::WillNotAuthorized => {
-                Some(R::NotAuthorized)
-            }
+            Self::Auth(AuthError::NotAuthorized)
+            | Self::WillNotAuthorized
+            | Self::SessionOwnedByOther => Some(R::NotAuthorized),
             Self::Auth(AuthError::Unavailable) | Self::Unavailable => Some(R::ServiceUnavailable),
             // 3.1.1 has no rate code; "not authorized" without claiming the
             // password is wrong.
@@ -123,6 +129,8 @@ impl ConnectRefusal {
             Self::WillPayloadInvalid => "will payload invalid for its topic",
             Self::WillTooLarge => "will payload too large",
             Self::WillNotAuthorized => "will topic not authorized",
+            Self::ClientIdReserved => "client id prefix reserved by the server",
+            Self::SessionOwnedByOther => "client id in use by another identity",
             Self::BadAuthMethod => "enhanced authentication is not supported",
             Self::Unavailable => "server unavailable",
         }
@@ -303,6 +311,9 @@ pub(crate) fn kicked(reason: KickReason) -> ConnError {
             ConnError::new(DisconnectReasonCode::SessionTakenOver, "session taken over")
         }
         KickReason::ServerShuttingDown => shutting_down(),
+        KickReason::Revoked => {
+            ConnError::new(DisconnectReasonCode::AdministrativeAction, "credentials revoked")
+        }
     }
 }
 

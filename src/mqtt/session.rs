@@ -22,8 +22,8 @@ use super::pump::ResumedReleases;
 use super::reason::{ConnError, ConnectRefusal, PublishRejection};
 use crate::broker::auth::Credentials;
 use crate::broker::{
-    BrokerHandle, ConnectRequest, ConnectionId, DisconnectKind, Identity, Message, MessageProps,
-    Outbox, ProtocolVersion, PublishOutcome, QoS, Submitted, Will,
+    BrokerHandle, ConnectError, ConnectRequest, ConnectionId, DisconnectKind, Identity, Message,
+    MessageProps, Outbox, ProtocolVersion, PublishOutcome, QoS, Submitted, Will,
 };
 use crate::domain::{ClientId, TopicName};
 use crate::telemetry::names::{
@@ -154,7 +154,11 @@ pub(super) fn client_id(
     clean_start: bool,
 ) -> Result<(ClientId, bool), ConnectRefusal> {
     if !raw.is_empty() {
-        return Ok((ClientId::new(raw.clone()), false));
+        let id = ClientId::new(raw.clone());
+        if id.is_internal() {
+            return Err(ConnectRefusal::ClientIdReserved);
+        }
+        return Ok((id, false));
     }
     if protocol == ProtocolVersion::V311 && !clean_start {
         return Err(ConnectRefusal::ClientIdRejected);
@@ -202,9 +206,13 @@ pub(super) async fn open(
             clean_start: req.clean_start,
             session_expiry_secs: req.session_expiry_secs,
             will: req.will,
+            identity: identity.clone(),
         })
         .await
-        .map_err(|_| ConnectRefusal::Unavailable)?;
+        .map_err(|e| match e {
+            ConnectError::NotOwner => ConnectRefusal::SessionOwnedByOther,
+            ConnectError::ShuttingDown => ConnectRefusal::Unavailable,
+        })?;
 
     // `clients_connected` is the router's (it counts attached sessions).
     broker.stats().clients_total.fetch_add(1, Relaxed);

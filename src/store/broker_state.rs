@@ -10,12 +10,16 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::Store;
-use crate::broker::{Delivery, Message, MessageProps, QoS, RestoredState, SubscriptionOptions};
+use crate::broker::{
+    Delivery, Message, MessageProps, Principal, QoS, RestoredState, SubscriptionOptions,
+};
 use crate::domain::{ClientId, SharedFilter, TopicLimits, TopicName};
 
 /// A persistent session as stored.
 pub struct StoredSession {
     pub client_id: ClientId,
+    /// `None` for a session stored before owners were kept.
+    pub owner: Option<Principal>,
     pub expiry_secs: u32,
     pub disconnected_at: Option<SystemTime>,
     pub subscriptions: Vec<(SharedFilter, SubscriptionOptions)>,
@@ -120,20 +124,23 @@ impl Store {
             }
         }
 
-        let rows = sqlx::query("SELECT client_id, expiry_secs, disconnected_at FROM sessions")
-            .fetch_all(pool)
-            .await
-            .context("loading sessions")?;
+        let rows =
+            sqlx::query("SELECT client_id, expiry_secs, disconnected_at, owner FROM sessions")
+                .fetch_all(pool)
+                .await
+                .context("loading sessions")?;
         let mut sessions: std::collections::HashMap<String, StoredSession> = rows
             .into_iter()
             .map(|r| -> anyhow::Result<_> {
                 let id: String = r.try_get(0)?;
                 let expiry: i64 = r.try_get(1)?;
                 let gone: Option<i64> = r.try_get(2)?;
+                let owner: Option<String> = r.try_get(3)?;
                 Ok((
                     id.clone(),
                     StoredSession {
                         client_id: ClientId::from(id.as_str()),
+                        owner: owner.as_deref().map(Principal::from_stored),
                         expiry_secs: expiry.clamp(0, u32::MAX as i64) as u32,
                         // A session that was connected when the process died
                         // has been gone since then; count from the start.

@@ -17,7 +17,7 @@ use super::broker_state::encode_props;
 use super::commit_pace::CommitPace;
 use super::write_health::{self, WriteHealth};
 use super::{Store, StoreError};
-use crate::broker::{Delivery, Message, SubscriptionOptions};
+use crate::broker::{Delivery, Message, Principal, SubscriptionOptions};
 use crate::domain::{ClientId, DeviceId, Position, TopicName};
 
 /// Items queued before callers get `StoreError::Overloaded`.
@@ -42,6 +42,8 @@ pub enum WriteOp {
     DeleteRetained(ByteString),
     UpsertSession {
         client_id: ClientId,
+        /// `None` keeps the stored owner.
+        owner: Option<Principal>,
         expiry_secs: u32,
         disconnected_at: Option<SystemTime>,
     },
@@ -458,16 +460,19 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
                 .execute(conn)
                 .await?;
         }
-        WriteOp::UpsertSession { client_id, expiry_secs, disconnected_at } => {
+        WriteOp::UpsertSession { client_id, owner, expiry_secs, disconnected_at } => {
             sqlx::query(
-                "INSERT INTO sessions (client_id, expiry_secs, disconnected_at, updated_at) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO sessions (client_id, expiry_secs, disconnected_at, updated_at, owner) \
+                 VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (client_id) DO UPDATE SET expiry_secs = excluded.expiry_secs, \
-                 disconnected_at = excluded.disconnected_at, updated_at = excluded.updated_at",
+                 disconnected_at = excluded.disconnected_at, updated_at = excluded.updated_at, \
+                 owner = COALESCE(excluded.owner, sessions.owner)",
             )
             .bind(client_id.to_string())
             .bind(*expiry_secs as i64)
             .bind(disconnected_at.map(millis))
             .bind(millis(SystemTime::now()))
+            .bind(owner.as_ref().map(|o| o.as_str().to_owned()))
             .execute(conn)
             .await?;
         }
@@ -546,7 +551,12 @@ mod tests {
 
     fn session(name: &str) -> Vec<WriteOp> {
         let client_id = ClientId::from(name);
-        vec![WriteOp::UpsertSession { client_id, expiry_secs: 60, disconnected_at: None }]
+        vec![WriteOp::UpsertSession {
+            client_id,
+            owner: None,
+            expiry_secs: 60,
+            disconnected_at: None,
+        }]
     }
 
     async fn sessions(store: &Store) -> i64 {

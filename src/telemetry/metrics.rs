@@ -260,7 +260,9 @@ impl Metrics {
                 });
             }
             let (quota, rate) = (g(&s.refused_max_connections), g(&s.refused_connect_rate));
-            let rejected = [quota, rate, g(&s.rejected_connects).saturating_sub(quota + rate)];
+            let owner = g(&s.refused_session_owner);
+            let other = g(&s.rejected_connects).saturating_sub(quota + rate + owner);
+            let rejected = [quota, rate, owner, other];
             for (reason, value) in m::CONNECTION_REJECT_REASONS.iter().zip(rejected) {
                 out.push(Scalar {
                     kind: "counter",

@@ -199,7 +199,8 @@ pub mod metrics {
     pub const CONNECTIONS_REJECTED: (&str, &str) =
         ("mapcast_connections_rejected_total", "mapcast.connections.rejected");
     /// `other`: authentication, client id, will (any CONNECT refused later).
-    pub const CONNECTION_REJECT_REASONS: [&str; 3] = ["max_connections", "connect_rate", "other"];
+    pub const CONNECTION_REJECT_REASONS: [&str; 4] =
+        ["max_connections", "connect_rate", "session_owner", "other"];
     pub const DB_BATCH_OPS: (&str, &str) = ("mapcast_db_batch_ops", "mapcast.db.batch_ops");
     pub const DB_BATCH_SECONDS: (&str, &str) =
         ("mapcast_db_batch_duration_seconds", "mapcast.db.batch_duration_seconds");

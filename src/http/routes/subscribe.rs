@@ -131,6 +131,7 @@ async fn subscribe(
             clean_start: true,
             session_expiry_secs: 0,
             will: None,
+            identity: identity.clone(),
         })
         .await
         .map_err(|_| unavailable())?;

@@ -1,4 +1,6 @@
 //! Attacks a stranger on the internet can try, each run from outside against
 //! the real server: one module per attack.
 mod clock;
+mod hijack;
 mod reserved_topics;
+mod strangers;
