@@ -195,6 +195,16 @@ impl Principal {
         Self(s.into())
     }
 
+    /// A user stored in the database, by id.
+    pub fn user(id: &str) -> Self {
+        Self(format!("user:{id}").into())
+    }
+
+    /// A device, by id.
+    pub fn device(id: &str) -> Self {
+        Self(format!("device:{id}").into())
+    }
+
     /// What kind of principal this is (`user`, `device`, `config` or
     /// `anonymous`), for logs: never the id itself.
     pub fn kind(&self) -> &str {
@@ -205,16 +215,15 @@ impl Principal {
 impl Identity {
     /// The principal this identity acts as.
     pub fn principal(&self) -> Principal {
-        let s = if let Some(id) = &self.user_id {
-            format!("user:{id}")
+        if let Some(id) = &self.user_id {
+            Principal::user(id)
         } else if let Some(id) = &self.device_id {
-            format!("device:{id}")
+            Principal::device(id)
         } else if let Some(name) = &self.username {
-            format!("config:{name}")
+            Principal(format!("config:{name}").into())
         } else {
-            "anonymous".to_owned()
-        };
-        Principal(s.into())
+            Principal("anonymous".into())
+        }
     }
 }
 

@@ -235,7 +235,11 @@ impl Identities {
             return Ok(None);
         }
         match self.store().user_by_token(&token_id(token), now_ms()).await? {
-            Some(record) => Ok(Some(self.identity_of(record).await?)),
+            Some(record) => {
+                let mut identity = self.identity_of(record).await?;
+                identity.token = Some(token_id(token).into());
+                Ok(Some(identity))
+            }
             None => Ok(None),
         }
     }
@@ -329,6 +333,11 @@ impl Identities {
         Ok(deleted)
     }
 
+    /// The ids of the devices `user_id` owns.
+    pub async fn device_ids_of(&self, user_id: &str) -> Result<Vec<String>, IdentityError> {
+        Ok(self.store().device_ids_of(user_id).await?)
+    }
+
     /// `false` if there was no such device.
     pub async fn delete_device(&self, id: &str) -> Result<bool, IdentityError> {
         let deleted = self.store().delete_device(id).await?;
@@ -418,7 +427,8 @@ fn random_id() -> String {
 }
 
 /// The stored id of a token: its SHA-256, hex.
-fn token_id(token: &str) -> String {
+/// What a bearer token is stored and known by (never the token itself).
+pub fn token_id(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
 }
 

@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, delete, get, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::broker::{Principal, Revocation};
 use crate::domain::time::format_rfc3339;
 use crate::domain::{DeviceKind, DeviceName};
 use crate::http::auth::Caller;
@@ -177,6 +178,7 @@ async fn delete_device(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     if state.identities.delete_device(&id).await? {
+        state.broker.revoke(Revocation::Principal(Principal::device(&id))).await;
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound)

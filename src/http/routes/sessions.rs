@@ -4,6 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::broker::Revocation;
 use crate::broker::auth::Role;
 use crate::domain::time::format_rfc3339;
 use crate::http::auth::Caller;
@@ -120,5 +121,6 @@ async fn delete_session(
         return Err(ApiError::Unauthorized("sign in: send Authorization: Bearer TOKEN".into()));
     };
     state.identities.revoke_token(token).await?;
+    state.broker.revoke(Revocation::Token(crate::identities::token_id(token).into())).await;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::broker::auth::Role;
+use crate::broker::{Principal, Revocation};
 use crate::domain::time::format_rfc3339;
 use crate::domain::{Password, Username};
 use crate::http::auth::{Caller, OptionalCaller};
@@ -168,7 +169,14 @@ async fn delete_user(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
+    let devices = state.identities.device_ids_of(&id).await?;
     if state.identities.delete_user(&id).await? {
+        // The user's devices went with it (the store cascades).
+        let gone = std::iter::once(Principal::user(&id))
+            .chain(devices.iter().map(|d| Principal::device(d)));
+        for principal in gone {
+            state.broker.revoke(Revocation::Principal(principal)).await;
+        }
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound)

@@ -158,6 +158,20 @@ impl Sse {
         }
     }
 
+    /// Whether the server ends the stream within `timeout` (events and
+    /// heartbeats before the end are skipped).
+    pub async fn ended_within(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.resp.chunk()).await {
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None) | Err(_)) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// The next blank-line-terminated block.
     async fn next_block(&mut self, timeout: Duration) -> Option<String> {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -3,4 +3,5 @@
 mod clock;
 mod hijack;
 mod reserved_topics;
+mod revocation;
 mod strangers;
