@@ -193,3 +193,27 @@ async fn ownership_survives_a_restart_and_resumed_subscriptions_are_checked_agai
     let leaked: Vec<_> = seen.iter().filter(|p| p.topic.starts_with(b"private/")).collect();
     assert!(leaked.is_empty(), "read after its rights shrank: {leaked:?}");
 }
+
+#[tokio::test]
+async fn an_admin_takes_a_session_over_only_when_the_operator_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    add_admin(dir.path(), "root", ADMIN_PW).await;
+    let app = spawn_app_in(dir.path(), |s| s.broker.limits.admin_session_takeover = true).await;
+    app.api().sign_up("ann").await;
+    let mut ann = owner(&app, true).await;
+
+    let admin = app
+        .v5(OWNED)
+        .credentials("root", ADMIN_PW)
+        .clean_start(false)
+        .session_expiry(Some(3600))
+        .connect()
+        .await;
+
+    assert!(admin.session_present());
+    let closed = ann.wait_closed(RECV).await;
+    assert_eq!(
+        closed.server_reason,
+        Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver)
+    );
+}
