@@ -15,7 +15,7 @@ use crate::broker::{self, BrokerHandle, SharedAuthenticator};
 use crate::config::Settings;
 use crate::flags::{FlagTimings, Flags};
 use crate::http::{self, AppState};
-use crate::identities::{DbAuthenticator, Identities, IdentitySettings};
+use crate::identities::{DbAuthenticator, Identities};
 use crate::locations::{HistoryTopics, LocationHook, PositionFeed};
 use crate::mqtt::{MqttListeners, MqttServer, TlsFiles};
 use crate::shutdown::GRACE;
@@ -76,15 +76,7 @@ impl Application {
             store.clone(),
             Duration::from_millis(settings.database.commit_interval_ms),
         );
-        let identities = Identities::new(
-            store.clone(),
-            IdentitySettings {
-                token_ttl: Duration::from_secs(settings.auth.token_ttl_secs),
-                self_registration: settings.auth.self_registration,
-                allow_anonymous: settings.effective_allow_anonymous(),
-                lockout: settings.auth.lockout.clone(),
-            },
-        );
+        let identities = Identities::new(store.clone(), settings.identity_settings());
         let auth: SharedAuthenticator = Arc::new(DbAuthenticator::new(
             identities.clone(),
             ConfigAuthenticator::new(

@@ -14,7 +14,7 @@ use super::ConfigArgs;
 use crate::broker::auth::Role;
 use crate::config::Settings;
 use crate::domain::{DeviceKind, DeviceName, Password, Username};
-use crate::identities::{Identities, IdentityError, IdentitySettings};
+use crate::identities::{Identities, IdentityError};
 use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
@@ -138,15 +138,7 @@ where
     let result = runtime.block_on(async {
         let store = Store::connect(settings.database_url().expose(), 1).await?;
         store.migrate().await?;
-        let ids = Identities::new(
-            store.clone(),
-            IdentitySettings {
-                token_ttl: Duration::from_secs(settings.auth.token_ttl_secs),
-                self_registration: settings.auth.self_registration,
-                allow_anonymous: settings.effective_allow_anonymous(),
-                lockout: settings.auth.lockout.clone(),
-            },
-        );
+        let ids = Identities::new(store.clone(), settings.identity_settings());
         let result = act(ids).await;
         store.close().await;
         result
