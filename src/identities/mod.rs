@@ -14,6 +14,7 @@
 mod authenticator;
 mod cache;
 pub mod hashing;
+mod lifts;
 pub mod lockout;
 mod throttle;
 
@@ -29,6 +30,7 @@ use sha2::{Digest, Sha256};
 pub use authenticator::DbAuthenticator;
 use cache::VerifyCache;
 pub use hashing::{Busy, HashPool, HashingSettings};
+pub use lifts::LockoutLifts;
 use lockout::{Locked, LockoutSettings, SignInGuard};
 use throttle::Throttle;
 pub use throttle::Throttled;
@@ -170,6 +172,12 @@ impl Identities {
     /// rate, before any password work.
     pub fn throttle(&self, from: Option<IpAddr>) -> Result<(), IdentityError> {
         self.inner.throttle.take(from).map_err(IdentityError::Throttled)
+    }
+
+    /// Ask every running server to lift the lockouts of `username` (for the
+    /// CLI, which cannot reach their memory); applied within a second.
+    pub async fn request_unlock(&self, username: &str) -> Result<(), IdentityError> {
+        Ok(self.store().request_lockout_lift(username, now_ms()).await?)
     }
 
     /// The lockout state every password or secret check goes through.

@@ -2,6 +2,7 @@
 //! the real server: one module per attack.
 
 mod hashing;
+mod lockout;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
