@@ -408,6 +408,11 @@ mod tests {
         );
         assert_eq!(u8::from(ConnectRefusal::Auth(AuthError::BadCredentials).v5()), 0x86);
         assert_eq!(u8::from(ConnectRefusal::Auth(AuthError::TooManyAttempts).v5()), 0x9F);
+        assert_eq!(u8::from(ConnectRefusal::Auth(AuthError::Busy).v5()), 0x89);
+        assert_eq!(
+            ConnectRefusal::Auth(AuthError::Busy).v3(),
+            Some(v3::codec::ConnectAckReason::ServiceUnavailable)
+        );
         assert_eq!(
             ConnectRefusal::Auth(AuthError::TooManyAttempts).v3(),
             Some(v3::codec::ConnectAckReason::NotAuthorized)

@@ -186,3 +186,37 @@ fn count_rest(answers: &Answers, resp: reqwest::Result<reqwest::Response>) {
         && resp.headers().get("retry-after").is_some_and(|v| v == "1");
     if busy { &answers.rest_busy } else { &answers.rest_other }.fetch_add(1, Relaxed);
 }
+
+#[tokio::test]
+async fn sign_ups_and_sign_ins_past_an_addresss_burst_get_429_before_any_hashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[auth.hashing]\nrate_per_address = 0.5\nburst_per_address = 10\n";
+    let server = ServerProcess::start_with_config(dir.path(), config, &[]).await;
+    let base = format!("http://{}", server.http_addr);
+    let (stranger, neighbour) = (http_from(host(8)), http_from(host(9)));
+    let sign_up =
+        |n: usize| json!({"username": format!("bot-{n}"), "password": "correct horse battery"});
+
+    let mut statuses = Vec::new();
+    for n in 0..12 {
+        let path = if n % 2 == 0 { "/api/v1/users" } else { "/api/v1/sessions" };
+        let resp = stranger.post(format!("{base}{path}")).json(&sign_up(n)).send().await.unwrap();
+        statuses.push((resp.status(), resp.headers().get("retry-after").cloned()));
+    }
+    let neighbour_signs_up =
+        neighbour.post(format!("{base}/api/v1/users")).json(&sign_up(99)).send().await.unwrap();
+
+    let refused: Vec<_> = statuses.iter().skip(10).collect();
+    assert!(
+        statuses[..10].iter().all(|(s, _)| *s != StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    for (status, retry_after) in refused {
+        assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+        let secs: u64 = retry_after.as_ref().unwrap().to_str().unwrap().parse().unwrap();
+        assert!((1..=2).contains(&secs), "Retry-After {secs}");
+    }
+    assert_eq!(neighbour_signs_up.status(), StatusCode::CREATED, "another address is unaffected");
+    let throttled = crate::helpers::metric(server.http_addr, "mapcast_auth_throttled_total").await;
+    assert_eq!(throttled, 2.0);
+}
