@@ -117,8 +117,9 @@ pub struct Metrics {
     pub auth_lockouts: AtomicU64,
     pub auth_locked_refusals: AtomicU64,
     /// Password checks refused "busy" by the hashing pool; sign-ups and
-    /// sign-ins refused by the per-address rate; lockouts in force (kept
-    /// current by `identities::lockout`).
+    /// sign-ins refused by the per-address rate; lockouts in force (raised
+    /// as one starts, recounted without the expired ones at each `/metrics`
+    /// scrape and each lift, by `identities::lockout`).
     pub auth_hashing_busy: AtomicU64,
     pub auth_throttled: AtomicU64,
     pub auth_lockouts_active: AtomicU64,

@@ -190,7 +190,7 @@ fn count_rest(answers: &Answers, resp: reqwest::Result<reqwest::Response>) {
 #[tokio::test]
 async fn sign_ups_and_sign_ins_past_an_addresss_burst_get_429_before_any_hashing() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[auth.hashing]\nrate_per_address = 0.5\nburst_per_address = 10\n";
+    let config = "[auth.hashing]\nrate_per_address = 0.05\nburst_per_address = 10\n";
     let server = ServerProcess::start_with_config(dir.path(), config, &[]).await;
     let base = format!("http://{}", server.http_addr);
     let (stranger, neighbour) = (http_from(host(8)), http_from(host(9)));
@@ -214,7 +214,7 @@ async fn sign_ups_and_sign_ins_past_an_addresss_burst_get_429_before_any_hashing
     for (status, retry_after) in refused {
         assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
         let secs: u64 = retry_after.as_ref().unwrap().to_str().unwrap().parse().unwrap();
-        assert!((1..=2).contains(&secs), "Retry-After {secs}");
+        assert!((1..=20).contains(&secs), "Retry-After {secs}");
     }
     assert_eq!(neighbour_signs_up.status(), StatusCode::CREATED, "another address is unaffected");
     let throttled = crate::helpers::metric(server.http_addr, "mapcast_auth_throttled_total").await;
