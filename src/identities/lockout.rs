@@ -70,7 +70,7 @@ pub struct LockoutSettings {
     pub window_secs: u64,
     /// How long a lockout lasts, in seconds. Default 300.
     pub duration_secs: u64,
-    /// Identities and addresses tracked at most, each. Default 100000.
+    /// (Name, address) pairs and addresses tracked at most, each. Default 100000.
     pub max_entries: usize,
 }
 

@@ -79,7 +79,7 @@ pub const MQTT_CLIENT_ID_ASSIGNED: &str = "mqtt.client_id_assigned";
 pub const MQTT_DISCONNECT: &str = "mqtt.disconnect";
 
 // Sign-in lockouts (brute-force protection on REST sign-in and MQTT CONNECT).
-/// `identity` (a user name or device id) or `address` (a source IP).
+/// `identity` (a user name, from one source address) or `address` (a source IP).
 pub const AUTH_LOCKOUT_SCOPE: &str = "mapcast.auth.lockout.scope";
 /// How long the lockout lasts, in seconds.
 pub const AUTH_LOCKOUT_SECS: &str = "mapcast.auth.lockout.duration_secs";
