@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,7 @@ use crate::broker::BrokerLimits;
 use crate::broker::acl::{AclPolicy, AclRule, AnonymousAcl};
 use crate::broker::auth::{ConfigUser, Secret};
 use crate::identities::lockout::LockoutSettings;
+use crate::identities::{HashingSettings, IdentitySettings};
 
 /// The whole configuration. Every section and field has a default, so an
 /// empty file (or none) is a valid configuration.
@@ -206,6 +208,9 @@ pub struct AuthSettings {
     pub acl: Vec<AclRule>,
     /// Brute-force protection of REST sign-in and MQTT CONNECT (`[auth.lockout]`).
     pub lockout: LockoutSettings,
+    /// The bounded password hashing pool and the per-address rate of REST
+    /// sign-ups and sign-ins (`[auth.hashing]`).
+    pub hashing: HashingSettings,
 }
 
 impl Default for AuthSettings {
@@ -218,6 +223,7 @@ impl Default for AuthSettings {
             self_registration: None,
             acl: Vec::new(),
             lockout: LockoutSettings::default(),
+            hashing: HashingSettings::default(),
         }
     }
 }
@@ -234,6 +240,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("self_registration", &self.self_registration)
             .field("acl", &self.acl)
             .field("lockout", &self.lockout)
+            .field("hashing", &self.hashing)
             .finish()
     }
 }
@@ -598,6 +605,21 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_SELF_REGISTRATION", "auth.self_registration", |s, v| {
         set_some(&mut s.auth.self_registration, v)
     }),
+    var("MAPCAST_HASHING_THREADS", "auth.hashing.threads", |s, v| {
+        set(&mut s.auth.hashing.threads, v)
+    }),
+    var("MAPCAST_HASHING_QUEUE_LEN", "auth.hashing.queue_len", |s, v| {
+        set(&mut s.auth.hashing.queue_len, v)
+    }),
+    var("MAPCAST_HASHING_QUEUE_WAIT_MS", "auth.hashing.queue_wait_ms", |s, v| {
+        set(&mut s.auth.hashing.queue_wait_ms, v)
+    }),
+    var("MAPCAST_HASHING_RATE_PER_ADDRESS", "auth.hashing.rate_per_address", |s, v| {
+        set(&mut s.auth.hashing.rate_per_address, v)
+    }),
+    var("MAPCAST_HASHING_BURST_PER_ADDRESS", "auth.hashing.burst_per_address", |s, v| {
+        set(&mut s.auth.hashing.burst_per_address, v)
+    }),
     var("MAPCAST_LOG_FORMAT", "log.format", |s, v| set(&mut s.log.format, v)),
     var("MAPCAST_MAP_INTERVAL_SECS", "map.interval_secs", |s, v| set(&mut s.map.interval_secs, v)),
     var("MAPCAST_MAP_TTL_SECS", "map.ttl_secs", |s, v| set(&mut s.map.ttl_secs, v)),
@@ -759,6 +781,15 @@ impl Settings {
         if self.map.ttl_secs == 0 {
             bail!("map.ttl_secs must be at least 1");
         }
+        let hashing = &self.auth.hashing;
+        if hashing.queue_wait_ms == 0 || hashing.threads > 256 {
+            bail!(
+                "auth.hashing.queue_wait_ms must be at least 1 and auth.hashing.threads at most 256"
+            );
+        }
+        if !(hashing.rate_per_address >= 0.0 && hashing.rate_per_address.is_finite()) {
+            bail!("auth.hashing.rate_per_address must be a number of at least 0");
+        }
         for topic in &self.history.topics {
             crate::domain::TopicFilter::parse(topic.clone(), self.broker.limits.topic_limits())
                 .with_context(|| format!("invalid topic filter {topic:?} in history.topics"))?;
@@ -827,6 +858,17 @@ impl Settings {
         [Some(self.mqtt.listen), self.mqtt.tls_listen, self.mqtt.ws_listen, Some(self.http.listen)]
             .into_iter()
             .flatten()
+    }
+
+    /// The policy of the identity service, from `[auth]`.
+    pub fn identity_settings(&self) -> IdentitySettings {
+        IdentitySettings {
+            token_ttl: Duration::from_secs(self.auth.token_ttl_secs),
+            self_registration: self.effective_self_registration(),
+            allow_anonymous: self.effective_allow_anonymous(),
+            lockout: self.auth.lockout.clone(),
+            hashing: self.auth.hashing.clone(),
+        }
     }
 
     /// `auth.allow_anonymous`, or — when unset — whether every listener

@@ -15,7 +15,7 @@ use crate::broker::{self, BrokerHandle, SharedAuthenticator};
 use crate::config::Settings;
 use crate::flags::{FlagTimings, Flags};
 use crate::http::{self, AppState};
-use crate::identities::{DbAuthenticator, Identities, IdentitySettings};
+use crate::identities::{DbAuthenticator, Identities, LockoutLifts};
 use crate::locations::{HistoryTopics, LocationHook, PositionFeed};
 use crate::mqtt::{MqttListeners, MqttServer, TlsFiles};
 use crate::shutdown::GRACE;
@@ -47,6 +47,8 @@ struct Tasks {
     flags: Option<JoinHandle<()>>,
     /// `None` when history is kept forever.
     retention: Option<JoinHandle<()>>,
+    /// Lockout lifts requested with `mapcast user unlock`.
+    lifts: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -76,15 +78,7 @@ impl Application {
             store.clone(),
             Duration::from_millis(settings.database.commit_interval_ms),
         );
-        let identities = Identities::new(
-            store.clone(),
-            IdentitySettings {
-                token_ttl: Duration::from_secs(settings.auth.token_ttl_secs),
-                self_registration: settings.effective_self_registration(),
-                allow_anonymous: settings.effective_allow_anonymous(),
-                lockout: settings.auth.lockout.clone(),
-            },
-        );
+        let identities = Identities::new(store.clone(), settings.identity_settings());
         let auth: SharedAuthenticator = Arc::new(DbAuthenticator::new(
             identities.clone(),
             ConfigAuthenticator::new(
@@ -147,7 +141,7 @@ impl Application {
         let state = AppState {
             store: store.clone(),
             broker: broker.clone(),
-            identities,
+            identities: identities.clone(),
             map: map_view,
             flags: flags.clone(),
             history_topics,
@@ -167,6 +161,8 @@ impl Application {
         let http_task = tokio::spawn(http_server);
         let updater_task = tokio::spawn(updater.run_until_stopped(stopping.clone()));
         let flags_task = tokio::spawn(flags.run_until_stopped(stopping.clone()));
+        let lifts_task =
+            tokio::spawn(LockoutLifts::new(identities).run_until_stopped(stopping.clone()));
         let retention_task = (settings.history.retention_days > 0).then(|| {
             let retention = HistoryRetention::new(store.clone(), settings.history.retention_days);
             tokio::spawn(retention.run_until_stopped(stopping.clone()))
@@ -199,6 +195,7 @@ impl Application {
                 updater: Some(updater_task),
                 flags: Some(flags_task),
                 retention: retention_task,
+                lifts: Some(lifts_task),
             },
             stopping,
         })
@@ -241,6 +238,7 @@ impl Application {
             r = join(&mut t.updater) => Some(component_died("map updater", r)),
             r = join(&mut t.flags) => Some(component_died("feature flags", r)),
             r = join(&mut t.retention) => Some(component_died("history retention", r)),
+            r = join(&mut t.lifts) => Some(component_died("lockout lifts", r)),
         };
         tracing::info!("shutting down");
         self.stopping.cancel();
@@ -251,6 +249,7 @@ impl Application {
             log_exit("map updater", finish(&mut tasks.updater).await);
             log_exit("feature flags", finish(&mut tasks.flags).await);
             log_exit("history retention", finish(&mut tasks.retention).await);
+            log_exit("lockout lifts", finish(&mut tasks.lifts).await);
             // Stop taking MQTT connections and close the open ones, then let
             // the router flush its state; HTTP goes last so /readyz reports
             // the drain (it answers 503 from now on).

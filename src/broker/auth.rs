@@ -239,6 +239,9 @@ pub enum AuthError {
     /// failures; the secret was not checked.
     #[error("too many failed sign-ins")]
     TooManyAttempts,
+    /// Password checking is saturated; the secret was not checked.
+    #[error("server busy")]
+    Busy,
 }
 
 pub trait Authenticator: Send + Sync + 'static {
@@ -272,6 +275,11 @@ pub struct ConfigAuthenticator {
 impl ConfigAuthenticator {
     pub fn new(allow_anonymous: bool, users: Vec<ConfigUser>) -> Self {
         Self { allow_anonymous, users }
+    }
+
+    /// The config-file user named `username`.
+    pub fn user(&self, username: &str) -> Option<&ConfigUser> {
+        self.users.iter().find(|u| u.username == username)
     }
 }
 

@@ -1,5 +1,5 @@
-//! `mapcast user add` and `mapcast device add`: provision the first admin
-//! and script fleets without going through the REST API. Each opens the
+//! `mapcast user add|unlock` and `mapcast device add`: provision the first
+//! admin, script fleets and lift lockouts without going through the REST API. Each opens the
 //! configured database, applies pending migrations, acts and exits; the
 //! result is one JSON line on stdout.
 
@@ -14,7 +14,7 @@ use super::ConfigArgs;
 use crate::broker::auth::Role;
 use crate::config::Settings;
 use crate::domain::{DeviceKind, DeviceName, Password, Username};
-use crate::identities::{Identities, IdentityError, IdentitySettings};
+use crate::identities::{Identities, IdentityError};
 use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
@@ -22,6 +22,19 @@ pub enum UserCommand {
     /// Create a user; the password is read from stdin (never from the
     /// command line). Prints `{"id","username","role"}`.
     Add(UserAddArgs),
+    /// Lift the sign-in lockouts of a user name (or device id) on every
+    /// running server, from every address; applied within a second. Prints
+    /// `{"username","requested":true}`.
+    Unlock(UserUnlockArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserUnlockArgs {
+    /// The user name (or device id) to unlock.
+    #[arg(value_name = "NAME")]
+    pub username: String,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +97,10 @@ pub fn user_command(
     input: impl BufRead,
     mut output: impl Write,
 ) -> anyhow::Result<()> {
-    let UserCommand::Add(args) = cmd;
+    let args = match cmd {
+        UserCommand::Add(args) => args,
+        UserCommand::Unlock(args) => return unlock_command(args, output),
+    };
     let role = if args.admin || args.role == RoleArg::Admin { Role::Admin } else { Role::User };
     let username = Username::parse(args.username).context("invalid --username")?;
     let settings = args.config.load_settings()?;
@@ -101,6 +117,25 @@ pub fn user_command(
 
     let line = json!({ "id": user.id, "username": user.username, "role": user.role });
     writeln!(output, "{line}")?;
+    Ok(())
+}
+
+/// `mapcast user unlock NAME`: a request every running server applies.
+fn unlock_command(args: UserUnlockArgs, mut output: impl Write) -> anyhow::Result<()> {
+    let username = args.username;
+    if username.is_empty() || username.chars().count() > 64 {
+        bail!("the user name must be 1 to 64 characters");
+    }
+    let settings = args.config.load_settings()?;
+    with_identities(&settings, |ids| {
+        let username = username.clone();
+        async move {
+            ids.request_unlock(&username)
+                .await
+                .map_err(|e| anyhow::Error::from(e).context("cannot request the unlock"))
+        }
+    })?;
+    writeln!(output, "{}", json!({ "username": username, "requested": true }))?;
     Ok(())
 }
 
@@ -138,15 +173,7 @@ where
     let result = runtime.block_on(async {
         let store = Store::connect(settings.database_url().expose(), 1).await?;
         store.migrate().await?;
-        let ids = Identities::new(
-            store.clone(),
-            IdentitySettings {
-                token_ttl: Duration::from_secs(settings.auth.token_ttl_secs),
-                self_registration: settings.effective_self_registration(),
-                allow_anonymous: settings.effective_allow_anonymous(),
-                lockout: settings.auth.lockout.clone(),
-            },
-        );
+        let ids = Identities::new(store.clone(), settings.identity_settings());
         let result = act(ids).await;
         store.close().await;
         result

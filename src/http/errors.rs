@@ -51,6 +51,9 @@ pub enum ApiError {
     /// A dependency is down or the process is stopping; the text says which.
     #[error("{0}")]
     Unavailable(String),
+    /// Overloaded right now (503 with `Retry-After`): retrying shortly may work.
+    #[error("{detail}")]
+    Busy { detail: String, retry_after_secs: u64 },
     /// The disk under the database is full (507): retrying soon will not help.
     #[error("{0}")]
     InsufficientStorage(String),
@@ -83,6 +86,7 @@ impl ApiError {
             Self::UnprocessableEntity(_) => ("unprocessable", "The request is invalid"),
             Self::TooManyRequests { .. } => ("too-many-requests", "Too many requests"),
             Self::Unavailable(_) => ("unavailable", "Service unavailable"),
+            Self::Busy { .. } => ("busy", "Server busy"),
             Self::InsufficientStorage(_) => ("insufficient-storage", "Insufficient storage"),
             Self::Internal(_) => ("internal", "Internal error"),
         }
@@ -112,7 +116,7 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnprocessableEntity(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -126,7 +130,9 @@ impl ResponseError for ApiError {
         if let Self::Unauthorized(_) = self {
             response.insert_header((WWW_AUTHENTICATE, r#"Bearer realm="mapcast""#));
         }
-        if let Self::TooManyRequests { retry_after_secs, .. } = self {
+        if let Self::TooManyRequests { retry_after_secs, .. }
+        | Self::Busy { retry_after_secs, .. } = self
+        {
             response.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
         }
         response.content_type(PROBLEM_JSON).json(self.problem())
@@ -143,10 +149,18 @@ impl From<IdentityError> for ApiError {
                 tracing::error!({ names::ERROR_MESSAGE } = %cause, "identity store query failed");
                 Self::Unavailable("the database is unavailable".into())
             }
-            IdentityError::Hashing => Self::Unavailable("the server is shutting down".into()),
+            IdentityError::Busy => Self::Busy {
+                detail: "the server is busy checking passwords; retry shortly".into(),
+                retry_after_secs: 1,
+            },
             IdentityError::LockedOut(locked) => Self::TooManyRequests {
                 detail: "too many failed sign-ins; retry later".into(),
                 retry_after_secs: locked.retry_after_secs(),
+            },
+            IdentityError::Throttled(throttled) => Self::TooManyRequests {
+                detail: "too many sign-ups or sign-ins from this address; retry later".into(),
+                retry_after_secs: throttled.retry_after.as_secs()
+                    + u64::from(throttled.retry_after.subsec_nanos() > 0),
             },
         }
     }

@@ -9,7 +9,17 @@ use crate::broker::auth::{
 use crate::domain::{ClientId, TopicFilter, TopicName};
 use crate::telemetry::names;
 
+use super::lockout::Target;
 use super::{Identities, IdentityError, looks_like_secret};
+
+/// What the database says about presented credentials.
+enum Lookup {
+    Found(Identity),
+    /// The user name is a device's id and the secret is not its secret.
+    WrongDeviceSecret,
+    /// No database identity matches.
+    NotFound,
+}
 
 /// MQTT `username`/`password`, in the order tried:
 /// 1. any user name (or none) with a live bearer token as password → that user;
@@ -27,19 +37,37 @@ impl DbAuthenticator {
         Self { identities, config, acl }
     }
 
-    async fn look_up(&self, creds: &Credentials) -> Result<Option<Identity>, IdentityError> {
-        let Some(password) = &creds.password else { return Ok(None) };
+    async fn look_up(&self, creds: &Credentials) -> Result<Lookup, IdentityError> {
+        let Some(password) = &creds.password else { return Ok(Lookup::NotFound) };
         let password = password.expose();
         if looks_like_secret(password)
             && let Some(who) = self.identities.identity_for_token(password).await?
         {
-            return Ok(Some(who));
+            return Ok(Lookup::Found(who));
         }
-        let Some(username) = creds.username.as_deref() else { return Ok(None) };
-        if let Some(who) = self.identities.verify_device(username, password).await? {
-            return Ok(Some(who));
+        let Some(username) = creds.username.as_deref() else { return Ok(Lookup::NotFound) };
+        match self.identities.check_device(username, password).await? {
+            Some(Ok(who)) => return Ok(Lookup::Found(who)),
+            Some(Err(())) => return Ok(Lookup::WrongDeviceSecret),
+            None => {}
         }
-        self.identities.verify_user(username, password).await
+        Ok(match self.identities.verify_user(username, password).await? {
+            Some(who) => Lookup::Found(who),
+            None => Lookup::NotFound,
+        })
+    }
+
+    /// A user of the config file, its password checked on the hashing pool.
+    async fn config_user(&self, creds: &Credentials) -> Result<Identity, AuthError> {
+        let (Some(username), Some(password)) = (&creds.username, &creds.password) else {
+            return Err(AuthError::BadCredentials);
+        };
+        let Some(user) = self.config.user(username) else { return Err(AuthError::BadCredentials) };
+        match self.identities.verify_phc(password.expose(), &user.password_hash).await {
+            Ok(true) => Ok(Identity::configured(user.username.clone(), user.role)),
+            Ok(false) => Err(AuthError::BadCredentials),
+            Err(_busy) => Err(AuthError::Busy),
+        }
     }
 }
 
@@ -59,11 +87,19 @@ impl Authenticator for DbAuthenticator {
                 return Err(AuthError::TooManyAttempts);
             };
             match self.look_up(creds).await {
-                Ok(Some(who)) => {
+                Ok(Lookup::Found(who)) => {
                     attempt.succeeded();
                     return Ok(who);
                 }
-                Ok(None) => {}
+                Ok(Lookup::WrongDeviceSecret) => {
+                    attempt.failed_on(Target::Device);
+                    return Err(AuthError::BadCredentials);
+                }
+                Ok(Lookup::NotFound) => {}
+                Err(IdentityError::Busy) => {
+                    attempt.inconclusive();
+                    return Err(AuthError::Busy);
+                }
                 Err(e) => {
                     attempt.inconclusive();
                     tracing::warn!(
@@ -79,7 +115,7 @@ impl Authenticator for DbAuthenticator {
                 attempt.failed();
                 return Err(AuthError::BadCredentials);
             }
-            match self.config.authenticate(creds).await {
+            match self.config_user(creds).await {
                 Ok(who) => {
                     attempt.succeeded();
                     Ok(who)
@@ -127,6 +163,7 @@ mod tests {
             self_registration: true,
             allow_anonymous,
             lockout: LockoutSettings::default(),
+            hashing: crate::identities::HashingSettings::default(),
         };
         let ids = Identities::new(store, settings);
         let config = ConfigAuthenticator::new(

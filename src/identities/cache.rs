@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
-use crate::broker::auth::verify_password;
+use super::hashing::{Busy, HashPool};
 
 /// Entries kept at most; past it, expired entries go, then everything.
 const CAPACITY: usize = 10_000;
@@ -36,19 +36,22 @@ impl VerifyCache {
     }
 
     /// Whether `secret` matches the argon2 PHC string `phc`; argon2 runs on
-    /// the blocking pool unless the answer is cached. `None` if the blocking
-    /// task could not run (the runtime is shutting down).
-    pub(super) async fn verify(&self, secret: &str, phc: &str) -> Option<bool> {
+    /// `pool` unless the answer is cached.
+    pub(super) async fn verify(
+        &self,
+        pool: &HashPool,
+        secret: &str,
+        phc: &str,
+    ) -> Result<bool, Busy> {
         let fingerprint = self.fingerprint(phc, secret);
         if self.hit(&fingerprint) {
-            return Some(true);
+            return Ok(true);
         }
-        let (secret, phc) = (secret.to_owned(), phc.to_owned());
-        let ok = tokio::task::spawn_blocking(move || verify_password(&secret, &phc)).await.ok()?;
+        let ok = pool.verify(secret.to_owned(), phc.to_owned()).await?;
         if ok {
             self.remember(fingerprint);
         }
-        Some(ok)
+        Ok(ok)
     }
 
     fn fingerprint(&self, phc: &str, secret: &str) -> Fingerprint {
@@ -89,15 +92,21 @@ impl VerifyCache {
 mod tests {
     use super::*;
     use crate::broker::auth::hash_password;
+    use crate::identities::HashingSettings;
+
+    fn pool() -> HashPool {
+        HashPool::new(&HashingSettings { threads: 1, ..HashingSettings::default() })
+    }
 
     #[tokio::test]
     async fn only_successes_are_cached_and_only_for_the_same_hash() {
         let cache = VerifyCache::new(Duration::from_secs(60));
         let phc = hash_password("right horse");
+        let pool = pool();
 
-        assert_eq!(cache.verify("wrong horse", &phc).await, Some(false));
+        assert_eq!(cache.verify(&pool, "wrong horse", &phc).await, Ok(false));
         assert!(!cache.hit(&cache.fingerprint(&phc, "wrong horse")));
-        assert_eq!(cache.verify("right horse", &phc).await, Some(true));
+        assert_eq!(cache.verify(&pool, "right horse", &phc).await, Ok(true));
         assert!(cache.hit(&cache.fingerprint(&phc, "right horse")));
 
         let other = hash_password("right horse");
@@ -108,7 +117,7 @@ mod tests {
     async fn entries_expire() {
         let cache = VerifyCache::new(Duration::ZERO);
         let phc = hash_password("right horse");
-        assert_eq!(cache.verify("right horse", &phc).await, Some(true));
+        assert_eq!(cache.verify(&pool(), "right horse", &phc).await, Ok(true));
         assert!(!cache.hit(&cache.fingerprint(&phc, "right horse")));
     }
 }

@@ -1,14 +1,37 @@
 //! Brute-force protection for every way of signing in with a secret (REST
 //! `POST /api/v1/sessions` and MQTT CONNECT): failures are counted per
-//! identity (the user name or device id tried) and per source address, and
-//! past a threshold within a window that key is locked out for a while.
+//! (identity, address) — the user name or device id tried, from one source
+//! address — and per address, and past a threshold within a window that key
+//! is locked out for a while.
 //!
-//! - Attempts still being checked count against an identity's threshold
-//!   ([`SignInGuard::begin`]), so parallel guesses at one account cannot
+//! - No lockout is ever keyed on an identity alone: the map publishes every
+//!   device id (its MQTT user name) and user names are easy to guess, so a
+//!   stranger must not be able to lock the real car or user out from their
+//!   own address. Their failures lock only themselves: the (identity, their
+//!   address) pair after `max_failures_per_identity`, their address after
+//!   `max_failures_per_address`.
+//! - Device secrets never lock the device, not even from one address: they
+//!   are 256 random bits, guessing one is hopeless, and the per-address
+//!   limit still stops the guesser. Failures against a device count only
+//!   towards the address.
+//! - A distributed guesser (many addresses, one user name) is not slowed per
+//!   identity. Every form of a global per-identity brake either refuses or
+//!   delays the right password too — the weapon this module exists to take
+//!   away — or needs a memory of "known good" addresses the owner of a new
+//!   phone does not have. What bounds such a guesser instead: each address
+//!   gets `max_failures_per_address` guesses per window over all accounts
+//!   (an IPv6 /64 counts as one address), every guess costs it an argon2
+//!   computation on the bounded hashing pool (see `hashing`), and passwords
+//!   are at least 8 characters. Operators who see one account attacked from
+//!   many addresses can watch `mapcast_auth_failures_total` and lift or
+//!   tighten limits; admins lift lockouts with `mapcast user unlock` or
+//!   `DELETE /api/v1/lockouts`.
+//! - Attempts still being checked count against a pair's threshold
+//!   ([`SignInGuard::begin`]), so parallel guesses from one address cannot
 //!   overshoot it while argon2 runs. An address is judged on finished
 //!   failures only: a fleet behind one NAT reconnecting at once is not
 //!   refused for being many.
-//! - A success resets its identity's counter, but only takes back its own
+//! - A success resets its pair's counter, but only takes back its own
 //!   attempt from the address: a correct password for one account cannot
 //!   clear the lockout that guesses at other accounts earned that address.
 //! - Locked keys are refused before any password hashing, so a lockout also
@@ -16,7 +39,8 @@
 //! - Memory is bounded: at most `max_entries` keys per scope; expired ones
 //!   go first, then unlocked partial counts. Lockouts are never evicted.
 //!
-//! The tables sit behind a std `Mutex` held for one map operation, never
+//! The tables sit behind a std `Mutex` held for one map operation (a scan of
+//! one table when an admin lifts lockouts or `/metrics` counts them), never
 //! across an `.await`.
 
 use std::collections::HashMap;
@@ -35,8 +59,9 @@ use crate::telemetry::{metrics, names};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LockoutSettings {
-    /// Failed sign-ins for one user name or device id, within `window_secs`,
-    /// that lock it out. 0 turns the per-identity lockout off. Default 5.
+    /// Failed sign-ins for one user name from one address (IPv6: one /64),
+    /// within `window_secs`, that lock that name out from that address only;
+    /// device secrets never lock their device. 0 turns it off. Default 5.
     pub max_failures_per_identity: u32,
     /// Failed sign-ins from one address (IPv6: one /64), within
     /// `window_secs`, that lock it out. 0 turns it off. Default 20.
@@ -45,7 +70,7 @@ pub struct LockoutSettings {
     pub window_secs: u64,
     /// How long a lockout lasts, in seconds. Default 300.
     pub duration_secs: u64,
-    /// Identities and addresses tracked at most, each. Default 100000.
+    /// (Name, address) pairs and addresses tracked at most, each. Default 100000.
     pub max_entries: usize,
 }
 
@@ -68,6 +93,7 @@ const IN_FLIGHT_WAIT: Duration = Duration::from_secs(1);
 /// Which key a lockout is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockScope {
+    /// One user name from one address.
     Identity,
     Address,
 }
@@ -79,6 +105,24 @@ impl LockScope {
             Self::Address => "address",
         }
     }
+}
+
+/// What a failed sign-in was tried against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A user's password, or a name that is no identity at all.
+    User,
+    /// A device's random secret: the failure counts against the address only.
+    Device,
+}
+
+/// Lockouts an admin lifted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lifted {
+    /// Counters (locked or not) forgotten.
+    pub cleared: usize,
+    /// Of those, lockouts that were in force.
+    pub lockouts: usize,
 }
 
 /// A refused attempt: the key is locked for `retry_after` more.
@@ -98,6 +142,8 @@ impl Locked {
 /// An identity as tracked: a hash of the name, so the table holds no names
 /// and its entries have a fixed size whatever an MQTT client sends.
 type IdentityKey = [u8; 16];
+/// One identity from one address (`None`: no address known, e.g. the CLI).
+type PairKey = (IdentityKey, Option<IpAddr>);
 
 #[derive(Debug, Clone, Copy)]
 struct Counter {
@@ -185,6 +231,25 @@ impl<K: Eq + Hash + Copy> Table<K> {
             && self.counters.get(key).is_some_and(|c| c.failures + c.in_flight >= self.max_failures)
     }
 
+    /// Forget the counters of the keys `matches` picks.
+    fn forget(&mut self, now: Instant, matches: impl Fn(&K) -> bool) -> Lifted {
+        let mut lifted = Lifted::default();
+        self.counters.retain(|key, c| {
+            if !matches(key) {
+                return true;
+            }
+            lifted.cleared += 1;
+            lifted.lockouts += usize::from(c.locked(now).is_some());
+            false
+        });
+        lifted
+    }
+
+    /// Lockouts in force now.
+    fn active(&self, now: Instant) -> usize {
+        self.counters.values().filter(|c| c.locked(now).is_some()).count()
+    }
+
     /// An attempt on `key` ended without failing.
     fn settle(&mut self, key: &K) {
         if let Some(c) = self.counters.get_mut(key) {
@@ -207,7 +272,7 @@ impl<K: Eq + Hash + Copy> Table<K> {
 }
 
 struct Tables {
-    identities: Table<IdentityKey>,
+    pairs: Table<PairKey>,
     addresses: Table<IpAddr>,
 }
 
@@ -221,15 +286,16 @@ pub struct SignInGuard {
 impl SignInGuard {
     pub fn new(settings: LockoutSettings) -> Self {
         let tables = Tables {
-            identities: Table::new(settings.max_failures_per_identity, true),
+            pairs: Table::new(settings.max_failures_per_identity, true),
             addresses: Table::new(settings.max_failures_per_address, false),
         };
         Self { settings, tables: Mutex::new(tables) }
     }
 
     /// Start a sign-in as `identity` (the user name or device id presented,
-    /// if any) from `from`: refused while either is locked out, else counted
-    /// until the [`Attempt`] says how it went.
+    /// if any) from `from`: refused while that name from that address, or
+    /// the address, is locked out; else counted until the [`Attempt`] says
+    /// how it went.
     pub fn begin<'a>(
         &'a self,
         identity: Option<&str>,
@@ -237,20 +303,20 @@ impl SignInGuard {
     ) -> Result<Attempt<'a>, Locked> {
         let now = Instant::now();
         let window = Duration::from_secs(self.settings.window_secs);
-        let identity_key = identity.map(identity_key);
         let address = from.map(address_key);
+        let pair = identity.map(|name| (identity_key(name), address));
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
 
         let locked = [
-            (LockScope::Identity, identity_key.and_then(|k| t.identities.locked(&k, now, window))),
+            (LockScope::Identity, pair.and_then(|k| t.pairs.locked(&k, now, window))),
             (LockScope::Address, address.and_then(|k| t.addresses.locked(&k, now, window))),
         ]
         .into_iter()
         .find_map(|(scope, left)| left.map(|retry_after| Locked { scope, retry_after }))
         .or_else(|| {
-            // Attempts in flight already use up the identity's budget: wait for them.
+            // Attempts in flight already use up the pair's budget: wait for them.
             let busy = [
-                (LockScope::Identity, identity_key.is_some_and(|k| t.identities.exhausted(&k))),
+                (LockScope::Identity, pair.is_some_and(|k| t.pairs.exhausted(&k))),
                 (LockScope::Address, address.is_some_and(|k| t.addresses.exhausted(&k))),
             ];
             busy.into_iter()
@@ -271,17 +337,17 @@ impl SignInGuard {
         let mut attempt = Attempt {
             guard: self,
             identity: identity.map(|name| name.chars().take(64).collect()),
-            identity_key: None,
+            pair: None,
             address: None,
             from,
             done: false,
         };
-        if t.identities.enabled()
-            && let Some(key) = identity_key
-            && let Some(c) = t.identities.counter(key, now, &self.settings)
+        if t.pairs.enabled()
+            && let Some(key) = pair
+            && let Some(c) = t.pairs.counter(key, now, &self.settings)
         {
             c.in_flight += 1;
-            attempt.identity_key = Some(key);
+            attempt.pair = Some(key);
         }
         if t.addresses.enabled()
             && let Some(key) = address
@@ -293,10 +359,60 @@ impl SignInGuard {
         Ok(attempt)
     }
 
-    /// Keys tracked now, identities and addresses together (for tests).
+    /// Keys tracked now, pairs and addresses together (for tests).
     pub fn tracked(&self) -> usize {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        t.identities.counters.len() + t.addresses.counters.len()
+        t.pairs.counters.len() + t.addresses.counters.len()
+    }
+
+    /// Lockouts in force now, pairs and addresses together; also kept in
+    /// the `mapcast_auth_lockouts_active` gauge.
+    pub fn active_lockouts(&self) -> usize {
+        let now = Instant::now();
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let active = t.pairs.active(now) + t.addresses.active(now);
+        drop(t);
+        metrics::global().auth_lockouts_active.store(active as u64, Relaxed);
+        active
+    }
+
+    /// Lift the lockouts of the user name or device id `name`, from every
+    /// address, and forget its failures.
+    pub fn unlock_identity(&self, name: &str) -> Lifted {
+        let key = identity_key(name);
+        let lifted = self.lift(|t, now| t.pairs.forget(now, |(k, _)| *k == key));
+        tracing::info!(
+            { names::USER_NAME } = %name.chars().take(64).collect::<String>(),
+            { names::AUTH_LOCKOUTS_LIFTED } = lifted.lockouts,
+            "sign-in lockouts lifted"
+        );
+        lifted
+    }
+
+    /// Lift the lockouts of the address `ip` (IPv6: its /64): its own and
+    /// those of every name tried from it.
+    pub fn unlock_address(&self, ip: IpAddr) -> Lifted {
+        let ip = address_key(ip);
+        let lifted = self.lift(|t, now| {
+            let pairs = t.pairs.forget(now, |(_, from)| *from == Some(ip));
+            let own = t.addresses.forget(now, |k| *k == ip);
+            Lifted { cleared: pairs.cleared + own.cleared, lockouts: pairs.lockouts + own.lockouts }
+        });
+        tracing::info!(
+            { names::CLIENT_ADDRESS } = %ip,
+            { names::AUTH_LOCKOUTS_LIFTED } = lifted.lockouts,
+            "sign-in lockouts lifted"
+        );
+        lifted
+    }
+
+    fn lift(&self, f: impl FnOnce(&mut Tables, Instant) -> Lifted) -> Lifted {
+        let lifted = {
+            let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut t, Instant::now())
+        };
+        self.active_lockouts();
+        lifted
     }
 }
 
@@ -306,20 +422,20 @@ pub struct Attempt<'a> {
     guard: &'a SignInGuard,
     /// The name tried, for the lockout warning (at most 64 characters).
     identity: Option<String>,
-    identity_key: Option<IdentityKey>,
+    pair: Option<PairKey>,
     address: Option<IpAddr>,
     from: Option<IpAddr>,
     done: bool,
 }
 
 impl Attempt<'_> {
-    /// The secret was right: the identity starts afresh; the address keeps
-    /// the failures it has.
+    /// The secret was right: the name starts afresh from this address; the
+    /// address keeps the failures it has.
     pub fn succeeded(mut self) {
         self.done = true;
         let mut t = self.guard.tables.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(key) = &self.identity_key {
-            t.identities.counters.remove(key);
+        if let Some(key) = &self.pair {
+            t.pairs.counters.remove(key);
         }
         if let Some(key) = &self.address {
             t.addresses.settle(key);
@@ -330,29 +446,39 @@ impl Attempt<'_> {
     pub fn inconclusive(mut self) {
         self.done = true;
         let mut t = self.guard.tables.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(key) = &self.identity_key {
-            t.identities.settle(key);
+        if let Some(key) = &self.pair {
+            t.pairs.settle(key);
         }
         if let Some(key) = &self.address {
             t.addresses.settle(key);
         }
     }
 
-    /// The secret was wrong (or there is no such identity).
-    pub fn failed(mut self) {
-        self.done = true;
-        self.record_failure();
+    /// The password was wrong (or there is no such identity).
+    pub fn failed(self) {
+        self.failed_on(Target::User);
     }
 
-    fn record_failure(&self) {
+    /// The secret presented for `target` was wrong.
+    pub fn failed_on(mut self, target: Target) {
+        self.done = true;
+        self.record_failure(target);
+    }
+
+    fn record_failure(&self, target: Target) {
         let now = Instant::now();
         let lockout = Duration::from_secs(self.guard.settings.duration_secs);
         let started = {
             let mut t = self.guard.tables.lock().unwrap_or_else(|e| e.into_inner());
+            let pair = match target {
+                Target::User => self.pair.filter(|k| t.pairs.failed(k, now, lockout)),
+                Target::Device => {
+                    self.pair.inspect(|k| t.pairs.settle(k));
+                    None
+                }
+            };
             [
-                self.identity_key
-                    .filter(|k| t.identities.failed(k, now, lockout))
-                    .map(|_| LockScope::Identity),
+                pair.map(|_| LockScope::Identity),
                 self.address
                     .filter(|k| t.addresses.failed(k, now, lockout))
                     .map(|_| LockScope::Address),
@@ -362,6 +488,7 @@ impl Attempt<'_> {
         m.auth_failures.fetch_add(1, Relaxed);
         for scope in started.into_iter().flatten() {
             m.auth_lockouts.fetch_add(1, Relaxed);
+            m.auth_lockouts_active.fetch_add(1, Relaxed);
             tracing::warn!(
                 { names::USER_NAME } = self.identity.as_deref(),
                 { names::CLIENT_ADDRESS } = self.from.map(tracing::field::display),
@@ -376,7 +503,7 @@ impl Attempt<'_> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.record_failure();
+            self.record_failure(Target::User);
         }
     }
 }
@@ -392,7 +519,7 @@ fn identity_key(name: &str) -> IdentityKey {
 
 /// IPv4 as is (also when mapped into IPv6); IPv6 by its /64, which one
 /// subscriber usually holds whole.
-fn address_key(ip: IpAddr) -> IpAddr {
+pub(super) fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -425,32 +552,68 @@ mod tests {
     }
 
     #[test]
-    fn an_identity_is_locked_after_its_threshold_from_any_address() {
+    fn a_name_is_locked_only_from_the_address_its_failures_came_from() {
         let g = guard(3, 100);
-        for i in 0..3 {
-            g.begin(Some("ann"), ip(&format!("10.0.0.{i}"))).unwrap().failed();
+        for _ in 0..3 {
+            g.begin(Some("ann"), ip("10.0.0.1")).unwrap().failed();
         }
-        let locked = g.begin(Some("ann"), ip("10.9.9.9")).err().unwrap();
+        let locked = g.begin(Some("ann"), ip("10.0.0.1")).err().unwrap();
         assert_eq!(locked.scope, LockScope::Identity);
         assert!(locked.retry_after_secs() > 0 && locked.retry_after_secs() <= 60);
-        assert!(g.begin(Some("bob"), ip("10.9.9.9")).is_ok(), "others are unaffected");
+        assert!(g.begin(Some("ann"), ip("10.9.9.9")).is_ok(), "ann's own address is unaffected");
+        assert!(g.begin(Some("bob"), ip("10.0.0.1")).is_ok(), "others are unaffected");
     }
 
     #[test]
-    fn a_success_resets_its_identity_but_not_the_lockout_its_address_earned() {
+    fn wrong_device_secrets_never_lock_the_device_but_count_against_the_address() {
+        let g = guard(2, 4);
+        for _ in 0..3 {
+            g.begin(Some("car-1"), ip("10.0.0.1")).unwrap().failed_on(Target::Device);
+        }
+        let fourth = g.begin(Some("car-1"), ip("10.0.0.1")).expect("no pair lockout for a device");
+        fourth.failed_on(Target::Device);
+        let locked = g.begin(Some("car-1"), ip("10.0.0.1")).err().unwrap();
+        assert_eq!(locked.scope, LockScope::Address);
+        let car = g.begin(Some("car-1"), ip("10.0.0.2")).expect("the car itself is fine");
+        car.succeeded();
+    }
+
+    #[test]
+    fn lifting_a_name_or_an_address_ends_its_lockouts_and_the_gauge_follows() {
+        let g = guard(2, 3);
+        for from in ["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.2"] {
+            g.begin(Some("ann"), ip(from)).map(Attempt::failed).ok();
+        }
+        // ann is locked from .1 and from .2 (the fifth try was refused).
+        assert!(g.begin(Some("ann"), ip("10.0.0.1")).is_err());
+        assert_eq!(g.active_lockouts(), 2);
+
+        let lifted = g.unlock_identity("ann");
+
+        assert_eq!(lifted.lockouts, 2);
+        g.begin(Some("ann"), ip("10.0.0.1")).expect("lifted").succeeded();
+        assert_eq!(g.active_lockouts(), 0);
+        for name in ["x", "y", "z"] {
+            g.begin(Some(name), ip("10.0.0.3")).unwrap().failed();
+        }
+        assert!(g.begin(Some("bob"), ip("10.0.0.3")).is_err());
+        assert_eq!(g.unlock_address(ip("10.0.0.3").unwrap()).lockouts, 1);
+        g.begin(Some("bob"), ip("10.0.0.3")).expect("lifted").succeeded();
+    }
+
+    #[test]
+    fn a_success_resets_its_name_but_not_the_lockout_its_address_earned() {
         let g = guard(3, 4);
         g.begin(Some("ann"), ip("10.0.0.1")).unwrap().failed();
         g.begin(Some("ann"), ip("10.0.0.1")).unwrap().failed();
         g.begin(Some("ann"), ip("10.0.0.1")).unwrap().succeeded();
-        // Ann's counter is back to zero: two more failures do not lock her.
-        g.begin(Some("ann"), ip("10.0.0.2")).unwrap().failed();
-        g.begin(Some("ann"), ip("10.0.0.2")).unwrap().failed();
-        g.begin(Some("ann"), ip("10.0.0.3")).expect("not locked yet").succeeded();
+        // Ann's counter from there is back to zero: one more failure does not lock her.
+        g.begin(Some("ann"), ip("10.0.0.1")).unwrap().failed();
+        g.begin(Some("ann"), ip("10.0.0.1")).expect("not locked yet").succeeded();
 
         // 10.0.0.1 guesses at others until locked; ann's right password from
         // there is refused, and trying it does not unlock the address.
         g.begin(Some("x"), ip("10.0.0.1")).unwrap().failed();
-        g.begin(Some("y"), ip("10.0.0.1")).unwrap().failed();
         let locked = g.begin(Some("ann"), ip("10.0.0.1")).err().unwrap();
         assert_eq!(locked.scope, LockScope::Address);
         assert!(g.begin(Some("ann"), ip("10.0.0.1")).is_err());

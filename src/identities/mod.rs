@@ -4,15 +4,19 @@
 //! MQTT authenticator ([`DbAuthenticator`]).
 //!
 //! Secrets are generated here from the OS's random source and stored hashed:
-//! passwords and device secrets with argon2id (verified on the blocking pool,
-//! successes cached briefly), tokens as their SHA-256 (they are long and
-//! random, so a fast hash is enough and lets a token be looked up directly).
-//! Every check of a password or secret passes the [`SignInGuard`] first:
-//! repeated failures lock the identity or the address out for a while.
+//! passwords and device secrets with argon2id (computed on the bounded
+//! [`HashPool`], successes cached briefly), tokens as their SHA-256 (they are
+//! long and random, so a fast hash is enough and lets a token be looked up
+//! directly). REST sign-ups and sign-ins pass a per-address rate first; every
+//! check of a password or secret passes the [`SignInGuard`]: repeated
+//! failures lock a name from one address, or the address, out for a while.
 
 mod authenticator;
 mod cache;
+pub mod hashing;
+mod lifts;
 pub mod lockout;
+mod throttle;
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -25,9 +29,13 @@ use sha2::{Digest, Sha256};
 
 pub use authenticator::DbAuthenticator;
 use cache::VerifyCache;
+pub use hashing::{Busy, HashPool, HashingSettings};
+pub use lifts::LockoutLifts;
 use lockout::{Locked, LockoutSettings, SignInGuard};
+use throttle::Throttle;
+pub use throttle::Throttled;
 
-use crate::broker::auth::{Identity, Role, Secret, hash_password};
+use crate::broker::auth::{Identity, Role, Secret};
 use crate::domain::{DeviceKind, DeviceName, Password, Username, time};
 use crate::store::{DeviceRecord, InsertError, Store, TokenRecord, UserRecord};
 use crate::telemetry::names;
@@ -52,6 +60,8 @@ pub struct IdentitySettings {
     pub allow_anonymous: bool,
     /// Brute-force protection of sign-ins, from `[auth.lockout]`.
     pub lockout: LockoutSettings,
+    /// The password hashing pool and the per-address rate, from `[auth.hashing]`.
+    pub hashing: HashingSettings,
 }
 
 /// A user as callers see it (no hash).
@@ -100,12 +110,21 @@ pub enum IdentityError {
     UnknownUser(String),
     #[error("database error")]
     Database(#[from] sqlx::Error),
-    /// The blocking pool refused work (the runtime is shutting down).
-    #[error("password hashing unavailable")]
-    Hashing,
+    /// The hashing pool's queue is full or too slow: retry shortly.
+    #[error("password hashing is busy; retry later")]
+    Busy,
     /// Too many failed sign-ins for this user name or from this address.
     #[error("too many failed sign-ins; retry later")]
     LockedOut(Locked),
+    /// Too many sign-ups or sign-ins from this address, before any check.
+    #[error("too many requests from this address; retry later")]
+    Throttled(Throttled),
+}
+
+impl From<Busy> for IdentityError {
+    fn from(_: Busy) -> Self {
+        Self::Busy
+    }
 }
 
 impl From<InsertError> for IdentityError {
@@ -128,6 +147,8 @@ struct Inner {
     settings: IdentitySettings,
     cache: VerifyCache,
     guard: SignInGuard,
+    hashing: HashPool,
+    throttle: Throttle,
 }
 
 impl std::fmt::Debug for Identities {
@@ -140,7 +161,23 @@ impl Identities {
     pub fn new(store: Store, settings: IdentitySettings) -> Self {
         let cache = VerifyCache::new(VERIFY_CACHE_TTL);
         let guard = SignInGuard::new(settings.lockout.clone());
-        Self { inner: Arc::new(Inner { store, settings, cache, guard }) }
+        let hashing = HashPool::new(&settings.hashing);
+        let throttle =
+            Throttle::new(settings.hashing.rate_per_address, settings.hashing.burst_per_address);
+        let inner = Inner { store, settings, cache, guard, hashing, throttle };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Count a REST sign-up or sign-in from `from` against its address's
+    /// rate, before any password work.
+    pub fn throttle(&self, from: Option<IpAddr>) -> Result<(), IdentityError> {
+        self.inner.throttle.take(from).map_err(IdentityError::Throttled)
+    }
+
+    /// Ask every running server to lift the lockouts of `username` (for the
+    /// CLI, which cannot reach their memory); applied within a second.
+    pub async fn request_unlock(&self, username: &str) -> Result<(), IdentityError> {
+        Ok(self.store().request_lockout_lift(username, now_ms()).await?)
     }
 
     /// The lockout state every password or secret check goes through.
@@ -164,7 +201,7 @@ impl Identities {
         password: Password,
         role: Role,
     ) -> Result<User, IdentityError> {
-        let password_hash = hash(password.expose().to_owned()).await?;
+        let password_hash = self.hash(password.expose().to_owned()).await?;
         let record = UserRecord {
             id: random_id(),
             username: username.into_string(),
@@ -264,11 +301,21 @@ impl Identities {
         device_id: &str,
         secret: &str,
     ) -> Result<Option<Identity>, IdentityError> {
+        Ok(self.check_device(device_id, secret).await?.and_then(Result::ok))
+    }
+
+    /// `None` if there is no such device; else the device, or `Err(())`
+    /// when the secret is wrong.
+    async fn check_device(
+        &self,
+        device_id: &str,
+        secret: &str,
+    ) -> Result<Option<Result<Identity, ()>>, IdentityError> {
         let Some(record) = self.store().device_by_id(device_id).await? else {
             return Ok(None);
         };
         let ok = self.verify(secret, &record.secret_hash).await?;
-        Ok(ok.then(|| Identity::device(record.id)))
+        Ok(Some(if ok { Ok(Identity::device(record.id)) } else { Err(()) }))
     }
 
     /// Provision a device for `owner_id`; its secret is returned this once.
@@ -279,7 +326,7 @@ impl Identities {
         kind: DeviceKind,
     ) -> Result<NewDevice, IdentityError> {
         let secret = random_secret();
-        let secret_hash = hash(secret.expose().to_owned()).await?;
+        let secret_hash = self.hash(secret.expose().to_owned()).await?;
         let record = DeviceRecord {
             id: random_id(),
             owner_id: owner_id.to_owned(),
@@ -356,7 +403,7 @@ impl Identities {
         password: &str,
     ) -> Result<Option<UserRecord>, IdentityError> {
         let Some(record) = self.store().user_by_username(username).await? else {
-            let dummy = dummy_hash().await?;
+            let dummy = self.dummy_hash().await?;
             self.verify(password, &dummy).await?;
             return Ok(None);
         };
@@ -365,7 +412,28 @@ impl Identities {
     }
 
     async fn verify(&self, secret: &str, phc: &Secret) -> Result<bool, IdentityError> {
-        self.inner.cache.verify(secret, phc.expose()).await.ok_or(IdentityError::Hashing)
+        Ok(self.inner.cache.verify(&self.inner.hashing, secret, phc.expose()).await?)
+    }
+
+    /// Whether `password` matches the argon2 PHC string `phc` (a user of
+    /// the config file), on the hashing pool.
+    pub(crate) async fn verify_phc(&self, password: &str, phc: &str) -> Result<bool, Busy> {
+        self.inner.cache.verify(&self.inner.hashing, password, phc).await
+    }
+
+    /// argon2id on the hashing pool.
+    async fn hash(&self, secret: String) -> Result<Secret, IdentityError> {
+        Ok(Secret::new(self.inner.hashing.hash(secret).await?))
+    }
+
+    /// A hash no password matches, for timing-safe "no such user" answers.
+    async fn dummy_hash(&self) -> Result<Secret, IdentityError> {
+        static DUMMY: OnceLock<Secret> = OnceLock::new();
+        if let Some(h) = DUMMY.get() {
+            return Ok(h.clone());
+        }
+        let h = self.hash(random_secret().expose().to_owned()).await?;
+        Ok(DUMMY.get_or_init(|| h).clone())
     }
 
     /// A stored user as an identity, with the devices it owns right now.
@@ -388,23 +456,6 @@ fn device(r: DeviceRecord) -> Device {
         name: r.name,
         created_at: r.created_at,
     }
-}
-
-/// argon2id on the blocking pool.
-async fn hash(secret: String) -> Result<Secret, IdentityError> {
-    tokio::task::spawn_blocking(move || Secret::new(hash_password(&secret)))
-        .await
-        .map_err(|_| IdentityError::Hashing)
-}
-
-/// A hash no password matches, for timing-safe "no such user" answers.
-async fn dummy_hash() -> Result<Secret, IdentityError> {
-    static DUMMY: OnceLock<Secret> = OnceLock::new();
-    if let Some(h) = DUMMY.get() {
-        return Ok(h.clone());
-    }
-    let h = hash(random_secret().expose().to_owned()).await?;
-    Ok(DUMMY.get_or_init(|| h).clone())
 }
 
 /// 32 random bytes, base64url without padding (43 characters).
@@ -463,6 +514,7 @@ mod tests {
             self_registration: true,
             allow_anonymous: false,
             lockout: LockoutSettings::default(),
+            hashing: HashingSettings::default(),
         };
         (dir, Identities::new(store, settings))
     }

@@ -90,6 +90,7 @@ impl ConnectRefusal {
             // secret); it should back off and retry later, which is what
             // 0x9F asks of it. 0x87 would read as a permanent ACL refusal.
             Self::Auth(AuthError::TooManyAttempts) => ConnectAckReason::ConnectionRateExceeded,
+            Self::Auth(AuthError::Busy) => ConnectAckReason::ServerBusy,
             Self::WillTopicInvalid => ConnectAckReason::TopicNameInvalid,
             Self::WillPayloadInvalid => ConnectAckReason::PayloadFormatInvalid,
             Self::WillTooLarge => ConnectAckReason::PacketTooLarge,
@@ -107,7 +108,9 @@ impl ConnectRefusal {
             Self::Auth(AuthError::NotAuthorized)
             | Self::WillNotAuthorized
             | Self::SessionOwnedByOther => Some(R::NotAuthorized),
-            Self::Auth(AuthError::Unavailable) | Self::Unavailable => Some(R::ServiceUnavailable),
+            Self::Auth(AuthError::Unavailable | AuthError::Busy) | Self::Unavailable => {
+                Some(R::ServiceUnavailable)
+            }
             // 3.1.1 has no rate code; "not authorized" without claiming the
             // password is wrong.
             Self::Auth(AuthError::TooManyAttempts) => Some(R::NotAuthorized),
@@ -125,6 +128,7 @@ impl ConnectRefusal {
             Self::Auth(AuthError::NotAuthorized) => "not authorized",
             Self::Auth(AuthError::Unavailable) => "authentication backend unavailable",
             Self::Auth(AuthError::TooManyAttempts) => "too many failed sign-ins; retry later",
+            Self::Auth(AuthError::Busy) => "server busy: password checking is saturated",
             Self::WillTopicInvalid => "will topic invalid",
             Self::WillPayloadInvalid => "will payload invalid for its topic",
             Self::WillTooLarge => "will payload too large",
@@ -415,6 +419,11 @@ mod tests {
         );
         assert_eq!(u8::from(ConnectRefusal::Auth(AuthError::BadCredentials).v5()), 0x86);
         assert_eq!(u8::from(ConnectRefusal::Auth(AuthError::TooManyAttempts).v5()), 0x9F);
+        assert_eq!(u8::from(ConnectRefusal::Auth(AuthError::Busy).v5()), 0x89);
+        assert_eq!(
+            ConnectRefusal::Auth(AuthError::Busy).v3(),
+            Some(v3::codec::ConnectAckReason::ServiceUnavailable)
+        );
         assert_eq!(
             ConnectRefusal::Auth(AuthError::TooManyAttempts).v3(),
             Some(v3::codec::ConnectAckReason::NotAuthorized)

@@ -6,6 +6,7 @@ mod commit_pace;
 mod history;
 mod identities;
 mod locations;
+mod lockout_lifts;
 mod map_snapshots;
 mod pool;
 mod retention;

@@ -116,6 +116,13 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     pub auth_lockouts: AtomicU64,
     pub auth_locked_refusals: AtomicU64,
+    /// Password checks refused "busy" by the hashing pool; sign-ups and
+    /// sign-ins refused by the per-address rate; lockouts in force (raised
+    /// as one starts, recounted without the expired ones at each `/metrics`
+    /// scrape and each lift, by `identities::lockout`).
+    pub auth_hashing_busy: AtomicU64,
+    pub auth_throttled: AtomicU64,
+    pub auth_lockouts_active: AtomicU64,
     /// The broker whose [`Stats`] the shipped document reports.
     broker: Mutex<Option<Arc<Stats>>>,
     /// The per-flag-variant rows of the shipped document.
@@ -154,6 +161,9 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     auth_failures: AtomicU64::new(0),
     auth_lockouts: AtomicU64::new(0),
     auth_locked_refusals: AtomicU64::new(0),
+    auth_hashing_busy: AtomicU64::new(0),
+    auth_throttled: AtomicU64::new(0),
+    auth_lockouts_active: AtomicU64::new(0),
     broker: Mutex::new(None),
     flag_rows: Mutex::new(None),
 });
@@ -350,6 +360,21 @@ impl Metrics {
                 m::AUTH_LOCKED_REFUSALS,
                 "Sign-ins refused unchecked during a lockout.",
                 g(&self.auth_locked_refusals),
+            ),
+            Scalar::counter(
+                m::AUTH_HASHING_BUSY,
+                "Password checks refused busy: the hashing pool's queue was full or too slow.",
+                g(&self.auth_hashing_busy),
+            ),
+            Scalar::counter(
+                m::AUTH_THROTTLED,
+                "Sign-ups and sign-ins refused by the per-address rate, before hashing.",
+                g(&self.auth_throttled),
+            ),
+            Scalar::gauge(
+                m::AUTH_LOCKOUTS_ACTIVE,
+                "Sign-in lockouts in force (per address, and per identity from one address).",
+                g(&self.auth_lockouts_active),
             ),
             Scalar::gauge(
                 m::UPTIME,

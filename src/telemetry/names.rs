@@ -79,10 +79,14 @@ pub const MQTT_CLIENT_ID_ASSIGNED: &str = "mqtt.client_id_assigned";
 pub const MQTT_DISCONNECT: &str = "mqtt.disconnect";
 
 // Sign-in lockouts (brute-force protection on REST sign-in and MQTT CONNECT).
-/// `identity` (a user name or device id) or `address` (a source IP).
+/// `identity` (a user name, from one source address) or `address` (a source IP).
 pub const AUTH_LOCKOUT_SCOPE: &str = "mapcast.auth.lockout.scope";
 /// How long the lockout lasts, in seconds.
 pub const AUTH_LOCKOUT_SECS: &str = "mapcast.auth.lockout.duration_secs";
+/// Lockouts in force that an admin lifted.
+pub const AUTH_LOCKOUTS_LIFTED: &str = "mapcast.auth.lockout.lifted";
+/// Threads of the password hashing pool (on a "busy" refusal).
+pub const AUTH_HASHING_THREADS: &str = "mapcast.auth.hashing.threads";
 
 // HTTP requests (ECS `http.*`, `url.*`, `event.duration` in nanoseconds).
 pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
@@ -195,6 +199,15 @@ pub mod metrics {
     /// Sign-ins refused unchecked because of a lockout.
     pub const AUTH_LOCKED_REFUSALS: (&str, &str) =
         ("mapcast_auth_locked_refusals_total", "mapcast.auth.locked_refusals");
+    /// Password checks and hashes refused "busy" (pool queue full or too slow).
+    pub const AUTH_HASHING_BUSY: (&str, &str) =
+        ("mapcast_auth_hashing_busy_total", "mapcast.auth.hashing.busy");
+    /// Lockouts in force now (address, and identity from one address).
+    pub const AUTH_LOCKOUTS_ACTIVE: (&str, &str) =
+        ("mapcast_auth_lockouts_active", "mapcast.auth.lockouts_active");
+    /// Sign-ups and sign-ins refused by the per-address rate, before hashing.
+    pub const AUTH_THROTTLED: (&str, &str) =
+        ("mapcast_auth_throttled_total", "mapcast.auth.throttled");
     /// Labelled by `reason`; the document has one field per reason below it.
     pub const CONNECTIONS_REJECTED: (&str, &str) =
         ("mapcast_connections_rejected_total", "mapcast.connections.rejected");

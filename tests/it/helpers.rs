@@ -91,6 +91,10 @@ pub async fn spawn_app_in(data_dir: &Path, configure: impl FnOnce(&mut Settings)
     settings.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     settings.data_dir = data_dir.to_path_buf();
+    // Every test client comes from 127.0.0.1: one address's limits would
+    // stand in for the whole internet's. Tests of those limits set them.
+    settings.broker.limits.connect_burst_per_ip = 1_000;
+    settings.auth.hashing.rate_per_address = 0.0;
     configure(&mut settings);
 
     let shutdown = CancellationToken::new();

@@ -1,5 +1,5 @@
-//! Brute-force protection: repeated failed sign-ins lock a user name or an
-//! address out, over REST (429 + `Retry-After`) and MQTT (v5 CONNACK 0x9F,
+//! Brute-force protection: repeated failed sign-ins lock a user name (from
+//! the address that failed) or an address out, over REST (429 + `Retry-After`) and MQTT (v5 CONNACK 0x9F,
 //! v3 0x05) alike; the lockout is logged without the password and counted.
 
 use std::time::Duration;

@@ -64,7 +64,10 @@ async fn flood(addr: std::net::SocketAddr, n: usize, stop: Arc<AtomicBool>) -> u
 #[tokio::test]
 async fn a_subscriber_that_never_reads_costs_bounded_memory_and_others_get_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[broker]\nmax_queued_messages = 1000\nqueue_overflow = \"drop_oldest\"\n";
+    // Over a hundred clients connect at once from 127.0.0.1: more than one
+    // address's default burst.
+    let config = "[broker]\nmax_queued_messages = 1000\nqueue_overflow = \"drop_oldest\"\n\
+                  connect_burst_per_ip = 1000\n";
     let server = ServerProcess::start_with_config(dir.path(), config, &[]).await;
     let pid = server.pid();
     // Subscribes to everything, then never reads again.

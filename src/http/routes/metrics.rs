@@ -20,6 +20,8 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 )]
 #[get("/metrics")]
 async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    // Brings the gauge of lockouts in force up to date (expired ones go).
+    state.identities.sign_in_guard().active_lockouts();
     let mut body = metrics::global().render_prometheus(Some(state.broker.stats()));
     state.flags.render_prometheus(&mut body);
     HttpResponse::Ok().content_type(CONTENT_TYPE).body(body)

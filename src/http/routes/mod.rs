@@ -11,6 +11,7 @@ mod flags;
 pub mod fuzzing;
 mod health;
 mod history;
+mod lockouts;
 mod map;
 mod metrics;
 mod sessions;
@@ -26,6 +27,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     debug::configure(cfg);
     users::configure(cfg);
     sessions::configure(cfg);
+    lockouts::configure(cfg);
     devices::configure(cfg);
     topics::configure(cfg);
     history::configure(cfg);

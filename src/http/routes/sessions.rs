@@ -59,7 +59,8 @@ pub struct Me {
         (status = 400, description = "Malformed JSON", content_type = "application/problem+json"),
         (status = 401, description = "Wrong user name or password", content_type = "application/problem+json"),
         (status = 422, description = "Wrong or missing fields", content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed sign-ins for this user name or from this address; see `Retry-After`", content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed sign-ins for this user name from this address, or from this address; or too many sign-ins from this address at all; see `Retry-After`", content_type = "application/problem+json"),
+        (status = 503, description = "Server busy checking passwords; see `Retry-After`", content_type = "application/problem+json"),
     )
 )]
 #[post("/api/v1/sessions")]
@@ -72,6 +73,7 @@ async fn create_session(
     // The socket's peer, not `X-Forwarded-For`: a header any client can
     // forge must not pick the address its failures are counted against.
     let from = req.peer_addr().map(|a| a.ip());
+    state.identities.throttle(from)?;
     let issued = state.identities.login(&body.username, &body.password, from).await?;
     Ok(HttpResponse::Created()
         // A token is a credential: no cache may keep it.

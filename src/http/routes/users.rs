@@ -1,7 +1,7 @@
 //! `/api/v1/users`: sign-up (open unless `auth.self_registration = false`),
 //! and user management for admins.
 
-use actix_web::{HttpResponse, delete, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -109,15 +109,23 @@ pub struct UserList {
         (status = 409, description = "The username is taken", content_type = "application/problem+json"),
         (status = 415, description = "The body is not application/json", content_type = "application/problem+json"),
         (status = 422, description = "Wrong fields, a short password or an invalid username", content_type = "application/problem+json"),
+        (status = 429, description = "Too many sign-ups or sign-ins from this address; see `Retry-After`", content_type = "application/problem+json"),
+        (status = 503, description = "Server busy hashing passwords; see `Retry-After`", content_type = "application/problem+json"),
     )
 )]
 #[post("/api/v1/users")]
 #[tracing::instrument(skip_all)]
 async fn create_user(
     state: web::Data<AppState>,
+    req: HttpRequest,
     OptionalCaller(caller): OptionalCaller,
     body: web::Json<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
+    // Strangers' sign-ups count against the socket's peer before any
+    // hashing (see sign-in); an admin's scripts are not throttled.
+    if !caller.identity.is_admin() {
+        state.identities.throttle(req.peer_addr().map(|a| a.ip()))?;
+    }
     let body = body.into_inner();
     let role = body.role()?;
     if role == Role::Admin {
