@@ -150,7 +150,7 @@ async fn no_secret_appears_in_any_output_of_a_full_scenario() {
     golf.publish_qos1(&format!("devices/{}/location", car.id), true, location(13.4, 52.5)).await;
     let ann_v5 =
         V5Options::new("ann-v5", server.mqtt_addr).credentials("ann", USER_PW).connect().await;
-    let ann_v3 =
+    let mut ann_v3 =
         V3Options::new("ann-v3", server.mqtt_addr).credentials("ann", &token).connect().await;
 
     // Everything that must be refused.
@@ -186,6 +186,8 @@ async fn no_secret_appears_in_any_output_of_a_full_scenario() {
     }
     let revoked = api.delete("/api/v1/sessions/current", Some(&token)).await;
     assert_eq!(revoked.status(), 204);
+    // Revoking the token closed the connection that signed in with it.
+    ann_v3.wait_closed(RECV).await;
     errors
         .expect("a revoked token", api.get("/api/v1/sessions/current", Some(&token)).await, 401)
         .await;
@@ -204,7 +206,6 @@ async fn no_secret_appears_in_any_output_of_a_full_scenario() {
 
     golf.disconnect().await;
     ann_v5.disconnect().await;
-    ann_v3.disconnect().await;
     let shipped = es
         .wait_for(Duration::from_secs(10), |es| {
             let docs = es.accepted();
