@@ -110,6 +110,18 @@ pub struct HttpSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`. Default: none.
     pub tls_key: Option<PathBuf>,
+    /// Milliseconds a client has to send a request's headers once connected;
+    /// past it the connection gets 408 and is closed. Default 5000.
+    pub head_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's whole body once its
+    /// headers are in; past it the request gets a 408 problem and the
+    /// connection is closed. Default 15000.
+    pub body_timeout_ms: u64,
+    /// HTTP connections open at once (SSE streams included), split evenly
+    /// among the workers; past it new connections wait in the listen backlog
+    /// until one closes. Keep it below the process's open-files limit, which
+    /// MQTT shares. Default 4096.
+    pub max_connections: usize,
 }
 
 impl Default for HttpSettings {
@@ -119,6 +131,9 @@ impl Default for HttpSettings {
             workers: 2,
             tls_cert: None,
             tls_key: None,
+            head_timeout_ms: 5000,
+            body_timeout_ms: 15_000,
+            max_connections: 4096,
         }
     }
 }
@@ -549,6 +564,15 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_HTTP_WORKERS", "http.workers", |s, v| set(&mut s.http.workers, v)),
     var("MAPCAST_HTTP_TLS_CERT", "http.tls_cert", |s, v| set_some(&mut s.http.tls_cert, v)),
     var("MAPCAST_HTTP_TLS_KEY", "http.tls_key", |s, v| set_some(&mut s.http.tls_key, v)),
+    var("MAPCAST_HTTP_HEAD_TIMEOUT_MS", "http.head_timeout_ms", |s, v| {
+        set(&mut s.http.head_timeout_ms, v)
+    }),
+    var("MAPCAST_HTTP_BODY_TIMEOUT_MS", "http.body_timeout_ms", |s, v| {
+        set(&mut s.http.body_timeout_ms, v)
+    }),
+    var("MAPCAST_HTTP_MAX_CONNECTIONS", "http.max_connections", |s, v| {
+        set(&mut s.http.max_connections, v)
+    }),
     var("MAPCAST_DATA_DIR", "data_dir", |s, v| set(&mut s.data_dir, v)),
     var("MAPCAST_DATABASE_URL", "database.url", |s, v| {
         s.database.url = Some(Secret::new(v));
@@ -709,6 +733,12 @@ impl Settings {
         }
         if self.mqtt.workers == 0 || self.http.workers == 0 {
             bail!("mqtt.workers and http.workers must be at least 1");
+        }
+        if self.http.head_timeout_ms == 0 || self.http.body_timeout_ms == 0 {
+            bail!("http.head_timeout_ms and http.body_timeout_ms must be at least 1");
+        }
+        if self.http.max_connections < self.http.workers {
+            bail!("http.max_connections must be at least http.workers");
         }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be at least 1");

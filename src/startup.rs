@@ -160,7 +160,7 @@ impl Application {
             ),
             _ => None,
         };
-        let http_server = http::build(http_listener, http_tls, state, settings.http.workers)
+        let http_server = http::build(http_listener, http_tls, state, &settings.http)
             .context("cannot start the HTTP server")?;
         let http = http_server.handle();
         let http_task = tokio::spawn(http_server);

@@ -3,6 +3,7 @@
 //! shared state.
 
 pub mod auth;
+mod deadline;
 pub mod errors;
 mod openapi;
 mod payload;
@@ -11,7 +12,7 @@ pub mod state;
 pub mod tickets;
 
 use std::net::TcpListener;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::panic::AssertUnwindSafe;
 
@@ -30,6 +31,7 @@ pub use errors::ApiError;
 pub use routes::fuzzing;
 pub use state::AppState;
 
+use crate::config::HttpSettings;
 use crate::telemetry::{metrics, names, otel};
 
 /// Seconds actix waits for in-flight requests when stopping gracefully.
@@ -42,9 +44,11 @@ pub fn build(
     listener: TcpListener,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     state: AppState,
-    workers: usize,
+    settings: &HttpSettings,
 ) -> std::io::Result<Server> {
     let state = web::Data::new(state);
+    let body_timeout =
+        web::Data::new(deadline::BodyTimeout(Duration::from_millis(settings.body_timeout_ms)));
     let tickets = web::Data::new(tickets::SseTickets::default());
     let openapi = web::Data::new(openapi::OpenApiJson(
         openapi::document().to_json().map_err(std::io::Error::other)?,
@@ -54,16 +58,20 @@ pub fn build(
             .app_data(state.clone())
             .app_data(tickets.clone())
             .app_data(openapi.clone())
+            .app_data(body_timeout.clone())
             .app_data(web::JsonConfig::default().error_handler(|e, _| errors::json_error(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))
             .app_data(web::PathConfig::default().error_handler(|e, _| errors::extractor_error(e)))
+            .wrap(from_fn(deadline::limit_body))
             .wrap(from_fn(trace_request))
             .into_utoipa_app()
             .configure(routes::configure)
             .default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
             .into_app()
     })
-    .workers(workers)
+    .workers(settings.workers)
+    .max_connections(settings.max_connections.div_ceil(settings.workers))
+    .client_request_timeout(Duration::from_millis(settings.head_timeout_ms))
     // Signals are handled once, in `shutdown`; stopping goes through the handle.
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);

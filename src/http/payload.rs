@@ -11,7 +11,7 @@ use futures::StreamExt;
 use ntex::util::Bytes;
 use serde_json::Value;
 
-use super::errors::ApiError;
+use super::errors::{ApiError, payload_error};
 
 /// The request body, refused with 413 past `limit` bytes (before reading
 /// it when `Content-Length` says so).
@@ -31,8 +31,7 @@ pub async fn read_body(
     }
     let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit));
     while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        let chunk = chunk.map_err(payload_error)?;
         if buf.len() + chunk.len() > limit {
             return Err(too_large());
         }

@@ -1,2 +1,4 @@
 //! Attacks a stranger on the internet can try, each run from outside against
 //! the real server: one module per attack.
+
+mod slow_requests;
