@@ -9,6 +9,7 @@ mod openapi;
 mod payload;
 mod routes;
 pub mod state;
+mod target;
 pub mod tickets;
 
 use std::net::TcpListener;
@@ -63,6 +64,7 @@ pub fn build(
             .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))
             .app_data(web::PathConfig::default().error_handler(|e, _| errors::extractor_error(e)))
             .wrap(from_fn(deadline::limit_body))
+            .wrap(from_fn(target::require_utf8))
             .wrap(from_fn(trace_request))
             .into_utoipa_app()
             .configure(routes::configure)

@@ -1,4 +1,5 @@
 //! Attacks a stranger on the internet can try, each run from outside against
 //! the real server: one module per attack.
 
+mod invalid_utf8;
 mod slow_requests;
