@@ -209,6 +209,11 @@ pub fn extractor_error(err: impl std::fmt::Display) -> actix_web::Error {
 /// too big → 413, valid JSON of the wrong shape (wrong type, missing field)
 /// → 422, too slow → 408.
 pub fn json_error(err: JsonPayloadError) -> actix_web::Error {
+    json_problem(err).into()
+}
+
+/// The problem [`json_error`] answers with.
+pub fn json_problem(err: JsonPayloadError) -> ApiError {
     match err {
         JsonPayloadError::Payload(e) => payload_error(e),
         JsonPayloadError::ContentType => {
@@ -224,7 +229,6 @@ pub fn json_error(err: JsonPayloadError) -> actix_web::Error {
         JsonPayloadError::Deserialize(e) => ApiError::BadRequest(format!("malformed JSON: {e}")),
         other => ApiError::BadRequest(other.to_string()),
     }
-    .into()
 }
 
 /// serde's message for a body of the wrong shape, without the offending

@@ -26,7 +26,7 @@ use crate::domain::time::{format_rfc3339, millis};
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
-use crate::http::payload::payload_json;
+use crate::http::payload::{DeferredJson, payload_json};
 use crate::http::state::AppState;
 use crate::http::tickets::{IssueError, SseTickets, TICKET_TTL};
 
@@ -187,14 +187,15 @@ async fn subscribe(
     )
 )]
 #[post("/api/v1/subscribe/tickets")]
-#[tracing::instrument(skip_all, fields(mqtt.filter = %body.filter))]
+#[tracing::instrument(skip_all, fields(mqtt.filter = tracing::field::Empty))]
 async fn create_ticket(
     state: web::Data<AppState>,
     tickets: web::Data<SseTickets>,
     caller: Caller,
-    body: web::Json<TicketRequest>,
+    body: DeferredJson<TicketRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let filter = body.into_inner().filter;
+    let filter = body.read().await?.filter;
+    tracing::Span::current().record("mqtt.filter", filter.as_str());
     allowed_filter(&state, &caller.identity, &caller.client_id, &filter)?;
     let ticket = tickets.issue(caller.identity, caller.client_id, filter.clone()).map_err(
         |e: IssueError| ApiError::TooManyRequests {

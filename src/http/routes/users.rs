@@ -10,6 +10,7 @@ use crate::domain::time::format_rfc3339;
 use crate::domain::{Password, Username};
 use crate::http::auth::{Caller, OptionalCaller};
 use crate::http::errors::ApiError;
+use crate::http::payload::DeferredJson;
 use crate::http::state::AppState;
 use crate::identities::User;
 
@@ -115,14 +116,14 @@ pub struct UserList {
 async fn create_user(
     state: web::Data<AppState>,
     OptionalCaller(caller): OptionalCaller,
-    body: web::Json<NewUser>,
+    body: DeferredJson<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    let role = body.role()?;
-    if role == Role::Admin {
+    if !state.identities.settings().self_registration {
         caller.require_admin()?;
     }
-    if !state.identities.settings().self_registration {
+    let body = body.read().await?;
+    let role = body.role()?;
+    if role == Role::Admin {
         caller.require_admin()?;
     }
     let (username, password) = body.credentials()?;

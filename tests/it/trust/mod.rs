@@ -1,5 +1,6 @@
 //! Attacks a stranger on the internet can try, each run from outside against
 //! the real server: one module per attack.
 
+mod encoded_bodies;
 mod invalid_utf8;
 mod slow_requests;
