@@ -150,7 +150,8 @@ async fn list_users(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(UserList { items: users.into_iter().map(UserView::from).collect() }))
 }
 
-/// Delete a user with its devices and tokens (admins only).
+/// Delete a user with its devices and tokens (admins only). The last admin
+/// stays: without one, nobody could manage users or flags over the API.
 #[utoipa::path(
     tag = "identities",
     params(("id" = String, Path, description = "User id")),
@@ -159,6 +160,7 @@ async fn list_users(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
         (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", content_type = "application/problem+json"),
         (status = 404, description = "No such user", content_type = "application/problem+json"),
+        (status = 409, description = "The user is the last admin", content_type = "application/problem+json"),
     )
 )]
 #[delete("/api/v1/users/{id}")]
@@ -169,6 +171,15 @@ async fn delete_user(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
+    let users = state.identities.users().await?;
+    let target = users.iter().find(|u| u.id == *id).ok_or(ApiError::NotFound)?;
+    if target.role == Role::Admin && users.iter().filter(|u| u.role == Role::Admin).count() < 2 {
+        return Err(ApiError::Conflict(
+            "the last admin cannot be deleted; make another user admin first".into(),
+        ));
+    }
+    // The store re-checks inside its transaction: two admins deleting each
+    // other at once leave one (the second delete finds nothing to delete).
     if state.identities.delete_user(&id).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {

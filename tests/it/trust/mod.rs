@@ -1,6 +1,7 @@
 //! Attacks a stranger on the internet can try, each run from outside against
 //! the real server: one module per attack.
 
+mod admin_routes;
 mod encoded_bodies;
 mod invalid_utf8;
 mod slow_requests;
