@@ -122,6 +122,13 @@ pub struct HttpSettings {
     /// until one closes. Keep it below the process's open-files limit, which
     /// MQTT shares. Default 4096.
     pub max_connections: usize,
+    /// Server-Sent Events streams one signed-in user may hold open at once;
+    /// the next gets 429. 0: no limit. Default 8.
+    pub max_sse_streams_per_user: usize,
+    /// Server-Sent Events streams one source address (IPv6: one /64) may
+    /// hold open at once, whoever is signed in; the next gets 429. Phones
+    /// behind one carrier NAT share an address. 0: no limit. Default 32.
+    pub max_sse_streams_per_address: usize,
 }
 
 impl Default for HttpSettings {
@@ -134,6 +141,8 @@ impl Default for HttpSettings {
             head_timeout_ms: 5000,
             body_timeout_ms: 15_000,
             max_connections: 4096,
+            max_sse_streams_per_user: 8,
+            max_sse_streams_per_address: 32,
         }
     }
 }
@@ -572,6 +581,12 @@ pub const ENV_VARS: &[EnvVar] = &[
     }),
     var("MAPCAST_HTTP_MAX_CONNECTIONS", "http.max_connections", |s, v| {
         set(&mut s.http.max_connections, v)
+    }),
+    var("MAPCAST_HTTP_MAX_SSE_STREAMS_PER_USER", "http.max_sse_streams_per_user", |s, v| {
+        set(&mut s.http.max_sse_streams_per_user, v)
+    }),
+    var("MAPCAST_HTTP_MAX_SSE_STREAMS_PER_ADDRESS", "http.max_sse_streams_per_address", |s, v| {
+        set(&mut s.http.max_sse_streams_per_address, v)
     }),
     var("MAPCAST_DATA_DIR", "data_dir", |s, v| set(&mut s.data_dir, v)),
     var("MAPCAST_DATABASE_URL", "database.url", |s, v| {

@@ -9,6 +9,7 @@ mod openapi;
 mod payload;
 mod routes;
 pub mod state;
+mod streams;
 mod target;
 pub mod tickets;
 
@@ -51,6 +52,10 @@ pub fn build(
     let body_timeout =
         web::Data::new(deadline::BodyTimeout(Duration::from_millis(settings.body_timeout_ms)));
     let tickets = web::Data::new(tickets::SseTickets::default());
+    let streams = web::Data::new(streams::SseStreams::new(
+        settings.max_sse_streams_per_user,
+        settings.max_sse_streams_per_address,
+    ));
     let openapi = web::Data::new(openapi::OpenApiJson(
         openapi::document().to_json().map_err(std::io::Error::other)?,
     ));
@@ -58,6 +63,7 @@ pub fn build(
         App::new()
             .app_data(state.clone())
             .app_data(tickets.clone())
+            .app_data(streams.clone())
             .app_data(openapi.clone())
             .app_data(body_timeout.clone())
             .app_data(web::JsonConfig::default().error_handler(|e, _| errors::json_error(e)))
@@ -74,6 +80,9 @@ pub fn build(
     .workers(settings.workers)
     .max_connections(settings.max_connections.div_ceil(settings.workers))
     .client_request_timeout(Duration::from_millis(settings.head_timeout_ms))
+    // A client that closes its side is gone: an SSE stream (and its broker
+    // session) ends at once instead of at its next heartbeat's failed write.
+    .h1_allow_half_closed(false)
     // Signals are handled once, in `shutdown`; stopping goes through the handle.
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);

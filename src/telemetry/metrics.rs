@@ -116,6 +116,9 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     pub auth_lockouts: AtomicU64,
     pub auth_locked_refusals: AtomicU64,
+    /// SSE streams open, and refused past a per-user or per-address cap.
+    pub sse_streams: AtomicU64,
+    pub sse_refused: AtomicU64,
     /// The broker whose [`Stats`] the shipped document reports.
     broker: Mutex<Option<Arc<Stats>>>,
     /// The per-flag-variant rows of the shipped document.
@@ -154,6 +157,8 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     auth_failures: AtomicU64::new(0),
     auth_lockouts: AtomicU64::new(0),
     auth_locked_refusals: AtomicU64::new(0),
+    sse_streams: AtomicU64::new(0),
+    sse_refused: AtomicU64::new(0),
     broker: Mutex::new(None),
     flag_rows: Mutex::new(None),
 });
@@ -348,6 +353,12 @@ impl Metrics {
                 m::AUTH_LOCKED_REFUSALS,
                 "Sign-ins refused unchecked during a lockout.",
                 g(&self.auth_locked_refusals),
+            ),
+            Scalar::gauge(m::SSE_STREAMS, "Server-Sent Events streams open.", g(&self.sse_streams)),
+            Scalar::counter(
+                m::SSE_REFUSED,
+                "Server-Sent Events streams refused past a per-user or per-address cap.",
+                g(&self.sse_refused),
             ),
             Scalar::gauge(
                 m::UPTIME,

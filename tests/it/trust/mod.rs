@@ -5,3 +5,4 @@ mod admin_routes;
 mod encoded_bodies;
 mod invalid_utf8;
 mod slow_requests;
+mod sse_streams;
