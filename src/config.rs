@@ -304,6 +304,13 @@ pub struct TelemetrySettings {
     /// documents while Elasticsearch is unreachable; past it the oldest
     /// segment is dropped and counted. Default 268435456 (256 MiB).
     pub spool_max_bytes: u64,
+    /// Crash reports kept in `{data_dir}/crashes/`; before a new one is
+    /// written the oldest go, so a crash loop cannot fill the disk and the
+    /// latest crash is always there. At least 1. Default 100.
+    pub crash_max_files: usize,
+    /// Bytes of crash reports kept, enforced the same way (a report larger
+    /// than this alone is shipped but not written). Default 67108864 (64 MiB).
+    pub crash_max_bytes: u64,
     /// Direct shipping to Elasticsearch; off unless `url` is set.
     pub elasticsearch: ElasticsearchSettings,
     /// OTLP trace export; off unless `endpoint` is set.
@@ -328,6 +335,8 @@ impl Default for TelemetrySettings {
             metrics_interval_secs: 10,
             queue_capacity: 16 * 1024,
             spool_max_bytes: 256 * 1024 * 1024,
+            crash_max_files: 100,
+            crash_max_bytes: 64 * 1024 * 1024,
             elasticsearch: ElasticsearchSettings::default(),
             otlp: OtlpSettings::default(),
             logstash_tcp: None,
@@ -621,6 +630,12 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_METRICS_INTERVAL_SECS", "telemetry.metrics_interval_secs", |s, v| {
         set(&mut s.telemetry.metrics_interval_secs, v)
     }),
+    var("MAPCAST_CRASH_MAX_FILES", "telemetry.crash_max_files", |s, v| {
+        set(&mut s.telemetry.crash_max_files, v)
+    }),
+    var("MAPCAST_CRASH_MAX_BYTES", "telemetry.crash_max_bytes", |s, v| {
+        set(&mut s.telemetry.crash_max_bytes, v)
+    }),
     var("MAPCAST_ELASTICSEARCH_URL", "telemetry.elasticsearch.url", |s, v| {
         set_some(&mut s.telemetry.elasticsearch.url, v)
     }),
@@ -751,6 +766,9 @@ impl Settings {
         }
         if self.http.head_timeout_ms == 0 || self.http.body_timeout_ms == 0 {
             bail!("http.head_timeout_ms and http.body_timeout_ms must be at least 1");
+        }
+        if self.telemetry.crash_max_files == 0 {
+            bail!("telemetry.crash_max_files must be at least 1");
         }
         if self.http.max_connections < self.http.workers {
             bail!("http.max_connections must be at least http.workers");

@@ -108,7 +108,11 @@ pub fn init(settings: &Settings) -> TelemetryGuard {
     if installed.is_err() {
         return TelemetryGuard { _shipper: None, _otel: None, _writer: None };
     }
-    crash::install(&settings.data_dir, settings.redacted_digest(), ship);
+    let limits = crash::CrashLimits {
+        max_files: settings.telemetry.crash_max_files,
+        max_bytes: settings.telemetry.crash_max_bytes,
+    };
+    crash::install(&settings.data_dir, limits, settings.redacted_digest(), ship);
     TelemetryGuard { _shipper: handle, _otel: otel_guard, _writer: Some(guard) }
 }
 

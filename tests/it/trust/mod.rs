@@ -2,6 +2,7 @@
 //! the real server: one module per attack.
 
 mod admin_routes;
+mod crash_files;
 mod encoded_bodies;
 mod invalid_utf8;
 mod slow_requests;
