@@ -119,6 +119,8 @@ pub struct Metrics {
     /// SSE streams open, and refused past a per-user or per-address cap.
     pub sse_streams: AtomicU64,
     pub sse_refused: AtomicU64,
+    /// Requests actix could not parse (see `telemetry::quiet`).
+    pub http_malformed_requests: AtomicU64,
     /// The broker whose [`Stats`] the shipped document reports.
     broker: Mutex<Option<Arc<Stats>>>,
     /// The per-flag-variant rows of the shipped document.
@@ -159,6 +161,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     auth_locked_refusals: AtomicU64::new(0),
     sse_streams: AtomicU64::new(0),
     sse_refused: AtomicU64::new(0),
+    http_malformed_requests: AtomicU64::new(0),
     broker: Mutex::new(None),
     flag_rows: Mutex::new(None),
 });
@@ -359,6 +362,11 @@ impl Metrics {
                 m::SSE_REFUSED,
                 "Server-Sent Events streams refused past a per-user or per-address cap.",
                 g(&self.sse_refused),
+            ),
+            Scalar::counter(
+                m::HTTP_MALFORMED,
+                "HTTP requests that could not be parsed (answered 400, logged once per interval).",
+                g(&self.http_malformed_requests),
             ),
             Scalar::gauge(
                 m::UPTIME,

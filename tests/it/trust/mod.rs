@@ -5,5 +5,6 @@ mod admin_routes;
 mod crash_files;
 mod encoded_bodies;
 mod invalid_utf8;
+mod malformed_requests;
 mod slow_requests;
 mod sse_streams;
