@@ -4,18 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{RawHttp, TestApp, spawn_app_with};
+use crate::helpers::{RawAnswer, RawHttp, TestApp, spawn_app_with};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 /// The deadline plus the slack a loaded machine needs.
 const CUT_WITHIN: Duration = Duration::from_millis(2500);
 
-async fn app_with_short_timeouts() -> TestApp {
-    spawn_app_with(|s| {
-        s.http.head_timeout_ms = TIMEOUT.as_millis() as u64;
-        s.http.body_timeout_ms = TIMEOUT.as_millis() as u64;
-    })
-    .await
+/// An app whose body deadline is [`TIMEOUT`] (headers get the default 5 s,
+/// so only the body deadline can answer).
+async fn app_with_short_body_timeout() -> TestApp {
+    spawn_app_with(|s| s.http.body_timeout_ms = TIMEOUT.as_millis() as u64).await
 }
 
 /// A request head announcing a 100-byte body, and the first bytes of it.
@@ -29,7 +27,7 @@ fn stalled_post(method: &str, path: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_body_that_stalls_gets_a_408_problem_and_the_connection_closed() {
-    let app = app_with_short_timeouts().await;
+    let app = app_with_short_body_timeout().await;
 
     for (method, path) in [
         ("POST", "/api/v1/users"),
@@ -43,16 +41,49 @@ async fn a_body_that_stalls_gets_a_408_problem_and_the_connection_closed() {
         let answer = conn.read_until_closed(CUT_WITHIN).await;
 
         assert!(answer.closed, "{method} {path} still open after {CUT_WITHIN:?}: {answer:?}");
-        assert!(start.elapsed() >= TIMEOUT, "{method} {path} cut before the deadline");
+        assert!(start.elapsed() >= TIMEOUT, "{method} {path} cut before the deadline: {answer:?}");
         assert_eq!(answer.status(), Some(408), "{method} {path}: {answer:?}");
         assert!(answer.has_header("content-type", "application/problem+json"), "{answer:?}");
         assert!(answer.body().contains("urn:mapcast:problem:request-timeout"), "{answer:?}");
     }
 }
 
+/// A chunked POST to `path` whose first chunk comes and the rest never
+/// does: what the server answers within [`CUT_WITHIN`].
+async fn stalled_chunked_post(app: &TestApp, path: &str) -> RawAnswer {
+    let mut conn = RawHttp::connect(app.http_addr).await;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: mapcast\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\n{{\"nam\r\n"
+    );
+    conn.send(head.as_bytes()).await;
+    conn.read_until_closed(CUT_WITHIN).await
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_stalls_gets_a_408_too() {
+    let app = app_with_short_body_timeout().await;
+
+    let answer = stalled_chunked_post(&app, "/api/v1/sessions").await;
+
+    assert_eq!(answer.status(), Some(408), "{answer:?}");
+    assert!(answer.closed, "still open after {CUT_WITHIN:?}: {answer:?}");
+}
+
+#[tokio::test]
+async fn a_chunked_body_refused_before_it_is_read_does_not_hold_the_connection() {
+    let app = app_with_short_body_timeout().await;
+
+    // Anonymous callers may not create devices: 401 without reading the body.
+    let answer = stalled_chunked_post(&app, "/api/v1/devices").await;
+
+    assert_eq!(answer.status(), Some(401), "{answer:?}");
+    assert!(answer.closed, "the rest of the body is waited for: {answer:?}");
+}
+
 #[tokio::test]
 async fn a_body_trickled_a_byte_at_a_time_is_cut_at_the_same_deadline() {
-    let app = app_with_short_timeouts().await;
+    let app = app_with_short_body_timeout().await;
     let mut conn = RawHttp::connect(app.http_addr).await;
     let start = Instant::now();
     conn.send(&stalled_post("POST", "/api/v1/users")).await;
@@ -75,7 +106,7 @@ async fn a_body_trickled_a_byte_at_a_time_is_cut_at_the_same_deadline() {
 
 #[tokio::test]
 async fn headers_that_stall_get_a_408_and_the_connection_closed() {
-    let app = app_with_short_timeouts().await;
+    let app = spawn_app_with(|s| s.http.head_timeout_ms = TIMEOUT.as_millis() as u64).await;
     let mut conn = RawHttp::connect(app.http_addr).await;
     let start = Instant::now();
 
