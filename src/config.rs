@@ -115,6 +115,25 @@ pub struct HttpSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`. Default: none.
     pub tls_key: Option<PathBuf>,
+    /// Milliseconds a client has to send a request's headers once connected;
+    /// past it the connection gets 408 and is closed. Default 5000.
+    pub head_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's whole body once its
+    /// headers are in; past it the request gets a 408 problem and the
+    /// connection is closed. Default 15000.
+    pub body_timeout_ms: u64,
+    /// HTTP connections open at once (SSE streams included), split evenly
+    /// among the workers; past it new connections wait in the listen backlog
+    /// until one closes. Keep it below the process's open-files limit, which
+    /// MQTT shares. Default 4096.
+    pub max_connections: usize,
+    /// Server-Sent Events streams one signed-in user may hold open at once;
+    /// the next gets 429. 0: no limit. Default 8.
+    pub max_sse_streams_per_user: usize,
+    /// Server-Sent Events streams one source address (IPv6: one /64) may
+    /// hold open at once, whoever is signed in; the next gets 429. Phones
+    /// behind one carrier NAT share an address. 0: no limit. Default 32.
+    pub max_sse_streams_per_address: usize,
 }
 
 impl Default for HttpSettings {
@@ -124,6 +143,11 @@ impl Default for HttpSettings {
             workers: 2,
             tls_cert: None,
             tls_key: None,
+            head_timeout_ms: 5000,
+            body_timeout_ms: 15_000,
+            max_connections: 4096,
+            max_sse_streams_per_user: 8,
+            max_sse_streams_per_address: 32,
         }
     }
 }
@@ -292,6 +316,13 @@ pub struct TelemetrySettings {
     /// documents while Elasticsearch is unreachable; past it the oldest
     /// segment is dropped and counted. Default 268435456 (256 MiB).
     pub spool_max_bytes: u64,
+    /// Crash reports kept in `{data_dir}/crashes/`; before a new one is
+    /// written the oldest go, so a crash loop cannot fill the disk and the
+    /// latest crash is always there. At least 1. Default 100.
+    pub crash_max_files: usize,
+    /// Bytes of crash reports kept, enforced the same way (a report larger
+    /// than this alone is shipped but not written). Default 67108864 (64 MiB).
+    pub crash_max_bytes: u64,
     /// Direct shipping to Elasticsearch; off unless `url` is set.
     pub elasticsearch: ElasticsearchSettings,
     /// OTLP trace export; off unless `endpoint` is set.
@@ -316,6 +347,8 @@ impl Default for TelemetrySettings {
             metrics_interval_secs: 10,
             queue_capacity: 16 * 1024,
             spool_max_bytes: 256 * 1024 * 1024,
+            crash_max_files: 100,
+            crash_max_bytes: 64 * 1024 * 1024,
             elasticsearch: ElasticsearchSettings::default(),
             otlp: OtlpSettings::default(),
             logstash_tcp: None,
@@ -581,6 +614,21 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_HTTP_WORKERS", "http.workers", |s, v| set(&mut s.http.workers, v)),
     var("MAPCAST_HTTP_TLS_CERT", "http.tls_cert", |s, v| set_some(&mut s.http.tls_cert, v)),
     var("MAPCAST_HTTP_TLS_KEY", "http.tls_key", |s, v| set_some(&mut s.http.tls_key, v)),
+    var("MAPCAST_HTTP_HEAD_TIMEOUT_MS", "http.head_timeout_ms", |s, v| {
+        set(&mut s.http.head_timeout_ms, v)
+    }),
+    var("MAPCAST_HTTP_BODY_TIMEOUT_MS", "http.body_timeout_ms", |s, v| {
+        set(&mut s.http.body_timeout_ms, v)
+    }),
+    var("MAPCAST_HTTP_MAX_CONNECTIONS", "http.max_connections", |s, v| {
+        set(&mut s.http.max_connections, v)
+    }),
+    var("MAPCAST_HTTP_MAX_SSE_STREAMS_PER_USER", "http.max_sse_streams_per_user", |s, v| {
+        set(&mut s.http.max_sse_streams_per_user, v)
+    }),
+    var("MAPCAST_HTTP_MAX_SSE_STREAMS_PER_ADDRESS", "http.max_sse_streams_per_address", |s, v| {
+        set(&mut s.http.max_sse_streams_per_address, v)
+    }),
     var("MAPCAST_DATA_DIR", "data_dir", |s, v| set(&mut s.data_dir, v)),
     var("MAPCAST_DATABASE_URL", "database.url", |s, v| {
         s.database.url = Some(Secret::new(v));
@@ -634,6 +682,12 @@ pub const ENV_VARS: &[EnvVar] = &[
     }),
     var("MAPCAST_METRICS_INTERVAL_SECS", "telemetry.metrics_interval_secs", |s, v| {
         set(&mut s.telemetry.metrics_interval_secs, v)
+    }),
+    var("MAPCAST_CRASH_MAX_FILES", "telemetry.crash_max_files", |s, v| {
+        set(&mut s.telemetry.crash_max_files, v)
+    }),
+    var("MAPCAST_CRASH_MAX_BYTES", "telemetry.crash_max_bytes", |s, v| {
+        set(&mut s.telemetry.crash_max_bytes, v)
     }),
     var("MAPCAST_ELASTICSEARCH_URL", "telemetry.elasticsearch.url", |s, v| {
         set_some(&mut s.telemetry.elasticsearch.url, v)
@@ -762,6 +816,15 @@ impl Settings {
         }
         if self.mqtt.workers == 0 || self.http.workers == 0 {
             bail!("mqtt.workers and http.workers must be at least 1");
+        }
+        if self.http.head_timeout_ms == 0 || self.http.body_timeout_ms == 0 {
+            bail!("http.head_timeout_ms and http.body_timeout_ms must be at least 1");
+        }
+        if self.telemetry.crash_max_files == 0 {
+            bail!("telemetry.crash_max_files must be at least 1");
+        }
+        if self.http.max_connections < self.http.workers {
+            bail!("http.max_connections must be at least http.workers");
         }
         if self.database.max_connections == 0 {
             bail!("database.max_connections must be at least 1");

@@ -20,7 +20,7 @@ use crate::locations::{HistoryTopics, LocationHook, PositionFeed};
 use crate::mqtt::{MqttListeners, MqttServer, TlsFiles};
 use crate::shutdown::GRACE;
 use crate::store::{self, HistoryRetention, Store};
-use crate::telemetry::{crash, metrics, names};
+use crate::telemetry::{crash, metrics, names, quiet};
 use crate::updater::{MapUpdater, MapView};
 
 /// The whole process, built and serving. Tests build the same thing on port 0.
@@ -49,6 +49,8 @@ struct Tasks {
     retention: Option<JoinHandle<()>>,
     /// Lockout lifts requested with `mapcast user unlock`.
     lifts: Option<JoinHandle<()>>,
+    /// Warnings about malformed HTTP requests, one per interval.
+    malformed: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -155,7 +157,7 @@ impl Application {
             ),
             _ => None,
         };
-        let http_server = http::build(http_listener, http_tls, state, settings.http.workers)
+        let http_server = http::build(http_listener, http_tls, state, &settings.http)
             .context("cannot start the HTTP server")?;
         let http = http_server.handle();
         let http_task = tokio::spawn(http_server);
@@ -163,6 +165,7 @@ impl Application {
         let flags_task = tokio::spawn(flags.run_until_stopped(stopping.clone()));
         let lifts_task =
             tokio::spawn(LockoutLifts::new(identities).run_until_stopped(stopping.clone()));
+        let malformed_task = tokio::spawn(quiet::run_until_stopped(stopping.clone()));
         let retention_task = (settings.history.retention_days > 0).then(|| {
             let retention = HistoryRetention::new(store.clone(), settings.history.retention_days);
             tokio::spawn(retention.run_until_stopped(stopping.clone()))
@@ -196,6 +199,7 @@ impl Application {
                 flags: Some(flags_task),
                 retention: retention_task,
                 lifts: Some(lifts_task),
+                malformed: Some(malformed_task),
             },
             stopping,
         })
@@ -239,6 +243,7 @@ impl Application {
             r = join(&mut t.flags) => Some(component_died("feature flags", r)),
             r = join(&mut t.retention) => Some(component_died("history retention", r)),
             r = join(&mut t.lifts) => Some(component_died("lockout lifts", r)),
+            r = join(&mut t.malformed) => Some(component_died("malformed request reporter", r)),
         };
         tracing::info!("shutting down");
         self.stopping.cancel();
@@ -250,6 +255,7 @@ impl Application {
             log_exit("feature flags", finish(&mut tasks.flags).await);
             log_exit("history retention", finish(&mut tasks.retention).await);
             log_exit("lockout lifts", finish(&mut tasks.lifts).await);
+            log_exit("malformed request reporter", finish(&mut tasks.malformed).await);
             // Stop taking MQTT connections and close the open ones, then let
             // the router flush its state; HTTP goes last so /readyz reports
             // the drain (it answers 503 from now on).

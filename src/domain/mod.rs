@@ -6,6 +6,7 @@ mod cluster;
 mod device_id;
 mod location;
 mod map;
+mod source;
 pub mod time;
 mod topic;
 
@@ -15,6 +16,7 @@ pub use cluster::{MAX_ZOOM, cluster};
 pub use device_id::{DeviceId, DeviceIdError};
 pub use location::{Location, LocationError};
 pub use map::{Bbox, BboxError, MapDiff, MapPositions, MapSnapshot, Position};
+pub use source::source_key;
 pub use topic::{
     MAP_ROOT, SharedFilter, TopicError, TopicFilter, TopicLimits, TopicName, filter_matches,
 };

@@ -2,12 +2,13 @@
 //! `application/problem+json` with a stable `type` per kind of problem.
 //! Causes are logged here and never sent to the client.
 
-use actix_web::error::JsonPayloadError;
+use actix_web::error::{JsonPayloadError, PayloadError};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use super::deadline;
 use crate::broker::PublishError;
 use crate::domain::{AccountError, LocationError};
 use crate::identities::IdentityError;
@@ -36,6 +37,10 @@ pub enum ApiError {
     /// The resource already exists (e.g. a taken user name).
     #[error("{0}")]
     Conflict(String),
+    /// The client took longer than `http.body_timeout_ms` to send its
+    /// body; the connection is closed after the answer.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The body is not of the media type the endpoint reads.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -81,6 +86,7 @@ impl ApiError {
             Self::NotFound => ("not-found", "Not found"),
             Self::Gone(_) => ("gone", "Gone"),
             Self::Conflict(_) => ("conflict", "Conflict"),
+            Self::RequestTimeout(_) => ("request-timeout", "Request timeout"),
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
             Self::UnprocessableEntity(_) => ("unprocessable", "The request is invalid"),
@@ -112,6 +118,7 @@ impl ResponseError for ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Gone(_) => StatusCode::GONE,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnprocessableEntity(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -134,6 +141,10 @@ impl ResponseError for ApiError {
         | Self::Busy { retry_after_secs, .. } = self
         {
             response.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if let Self::RequestTimeout(_) = self {
+            // The rest of the body may still come; the connection cannot be reused.
+            response.force_close();
         }
         response.content_type(PROBLEM_JSON).json(self.problem())
     }
@@ -194,6 +205,15 @@ impl From<AccountError> for ApiError {
     }
 }
 
+/// A body that could not be read: too slow (408), or cut off or garbled.
+pub fn payload_error(e: PayloadError) -> ApiError {
+    if deadline::timed_out(&e) {
+        ApiError::RequestTimeout("the request body did not arrive in time".into())
+    } else {
+        ApiError::BadRequest(format!("cannot read the body: {e}"))
+    }
+}
+
 /// Extractor failures (bad JSON, query or path) as problems too.
 pub fn extractor_error(err: impl std::fmt::Display) -> actix_web::Error {
     ApiError::BadRequest(err.to_string()).into()
@@ -201,9 +221,15 @@ pub fn extractor_error(err: impl std::fmt::Display) -> actix_web::Error {
 
 /// JSON body failures: not JSON at all → 400, not `application/json` → 415,
 /// too big → 413, valid JSON of the wrong shape (wrong type, missing field)
-/// → 422.
+/// → 422, too slow → 408.
 pub fn json_error(err: JsonPayloadError) -> actix_web::Error {
+    json_problem(err).into()
+}
+
+/// The problem [`json_error`] answers with.
+pub fn json_problem(err: JsonPayloadError) -> ApiError {
     match err {
+        JsonPayloadError::Payload(e) => payload_error(e),
         JsonPayloadError::ContentType => {
             ApiError::UnsupportedMediaType("the body must be application/json".into())
         }
@@ -217,7 +243,6 @@ pub fn json_error(err: JsonPayloadError) -> actix_web::Error {
         JsonPayloadError::Deserialize(e) => ApiError::BadRequest(format!("malformed JSON: {e}")),
         other => ApiError::BadRequest(other.to_string()),
     }
-    .into()
 }
 
 /// serde's message for a body of the wrong shape, without the offending

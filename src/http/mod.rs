@@ -3,15 +3,18 @@
 //! shared state.
 
 pub mod auth;
+mod deadline;
 pub mod errors;
 mod openapi;
 mod payload;
 mod routes;
 pub mod state;
+mod streams;
+mod target;
 pub mod tickets;
 
 use std::net::TcpListener;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::panic::AssertUnwindSafe;
 
@@ -30,6 +33,7 @@ pub use errors::ApiError;
 pub use routes::fuzzing;
 pub use state::AppState;
 
+use crate::config::HttpSettings;
 use crate::telemetry::{metrics, names, otel};
 
 /// Seconds actix waits for in-flight requests when stopping gracefully.
@@ -42,10 +46,16 @@ pub fn build(
     listener: TcpListener,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     state: AppState,
-    workers: usize,
+    settings: &HttpSettings,
 ) -> std::io::Result<Server> {
     let state = web::Data::new(state);
+    let body_timeout =
+        web::Data::new(deadline::BodyTimeout(Duration::from_millis(settings.body_timeout_ms)));
     let tickets = web::Data::new(tickets::SseTickets::default());
+    let streams = web::Data::new(streams::SseStreams::new(
+        settings.max_sse_streams_per_user,
+        settings.max_sse_streams_per_address,
+    ));
     let openapi = web::Data::new(openapi::OpenApiJson(
         openapi::document().to_json().map_err(std::io::Error::other)?,
     ));
@@ -53,17 +63,26 @@ pub fn build(
         App::new()
             .app_data(state.clone())
             .app_data(tickets.clone())
+            .app_data(streams.clone())
             .app_data(openapi.clone())
+            .app_data(body_timeout.clone())
             .app_data(web::JsonConfig::default().error_handler(|e, _| errors::json_error(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))
             .app_data(web::PathConfig::default().error_handler(|e, _| errors::extractor_error(e)))
+            .wrap(from_fn(deadline::limit_body))
+            .wrap(from_fn(target::require_utf8))
             .wrap(from_fn(trace_request))
             .into_utoipa_app()
             .configure(routes::configure)
             .default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
             .into_app()
     })
-    .workers(workers)
+    .workers(settings.workers)
+    .max_connections(settings.max_connections.div_ceil(settings.workers))
+    .client_request_timeout(Duration::from_millis(settings.head_timeout_ms))
+    // A client that closes its side is gone: an SSE stream (and its broker
+    // session) ends at once instead of at its next heartbeat's failed write.
+    .h1_allow_half_closed(false)
     // Signals are handled once, in `shutdown`; stopping goes through the handle.
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);

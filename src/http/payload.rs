@@ -1,25 +1,42 @@
-//! Wire details shared by the topic, history, SSE and map resources: bodies
-//! read under the broker's payload limit, payloads shown as JSON, content
-//! types guessed, conditional requests and gzip negotiation.
+//! Wire details shared by the resources: bodies read under the broker's
+//! payload limit, JSON bodies read after the caller is checked, payloads
+//! shown as JSON, content types guessed, conditional requests and gzip
+//! negotiation.
 
-use actix_web::HttpRequest;
-use actix_web::http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, IF_NONE_MATCH};
-use actix_web::web;
+use std::future::{Ready, ready};
+use std::marker::PhantomData;
+
+use actix_web::http::header::{
+    ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, HeaderValue, IF_NONE_MATCH,
+};
+use actix_web::{FromRequest, HttpRequest, dev, web};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures::StreamExt;
 use ntex::util::Bytes;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::errors::ApiError;
+use super::errors::{ApiError, json_problem, payload_error};
 
-/// The request body, refused with 413 past `limit` bytes (before reading
-/// it when `Content-Length` says so).
+/// Largest JSON body a [`DeferredJson`] reads (actix's default for `Json`).
+const JSON_LIMIT: usize = 2 * 1024 * 1024;
+
+/// The request body as sent, refused with 413 past `limit` bytes (before
+/// reading it when `Content-Length` says so), and with 415 when it carries a
+/// `Content-Encoding` other than `identity`: it would be stored encoded and
+/// served back as if it were not.
 pub async fn read_body(
     req: &HttpRequest,
     mut body: web::Payload,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
+    if let Some(coding) = req.headers().get(CONTENT_ENCODING).filter(|v| !is_identity(v)) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Encoding {:?} is not accepted; send the payload unencoded",
+            coding.to_str().unwrap_or("(not text)")
+        )));
+    }
     let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes"));
     let declared = req
         .headers()
@@ -31,14 +48,46 @@ pub async fn read_body(
     }
     let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit));
     while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        let chunk = chunk.map_err(payload_error)?;
         if buf.len() + chunk.len() > limit {
             return Err(too_large());
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(buf))
+}
+
+fn is_identity(coding: &HeaderValue) -> bool {
+    coding.to_str().is_ok_and(|c| c.trim().eq_ignore_ascii_case("identity"))
+}
+
+/// A JSON body read only when the handler asks, once it has checked the
+/// caller. As a plain `Json` argument the body would be read alongside the
+/// bearer token's lookup, and a stranger's malformed body answered 400 or
+/// 422 before the 401 or 403 it has earned.
+pub struct DeferredJson<T> {
+    req: HttpRequest,
+    payload: dev::Payload,
+    body: PhantomData<T>,
+}
+
+impl<T: DeserializeOwned> DeferredJson<T> {
+    /// Read and parse the body, with the problems `Json` answers with.
+    pub async fn read(mut self) -> Result<T, ApiError> {
+        web::JsonBody::new(&self.req, &mut self.payload, None, true)
+            .limit(JSON_LIMIT)
+            .await
+            .map_err(json_problem)
+    }
+}
+
+impl<T> FromRequest for DeferredJson<T> {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut dev::Payload) -> Self::Future {
+        ready(Ok(Self { req: req.clone(), payload: payload.take(), body: PhantomData }))
+    }
 }
 
 /// A payload as a JSON value: itself when it is JSON, a string when it is

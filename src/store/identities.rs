@@ -149,19 +149,30 @@ impl Store {
         self.run(async move {
             // Explicit rather than relying on ON DELETE CASCADE alone: SQLite
             // enforces foreign keys only where the pragma is on.
+            // The user first, and never the last admin: nothing else is
+            // touched when it stays.
             let mut tx = pool.begin().await?;
+            let deleted = sqlx::query(
+                "DELETE FROM users WHERE id = $1 AND (role <> 'admin' \
+                 OR (SELECT COUNT(*) FROM users WHERE role = 'admin') > 1)",
+            )
+            .bind(id.clone())
+            .execute(&mut *tx)
+            .await?;
+            if deleted.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             sqlx::query("DELETE FROM tokens WHERE user_id = $1")
                 .bind(id.clone())
                 .execute(&mut *tx)
                 .await?;
             sqlx::query("DELETE FROM devices WHERE owner_id = $1")
-                .bind(id.clone())
+                .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            let deleted =
-                sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
             tx.commit().await?;
-            Ok(deleted.rows_affected() > 0)
+            Ok(true)
         })
         .await
     }

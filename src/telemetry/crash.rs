@@ -12,6 +12,10 @@
 //!
 //! Inside the hook: no network, bounded allocation, and no lock a handler
 //! may hold (the breadcrumb ring is only `try_lock`ed).
+//!
+//! The directory is bounded by [`CrashLimits`]: before a report is written
+//! the oldest reports go (with their markers), because the newest crash is
+//! the one worth reading and a crash loop must not fill the disk.
 #![allow(
     clippy::disallowed_methods,
     reason = "the hook writes synchronously on purpose (the process may be about to die); \
@@ -69,8 +73,19 @@ fn breadcrumbs() -> Vec<Value> {
     Vec::new()
 }
 
+/// Bounds of the crash directory (`telemetry.crash_max_files`,
+/// `telemetry.crash_max_bytes`). Before a report is written, the oldest
+/// reports (by modification time) are removed until it fits; one larger
+/// than `max_bytes` on its own is not written at all (it is still shipped).
+#[derive(Debug, Clone, Copy)]
+pub struct CrashLimits {
+    pub max_files: usize,
+    pub max_bytes: u64,
+}
+
 struct Context {
     dir: PathBuf,
+    limits: CrashLimits,
     config: Value,
     ship: Option<DocSender>,
 }
@@ -92,9 +107,14 @@ pub fn crash_dir(data_dir: &Path) -> PathBuf {
 
 /// Install the panic hook once per process (later calls do nothing),
 /// chaining the hook that was there before.
-pub(crate) fn install(data_dir: &Path, config: Value, ship: Option<DocSender>) {
+pub(crate) fn install(
+    data_dir: &Path,
+    limits: CrashLimits,
+    config: Value,
+    ship: Option<DocSender>,
+) {
     INSTALL.call_once(|| {
-        let _ = CONTEXT.set(Context { dir: crash_dir(data_dir), config, ship });
+        let _ = CONTEXT.set(Context { dir: crash_dir(data_dir), limits, config, ship });
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             if !IN_HOOK.replace(true) {
@@ -128,9 +148,18 @@ fn report(info: &PanicHookInfo<'_>) {
     let (stem, doc) = document(info, &ctx.config);
     let body = Value::Object(doc).to_string();
     let path = ctx.dir.join(format!("{stem}.json"));
-    let written = write_synced(&path, body.as_bytes());
+    let room = make_room(&ctx.dir, ctx.limits, body.len() as u64);
+    let written = match room {
+        Room::Made { .. } => write_synced(&path, body.as_bytes()),
+        Room::TooLarge => Err(std::io::Error::other("larger than telemetry.crash_max_bytes")),
+    };
     if let Some(ship) = &ctx.ship {
         ship.send(Stream::Crash, stem.clone(), body);
+    }
+    if let Room::Made { removed } = room
+        && removed > 0
+    {
+        tracing::warn!(removed, "oldest crash reports removed to stay within the caps");
     }
     match written {
         Ok(()) => tracing::error!(
@@ -140,6 +169,46 @@ fn report(info: &PanicHookInfo<'_>) {
         ),
         Err(e) => eprintln!("mapcast: cannot write crash report {}: {e}", path.display()),
     }
+}
+
+/// What [`make_room`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// A report of the given size fits now; `removed` old ones went for it.
+    Made { removed: usize },
+    /// It could not fit even in an empty directory.
+    TooLarge,
+}
+
+/// Remove the oldest reports in `dir` until one more of `incoming` bytes
+/// fits within `limits`.
+fn make_room(dir: &Path, limits: CrashLimits, incoming: u64) -> Room {
+    if incoming > limits.max_bytes {
+        return Room::TooLarge;
+    }
+    let mut reports: Vec<(std::time::SystemTime, String, u64)> = stems(dir)
+        .into_iter()
+        .filter_map(|stem| {
+            let meta = fs::metadata(dir.join(format!("{stem}.json"))).ok()?;
+            Some((meta.modified().ok()?, stem, meta.len()))
+        })
+        .collect();
+    reports.sort();
+    let mut bytes: u64 = reports.iter().map(|(_, _, len)| len).sum();
+    let mut kept = reports.len();
+    let mut removed = 0;
+    for (_, stem, len) in &reports {
+        if kept < limits.max_files && bytes + incoming <= limits.max_bytes {
+            break;
+        }
+        let _ = fs::remove_file(marker(dir, stem));
+        if fs::remove_file(dir.join(format!("{stem}.json"))).is_ok() {
+            removed += 1;
+        }
+        kept -= 1;
+        bytes -= len;
+    }
+    Room::Made { removed }
 }
 
 /// The crash document and its id (`{timestamp}-{random}`, also its file stem
@@ -381,6 +450,31 @@ mod tests {
         assert!(trimmed.starts_with("   4: mapcast::http::routes::debug::panic\n"), "{trimmed}");
         assert!(trimmed.ends_with("   5: main\n"));
         assert_eq!(from_panic_site("disabled backtrace"), "disabled backtrace");
+    }
+
+    #[test]
+    fn the_oldest_reports_make_room_for_a_new_one_by_count_and_by_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |stem: &str, len: usize| {
+            write_synced(&dir.path().join(format!("{stem}.json")), &vec![b' '; len]).unwrap();
+            // Distinct modification times, whatever the file system's resolution.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        for stem in ["c-old", "a-mid", "b-new"] {
+            write(stem, 100);
+        }
+        mark_shipped(dir.path(), "c-old").unwrap();
+
+        let by_count = CrashLimits { max_files: 3, max_bytes: 10_000 };
+        assert_eq!(make_room(dir.path(), by_count, 100), Room::Made { removed: 1 });
+        assert_eq!(stems(dir.path()), ["a-mid", "b-new"], "the oldest went, not the first by name");
+        assert!(!marker(dir.path(), "c-old").exists(), "with its marker");
+
+        let by_bytes = CrashLimits { max_files: 10, max_bytes: 250 };
+        assert_eq!(make_room(dir.path(), by_bytes, 100), Room::Made { removed: 1 });
+        assert_eq!(stems(dir.path()), ["b-new"]);
+        assert_eq!(make_room(dir.path(), by_bytes, 251), Room::TooLarge);
+        assert_eq!(stems(dir.path()), ["b-new"], "nothing removed for a report that cannot fit");
     }
 
     #[test]

@@ -123,6 +123,11 @@ pub struct Metrics {
     pub auth_hashing_busy: AtomicU64,
     pub auth_throttled: AtomicU64,
     pub auth_lockouts_active: AtomicU64,
+    /// SSE streams open, and refused past a per-user or per-address cap.
+    pub sse_streams: AtomicU64,
+    pub sse_refused: AtomicU64,
+    /// Requests actix could not parse (see `telemetry::quiet`).
+    pub http_malformed_requests: AtomicU64,
     /// The broker whose [`Stats`] the shipped document reports.
     broker: Mutex<Option<Arc<Stats>>>,
     /// The per-flag-variant rows of the shipped document.
@@ -164,6 +169,9 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     auth_hashing_busy: AtomicU64::new(0),
     auth_throttled: AtomicU64::new(0),
     auth_lockouts_active: AtomicU64::new(0),
+    sse_streams: AtomicU64::new(0),
+    sse_refused: AtomicU64::new(0),
+    http_malformed_requests: AtomicU64::new(0),
     broker: Mutex::new(None),
     flag_rows: Mutex::new(None),
 });
@@ -375,6 +383,17 @@ impl Metrics {
                 m::AUTH_LOCKOUTS_ACTIVE,
                 "Sign-in lockouts in force (per address, and per identity from one address).",
                 g(&self.auth_lockouts_active),
+            ),
+            Scalar::gauge(m::SSE_STREAMS, "Server-Sent Events streams open.", g(&self.sse_streams)),
+            Scalar::counter(
+                m::SSE_REFUSED,
+                "Server-Sent Events streams refused past a per-user or per-address cap.",
+                g(&self.sse_refused),
+            ),
+            Scalar::counter(
+                m::HTTP_MALFORMED,
+                "HTTP requests that could not be parsed (answered 400, logged once per interval).",
+                g(&self.http_malformed_requests),
             ),
             Scalar::gauge(
                 m::UPTIME,

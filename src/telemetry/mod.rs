@@ -11,6 +11,8 @@
 //! - `otel`: OTLP trace export and W3C trace context; `otel_metrics`: OTLP
 //!   metric export.
 //! - `names`: every field and metric name (they are API).
+//! - `quiet`: log records a stranger can cause at will, counted instead of
+//!   logged one by one.
 //!
 //! Records of the `log` crate (ntex, actix, sqlx) are bridged into `tracing`.
 
@@ -22,6 +24,7 @@ pub mod metrics;
 pub mod names;
 pub mod otel;
 mod otel_metrics;
+pub mod quiet;
 
 use std::io::IsTerminal;
 use std::sync::{LazyLock, OnceLock};
@@ -89,6 +92,7 @@ pub fn init(settings: &Settings) -> TelemetryGuard {
     // ECS layer asks for their ids.
     let registry = tracing_subscriber::registry()
         .with(filter)
+        .with(quiet::QuietLayer)
         .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t)));
 
     // `try_init` also installs the `log` → `tracing` bridge.
@@ -108,7 +112,11 @@ pub fn init(settings: &Settings) -> TelemetryGuard {
     if installed.is_err() {
         return TelemetryGuard { _shipper: None, _otel: None, _writer: None };
     }
-    crash::install(&settings.data_dir, settings.redacted_digest(), ship);
+    let limits = crash::CrashLimits {
+        max_files: settings.telemetry.crash_max_files,
+        max_bytes: settings.telemetry.crash_max_bytes,
+    };
+    crash::install(&settings.data_dir, limits, settings.redacted_digest(), ship);
     TelemetryGuard { _shipper: handle, _otel: otel_guard, _writer: Some(guard) }
 }
 

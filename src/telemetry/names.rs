@@ -249,6 +249,13 @@ pub mod metrics {
     pub const UPDATER_GZIP_BYTES: (&str, &str) =
         ("mapcast_updater_snapshot_gzip_bytes", "mapcast.updater.snapshot_gzip_bytes");
     pub const UPTIME: (&str, &str) = ("mapcast_uptime_seconds", "mapcast.uptime_seconds");
+    /// Server-Sent Events streams open, and those refused past a cap.
+    pub const SSE_STREAMS: (&str, &str) = ("mapcast_http_sse_streams", "mapcast.http.sse_streams");
+    pub const SSE_REFUSED: (&str, &str) =
+        ("mapcast_http_sse_refused_total", "mapcast.http.sse_refused");
+    /// Requests that were not HTTP, answered 400 by actix before any route.
+    pub const HTTP_MALFORMED: (&str, &str) =
+        ("mapcast_http_malformed_requests_total", "mapcast.http.malformed_requests");
     /// OTLP exports a histogram as two counters: `{field}.count`, `{field}.sum`.
     pub const OTEL_COUNT_SUFFIX: &str = ".count";
     pub const OTEL_SUM_SUFFIX: &str = ".sum";

@@ -15,7 +15,7 @@ use crate::helpers::{
 
 const DEBUG_ON: &str = "[debug]\npanic_endpoint = true";
 
-fn crash_files(data_dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn crash_files(data_dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(data_dir.join("crashes")) else { return Vec::new() };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| Some(e.ok()?.path()))

@@ -11,6 +11,7 @@ use crate::domain::time::format_rfc3339;
 use crate::domain::{DeviceKind, DeviceName};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
+use crate::http::payload::DeferredJson;
 use crate::http::state::AppState;
 use crate::identities::Device;
 
@@ -92,10 +93,10 @@ pub struct DeviceList {
 async fn create_device(
     state: web::Data<AppState>,
     caller: Caller,
-    body: web::Json<NewDevice>,
+    body: DeferredJson<NewDevice>,
 ) -> Result<HttpResponse, ApiError> {
     let owner = caller.require_user()?;
-    let (name, kind) = body.into_inner().parse()?;
+    let (name, kind) = body.read().await?.parse()?;
 
     let new = state.identities.create_device(owner, name, kind).await?;
 

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use crate::flags::{Flag, FlagError, FlagKey, FlagSpec};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
+use crate::http::payload::DeferredJson;
 use crate::http::state::AppState;
 use crate::telemetry::{crash, names};
 
@@ -91,11 +92,11 @@ async fn put_flag(
     state: web::Data<AppState>,
     caller: Caller,
     raw: web::Path<String>,
-    body: web::Json<FlagSpec>,
+    body: DeferredJson<FlagSpec>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let key = key(&raw)?;
-    let spec = body.into_inner();
+    let spec = body.read().await?;
     spec.validate(crash::debug_triggers_enabled())
         .map_err(|FlagError::Invalid(why)| ApiError::UnprocessableEntity(why))?;
     let flag = state.flags.put(&key, &spec).await.map_err(database)?;

@@ -4,16 +4,19 @@
 //! `POST /api/v1/subscribe/tickets` and passes it as `?ticket=` (see
 //! [`crate::http::tickets`]).
 //!
-//! Each stream is a broker session of its own (`sse:{n}`, clean, not
-//! persistent) subscribed at QoS 0: the broker fans out to it like to any
-//! MQTT client, its outbox is bounded like theirs (a slow reader loses the
-//! oldest messages, counted as drops), and it ends when the client goes away
-//! or the broker shuts down.
+//! Each stream is a broker session of its own (`sse:{128 random bits}`,
+//! unguessable so no MQTT client can take it over; clean, not persistent)
+//! subscribed at QoS 0: the broker fans out to it like to any MQTT client,
+//! its outbox is bounded like theirs (a slow reader loses the oldest
+//! messages, counted as drops), and it ends when the client goes away or the
+//! broker shuts down. A user and an address may hold only so many streams
+//! (see [`crate::http::streams`]).
 
 use std::time::Duration;
 
 use actix_web::http::header::{CacheControl, CacheDirective};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, get, post, web};
+use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -26,14 +29,18 @@ use crate::domain::time::{format_rfc3339, millis};
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
-use crate::http::payload::payload_json;
+use crate::http::payload::{DeferredJson, payload_json};
 use crate::http::state::AppState;
+use crate::http::streams::{SseStreams, StreamPermit};
 use crate::http::tickets::{IssueError, SseTickets, TICKET_TTL};
 
 /// A comment line this often keeps proxies from closing an idle stream.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Deliveries taken from the outbox per wake-up.
 const BATCH: usize = 64;
+/// `Retry-After` of a stream refused past a cap: streams end when their
+/// readers go, so a place may free up soon.
+const RETRY_AFTER_SECS: u64 = 5;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(subscribe).service(create_ticket);
@@ -93,6 +100,7 @@ pub struct SseEvent {
         (status = 400, description = "Invalid filter", content_type = "application/problem+json"),
         (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
         (status = 403, description = "The ACL forbids subscribing to this filter", content_type = "application/problem+json"),
+        (status = 429, description = "This user or address holds as many streams as allowed; see `Retry-After`", content_type = "application/problem+json"),
         (status = 503, description = "The broker is shutting down", content_type = "application/problem+json"),
     )
 )]
@@ -101,6 +109,7 @@ pub struct SseEvent {
 async fn subscribe(
     state: web::Data<AppState>,
     tickets: web::Data<SseTickets>,
+    streams: web::Data<SseStreams>,
     req: HttpRequest,
     params: web::Query<SubscribeParams>,
 ) -> Result<HttpResponse, ApiError> {
@@ -120,9 +129,18 @@ async fn subscribe(
     };
     // Checked again for a ticket: the rules may have changed since.
     let filter = allowed_filter(&state, &identity, &caller_id, &params.filter)?;
+    let permit = streams
+        .admit(identity.user_id.as_deref(), req.peer_addr().map(|a| a.ip()))
+        .map_err(|e| {
+            tracing::warn!(caller = %caller_id, error.message = %e, "SSE stream refused");
+            ApiError::TooManyRequests {
+                detail: format!("{e}; close one first"),
+                retry_after_secs: RETRY_AFTER_SECS,
+            }
+        })?;
 
     let broker = state.broker.clone();
-    let client_id = ClientId::from(format!("sse:{}", broker.next_connection_id()).as_str());
+    let client_id = sse_client_id();
     let unavailable = || ApiError::Unavailable("the broker is shutting down".into());
     let session = broker
         .connect(ConnectRequest {
@@ -144,6 +162,7 @@ async fn subscribe(
         },
         outbox: session.outbox,
         buf: Vec::with_capacity(BATCH),
+        _permit: permit,
     };
     let granted = broker
         .subscribe(
@@ -188,14 +207,15 @@ async fn subscribe(
     )
 )]
 #[post("/api/v1/subscribe/tickets")]
-#[tracing::instrument(skip_all, fields(mqtt.filter = %body.filter))]
+#[tracing::instrument(skip_all, fields(mqtt.filter = tracing::field::Empty))]
 async fn create_ticket(
     state: web::Data<AppState>,
     tickets: web::Data<SseTickets>,
     caller: Caller,
-    body: web::Json<TicketRequest>,
+    body: DeferredJson<TicketRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let filter = body.into_inner().filter;
+    let filter = body.read().await?.filter;
+    tracing::Span::current().record("mqtt.filter", filter.as_str());
     allowed_filter(&state, &caller.identity, &caller.client_id, &filter)?;
     let ticket = tickets.issue(caller.identity, caller.client_id, filter.clone()).map_err(
         |e: IssueError| ApiError::TooManyRequests {
@@ -233,10 +253,21 @@ fn allowed_filter(
     Ok(filter)
 }
 
+/// A client id no one can guess: 128 random bits, so no MQTT client can
+/// connect under it and take the stream's session over.
+fn sse_client_id() -> ClientId {
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    ClientId::from(format!("sse:{hex}").as_str())
+}
+
 struct SseStream {
     guard: SessionGuard,
     outbox: std::sync::Arc<Outbox>,
     buf: Vec<Delivery>,
+    /// The stream's place under the caps, given back when it ends.
+    _permit: StreamPermit,
 }
 
 impl SseStream {
@@ -288,5 +319,18 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         tracing::debug!(client.id = %self.client_id, "SSE stream closed");
         self.broker.disconnect(self.client_id.clone(), self.conn, DisconnectKind::Clean, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_client_ids_carry_128_random_bits() {
+        let (a, b) = (sse_client_id(), sse_client_id());
+        assert_ne!(a, b);
+        let hex = a.as_str().strip_prefix("sse:").unwrap();
+        assert!(hex.len() == 32 && hex.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
     }
 }

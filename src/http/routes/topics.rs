@@ -113,9 +113,15 @@ enum PublishResponses {
     /// The ACL forbids publishing here
     #[response(status = 403, content_type = "application/problem+json")]
     Forbidden,
+    /// The client took longer than `http.body_timeout_ms` to send the body
+    #[response(status = 408, content_type = "application/problem+json")]
+    TimedOut,
     /// Larger than the broker's payload limit
     #[response(status = 413, content_type = "application/problem+json")]
     TooLarge,
+    /// A `Content-Encoding` other than `identity`: payloads are stored as sent
+    #[response(status = 415, content_type = "application/problem+json")]
+    Encoded,
     /// Invalid location (`devices/{id}/location`)
     #[response(status = 422, content_type = "application/problem+json")]
     InvalidLocation,

@@ -11,6 +11,7 @@ use crate::domain::time::format_rfc3339;
 use crate::domain::{Password, Username};
 use crate::http::auth::{Caller, OptionalCaller};
 use crate::http::errors::ApiError;
+use crate::http::payload::DeferredJson;
 use crate::http::state::AppState;
 use crate::identities::User;
 
@@ -119,19 +120,19 @@ async fn create_user(
     state: web::Data<AppState>,
     req: HttpRequest,
     OptionalCaller(caller): OptionalCaller,
-    body: web::Json<NewUser>,
+    body: DeferredJson<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
+    if !state.identities.settings().self_registration {
+        caller.require_admin()?;
+    }
     // Strangers' sign-ups count against the socket's peer before any
     // hashing (see sign-in); an admin's scripts are not throttled.
     if !caller.identity.is_admin() {
         state.identities.throttle(req.peer_addr().map(|a| a.ip()))?;
     }
-    let body = body.into_inner();
+    let body = body.read().await?;
     let role = body.role()?;
     if role == Role::Admin {
-        caller.require_admin()?;
-    }
-    if !state.identities.settings().self_registration {
         caller.require_admin()?;
     }
     let (username, password) = body.credentials()?;
@@ -158,7 +159,8 @@ async fn list_users(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(UserList { items: users.into_iter().map(UserView::from).collect() }))
 }
 
-/// Delete a user with its devices and tokens (admins only).
+/// Delete a user with its devices and tokens (admins only). The last admin
+/// stays: without one, nobody could manage users or flags over the API.
 #[utoipa::path(
     tag = "identities",
     params(("id" = String, Path, description = "User id")),
@@ -167,6 +169,7 @@ async fn list_users(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
         (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", content_type = "application/problem+json"),
         (status = 404, description = "No such user", content_type = "application/problem+json"),
+        (status = 409, description = "The user is the last admin", content_type = "application/problem+json"),
     )
 )]
 #[delete("/api/v1/users/{id}")]
@@ -177,6 +180,15 @@ async fn delete_user(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
+    let users = state.identities.users().await?;
+    let target = users.iter().find(|u| u.id == *id).ok_or(ApiError::NotFound)?;
+    if target.role == Role::Admin && users.iter().filter(|u| u.role == Role::Admin).count() < 2 {
+        return Err(ApiError::Conflict(
+            "the last admin cannot be deleted; make another user admin first".into(),
+        ));
+    }
+    // The store re-checks inside its transaction: two admins deleting each
+    // other at once leave one (the second delete finds nothing to delete).
     let devices = state.identities.device_ids_of(&id).await?;
     if state.identities.delete_user(&id).await? {
         // The user's devices went with it (the store cascades).

@@ -1,12 +1,19 @@
 //! Attacks a stranger on the internet can try, each run from outside against
 //! the real server: one module per attack.
 
+mod admin_routes;
 mod clock;
+mod crash_files;
+mod encoded_bodies;
 mod hashing;
 mod hijack;
+mod invalid_utf8;
 mod lockout;
+mod malformed_requests;
 mod reserved_topics;
 mod revocation;
+mod slow_requests;
+mod sse_streams;
 mod strangers;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

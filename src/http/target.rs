@@ -1,0 +1,59 @@
+//! A request target must be UTF-8 once percent-decoded. actix decodes
+//! `%FF` in a path or query to U+FFFD, so `/api/v1/topics/a%FF` would name
+//! the topic `a\u{FFFD}`, which no MQTT client can publish to (MQTT refuses
+//! the same bytes as malformed): such requests get a 400 problem instead.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use percent_encoding::percent_decode_str;
+
+use super::errors::ApiError;
+
+/// Middleware: 400 for a path or query that is not UTF-8 once decoded.
+pub async fn require_utf8(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let uri = req.uri();
+    for (part, raw) in [("path", uri.path()), ("query", uri.query().unwrap_or_default())] {
+        if percent_decode_str(raw).decode_utf8().is_err() {
+            return Err(ApiError::BadRequest(format!(
+                "the {part} is not UTF-8 once percent-decoded"
+            ))
+            .into());
+        }
+    }
+    next.call(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::{TestRequest, init_service, try_call_service};
+    use actix_web::{App, HttpResponse, middleware::from_fn, web};
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn percent_encoded_bytes_must_decode_to_utf8() {
+        let app = init_service(
+            App::new()
+                .wrap(from_fn(require_utf8))
+                .default_service(web::to(|| async { HttpResponse::Ok().finish() })),
+        )
+        .await;
+        for (uri, status) in [
+            ("/api/v1/topics/caf%C3%A9", 200),
+            ("/api/v1/subscribe?filter=a%2F%2B", 200),
+            ("/api/v1/topics/a%FF", 400),
+            ("/api/v1/topics/a%C3", 400),
+            ("/api/v1/subscribe?filter=a%FF", 400),
+        ] {
+            let got = match try_call_service(&app, TestRequest::get().uri(uri).to_request()).await {
+                Ok(resp) => resp.status(),
+                Err(e) => e.as_response_error().status_code(),
+            };
+            assert_eq!(got.as_u16(), status, "{uri}");
+        }
+    }
+}
