@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::BrokerLimits;
 use crate::broker::acl::{AclPolicy, AclRule, AnonymousAcl};
 use crate::broker::auth::{ConfigUser, Secret};
+use crate::domain::Visibility;
 use crate::identities::lockout::LockoutSettings;
 use crate::identities::{HashingSettings, IdentitySettings};
 
@@ -487,11 +488,16 @@ pub struct MapSettings {
     /// Devices whose last position arrived within this many seconds are on
     /// the map. Default 900 (15 minutes).
     pub ttl_secs: u64,
+    /// Whether a device is on the shared map when its owner did not say
+    /// (`public` or `private`); also for devices not in the database
+    /// (anonymous publishers, `[[auth.users]]` devices). Default: `public`
+    /// while every listener is on loopback, else `private`.
+    pub default_visibility: Option<Visibility>,
 }
 
 impl Default for MapSettings {
     fn default() -> Self {
-        Self { interval_secs: 60, ttl_secs: 900 }
+        Self { interval_secs: 60, ttl_secs: 900, default_visibility: None }
     }
 }
 
@@ -671,6 +677,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_LOG_FORMAT", "log.format", |s, v| set(&mut s.log.format, v)),
     var("MAPCAST_MAP_INTERVAL_SECS", "map.interval_secs", |s, v| set(&mut s.map.interval_secs, v)),
     var("MAPCAST_MAP_TTL_SECS", "map.ttl_secs", |s, v| set(&mut s.map.ttl_secs, v)),
+    var("MAPCAST_MAP_DEFAULT_VISIBILITY", "map.default_visibility", |s, v| {
+        set_some(&mut s.map.default_visibility, v)
+    }),
     var("MAPCAST_HISTORY_RETENTION_DAYS", "history.retention_days", |s, v| {
         set(&mut s.history.retention_days, v)
     }),
@@ -931,7 +940,21 @@ impl Settings {
             allow_anonymous: self.effective_allow_anonymous(),
             lockout: self.auth.lockout.clone(),
             hashing: self.auth.hashing.clone(),
+            default_visibility: self.effective_default_visibility(),
         }
+    }
+
+    /// `map.default_visibility`, or — when unset — `public` while every
+    /// listener is on loopback and `private` otherwise: off loopback, a
+    /// device shows on the shared map only when its owner says so.
+    pub fn effective_default_visibility(&self) -> Visibility {
+        self.map.default_visibility.unwrap_or_else(|| {
+            if self.listen_addrs().all(|a| a.ip().is_loopback()) {
+                Visibility::Public
+            } else {
+                Visibility::Private
+            }
+        })
     }
 
     /// `auth.allow_anonymous`, or — when unset — whether every listener

@@ -105,9 +105,15 @@ impl Application {
             Some(hook),
         );
         let map_view = MapView::default();
-        let updater =
-            MapUpdater::load(&settings.map, broker.clone(), store.clone(), feed, map_view.clone())
-                .await?;
+        let updater = MapUpdater::load(
+            &settings.map,
+            settings.effective_default_visibility(),
+            broker.clone(),
+            store.clone(),
+            feed,
+            map_view.clone(),
+        )
+        .await?;
 
         let flags = Flags::load(
             store.clone(),

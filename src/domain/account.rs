@@ -23,6 +23,8 @@ pub enum AccountError {
     DeviceNameCharacters,
     #[error("device kind must be \"car\" or \"phone\"")]
     DeviceKind,
+    #[error("visibility must be \"public\" or \"private\"")]
+    Visibility,
 }
 
 /// A user name: 3–64 characters of `[A-Za-z0-9_.-]`.
@@ -141,6 +143,44 @@ impl FromStr for DeviceKind {
             "car" => Ok(Self::Car),
             "phone" => Ok(Self::Phone),
             _ => Err(AccountError::DeviceKind),
+        }
+    }
+}
+
+/// Who sees a device's position on the shared map (`map/snapshot`,
+/// `GET /api/v1/map`): everyone who may read the map, or only its owner and
+/// admins (through `GET /api/v1/map/mine` and the device's own topics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    Public,
+    Private,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Private => "private",
+        }
+    }
+
+    /// The other one.
+    pub fn flipped(self) -> Self {
+        match self {
+            Self::Public => Self::Private,
+            Self::Private => Self::Public,
+        }
+    }
+}
+
+impl FromStr for Visibility {
+    type Err = AccountError;
+    fn from_str(s: &str) -> Result<Self, AccountError> {
+        match s {
+            "public" => Ok(Self::Public),
+            "private" => Ok(Self::Private),
+            _ => Err(AccountError::Visibility),
         }
     }
 }

@@ -10,7 +10,7 @@ mod source;
 pub mod time;
 mod topic;
 
-pub use account::{AccountError, DeviceKind, DeviceName, Password, Username};
+pub use account::{AccountError, DeviceKind, DeviceName, Password, Username, Visibility};
 pub use client_id::ClientId;
 pub use cluster::{MAX_ZOOM, cluster};
 pub use device_id::{DeviceId, DeviceIdError};

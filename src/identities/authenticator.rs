@@ -164,6 +164,7 @@ mod tests {
             allow_anonymous,
             lockout: LockoutSettings::default(),
             hashing: crate::identities::HashingSettings::default(),
+            default_visibility: crate::domain::Visibility::Public,
         };
         let ids = Identities::new(store, settings);
         let config = ConfigAuthenticator::new(

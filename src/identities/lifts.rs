@@ -83,6 +83,7 @@ mod tests {
             allow_anonymous: false,
             lockout,
             hashing: Default::default(),
+            default_visibility: crate::domain::Visibility::Public,
         };
         let ids = Identities::new(store.clone(), settings);
         let mut lifts = LockoutLifts::new(ids.clone());

@@ -36,7 +36,7 @@ use throttle::Throttle;
 pub use throttle::Throttled;
 
 use crate::broker::auth::{Identity, Role, Secret};
-use crate::domain::{DeviceKind, DeviceName, Password, Username, time};
+use crate::domain::{DeviceKind, DeviceName, Password, Username, Visibility, time};
 use crate::store::{DeviceRecord, InsertError, Store, TokenRecord, UserRecord};
 use crate::telemetry::names;
 
@@ -62,6 +62,8 @@ pub struct IdentitySettings {
     pub lockout: LockoutSettings,
     /// The password hashing pool and the per-address rate, from `[auth.hashing]`.
     pub hashing: HashingSettings,
+    /// The visibility of a device created without one (`map.default_visibility`).
+    pub default_visibility: Visibility,
 }
 
 /// A user as callers see it (no hash).
@@ -83,6 +85,7 @@ pub struct Device {
     pub kind: DeviceKind,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
+    pub visibility: Visibility,
 }
 
 /// A device just created, with the secret shown this once.
@@ -318,12 +321,14 @@ impl Identities {
         Ok(Some(if ok { Ok(Identity::device(record.id)) } else { Err(()) }))
     }
 
-    /// Provision a device for `owner_id`; its secret is returned this once.
+    /// Provision a device for `owner_id` (visible as `visibility`, else as
+    /// configured); its secret is returned this once.
     pub async fn create_device(
         &self,
         owner_id: &str,
         name: DeviceName,
         kind: DeviceKind,
+        visibility: Option<Visibility>,
     ) -> Result<NewDevice, IdentityError> {
         let secret = random_secret();
         let secret_hash = self.hash(secret.expose().to_owned()).await?;
@@ -334,6 +339,10 @@ impl Identities {
             kind: kind.as_str().to_owned(),
             secret_hash,
             created_at: now_ms(),
+            visibility: visibility
+                .unwrap_or(self.settings().default_visibility)
+                .as_str()
+                .to_owned(),
         };
         self.store().insert_device(record.clone()).await?;
         tracing::info!(
@@ -355,7 +364,24 @@ impl Identities {
         let Some(user) = self.store().user_by_username(owner).await? else {
             return Err(IdentityError::UnknownUser(owner.to_owned()));
         };
-        self.create_device(&user.id, name, kind).await
+        self.create_device(&user.id, name, kind, None).await
+    }
+
+    /// Show a device on the shared map or hide it; `false` if there is none.
+    pub async fn set_visibility(
+        &self,
+        id: &str,
+        visibility: Visibility,
+    ) -> Result<bool, IdentityError> {
+        let updated = self.store().set_device_visibility(id, visibility.as_str()).await?;
+        if updated {
+            tracing::info!(
+                { names::DEVICE_ID } = %id,
+                device.visibility = visibility.as_str(),
+                "device visibility changed"
+            );
+        }
+        Ok(updated)
     }
 
     pub async fn device(&self, id: &str) -> Result<Option<Device>, IdentityError> {
@@ -451,6 +477,8 @@ fn device(r: DeviceRecord) -> Device {
     Device {
         // Only `car` and `phone` are ever written.
         kind: r.kind.parse().unwrap_or(DeviceKind::Car),
+        // Only `public` and `private` are ever written.
+        visibility: r.visibility.parse().unwrap_or(Visibility::Private),
         id: r.id,
         owner_id: r.owner_id,
         name: r.name,
@@ -515,6 +543,7 @@ mod tests {
             allow_anonymous: false,
             lockout: LockoutSettings::default(),
             hashing: HashingSettings::default(),
+            default_visibility: Visibility::Public,
         };
         (dir, Identities::new(store, settings))
     }

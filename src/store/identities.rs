@@ -34,6 +34,8 @@ pub struct DeviceRecord {
     pub secret_hash: Secret,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// `public` or `private`.
+    pub visibility: String,
 }
 
 /// A token row: `id` is the hex SHA-256 of the token.
@@ -56,7 +58,7 @@ pub enum InsertError {
 }
 
 const USER_COLUMNS: &str = "id, username, password_hash, role, created_at";
-const DEVICE_COLUMNS: &str = "id, owner_id, name, kind, secret_hash, created_at";
+const DEVICE_COLUMNS: &str = "id, owner_id, name, kind, secret_hash, created_at, visibility";
 
 fn user(row: &AnyRow) -> Result<UserRecord, sqlx::Error> {
     let role: String = row.try_get(3)?;
@@ -77,6 +79,7 @@ fn device(row: &AnyRow) -> Result<DeviceRecord, sqlx::Error> {
         kind: row.try_get(3)?,
         secret_hash: Secret::new(row.try_get::<String, _>(4)?),
         created_at: row.try_get(5)?,
+        visibility: row.try_get(6)?,
     })
 }
 
@@ -181,8 +184,9 @@ impl Store {
         let pool = self.pool().clone();
         self.run(async move {
             sqlx::query(
-                "INSERT INTO devices (id, owner_id, name, kind, secret_hash, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO devices \
+                 (id, owner_id, name, kind, secret_hash, created_at, visibility) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(device.id)
             .bind(device.owner_id)
@@ -190,6 +194,7 @@ impl Store {
             .bind(device.kind)
             .bind(device.secret_hash.expose().to_owned())
             .bind(device.created_at)
+            .bind(device.visibility)
             .execute(&pool)
             .await
             .map(drop)
@@ -240,6 +245,40 @@ impl Store {
         self.run(async move {
             let rows = sqlx::query("SELECT id FROM devices WHERE owner_id = $1 ORDER BY id")
                 .bind(owner_id)
+                .fetch_all(&pool)
+                .await?;
+            rows.iter().map(|r| r.try_get(0)).collect()
+        })
+        .await
+    }
+
+    /// `false` if there was no such device.
+    pub async fn set_device_visibility(
+        &self,
+        id: &str,
+        visibility: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let (pool, id, visibility) = (self.pool().clone(), id.to_owned(), visibility.to_owned());
+        self.run(async move {
+            let updated = sqlx::query("UPDATE devices SET visibility = $1 WHERE id = $2")
+                .bind(visibility)
+                .bind(id)
+                .execute(&pool)
+                .await?;
+            Ok(updated.rows_affected() > 0)
+        })
+        .await
+    }
+
+    /// The ids of the devices whose visibility is `visibility`.
+    pub async fn device_ids_with_visibility(
+        &self,
+        visibility: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let (pool, visibility) = (self.pool().clone(), visibility.to_owned());
+        self.run(async move {
+            let rows = sqlx::query("SELECT id FROM devices WHERE visibility = $1")
+                .bind(visibility)
                 .fetch_all(&pool)
                 .await?;
             rows.iter().map(|r| r.try_get(0)).collect()
@@ -355,6 +394,7 @@ mod tests {
             kind: "car".into(),
             secret_hash: Secret::new("$argon2id$y"),
             created_at: 2,
+            visibility: "public".into(),
         }
     }
 

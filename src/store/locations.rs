@@ -73,6 +73,10 @@ impl LatestBatch {
     }
 }
 
+/// The columns [`position_row`] reads.
+const POSITION_COLUMNS: &str =
+    "device_id, lon, lat, alt, ts, speed, heading, accuracy, battery, kind, received_at";
+
 impl Store {
     /// Latest positions of the devices seen at or after `since_ms`.
     pub async fn load_latest_positions(
@@ -81,35 +85,60 @@ impl Store {
     ) -> Result<Vec<(DeviceId, Position)>, sqlx::Error> {
         let pool = self.pool().clone();
         self.run(async move {
-            let rows = sqlx::query(
-                "SELECT device_id, lon, lat, alt, ts, speed, heading, accuracy, battery, kind, \
-                 received_at FROM locations_latest WHERE received_at >= $1",
-            )
-            .bind(since_ms)
-            .fetch_all(&pool)
-            .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in rows {
-                let id: String = r.try_get(0)?;
-                let Ok(device) = DeviceId::parse(id) else { continue };
-                let kind: Option<String> = r.try_get(9)?;
-                let location = Location {
-                    lon: r.try_get(1)?,
-                    lat: r.try_get(2)?,
-                    alt: r.try_get(3)?,
-                    ts_ms: r.try_get(4)?,
-                    speed: r.try_get(5)?,
-                    heading: r.try_get(6)?,
-                    accuracy: r.try_get(7)?,
-                    battery: r.try_get(8)?,
-                    kind: kind.as_deref().and_then(|k| DeviceKind::from_str(k).ok()),
-                };
-                out.push((device, Position { location, received_at_ms: r.try_get(10)? }));
+            let sql =
+                format!("SELECT {POSITION_COLUMNS} FROM locations_latest WHERE received_at >= $1");
+            let rows =
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since_ms).fetch_all(&pool).await?;
+            rows.iter().filter_map(|r| position_row(r).transpose()).collect()
+        })
+        .await
+    }
+
+    /// The latest position of each of `devices` that has one, however old.
+    pub async fn latest_positions_of(
+        &self,
+        devices: Vec<String>,
+    ) -> Result<Vec<(DeviceId, Position)>, sqlx::Error> {
+        let pool = self.pool().clone();
+        self.run(async move {
+            let mut out = Vec::with_capacity(devices.len());
+            for chunk in devices.chunks(ROWS_PER_STATEMENT) {
+                let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "SELECT {POSITION_COLUMNS} FROM locations_latest WHERE device_id IN ({})",
+                    marks.join(", ")
+                );
+                let mut q = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(id.clone());
+                }
+                for r in q.fetch_all(&pool).await? {
+                    out.extend(position_row(&r)?);
+                }
             }
             Ok(out)
         })
         .await
     }
+}
+
+/// One row of [`POSITION_COLUMNS`]; `None` for an id that is no longer valid.
+fn position_row(r: &sqlx::any::AnyRow) -> Result<Option<(DeviceId, Position)>, sqlx::Error> {
+    let id: String = r.try_get(0)?;
+    let Ok(device) = DeviceId::parse(id) else { return Ok(None) };
+    let kind: Option<String> = r.try_get(9)?;
+    let location = Location {
+        lon: r.try_get(1)?,
+        lat: r.try_get(2)?,
+        alt: r.try_get(3)?,
+        ts_ms: r.try_get(4)?,
+        speed: r.try_get(5)?,
+        heading: r.try_get(6)?,
+        accuracy: r.try_get(7)?,
+        battery: r.try_get(8)?,
+        kind: kind.as_deref().and_then(|k| DeviceKind::from_str(k).ok()),
+    };
+    Ok(Some((device, Position { location, received_at_ms: r.try_get(10)? })))
 }
 
 /// `ts` capped at `received_at` (portable SQL: no `LEAST`/`MIN` of two).

@@ -11,7 +11,7 @@
 
 mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,7 +27,7 @@ pub use view::{DIFF_WINDOW, DiffError, MapView, PublishedMap};
 use crate::broker::{BrokerHandle, Message, MessageProps, QoS};
 use crate::config::MapSettings;
 use crate::domain::time::{format_rfc3339, millis};
-use crate::domain::{DeviceId, MapSnapshot, Position, TopicLimits, TopicName};
+use crate::domain::{DeviceId, MapSnapshot, Position, TopicLimits, TopicName, Visibility};
 use crate::locations::PositionFeed;
 use crate::store::{SnapshotRecord, Store};
 use crate::telemetry::names;
@@ -76,12 +76,18 @@ pub struct MapUpdater {
     /// Whether this run has published a snapshot yet (the first build always
     /// publishes, so the retained topics hold this run's map).
     published: bool,
+    /// Whether a device is on the shared map unless its owner said otherwise.
+    default_visibility: Visibility,
+    /// The devices whose owners said otherwise, re-read from the database
+    /// every tick (changes through any instance or the CLI count).
+    exceptions: Arc<HashSet<DeviceId>>,
 }
 
 impl MapUpdater {
     /// Load the last version and the positions still within the TTL.
     pub async fn load(
         settings: &MapSettings,
+        default_visibility: Visibility,
         broker: BrokerHandle,
         store: Store,
         feed: Arc<PositionFeed>,
@@ -111,7 +117,31 @@ impl MapUpdater {
             table,
             version,
             published: false,
+            default_visibility,
+            exceptions: Arc::default(),
         })
+    }
+
+    /// Re-read which devices differ from the default visibility; whether
+    /// that changed since the last tick. On a database error the last
+    /// answer stands.
+    async fn refresh_visibility(&mut self) -> bool {
+        let other = self.default_visibility.flipped();
+        match self.store.device_ids_with_visibility(other.as_str()).await {
+            Ok(ids) => {
+                let ids: HashSet<DeviceId> =
+                    ids.into_iter().filter_map(|id| DeviceId::parse(id).ok()).collect();
+                let changed = ids != *self.exceptions;
+                if changed {
+                    self.exceptions = Arc::new(ids);
+                }
+                changed
+            }
+            Err(e) => {
+                tracing::warn!({ names::ERROR_MESSAGE } = %e, "device visibility not re-read");
+                false
+            }
+        }
     }
 
     /// Build, record, serve and publish one snapshot.
@@ -122,12 +152,15 @@ impl MapUpdater {
         let cutoff = millis(now.checked_sub(self.ttl).unwrap_or(SystemTime::UNIX_EPOCH));
         let generated_at = millis(now);
         let expired = self.table.values().any(|p| p.received_at_ms < cutoff);
-        if self.published && fresh.is_empty() && !expired {
+        let visibility_changed = self.refresh_visibility().await;
+        if self.published && fresh.is_empty() && !expired && !visibility_changed {
             return UpdateOutcome::Unchanged { version: self.version };
         }
         self.version += 1;
         let version = self.version;
         let mut table = std::mem::take(&mut self.table);
+        let (exceptions, public_by_default) =
+            (self.exceptions.clone(), self.default_visibility == Visibility::Public);
 
         let built = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -140,7 +173,13 @@ impl MapUpdater {
                 }
             }
             table.retain(|_, p| p.received_at_ms >= cutoff);
-            let snapshot = MapSnapshot::build(version, generated_at, &table);
+            // The shared map holds public devices only.
+            let public = |id: &DeviceId| exceptions.contains(id) != public_by_default;
+            let snapshot = MapSnapshot::build(
+                version,
+                generated_at,
+                table.iter().filter(|(id, _)| public(id)),
+            );
             let gzip = gzip(&snapshot.json);
             let build_ms = started.elapsed().as_millis() as u64;
             (table, PublishedMap { snapshot, gzip, build_ms })

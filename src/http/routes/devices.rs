@@ -2,13 +2,13 @@
 //! MQTT is shown once), lists and reads them; admins see and delete any.
 
 use actix_web::http::header::LOCATION;
-use actix_web::{HttpResponse, delete, get, post, web};
+use actix_web::{HttpResponse, delete, get, patch, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::broker::{Principal, Revocation};
 use crate::domain::time::format_rfc3339;
-use crate::domain::{DeviceKind, DeviceName};
+use crate::domain::{DeviceKind, DeviceName, Visibility};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 use crate::http::payload::DeferredJson;
@@ -16,7 +16,11 @@ use crate::http::state::AppState;
 use crate::identities::Device;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(create_device).service(list_devices).service(get_device).service(delete_device);
+    cfg.service(create_device)
+        .service(list_devices)
+        .service(get_device)
+        .service(patch_device)
+        .service(delete_device);
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -27,12 +31,26 @@ pub struct NewDevice {
     /// `car` or `phone`.
     #[schema(example = "car")]
     kind: String,
+    /// `public` (on the shared map) or `private` (its owner and admins
+    /// only). Default: `map.default_visibility`.
+    #[schema(example = "private")]
+    visibility: Option<String>,
 }
 
 impl NewDevice {
-    pub(super) fn parse(self) -> Result<(DeviceName, DeviceKind), ApiError> {
-        Ok((DeviceName::parse(self.name)?, self.kind.parse()?))
+    pub(super) fn parse(self) -> Result<(DeviceName, DeviceKind, Option<Visibility>), ApiError> {
+        let visibility = self.visibility.map(|v| v.parse()).transpose()?;
+        Ok((DeviceName::parse(self.name)?, self.kind.parse()?, visibility))
     }
+}
+
+/// A change to a device.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    /// `public` or `private`.
+    #[schema(example = "public")]
+    visibility: String,
 }
 
 /// The answer to a creation: the only time the secret is shown.
@@ -46,6 +64,9 @@ pub struct CreatedDevice {
     /// `car` or `phone`.
     #[schema(value_type = String)]
     kind: DeviceKind,
+    /// `public` or `private`.
+    #[schema(value_type = String)]
+    visibility: Visibility,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -55,6 +76,9 @@ pub struct DeviceView {
     /// `car` or `phone`.
     #[schema(value_type = String)]
     kind: DeviceKind,
+    /// `public` (on the shared map) or `private`.
+    #[schema(value_type = String)]
+    visibility: Visibility,
     owner_id: String,
     /// RFC 3339.
     created_at: String,
@@ -67,6 +91,7 @@ impl From<Device> for DeviceView {
             id: d.id,
             name: d.name,
             kind: d.kind,
+            visibility: d.visibility,
             owner_id: d.owner_id,
         }
     }
@@ -96,9 +121,9 @@ async fn create_device(
     body: DeferredJson<NewDevice>,
 ) -> Result<HttpResponse, ApiError> {
     let owner = caller.require_user()?;
-    let (name, kind) = body.read().await?.parse()?;
+    let (name, kind, visibility) = body.read().await?.parse()?;
 
-    let new = state.identities.create_device(owner, name, kind).await?;
+    let new = state.identities.create_device(owner, name, kind, visibility).await?;
 
     let d = new.device;
     Ok(HttpResponse::Created()
@@ -109,7 +134,18 @@ async fn create_device(
             id: d.id,
             name: d.name,
             kind: d.kind,
+            visibility: d.visibility,
         }))
+}
+
+/// Device `id` if the caller owns it or is an admin.
+async fn owned_device(state: &AppState, caller: &Caller, id: &str) -> Result<Device, ApiError> {
+    let user = caller.require_user()?;
+    let device = state.identities.device(id).await?.ok_or(ApiError::NotFound)?;
+    if device.owner_id != user && !caller.identity.is_admin() {
+        return Err(ApiError::Forbidden("this device belongs to another user".into()));
+    }
+    Ok(device)
 }
 
 /// Your devices (an admin: every device).
@@ -151,12 +187,38 @@ async fn get_device(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = caller.require_user()?;
-    let device = state.identities.device(&id).await?.ok_or(ApiError::NotFound)?;
-    if device.owner_id != user && !caller.identity.is_admin() {
-        return Err(ApiError::Forbidden("this device belongs to another user".into()));
-    }
+    let device = owned_device(&state, &caller, &id).await?;
     Ok(HttpResponse::Ok().json(DeviceView::from(device)))
+}
+
+/// Show a device on the shared map or hide it (its owner or an admin);
+/// the map follows at its next build.
+#[utoipa::path(
+    tag = "identities",
+    params(("id" = String, Path, description = "Device id")),
+    request_body = DevicePatch,
+    responses(
+        (status = 200, description = "The device as changed", body = DeviceView),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+        (status = 403, description = "Another user's device", content_type = "application/problem+json"),
+        (status = 404, description = "No such device", content_type = "application/problem+json"),
+        (status = 422, description = "An unknown visibility", content_type = "application/problem+json"),
+    )
+)]
+#[patch("/api/v1/devices/{id}")]
+#[tracing::instrument(skip_all, fields(device.id = %id))]
+async fn patch_device(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+    body: web::Json<DevicePatch>,
+) -> Result<HttpResponse, ApiError> {
+    let device = owned_device(&state, &caller, &id).await?;
+    let visibility: Visibility = body.into_inner().visibility.parse()?;
+    if !state.identities.set_visibility(&id, visibility).await? {
+        return Err(ApiError::NotFound);
+    }
+    Ok(HttpResponse::Ok().json(DeviceView::from(Device { visibility, ..device })))
 }
 
 /// Delete a device (admins only); its MQTT credentials stop working.

@@ -16,7 +16,7 @@ use utoipa::IntoParams;
 use crate::domain::time::from_millis;
 use tracing::Instrument;
 
-use crate::domain::{Bbox, MAX_ZOOM, MapDiff, TopicFilter, TopicLimits, cluster};
+use crate::domain::{Bbox, MAX_ZOOM, MapDiff, MapSnapshot, TopicFilter, TopicLimits, cluster};
 use crate::flags::{DebugFault, Evaluation, MAP_CLUSTERING};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
@@ -25,7 +25,38 @@ use crate::http::state::AppState;
 use crate::updater::{DiffError, GEOJSON, SNAPSHOT_TOPIC};
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(get_map);
+    cfg.service(get_map).service(get_my_map);
+}
+
+/// Your own devices' latest positions, private ones included and however
+/// old: the view the shared map leaves out. A FeatureCollection like the
+/// map's (`version` 0: it is built for this request).
+#[utoipa::path(
+    tag = "map",
+    responses(
+        (status = 200, description = "The caller's devices", content_type = "application/geo+json"),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+    )
+)]
+#[get("/api/v1/map/mine")]
+#[tracing::instrument(skip_all)]
+async fn get_my_map(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let who = &caller.identity;
+    if who.is_anonymous() {
+        return Err(ApiError::Unauthorized("sign in: send Authorization: Bearer TOKEN".into()));
+    }
+    let mut devices = who.owned_devices.clone();
+    devices.extend(who.device_id.clone());
+    let positions = state.store.latest_positions_of(devices).await.map_err(|e| {
+        tracing::warn!({ crate::telemetry::names::ERROR_MESSAGE } = %e, "positions not read");
+        ApiError::Unavailable("the database is unavailable".into())
+    })?;
+    let now = crate::domain::time::millis(std::time::SystemTime::now());
+    let snapshot = MapSnapshot::build(0, now, positions.iter().map(|(id, p)| (id, p)));
+    Ok(HttpResponse::Ok()
+        .content_type(GEOJSON)
+        .insert_header(CacheControl(vec![CacheDirective::NoStore]))
+        .body(bytes::Bytes::from_owner(snapshot.json)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -44,7 +75,8 @@ pub struct MapParams {
 }
 
 /// The map: a GeoJSON FeatureCollection with `version`, `generated_at`,
-/// `total` and `bbox`; each Feature's `id` is a device id.
+/// `total` and `bbox`; each Feature's `id` is a device id. Only public
+/// devices are on it (see `GET /api/v1/map/mine` for your own).
 #[utoipa::path(
     tag = "map",
     params(MapParams),

@@ -15,6 +15,7 @@ mod revocation;
 mod slow_requests;
 mod sse_streams;
 mod strangers;
+mod visibility;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
