@@ -493,11 +493,16 @@ pub struct MapSettings {
     /// (anonymous publishers, `[[auth.users]]` devices). Default: `public`
     /// while every listener is on loopback, else `private`.
     pub default_visibility: Option<Visibility>,
+    /// Whether the shared map names devices by a public map id (a keyed
+    /// hash, stable across restarts and instances) instead of their id,
+    /// which is also their MQTT user name. Default: on unless every
+    /// listener is on loopback.
+    pub public_ids: Option<bool>,
 }
 
 impl Default for MapSettings {
     fn default() -> Self {
-        Self { interval_secs: 60, ttl_secs: 900, default_visibility: None }
+        Self { interval_secs: 60, ttl_secs: 900, default_visibility: None, public_ids: None }
     }
 }
 
@@ -680,6 +685,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_MAP_DEFAULT_VISIBILITY", "map.default_visibility", |s, v| {
         set_some(&mut s.map.default_visibility, v)
     }),
+    var("MAPCAST_MAP_PUBLIC_IDS", "map.public_ids", |s, v| set_some(&mut s.map.public_ids, v)),
     var("MAPCAST_HISTORY_RETENTION_DAYS", "history.retention_days", |s, v| {
         set(&mut s.history.retention_days, v)
     }),
@@ -942,6 +948,12 @@ impl Settings {
             hashing: self.auth.hashing.clone(),
             default_visibility: self.effective_default_visibility(),
         }
+    }
+
+    /// `map.public_ids`, or — when unset — whether any listener is off
+    /// loopback.
+    pub fn effective_public_map_ids(&self) -> bool {
+        self.map.public_ids.unwrap_or_else(|| !self.listen_addrs().all(|a| a.ip().is_loopback()))
     }
 
     /// `map.default_visibility`, or — when unset — `public` while every

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::domain::MapIds;
 use anyhow::{Context, anyhow};
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -105,9 +106,15 @@ impl Application {
             Some(hook),
         );
         let map_view = MapView::default();
+        let map_ids = if settings.effective_public_map_ids() {
+            Some(MapIds::new(store.server_key("map_ids").await.context("reading the map id key")?))
+        } else {
+            None
+        };
         let updater = MapUpdater::load(
             &settings.map,
             settings.effective_default_visibility(),
+            map_ids.clone(),
             broker.clone(),
             store.clone(),
             feed,
@@ -151,6 +158,7 @@ impl Application {
             broker: broker.clone(),
             identities: identities.clone(),
             map: map_view,
+            map_ids,
             flags: flags.clone(),
             history_topics,
             started_at: Instant::now(),

@@ -6,6 +6,7 @@ mod cluster;
 mod device_id;
 mod location;
 mod map;
+mod map_id;
 mod source;
 pub mod time;
 mod topic;
@@ -16,6 +17,7 @@ pub use cluster::{MAX_ZOOM, cluster};
 pub use device_id::{DeviceId, DeviceIdError};
 pub use location::{Location, LocationError};
 pub use map::{Bbox, BboxError, MapDiff, MapPositions, MapSnapshot, Position};
+pub use map_id::MapIds;
 pub use source::source_key;
 pub use topic::{
     MAP_ROOT, SharedFilter, TopicError, TopicFilter, TopicLimits, TopicName, filter_matches,

@@ -20,6 +20,8 @@ pub struct AppState {
     pub identities: Identities,
     /// The latest map snapshot and recent versions, kept by the map updater.
     pub map: MapView,
+    /// How the shared map names devices, when not by their ids.
+    pub map_ids: Option<crate::domain::MapIds>,
     /// Topics whose history `GET /api/v1/history/...` serves.
     pub history_topics: HistoryTopics,
     /// Feature flags: evaluation from memory, changes through the store.

@@ -10,6 +10,7 @@ mod lockout_lifts;
 mod map_snapshots;
 mod pool;
 mod retention;
+mod server_keys;
 mod write_health;
 mod writer;
 

@@ -11,7 +11,7 @@
 
 mod view;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,7 +27,7 @@ pub use view::{DIFF_WINDOW, DiffError, MapView, PublishedMap};
 use crate::broker::{BrokerHandle, Message, MessageProps, QoS};
 use crate::config::MapSettings;
 use crate::domain::time::{format_rfc3339, millis};
-use crate::domain::{DeviceId, MapSnapshot, Position, TopicLimits, TopicName, Visibility};
+use crate::domain::{DeviceId, MapIds, MapSnapshot, Position, TopicLimits, TopicName, Visibility};
 use crate::locations::PositionFeed;
 use crate::store::{SnapshotRecord, Store};
 use crate::telemetry::names;
@@ -81,6 +81,10 @@ pub struct MapUpdater {
     /// The devices whose owners said otherwise, re-read from the database
     /// every tick (changes through any instance or the CLI count).
     exceptions: Arc<HashSet<DeviceId>>,
+    /// When set, the map names devices by their public map id.
+    map_ids: Option<MapIds>,
+    /// The map ids of the devices in `table`, computed once each.
+    map_id_cache: HashMap<DeviceId, DeviceId>,
 }
 
 impl MapUpdater {
@@ -88,6 +92,7 @@ impl MapUpdater {
     pub async fn load(
         settings: &MapSettings,
         default_visibility: Visibility,
+        map_ids: Option<MapIds>,
         broker: BrokerHandle,
         store: Store,
         feed: Arc<PositionFeed>,
@@ -119,6 +124,8 @@ impl MapUpdater {
             published: false,
             default_visibility,
             exceptions: Arc::default(),
+            map_ids,
+            map_id_cache: HashMap::new(),
         })
     }
 
@@ -161,6 +168,8 @@ impl MapUpdater {
         let mut table = std::mem::take(&mut self.table);
         let (exceptions, public_by_default) =
             (self.exceptions.clone(), self.default_visibility == Visibility::Public);
+        let map_ids = self.map_ids.clone();
+        let mut known = std::mem::take(&mut self.map_id_cache);
 
         let built = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -175,19 +184,28 @@ impl MapUpdater {
             table.retain(|_, p| p.received_at_ms >= cutoff);
             // The shared map holds public devices only.
             let public = |id: &DeviceId| exceptions.contains(id) != public_by_default;
-            let snapshot = MapSnapshot::build(
-                version,
-                generated_at,
-                table.iter().filter(|(id, _)| public(id)),
-            );
+            let shown = table.iter().filter(|(id, _)| public(id));
+            let snapshot = match &map_ids {
+                None => MapSnapshot::build(version, generated_at, shown),
+                Some(ids) => {
+                    known.retain(|id, _| table.contains_key(id));
+                    let named: Vec<(DeviceId, &Position)> = shown
+                        .map(|(id, p)| {
+                            (known.entry(id.clone()).or_insert_with(|| ids.of(id)).clone(), p)
+                        })
+                        .collect();
+                    MapSnapshot::build(version, generated_at, named.iter().map(|(id, p)| (id, *p)))
+                }
+            };
             let gzip = gzip(&snapshot.json);
             let build_ms = started.elapsed().as_millis() as u64;
-            (table, PublishedMap { snapshot, gzip, build_ms })
+            (table, known, PublishedMap { snapshot, gzip, build_ms })
         })
         .await;
         let map = match built {
-            Ok((table, map)) => {
+            Ok((table, known, map)) => {
                 self.table = table;
+                self.map_id_cache = known;
                 Arc::new(map)
             }
             Err(e) => {

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::broker::{Principal, Revocation};
 use crate::domain::time::format_rfc3339;
-use crate::domain::{DeviceKind, DeviceName, Visibility};
+use crate::domain::{DeviceId, DeviceKind, DeviceName, MapIds, Visibility};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 use crate::http::payload::DeferredJson;
@@ -79,14 +79,22 @@ pub struct DeviceView {
     /// `public` (on the shared map) or `private`.
     #[schema(value_type = String)]
     visibility: Visibility,
+    /// Its feature id on the shared map, when the map names devices by
+    /// public map ids (`map.public_ids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    map_id: Option<String>,
     owner_id: String,
     /// RFC 3339.
     created_at: String,
 }
 
-impl From<Device> for DeviceView {
-    fn from(d: Device) -> Self {
+impl DeviceView {
+    fn new(d: Device, map_ids: Option<&MapIds>) -> Self {
+        let map_id = map_ids
+            .zip(DeviceId::parse(d.id.as_str()).ok())
+            .map(|(ids, id)| ids.of(&id).as_str().to_owned());
         Self {
+            map_id,
             created_at: format_rfc3339(d.created_at),
             id: d.id,
             name: d.name,
@@ -165,8 +173,9 @@ async fn list_devices(
     let user = caller.require_user()?;
     let owner = (!caller.identity.is_admin()).then_some(user);
     let devices = state.identities.devices(owner).await?;
-    Ok(HttpResponse::Ok()
-        .json(DeviceList { items: devices.into_iter().map(DeviceView::from).collect() }))
+    Ok(HttpResponse::Ok().json(DeviceList {
+        items: devices.into_iter().map(|d| DeviceView::new(d, state.map_ids.as_ref())).collect(),
+    }))
 }
 
 /// One device (its owner or an admin).
@@ -188,7 +197,7 @@ async fn get_device(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &caller, &id).await?;
-    Ok(HttpResponse::Ok().json(DeviceView::from(device)))
+    Ok(HttpResponse::Ok().json(DeviceView::new(device, state.map_ids.as_ref())))
 }
 
 /// Show a device on the shared map or hide it (its owner or an admin);
@@ -218,7 +227,8 @@ async fn patch_device(
     if !state.identities.set_visibility(&id, visibility).await? {
         return Err(ApiError::NotFound);
     }
-    Ok(HttpResponse::Ok().json(DeviceView::from(Device { visibility, ..device })))
+    let device = Device { visibility, ..device };
+    Ok(HttpResponse::Ok().json(DeviceView::new(device, state.map_ids.as_ref())))
 }
 
 /// Delete a device (admins only); its MQTT credentials stop working.

@@ -97,3 +97,57 @@ async fn off_loopback_devices_are_private_unless_their_owner_says_otherwise() {
     expect_problem(bad, 422, "unprocessable").await;
     report_position(&app, &public, 3.0).await;
 }
+
+/// The map as `token` reads it, once `ready` holds.
+async fn wait_for_map_as(
+    api: &Api,
+    token: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + crate::helpers::MAP_WAIT;
+    loop {
+        let resp = api.get("/api/v1/map", Some(token)).await;
+        if resp.status() == 200 {
+            let map: serde_json::Value = resp.json().await.unwrap();
+            if ready(&map) {
+                return map;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the map never got there");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn off_loopback_the_map_names_devices_by_a_public_map_id_that_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let public = |s: &mut mapcast::config::Settings| {
+        fast_map(s);
+        s.http.listen = "0.0.0.0:0".parse().unwrap();
+        s.auth.self_registration = Some(true);
+    };
+    let (car, map_id) = {
+        let app = crate::helpers::spawn_app_in(dir.path(), public).await;
+        let api = Api::new(SocketAddr::from(([127, 0, 0, 1], app.http_addr.port())));
+        let ann = api.sign_up("ann").await;
+        let car = device(&api, &ann, "Polo", Some("public")).await;
+        let shown = expect_json(
+            api.get(&format!("/api/v1/devices/{}", car.id), Some(&ann)).await,
+            reqwest::StatusCode::OK,
+        )
+        .await;
+        let map_id = shown["map_id"].as_str().expect("a map id off loopback").to_owned();
+        assert_ne!(map_id, car.id);
+        report_position(&app, &car, 3.0).await;
+
+        let map = wait_for_map_as(&api, &ann, |m| feature_ids(m).contains(&map_id)).await;
+        assert!(!map.to_string().contains(&car.id), "the device id is on the map: {map}");
+        app.stop().await;
+        (car, map_id)
+    };
+    let app = crate::helpers::spawn_app_in(dir.path(), public).await;
+    let api = Api::new(SocketAddr::from(([127, 0, 0, 1], app.http_addr.port())));
+    let ann = api.login("ann", crate::helpers::PASSWORD).await;
+    report_position(&app, &car, 4.0).await;
+    wait_for_map_as(&api, &ann, |m| feature_ids(m).contains(&map_id)).await;
+}
