@@ -90,7 +90,13 @@ async fn a_postgres_outage_refuses_durable_publishes_and_recovers_without_a_rest
     assert_eq!(text(&watcher.recv_publish().await.payload), "still routing");
     // 3.1.1 has no negative PUBACK: the connection closes instead.
     let (mut v3, _) = RawConn::connect_v3(server.mqtt_addr, "car-3", true).await;
-    v3.publish_v3("devices/car-3/location", 1, 7, location_at(4.0, 0.0, 1_004).as_bytes()).await;
+    v3.publish_v3(
+        "devices/car-3/location",
+        1,
+        7,
+        location_at(4.0, 0.0, an_hour_ago_ms() + 4).as_bytes(),
+    )
+    .await;
     let frames = v3.expect_closed(FIRST_REFUSAL).await;
     assert!(frames.iter().all(|f| f.packet_type() != PUBACK), "no PUBACK: {frames:?}");
     // REST: 503 problem+json for writes and reads; not ready.
@@ -119,7 +125,13 @@ async fn a_postgres_outage_refuses_durable_publishes_and_recovers_without_a_rest
     let recovered_in = back.elapsed();
     assert_eq!(publish_location(&api, "devices/car-4/location", 7.0).await.status(), 202);
     let (mut v3, _) = RawConn::connect_v3(server.mqtt_addr, "car-3", true).await;
-    v3.publish_v3("devices/car-3/location", 1, 8, location_at(8.0, 0.0, 1_008).as_bytes()).await;
+    v3.publish_v3(
+        "devices/car-3/location",
+        1,
+        8,
+        location_at(8.0, 0.0, an_hour_ago_ms() + 8).as_bytes(),
+    )
+    .await;
     assert_eq!(v3.recv_type(PUBACK).await.pkid(), 8);
 
     // What was acknowledged is stored; what was refused is not.
