@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::domain::source_key;
 use crate::telemetry::{metrics, names};
 
 /// `[auth.lockout]`: thresholds and durations of the sign-in lockout.
@@ -303,7 +304,7 @@ impl SignInGuard {
     ) -> Result<Attempt<'a>, Locked> {
         let now = Instant::now();
         let window = Duration::from_secs(self.settings.window_secs);
-        let address = from.map(address_key);
+        let address = from.map(source_key);
         let pair = identity.map(|name| (identity_key(name), address));
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
 
@@ -392,7 +393,7 @@ impl SignInGuard {
     /// Lift the lockouts of the address `ip` (IPv6: its /64): its own and
     /// those of every name tried from it.
     pub fn unlock_address(&self, ip: IpAddr) -> Lifted {
-        let ip = address_key(ip);
+        let ip = source_key(ip);
         let lifted = self.lift(|t, now| {
             let pairs = t.pairs.forget(now, |(_, from)| *from == Some(ip));
             let own = t.addresses.forget(now, |k| *k == ip);
@@ -515,22 +516,6 @@ fn identity_key(name: &str) -> IdentityKey {
     let mut key = [0u8; 16];
     key.copy_from_slice(&digest[..16]);
     key
-}
-
-/// IPv4 as is (also when mapped into IPv6); IPv6 by its /64, which one
-/// subscriber usually holds whole.
-pub(super) fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                IpAddr::V6(segments.into())
-            }
-        },
-    }
 }
 
 #[cfg(test)]
@@ -694,21 +679,5 @@ mod tests {
         }
         assert!(g.tracked() <= 10, "{}", g.tracked());
         assert!(g.begin(Some("ann"), None).is_err(), "ann is still locked");
-    }
-
-    #[test]
-    fn ipv6_addresses_count_by_their_64_and_mapped_ipv4_as_ipv4() {
-        assert_eq!(
-            address_key("2001:db8::1".parse().unwrap()),
-            address_key("2001:db8::ff".parse().unwrap())
-        );
-        assert_ne!(
-            address_key("2001:db8::1".parse().unwrap()),
-            address_key("2001:db9::1".parse().unwrap())
-        );
-        assert_eq!(
-            address_key("::ffff:10.0.0.1".parse().unwrap()),
-            "10.0.0.1".parse::<IpAddr>().unwrap()
-        );
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use super::lockout::address_key;
+use crate::domain::source_key;
 use crate::telemetry::metrics;
 
 /// Addresses tracked at most; past it the untracked share one bucket, so a
@@ -49,7 +49,7 @@ impl Throttle {
         let now = Instant::now();
         let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let (buckets, shared) = &mut *guard;
-        let key = address_key(ip);
+        let key = source_key(ip);
         if !buckets.contains_key(&key) && buckets.len() >= MAX_TRACKED {
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);

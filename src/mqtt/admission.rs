@@ -8,7 +8,7 @@
 //! (see [`Overload`] for the codes), then the socket closes.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use ntex::io::types::PeerAddr;
 
 use super::reason::Overload;
 use crate::broker::{BrokerLimits, Stats};
+use crate::domain::source_key;
 use crate::telemetry::names::{CLIENT_ADDRESS, MQTT_REASON_CODE};
 
 /// Source addresses whose buckets are kept; beyond it the addresses not yet
@@ -204,18 +205,6 @@ fn connect_level(buf: &[u8]) -> Option<Option<u8>> {
     Some(Some(*vh.get(2 + name_len)?))
 }
 
-/// The bucket key of a source: the address, or its /64 for IPv6 (one host
-/// usually owns a whole /64).
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(prefix))
-        }
-        v4 => v4,
-    }
-}
-
 /// A token bucket: `burst` connections at once, then `rate` per second.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -366,17 +355,6 @@ mod tests {
         let later = now + Duration::from_secs(10);
         assert!(buckets.take(IpAddr::V4(Ipv4Addr::BROADCAST), later, 1.0, 5.0));
         assert_eq!(buckets.map.len(), 1);
-    }
-
-    #[test]
-    fn ipv6_sources_share_a_bucket_per_slash_64() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(source_key(a), source_key(b));
-        assert_ne!(source_key(a), source_key(c));
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(source_key(mapped), ip(1).unwrap());
     }
 
     #[test]
