@@ -74,22 +74,29 @@ impl PositionFeed {
 pub struct LocationHook {
     history: HistoryTopics,
     feed: Arc<PositionFeed>,
-    clock: LocationSettings,
+    /// `[locations]` in milliseconds, converted once (checked per publish).
+    max_future_skew_ms: i64,
+    /// `None`: any age is believed.
+    max_age_ms: Option<i64>,
 }
 
 impl LocationHook {
     pub fn new(history: HistoryTopics, feed: Arc<PositionFeed>, clock: LocationSettings) -> Self {
-        Self { history, feed, clock }
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        Self {
+            history,
+            feed,
+            max_future_skew_ms: ms(clock.max_future_skew_secs),
+            max_age_ms: (clock.max_age_secs > 0).then(|| ms(clock.max_age_secs)),
+        }
     }
 
     /// Is a fix taken at `ts_ms` believable when it arrives at `received_ms`?
     fn check_clock(&self, ts_ms: i64, received_ms: i64) -> Result<(), LocationError> {
-        let secs = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
-        if ts_ms > received_ms.saturating_add(secs(self.clock.max_future_skew_secs)) {
+        if ts_ms > received_ms.saturating_add(self.max_future_skew_ms) {
             return Err(LocationError::TsInFuture);
         }
-        let max_age = self.clock.max_age_secs;
-        if max_age > 0 && ts_ms < received_ms.saturating_sub(secs(max_age)) {
+        if self.max_age_ms.is_some_and(|age| ts_ms < received_ms.saturating_sub(age)) {
             return Err(LocationError::TsTooOld);
         }
         Ok(())

@@ -392,13 +392,9 @@ impl Outbox {
     pub fn retain(&self, mut keep: impl FnMut(&Delivery) -> bool) -> usize {
         let mut st = self.lock();
         requeue_inflight(&mut st);
-        let mut dropped = Vec::new();
-        st.queue.retain(|d| {
-            keep(d) || {
-                dropped.push(d.clone());
-                false
-            }
-        });
+        let (kept, dropped): (VecDeque<Delivery>, VecDeque<Delivery>) =
+            std::mem::take(&mut st.queue).into_iter().partition(|d| keep(d));
+        st.queue = kept;
         drop(st);
         for d in &dropped {
             self.forget(d);

@@ -923,6 +923,10 @@ mod tests {
     use crate::store::{Store, spawn_writer};
 
     async fn broker() -> (BrokerHandle, tempfile::TempDir) {
+        broker_with(RestoredState::default()).await
+    }
+
+    async fn broker_with(restored: RestoredState) -> (BrokerHandle, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store = Store::connect(&url, 2).await.unwrap();
@@ -933,7 +937,7 @@ mod tests {
             BrokerLimits::default(),
             auth,
             writer,
-            RestoredState::default(),
+            restored,
             Duration::from_secs(3600),
             None,
         );
@@ -986,6 +990,26 @@ mod tests {
         identity: Identity,
     ) -> Result<ConnectOutcome, ConnectError> {
         h.connect(request(id, clean, 60, None, identity)).await
+    }
+
+    #[tokio::test]
+    async fn a_session_stored_without_an_owner_is_claimed_by_the_first_to_connect() {
+        let stored = StoredSession {
+            client_id: ClientId::from("old-car"),
+            owner: None,
+            expiry_secs: 3600,
+            disconnected_at: None,
+            subscriptions: Vec::new(),
+            messages: Vec::new(),
+        };
+        let (h, _d) =
+            broker_with(RestoredState { sessions: vec![stored], ..Default::default() }).await;
+        let car = || Identity::device("old-car".into());
+
+        let claimed = connect_as(&h, "old-car", false, car()).await.unwrap();
+        assert!(claimed.session_present, "the stored session was resumed");
+        let other = connect_as(&h, "old-car", false, Identity::device("thief".into())).await;
+        assert_eq!(other.err(), Some(ConnectError::NotOwner), "claimed sessions have an owner");
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::DeviceId;
+use super::{DeviceId, to_hex};
 
 /// Hex characters of a map id (80 bits: collisions in a fleet of millions
 /// are vanishingly unlikely).
@@ -28,13 +28,7 @@ impl MapIds {
         h.update((device.as_str().len() as u64).to_le_bytes());
         h.update(device.as_str().as_bytes());
         let digest = h.finalize();
-        let hex: String = digest
-            .iter()
-            .flat_map(|b| [b >> 4, b & 0xf])
-            .take(ID_CHARS)
-            .map(|n| char::from_digit(u32::from(n), 16).expect("a nibble is a hex digit"))
-            .collect();
-        DeviceId::parse(hex).expect("hex digits make a valid device id")
+        DeviceId::parse(to_hex(&digest[..ID_CHARS / 2])).expect("hex digits make a valid device id")
     }
 }
 

@@ -4,6 +4,7 @@ mod account;
 mod client_id;
 mod cluster;
 mod device_id;
+mod hex;
 mod location;
 mod map;
 mod map_id;
@@ -15,10 +16,11 @@ pub use account::{AccountError, DeviceKind, DeviceName, Password, Username, Visi
 pub use client_id::ClientId;
 pub use cluster::{MAX_ZOOM, cluster};
 pub use device_id::{DeviceId, DeviceIdError};
+pub use hex::{from_hex, to_hex};
 pub use location::{Location, LocationError};
 pub use map::{Bbox, BboxError, MapDiff, MapPositions, MapSnapshot, Position};
 pub use map_id::MapIds;
-pub use source::source_key;
+pub use source::{SourceBuckets, source_key};
 pub use topic::{
     MAP_ROOT, SharedFilter, TopicError, TopicFilter, TopicLimits, TopicName, filter_matches,
 };

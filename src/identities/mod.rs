@@ -36,7 +36,7 @@ use throttle::Throttle;
 pub use throttle::Throttled;
 
 use crate::broker::auth::{Identity, Role, Secret};
-use crate::domain::{DeviceKind, DeviceName, Password, Username, Visibility, time};
+use crate::domain::{DeviceKind, DeviceName, Password, Username, Visibility, time, to_hex};
 use crate::store::{DeviceRecord, InsertError, Store, TokenRecord, UserRecord};
 use crate::telemetry::names;
 
@@ -502,21 +502,13 @@ pub fn looks_like_secret(s: &str) -> bool {
 fn random_id() -> String {
     let mut bytes = [0u8; ID_BYTES];
     OsRng.fill_bytes(&mut bytes);
-    hex(&bytes)
+    to_hex(&bytes)
 }
 
 /// The stored id of a token: its SHA-256, hex.
 /// What a bearer token is stored and known by (never the token itself).
 pub fn token_id(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    to_hex(&Sha256::digest(token.as_bytes()))
 }
 
 fn millis(d: Duration) -> i64 {

@@ -4,18 +4,13 @@
 //! hashing pool to itself. MQTT CONNECTs have their own per-address rate
 //! (`broker.max_connect_rate_per_ip`).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use crate::domain::source_key;
+use crate::domain::SourceBuckets;
 use crate::telemetry::metrics;
-
-/// Addresses tracked at most; past it the untracked share one bucket, so a
-/// spread-out flood cannot grow the map.
-const MAX_TRACKED: usize = 65_536;
 
 /// Refused: try again after this long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,54 +18,30 @@ pub struct Throttled {
     pub retry_after: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 pub(super) struct Throttle {
-    rate: f64,
-    burst: f64,
-    // Held for one map operation (a prune when full), never across an `.await`.
-    buckets: Mutex<(HashMap<IpAddr, Bucket>, Option<Bucket>)>,
+    // `None`: a rate of 0, no throttle. Held for one take, never across an
+    // `.await`.
+    buckets: Option<Mutex<SourceBuckets>>,
 }
 
 impl Throttle {
     /// `rate` requests per second sustained after a `burst`; a rate of 0
     /// turns the throttle off.
     pub(super) fn new(rate: f64, burst: u32) -> Self {
-        Self { rate, burst: f64::from(burst.max(1)), buckets: Mutex::new((HashMap::new(), None)) }
+        Self {
+            buckets: (rate > 0.0)
+                .then(|| Mutex::new(SourceBuckets::new(rate, burst, Instant::now()))),
+        }
     }
 
     /// Take one request's token for `from`.
     pub(super) fn take(&self, from: Option<IpAddr>) -> Result<(), Throttled> {
-        let Some(ip) = from.filter(|_| self.rate > 0.0) else { return Ok(()) };
-        let now = Instant::now();
-        let mut guard = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let (buckets, shared) = &mut *guard;
-        let key = source_key(ip);
-        if !buckets.contains_key(&key) && buckets.len() >= MAX_TRACKED {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
-        }
-        let fresh = Bucket { tokens: self.burst, at: now };
-        let bucket = if buckets.len() < MAX_TRACKED || buckets.contains_key(&key) {
-            buckets.entry(key).or_insert(fresh)
-        } else {
-            shared.get_or_insert(fresh)
-        };
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.rate)
-            .min(self.burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Ok(());
-        }
-        let wait = (1.0 - bucket.tokens) / self.rate;
-        drop(guard);
-        metrics::global().auth_throttled.fetch_add(1, Relaxed);
-        Err(Throttled { retry_after: Duration::from_secs_f64(wait) })
+        let (Some(buckets), Some(ip)) = (&self.buckets, from) else { return Ok(()) };
+        let taken = buckets.lock().unwrap_or_else(|e| e.into_inner()).take(ip, Instant::now());
+        taken.map_err(|retry_after| {
+            metrics::global().auth_throttled.fetch_add(1, Relaxed);
+            Throttled { retry_after }
+        })
     }
 }
 

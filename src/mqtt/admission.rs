@@ -7,7 +7,6 @@
 //! A refused client is told why in the CONNACK of its own protocol level
 //! (see [`Overload`] for the codes), then the socket closes.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -18,12 +17,9 @@ use ntex::io::types::PeerAddr;
 
 use super::reason::Overload;
 use crate::broker::{BrokerLimits, Stats};
-use crate::domain::source_key;
+use crate::domain::SourceBuckets;
 use crate::telemetry::names::{CLIENT_ADDRESS, MQTT_REASON_CODE};
 
-/// Source addresses whose buckets are kept; beyond it the addresses not yet
-/// tracked share one bucket, so a spread-out storm cannot grow the map.
-const MAX_TRACKED_SOURCES: usize = 65_536;
 /// How long a refused client has to send its CONNECT before the socket just
 /// closes (most send it with the TCP handshake's first data).
 const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,14 +29,13 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// The admission policy and its state, shared by every worker.
 pub(super) struct Admission {
     max_connections: usize,
-    rate: f64,
-    burst: f64,
     open: AtomicUsize,
     /// Connections closed so far (for `trim`).
     closed: AtomicUsize,
     // A std Mutex: the critical section is one map lookup (a prune at most
     // once a second) and never crosses an `.await`.
-    buckets: Mutex<Buckets>,
+    /// `None` when `broker.max_connect_rate_per_ip` is 0 (no rate).
+    buckets: Option<Mutex<SourceBuckets>>,
     stats: Arc<Stats>,
     started: Instant,
     /// Per reason: when the last refusal was logged (ms since `started`,
@@ -64,11 +59,12 @@ impl Admission {
         let now = Instant::now();
         Arc::new(Self {
             max_connections: limits.max_connections,
-            rate: f64::from(limits.max_connect_rate_per_ip),
-            burst: f64::from(limits.connect_burst_per_ip.max(1)),
             open: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
-            buckets: Mutex::new(Buckets::new(now, f64::from(limits.connect_burst_per_ip.max(1)))),
+            buckets: (limits.max_connect_rate_per_ip > 0).then(|| {
+                let rate = f64::from(limits.max_connect_rate_per_ip);
+                Mutex::new(SourceBuckets::new(rate, limits.connect_burst_per_ip, now))
+            }),
             stats,
             started: now,
             logged_at: Default::default(),
@@ -103,11 +99,9 @@ impl Admission {
         if self.max_connections > 0 && before >= self.max_connections {
             return Err(Overload::MaxConnections);
         }
-        if self.rate > 0.0
-            && let Some(ip) = peer
-        {
-            let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-            if !buckets.take(source_key(ip), now, self.rate, self.burst) {
+        if let (Some(buckets), Some(ip)) = (&self.buckets, peer) {
+            let mut buckets = buckets.lock().unwrap_or_else(|e| e.into_inner());
+            if buckets.take(ip, now).is_err() {
                 return Err(Overload::ConnectRate);
             }
         }
@@ -205,75 +199,6 @@ fn connect_level(buf: &[u8]) -> Option<Option<u8>> {
     Some(Some(*vh.get(2 + name_len)?))
 }
 
-/// A token bucket: `burst` connections at once, then `rate` per second.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn full(now: Instant, burst: f64) -> Self {
-        Self { tokens: burst, at: now }
-    }
-
-    fn refilled(&self, now: Instant, rate: f64, burst: f64) -> f64 {
-        (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(burst)
-    }
-
-    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
-        self.tokens = self.refilled(now, rate, burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// The buckets of recent sources, bounded by [`MAX_TRACKED_SOURCES`].
-struct Buckets {
-    map: HashMap<IpAddr, Bucket>,
-    /// Shared by sources arriving while the map is full of active ones.
-    overflow: Bucket,
-    last_prune: Instant,
-}
-
-impl Buckets {
-    fn new(now: Instant, burst: f64) -> Self {
-        Self { map: HashMap::new(), overflow: Bucket::full(now, burst), last_prune: now }
-    }
-
-    fn take(&mut self, key: IpAddr, now: Instant, rate: f64, burst: f64) -> bool {
-        if let Some(bucket) = self.map.get_mut(&key) {
-            return bucket.take(now, rate, burst);
-        }
-        if self.map.len() >= MAX_TRACKED_SOURCES {
-            self.prune(now, rate, burst);
-        }
-        if self.map.len() >= MAX_TRACKED_SOURCES {
-            return self.overflow.take(now, rate, burst);
-        }
-        let mut bucket = Bucket::full(now, burst);
-        let taken = bucket.take(now, rate, burst);
-        self.map.insert(key, bucket);
-        taken
-    }
-
-    /// Forget sources whose bucket has refilled (they behave as new ones);
-    /// at most once a second, so a full map of active sources stays cheap.
-    fn prune(&mut self, now: Instant, rate: f64, burst: f64) {
-        if now.saturating_duration_since(self.last_prune) < Duration::from_secs(1) {
-            return;
-        }
-        self.last_prune = now;
-        self.map.retain(|_, b| b.refilled(now, rate, burst) < burst);
-        self.map.shrink_to(MAX_TRACKED_SOURCES);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -333,28 +258,6 @@ mod tests {
         for _ in 0..100 {
             drop(b.try_admit(None, now).unwrap());
         }
-    }
-
-    #[test]
-    fn the_bucket_map_stays_bounded_and_forgets_idle_sources() {
-        let mut buckets = Buckets::new(Instant::now(), 5.0);
-        let now = Instant::now() + Duration::from_secs(5);
-        for n in 0..MAX_TRACKED_SOURCES as u32 {
-            let key = IpAddr::V4(Ipv4Addr::from(n));
-            assert!(buckets.take(key, now, 1.0, 5.0), "a new source gets its burst");
-        }
-        // The map is full of active sources: newcomers share one bucket.
-        let newcomer = |n: u32| IpAddr::V4(Ipv4Addr::from(MAX_TRACKED_SOURCES as u32 + n));
-        for n in 0..5 {
-            assert!(buckets.take(newcomer(n), now, 1.0, 5.0));
-        }
-        assert!(!buckets.take(newcomer(5), now, 1.0, 5.0));
-        assert_eq!(buckets.map.len(), MAX_TRACKED_SOURCES);
-        // Ten seconds later every bucket has refilled: the next new source
-        // prunes them all and gets a bucket of its own.
-        let later = now + Duration::from_secs(10);
-        assert!(buckets.take(IpAddr::V4(Ipv4Addr::BROADCAST), later, 1.0, 5.0));
-        assert_eq!(buckets.map.len(), 1);
     }
 
     #[test]

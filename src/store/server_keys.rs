@@ -5,6 +5,7 @@ use rand_core::{OsRng, RngCore};
 use sqlx::Row;
 
 use super::Store;
+use crate::domain::{from_hex, to_hex};
 
 impl Store {
     /// The 32-byte key named `name`, made now if there is none yet.
@@ -18,7 +19,7 @@ impl Store {
                  ON CONFLICT (name) DO NOTHING",
             )
             .bind(name.clone())
-            .bind(hex(&fresh))
+            .bind(to_hex(&fresh))
             .execute(&pool)
             .await?;
             let row = sqlx::query("SELECT value FROM server_keys WHERE name = $1")
@@ -26,26 +27,11 @@ impl Store {
                 .fetch_one(&pool)
                 .await?;
             let value: String = row.try_get(0)?;
-            unhex(&value)
+            from_hex(&value)
                 .ok_or_else(|| sqlx::Error::Decode("a server key is not 64 hex digits".into()))
         })
         .await
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -258,8 +258,7 @@ fn allowed_filter(
 fn sse_client_id() -> ClientId {
     let mut bytes = [0u8; 16];
     OsRng.fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    ClientId::from(format!("sse:{hex}").as_str())
+    ClientId::from(format!("sse:{}", crate::domain::to_hex(&bytes)).as_str())
 }
 
 struct SseStream {

@@ -68,6 +68,11 @@ async fn a_private_device_is_on_its_owners_map_only_until_made_public() {
     let public = Some(("application/json", json!({"visibility": "public"}).to_string()));
     let by_bob = api.send(Method::PATCH, &path, Some(&bob), public.clone()).await;
     expect_problem(by_bob, 403, "forbidden").await;
+    let odd = Some(("application/json", json!({"visibility": "friends"}).to_string()));
+    let unknown_value = api.send(Method::PATCH, &path, Some(&ann), odd).await;
+    expect_problem(unknown_value, 422, "unprocessable").await;
+    let no_device = api.send(Method::PATCH, "/api/v1/devices/nope", Some(&ann), public.clone());
+    expect_problem(no_device.await, 404, "not-found").await;
     let by_ann = api.send(Method::PATCH, &path, Some(&ann), public).await;
     assert_eq!(expect_json(by_ann, reqwest::StatusCode::OK).await["visibility"], "public");
     app.wait_for_map(|m| feature_ids(m).contains(&hidden.id)).await;
