@@ -335,34 +335,42 @@ impl BrokerHandle {
     }
 
     /// Add subscriptions; retained messages are queued on the session's outbox.
-    /// One result per request, in order: the granted QoS or why not.
-    pub async fn subscribe(
+    /// One result per request, in order: the granted QoS or why not. Handed
+    /// to the router at the call, so it is routed after what came before.
+    pub fn subscribe(
         &self,
         client_id: ClientId,
         conn: ConnectionId,
         subs: Vec<SubscribeRequest>,
-    ) -> Vec<Result<QoS, SubscribeError>> {
+    ) -> impl Future<Output = Vec<Result<QoS, SubscribeError>>> + Send + 'static {
         let n = subs.len();
         let (tx, rx) = oneshot::channel();
-        if self.send(Command::Subscribe { client_id, conn, subs, reply: tx }).is_err() {
-            return vec![Err(SubscribeError::NoSession); n];
+        let sent = self.send(Command::Subscribe { client_id, conn, subs, reply: tx }).is_ok();
+        async move {
+            if !sent {
+                return vec![Err(SubscribeError::NoSession); n];
+            }
+            rx.await.unwrap_or_else(|_| vec![Err(SubscribeError::NoSession); n])
         }
-        rx.await.unwrap_or_else(|_| vec![Err(SubscribeError::NoSession); n])
     }
 
-    /// Remove subscriptions; `true` per filter that existed.
-    pub async fn unsubscribe(
+    /// Remove subscriptions; `true` per filter that existed. Handed to the
+    /// router at the call, like [`BrokerHandle::subscribe`].
+    pub fn unsubscribe(
         &self,
         client_id: ClientId,
         conn: ConnectionId,
         filters: Vec<ByteString>,
-    ) -> Vec<bool> {
+    ) -> impl Future<Output = Vec<bool>> + Send + 'static {
         let n = filters.len();
         let (tx, rx) = oneshot::channel();
-        if self.send(Command::Unsubscribe { client_id, conn, filters, reply: tx }).is_err() {
-            return vec![false; n];
+        let sent = self.send(Command::Unsubscribe { client_id, conn, filters, reply: tx }).is_ok();
+        async move {
+            if !sent {
+                return vec![false; n];
+            }
+            rx.await.unwrap_or_else(|_| vec![false; n])
         }
-        rx.await.unwrap_or_else(|_| vec![false; n])
     }
 
     /// Route a message and wait until it is durable (every store write it

@@ -12,12 +12,14 @@
 //! - `v3`, `v5`: handshake, publish, protocol and control services per level.
 //! - `session`: per-connection state and the steps both levels share.
 //! - `pump`: a session's outbox → the connection's sink.
+//! - `acks`: packets reach the broker, and answers leave, in arrival order.
 //! - `qos2`: the receiver side of QoS 2, in front of ntex-mqtt's dispatchers.
 //! - `unexpected`: packets a connected client must not send, refused.
 //! - `convert`: wire ↔ domain types.
 //! - `reason`: every reason code sent to clients, in one place.
 //! - `fuzzing`: the packet path without a socket, for `fuzz/` (not an API).
 
+mod acks;
 mod admission;
 mod convert;
 mod framing;

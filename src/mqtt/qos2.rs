@@ -30,6 +30,7 @@ use std::num::NonZeroU16;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use futures::future::LocalBoxFuture;
 use ntex::service::cfg::SharedCfg;
 use ntex::service::{Middleware, Service, ServiceCtx};
 use ntex::util::{ByteString, HashMap, HashSet};
@@ -39,10 +40,11 @@ use v5::codec::{
     Decoded, DisconnectReasonCode, Encoded, Packet, PublishAck, PublishAck2, PublishAck2Reason,
 };
 
+use super::acks::Deferred;
 use super::pump::ResumedReleases;
 use super::reason::ConnError;
 use super::session::Conn;
-use super::v5::handle_publish;
+use super::v5::{Handled, amend_ack, handle_publish, settle};
 use crate::broker::Outbox;
 
 /// An inbound QoS 2 packet id the session took for a PUBLISH being routed
@@ -50,28 +52,35 @@ use crate::broker::Outbox;
 /// routing failed, the PUBLISH was refused, or the connection went away
 /// mid-way) it gives the id back, so that a resend is routed rather than
 /// acknowledged and lost.
-pub(super) struct Taken<'a> {
-    outbox: &'a Outbox,
+pub(super) struct Taken {
+    outbox: Arc<Outbox>,
     id: NonZeroU16,
+    kept: bool,
 }
 
-impl<'a> Taken<'a> {
+impl Taken {
     /// `None` when the id was already received and not released: a resend,
     /// to acknowledge again without routing it.
-    pub(super) fn begin(outbox: &'a Outbox, id: NonZeroU16) -> Option<Self> {
+    pub(super) fn begin(outbox: &Arc<Outbox>, id: NonZeroU16) -> Option<Self> {
         // Not `then_some`: an eager `Taken` would be dropped, giving the id back.
-        outbox.incoming_qos2_begin(id.get()).then(|| Self { outbox, id })
+        outbox.incoming_qos2_begin(id.get()).then(|| Self {
+            outbox: outbox.clone(),
+            id,
+            kept: false,
+        })
     }
 
     /// The PUBLISH was taken (PUBREC follows): keep the id until PUBREL.
-    pub(super) fn keep(self) {
-        std::mem::forget(self);
+    pub(super) fn keep(mut self) {
+        self.kept = true;
     }
 }
 
-impl Drop for Taken<'_> {
+impl Drop for Taken {
     fn drop(&mut self) {
-        self.outbox.incoming_qos2_release(self.id.get());
+        if !self.kept {
+            self.outbox.incoming_qos2_release(self.id.get());
+        }
     }
 }
 
@@ -85,7 +94,7 @@ impl<S> Middleware<S, (SharedCfg, v5::Session<Conn>)> for InboundQos2V5 {
         InboundQos2V5Service {
             inner,
             conn: (*session).clone(),
-            unreleased: RefCell::new(HashSet::default()),
+            unreleased: Rc::default(),
             aliases: RefCell::new(HashMap::default()),
         }
     }
@@ -97,7 +106,7 @@ pub(super) struct InboundQos2V5Service<S> {
     /// PUBREC sent on this connection, PUBREL not received yet: only for the
     /// receive maximum, which counts per connection. Whether an id was
     /// received is the session's (see [`Taken`]).
-    unreleased: RefCell<HashSet<NonZeroU16>>,
+    unreleased: Rc<RefCell<HashSet<NonZeroU16>>>,
     /// Inbound topic aliases of this connection.
     aliases: RefCell<HashMap<NonZeroU16, ByteString>>,
 }
@@ -123,7 +132,7 @@ where
                     && let Some(id) = pkt.packet_id
                     && pkt.payload_size as usize == payload.len()
                 {
-                    return self.exactly_once(id, pkt, payload, size).await;
+                    return self.exactly_once(id, pkt, payload, size);
                 }
                 ctx.call_nowait(&self.inner, Decoded::Publish(pkt, payload, size)).await
             }
@@ -172,7 +181,7 @@ impl<S> InboundQos2V5Service<S> {
         Ok(())
     }
 
-    async fn exactly_once(
+    fn exactly_once(
         &self,
         id: NonZeroU16,
         pkt: v5::codec::Publish,
@@ -206,22 +215,47 @@ impl<S> InboundQos2V5Service<S> {
         // hands over pipelined PUBLISHes while earlier ones are still routed.
         self.unreleased.borrow_mut().insert(id);
         let publish = v5::Publish::new(pkt, Payload::from_bytes(payload), size);
-        let handled = handle_publish(&self.conn, &publish).await;
+        let handled = handle_publish(&self.conn, &publish).map_err(|e| {
+            self.unreleased.borrow_mut().remove(&id);
+            DispatcherError::Service(e)
+        })?;
         let (code, why) = match handled {
-            Ok(ack) => ack,
-            Err(e) => {
-                self.unreleased.borrow_mut().remove(&id);
-                return Err(DispatcherError::Service(e));
+            Handled::Now(code, why) => (code, why),
+            Handled::Later(waiting) => {
+                // PUBREC once committed (see `acks`); provisional until then.
+                let (conn, unreleased) = (self.conn.clone(), self.unreleased.clone());
+                let finish = move |provisional| -> LocalBoxFuture<'static, _> {
+                    Box::pin(async move {
+                        let settled = settle(&conn, waiting, crate::broker::QoS::ExactlyOnce).await;
+                        let (code, why) = settled.inspect_err(|_| {
+                            unreleased.borrow_mut().remove(&id);
+                        })?;
+                        decided(taken, &unreleased, id, code);
+                        Ok(Some(amend_ack(provisional, code, why, conn.problem_info)))
+                    })
+                };
+                self.conn.defer(Deferred::V5(Box::new(finish), false));
+                return Ok(Some(pubrec(id, v5::codec::PublishAckReason::Success, None)));
             }
         };
-        // A failure code ends the flow: no PUBREL follows [MQTT-4.3.3].
-        if u8::from(code) < 0x80 {
-            taken.keep();
-        } else {
-            self.unreleased.borrow_mut().remove(&id);
-        }
+        decided(taken, &self.unreleased, id, code);
         let why = why.filter(|_| self.conn.problem_info).map(ByteString::from_static);
         Ok(Some(pubrec(id, code, why)))
+    }
+}
+
+/// A QoS 2 PUBLISH got its verdict: a failure code ends the flow, no
+/// PUBREL follows [MQTT-4.3.3]; otherwise the id stays taken until PUBREL.
+fn decided(
+    taken: Taken,
+    unreleased: &RefCell<HashSet<NonZeroU16>>,
+    id: NonZeroU16,
+    code: v5::codec::PublishAckReason,
+) {
+    if u8::from(code) < 0x80 {
+        taken.keep();
+    } else {
+        unreleased.borrow_mut().remove(&id);
     }
 }
 

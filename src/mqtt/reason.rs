@@ -155,6 +155,8 @@ pub(crate) enum PublishRejection {
     ShuttingDown,
     /// The payload failed validation (an invalid location); the reason names why.
     PayloadFormatInvalid(&'static str),
+    /// The topic name holds U+0000: a malformed packet [MQTT-1.5.4-2].
+    Malformed,
 }
 
 impl From<&TopicError> for PublishRejection {
@@ -237,6 +239,7 @@ impl PublishRejection {
                 V5Verdict::Ack(PublishAckReason::PayloadFormatInvalid, why)
             }
             Self::PayloadFormatInvalid(_) => V5Verdict::Drop,
+            Self::Malformed => V5Verdict::Disconnect(NUL_IN_STRING),
         }
     }
 
@@ -265,6 +268,7 @@ impl PublishRejection {
                 "storage full",
             )),
             Self::ShuttingDown => V3Verdict::Close(shutting_down()),
+            Self::Malformed => V3Verdict::Close(NUL_IN_STRING),
         }
     }
 }
@@ -301,6 +305,11 @@ pub(crate) fn suback_v5(err: SubscribeError) -> SubscribeAckReason {
 }
 
 /// No Local on a shared subscription is a protocol error (MQTT 5 §3.8.3.1).
+/// A string with U+0000 makes its packet malformed [MQTT-1.5.4-2]: the
+/// connection is closed (v5: DISCONNECT 0x81).
+pub(crate) const NUL_IN_STRING: ConnError =
+    ConnError::new(DisconnectReasonCode::MalformedPacket, "U+0000 in a string");
+
 pub(crate) const NO_LOCAL_ON_SHARED: ConnError =
     ConnError::protocol("no local on a shared subscription");
 

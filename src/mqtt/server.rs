@@ -27,7 +27,7 @@ use super::admission::Admission;
 use super::framing::WholePackets;
 use super::reason::ConnError;
 use super::session::Ctx;
-use super::{MqttListeners, MqttServer, TlsFiles, qos2, trim, unexpected, v3, v5};
+use super::{MqttListeners, MqttServer, TlsFiles, acks, qos2, trim, unexpected, v3, v5};
 use crate::broker::{BrokerHandle, BrokerLimits};
 use crate::telemetry::names::ERROR_MESSAGE;
 
@@ -262,12 +262,14 @@ fn mqtt_service(
             .protocol(v3::protocol_factory())
             .middleware(qos2::InboundQos2V3)
             .middleware(unexpected::UnexpectedV3)
+            .middleware(acks::InOrderV3)
             .publish(v3::publish_factory()))
         .v5(ntex_mqtt::v5::MqttServer::new(async move |h| v5::handshake(&c5, h).await)
             .control(v5::control_factory())
             .protocol(v5::protocol_factory())
             .middleware(qos2::InboundQos2V5)
             .middleware(unexpected::UnexpectedV5)
+            .middleware(acks::InOrderV5)
             .publish(v5::publish_factory()))
 }
 

@@ -17,6 +17,7 @@ use ntex::util::{ByteString, Bytes};
 use ntex_mqtt::{v3, v5};
 use tokio_util::sync::CancellationToken;
 
+use super::acks::Deferred;
 use super::convert;
 use super::pump::ResumedReleases;
 use super::reason::{ConnError, ConnectRefusal, PublishRejection};
@@ -25,7 +26,7 @@ use crate::broker::{
     BrokerHandle, ConnectError, ConnectRequest, ConnectionId, DisconnectKind, Identity, Message,
     MessageProps, Outbox, ProtocolVersion, PublishOutcome, QoS, Submitted, Will,
 };
-use crate::domain::{ClientId, TopicName};
+use crate::domain::{ClientId, TopicError, TopicName};
 use crate::telemetry::names::{
     CLIENT_ADDRESS, CLIENT_ID, ERROR_MESSAGE, MQTT_CLEAN_START, MQTT_CLIENT_ID_ASSIGNED,
     MQTT_CONNECTION_ID, MQTT_DISCONNECT, MQTT_PAYLOAD_SIZE, MQTT_PROTOCOL, MQTT_SESSION_EXPIRY,
@@ -109,6 +110,8 @@ pub(super) struct ConnState {
     wr_ready: ntex::channel::condition::Condition,
     /// `broker.disconnect` was sent (exactly once per connection).
     finished: Cell<bool>,
+    /// What the packet handler running now left undecided (see `acks`).
+    deferred: Cell<Option<Deferred>>,
 }
 
 /// Shared handle on [`ConnState`]; the ntex `Session` state of both levels.
@@ -253,6 +256,7 @@ pub(super) async fn open(
         wr_backpressure: Cell::new(false),
         wr_ready: ntex::channel::condition::Condition::new(),
         finished: Cell::new(false),
+        deferred: Cell::new(None),
     };
     Ok(Opened {
         conn: Conn(Rc::new(state)),
@@ -286,6 +290,10 @@ impl ConnState {
             Ok(t) => t,
             Err(e) => {
                 self.broker.stats().protocol_errors.fetch_add(1, Relaxed);
+                let rejection = match e {
+                    TopicError::Nul => PublishRejection::Malformed,
+                    _ => PublishRejection::TopicInvalid,
+                };
                 tracing::warn!(
                     parent: &self.span,
                     {
@@ -295,7 +303,7 @@ impl ConnState {
                     },
                     "publish rejected: invalid topic name"
                 );
-                return Err(PublishRejection::TopicInvalid);
+                return Err(rejection);
             }
         };
         if payload_size > limits.max_payload_bytes as usize {
@@ -350,34 +358,45 @@ impl ConnState {
         }
     }
 
-    /// Hand a publish to the broker at once, so this connection's publishes
-    /// are routed in the order their handlers start (the listener stops
-    /// reading while the broker is saturated, see `intake`); a QoS≥1 one
-    /// then waits until it may be acknowledged.
-    ///
-    /// Not an `async fn`: the message is handed over before the returned
-    /// future exists, and only a publish that waits holds (boxed) state, so
-    /// the per-packet future that ntex moves around stays small.
-    pub(super) fn route(
-        &self,
-        msg: Message,
-    ) -> impl Future<Output = Result<PublishOutcome, PublishRejection>> + '_ {
+    /// Hand a publish to the broker now: the connection's packets reach the
+    /// router in the order they arrived (see `acks`); the listener stops
+    /// reading while the broker is saturated (see `intake`). A QoS≥1 publish
+    /// is acknowledged once [`settle`] says so.
+    pub(super) fn route(&self, msg: Message) -> Result<Routed, PublishRejection> {
         let durable = msg.qos != QoS::AtMostOnce;
-        let submitted = self.broker.submit(msg, durable);
-        async move {
-            let result = match submitted.map(Submitted::settled_now) {
-                Ok(Ok(outcome)) => Ok(outcome),
-                Ok(Err(waiting)) => Box::pin(waiting.settled()).await,
-                Err(e) => Err(e),
-            };
-            result.map_err(|e| {
-                tracing::warn!(
-                    parent: &self.span,
-                    { { CLIENT_ID } = %self.client_id, { ERROR_MESSAGE } = %e },
-                    "publish failed"
-                );
-                PublishRejection::from(&e)
-            })
+        match self.broker.submit(msg, durable) {
+            Ok(submitted) => Ok(match submitted.settled_now() {
+                Ok(outcome) => Routed::Done(outcome),
+                Err(waiting) => Routed::Waiting(waiting),
+            }),
+            Err(e) => Err(self.publish_failed(&e)),
+        }
+    }
+
+    fn publish_failed(&self, e: &crate::broker::PublishError) -> PublishRejection {
+        tracing::warn!(
+            parent: &self.span,
+            { { CLIENT_ID } = %self.client_id, { ERROR_MESSAGE } = %e },
+            "publish failed"
+        );
+        PublishRejection::from(e)
+    }
+
+    /// Leave the undecided part of this packet's answer to the in-order
+    /// writer (`acks`), which takes it as soon as the handler returns.
+    pub(super) fn defer(&self, deferred: Deferred) {
+        self.deferred.set(Some(deferred));
+    }
+
+    pub(super) fn take_deferred(&self) -> Option<Deferred> {
+        self.deferred.take()
+    }
+
+    /// Close the connection; v5 clients are told why.
+    pub(super) fn close(&self, err: ConnError) {
+        match &self.sink {
+            Sink::V3(s) => s.close(),
+            Sink::V5(s) => s.close_with_reason(err.disconnect()),
         }
     }
 
@@ -433,6 +452,22 @@ impl ConnState {
         // as it sees the close must find this session already ended.
         self.broker.disconnect(self.client_id.clone(), self.conn, kind, session_expiry_secs);
     }
+}
+
+/// A publish handed to the broker.
+pub(super) enum Routed {
+    /// Nothing to wait for (QoS 0).
+    Done(PublishOutcome),
+    /// Acknowledged once [`settle`]d.
+    Waiting(Submitted),
+}
+
+/// Wait until a routed publish may be acknowledged.
+pub(super) async fn settle(
+    conn: &Conn,
+    waiting: Submitted,
+) -> Result<PublishOutcome, PublishRejection> {
+    waiting.settled().await.map_err(|e| conn.publish_failed(&e))
 }
 
 impl Drop for ConnState {

@@ -2,22 +2,23 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use futures::FutureExt as _;
 use ntex::io::IoBoxed;
 use ntex::io::types::PeerAddr;
 use ntex::service::{ServiceFactory, fn_factory_with_config, fn_service};
 use ntex::time::Seconds;
 use ntex_mqtt::error::ProtocolError;
 use ntex_mqtt::{Control, Reason, v3};
-use tracing::Instrument;
 
+use super::acks::Deferred;
 use super::convert;
 use super::intake;
 use super::pump;
 use super::qos2;
 use super::reason::{self, ConnError, ConnectRefusal, PublishRejection, V3Verdict};
 use super::server::CONNECT_TIMEOUT;
-use super::session::{self, Conn, Ctx, OpenRequest, Sink};
-use crate::broker::{DisconnectKind, ProtocolVersion, Stats, SubscriptionOptions};
+use super::session::{self, Conn, Ctx, OpenRequest, Routed, Sink};
+use crate::broker::{DisconnectKind, ProtocolVersion, Stats, Submitted, SubscriptionOptions};
 use crate::telemetry::names::{
     CLIENT_ID, ERROR_MESSAGE, MQTT_PROTOCOL, MQTT_REASON_CODE, MQTT_TOPIC,
 };
@@ -174,39 +175,57 @@ pub(super) async fn publish(conn: &Conn, p: v3::Publish) -> Result<(), ConnError
         },
         None => None,
     };
-    let res = check_and_route(conn, &p).await;
-    if res.is_ok()
-        && let Some(taken) = taken
-    {
-        // PUBREC follows, even for a message dropped here (3.1.1 has no
-        // failure code for it): the id stays taken until PUBREL.
-        taken.keep();
+    // PUBREC follows, even for a message dropped here (3.1.1 has no failure
+    // code for it): the id stays taken until PUBREL.
+    let keep = |taken: Option<qos2::Taken>| taken.map(qos2::Taken::keep);
+    match check_and_route(conn, &p)? {
+        None => {
+            keep(taken);
+            Ok(())
+        }
+        Some(waiting) => {
+            // PUBACK or PUBREC once committed (see `acks`).
+            let c = conn.clone();
+            conn.defer(Deferred::V3(Box::new(move |provisional| {
+                Box::pin(async move {
+                    match session::settle(&c, waiting).await {
+                        Ok(_) => {}
+                        Err(r) => rejected(&c, r)?,
+                    }
+                    keep(taken);
+                    Ok(Some(provisional))
+                })
+            })));
+            Ok(())
+        }
     }
-    res
 }
 
-/// Check and route one PUBLISH; `Err` closes the connection.
-async fn check_and_route(conn: &Conn, p: &v3::Publish) -> Result<(), ConnError> {
+/// Check and route one PUBLISH, without waiting: `Some` when its
+/// acknowledgement waits for its commit. `Err` closes the connection.
+fn check_and_route(conn: &Conn, p: &v3::Publish) -> Result<Option<Submitted>, ConnError> {
     let pkt = p.packet();
     let qos = convert::qos_in(pkt.qos);
     let size = p.payload_size();
 
     let topic = match conn.check_publish(&pkt.topic, size) {
         Ok(topic) => topic,
-        Err(r) => return rejected(conn, r),
+        Err(r) => return rejected(conn, r).map(|()| None),
     };
-    let payload = p.read_all().await.map_err(|e| {
+    // Whole: the framing layer hands the dispatcher complete packets only.
+    let Some(Ok(payload)) = p.read_all().now_or_never() else {
         tracing::debug!(
             parent: &conn.span,
-            { { CLIENT_ID } = %conn.client_id, { ERROR_MESSAGE } = %e },
+            { { CLIENT_ID } = %conn.client_id },
             "publish payload incomplete"
         );
-        ConnError::protocol("publish payload incomplete")
-    })?;
+        return Err(ConnError::protocol("publish payload incomplete"));
+    };
     let msg = conn.message(topic, payload, qos, pkt.retain, None, None);
-    match conn.route(msg).await {
-        Ok(_) => Ok(()),
-        Err(r) => rejected(conn, r),
+    match conn.route(msg) {
+        Ok(Routed::Done(_)) => Ok(None),
+        Ok(Routed::Waiting(waiting)) => Ok(Some(waiting)),
+        Err(r) => rejected(conn, r).map(|()| None),
     }
 }
 
@@ -224,11 +243,13 @@ pub(super) async fn protocol(
 ) -> Result<v3::ProtocolMessageAck, ConnError> {
     match msg {
         v3::ProtocolMessage::Subscribe(mut s) => {
-            subscribe(conn, &mut s).instrument(conn.span.clone()).await;
+            let _entered = conn.span.enter();
+            subscribe(conn, &mut s)?;
             Ok(s.ack())
         }
         v3::ProtocolMessage::Unsubscribe(s) => {
-            unsubscribe(conn, &s).instrument(conn.span.clone()).await;
+            let _entered = conn.span.enter();
+            unsubscribe(conn, &s)?;
             Ok(s.ack())
         }
         v3::ProtocolMessage::Disconnect(d) => {
@@ -241,17 +262,22 @@ pub(super) async fn protocol(
     }
 }
 
-async fn subscribe(conn: &Conn, s: &mut v3::control::Subscribe) {
+/// Check a SUBSCRIBE and hand it to the broker; its SUBACK is finished
+/// once the broker answers (see `acks`).
+fn subscribe(conn: &Conn, s: &mut v3::control::Subscribe) -> Result<(), ConnError> {
     let limits = conn.broker.limits().topic_limits();
     let auth = conn.broker.auth();
 
     let mut requests = Vec::new();
     let mut slots = Vec::new();
     for mut sub in s.iter_mut() {
+        if sub.topic().contains('\0') {
+            return Err(refuse_malformed(conn));
+        }
         let options = SubscriptionOptions::qos(convert::qos_in(sub.qos()));
         match convert::subscribe_request(sub.topic(), options, limits) {
             Ok(req) if auth.can_subscribe(&conn.identity, &conn.client_id, &req.filter.filter) => {
-                slots.push(Some(requests.len()));
+                slots.push(Some((requests.len(), sub.topic().clone())));
                 requests.push(req);
             }
             refused => {
@@ -262,39 +288,70 @@ async fn subscribe(conn: &Conn, s: &mut v3::control::Subscribe) {
             }
         }
     }
-
-    let results = if requests.is_empty() {
-        Vec::new()
-    } else {
-        conn.broker.subscribe(conn.client_id.clone(), conn.conn, requests).await
-    };
-    for (mut sub, slot) in s.iter_mut().zip(slots) {
-        let Some(i) = slot else { continue };
-        match results.get(i) {
-            Some(Ok(qos)) => sub.confirm(convert::qos_out(*qos)),
-            Some(Err(e)) => {
-                tracing::info!(
-                    { MQTT_TOPIC } = %sub.topic(),
-                    { ERROR_MESSAGE } = %e,
-                    "subscription refused"
-                );
-                sub.fail();
-            }
-            None => sub.fail(),
-        }
+    if requests.is_empty() {
+        return Ok(());
     }
+
+    let results = conn.broker.subscribe(conn.client_id.clone(), conn.conn, requests);
+    let span = conn.span.clone();
+    conn.defer(Deferred::V3(Box::new(move |mut provisional| {
+        Box::pin(async move {
+            use v3::codec::{Encoded, Packet, SubscribeReturnCode};
+            let results = results.await;
+            let _entered = span.enter();
+            if let Encoded::Packet(Packet::SubscribeAck { status, .. }) = &mut provisional {
+                for (status, slot) in status.iter_mut().zip(slots) {
+                    let Some((i, topic)) = slot else { continue };
+                    *status = match results.get(i) {
+                        Some(Ok(qos)) => SubscribeReturnCode::Success(convert::qos_out(*qos)),
+                        Some(Err(e)) => {
+                            tracing::info!(
+                                { MQTT_TOPIC } = %topic,
+                                { ERROR_MESSAGE } = %e,
+                                "subscription refused"
+                            );
+                            SubscribeReturnCode::Failure
+                        }
+                        None => SubscribeReturnCode::Failure,
+                    };
+                }
+            }
+            Ok(Some(provisional))
+        })
+    })));
+    Ok(())
 }
 
-async fn unsubscribe(conn: &Conn, s: &v3::control::Unsubscribe) {
+/// A topic filter with U+0000: counted; the connection closes.
+fn refuse_malformed(conn: &Conn) -> ConnError {
+    conn.broker.stats().protocol_errors.fetch_add(1, Relaxed);
+    tracing::warn!({ CLIENT_ID } = %conn.client_id, "protocol error: U+0000 in a topic filter");
+    reason::NUL_IN_STRING
+}
+
+/// Hand an UNSUBSCRIBE to the broker; its UNSUBACK leaves once the broker
+/// has taken it (see `acks`).
+fn unsubscribe(conn: &Conn, s: &v3::control::Unsubscribe) -> Result<(), ConnError> {
+    if s.iter().any(|topic| topic.contains('\0')) {
+        return Err(refuse_malformed(conn));
+    }
     let limits = conn.broker.limits().topic_limits();
     let filters: Vec<_> = s
         .iter()
         .filter(|topic| crate::domain::SharedFilter::parse((*topic).clone(), limits).is_ok())
         .cloned()
         .collect();
-    if !filters.is_empty() {
-        conn.broker.unsubscribe(conn.client_id.clone(), conn.conn, filters).await;
+    if filters.is_empty() {
+        return Ok(());
     }
+    let done = conn.broker.unsubscribe(conn.client_id.clone(), conn.conn, filters);
+    conn.defer(Deferred::V3(Box::new(move |provisional| {
+        Box::pin(async move {
+            done.await;
+            Ok(Some(provisional))
+        })
+    })));
+    Ok(())
 }
 
 pub(super) async fn control(

@@ -4,6 +4,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use futures::FutureExt as _;
 use ntex::io::types::PeerAddr;
 use ntex::service::{ServiceFactory, fn_factory_with_config, fn_service};
 use ntex::util::ByteString;
@@ -12,14 +13,15 @@ use ntex_mqtt::{Control, Reason, v5};
 use tracing::Instrument;
 use v5::codec::{DisconnectReasonCode, PublishAckReason, SubscribeAckReason, UnsubscribeAckReason};
 
+use super::acks::Deferred;
 use super::convert;
 use super::intake;
 use super::pump;
 use super::reason::{
     self, ConnError, ConnectRefusal, PublishRejection, SubscribeRefusal, V5Verdict,
 };
-use super::session::{self, Conn, Ctx, OpenRequest, Sink};
-use crate::broker::{DisconnectKind, ProtocolVersion, QoS};
+use super::session::{self, Conn, Ctx, OpenRequest, Routed, Sink};
+use crate::broker::{DisconnectKind, ProtocolVersion, QoS, Submitted};
 use crate::telemetry::names::{
     CLIENT_ID, ERROR_MESSAGE, MQTT_PROTOCOL, MQTT_REASON_CODE, MQTT_TOPIC,
 };
@@ -112,7 +114,24 @@ fn refuse(
 }
 
 pub(super) async fn publish(conn: &Conn, p: v5::Publish) -> Result<v5::PublishAck, ConnError> {
-    let (code, why) = handle_publish(conn, &p).await?;
+    let qos = convert::qos_in(p.packet().qos);
+    let (code, why) = match handle_publish(conn, &p)? {
+        Handled::Now(code, why) => (code, why),
+        Handled::Later(waiting) => {
+            // PUBACK once committed; the provisional one below is amended.
+            let c = conn.clone();
+            conn.defer(Deferred::V5(
+                Box::new(move |provisional| {
+                    Box::pin(async move {
+                        let (code, why) = settle(&c, waiting, qos).await?;
+                        Ok(Some(amend_ack(provisional, code, why, c.problem_info)))
+                    })
+                }),
+                qos == QoS::AtLeastOnce,
+            ));
+            (PublishAckReason::Success, None)
+        }
+    };
     let ack = v5::PublishAck::new(code);
     Ok(match why {
         Some(why) if conn.problem_info => ack.reason(ByteString::from_static(why)),
@@ -120,12 +139,16 @@ pub(super) async fn publish(conn: &Conn, p: v5::Publish) -> Result<v5::PublishAc
     })
 }
 
-/// Check, route and decide the acknowledgement of one PUBLISH: the PUBACK
-/// (or PUBREC) reason and its reason string. `Err` closes the connection.
-pub(super) async fn handle_publish(
-    conn: &Conn,
-    p: &v5::Publish,
-) -> Result<(PublishAckReason, Option<&'static str>), ConnError> {
+/// The verdict on a PUBLISH, now or once its writes are committed.
+pub(super) enum Handled {
+    Now(PublishAckReason, Option<&'static str>),
+    Later(Submitted),
+}
+
+/// Check and route one PUBLISH and decide its acknowledgement (the PUBACK or
+/// PUBREC reason and its reason string), or leave it to [`settle`]. Never
+/// waits (see `acks`). `Err` closes the connection.
+pub(super) fn handle_publish(conn: &Conn, p: &v5::Publish) -> Result<Handled, ConnError> {
     let pkt = p.packet();
     let qos = convert::qos_in(pkt.qos);
     let size = p.payload_size();
@@ -146,32 +169,68 @@ pub(super) async fn handle_publish(
         );
         return rejected(conn, PublishRejection::TopicInvalid, qos);
     };
-    let payload = p.read_all().await.map_err(|e| {
-        tracing::debug!(
-            parent: &conn.span,
-            { { CLIENT_ID } = %conn.client_id, { ERROR_MESSAGE } = %e },
-            "publish payload incomplete"
-        );
-        ConnError::new(DisconnectReasonCode::UnspecifiedError, "publish payload incomplete")
-    })?;
+    // Whole: the framing layer hands the dispatcher complete packets only.
+    let payload = match p.read_all().now_or_never() {
+        Some(Ok(payload)) => payload,
+        _ => {
+            tracing::debug!(
+                parent: &conn.span,
+                { { CLIENT_ID } = %conn.client_id },
+                "publish payload incomplete"
+            );
+            return Err(ConnError::new(
+                DisconnectReasonCode::UnspecifiedError,
+                "publish payload incomplete",
+            ));
+        }
+    };
 
     let msg = conn.message(topic, payload, qos, pkt.retain, props, expires_at);
-    match conn.route(msg).await {
-        Ok(outcome) => Ok((reason::publish_routed_v5(outcome.matched), None)),
+    match conn.route(msg) {
+        Ok(Routed::Done(outcome)) => {
+            Ok(Handled::Now(reason::publish_routed_v5(outcome.matched), None))
+        }
+        Ok(Routed::Waiting(waiting)) => Ok(Handled::Later(waiting)),
         Err(r) => rejected(conn, r, qos),
     }
 }
 
-fn rejected(
+/// The acknowledgement of a publish [`Handled::Later`], once settled.
+pub(super) async fn settle(
     conn: &Conn,
-    rejection: PublishRejection,
+    waiting: Submitted,
     qos: QoS,
 ) -> Result<(PublishAckReason, Option<&'static str>), ConnError> {
+    match session::settle(conn, waiting).await {
+        Ok(outcome) => Ok((reason::publish_routed_v5(outcome.matched), None)),
+        Err(r) => match rejected(conn, r, qos)? {
+            Handled::Now(code, why) => Ok((code, why)),
+            Handled::Later(_) => unreachable!("a rejection is decided at once"),
+        },
+    }
+}
+
+/// The provisional PUBACK or PUBREC of a deferred publish, with its verdict.
+pub(super) fn amend_ack(
+    mut answer: v5::codec::Encoded,
+    code: PublishAckReason,
+    why: Option<&'static str>,
+    problem_info: bool,
+) -> v5::codec::Encoded {
+    use v5::codec::{Encoded, Packet};
+    if let Encoded::Packet(Packet::PublishAck(ack) | Packet::PublishReceived(ack)) = &mut answer {
+        ack.reason_code = code;
+        ack.reason_string = why.filter(|_| problem_info).map(ByteString::from_static);
+    }
+    answer
+}
+
+fn rejected(conn: &Conn, rejection: PublishRejection, qos: QoS) -> Result<Handled, ConnError> {
     conn.rejected();
     match rejection.v5(qos) {
-        V5Verdict::Ack(code, why) => Ok((code, Some(why))),
+        V5Verdict::Ack(code, why) => Ok(Handled::Now(code, Some(why))),
         // QoS 0: nothing is sent back.
-        V5Verdict::Drop => Ok((PublishAckReason::Success, None)),
+        V5Verdict::Drop => Ok(Handled::Now(PublishAckReason::Success, None)),
         V5Verdict::Disconnect(err) => Err(err),
     }
 }
@@ -182,11 +241,13 @@ pub(super) async fn protocol(
 ) -> Result<v5::ProtocolMessageAck, ConnError> {
     match msg {
         v5::ProtocolMessage::Subscribe(mut s) => {
-            subscribe(conn, &mut s).instrument(conn.span.clone()).await?;
+            let _entered = conn.span.enter();
+            subscribe(conn, &mut s)?;
             Ok(s.ack())
         }
         v5::ProtocolMessage::Unsubscribe(mut s) => {
-            unsubscribe(conn, &mut s).instrument(conn.span.clone()).await;
+            let _entered = conn.span.enter();
+            unsubscribe(conn, &mut s)?;
             Ok(s.ack())
         }
         v5::ProtocolMessage::Disconnect(d) => {
@@ -208,7 +269,9 @@ pub(super) async fn protocol(
     }
 }
 
-async fn subscribe(conn: &Conn, s: &mut v5::control::Subscribe) -> Result<(), ConnError> {
+/// Check a SUBSCRIBE and hand it to the broker; its SUBACK is finished
+/// once the broker answers (see `acks`).
+fn subscribe(conn: &Conn, s: &mut v5::control::Subscribe) -> Result<(), ConnError> {
     let limits = conn.broker.limits().topic_limits();
     let sub_id = s.packet().id.map(NonZeroU32::get);
     let auth = conn.broker.auth();
@@ -218,10 +281,13 @@ async fn subscribe(conn: &Conn, s: &mut v5::control::Subscribe) -> Result<(), Co
     let mut requests = Vec::new();
     let mut slots = Vec::new();
     for mut sub in s.iter_mut() {
+        if sub.topic().contains('\0') {
+            return Err(refuse_malformed(conn));
+        }
         let options = convert::subscription_options_v5(sub.options(), sub_id);
         let refusal = match convert::subscribe_request(sub.topic(), options, limits) {
             Ok(req) if auth.can_subscribe(&conn.identity, &conn.client_id, &req.filter.filter) => {
-                slots.push(Some(requests.len()));
+                slots.push(Some((requests.len(), sub.topic().clone())));
                 requests.push(req);
                 continue;
             }
@@ -237,56 +303,105 @@ async fn subscribe(conn: &Conn, s: &mut v5::control::Subscribe) -> Result<(), Co
         sub.fail(refusal.v5());
         slots.push(None);
     }
-
-    let results = if requests.is_empty() {
-        Vec::new()
-    } else {
-        conn.broker.subscribe(conn.client_id.clone(), conn.conn, requests).await
-    };
-    for (mut sub, slot) in s.iter_mut().zip(slots) {
-        let Some(i) = slot else { continue };
-        match results.get(i) {
-            Some(Ok(qos)) => sub.confirm(convert::qos_out(*qos)),
-            Some(Err(e)) => {
-                let code = reason::suback_v5(*e);
-                tracing::info!(
-                    { MQTT_TOPIC } = %sub.topic(),
-                    { MQTT_REASON_CODE } = u8::from(code),
-                    { ERROR_MESSAGE } = %e,
-                    "subscription refused"
-                );
-                sub.fail(code);
-            }
-            None => sub.fail(SubscribeAckReason::UnspecifiedError),
-        }
+    if requests.is_empty() {
+        return Ok(());
     }
+
+    let results = conn.broker.subscribe(conn.client_id.clone(), conn.conn, requests);
+    let span = conn.span.clone();
+    conn.defer(Deferred::V5(
+        Box::new(move |mut provisional| {
+            Box::pin(async move {
+                let results = results.await;
+                let _entered = span.enter();
+                if let v5::codec::Encoded::Packet(v5::codec::Packet::SubscribeAck(ack)) =
+                    &mut provisional
+                {
+                    for (status, slot) in ack.status.iter_mut().zip(slots) {
+                        let Some((i, topic)) = slot else { continue };
+                        *status = match results.get(i) {
+                            Some(Ok(qos)) => granted(*qos),
+                            Some(Err(e)) => {
+                                let code = reason::suback_v5(*e);
+                                tracing::info!(
+                                    { MQTT_TOPIC } = %topic,
+                                    { MQTT_REASON_CODE } = u8::from(code),
+                                    { ERROR_MESSAGE } = %e,
+                                    "subscription refused"
+                                );
+                                code
+                            }
+                            None => SubscribeAckReason::UnspecifiedError,
+                        };
+                    }
+                }
+                Ok(Some(provisional))
+            })
+        }),
+        false,
+    ));
     Ok(())
 }
 
-async fn unsubscribe(conn: &Conn, s: &mut v5::control::Unsubscribe) {
+fn granted(qos: QoS) -> SubscribeAckReason {
+    match qos {
+        QoS::AtMostOnce => SubscribeAckReason::GrantedQos0,
+        QoS::AtLeastOnce => SubscribeAckReason::GrantedQos1,
+        QoS::ExactlyOnce => SubscribeAckReason::GrantedQos2,
+    }
+}
+
+/// Hand an UNSUBSCRIBE to the broker; its UNSUBACK is finished once the
+/// broker answers (see `acks`).
+fn unsubscribe(conn: &Conn, s: &mut v5::control::Unsubscribe) -> Result<(), ConnError> {
     let limits = conn.broker.limits().topic_limits();
     let mut filters = Vec::new();
     let mut slots = Vec::new();
-    for topic in s.iter() {
-        if crate::domain::SharedFilter::parse(topic.clone(), limits).is_ok() {
+    for mut item in s.iter_mut() {
+        if item.topic().contains('\0') {
+            return Err(refuse_malformed(conn));
+        }
+        if crate::domain::SharedFilter::parse(item.topic().clone(), limits).is_ok() {
             slots.push(Some(filters.len()));
-            filters.push(topic.clone());
+            filters.push(item.topic().clone());
         } else {
+            item.fail(UnsubscribeAckReason::TopicFilterInvalid);
             slots.push(None);
         }
     }
-    let existed = if filters.is_empty() {
-        Vec::new()
-    } else {
-        conn.broker.unsubscribe(conn.client_id.clone(), conn.conn, filters).await
-    };
-    for (mut item, slot) in s.iter_mut().zip(slots) {
-        match slot.map(|i| existed.get(i).copied().unwrap_or(false)) {
-            None => item.fail(UnsubscribeAckReason::TopicFilterInvalid),
-            Some(false) => item.fail(UnsubscribeAckReason::NoSubscriptionExisted),
-            Some(true) => item.success(),
-        }
+    if filters.is_empty() {
+        return Ok(());
     }
+    let existed = conn.broker.unsubscribe(conn.client_id.clone(), conn.conn, filters);
+    conn.defer(Deferred::V5(
+        Box::new(move |mut provisional| {
+            Box::pin(async move {
+                let existed = existed.await;
+                if let v5::codec::Encoded::Packet(v5::codec::Packet::UnsubscribeAck(ack)) =
+                    &mut provisional
+                {
+                    for (status, slot) in ack.status.iter_mut().zip(slots) {
+                        let Some(i) = slot else { continue };
+                        *status = if existed.get(i).copied().unwrap_or(false) {
+                            UnsubscribeAckReason::Success
+                        } else {
+                            UnsubscribeAckReason::NoSubscriptionExisted
+                        };
+                    }
+                }
+                Ok(Some(provisional))
+            })
+        }),
+        false,
+    ));
+    Ok(())
+}
+
+/// A topic filter with U+0000: counted; the connection closes.
+fn refuse_malformed(conn: &Conn) -> ConnError {
+    conn.broker.stats().protocol_errors.fetch_add(1, Relaxed);
+    tracing::warn!({ CLIENT_ID } = %conn.client_id, "protocol error: U+0000 in a topic filter");
+    reason::NUL_IN_STRING
 }
 
 pub(super) async fn control(
