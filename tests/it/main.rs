@@ -49,3 +49,4 @@ mod trust;
 mod v5_features;
 mod websocket;
 mod will;
+mod wire;
