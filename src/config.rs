@@ -227,9 +227,12 @@ pub struct AuthSettings {
     /// a loopback address (like anonymous access): off loopback a stranger
     /// who signs up would read the whole map.
     pub self_registration: Option<bool>,
-    /// Extra ACL rules, each `{ role, action, filter }`: `role` (`admin`,
-    /// `user`, `device`, `anonymous`) may `action` (`publish`, `subscribe`,
-    /// `both`) on topics matching `filter`. Default: none.
+    /// Extra ACL rules, each `{ role, action, filter, effect }`: `role`
+    /// (`admin`, `user`, `device`, `anonymous`) may (`effect = "allow"`, the
+    /// default) or may not (`effect = "deny"`) `action` (`publish`,
+    /// `subscribe`, `both`) on topics matching `filter`. Deny rules win over
+    /// built-in and allow rules whatever their order; a subscription is
+    /// refused when its filter can match a denied topic. Default: none.
     pub acl: Vec<AclRule>,
     /// Brute-force protection of REST sign-in and MQTT CONNECT (`[auth.lockout]`).
     pub lockout: LockoutSettings,

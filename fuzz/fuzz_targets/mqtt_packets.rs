@@ -1,5 +1,7 @@
-//! Bytes from a client, as the broker reads them: ntex-mqtt's v3 or v5 codec
-//! (set up as the server sets it up), then the handlers' pure steps.
+//! Bytes from a client, as the broker reads them: the framing layer (whole
+//! packets, overrunning PUBLISH headers refused), the checks on the raw
+//! CONNECT, ntex-mqtt's v3 or v5 codec (set up as the server sets it up),
+//! then the handlers' pure steps.
 //!
 //! Byte 0 chooses the level (bit 0), tight or default limits (bit 7) and how
 //! the rest is cut into socket reads (bits 1–6: read size, 0 = one read).

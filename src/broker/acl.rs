@@ -12,8 +12,14 @@
 //! - an anonymous client (only when anonymous access is allowed) may do
 //!   everything (`all`) or only read `map/#` (`read_map`).
 //!
-//! Extra rules from the config (`[[auth.acl]]`) grant more, never less, and
-//! never a write to a server-owned topic.
+//! Extra rules from the config (`[[auth.acl]]`) grant more (`effect =
+//! "allow"`, the default) or refuse (`effect = "deny"`), per role. Deny rules
+//! win: a publish to a topic a deny rule matches, or a subscription whose
+//! filter can match a topic a deny rule matches, is refused whatever built-in
+//! or allow rule grants it. The outcome does not depend on where a rule sits
+//! in the file, so adding a grant later never undoes a refusal by accident,
+//! and a refusal holds for admins too. No rule ever opens a write to a
+//! server-owned topic.
 //!
 //! A subscription is granted only when *every* topic its filter can match is
 //! readable: `devices/#` is refused to a user even though some of the topics
@@ -72,7 +78,18 @@ impl AclAction {
     }
 }
 
-/// One `[[auth.acl]]` entry: `role` may `action` on topics matching `filter`.
+/// Whether an extra rule grants or refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AclEffect {
+    #[default]
+    Allow,
+    /// Refuses, whatever grants it (built-in or allow rules).
+    Deny,
+}
+
+/// One `[[auth.acl]]` entry: `role` may (or, with `effect = "deny"`, may
+/// not) `action` on topics matching `filter`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AclRule {
@@ -80,6 +97,18 @@ pub struct AclRule {
     pub action: AclAction,
     /// A topic filter; wildcards allowed (`public/#`).
     pub filter: String,
+    #[serde(default)]
+    pub effect: AclEffect,
+}
+
+impl AclRule {
+    pub fn allow(role: Role, action: AclAction, filter: impl Into<String>) -> Self {
+        Self { role, action, filter: filter.into(), effect: AclEffect::Allow }
+    }
+
+    pub fn deny(role: Role, action: AclAction, filter: impl Into<String>) -> Self {
+        Self { role, action, filter: filter.into(), effect: AclEffect::Deny }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +116,17 @@ struct Rule {
     role: Role,
     action: AclAction,
     filter: TopicFilter,
+    effect: AclEffect,
+}
+
+impl Rule {
+    fn denies(&self, who: &Identity) -> bool {
+        self.effect == AclEffect::Deny && self.role == who.role
+    }
+
+    fn allows(&self, who: &Identity) -> bool {
+        self.effect == AclEffect::Allow && self.role == who.role
+    }
 }
 
 /// The built-in rules, the anonymous policy and the extra rules.
@@ -103,7 +143,7 @@ impl AclPolicy {
             .iter()
             .map(|r| {
                 let filter = TopicFilter::parse(r.filter.clone(), TopicLimits::default())?;
-                Ok(Rule { role: r.role, action: r.action, filter })
+                Ok(Rule { role: r.role, action: r.action, filter, effect: r.effect })
             })
             .collect::<Result<_, TopicError>>()?;
         Ok(Self { anonymous, rules })
@@ -114,6 +154,13 @@ impl AclPolicy {
             return false;
         }
         let t = topic.as_str();
+        if self
+            .rules
+            .iter()
+            .any(|r| r.denies(who) && r.action.publish() && filter_matches(r.filter.as_str(), t))
+        {
+            return false;
+        }
         let built_in = match who.role {
             Role::Admin => true,
             Role::Device => who.device_id.as_deref().is_some_and(|id| in_device_tree(t, id)),
@@ -122,12 +169,21 @@ impl AclPolicy {
         };
         built_in
             || self.rules.iter().any(|r| {
-                r.role == who.role && r.action.publish() && filter_matches(r.filter.as_str(), t)
+                r.allows(who) && r.action.publish() && filter_matches(r.filter.as_str(), t)
             })
     }
 
     pub fn can_subscribe(&self, who: &Identity, filter: &TopicFilter) -> bool {
         let f = filter.as_str();
+        // Refused as a whole when any topic it can match is denied: deliveries
+        // are not checked one by one.
+        if self
+            .rules
+            .iter()
+            .any(|r| r.denies(who) && r.action.subscribe() && filters_overlap(r.filter.as_str(), f))
+        {
+            return false;
+        }
         let built_in = match who.role {
             Role::Admin => true,
             Role::Device => {
@@ -145,7 +201,7 @@ impl AclPolicy {
         };
         built_in
             || self.rules.iter().any(|r| {
-                r.role == who.role && r.action.subscribe() && filter_covers(r.filter.as_str(), f)
+                r.allows(who) && r.action.subscribe() && filter_covers(r.filter.as_str(), f)
             })
     }
 }
@@ -191,6 +247,28 @@ pub fn filter_covers(pattern: &str, filter: &str) -> bool {
             (Some("+"), Some(_)) => {}
             (Some(_), Some("+")) => return false,
             (Some(pl), Some(fl)) if pl == fl => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Can some topic match both filters? Both are valid filters.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    // A first-level wildcard never matches `$` topics.
+    let leading_wildcard = |f: &str| f.starts_with('+') || f.starts_with('#');
+    if (a.starts_with('$') && leading_wildcard(b)) || (b.starts_with('$') && leading_wildcard(a)) {
+        return false;
+    }
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            // `#` matches whatever the rest of the other can, its parent included.
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(p), Some(q)) if p == q => {}
             _ => return false,
         }
     }
@@ -301,10 +379,10 @@ mod tests {
     #[test]
     fn extra_rules_grant_per_role_and_action() {
         let rules = [
-            AclRule { role: Role::User, action: AclAction::Both, filter: "public/#".into() },
-            AclRule { role: Role::Device, action: AclAction::Subscribe, filter: "fleet/+".into() },
-            AclRule { role: Role::Anonymous, action: AclAction::Publish, filter: "inbox".into() },
-            AclRule { role: Role::User, action: AclAction::Publish, filter: "map/#".into() },
+            AclRule::allow(Role::User, AclAction::Both, "public/#"),
+            AclRule::allow(Role::Device, AclAction::Subscribe, "fleet/+"),
+            AclRule::allow(Role::Anonymous, AclAction::Publish, "inbox"),
+            AclRule::allow(Role::User, AclAction::Publish, "map/#"),
         ];
         let p = AclPolicy::new(AnonymousAcl::ReadMap, &rules).unwrap();
         assert!(p.can_publish(&alice(), &topic("public/chat")));
@@ -321,8 +399,105 @@ mod tests {
 
     #[test]
     fn invalid_rule_filters_are_rejected() {
-        let bad = [AclRule { role: Role::User, action: AclAction::Both, filter: "a/#/b".into() }];
+        let bad = [AclRule::allow(Role::User, AclAction::Both, "a/#/b")];
         assert!(AclPolicy::new(AnonymousAcl::All, &bad).is_err());
+        let bad = [AclRule::deny(Role::User, AclAction::Both, "a/#/b")];
+        assert!(AclPolicy::new(AnonymousAcl::All, &bad).is_err());
+    }
+
+    #[test]
+    fn deny_rules_win_over_built_in_and_allow_rules_in_any_order() {
+        let allow = AclRule::allow(Role::User, AclAction::Both, "secret/#");
+        let deny_sub = AclRule::deny(Role::Admin, AclAction::Subscribe, "secret/#");
+        let deny_pub = AclRule::deny(Role::Admin, AclAction::Publish, "secret/+/keys");
+        let deny_user = AclRule::deny(Role::User, AclAction::Both, "secret/vault");
+        let deny_anon = AclRule::deny(Role::Anonymous, AclAction::Both, "devices/#");
+        let rules = [allow, deny_sub, deny_pub, deny_user, deny_anon];
+        let mut reversed = rules.clone();
+        reversed.reverse();
+        for rules in [&rules[..], &reversed[..]] {
+            let p = AclPolicy::new(AnonymousAcl::All, rules).unwrap();
+            // Admin: subscribing is refused wherever a denied topic can arrive.
+            for f in ["secret/#", "secret/a", "+/a", "#", "secret/+/keys"] {
+                assert!(!p.can_subscribe(&admin(), &filter(f)), "admin subscribes {f}");
+            }
+            for f in ["public/#", "secrets/a", "$SYS/#"] {
+                assert!(p.can_subscribe(&admin(), &filter(f)), "admin subscribes {f}");
+            }
+            // Admin: only the denied publish topics are refused.
+            assert!(!p.can_publish(&admin(), &topic("secret/x/keys")));
+            assert!(p.can_publish(&admin(), &topic("secret/x/notes")));
+            assert!(p.can_publish(&admin(), &topic("secret/keys")));
+            // User: the allow rule grants the tree but not what is denied.
+            assert!(p.can_publish(&alice(), &topic("secret/a")));
+            assert!(p.can_subscribe(&alice(), &filter("secret/a")));
+            assert!(!p.can_publish(&alice(), &topic("secret/vault")));
+            assert!(!p.can_subscribe(&alice(), &filter("secret/vault")));
+            assert!(!p.can_subscribe(&alice(), &filter("secret/#")), "reaches secret/vault");
+            assert!(!p.can_subscribe(&alice(), &filter("secret/+")), "reaches secret/vault");
+            // The user's own device tree is left alone by these rules.
+            assert!(p.can_publish(&alice(), &topic("devices/car1/cmd")));
+            // Anonymous (all): refused under devices/, free elsewhere.
+            let anon = Identity::anonymous();
+            assert!(!p.can_publish(&anon, &topic("devices/car1/location")));
+            assert!(!p.can_subscribe(&anon, &filter("devices/car1/location")));
+            assert!(!p.can_subscribe(&anon, &filter("#")));
+            assert!(p.can_subscribe(&anon, &filter("map/#")));
+            assert!(p.can_publish(&anon, &topic("chat")));
+            // Other roles are not touched by these rules.
+            assert!(p.can_subscribe(&car1(), &filter("devices/car1/#")));
+        }
+    }
+
+    #[test]
+    fn deny_rules_take_built_in_grants_away() {
+        let rules = [AclRule::deny(Role::Device, AclAction::Publish, "devices/+/cmd/#")];
+        let p = AclPolicy::new(AnonymousAcl::All, &rules).unwrap();
+        assert!(!p.can_publish(&car1(), &topic("devices/car1/cmd/lock")));
+        assert!(p.can_publish(&car1(), &topic("devices/car1/location")));
+        assert!(p.can_subscribe(&car1(), &filter("devices/car1/cmd/#")), "publish only");
+    }
+
+    #[test]
+    fn the_effect_defaults_to_allow_in_the_config() {
+        let rule: AclRule =
+            toml::from_str("role = \"user\"\naction = \"both\"\nfilter = \"a/#\"").unwrap();
+        assert_eq!(rule.effect, AclEffect::Allow);
+        let rule: AclRule = toml::from_str(
+            "role = \"anonymous\"\naction = \"publish\"\nfilter = \"a/#\"\neffect = \"deny\"",
+        )
+        .unwrap();
+        assert_eq!(rule, AclRule::deny(Role::Anonymous, AclAction::Publish, "a/#"));
+        assert!(
+            toml::from_str::<AclRule>(
+                "role = \"user\"\naction = \"both\"\nfilter = \"a\"\neffect = \"maybe\""
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn overlap_agrees_with_matching_on_sample_topics() {
+        let filters = [
+            "#", "+", "a", "a/#", "a/+", "a/b", "+/b", "a/+/c", "$SYS/#", "a/b/#", "+/+", "b/#",
+            "$SYS/x", "+/#",
+        ];
+        let topics =
+            ["a", "b", "a/b", "x/b", "a/b/c", "a/x/c", "$SYS/x", "a/b/c/d", "c", "b/b", "$SYS"];
+        for x in filters {
+            for y in filters {
+                assert_eq!(filters_overlap(x, y), filters_overlap(y, x), "{x} {y} symmetric");
+                let shared = topics.iter().any(|t| filter_matches(x, t) && filter_matches(y, t));
+                if shared {
+                    assert!(filters_overlap(x, y), "{x} and {y} share a topic");
+                }
+            }
+        }
+        assert!(!filters_overlap("a/b", "a/c"));
+        assert!(!filters_overlap("a/+", "a"));
+        assert!(!filters_overlap("#", "$SYS/x"));
+        assert!(filters_overlap("$SYS/#", "$SYS/x"));
+        assert!(filters_overlap("a", "a/#"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Hand the MQTT dispatcher whole packets only.
+//! Hand the MQTT dispatcher whole packets only, and never a PUBLISH whose
+//! header does not fit inside it.
 //!
 //! ntex-mqtt 8.2.1 decodes a PUBLISH as soon as its header has arrived and
 //! streams the rest of the payload to the handler as separate chunks, through
@@ -10,39 +11,97 @@
 //! publishes unacknowledged). This I/O layer sits between the transport
 //! (TCP, TLS, WebSocket) and the dispatcher and releases bytes only up to the
 //! end of the last complete packet, so payloads are never streamed.
+//!
+//! The same codec computes a PUBLISH's payload length as its remaining length
+//! minus its variable header (topic, packet id, v5 properties) without a
+//! check: a header longer than the packet panics with overflow checks, and
+//! wraps without them (the codec then waits for gigabytes and the connection
+//! goes silent until keep-alive). Such a packet is malformed [MQTT-2.1.4]; in
+//! its place the dispatcher gets bytes its codec refuses as malformed, so the
+//! connection ends on ntex-mqtt's own protocol-error path (counted, logged,
+//! v5 DISCONNECT 0x81), and nothing read after it is passed on.
 
+use std::cell::Cell;
 use std::io;
 
 use ntex::io::{FilterBuf, FilterLayer};
+use ntex::util::BytesMut;
 
-/// Keeps partial MQTT packets below the dispatcher until they are complete.
+/// A fixed header whose remaining length has a fifth byte: ntex-mqtt's
+/// decoder fails on it at once (`DecodeError::InvalidLength`, a malformed
+/// packet), whatever the protocol level.
+const MALFORMED: [u8; 6] = [0xf0, 0xff, 0xff, 0xff, 0xff, 0x01];
+
+/// The protocol level of a connection, read from its CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Level {
+    /// No CONNECT seen yet (or not one ntex-mqtt accepts).
+    Unknown,
+    V3,
+    V5,
+}
+
+/// Keeps partial MQTT packets below the dispatcher until they are complete,
+/// and stands in for a PUBLISH the codec would mishandle.
 #[derive(Debug)]
 pub(super) struct WholePackets {
     /// Packets announced larger than this are passed on at once, for the
     /// codec to refuse, instead of being buffered.
     max_packet: u32,
+    level: Cell<Level>,
+    /// A malformed packet was replaced; everything after it is dropped.
+    refused: Cell<bool>,
 }
 
 impl WholePackets {
     pub(super) fn new(max_packet: u32) -> Self {
-        Self { max_packet }
+        Self { max_packet, level: Cell::new(Level::Unknown), refused: Cell::new(false) }
+    }
+
+    /// For a stream whose level is known without its CONNECT (the fuzz targets).
+    pub(super) fn at_level(max_packet: u32, level: Level) -> Self {
+        Self { max_packet, level: Cell::new(level), refused: Cell::new(false) }
+    }
+
+    /// Move what the dispatcher may see from `read` (bytes as read) to
+    /// `dst` (bytes for the codec).
+    pub(super) fn release(&self, read: &mut BytesMut, dst: &mut BytesMut) {
+        if self.refused.get() {
+            read.clear();
+            return;
+        }
+        let mut level = self.level.get();
+        let scan = scan(read, self.max_packet, &mut level);
+        self.level.set(level);
+        let ready = match scan {
+            Scan::Ready(n) => n,
+            Scan::Malformed { at, why } => {
+                tracing::debug!(level = ?level, "malformed packet replaced: {why}");
+                dst.extend_from_slice(&read[..at]);
+                dst.extend_from_slice(&MALFORMED);
+                read.clear();
+                self.refused.set(true);
+                return;
+            }
+        };
+        if ready == 0 {
+            return;
+        }
+        if ready == read.len() && dst.is_empty() {
+            // The common case: no copy, the dispatcher takes the buffer as read.
+            std::mem::swap(read, dst);
+        } else {
+            dst.extend_from_slice(&read[..ready]);
+            read.advance_to(ready);
+        }
     }
 }
 
 impl FilterLayer for WholePackets {
     fn process_read_buf(&self, buf: &FilterBuf<'_>) -> io::Result<()> {
         buf.with_read_buffers(|src, dst| {
-            let Some(read) = src else { return };
-            let ready = complete_prefix(read, self.max_packet);
-            if ready == 0 {
-                return;
-            }
-            if ready == read.len() && dst.is_empty() {
-                // The common case: no copy, the dispatcher takes the buffer as read.
-                std::mem::swap(read, dst);
-            } else {
-                dst.extend_from_slice(&read[..ready]);
-                read.advance_to(ready);
+            if let Some(read) = src {
+                self.release(read, dst);
             }
         });
         Ok(())
@@ -62,41 +121,109 @@ impl FilterLayer for WholePackets {
     }
 }
 
-/// Length of the longest prefix of `bytes` made of whole MQTT packets; all
-/// of it when a packet is malformed or announced larger than `max_packet`
-/// (the codec reports those).
-fn complete_prefix(bytes: &[u8], max_packet: u32) -> usize {
+/// How much of the read bytes can go to the codec.
+#[derive(Debug, PartialEq, Eq)]
+enum Scan {
+    /// This many bytes are whole packets (all of them when the codec should
+    /// refuse what follows: a bad fixed header, an oversized packet).
+    Ready(usize),
+    /// Whole packets up to `at`, then a packet the codec would mishandle.
+    Malformed { at: usize, why: &'static str },
+}
+
+/// Walk the whole packets at the start of `bytes`, learning the protocol
+/// level from a CONNECT and checking each PUBLISH's header against its
+/// length.
+fn scan(bytes: &[u8], max_packet: u32, level: &mut Level) -> Scan {
     let mut at = 0;
     while at < bytes.len() {
-        if !plausible_first_byte(bytes[at]) {
-            return bytes.len();
+        let first = bytes[at];
+        if !plausible_first_byte(first) {
+            return Scan::Ready(bytes.len());
         }
-        let header = &bytes[at + 1..];
-        let mut remaining: u64 = 0;
-        let mut len_bytes = 0;
-        loop {
-            let Some(&b) = header.get(len_bytes) else { return at };
-            remaining |= u64::from(b & 0x7f) << (7 * len_bytes);
-            len_bytes += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-            if len_bytes == 4 {
-                return bytes.len();
-            }
-        }
-        let total = 1 + len_bytes as u64 + remaining;
+        let Some(header) = bytes.get(at + 1..) else { return Scan::Ready(at) };
+        let (remaining, len_bytes) = match var_int(header) {
+            VarInt::Value(v, n) => (v, n),
+            VarInt::Incomplete => return Scan::Ready(at),
+            VarInt::Malformed => return Scan::Ready(bytes.len()),
+        };
+        let total = 1 + len_bytes as u64 + u64::from(remaining);
         if total > u64::from(max_packet) {
-            return bytes.len();
+            return Scan::Ready(bytes.len());
         }
         if ((bytes.len() - at) as u64) < total {
-            return at;
+            return Scan::Ready(at);
+        }
+        let body = &bytes[at + 1 + len_bytes..at + total as usize];
+        match first >> 4 {
+            1 if *level == Level::Unknown => *level = connect_level(body),
+            3 => {
+                if let Err(why) = publish_header_fits(body, first, *level) {
+                    return Scan::Malformed { at, why };
+                }
+            }
+            _ => {}
         }
         at += total as usize;
     }
-    at
+    Scan::Ready(at)
 }
 
+/// The level a CONNECT asks for, as ntex-mqtt tells them apart.
+fn connect_level(body: &[u8]) -> Level {
+    match body.get(..7) {
+        Some(b"\x00\x04MQTT\x04") => Level::V3,
+        Some(b"\x00\x04MQTT\x05") => Level::V5,
+        _ => Level::Unknown,
+    }
+}
+
+/// Whether the variable header of a PUBLISH (topic, packet id, and at v5 the
+/// properties) ends inside its `body`. Without a known level only the part
+/// both levels share is checked.
+fn publish_header_fits(body: &[u8], first: u8, level: Level) -> Result<(), &'static str> {
+    const SHORT: &str = "PUBLISH header longer than its remaining length";
+    let Some(&[hi, lo]) = body.get(..2) else { return Err(SHORT) };
+    let packet_id = if (first >> 1) & 0b11 == 0 { 0 } else { 2 };
+    let mut header = 2 + usize::from(u16::from_be_bytes([hi, lo])) + packet_id;
+    if header > body.len() {
+        return Err(SHORT);
+    }
+    if level == Level::V5 {
+        match var_int(&body[header..]) {
+            VarInt::Value(props, n) => header += n + props as usize,
+            VarInt::Incomplete => return Err(SHORT),
+            VarInt::Malformed => return Err("PUBLISH property length malformed"),
+        }
+        if header > body.len() {
+            return Err(SHORT);
+        }
+    }
+    Ok(())
+}
+
+enum VarInt {
+    /// The value and how many bytes encode it.
+    Value(u32, usize),
+    Incomplete,
+    /// More than four bytes [MQTT-1.5.5].
+    Malformed,
+}
+
+/// An MQTT variable byte integer at the start of `bytes`.
+fn var_int(bytes: &[u8]) -> VarInt {
+    let mut value = 0u32;
+    for (i, &b) in bytes.iter().enumerate() {
+        value |= u32::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return VarInt::Value(value, i + 1);
+        }
+        if i == 3 {
+            return VarInt::Malformed;
+        }
+    }
+    VarInt::Incomplete
+}
 /// Whether `b` can start an MQTT packet: a defined type with the flags the
 /// type requires (PUBLISH carries its own). Anything else, HTTP sent to the
 /// MQTT port for one, goes straight to the codec to be refused.
@@ -113,11 +240,32 @@ fn plausible_first_byte(b: u8) -> bool {
 mod tests {
     use super::*;
 
-    /// A packet of type `first` with `body_len` body bytes.
+    /// A packet of type `first` with `body_len` body bytes: zeros first (a
+    /// PUBLISH gets an empty topic and packet id 0), then filler.
     fn packet(first: u8, body_len: usize) -> Vec<u8> {
         let mut out = vec![first];
         crate::bench::wire::put_varint(&mut out, body_len);
-        out.extend(std::iter::repeat_n(0xaa, body_len));
+        let zeros = body_len.min(4);
+        out.extend(std::iter::repeat_n(0, zeros));
+        out.extend(std::iter::repeat_n(0xaa, body_len - zeros));
+        out
+    }
+
+    fn complete_prefix(bytes: &[u8], max_packet: u32) -> usize {
+        match scan(bytes, max_packet, &mut Level::Unknown) {
+            Scan::Ready(n) => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn connect(level: u8) -> Vec<u8> {
+        let mut body = b"\x00\x04MQTT".to_vec();
+        body.extend([level, 0x02, 0, 30, 0, 1, b'c']);
+        if level == 5 {
+            body.insert(10, 0); // no properties
+        }
+        let mut out = vec![0x10, body.len() as u8];
+        out.extend(body);
         out
     }
 
@@ -156,5 +304,92 @@ mod tests {
         // Within the limit, a partial packet is held back.
         assert_eq!(complete_prefix(&big[..50], 1 << 20), 0);
         assert_eq!(complete_prefix(&big, 1 << 20), big.len());
+    }
+
+    #[test]
+    fn a_publish_header_longer_than_its_packet_is_malformed() {
+        // Topic length 10 in a 3-byte body: the codec would underflow.
+        let mut stream = packet(0xc0, 0);
+        let bad_at = stream.len();
+        stream.extend([0x30, 3, 0, 10, b'a']);
+        stream.extend(packet(0xc0, 0));
+        let why = "PUBLISH header longer than its remaining length";
+        assert_eq!(
+            scan(&stream, 1 << 20, &mut Level::Unknown),
+            Scan::Malformed { at: bad_at, why }
+        );
+        // A body too short for the topic length itself.
+        assert_eq!(scan(&[0x30, 1, 0], 1 << 20, &mut Level::V3), Scan::Malformed { at: 0, why });
+        assert_eq!(scan(&[0x30, 0], 1 << 20, &mut Level::V5), Scan::Malformed { at: 0, why });
+        // QoS 1: the packet id must fit as well.
+        assert_eq!(
+            scan(&[0x32, 3, 0, 1, b'a'], 1 << 20, &mut Level::V3),
+            Scan::Malformed { at: 0, why }
+        );
+        assert_eq!(scan(&[0x32, 5, 0, 1, b'a', 0, 1], 1 << 20, &mut Level::V3), Scan::Ready(7));
+        // An exact fit with an empty payload is fine.
+        assert_eq!(scan(&[0x30, 3, 0, 1, b'a'], 1 << 20, &mut Level::V3), Scan::Ready(5));
+    }
+
+    #[test]
+    fn v5_properties_count_once_the_connect_has_told_the_level() {
+        // Topic "a", property length 5, one byte left: fine at 3.1.1 (the
+        // byte is payload), malformed at v5.
+        let publish = [0x30, 5, 0, 1, b'a', 5, 0];
+        assert_eq!(scan(&publish, 1 << 20, &mut Level::V3), Scan::Ready(publish.len()));
+        for (level, expect) in [(4, Level::V3), (5, Level::V5)] {
+            let mut stream = connect(level);
+            let at = stream.len();
+            stream.extend(publish);
+            let mut learned = Level::Unknown;
+            let scanned = scan(&stream, 1 << 20, &mut learned);
+            assert_eq!(learned, expect);
+            if expect == Level::V5 {
+                let why = "PUBLISH header longer than its remaining length";
+                assert_eq!(scanned, Scan::Malformed { at, why });
+            } else {
+                assert_eq!(scanned, Scan::Ready(stream.len()));
+            }
+        }
+        // No property length byte at all.
+        assert!(matches!(
+            scan(&[0x30, 3, 0, 1, b'a'], 1 << 20, &mut Level::V5),
+            Scan::Malformed { .. }
+        ));
+        // A property length of five bytes.
+        let long = [0x30, 8, 0, 1, b'a', 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(
+            scan(&long, 1 << 20, &mut Level::V5),
+            Scan::Malformed { at: 0, why: "PUBLISH property length malformed" }
+        );
+    }
+
+    #[test]
+    fn a_malformed_publish_reaches_the_codec_as_a_decode_error_and_nothing_after_it() {
+        use ntex::codec::Decoder;
+        use ntex_mqtt::error::DecodeError;
+
+        let framing = WholePackets::new(1 << 20);
+        let mut read = BytesMut::from(&connect(5)[..]);
+        read.extend_from_slice(&[0x30, 3, 0, 10, b'a']);
+        read.extend_from_slice(&packet(0xc0, 0));
+        let mut dst = BytesMut::new();
+        framing.release(&mut read, &mut dst);
+        assert!(read.is_empty());
+        let mut later = BytesMut::from(&packet(0xc0, 0)[..]);
+        framing.release(&mut later, &mut dst);
+        assert!(later.is_empty(), "dropped after the malformed packet");
+
+        let mut expected = connect(5);
+        expected.extend(MALFORMED);
+        assert_eq!(&dst[..], &expected[..]);
+
+        let codec = ntex_mqtt::v5::codec::Codec::new();
+        assert!(codec.decode(&mut dst).unwrap().is_some(), "the CONNECT decodes");
+        let err = codec.decode(&mut dst).unwrap_err();
+        assert!(!matches!(err, DecodeError::MaxSizeExceeded { .. }), "{err:?}");
+        let codec = ntex_mqtt::v3::codec::Codec::new();
+        let err = codec.decode(&mut BytesMut::from(&MALFORMED[..])).unwrap_err();
+        assert!(!matches!(err, DecodeError::MaxSizeExceeded { .. }), "{err:?}");
     }
 }

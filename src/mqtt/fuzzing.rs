@@ -1,7 +1,8 @@
 //! The inbound packet path without a socket, for the fuzz targets in `fuzz/`.
 //!
-//! Bytes go through ntex-mqtt's codec set up as the server sets it up (size
-//! limit, whole payloads), read by read as a socket would deliver them; each
+//! Bytes go read by read, as a socket would deliver them, through the
+//! server's framing layer, its checks on the raw CONNECT, and ntex-mqtt's
+//! codec set up as the server sets it up (size limit, whole payloads); each
 //! decoded packet then takes the pure steps its handler takes: topic and
 //! filter parsing, wills, v5 properties, location validation and the choice
 //! of reason code. A decode error gets the DISCONNECT the server would send,
@@ -16,8 +17,9 @@ use ntex::util::{BytePages, ByteString, Bytes, BytesMut};
 use ntex_mqtt::error::{DecodeError, ProtocolError};
 use ntex_mqtt::{v3, v5};
 
-use super::convert;
+use super::framing::{self, WholePackets};
 use super::reason::{self, ConnectRefusal, PublishRejection, SubscribeRefusal};
+use super::{connect_check, convert};
 use crate::broker::{BrokerLimits, Message, PublishHook, QoS, SubscriptionOptions};
 use crate::domain::{ClientId, SharedFilter, TopicName};
 use crate::locations::{HistoryTopics, LocationHook, PositionFeed};
@@ -31,160 +33,123 @@ pub enum Level {
 
 /// Decode `reads` (successive socket reads) at `level` under `limits` and
 /// handle every packet; returns how many packets decoded.
+///
+/// The bytes take the server's path: the framing layer (whole packets only,
+/// a malformed PUBLISH header replaced by bytes the codec refuses), the
+/// checks on the raw CONNECT, then ntex-mqtt's codec.
 pub fn inbound(level: Level, reads: &[&[u8]], limits: &BrokerLimits) -> usize {
-    let cut = Framing { level, max: limits.max_packet_bytes }.underflow_at(&reads.concat());
-    let reads = truncate(reads, cut);
-    let reads = &reads[..];
     let steps = Steps::new(limits);
+    let framing = WholePackets::at_level(
+        limits.max_packet_bytes,
+        match level {
+            Level::V3 => framing::Level::V3,
+            Level::V5 => framing::Level::V5,
+        },
+    );
+    let max = limits.max_packet_bytes;
     match level {
         Level::V3 => {
             let codec = v3::codec::Codec::new();
             codec.set_max_size(limits.max_packet_bytes);
             codec.set_min_chunk_size(limits.max_packet_bytes);
-            let decoded = decode_all(&codec, reads, |d| steps.v3(d));
-            if let Some(first) = decoded.first_connect_v3 {
-                check_sniffer(reads, &first);
-            }
-            decoded.count
+            decode_all(&codec, &framing, max, reads, |d| steps.v3(d))
         }
         Level::V5 => {
             let codec = v5::codec::Codec::new();
             codec.set_max_inbound_size(limits.max_packet_bytes);
             codec.set_min_chunk_size(limits.max_packet_bytes);
-            decode_all(&codec, reads, |d| steps.v5(d)).count
+            decode_all(&codec, &framing, max, reads, |d| steps.v5(d))
         }
     }
 }
 
-/// ntex-mqtt 8.2.1 computes a PUBLISH's payload length as its remaining
-/// length minus its variable header without checking: a header (topic,
-/// packet id, v5 properties) longer than the remaining length underflows
-/// (`codec.rs`, v3 and v5) — a panic with overflow checks, a wrapped length
-/// without. The connection ends either way (the panic is caught per
-/// connection); the stream is cut before such a packet so the rest of the
-/// path stays reachable.
-struct Framing {
-    level: Level,
-    max: u32,
-}
-
-impl Framing {
-    fn underflow_at(&self, b: &[u8]) -> Option<usize> {
-        let mut pos = 0;
-        loop {
-            let &first = b.get(pos)?;
-            let (remaining, n) = var_int(b.get(pos + 1..)?)?;
-            if self.max != 0 && remaining > self.max {
-                return None;
-            }
-            let body = pos + 1 + n;
-            if first >> 4 == 3 {
-                let header = self.publish_header(b.get(body..)?, first)?;
-                if header > u64::from(remaining) {
-                    return Some(pos);
-                }
-            }
-            pos = body + remaining as usize;
-        }
-    }
-
-    fn publish_header(&self, b: &[u8], first: u8) -> Option<u64> {
-        let topic = u64::from(u16::from_be_bytes([*b.first()?, *b.get(1)?]));
-        let packet_id = match (first >> 1) & 3 {
-            0 => 0,
-            3 => return None,
-            _ => 2,
-        };
-        let mut len = 2 + topic + packet_id;
-        if self.level == Level::V5 {
-            let (props, n) = var_int(b.get(len as usize..)?)?;
-            len += n as u64 + u64::from(props);
-        }
-        Some(len)
-    }
-}
-
-/// An MQTT variable byte integer and its length; `None` when incomplete or malformed.
-fn var_int(b: &[u8]) -> Option<(u32, usize)> {
-    let mut value = 0u32;
-    for (i, &byte) in b.iter().take(4).enumerate() {
-        value |= u32::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-fn truncate<'a>(reads: &[&'a [u8]], cut: Option<usize>) -> Vec<&'a [u8]> {
-    let Some(mut left) = cut else { return reads.to_vec() };
-    let mut out = Vec::new();
-    for read in reads {
-        if left == 0 {
-            break;
-        }
-        let take = read.len().min(left);
-        out.push(&read[..take]);
-        left -= take;
-    }
-    out
-}
-
-struct Decoded {
-    count: usize,
-    /// The first packet, when it is a 3.1.1 CONNECT: (client id empty, clean session).
-    first_connect_v3: Option<(bool, bool)>,
-}
-
+/// A decoded packet that may be the CONNECT the raw checks let through.
 trait Item {
-    fn v3_connect(&self) -> Option<(bool, bool)>;
+    /// For a CONNECT: whether its client id and user name could have passed
+    /// `connect_check` (no U+0000; at 3.1.1 no empty id with a persistent
+    /// session).
+    fn connect_acceptable(&self) -> Option<bool>;
 }
 
 impl Item for v3::codec::Decoded {
-    fn v3_connect(&self) -> Option<(bool, bool)> {
+    fn connect_acceptable(&self) -> Option<bool> {
         match self {
-            v3::codec::Decoded::Packet(v3::codec::Packet::Connect(c), _) => {
-                Some((c.client_id.is_empty(), c.clean_session))
-            }
+            v3::codec::Decoded::Packet(v3::codec::Packet::Connect(c), _) => Some(
+                !c.client_id.contains('\0')
+                    && !c.username.as_ref().is_some_and(|u| u.contains('\0'))
+                    && (c.clean_session || !c.client_id.is_empty()),
+            ),
             _ => None,
         }
     }
 }
 
 impl Item for v5::codec::Decoded {
-    fn v3_connect(&self) -> Option<(bool, bool)> {
-        None
+    fn connect_acceptable(&self) -> Option<bool> {
+        match self {
+            v5::codec::Decoded::Packet(v5::codec::Packet::Connect(c), _) => Some(
+                !c.client_id.contains('\0')
+                    && !c.username.as_ref().is_some_and(|u| u.contains('\0')),
+            ),
+            _ => None,
+        }
     }
 }
 
-fn decode_all<C>(codec: &C, reads: &[&[u8]], mut handle: impl FnMut(C::Item)) -> Decoded
+fn decode_all<C>(
+    codec: &C,
+    framing: &WholePackets,
+    max_packet: u32,
+    reads: &[&[u8]],
+    mut handle: impl FnMut(C::Item),
+) -> usize
 where
     C: Decoder<Error = DecodeError>,
     C::Item: Item,
 {
-    let mut out = Decoded { count: 0, first_connect_v3: None };
+    let mut count = 0;
+    let mut checked = false;
+    let mut read_buf = BytesMut::new();
     let mut buf = BytesMut::new();
     for read in reads {
-        buf.extend_from_slice(read);
+        read_buf.extend_from_slice(read);
+        framing.release(&mut read_buf, &mut buf);
+        if !checked {
+            match connect_check::verdict(&buf, max_packet) {
+                None => continue,
+                Some(Some(refusal)) => {
+                    // The server answers and closes here.
+                    assert!(!refusal.why.is_empty());
+                    let _ = refusal.connack();
+                    return count;
+                }
+                Some(None) => checked = true,
+            }
+        }
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(item)) => {
-                    if out.count == 0 {
-                        out.first_connect_v3 = item.v3_connect();
+                    if count == 0
+                        && let Some(acceptable) = item.connect_acceptable()
+                    {
+                        assert!(
+                            acceptable,
+                            "the raw CONNECT checks let a refusable CONNECT through"
+                        );
                     }
-                    out.count += 1;
+                    count += 1;
                     handle(item);
                 }
                 Ok(None) => break,
                 Err(e) => {
                     // The server closes the connection here.
                     answer_decode_error(e);
-                    return out;
+                    return count;
                 }
             }
         }
     }
-    out
+    count
 }
 
 /// The DISCONNECT sent for an undecodable packet encodes, and a v5 client
@@ -203,16 +168,6 @@ fn answer_decode_error(e: DecodeError) {
             assert_eq!(d.reason_code, code);
         }
         other => panic!("the broker's DISCONNECT does not decode: {other:?}"),
-    }
-}
-
-/// The raw-bytes check that refuses an empty 3.1.1 client id with a
-/// persistent session before ntex-mqtt sees the CONNECT must agree with the
-/// codec whenever it says "refuse".
-fn check_sniffer(reads: &[&[u8]], (id_empty, clean_session): &(bool, bool)) {
-    let all: Vec<u8> = reads.concat();
-    if super::v3::empty_persistent_client_id(&all) == Some(true) {
-        assert!(*id_empty && !*clean_session, "the sniffer refused a CONNECT the codec accepts");
     }
 }
 
@@ -373,16 +328,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_publish_header_longer_than_its_packet_is_cut_before_the_codec() {
-        // CONNECT, then a QoS 0 PUBLISH of remaining length 2 whose topic claims 16 bytes.
+    fn a_publish_header_longer_than_its_packet_reaches_the_codec_as_an_error() {
+        // CONNECT, then a QoS 0 PUBLISH of remaining length 2 whose topic
+        // claims 16 bytes, then a PINGREQ that must not be decoded.
         let connect = b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01a";
-        let bad = b"\x30\x02\x00\x10AAAAAAAAAAAAAAAAAAAA";
-        let stream = [&connect[..], &bad[..]].concat();
-        let v3 = Framing { level: Level::V3, max: 0 };
-        assert_eq!(v3.underflow_at(&stream), Some(connect.len()));
-        assert_eq!(v3.underflow_at(connect), None);
+        let bad = b"\x30\x02\x00\x10";
+        let stream = [&connect[..], &bad[..], b"\xc0\x00"].concat();
         let limits = BrokerLimits::default();
         assert_eq!(inbound(Level::V3, &[&stream[..]], &limits), 1);
+        // Byte by byte, as slow sockets deliver it.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(inbound(Level::V3, &bytes, &limits), 1);
+        // Without a CONNECT the checks pass it on: the codec refuses it.
         assert_eq!(inbound(Level::V5, &[&bad[..], &bad[..]], &limits), 0);
+    }
+
+    #[test]
+    fn a_refused_connect_ends_the_stream_before_the_codec() {
+        // A 3.1.1 CONNECT with Will QoS 1 but no will.
+        let connect = b"\x10\x0d\x00\x04MQTT\x04\x0a\x00\x3c\x00\x01a";
+        let limits = BrokerLimits::default();
+        assert_eq!(inbound(Level::V3, &[&connect[..]], &limits), 0);
+        let fine = b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01a";
+        assert_eq!(inbound(Level::V3, &[&fine[..], b"\xc0\x00"], &limits), 2);
     }
 }

@@ -8,6 +8,8 @@
 //!
 //! - `server`: the thread, listeners, TLS and the WebSocket upgrade.
 //! - `admission`: connection cap and per-address connect rate, before CONNECT.
+//! - `framing`: whole packets only to the codec; malformed PUBLISH headers refused.
+//! - `connect_check`: CONNECTs ntex-mqtt would mishandle, answered before it reads them.
 //! - `trim`: the memory of closed connections handed back to the system.
 //! - `v3`, `v5`: handshake, publish, protocol and control services per level.
 //! - `session`: per-connection state and the steps both levels share.
@@ -21,6 +23,7 @@
 
 mod acks;
 mod admission;
+mod connect_check;
 mod convert;
 mod framing;
 #[doc(hidden)]

@@ -27,7 +27,9 @@ use super::admission::Admission;
 use super::framing::WholePackets;
 use super::reason::ConnError;
 use super::session::Ctx;
-use super::{MqttListeners, MqttServer, TlsFiles, acks, qos2, trim, unexpected, v3, v5};
+use super::{
+    MqttListeners, MqttServer, TlsFiles, acks, connect_check, qos2, trim, unexpected, v3, v5,
+};
 use crate::broker::{BrokerHandle, BrokerLimits};
 use crate::telemetry::names::ERROR_MESSAGE;
 
@@ -220,7 +222,8 @@ fn service_config(limits: &BrokerLimits) -> MqttServiceConfig {
 }
 
 /// The MQTT service over one transport: whole packets only (`framing`),
-/// admission (connection cap and connect rate), the 3.1.1 client-id pre-check, then the protocol, with
+/// admission (connection cap and connect rate), the checks on the raw
+/// CONNECT (`connect_check`), then the protocol, with
 /// connection errors logged. The admission permit lives as long as the
 /// connection.
 fn mqtt_over<F: Filter>(
@@ -230,7 +233,7 @@ fn mqtt_over<F: Filter>(
     let stats = ctx.broker.stats().clone();
     let max_packet = ctx.broker.limits().max_packet_bytes;
     let connection = chain_factory(fn_service(async move |io: IoBoxed| {
-        v3::refuse_empty_persistent_id(io, &stats).await
+        connect_check::check(io, &stats, max_packet).await
     }))
     .and_then(chain_factory(mqtt_service(ctx)).map_err(log_conn_error).map_init_err(|_| ()));
     fn_factory_with_config(async move |cfg: SharedCfg| {

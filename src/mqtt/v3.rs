@@ -3,7 +3,6 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use futures::FutureExt as _;
-use ntex::io::IoBoxed;
 use ntex::io::types::PeerAddr;
 use ntex::service::{ServiceFactory, fn_factory_with_config, fn_service};
 use ntex::time::Seconds;
@@ -16,9 +15,8 @@ use super::intake;
 use super::pump;
 use super::qos2;
 use super::reason::{self, ConnError, ConnectRefusal, PublishRejection, V3Verdict};
-use super::server::CONNECT_TIMEOUT;
 use super::session::{self, Conn, Ctx, OpenRequest, Routed, Sink};
-use crate::broker::{DisconnectKind, ProtocolVersion, Stats, Submitted, SubscriptionOptions};
+use crate::broker::{DisconnectKind, ProtocolVersion, Submitted, SubscriptionOptions};
 use crate::telemetry::names::{
     CLIENT_ID, ERROR_MESSAGE, MQTT_PROTOCOL, MQTT_REASON_CODE, MQTT_TOPIC,
 };
@@ -86,80 +84,6 @@ fn refuse(
         Some(code) => Ok(h.failed(code)),
         None => Err(ConnError::protocol(refusal.as_str())),
     }
-}
-
-/// [MQTT-3.1.3-8]: a 3.1.1 CONNECT with an empty client id and no clean
-/// session gets CONNACK 0x02 "identifier rejected". ntex-mqtt's decoder drops
-/// it without a CONNACK before our handshake runs, so look at the first bytes
-/// ourselves. Any other connection passes through untouched.
-pub(super) async fn refuse_empty_persistent_id(io: IoBoxed, stats: &Stats) -> Result<IoBoxed, ()> {
-    loop {
-        match io.with_read_buf(|buf| empty_persistent_client_id(buf)) {
-            Some(false) => return Ok(io),
-            Some(true) => {
-                stats.rejected_connects.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    { MQTT_PROTOCOL } = "3.1.1",
-                    { MQTT_REASON_CODE } =
-                        u8::from(v3::codec::ConnectAckReason::IdentifierRejected),
-                    "connection refused: {}",
-                    ConnectRefusal::ClientIdRejected.as_str()
-                );
-                let _ = io.encode_slice(&[0x20, 0x02, 0x00, 0x02]);
-                let _ = io.shutdown().await;
-                return Err(());
-            }
-            // ntex-mqtt applies its own timeouts and reports errors.
-            None => match ntex::time::timeout(CONNECT_TIMEOUT, io.read_ready()).await {
-                Ok(Ok(Some(()))) => {}
-                _ => return Ok(io),
-            },
-        }
-    }
-}
-
-/// The longest 3.1.1 CONNECT body: the variable header (10) and five
-/// length-prefixed fields (client id, will topic and message, user name,
-/// password) of at most 65,535 bytes each.
-const MAX_V3_CONNECT_LEN: usize = 10 + 5 * (2 + 65_535);
-
-/// Does `buf` start with a 3.1.1 CONNECT with an empty client id and clean
-/// session 0? `None`: not enough bytes yet to tell.
-pub(super) fn empty_persistent_client_id(buf: &[u8]) -> Option<bool> {
-    const HEADER: &[u8] = b"\x00\x04MQTT\x04";
-    let (&first, rest) = buf.split_first()?;
-    if first != 0x10 {
-        return Some(false);
-    }
-    // Remaining length: 1 to 4 bytes, high bit set on all but the last.
-    let mut len_bytes = 0;
-    let mut len = 0usize;
-    loop {
-        let b = *rest.get(len_bytes)?;
-        len |= usize::from(b & 0x7f) << (7 * len_bytes);
-        len_bytes += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if len_bytes == 4 {
-            return Some(false);
-        }
-    }
-    // Too short for the fields below, or longer than any 3.1.1 CONNECT can
-    // be: not for this check to wait on; ntex refuses it at once.
-    if !(12..=MAX_V3_CONNECT_LEN).contains(&len) {
-        return Some(false);
-    }
-    // Protocol name and level (7), flags (1), keep-alive (2), client id length (2).
-    let vh = &rest[len_bytes..];
-    if vh.len() < 12 {
-        return if HEADER.starts_with(&vh[..vh.len().min(HEADER.len())]) {
-            None
-        } else {
-            Some(false)
-        };
-    }
-    Some(vh.starts_with(HEADER) && vh[7] & 0x02 == 0 && vh[10] == 0 && vh[11] == 0)
 }
 
 pub(super) async fn publish(conn: &Conn, p: v3::Publish) -> Result<(), ConnError> {
@@ -448,48 +372,4 @@ pub(super) fn publish_factory() -> impl ServiceFactory<
         let conn = (*session).clone();
         Ok::<_, ConnError>(fn_service(async move |p| session::catch_panic(publish(&conn, p)).await))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A 3.1.1 CONNECT with `flags` and client id `id`.
-    fn connect(flags: u8, id: &[u8]) -> Vec<u8> {
-        let mut body = b"\x00\x04MQTT\x04".to_vec();
-        body.extend([flags, 0x00, 0x1e, 0x00, id.len() as u8]);
-        body.extend(id);
-        let mut pkt = vec![0x10, body.len() as u8];
-        pkt.extend(body);
-        pkt
-    }
-
-    #[test]
-    fn an_empty_client_id_without_clean_session_is_spotted() {
-        assert_eq!(empty_persistent_client_id(&connect(0x00, b"")), Some(true));
-        assert_eq!(empty_persistent_client_id(&connect(0x02, b"")), Some(false));
-        assert_eq!(empty_persistent_client_id(&connect(0x00, b"car-1")), Some(false));
-    }
-
-    #[test]
-    fn partial_or_foreign_first_bytes_are_handled() {
-        let full = connect(0x00, b"");
-        for cut in 0..full.len() {
-            assert_eq!(empty_persistent_client_id(&full[..cut]), None, "cut at {cut}");
-        }
-        // v5 CONNECT (level 5), HTTP, and a v5 header cut short.
-        let mut v5 = connect(0x00, b"");
-        v5[8] = 5;
-        assert_eq!(empty_persistent_client_id(&v5), Some(false));
-        assert_eq!(empty_persistent_client_id(&v5[..9]), Some(false));
-        assert_eq!(empty_persistent_client_id(b"GET /mqtt HTTP/1.1"), Some(false));
-        // A long remaining length (2 bytes).
-        let mut long = connect(0x00, b"");
-        long[1] |= 0x80;
-        long.insert(2, 0x00);
-        assert_eq!(empty_persistent_client_id(&long), Some(true));
-        // Truncated, and longer than any CONNECT: left to ntex without waiting.
-        assert_eq!(empty_persistent_client_id(b"\x10\x08\x00\x04MQTT\x04\x00"), Some(false));
-        assert_eq!(empty_persistent_client_id(b"\x10\xff\xff\xff\x7f"), Some(false));
-    }
 }

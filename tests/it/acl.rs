@@ -173,8 +173,7 @@ async fn anonymous_read_map_clients_only_read_the_map() {
 async fn extra_acl_rules_from_the_config_grant_more() {
     let app = spawn_app_with(|s| {
         s.auth.allow_anonymous = Some(false);
-        s.auth.acl =
-            vec![AclRule { role: Role::User, action: AclAction::Both, filter: "public/#".into() }];
+        s.auth.acl = vec![AclRule::allow(Role::User, AclAction::Both, "public/#")];
     })
     .await;
     app.api().sign_up("ann").await;
@@ -188,4 +187,50 @@ async fn extra_acl_rules_from_the_config_grant_more() {
     assert_eq!(ack.reason, PubAckReason::Success);
     assert_eq!(&ann.recv_publish().await.payload[..], b"hello");
     assert_eq!(outside.reason, PubAckReason::NotAuthorized);
+}
+
+#[tokio::test]
+async fn deny_rules_refuse_even_an_admin_and_anonymous_clients() {
+    let app = spawn_app_with(|s| {
+        with_admin(s);
+        s.auth.allow_anonymous = Some(true);
+        s.auth.anonymous_acl = Some(AnonymousAcl::All);
+        s.auth.acl = vec![
+            // The admin rule grants everything; the deny rule still wins.
+            AclRule::deny(Role::Admin, AclAction::Both, "vault/#"),
+            AclRule::deny(Role::Anonymous, AclAction::Subscribe, "devices/#"),
+            AclRule::deny(Role::Anonymous, AclAction::Publish, "alerts/+"),
+        ];
+    })
+    .await;
+    let mut ops = app.v5("ops-deny").credentials("ops", PASSWORD).connect().await;
+    let mut ops3 = app.v3("ops-deny-v3").credentials("ops", PASSWORD).connect().await;
+    let mut anon = app.v5("anon-deny").connect().await;
+    let mut anon3 = app.v3("anon-deny-v3").connect().await;
+
+    assert_eq!(subscribe_code(&mut ops, "vault/keys").await, V5Sub::NotAuthorized);
+    // `#` would deliver vault/… too: refused as a whole.
+    assert_eq!(subscribe_code(&mut ops, "#").await, V5Sub::NotAuthorized);
+    assert_eq!(
+        ops3.subscribe_codes("vault/#", rumqttc::QoS::AtLeastOnce).await,
+        [rumqttc::SubscribeReasonCode::Failure]
+    );
+    let ack = ops.publish_qos1("vault/keys", false, "secret").await;
+    assert_eq!(ack.reason, PubAckReason::NotAuthorized);
+    // Everything the rules do not name stays as granted.
+    assert_eq!(subscribe_code(&mut ops, "public/#").await, V5Sub::Success(QoS::AtLeastOnce));
+    let ack = ops.publish_qos1("public/news", false, "hello").await;
+    assert_eq!(ack.reason, PubAckReason::Success);
+    assert_eq!(text(&ops.recv_publish().await.payload), "hello");
+
+    assert_eq!(subscribe_code(&mut anon, "devices/+/location").await, V5Sub::NotAuthorized);
+    assert_eq!(
+        anon3.subscribe_codes("#", rumqttc::QoS::AtLeastOnce).await,
+        [rumqttc::SubscribeReasonCode::Failure]
+    );
+    let ack = anon.publish_qos1("alerts/fire", false, "false alarm").await;
+    assert_eq!(ack.reason, PubAckReason::NotAuthorized);
+    let ack = anon.publish_qos1("alerts/fire/drill", false, "drill").await;
+    assert_eq!(ack.reason, PubAckReason::NoMatchingSubscribers, "outside alerts/+");
+    assert_eq!(subscribe_code(&mut anon, "map/#").await, V5Sub::Success(QoS::AtLeastOnce));
 }

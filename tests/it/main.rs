@@ -50,4 +50,5 @@ mod trust;
 mod v5_features;
 mod websocket;
 mod will;
+mod wire;
 mod wire_order;

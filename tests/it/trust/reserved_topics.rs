@@ -18,8 +18,7 @@ async fn app(dir: &std::path::Path) -> (TestApp, String) {
     add_admin(dir, "root", ADMIN_PW).await;
     let app = spawn_app_in(dir, |s| {
         s.auth.allow_anonymous = Some(true);
-        s.auth.acl =
-            vec![AclRule { role: Role::User, action: AclAction::Publish, filter: "map/#".into() }];
+        s.auth.acl = vec![AclRule::allow(Role::User, AclAction::Publish, "map/#")];
     })
     .await;
     let admin = app.api().login("root", ADMIN_PW).await;
