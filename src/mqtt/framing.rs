@@ -20,6 +20,10 @@
 //! its place the dispatcher gets bytes its codec refuses as malformed, so the
 //! connection ends on ntex-mqtt's own protocol-error path (counted, logged,
 //! v5 DISCONNECT 0x81), and nothing read after it is passed on.
+//!
+//! The codec also drops the reserved bits of a SUBSCRIBE's subscription
+//! options, which the server must treat as malformed [MQTT-3.8.3-5] (3.1.1:
+//! [MQTT-3-8.3-4]); such a SUBSCRIBE is replaced the same way.
 
 use std::cell::Cell;
 use std::io;
@@ -162,6 +166,11 @@ fn scan(bytes: &[u8], max_packet: u32, level: &mut Level) -> Scan {
                     return Scan::Malformed { at, why };
                 }
             }
+            8 => {
+                if let Err(why) = subscription_options_valid(body, *level) {
+                    return Scan::Malformed { at, why };
+                }
+            }
             _ => {}
         }
         at += total as usize;
@@ -198,6 +207,33 @@ fn publish_header_fits(body: &[u8], first: u8, level: Level) -> Result<(), &'sta
         if header > body.len() {
             return Err(SHORT);
         }
+    }
+    Ok(())
+}
+
+/// Whether every subscription option byte of a SUBSCRIBE leaves its
+/// reserved bits zero (v5: bits 6 and 7; 3.1.1: all but the QoS). A body too
+/// short for its fields is left to the codec, which refuses it.
+fn subscription_options_valid(body: &[u8], level: Level) -> Result<(), &'static str> {
+    let reserved = match level {
+        Level::Unknown => return Ok(()),
+        Level::V3 => 0b1111_1100,
+        Level::V5 => 0b1100_0000,
+    };
+    let mut at = 2; // packet id
+    if level == Level::V5 {
+        match var_int(body.get(at..).unwrap_or_default()) {
+            VarInt::Value(props, n) => at += n + props as usize,
+            VarInt::Incomplete | VarInt::Malformed => return Ok(()),
+        }
+    }
+    while let Some(&[hi, lo]) = body.get(at..at + 2) {
+        at += 2 + usize::from(u16::from_be_bytes([hi, lo]));
+        let Some(&options) = body.get(at) else { return Ok(()) };
+        if options & reserved != 0 {
+            return Err("SUBSCRIBE with reserved option bits set");
+        }
+        at += 1;
     }
     Ok(())
 }
@@ -391,5 +427,35 @@ mod tests {
         let codec = ntex_mqtt::v3::codec::Codec::new();
         let err = codec.decode(&mut BytesMut::from(&MALFORMED[..])).unwrap_err();
         assert!(!matches!(err, DecodeError::MaxSizeExceeded { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn subscribe_options_with_reserved_bits_are_malformed() {
+        // Packet id 7, (v5: no properties), filter "a/b", options.
+        let body = |v5: bool, options: u8| {
+            let mut b = vec![0, 7];
+            if v5 {
+                b.push(0);
+            }
+            b.extend(b"\x00\x03a/b");
+            b.push(options);
+            b
+        };
+        assert_eq!(subscription_options_valid(&body(true, 0x2e), Level::V5), Ok(()));
+        assert!(subscription_options_valid(&body(true, 0xc0), Level::V5).is_err());
+        assert!(subscription_options_valid(&body(true, 0x41), Level::V5).is_err());
+        assert_eq!(subscription_options_valid(&body(false, 0x02), Level::V3), Ok(()));
+        assert!(subscription_options_valid(&body(false, 0xc1), Level::V3).is_err());
+        assert!(subscription_options_valid(&body(false, 0x04), Level::V3).is_err());
+        // Unknown level, or cut short: the codec decides.
+        assert_eq!(subscription_options_valid(&body(false, 0xc1), Level::Unknown), Ok(()));
+        assert_eq!(subscription_options_valid(&[0, 7, 0, 9, b'a'], Level::V3), Ok(()));
+
+        let mut stream = vec![0x82];
+        let b = body(true, 0xc0);
+        stream.push(b.len() as u8);
+        stream.extend(&b);
+        let scanned = scan(&stream, 1 << 20, &mut Level::V5);
+        assert!(matches!(scanned, Scan::Malformed { at: 0, .. }), "{scanned:?}");
     }
 }

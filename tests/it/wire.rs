@@ -182,3 +182,17 @@ async fn will_qos_or_retain_without_a_will_is_refused() {
     assert!(!ok.closed_within(Duration::from_millis(300)).await);
     assert_still_serves(&app).await;
 }
+
+#[tokio::test]
+async fn subscription_options_with_reserved_bits_are_malformed() {
+    let app = spawn_app().await;
+    // v5: bits 6 and 7 of the options are reserved [MQTT-3.8.3-5].
+    let (mut v5, _) = RawConn::connect_v5(app.mqtt_addr, "reserved-v5", true, None).await;
+    v5.send_frame(0x82, b"\x00\x07\x00\x00\x03a/b\xc0").await;
+    assert_eq!(closed_with(&mut v5).await, [(DISCONNECT, 0x81)]);
+    // 3.1.1: everything but the QoS is reserved [MQTT-3-8.3-4].
+    let (mut v3, _) = RawConn::connect_v3(app.mqtt_addr, "reserved-v3", true).await;
+    v3.send_frame(0x82, b"\x00\x07\x00\x03a/b\xc1").await;
+    assert_eq!(closed_with(&mut v3).await, []);
+    assert_still_serves(&app).await;
+}
