@@ -161,7 +161,8 @@ fn judge(packet: &[u8], body: &[u8]) -> Option<Refusal> {
     if v5 {
         match v5::codec::Codec::new().decode(&mut copy) {
             Ok(Some(v5::codec::Decoded::Packet(v5::codec::Packet::Connect(c), _))) => {
-                nul_in(&c.client_id, c.username.as_deref())
+                let will = c.last_will.as_ref().map(|w| w.topic.as_str());
+                nul_in(&c.client_id, c.username.as_deref(), will)
                     .map(|why| Refusal::v5(MALFORMED_PACKET, why))
             }
             Ok(_) => None,
@@ -170,7 +171,8 @@ fn judge(packet: &[u8], body: &[u8]) -> Option<Refusal> {
     } else {
         match v3::codec::Codec::new().decode(&mut copy) {
             Ok(Some(v3::codec::Decoded::Packet(v3::codec::Packet::Connect(c), _))) => {
-                match nul_in(&c.client_id, c.username.as_deref()) {
+                let will = c.last_will.as_ref().map(|w| w.topic.as_str());
+                match nul_in(&c.client_id, c.username.as_deref(), will) {
                     Some(why @ CLIENT_ID_NUL) => Some(Refusal::v3(Some(IDENTIFIER_REJECTED), why)),
                     Some(why) => Some(Refusal::v3(None, why)),
                     None => None,
@@ -189,11 +191,17 @@ fn judge(packet: &[u8], body: &[u8]) -> Option<Refusal> {
 const CLIENT_ID_NUL: &str = "client id contains U+0000";
 
 /// Which string of a CONNECT contains U+0000, if one does.
-fn nul_in(client_id: &str, username: Option<&str>) -> Option<&'static str> {
+fn nul_in(
+    client_id: &str,
+    username: Option<&str>,
+    will_topic: Option<&str>,
+) -> Option<&'static str> {
     if client_id.contains('\0') {
         Some(CLIENT_ID_NUL)
     } else if username.is_some_and(|u| u.contains('\0')) {
         Some("user name contains U+0000")
+    } else if will_topic.is_some_and(|t| t.contains('\0')) {
+        Some("will topic contains U+0000")
     } else {
         None
     }
@@ -272,6 +280,9 @@ mod tests {
         let r = refused(&connect(b"MQTT", 4, 0x82, b"car", b"\x00\x03u\0v")).unwrap();
         assert_eq!((r.code, r.why), (None, "user name contains U+0000"));
         let r = refused(&connect(b"MQTT", 5, 0x82, b"car", b"\x00\x03u\0v")).unwrap();
+        // Will flag, will topic "w\0" and an empty will message (3.1.1).
+        let r3 = refused(&connect(b"MQTT", 4, 0x06, b"car", b"\x00\x02w\0\x00\x00")).unwrap();
+        assert_eq!((r3.v5, r3.code, r3.why), (false, None, "will topic contains U+0000"));
         assert_eq!(r.code, Some(0x81));
     }
 
