@@ -27,7 +27,7 @@ use super::admission::Admission;
 use super::framing::WholePackets;
 use super::reason::ConnError;
 use super::session::Ctx;
-use super::{MqttListeners, MqttServer, TlsFiles, qos2, trim, unexpected, v3, v5};
+use super::{MqttListeners, MqttServer, TlsFiles, pump, qos2, trim, unexpected, v3, v5};
 use crate::broker::{BrokerHandle, BrokerLimits};
 use crate::telemetry::names::ERROR_MESSAGE;
 
@@ -267,6 +267,7 @@ fn mqtt_service(
             .control(v5::control_factory())
             .protocol(v5::protocol_factory())
             .middleware(qos2::InboundQos2V5)
+            .middleware(pump::RefusedReceiptsV5)
             .middleware(unexpected::UnexpectedV5)
             .publish(v5::publish_factory()))
 }
