@@ -16,11 +16,11 @@ use std::num::NonZeroU16;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::message::{Delivery, QoS};
 use super::stats::Stats;
-use crate::store::{StoreWriter, WriteOp};
+use crate::store::{StoreError, StoreWriter, WriteOp};
 
 /// Identifies one network connection of a session (sessions outlive them).
 pub type ConnectionId = u64;
@@ -461,6 +461,35 @@ impl Outbox {
     /// Stored, the message's row goes and the pending PUBREL's comes in one
     /// commit: after a crash the next connection gets exactly one of them.
     pub fn outgoing_qos2_received(&self, seq: u64, packet_id: u16) {
+        // Not waited for: queued (or logged) either way.
+        drop(self.outgoing_qos2_receipt(seq, packet_id, false));
+    }
+
+    /// [`Outbox::outgoing_qos2_received`] for a sender about to send PUBREL:
+    /// resolves once the new state is durable. A PUBREL sent before that
+    /// could be followed, after a crash, by the stored PUBLISH again, which
+    /// a client that released the id takes for a new message
+    /// [MQTT-4.3.3-5]. `Err` when it could not be stored: do not send PUBREL.
+    pub async fn outgoing_qos2_received_durably(
+        &self,
+        seq: u64,
+        packet_id: u16,
+    ) -> Result<(), StoreError> {
+        match self.outgoing_qos2_receipt(seq, packet_id, true) {
+            None => Ok(()),
+            Some(Err(e)) => Err(e),
+            Some(Ok(committed)) => committed.await.map_err(|_| StoreError::Unavailable)?,
+        }
+    }
+
+    /// Record a PUBREC, and queue the store writes it takes, if any (under
+    /// the lock, see `State::persistent`); with `durable`, how to wait for them.
+    fn outgoing_qos2_receipt(
+        &self,
+        seq: u64,
+        packet_id: u16,
+        durable: bool,
+    ) -> Option<Result<oneshot::Receiver<Result<(), StoreError>>, StoreError>> {
         let mut st = self.lock();
         let removed = st.inflight.remove(&seq);
         if let Some(d) = &removed {
@@ -474,9 +503,17 @@ impl Outbox {
         if st.persistent {
             ops.push(WriteOp::PutPendingRelease { client_id: self.client_id.clone(), packet_id });
         }
-        if !ops.is_empty() {
-            self.store_locked(ops);
+        if ops.is_empty() {
+            return None;
         }
+        if !durable {
+            self.store_locked(ops);
+            return None;
+        }
+        Some(self.store.submit_durable(ops.clone()).inspect_err(|_| {
+            // Refused for now: kept for retry like any other write.
+            self.store_locked(ops);
+        }))
     }
 
     /// PUBCOMP for `packet_id`: the QoS 2 exchange is over.

@@ -122,11 +122,20 @@ impl InFlight {
 
     /// PUBREC received: the message is delivered, the exchange goes on (in
     /// the session too, should this connection drop before PUBCOMP). The id
-    /// stays taken until the QoS 2 flow ends.
-    fn received(&self, id: NonZeroU16) {
+    /// stays taken until the QoS 2 flow ends. `true` once this is durable
+    /// and PUBREL may go out; `false` when it could not be stored.
+    async fn received(&self, id: NonZeroU16) -> bool {
         let seq = self.by_packet.borrow().get(&id.get()).copied();
-        if let Some(seq) = seq {
-            self.outbox.outgoing_qos2_received(seq, id.get());
+        let Some(seq) = seq else { return true };
+        match self.outbox.outgoing_qos2_received_durably(seq, id.get()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(
+                    { ERROR_MESSAGE } = %e,
+                    "PUBREL held back: the delivery's state could not be stored"
+                );
+                false
+            }
         }
     }
 
@@ -478,15 +487,21 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
     let span = conn.span.clone();
     match &conn.sink {
         Sink::V3(s) => {
+            let sink = s.clone();
             let fut =
                 s.publish_pkt(v3_packet(d, QoS::ExactlyOnce, Some(id))).send_exactly_once(payload);
             ntex::rt::spawn(
                 async move {
                     match fut.await {
                         Ok(rec) => {
-                            inf.received(id);
-                            if rec.release().await.is_ok() {
-                                inf.completed(id);
+                            if inf.received(id).await {
+                                if rec.release().await.is_ok() {
+                                    inf.completed(id);
+                                }
+                            } else {
+                                // ntex would send PUBREL when `rec` drops:
+                                // close first. The next connection resends it.
+                                sink.close();
                             }
                         }
                         Err(SendPacketError::Encode(e)) => {
@@ -504,6 +519,7 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
             );
         }
         Sink::V5(s) => {
+            let sink = s.clone();
             let fut =
                 s.publish_pkt(v5_packet(d, QoS::ExactlyOnce, Some(id))).send_exactly_once(payload);
             ntex::rt::spawn(
@@ -518,9 +534,14 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
                             drop(rec);
                         }
                         Ok(rec) => {
-                            inf.received(id);
-                            if rec.release().await.is_ok() {
-                                inf.completed(id);
+                            if inf.received(id).await {
+                                if rec.release().await.is_ok() {
+                                    inf.completed(id);
+                                }
+                            } else {
+                                // ntex would send PUBREL when `rec` drops:
+                                // close first. The next connection resends it.
+                                sink.close();
                             }
                         }
                         Err(SendPacketError::Encode(e)) => {
