@@ -1,5 +1,6 @@
 //! The message as the broker routes it: shared, immutable, cheap to fan out.
 
+use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -102,6 +103,10 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// Set when this is a redelivery after a reconnect.
     pub dup: bool,
+    /// The packet id of a QoS≥1 delivery, chosen by its session's outbox
+    /// when queued and kept (and stored) with it: a redelivery carries the
+    /// id of the first attempt [MQTT-4.4.0-1]. `None` for QoS 0.
+    pub packet_id: Option<NonZeroU16>,
     /// Set when a copy is in the store (persistent session, QoS≥1): it is
     /// deleted there once acknowledged or dropped.
     pub stored: bool,

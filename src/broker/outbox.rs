@@ -12,14 +12,15 @@
 //! gets the overflow policy, so it cannot stall everyone else.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::num::NonZeroU16;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::message::{Delivery, QoS};
 use super::stats::Stats;
-use crate::store::StoreWriter;
+use crate::store::{StoreError, StoreWriter, WriteOp};
 
 /// Identifies one network connection of a session (sessions outlive them).
 pub type ConnectionId = u64;
@@ -84,6 +85,15 @@ struct State {
     /// Outbound QoS 2 packet ids past PUBREC, waiting for PUBCOMP: a new
     /// connection resends PUBREL for them, not the PUBLISH [MQTT-4.4.0-1].
     pending_release: BTreeSet<u16>,
+    /// Outbound packet ids held by deliveries, queued or in flight. Together
+    /// with `pending_release` these are the ids not free for a new delivery.
+    ids: HashSet<u16>,
+    /// The last packet id handed out.
+    last_id: u16,
+    /// The session outlives its connections: its exactly-once state is
+    /// stored. Changed under the lock, and writes that depend on it are
+    /// submitted under the lock, so none lands after the session's deletion.
+    persistent: bool,
     /// Deliveries dropped by the bound so far (for log throttling).
     dropped: u64,
     /// When the pump last took deliveries (or the connection attached).
@@ -136,6 +146,9 @@ impl Outbox {
                 kicked: None,
                 incoming_qos2: HashSet::new(),
                 pending_release: BTreeSet::new(),
+                ids: HashSet::new(),
+                last_id: 0,
+                persistent: false,
                 dropped: 0,
                 last_pull: Instant::now(),
                 pump_parked: false,
@@ -166,7 +179,7 @@ impl Outbox {
     }
 
     /// Queue a delivery, applying the bound.
-    pub fn push(&self, d: Delivery) -> Pushed {
+    pub fn push(&self, mut d: Delivery) -> Pushed {
         let mut st = self.lock();
         let mut pushed = Pushed::Queued;
         if st.queue.len() >= self.bound {
@@ -180,6 +193,7 @@ impl Outbox {
                 st.dropped += 1;
                 let dropped = st.dropped;
                 if !reliable || self.policy == OverflowPolicy::DropNew {
+                    st.free_id(&d);
                     drop(st);
                     self.stats.dropped_queue_full(d.qos);
                     self.log_drop(dropped, "new");
@@ -192,9 +206,25 @@ impl Outbox {
                     None => st.queue.pop_front(),
                 };
                 if let Some(v) = victim {
+                    st.free_id(&v);
                     self.stats.dropped_queue_full(v.qos);
                     self.log_drop(dropped, "oldest");
                     self.forget(&v);
+                }
+            }
+        }
+        if d.qos != QoS::AtMostOnce && d.packet_id.is_none() {
+            // Normally reserved by the caller (its stored copy carries it).
+            match st.allocate_id() {
+                Some(id) => d.packet_id = Some(id),
+                None => {
+                    st.dropped += 1;
+                    let dropped = st.dropped;
+                    drop(st);
+                    self.stats.dropped_queue_full(d.qos);
+                    self.log_drop(dropped, "new: no packet id free");
+                    self.forget(&d);
+                    return Pushed::Dropped;
                 }
             }
         }
@@ -238,10 +268,50 @@ impl Outbox {
         }
     }
 
+    /// A packet id for a QoS≥1 delivery about to be queued (and stored with
+    /// it): unique among the session's deliveries and unfinished QoS 2
+    /// exchanges until the delivery is done or dropped. `None` when all
+    /// 65,535 are taken (the delivery cannot be queued).
+    pub fn reserve_packet_id(&self) -> Option<NonZeroU16> {
+        self.lock().allocate_id()
+    }
+
+    /// Give back an id from [`Outbox::reserve_packet_id`] whose delivery was
+    /// not queued after all.
+    pub fn unreserve_packet_id(&self, id: NonZeroU16) {
+        self.lock().ids.remove(&id.get());
+    }
+
+    /// Whether the session's exactly-once state is stored; set by the router
+    /// when the session is opened or resumed, cleared when it ends.
+    pub fn set_persistent(&self, persistent: bool) {
+        self.lock().persistent = persistent;
+    }
+
     /// Restore a delivery read back from the store at start (no bound check:
-    /// the store never holds more than the bound allowed).
-    pub fn restore(&self, d: Delivery) {
-        self.lock().queue.push_back(d);
+    /// the store never holds more than the bound allowed). It keeps its
+    /// stored packet id; one stored without gets a new one.
+    pub fn restore(&self, mut d: Delivery) {
+        let mut st = self.lock();
+        if d.qos != QoS::AtMostOnce {
+            match d.packet_id {
+                Some(id) if st.ids.insert(id.get()) => {}
+                _ => d.packet_id = st.allocate_id(),
+            }
+        }
+        st.queue.push_back(d);
+    }
+
+    /// Restore the exactly-once state read back from the store at start:
+    /// inbound QoS 2 ids not released yet, outbound ones waiting for PUBCOMP.
+    pub fn restore_qos2(&self, incoming: &[u16], pending_release: &[u16]) {
+        let mut st = self.lock();
+        st.persistent = true;
+        st.incoming_qos2.extend(incoming.iter().copied().filter(|id| *id != 0));
+        for id in pending_release.iter().copied().filter(|id| *id != 0) {
+            st.ids.remove(&id);
+            st.pending_release.insert(id);
+        }
     }
 
     /// Remove a delivery's stored copy, if it has one (acked, dropped or expired).
@@ -307,6 +377,7 @@ impl Outbox {
                 while out.len() < max {
                     let Some(d) = st.queue.pop_front() else { break };
                     if d.msg.is_expired(now) {
+                        st.free_id(&d);
                         self.stats.dropped_expired();
                         self.forget(&d);
                         continue;
@@ -334,9 +405,15 @@ impl Outbox {
         }
     }
 
-    /// The client acknowledged `seq` (PUBACK, or PUBREC for QoS 2).
+    /// The delivery `seq` is done: PUBACK, a refusing v5 PUBREC (which ends
+    /// a QoS 2 exchange), or undeliverable to this client. Its packet id is free.
     pub fn ack(&self, seq: u64) {
-        let removed = self.lock().inflight.remove(&seq);
+        let mut st = self.lock();
+        let removed = st.inflight.remove(&seq);
+        if let Some(d) = &removed {
+            st.free_id(d);
+        }
+        drop(st);
         if let Some(d) = removed {
             self.forget(&d);
         }
@@ -345,31 +422,120 @@ impl Outbox {
     /// An inbound QoS 2 PUBLISH with `packet_id` arrived: `true` when it is
     /// new and must be routed, `false` when it is a resend of one already
     /// received (acknowledge it again, do not route it).
+    ///
+    /// For a persistent session the id is stored. The write is queued now,
+    /// before the caller routes the message, and the writer commits in
+    /// order: the id is durable no later than anything the message stored
+    /// (its queued copies for persistent subscribers, history, retained),
+    /// so a crash cannot leave the message stored and the id forgotten, and
+    /// a resend after a restart is not routed twice. A message that stored
+    /// nothing reached only sessions that end with the process.
     pub fn incoming_qos2_begin(&self, packet_id: u16) -> bool {
-        self.lock().incoming_qos2.insert(packet_id)
+        let mut st = self.lock();
+        let new = st.incoming_qos2.insert(packet_id);
+        if new && st.persistent {
+            self.store_locked(vec![WriteOp::PutIncomingQos2 {
+                client_id: self.client_id.clone(),
+                packet_id,
+            }]);
+        }
+        new
     }
 
-    /// PUBREL for an inbound QoS 2 message: its packet id may be reused.
-    /// `false` when the id was not awaiting release.
+    /// PUBREL for an inbound QoS 2 message (or its routing failed): its
+    /// packet id may be reused. `false` when the id was not awaiting release.
     pub fn incoming_qos2_release(&self, packet_id: u16) -> bool {
-        self.lock().incoming_qos2.remove(&packet_id)
+        let mut st = self.lock();
+        let released = st.incoming_qos2.remove(&packet_id);
+        if released && st.persistent {
+            self.store_locked(vec![WriteOp::DeleteIncomingQos2 {
+                client_id: self.client_id.clone(),
+                packet_id,
+            }]);
+        }
+        released
     }
 
     /// PUBREC for the outbound delivery `seq` sent as `packet_id`: the message
     /// is delivered (forget it) but the exchange goes on until PUBCOMP.
+    /// Stored, the message's row goes and the pending PUBREL's comes in one
+    /// commit: after a crash the next connection gets exactly one of them.
     pub fn outgoing_qos2_received(&self, seq: u64, packet_id: u16) {
-        let mut st = self.lock();
-        st.pending_release.insert(packet_id);
-        let removed = st.inflight.remove(&seq);
-        drop(st);
-        if let Some(d) = removed {
-            self.forget(&d);
+        // Not waited for: queued (or logged) either way.
+        drop(self.outgoing_qos2_receipt(seq, packet_id, false));
+    }
+
+    /// [`Outbox::outgoing_qos2_received`] for a sender about to send PUBREL:
+    /// resolves once the new state is durable. A PUBREL sent before that
+    /// could be followed, after a crash, by the stored PUBLISH again, which
+    /// a client that released the id takes for a new message
+    /// [MQTT-4.3.3-5]. `Err` when it could not be stored: do not send PUBREL.
+    pub async fn outgoing_qos2_received_durably(
+        &self,
+        seq: u64,
+        packet_id: u16,
+    ) -> Result<(), StoreError> {
+        match self.outgoing_qos2_receipt(seq, packet_id, true) {
+            None => Ok(()),
+            Some(Err(e)) => Err(e),
+            Some(Ok(committed)) => committed.await.map_err(|_| StoreError::Unavailable)?,
         }
+    }
+
+    /// Record a PUBREC, and queue the store writes it takes, if any (under
+    /// the lock, see `State::persistent`); with `durable`, how to wait for them.
+    fn outgoing_qos2_receipt(
+        &self,
+        seq: u64,
+        packet_id: u16,
+        durable: bool,
+    ) -> Option<Result<oneshot::Receiver<Result<(), StoreError>>, StoreError>> {
+        let mut st = self.lock();
+        let removed = st.inflight.remove(&seq);
+        if let Some(d) = &removed {
+            st.free_id(d);
+        }
+        st.pending_release.insert(packet_id);
+        let mut ops = Vec::new();
+        if let Some(d) = removed.as_ref().filter(|d| d.stored) {
+            ops.push(WriteOp::DeleteMessage(d.seq));
+        }
+        if st.persistent {
+            ops.push(WriteOp::PutPendingRelease { client_id: self.client_id.clone(), packet_id });
+        }
+        if ops.is_empty() {
+            return None;
+        }
+        if !durable {
+            self.store_locked(ops);
+            return None;
+        }
+        Some(self.store.submit_durable(ops.clone()).inspect_err(|_| {
+            // Refused for now: kept for retry like any other write.
+            self.store_locked(ops);
+        }))
     }
 
     /// PUBCOMP for `packet_id`: the QoS 2 exchange is over.
     pub fn outgoing_qos2_completed(&self, packet_id: u16) {
-        self.lock().pending_release.remove(&packet_id);
+        let mut st = self.lock();
+        if st.pending_release.remove(&packet_id) && st.persistent {
+            self.store_locked(vec![WriteOp::DeletePendingRelease {
+                client_id: self.client_id.clone(),
+                packet_id,
+            }]);
+        }
+    }
+
+    /// Queue store writes; the caller holds the lock (see `State::persistent`).
+    fn store_locked(&self, ops: Vec<WriteOp>) {
+        if let Err(e) = self.store.submit(ops) {
+            tracing::error!(
+                client.id = %self.client_id,
+                error = %e,
+                "exactly-once state not stored: writer queue full"
+            );
+        }
     }
 
     /// Packet ids whose PUBREL a new connection must (re)send, oldest first.
@@ -395,6 +561,9 @@ impl Outbox {
         let (kept, dropped): (VecDeque<Delivery>, VecDeque<Delivery>) =
             std::mem::take(&mut st.queue).into_iter().partition(|d| keep(d));
         st.queue = kept;
+        for d in &dropped {
+            st.free_id(d);
+        }
         drop(st);
         for d in &dropped {
             self.forget(d);
@@ -407,6 +576,9 @@ impl Outbox {
         let mut st = self.lock();
         let inflight = st.inflight.take();
         let dropped: Vec<Delivery> = st.queue.drain(..).chain(inflight.into_values()).collect();
+        for d in &dropped {
+            st.free_id(d);
+        }
         drop(st);
         for d in &dropped {
             self.forget(d);
@@ -423,6 +595,30 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+impl State {
+    /// The next packet id held by no delivery and no unfinished exchange.
+    fn allocate_id(&mut self) -> Option<NonZeroU16> {
+        if self.ids.len() + self.pending_release.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            let id = self.last_id.wrapping_add(1).max(1);
+            self.last_id = id;
+            if !self.pending_release.contains(&id) && self.ids.insert(id) {
+                return NonZeroU16::new(id);
+            }
+        }
+    }
+
+    fn free_id(&mut self, d: &Delivery) {
+        if let Some(id) = d.packet_id {
+            self.ids.remove(&id.get());
+        }
+    }
+}
+
+/// In-flight deliveries of a connection that went away go back to the front
+/// of the queue as duplicates, with the packet ids they were sent with.
 fn requeue_inflight(st: &mut State) {
     let inflight = st.inflight.take();
     for (_, mut d) in inflight.into_iter().rev() {
@@ -499,6 +695,7 @@ mod tests {
             retain: false,
             subscription_ids: Vec::new(),
             dup: false,
+            packet_id: None,
             stored: false,
         }
     }
@@ -542,6 +739,45 @@ mod tests {
         assert!(outbox.lock().consumer_live(Instant::now()));
         outbox.push(delivery(1, QoS::AtLeastOnce));
         assert_eq!(pump.await.unwrap(), Next::Ready);
+    }
+
+    /// A delivery as the router queues it: with a packet id reserved.
+    fn queued(outbox: &Outbox, seq: u64, qos: QoS) -> Delivery {
+        let mut d = delivery(seq, qos);
+        d.packet_id = outbox.reserve_packet_id();
+        d
+    }
+
+    async fn take(outbox: &Outbox, conn: ConnectionId, n: usize) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        assert_eq!(outbox.next(conn, &mut out, n).await, Next::Ready);
+        out
+    }
+
+    #[tokio::test]
+    async fn packet_ids_are_kept_through_redelivery_and_free_only_when_the_flow_ends() {
+        let (outbox, _dir) = outbox().await;
+        outbox.attach(1);
+        outbox.push(queued(&outbox, 1, QoS::ExactlyOnce));
+        outbox.push(queued(&outbox, 2, QoS::AtLeastOnce));
+        let sent: Vec<_> = take(&outbox, 1, 2).await.iter().map(|d| d.packet_id).collect();
+        assert_eq!(sent, [NonZeroU16::new(1), NonZeroU16::new(2)]);
+
+        // A new connection gets both again, DUP, under the same ids.
+        outbox.attach(2);
+        let again = take(&outbox, 2, 2).await;
+        assert!(again.iter().all(|d| d.dup));
+        assert_eq!(again.iter().map(|d| d.packet_id).collect::<Vec<_>>(), sent);
+
+        // PUBREC keeps id 1 taken until PUBCOMP; PUBACK frees id 2.
+        outbox.outgoing_qos2_received(1, 1);
+        outbox.ack(2);
+        outbox.lock().last_id = 0;
+        assert_eq!(outbox.reserve_packet_id(), NonZeroU16::new(2));
+        assert_eq!(outbox.reserve_packet_id(), NonZeroU16::new(3));
+        outbox.outgoing_qos2_completed(1);
+        outbox.lock().last_id = 0;
+        assert_eq!(outbox.reserve_packet_id(), NonZeroU16::new(1));
     }
 
     #[tokio::test]

@@ -137,6 +137,7 @@ impl Router {
             for d in stored.messages {
                 outbox.restore(d);
             }
+            outbox.restore_qos2(&stored.incoming_qos2, &stored.pending_releases);
             let mut session = Session {
                 owner: stored.owner,
                 token: None,
@@ -256,7 +257,11 @@ impl Router {
             req.session_expiry_secs.min(self.limits.max_session_expiry_secs)
         };
 
-        let mut session_present = false;
+        // A session that ends with its connection (3.1.1 clean session, v5
+        // expiry 0) ends when a takeover closes that connection: it is never
+        // resumed, whatever the new CONNECT asks [MQTT-3.1.2-6].
+        let resumable =
+            !req.clean_start && self.sessions.get(&client).is_some_and(|s| s.is_persistent());
         if let Some(old) = self.sessions.get_mut(&client) {
             if let Some(old_conn) = old.conn.take() {
                 self.online -= 1;
@@ -266,18 +271,15 @@ impl Router {
             // The previous connection's will: a resumed session cancels a
             // delayed will [MQTT-3.1.3-9]; an immediate one goes out now.
             if let Some(will) = old.will.take()
-                && (will.delay_secs == 0 || req.clean_start)
+                && (will.delay_secs == 0 || !resumable)
             {
                 self.route_will(will);
             }
         }
-        if req.clean_start {
-            if self.sessions.contains_key(&client) {
-                self.end_session(&client);
-            }
-        } else {
-            session_present = self.sessions.contains_key(&client);
+        if !resumable && self.sessions.contains_key(&client) {
+            self.end_session(&client);
         }
+        let session_present = resumable;
 
         let persistent = expiry > 0;
         if !session_present {
@@ -310,6 +312,7 @@ impl Router {
         session.protocol = req.protocol;
         session.expiry_secs = expiry;
         session.will = req.will;
+        session.outbox.set_persistent(persistent);
         session.outbox.attach(conn);
         let outbox = session.outbox.clone();
         let subs: Vec<(SharedFilter, SubscriptionOptions)> = if persistent && !was_persistent {
@@ -524,6 +527,9 @@ impl Router {
         if let Some(will) = session.will.take() {
             self.route_will(will);
         }
+        // Its pump or handlers may still be at work: from now on they
+        // store nothing for it (see `Outbox::set_persistent`).
+        session.outbox.set_persistent(false);
         if session.is_persistent() {
             self.submit(vec![WriteOp::DeleteSession(client.clone())]);
         }
@@ -580,6 +586,16 @@ impl Router {
         let outbox = self.sessions[client].outbox.clone();
         for (msg, options) in to_send {
             let qos = msg.qos.min(options.qos);
+            let packet_id = match qos {
+                QoS::AtMostOnce => None,
+                _ => match outbox.reserve_packet_id() {
+                    Some(id) => Some(id),
+                    None => {
+                        self.stats.dropped_queue_full(qos);
+                        continue;
+                    }
+                },
+            };
             let stored = qos != QoS::AtMostOnce && persistent;
             let d = Delivery {
                 seq: self.next_seq(),
@@ -587,6 +603,7 @@ impl Router {
                 retain: true,
                 subscription_ids: options.subscription_id.into_iter().collect(),
                 dup: false,
+                packet_id,
                 stored,
                 msg,
             };
@@ -662,6 +679,17 @@ impl Router {
         let mut pushes = std::mem::take(&mut self.push_scratch);
         for t in targets.drain(..) {
             let Some(session) = self.sessions.get(&t.client) else { continue };
+            // Chosen now, so the stored copy carries the id it goes out with.
+            let packet_id = match t.qos {
+                QoS::AtMostOnce => None,
+                _ => match session.outbox.reserve_packet_id() {
+                    Some(id) => Some(id),
+                    None => {
+                        self.stats.dropped_queue_full(t.qos);
+                        continue;
+                    }
+                },
+            };
             let seq = self.next_seq;
             self.next_seq += 1;
             let d = Delivery {
@@ -671,6 +699,7 @@ impl Router {
                 retain: msg.retain && t.retain_as_published,
                 subscription_ids: t.subscription_ids,
                 dup: false,
+                packet_id,
                 stored: t.qos != QoS::AtMostOnce && session.is_persistent(),
             };
             if d.stored {
@@ -691,6 +720,12 @@ impl Router {
                     // Not stored, so not routed either: the publisher gets an
                     // error instead of an acknowledgement and will retry.
                     tracing::warn!(topic = %msg.topic, error = %e, "publish refused: not stored");
+                    for (outbox, d) in pushes.drain(..) {
+                        if let Some(id) = d.packet_id {
+                            outbox.unreserve_packet_id(id);
+                        }
+                    }
+                    self.push_scratch = pushes;
                     return Err(PublishError::Storage(e));
                 }
             }
@@ -1001,6 +1036,8 @@ mod tests {
             disconnected_at: None,
             subscriptions: Vec::new(),
             messages: Vec::new(),
+            incoming_qos2: Vec::new(),
+            pending_releases: Vec::new(),
         };
         let (h, _d) =
             broker_with(RestoredState { sessions: vec![stored], ..Default::default() }).await;

@@ -317,6 +317,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![5, 0, 9],
             dup: false,
+            packet_id: None,
             stored: false,
         };
         let p = outbound_props_v5(&d);

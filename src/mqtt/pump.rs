@@ -7,7 +7,13 @@
 //! - QoS 2 runs one transaction at a time in a local task: PUBREC hands the
 //!   message over (the outbox forgets it but remembers its packet id), then
 //!   PUBREL/PUBCOMP ends the exchange. ntex keeps a single PUBREL slot per
-//!   connection, so overlapping QoS 2 flows would confuse it.
+//!   connection, so overlapping QoS 2 flows would confuse it. A v5 PUBREC
+//!   with a failure reason ends the exchange at once, without PUBREL
+//!   ([`RefusedReceiptsV5`] ends ntex's side of it).
+//! - Packet ids are the session's: the outbox picks one when it queues a
+//!   delivery and keeps it through redeliveries, so a DUP resend carries the
+//!   id of the first attempt [MQTT-4.4.0-1], on any connection and after a
+//!   restart.
 //! - An exchange that an earlier connection of the session left between
 //!   PUBREC and PUBCOMP resumes with PUBREL, not the PUBLISH [MQTT-4.4.0-1].
 //!   ntex only releases flows it started, so the pump writes those PUBRELs
@@ -27,8 +33,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use ntex::channel::condition::Condition;
+use ntex::service::cfg::SharedCfg;
+use ntex::service::{Middleware, Service, ServiceCtx};
 use ntex::util::{HashMap, HashSet};
-use ntex_mqtt::error::{EncodeError, SendPacketError};
+use ntex_mqtt::error::{DispatcherError, EncodeError, SendPacketError};
 use ntex_mqtt::{v3, v5};
 use tracing::Instrument;
 
@@ -60,10 +68,6 @@ impl ResumedReleases {
         self.0.borrow_mut().insert(id);
     }
 
-    fn contains(&self, id: u16) -> bool {
-        self.0.borrow().contains(&id)
-    }
-
     /// A PUBCOMP arrived: `true` when it ends one of these exchanges (and
     /// the session's), `false` when it belongs to ntex.
     pub(super) fn complete(&self, outbox: &Outbox, id: NonZeroU16) -> bool {
@@ -78,51 +82,60 @@ impl ResumedReleases {
 /// Packet id → outbox sequence of QoS ≥ 1 messages on the wire.
 struct InFlight {
     outbox: Arc<Outbox>,
-    /// Ids of resumed QoS 2 exchanges: not free until their PUBCOMP.
-    resumed: Rc<ResumedReleases>,
     by_packet: RefCell<HashMap<u16, u64>>,
-    next_id: Cell<u16>,
     /// A QoS 2 transaction is running.
     qos2_busy: Cell<bool>,
     qos2_done: Condition,
 }
 
 impl InFlight {
-    /// A packet id not on the wire. We assign every outbound id ourselves
-    /// (ntex's own counter is never used), so this map is the whole truth.
-    fn allocate(&self, seq: u64) -> NonZeroU16 {
-        let mut map = self.by_packet.borrow_mut();
-        loop {
-            let id = self.next_id.get().wrapping_add(1).max(1);
-            self.next_id.set(id);
-            if self.resumed.contains(id) {
-                continue;
-            }
-            if let std::collections::hash_map::Entry::Vacant(e) = map.entry(id) {
-                e.insert(seq);
-                return NonZeroU16::new(id).unwrap_or(NonZeroU16::MIN);
-            }
-        }
+    /// Put `d` on the wire under the packet id its outbox gave it (ntex's
+    /// own counter is never used). The outbox keeps ids unique within the
+    /// session, resumed exchanges included; `None` only for a delivery
+    /// without one, which is dropped.
+    fn register(&self, d: &Delivery) -> Option<NonZeroU16> {
+        let Some(id) = d.packet_id else {
+            tracing::error!({ MQTT_TOPIC } = %d.msg.topic, "message dropped: no packet id");
+            self.outbox.ack(d.seq);
+            return None;
+        };
+        self.by_packet.borrow_mut().insert(id.get(), d.seq);
+        Some(id)
     }
 
-    fn release(&self, id: NonZeroU16) -> Option<u64> {
-        self.by_packet.borrow_mut().remove(&id.get())
+    /// The id is no longer on the wire for `seq` (a later delivery may
+    /// already use it again: the outbox freed it when the flow ended).
+    fn release(&self, id: NonZeroU16, seq: u64) {
+        let mut map = self.by_packet.borrow_mut();
+        if map.get(&id.get()) == Some(&seq) {
+            map.remove(&id.get());
+        }
     }
 
     /// PUBACK received: the message is delivered and its id is free.
     fn acked(&self, id: NonZeroU16) {
-        if let Some(seq) = self.release(id) {
+        let seq = self.by_packet.borrow_mut().remove(&id.get());
+        if let Some(seq) = seq {
             self.outbox.ack(seq);
         }
     }
 
     /// PUBREC received: the message is delivered, the exchange goes on (in
     /// the session too, should this connection drop before PUBCOMP). The id
-    /// stays taken until the QoS 2 flow ends.
-    fn received(&self, id: NonZeroU16) {
+    /// stays taken until the QoS 2 flow ends. `true` once this is durable
+    /// and PUBREL may go out; `false` when it could not be stored.
+    async fn received(&self, id: NonZeroU16) -> bool {
         let seq = self.by_packet.borrow().get(&id.get()).copied();
-        if let Some(seq) = seq {
-            self.outbox.outgoing_qos2_received(seq, id.get());
+        let Some(seq) = seq else { return true };
+        match self.outbox.outgoing_qos2_received_durably(seq, id.get()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(
+                    { ERROR_MESSAGE } = %e,
+                    "PUBREL held back: the delivery's state could not be stored"
+                );
+                false
+            }
         }
     }
 
@@ -133,7 +146,7 @@ impl InFlight {
 
     /// The message cannot be sent, or the client refused it in its PUBREC
     /// (v5, reason ≥ 0x80, which ends the exchange [MQTT-4.3.3]): the
-    /// outbox is done with it. The id stays taken until the flow ends.
+    /// outbox is done with it, and its id is free.
     fn dropped(&self, id: NonZeroU16) {
         let seq = self.by_packet.borrow().get(&id.get()).copied();
         if let Some(seq) = seq {
@@ -152,9 +165,7 @@ enum Stop {
 async fn run(conn: Conn) {
     let inflight = Rc::new(InFlight {
         outbox: conn.outbox.clone(),
-        resumed: conn.resumed.clone(),
         by_packet: RefCell::new(HashMap::default()),
-        next_id: Cell::new(0),
         qos2_busy: Cell::new(false),
         qos2_done: Condition::new(),
     });
@@ -444,7 +455,7 @@ fn send_qos0(sink: &Sink, d: &Delivery) -> Result<(), SendPacketError> {
 
 /// The sink must be ready, or ntex panics.
 fn send_qos1(sink: &Sink, inflight: &InFlight, d: &Delivery) -> Result<(), SendPacketError> {
-    let id = inflight.allocate(d.seq);
+    let Some(id) = inflight.register(d) else { return Ok(()) };
     let payload = d.msg.payload.clone();
     let res = match sink {
         Sink::V3(s) => s
@@ -455,7 +466,7 @@ fn send_qos1(sink: &Sink, inflight: &InFlight, d: &Delivery) -> Result<(), SendP
             .send_at_least_once_no_block(payload),
     };
     if let Err(e) = &res {
-        inflight.release(id);
+        inflight.release(id, d.seq);
         if matches!(e, SendPacketError::Encode(_)) {
             // Undeliverable to this client: do not redeliver it forever.
             inflight.outbox.ack(d.seq);
@@ -468,22 +479,29 @@ fn send_qos1(sink: &Sink, inflight: &InFlight, d: &Delivery) -> Result<(), SendP
 /// which keeps the wire order of the pump. The rest of the flow runs in a
 /// local task; `qos2_busy` holds the next QoS 2 delivery until it ends.
 fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), SendPacketError> {
-    let id = inflight.allocate(d.seq);
+    let Some(id) = inflight.register(d) else { return Ok(()) };
+    let seq = d.seq;
     let payload = d.msg.payload.clone();
     inflight.qos2_busy.set(true);
     let inf = inflight.clone();
     let span = conn.span.clone();
     match &conn.sink {
         Sink::V3(s) => {
+            let sink = s.clone();
             let fut =
                 s.publish_pkt(v3_packet(d, QoS::ExactlyOnce, Some(id))).send_exactly_once(payload);
             ntex::rt::spawn(
                 async move {
                     match fut.await {
                         Ok(rec) => {
-                            inf.received(id);
-                            if rec.release().await.is_ok() {
-                                inf.completed(id);
+                            if inf.received(id).await {
+                                if rec.release().await.is_ok() {
+                                    inf.completed(id);
+                                }
+                            } else {
+                                // ntex would send PUBREL when `rec` drops:
+                                // close first. The next connection resends it.
+                                sink.close();
                             }
                         }
                         Err(SendPacketError::Encode(e)) => {
@@ -495,27 +513,35 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
                         }
                         Err(_) => {}
                     }
-                    qos2_finished(&inf, id);
+                    qos2_finished(&inf, id, seq);
                 }
                 .instrument(span),
             );
         }
         Sink::V5(s) => {
+            let sink = s.clone();
             let fut =
                 s.publish_pkt(v5_packet(d, QoS::ExactlyOnce, Some(id))).send_exactly_once(payload);
             ntex::rt::spawn(
                 async move {
                     match fut.await {
                         Ok(rec) if u8::from(rec.packet().reason_code) >= 0x80 => {
-                            // Refused: the exchange ends here. ntex still
-                            // sends its PUBREL; the client answers it.
+                            // Refused: the exchange ends here, no PUBREL
+                            // follows [MQTT-4.3.3]. `RefusedReceiptsV5`
+                            // closed ntex's flow, so dropping `rec` sends
+                            // nothing.
                             inf.dropped(id);
-                            let _ = rec.release().await;
+                            drop(rec);
                         }
                         Ok(rec) => {
-                            inf.received(id);
-                            if rec.release().await.is_ok() {
-                                inf.completed(id);
+                            if inf.received(id).await {
+                                if rec.release().await.is_ok() {
+                                    inf.completed(id);
+                                }
+                            } else {
+                                // ntex would send PUBREL when `rec` drops:
+                                // close first. The next connection resends it.
+                                sink.close();
                             }
                         }
                         Err(SendPacketError::Encode(e)) => {
@@ -527,7 +553,7 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
                         }
                         Err(_) => {}
                     }
-                    qos2_finished(&inf, id);
+                    qos2_finished(&inf, id, seq);
                 }
                 .instrument(span),
             );
@@ -536,8 +562,71 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
     Ok(())
 }
 
-fn qos2_finished(inflight: &InFlight, id: NonZeroU16) {
-    inflight.release(id);
+fn qos2_finished(inflight: &InFlight, id: NonZeroU16, seq: u64) {
+    inflight.release(id, seq);
     inflight.qos2_busy.set(false);
     inflight.qos2_done.notify();
+}
+
+/// A v5 PUBREC with a failure reason ends an outbound QoS 2 exchange: no
+/// PUBREL, no PUBCOMP, the id is free [MQTT-4.3.3]. ntex 8.2.1 would send
+/// PUBREL after it and keep waiting for PUBCOMP (holding a send slot, and
+/// expecting that PUBCOMP before any later acknowledgement). This middleware
+/// hands ntex the PUBREC and then a PUBCOMP of its own making, in the same
+/// call, so ntex's flow is over before the pump sees the refusal.
+pub(super) struct RefusedReceiptsV5;
+
+impl<S> Middleware<S, (SharedCfg, v5::Session<Conn>)> for RefusedReceiptsV5 {
+    type Service = RefusedReceiptsService<S>;
+
+    fn create(&self, inner: S, _: (SharedCfg, v5::Session<Conn>)) -> Self::Service {
+        RefusedReceiptsService { inner }
+    }
+}
+
+pub(super) struct RefusedReceiptsService<S> {
+    inner: S,
+}
+
+impl<S> Service<v5::codec::Decoded> for RefusedReceiptsService<S>
+where
+    S: Service<
+            v5::codec::Decoded,
+            Response = Option<v5::codec::Encoded>,
+            Error = DispatcherError<ConnError>,
+        >,
+{
+    type Response = Option<v5::codec::Encoded>;
+    type Error = DispatcherError<ConnError>;
+
+    ntex::forward_ready!(inner);
+    ntex::forward_poll!(inner);
+    ntex::forward_shutdown!(inner);
+
+    async fn call(
+        &self,
+        req: v5::codec::Decoded,
+        ctx: ServiceCtx<'_, Self>,
+    ) -> Result<Self::Response, Self::Error> {
+        use v5::codec::{Decoded, Packet, PublishAck2, PublishAck2Reason};
+        let refused = match &req {
+            Decoded::Packet(Packet::PublishReceived(ack), _)
+                if u8::from(ack.reason_code) >= 0x80 =>
+            {
+                Some(ack.packet_id)
+            }
+            _ => None,
+        };
+        let res = ctx.call_nowait(&self.inner, req).await?;
+        if let Some(packet_id) = refused {
+            let end = PublishAck2 {
+                packet_id,
+                reason_code: PublishAck2Reason::Success,
+                properties: Vec::new(),
+                reason_string: None,
+            };
+            ctx.call_nowait(&self.inner, Decoded::Packet(Packet::PublishComplete(end), 0)).await?;
+        }
+        Ok(res)
+    }
 }

@@ -28,7 +28,7 @@ use super::framing::WholePackets;
 use super::reason::ConnError;
 use super::session::Ctx;
 use super::{
-    MqttListeners, MqttServer, TlsFiles, acks, connect_check, qos2, trim, unexpected, v3, v5,
+    MqttListeners, MqttServer, TlsFiles, acks, connect_check, pump, qos2, trim, unexpected, v3, v5,
 };
 use crate::broker::{BrokerHandle, BrokerLimits};
 use crate::telemetry::names::ERROR_MESSAGE;
@@ -271,6 +271,7 @@ fn mqtt_service(
             .control(v5::control_factory())
             .protocol(v5::protocol_factory())
             .middleware(qos2::InboundQos2V5)
+            .middleware(pump::RefusedReceiptsV5)
             .middleware(unexpected::UnexpectedV5)
             .middleware(acks::InOrderV5)
             .publish(v5::publish_factory()))

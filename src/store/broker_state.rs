@@ -25,6 +25,10 @@ pub struct StoredSession {
     pub subscriptions: Vec<(SharedFilter, SubscriptionOptions)>,
     /// Queued QoS≥1 deliveries, oldest first.
     pub messages: Vec<StoredMessage>,
+    /// Inbound QoS 2 packet ids received and not released yet.
+    pub incoming_qos2: Vec<u16>,
+    /// Outbound QoS 2 packet ids past PUBREC, waiting for PUBCOMP.
+    pub pending_releases: Vec<u16>,
 }
 
 pub type StoredMessage = Delivery;
@@ -149,6 +153,8 @@ impl Store {
                         ),
                         subscriptions: Vec::new(),
                         messages: Vec::new(),
+                        incoming_qos2: Vec::new(),
+                        pending_releases: Vec::new(),
                     },
                 ))
             })
@@ -173,7 +179,7 @@ impl Store {
         }
 
         let rows = sqlx::query(
-            "SELECT seq, client_id, topic, payload, qos, retain, props, sub_ids, expires_at, received_at \
+            "SELECT seq, client_id, topic, payload, qos, retain, props, sub_ids, expires_at, received_at, packet_id \
              FROM session_messages ORDER BY seq",
         )
         .fetch_all(pool)
@@ -186,6 +192,7 @@ impl Store {
             let id: String = r.try_get(1)?;
             let retain: i64 = r.try_get(5)?;
             let sub_ids: Option<String> = r.try_get(7)?;
+            let packet_id: Option<i64> = r.try_get(10)?;
             let Some(msg) = message(
                 r.try_get(2)?,
                 r.try_get(3)?,
@@ -208,9 +215,34 @@ impl Store {
                     .unwrap_or_default(),
                 // It may have reached the client before the restart.
                 dup: true,
+                packet_id: packet_id
+                    .and_then(|id| u16::try_from(id).ok())
+                    .and_then(std::num::NonZeroU16::new),
                 stored: true,
                 msg: Arc::new(msg),
             });
+        }
+        for (table, pending) in
+            [("session_incoming_qos2", false), ("session_pending_releases", true)]
+        {
+            let sql = format!("SELECT client_id, packet_id FROM {table}");
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(pool)
+                .await
+                .context("loading QoS 2 state")?;
+            for r in rows {
+                let id: String = r.try_get(0)?;
+                let packet_id: i64 = r.try_get(1)?;
+                let (Some(s), Ok(packet_id)) = (sessions.get_mut(&id), u16::try_from(packet_id))
+                else {
+                    continue;
+                };
+                if pending {
+                    s.pending_releases.push(packet_id);
+                } else {
+                    s.incoming_qos2.push(packet_id);
+                }
+            }
         }
         state.next_seq = max_seq + 1;
         state.sessions = sessions.into_values().collect();

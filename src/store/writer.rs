@@ -47,7 +47,8 @@ pub enum WriteOp {
         expiry_secs: u32,
         disconnected_at: Option<SystemTime>,
     },
-    /// Deletes the session with its subscriptions and queued messages.
+    /// Deletes the session with its subscriptions, queued messages and
+    /// exactly-once state.
     DeleteSession(ClientId),
     PutSubscription {
         client_id: ClientId,
@@ -63,6 +64,24 @@ pub enum WriteOp {
         delivery: Delivery,
     },
     DeleteMessage(u64),
+    /// An inbound QoS 2 packet id received and not yet released.
+    PutIncomingQos2 {
+        client_id: ClientId,
+        packet_id: u16,
+    },
+    DeleteIncomingQos2 {
+        client_id: ClientId,
+        packet_id: u16,
+    },
+    /// An outbound QoS 2 exchange past PUBREC, waiting for PUBCOMP.
+    PutPendingRelease {
+        client_id: ClientId,
+        packet_id: u16,
+    },
+    DeletePendingRelease {
+        client_id: ClientId,
+        packet_id: u16,
+    },
     /// A device's latest position; an older fix never replaces a newer one.
     UpsertLocation {
         device_id: DeviceId,
@@ -480,6 +499,8 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
             let id = client_id.to_string();
             for sql in [
                 "DELETE FROM session_messages WHERE client_id = $1",
+                "DELETE FROM session_incoming_qos2 WHERE client_id = $1",
+                "DELETE FROM session_pending_releases WHERE client_id = $1",
                 "DELETE FROM session_subscriptions WHERE client_id = $1",
                 "DELETE FROM sessions WHERE client_id = $1",
             ] {
@@ -513,8 +534,8 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
                 serde_json::to_string(&delivery.subscription_ids).ok()
             };
             sqlx::query(
-                "INSERT INTO session_messages (seq, client_id, topic, payload, qos, retain, props, sub_ids, expires_at, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (seq) DO NOTHING",
+                "INSERT INTO session_messages (seq, client_id, topic, payload, qos, retain, props, sub_ids, expires_at, received_at, packet_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (seq) DO NOTHING",
             )
             .bind(delivery.seq as i64)
             .bind(client_id.to_string())
@@ -526,6 +547,45 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
             .bind(sub_ids)
             .bind(expiry_millis(msg))
             .bind(millis(msg.received_at))
+            .bind(delivery.packet_id.map(|id| i64::from(id.get())))
+            .execute(conn)
+            .await?;
+        }
+        WriteOp::PutIncomingQos2 { client_id, packet_id } => {
+            sqlx::query(
+                "INSERT INTO session_incoming_qos2 (client_id, packet_id) VALUES ($1, $2) \
+                 ON CONFLICT (client_id, packet_id) DO NOTHING",
+            )
+            .bind(client_id.to_string())
+            .bind(i64::from(*packet_id))
+            .execute(conn)
+            .await?;
+        }
+        WriteOp::DeleteIncomingQos2 { client_id, packet_id } => {
+            sqlx::query(
+                "DELETE FROM session_incoming_qos2 WHERE client_id = $1 AND packet_id = $2",
+            )
+            .bind(client_id.to_string())
+            .bind(i64::from(*packet_id))
+            .execute(conn)
+            .await?;
+        }
+        WriteOp::PutPendingRelease { client_id, packet_id } => {
+            sqlx::query(
+                "INSERT INTO session_pending_releases (client_id, packet_id) VALUES ($1, $2) \
+                 ON CONFLICT (client_id, packet_id) DO NOTHING",
+            )
+            .bind(client_id.to_string())
+            .bind(i64::from(*packet_id))
+            .execute(conn)
+            .await?;
+        }
+        WriteOp::DeletePendingRelease { client_id, packet_id } => {
+            sqlx::query(
+                "DELETE FROM session_pending_releases WHERE client_id = $1 AND packet_id = $2",
+            )
+            .bind(client_id.to_string())
+            .bind(i64::from(*packet_id))
             .execute(conn)
             .await?;
         }

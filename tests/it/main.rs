@@ -18,6 +18,7 @@ mod disk_full;
 mod elastic;
 mod elk_files;
 mod es_setup;
+mod exactly_once;
 mod flags;
 mod health;
 mod history;
