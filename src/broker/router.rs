@@ -16,7 +16,7 @@ use super::inbox::{InboxReceiver, inbox};
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
 use super::retained::RetainedStore;
 use super::session::Session;
-use super::trie::{Entry, SubscriptionTrie};
+use super::trie::{Entry, Removed, SubscriptionTrie};
 use super::{
     BrokerHandle, BrokerLimits, Command, ConnectError, ConnectOutcome, ConnectRequest, Delivery,
     DisconnectKind, Identity, Inspection, Message, Principal, PublishError, PublishHook,
@@ -48,6 +48,22 @@ enum Timer {
     Expire(ClientId, ConnectionId),
 }
 
+/// Which of a session's timers: each session has at most one of each kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum TimerKind {
+    Will,
+    Expire,
+}
+
+impl Timer {
+    fn slot(&self) -> (TimerKind, ClientId) {
+        match self {
+            Timer::Will(client, _) => (TimerKind::Will, client.clone()),
+            Timer::Expire(client, _) => (TimerKind::Expire, client.clone()),
+        }
+    }
+}
+
 struct Router {
     limits: Arc<BrokerLimits>,
     stats: Arc<Stats>,
@@ -60,6 +76,11 @@ struct Router {
     /// Round-robin cursors of shared groups, keyed by (group, filter).
     share_cursor: HashMap<(ByteString, TopicFilter), usize>,
     timers: BTreeMap<(Instant, u64), Timer>,
+    /// Where each session's pending timer of each kind sits in `timers`, so
+    /// a reconnect or a newer timer removes the old one instead of leaving
+    /// it to fire stale: a car reconnecting every 30 s keeps two timers at
+    /// most, not one per reconnect until its expiry.
+    timer_slots: HashMap<(TimerKind, ClientId), (Instant, u64)>,
     timer_seq: u64,
     next_seq: u64,
     next_conn: Arc<AtomicU64>,
@@ -104,6 +125,7 @@ pub fn spawn_router(
         retained: RetainedStore::default(),
         share_cursor: HashMap::new(),
         timers: BTreeMap::new(),
+        timer_slots: HashMap::new(),
         timer_seq: 0,
         next_seq: restored.next_seq.max(1),
         next_conn: next_conn.clone(),
@@ -300,6 +322,8 @@ impl Router {
         if session_present {
             self.recheck_subscriptions(&client, &req.identity);
         }
+        // Attached again: its will-delay and expiry timers are moot.
+        self.cancel_timers(&client);
         let session = self.sessions.get_mut(&client).expect("session inserted above");
         let was_persistent = session.is_persistent();
         session.owner = Some(owner.clone());
@@ -435,7 +459,7 @@ impl Router {
         let mut ops = Vec::new();
         for filter in refused {
             session.subscriptions.remove(&filter);
-            self.trie.remove(&filter.filter, client, &filter.group);
+            remove_subscription(&mut self.trie, &mut self.share_cursor, client, &filter);
             tracing::warn!(
                 client.id = %client,
                 mqtt.filter = %filter.to_wire(),
@@ -513,12 +537,13 @@ impl Router {
     /// Remove a session and everything it owns, in memory and in the store.
     fn end_session(&mut self, client: &ClientId) {
         let Some(mut session) = self.sessions.remove(client) else { return };
+        self.cancel_timers(client);
         if session.conn.is_some() {
             self.online -= 1;
             self.stats.clients_connected.store(self.online as u64, Relaxed);
         }
         for filter in session.subscriptions.keys() {
-            self.trie.remove(&filter.filter, client, &filter.group);
+            remove_subscription(&mut self.trie, &mut self.share_cursor, client, filter);
         }
         self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
         if let Some(will) = session.will.take() {
@@ -619,7 +644,7 @@ impl Router {
                 let Ok(filter) = SharedFilter::parse(raw, limits) else { return false };
                 let existed = session.subscriptions.remove(&filter).is_some();
                 if existed {
-                    self.trie.remove(&filter.filter, client, &filter.group);
+                    remove_subscription(&mut self.trie, &mut self.share_cursor, client, &filter);
                     if session.is_persistent() {
                         ops.push(WriteOp::DeleteSubscription {
                             client_id: client.clone(),
@@ -791,9 +816,23 @@ impl Router {
         }
     }
 
+    /// Set a session's timer of this kind, replacing the one it had.
     fn schedule(&mut self, at: Instant, timer: Timer) {
         self.timer_seq += 1;
-        self.timers.insert((at, self.timer_seq), timer);
+        let key = (at, self.timer_seq);
+        if let Some(old) = self.timer_slots.insert(timer.slot(), key) {
+            self.timers.remove(&old);
+        }
+        self.timers.insert(key, timer);
+    }
+
+    /// Drop a session's timers: it is attached again, or gone.
+    fn cancel_timers(&mut self, client: &ClientId) {
+        for kind in [TimerKind::Will, TimerKind::Expire] {
+            if let Some(key) = self.timer_slots.remove(&(kind, client.clone())) {
+                self.timers.remove(&key);
+            }
+        }
     }
 
     fn fire_timers(&mut self) {
@@ -803,6 +842,7 @@ impl Router {
                 break;
             }
             let timer = entry.remove();
+            self.timer_slots.remove(&timer.slot());
             match timer {
                 Timer::Will(client, epoch) => {
                     let will = self
@@ -892,6 +932,21 @@ fn merge_targets(targets: &mut Vec<Target>) {
         kept.subscription_ids.append(&mut later.subscription_ids);
         true
     });
+}
+
+/// Take a subscription out of the trie; a shared group's round-robin cursor
+/// goes with its last member, so groups that come and go leave nothing behind.
+fn remove_subscription(
+    trie: &mut SubscriptionTrie,
+    cursors: &mut HashMap<(ByteString, TopicFilter), usize>,
+    client: &ClientId,
+    filter: &SharedFilter,
+) {
+    if trie.remove(&filter.filter, client, &filter.group) == Removed::LastOfGroup
+        && let Some(group) = &filter.group
+    {
+        cursors.remove(&(group.clone(), filter.filter.clone()));
+    }
 }
 
 fn entry(client: &ClientId, filter: &SharedFilter, options: SubscriptionOptions) -> Entry {
@@ -1193,5 +1248,75 @@ mod tests {
         m.publisher = Some(ClientId::from("me"));
         h.publish(m).await.unwrap();
         assert!(next(&c).await.is_none());
+    }
+
+    /// A router driven directly (no task), to look at what it keeps.
+    async fn bare_router() -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let (writer, _) = spawn_writer(store, Duration::ZERO);
+        let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
+        let limits = Arc::new(BrokerLimits::default());
+        let router = Router {
+            limits,
+            stats: Arc::new(Stats::default()),
+            writer,
+            sessions: HashMap::new(),
+            trie: SubscriptionTrie::default(),
+            retained: RetainedStore::default(),
+            share_cursor: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_slots: HashMap::new(),
+            timer_seq: 0,
+            next_seq: 1,
+            next_conn: Arc::new(AtomicU64::new(1)),
+            scratch: Vec::new(),
+            push_scratch: Vec::new(),
+            online: 0,
+            hook: None,
+            auth,
+        };
+        (router, dir)
+    }
+
+    #[tokio::test]
+    async fn a_shared_groups_cursor_goes_with_its_last_member() {
+        let (mut r, _d) = bare_router().await;
+        let mut conns = Vec::new();
+        for id in ["a", "b"] {
+            let c = r.connect(request(id, true, 0, None, Identity::anonymous())).unwrap();
+            r.subscribe(&ClientId::from(id), c.conn, vec![sub("$share/g/t", QoS::AtMostOnce)]);
+            conns.push(c);
+        }
+        r.publish(Arc::new(msg("t", "x", QoS::AtMostOnce, false)), Vec::new(), false).unwrap();
+        assert_eq!(r.share_cursor.len(), 1);
+
+        r.unsubscribe(&ClientId::from("a"), conns[0].conn, vec!["$share/g/t".into()]);
+        assert_eq!(r.share_cursor.len(), 1, "b is still a member");
+        // The last member leaves by its session ending.
+        r.disconnect(&ClientId::from("b"), conns[1].conn, DisconnectKind::Clean, None);
+        assert!(r.share_cursor.is_empty(), "no cursor outlives its group");
+    }
+
+    #[tokio::test]
+    async fn reconnects_replace_a_sessions_timers_instead_of_piling_them_up() {
+        let (mut r, _d) = bare_router().await;
+        let will = || {
+            Some(Will {
+                message: msg("wills/car", "gone", QoS::AtMostOnce, false),
+                delay_secs: 600,
+            })
+        };
+        for _ in 0..10_000 {
+            let c =
+                r.connect(request("car", false, 86_400, will(), Identity::anonymous())).unwrap();
+            assert!(r.timers.is_empty(), "an attached session has no timers");
+            r.disconnect(&ClientId::from("car"), c.conn, DisconnectKind::Unclean, None);
+        }
+        assert_eq!(r.timers.len(), 2, "one will-delay and one expiry timer");
+        assert_eq!(r.timer_slots.len(), 2);
+        assert!(r.sessions[&ClientId::from("car")].will.is_some(), "the delayed will still waits");
     }
 }
