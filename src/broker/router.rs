@@ -155,6 +155,12 @@ impl Router {
         for stored in restored.sessions {
             let client = stored.client_id.clone();
             let epoch = self.next_conn.fetch_add(1, Relaxed);
+            // Sessions stored as never expiring get the current cap too.
+            let expiry_secs = if stored.expiry_secs == u32::MAX {
+                self.limits.grant_expiry(u32::MAX)
+            } else {
+                stored.expiry_secs
+            };
             let outbox = Arc::new(self.new_outbox(&client));
             for d in stored.messages {
                 outbox.restore(d);
@@ -166,7 +172,7 @@ impl Router {
                 conn: None,
                 epoch,
                 protocol: super::ProtocolVersion::V5,
-                expiry_secs: stored.expiry_secs,
+                expiry_secs,
                 subscriptions: HashMap::new(),
                 will: None,
             };
@@ -176,12 +182,12 @@ impl Router {
             }
             // Time spent down counts against the expiry; a session that
             // expired meanwhile ends at the first timer tick.
-            if stored.expiry_secs != u32::MAX {
+            if expiry_secs != u32::MAX {
                 let gone = stored
                     .disconnected_at
                     .and_then(|t| now_wall.duration_since(t).ok())
                     .unwrap_or_default();
-                let left = Duration::from_secs(stored.expiry_secs as u64).saturating_sub(gone);
+                let left = Duration::from_secs(expiry_secs as u64).saturating_sub(gone);
                 self.schedule(now + left, Timer::Expire(client.clone(), epoch));
             }
             self.sessions.insert(client, session);
@@ -272,11 +278,7 @@ impl Router {
         let owner = req.identity.principal();
         self.check_owner(&client, &owner, &req.identity)?;
         let conn = self.next_conn.fetch_add(1, Relaxed);
-        let expiry = if req.session_expiry_secs == u32::MAX {
-            u32::MAX
-        } else {
-            req.session_expiry_secs.min(self.limits.max_session_expiry_secs)
-        };
+        let expiry = self.limits.grant_expiry(req.session_expiry_secs);
 
         let mut session_present = false;
         if let Some(old) = self.sessions.get_mut(&client) {
@@ -670,10 +672,12 @@ impl Router {
         mut ops: Vec<WriteOp>,
         wants_reply: bool,
     ) -> Result<PublishReply, PublishError> {
-        // `$SYS` topics are the broker's own and never stored. The retained
-        // value changes only once the write is queued: a refused publish
-        // changes nothing.
-        let stored_retained = msg.retain && !msg.topic.is_broker_reserved();
+        // `$SYS` topics are the broker's own and never stored, nor is the
+        // map (`map/...`): the updater rebuilds and republishes it at start,
+        // so writing multi-MB snapshots on every tick would buy nothing. The
+        // retained value changes only once the write is queued: a refused
+        // publish changes nothing.
+        let stored_retained = msg.retain && !msg.topic.is_server_owned();
         if stored_retained && self.retained.would_change(&msg) {
             ops.push(if msg.payload.is_empty() {
                 WriteOp::DeleteRetained(msg.topic.as_bytestring().clone())
@@ -683,10 +687,14 @@ impl Router {
         }
 
         let matched = self.collect_targets(&msg);
+        let queue_qos0 = self.limits.queue_qos0_messages;
         let mut targets = std::mem::take(&mut self.scratch);
         let mut pushes = std::mem::take(&mut self.push_scratch);
         for t in targets.drain(..) {
             let Some(session) = self.sessions.get(&t.client) else { continue };
+            if t.qos == QoS::AtMostOnce && session.conn.is_none() && !queue_qos0 {
+                continue;
+            }
             let seq = self.next_seq;
             self.next_seq += 1;
             let d = Delivery {
@@ -723,7 +731,7 @@ impl Router {
             self.submit(ops);
             None
         };
-        if msg.retain && self.retained.apply(&msg) && stored_retained {
+        if msg.retain && self.retained.apply(&msg) && !msg.topic.is_broker_reserved() {
             self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
         }
         let mut congested = Vec::new();
@@ -1252,13 +1260,17 @@ mod tests {
 
     /// A router driven directly (no task), to look at what it keeps.
     async fn bare_router() -> (Router, tempfile::TempDir) {
+        bare_router_with(BrokerLimits::default()).await
+    }
+
+    async fn bare_router_with(limits: BrokerLimits) -> (Router, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store = Store::connect(&url, 2).await.unwrap();
         store.migrate().await.unwrap();
         let (writer, _) = spawn_writer(store, Duration::ZERO);
         let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
-        let limits = Arc::new(BrokerLimits::default());
+        let limits = Arc::new(limits);
         let router = Router {
             limits,
             stats: Arc::new(Stats::default()),
@@ -1318,5 +1330,49 @@ mod tests {
         assert_eq!(r.timers.len(), 2, "one will-delay and one expiry timer");
         assert_eq!(r.timer_slots.len(), 2);
         assert!(r.sessions[&ClientId::from("car")].will.is_some(), "the delayed will still waits");
+    }
+
+    #[tokio::test]
+    async fn sessions_asking_never_to_expire_get_the_persistent_client_expiration() {
+        let limits = BrokerLimits { persistent_client_expiration: 1, ..BrokerLimits::default() };
+        let (mut r, _d) = bare_router_with(limits).await;
+        let c = r.connect(request("phone", false, u32::MAX, None, Identity::anonymous())).unwrap();
+        assert_eq!(c.session_expiry_secs, 1);
+        r.disconnect(&ClientId::from("phone"), c.conn, DisconnectKind::Clean, None);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        r.fire_timers();
+        assert!(r.sessions.is_empty(), "the session expired");
+
+        let never = BrokerLimits { persistent_client_expiration: 0, ..BrokerLimits::default() };
+        assert_eq!(never.grant_expiry(u32::MAX), u32::MAX);
+        assert_eq!(BrokerLimits::default().grant_expiry(u32::MAX), 7 * 24 * 3600);
+    }
+
+    #[tokio::test]
+    async fn qos0_is_not_queued_for_offline_sessions_unless_configured() {
+        for queue_qos0_messages in [false, true] {
+            let limits = BrokerLimits { queue_qos0_messages, ..BrokerLimits::default() };
+            let (mut r, _d) = bare_router_with(limits).await;
+            let id = ClientId::from("p");
+            let c = r.connect(request("p", false, 3600, None, Identity::anonymous())).unwrap();
+            r.subscribe(&id, c.conn, vec![sub("q", QoS::AtLeastOnce)]);
+            r.disconnect(&id, c.conn, DisconnectKind::Clean, None);
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+                r.publish(Arc::new(msg("q", "x", qos, false)), Vec::new(), false).unwrap();
+            }
+            let queued = if queue_qos0_messages { 2 } else { 1 };
+            assert_eq!(c.outbox.len(), queued, "queue_qos0_messages = {queue_qos0_messages}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_map_is_retained_in_memory_but_not_stored() {
+        let (mut r, _d) = bare_router().await;
+        let map = Arc::new(msg("map/version", "{}", QoS::AtLeastOnce, true));
+        let reply = r.publish(map, Vec::new(), true).unwrap();
+        assert!(reply.commit.is_none(), "nothing to write for the map");
+        assert_eq!(r.retained.len(), 1, "subscribers still get it on subscribe");
+        let car = Arc::new(msg("devices/car/status", "on", QoS::AtLeastOnce, true));
+        assert!(r.publish(car, Vec::new(), true).unwrap().commit.is_some());
     }
 }
