@@ -49,6 +49,10 @@ impl RetainedStore {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Set (or with an empty payload, clear) the retained message of its topic.
     /// Returns `true` when the stored set changed in a way worth persisting.
     pub fn apply(&mut self, msg: &Arc<Message>) -> bool {
