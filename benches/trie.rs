@@ -2,7 +2,9 @@
 //!
 //! A fleet-shaped trie (one exact subscription per device, a few wildcard
 //! watchers and shared groups), matched against device topics that hit and
-//! topics that miss. `cargo bench --bench trie`.
+//! topics that miss; and subscribing to one filter that already has
+//! thousands of subscribers (100,000 phones on `map/version`).
+//! `cargo bench --bench trie`.
 
 use std::hint::black_box;
 
@@ -65,5 +67,26 @@ fn matching(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matching);
+/// One more phone subscribes to (and leaves) a filter `n` phones hold.
+fn subscribing(c: &mut Criterion) {
+    let limits = TopicLimits::default();
+    let filter = TopicFilter::parse("map/version".to_owned(), limits).unwrap();
+    let mut group = c.benchmark_group("trie_subscribe");
+    for n in [1_000, 10_000, 100_000] {
+        let mut trie = SubscriptionTrie::default();
+        for i in 0..n {
+            trie.insert(&filter, entry(&format!("phone-{i}"), &filter, None));
+        }
+        let newcomer = entry("phone-new", &filter, None);
+        group.bench_function(BenchmarkId::new("one_filter", n), |b| {
+            b.iter(|| {
+                trie.insert(&filter, black_box(newcomer.clone()));
+                trie.remove(&filter, &newcomer.client, &None)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matching, subscribing);
 criterion_main!(benches);

@@ -615,7 +615,7 @@ pub struct EnvVar {
 }
 
 /// Every environment variable the env layer reads, applied in this order
-/// (so `MAPCAST_LOG_LEVEL` wins over `RUST_LOG`). Broker limits and users
+/// (so `MAPCAST_LOG_LEVEL` wins over `RUST_LOG`). Other broker limits and users
 /// are set in the file only.
 pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_MQTT_LISTEN", "mqtt.listen", |s, v| set(&mut s.mqtt.listen, v)),
@@ -656,6 +656,12 @@ pub const ENV_VARS: &[EnvVar] = &[
     }),
     var("MAPCAST_SYS_INTERVAL_SECS", "broker.sys_interval_secs", |s, v| {
         set(&mut s.broker.sys_interval_secs, v)
+    }),
+    var("MAPCAST_PERSISTENT_CLIENT_EXPIRATION", "broker.persistent_client_expiration", |s, v| {
+        set(&mut s.broker.limits.persistent_client_expiration, v)
+    }),
+    var("MAPCAST_QUEUE_QOS0_MESSAGES", "broker.queue_qos0_messages", |s, v| {
+        set(&mut s.broker.limits.queue_qos0_messages, v)
     }),
     var("MAPCAST_ALLOW_ANONYMOUS", "auth.allow_anonymous", |s, v| {
         set_some(&mut s.auth.allow_anonymous, v)

@@ -30,6 +30,16 @@ pub struct BrokerLimits {
     pub max_topic_alias: u16,
     /// Upper bound on session expiry granted to clients, in seconds.
     pub max_session_expiry_secs: u32,
+    /// Seconds a session that asked never to expire (MQTT 3.1.1
+    /// CleanSession=0, v5 expiry 0xFFFFFFFF) lives on once disconnected,
+    /// like Mosquitto's option of the same name: phones with random client
+    /// ids would otherwise leave sessions and queued messages forever.
+    /// Default 7 days (as `max_session_expiry_secs`); 0 = never expire.
+    pub persistent_client_expiration: u32,
+    /// Whether QoS 0 messages are queued for persistent sessions while
+    /// they are offline (Mosquitto's `queue_qos0_messages`). Default false:
+    /// QoS 0 is for the connected, and a stale position is worth nothing.
+    pub queue_qos0_messages: bool,
     /// Keep-alive the broker imposes when a client asks for none or more (v5 server keep-alive), seconds; 0 = accept the client's.
     pub server_keep_alive_secs: u16,
     /// Most MQTT connections open at once, all listeners together; more get CONNACK 0x97 (3.1.1: 0x03). 0 = no limit.
@@ -63,6 +73,8 @@ impl Default for BrokerLimits {
             queue_overflow: OverflowPolicy::DropOldest,
             max_topic_alias: 64,
             max_session_expiry_secs: 7 * 24 * 3600,
+            persistent_client_expiration: 7 * 24 * 3600,
+            queue_qos0_messages: false,
             server_keep_alive_secs: 0,
             max_connections: 50_000,
             max_connect_rate_per_ip: 100,
@@ -73,6 +85,15 @@ impl Default for BrokerLimits {
 }
 
 impl BrokerLimits {
+    /// The expiry a session gets for the expiry it asked for.
+    pub fn grant_expiry(&self, requested: u32) -> u32 {
+        match requested {
+            u32::MAX if self.persistent_client_expiration == 0 => u32::MAX,
+            u32::MAX => self.persistent_client_expiration,
+            secs => secs.min(self.max_session_expiry_secs),
+        }
+    }
+
     pub fn topic_limits(&self) -> TopicLimits {
         TopicLimits { max_len: self.max_topic_len, max_levels: self.max_topic_levels }
     }

@@ -8,7 +8,7 @@ mod inbox;
 pub mod limits;
 pub mod message;
 pub mod outbox;
-mod retained;
+pub mod retained;
 mod router;
 mod session;
 pub mod stats;

@@ -16,7 +16,7 @@ use super::inbox::{InboxReceiver, inbox};
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
 use super::retained::RetainedStore;
 use super::session::Session;
-use super::trie::{Entry, SubscriptionTrie};
+use super::trie::{Entry, Removed, SubscriptionTrie};
 use super::{
     BrokerHandle, BrokerLimits, Command, ConnectError, ConnectOutcome, ConnectRequest, Delivery,
     DisconnectKind, Identity, Inspection, Message, Principal, PublishError, PublishHook,
@@ -48,6 +48,22 @@ enum Timer {
     Expire(ClientId, ConnectionId),
 }
 
+/// Which of a session's timers: each session has at most one of each kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum TimerKind {
+    Will,
+    Expire,
+}
+
+impl Timer {
+    fn slot(&self) -> (TimerKind, ClientId) {
+        match self {
+            Timer::Will(client, _) => (TimerKind::Will, client.clone()),
+            Timer::Expire(client, _) => (TimerKind::Expire, client.clone()),
+        }
+    }
+}
+
 struct Router {
     limits: Arc<BrokerLimits>,
     stats: Arc<Stats>,
@@ -60,6 +76,11 @@ struct Router {
     /// Round-robin cursors of shared groups, keyed by (group, filter).
     share_cursor: HashMap<(ByteString, TopicFilter), usize>,
     timers: BTreeMap<(Instant, u64), Timer>,
+    /// Where each session's pending timer of each kind sits in `timers`, so
+    /// a reconnect or a newer timer removes the old one instead of leaving
+    /// it to fire stale: a car reconnecting every 30 s keeps two timers at
+    /// most, not one per reconnect until its expiry.
+    timer_slots: HashMap<(TimerKind, ClientId), (Instant, u64)>,
     timer_seq: u64,
     next_seq: u64,
     next_conn: Arc<AtomicU64>,
@@ -104,6 +125,7 @@ pub fn spawn_router(
         retained: RetainedStore::default(),
         share_cursor: HashMap::new(),
         timers: BTreeMap::new(),
+        timer_slots: HashMap::new(),
         timer_seq: 0,
         next_seq: restored.next_seq.max(1),
         next_conn: next_conn.clone(),
@@ -133,6 +155,12 @@ impl Router {
         for stored in restored.sessions {
             let client = stored.client_id.clone();
             let epoch = self.next_conn.fetch_add(1, Relaxed);
+            // Sessions stored as never expiring get the current cap too.
+            let expiry_secs = if stored.expiry_secs == u32::MAX {
+                self.limits.grant_expiry(u32::MAX)
+            } else {
+                stored.expiry_secs
+            };
             let outbox = Arc::new(self.new_outbox(&client));
             for d in stored.messages {
                 outbox.restore(d);
@@ -145,7 +173,7 @@ impl Router {
                 conn: None,
                 epoch,
                 protocol: super::ProtocolVersion::V5,
-                expiry_secs: stored.expiry_secs,
+                expiry_secs,
                 subscriptions: HashMap::new(),
                 will: None,
             };
@@ -155,12 +183,12 @@ impl Router {
             }
             // Time spent down counts against the expiry; a session that
             // expired meanwhile ends at the first timer tick.
-            if stored.expiry_secs != u32::MAX {
+            if expiry_secs != u32::MAX {
                 let gone = stored
                     .disconnected_at
                     .and_then(|t| now_wall.duration_since(t).ok())
                     .unwrap_or_default();
-                let left = Duration::from_secs(stored.expiry_secs as u64).saturating_sub(gone);
+                let left = Duration::from_secs(expiry_secs as u64).saturating_sub(gone);
                 self.schedule(now + left, Timer::Expire(client.clone(), epoch));
             }
             self.sessions.insert(client, session);
@@ -251,11 +279,7 @@ impl Router {
         let owner = req.identity.principal();
         self.check_owner(&client, &owner, &req.identity)?;
         let conn = self.next_conn.fetch_add(1, Relaxed);
-        let expiry = if req.session_expiry_secs == u32::MAX {
-            u32::MAX
-        } else {
-            req.session_expiry_secs.min(self.limits.max_session_expiry_secs)
-        };
+        let expiry = self.limits.grant_expiry(req.session_expiry_secs);
 
         // A session that ends with its connection (3.1.1 clean session, v5
         // expiry 0) ends when a takeover closes that connection: it is never
@@ -302,6 +326,8 @@ impl Router {
         if session_present {
             self.recheck_subscriptions(&client, &req.identity);
         }
+        // Attached again: its will-delay and expiry timers are moot.
+        self.cancel_timers(&client);
         let session = self.sessions.get_mut(&client).expect("session inserted above");
         let was_persistent = session.is_persistent();
         session.owner = Some(owner.clone());
@@ -438,7 +464,7 @@ impl Router {
         let mut ops = Vec::new();
         for filter in refused {
             session.subscriptions.remove(&filter);
-            self.trie.remove(&filter.filter, client, &filter.group);
+            remove_subscription(&mut self.trie, &mut self.share_cursor, client, &filter);
             tracing::warn!(
                 client.id = %client,
                 mqtt.filter = %filter.to_wire(),
@@ -516,12 +542,13 @@ impl Router {
     /// Remove a session and everything it owns, in memory and in the store.
     fn end_session(&mut self, client: &ClientId) {
         let Some(mut session) = self.sessions.remove(client) else { return };
+        self.cancel_timers(client);
         if session.conn.is_some() {
             self.online -= 1;
             self.stats.clients_connected.store(self.online as u64, Relaxed);
         }
         for filter in session.subscriptions.keys() {
-            self.trie.remove(&filter.filter, client, &filter.group);
+            remove_subscription(&mut self.trie, &mut self.share_cursor, client, filter);
         }
         self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
         if let Some(will) = session.will.take() {
@@ -636,7 +663,7 @@ impl Router {
                 let Ok(filter) = SharedFilter::parse(raw, limits) else { return false };
                 let existed = session.subscriptions.remove(&filter).is_some();
                 if existed {
-                    self.trie.remove(&filter.filter, client, &filter.group);
+                    remove_subscription(&mut self.trie, &mut self.share_cursor, client, &filter);
                     if session.is_persistent() {
                         ops.push(WriteOp::DeleteSubscription {
                             client_id: client.clone(),
@@ -662,10 +689,12 @@ impl Router {
         mut ops: Vec<WriteOp>,
         wants_reply: bool,
     ) -> Result<PublishReply, PublishError> {
-        // `$SYS` topics are the broker's own and never stored. The retained
-        // value changes only once the write is queued: a refused publish
-        // changes nothing.
-        let stored_retained = msg.retain && !msg.topic.is_broker_reserved();
+        // `$SYS` topics are the broker's own and never stored, nor is the
+        // map (`map/...`): the updater rebuilds and republishes it at start,
+        // so writing multi-MB snapshots on every tick would buy nothing. The
+        // retained value changes only once the write is queued: a refused
+        // publish changes nothing.
+        let stored_retained = msg.retain && !msg.topic.is_server_owned();
         if stored_retained && self.retained.would_change(&msg) {
             ops.push(if msg.payload.is_empty() {
                 WriteOp::DeleteRetained(msg.topic.as_bytestring().clone())
@@ -675,10 +704,14 @@ impl Router {
         }
 
         let matched = self.collect_targets(&msg);
+        let queue_qos0 = self.limits.queue_qos0_messages;
         let mut targets = std::mem::take(&mut self.scratch);
         let mut pushes = std::mem::take(&mut self.push_scratch);
         for t in targets.drain(..) {
             let Some(session) = self.sessions.get(&t.client) else { continue };
+            if t.qos == QoS::AtMostOnce && session.conn.is_none() && !queue_qos0 {
+                continue;
+            }
             // Chosen now, so the stored copy carries the id it goes out with.
             let packet_id = match t.qos {
                 QoS::AtMostOnce => None,
@@ -733,7 +766,7 @@ impl Router {
             self.submit(ops);
             None
         };
-        if msg.retain && self.retained.apply(&msg) && stored_retained {
+        if msg.retain && self.retained.apply(&msg) && !msg.topic.is_broker_reserved() {
             self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
         }
         let mut congested = Vec::new();
@@ -826,9 +859,23 @@ impl Router {
         }
     }
 
+    /// Set a session's timer of this kind, replacing the one it had.
     fn schedule(&mut self, at: Instant, timer: Timer) {
         self.timer_seq += 1;
-        self.timers.insert((at, self.timer_seq), timer);
+        let key = (at, self.timer_seq);
+        if let Some(old) = self.timer_slots.insert(timer.slot(), key) {
+            self.timers.remove(&old);
+        }
+        self.timers.insert(key, timer);
+    }
+
+    /// Drop a session's timers: it is attached again, or gone.
+    fn cancel_timers(&mut self, client: &ClientId) {
+        for kind in [TimerKind::Will, TimerKind::Expire] {
+            if let Some(key) = self.timer_slots.remove(&(kind, client.clone())) {
+                self.timers.remove(&key);
+            }
+        }
     }
 
     fn fire_timers(&mut self) {
@@ -838,6 +885,7 @@ impl Router {
                 break;
             }
             let timer = entry.remove();
+            self.timer_slots.remove(&timer.slot());
             match timer {
                 Timer::Will(client, epoch) => {
                     let will = self
@@ -927,6 +975,21 @@ fn merge_targets(targets: &mut Vec<Target>) {
         kept.subscription_ids.append(&mut later.subscription_ids);
         true
     });
+}
+
+/// Take a subscription out of the trie; a shared group's round-robin cursor
+/// goes with its last member, so groups that come and go leave nothing behind.
+fn remove_subscription(
+    trie: &mut SubscriptionTrie,
+    cursors: &mut HashMap<(ByteString, TopicFilter), usize>,
+    client: &ClientId,
+    filter: &SharedFilter,
+) {
+    if trie.remove(&filter.filter, client, &filter.group) == Removed::LastOfGroup
+        && let Some(group) = &filter.group
+    {
+        cursors.remove(&(group.clone(), filter.filter.clone()));
+    }
 }
 
 fn entry(client: &ClientId, filter: &SharedFilter, options: SubscriptionOptions) -> Entry {
@@ -1230,5 +1293,123 @@ mod tests {
         m.publisher = Some(ClientId::from("me"));
         h.publish(m).await.unwrap();
         assert!(next(&c).await.is_none());
+    }
+
+    /// A router driven directly (no task), to look at what it keeps.
+    async fn bare_router() -> (Router, tempfile::TempDir) {
+        bare_router_with(BrokerLimits::default()).await
+    }
+
+    async fn bare_router_with(limits: BrokerLimits) -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let (writer, _) = spawn_writer(store, Duration::ZERO);
+        let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
+        let limits = Arc::new(limits);
+        let router = Router {
+            limits,
+            stats: Arc::new(Stats::default()),
+            writer,
+            sessions: HashMap::new(),
+            trie: SubscriptionTrie::default(),
+            retained: RetainedStore::default(),
+            share_cursor: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_slots: HashMap::new(),
+            timer_seq: 0,
+            next_seq: 1,
+            next_conn: Arc::new(AtomicU64::new(1)),
+            scratch: Vec::new(),
+            push_scratch: Vec::new(),
+            online: 0,
+            hook: None,
+            auth,
+        };
+        (router, dir)
+    }
+
+    #[tokio::test]
+    async fn a_shared_groups_cursor_goes_with_its_last_member() {
+        let (mut r, _d) = bare_router().await;
+        let mut conns = Vec::new();
+        for id in ["a", "b"] {
+            let c = r.connect(request(id, true, 0, None, Identity::anonymous())).unwrap();
+            r.subscribe(&ClientId::from(id), c.conn, vec![sub("$share/g/t", QoS::AtMostOnce)]);
+            conns.push(c);
+        }
+        r.publish(Arc::new(msg("t", "x", QoS::AtMostOnce, false)), Vec::new(), false).unwrap();
+        assert_eq!(r.share_cursor.len(), 1);
+
+        r.unsubscribe(&ClientId::from("a"), conns[0].conn, vec!["$share/g/t".into()]);
+        assert_eq!(r.share_cursor.len(), 1, "b is still a member");
+        // The last member leaves by its session ending.
+        r.disconnect(&ClientId::from("b"), conns[1].conn, DisconnectKind::Clean, None);
+        assert!(r.share_cursor.is_empty(), "no cursor outlives its group");
+    }
+
+    #[tokio::test]
+    async fn reconnects_replace_a_sessions_timers_instead_of_piling_them_up() {
+        let (mut r, _d) = bare_router().await;
+        let will = || {
+            Some(Will {
+                message: msg("wills/car", "gone", QoS::AtMostOnce, false),
+                delay_secs: 600,
+            })
+        };
+        for _ in 0..10_000 {
+            let c =
+                r.connect(request("car", false, 86_400, will(), Identity::anonymous())).unwrap();
+            assert!(r.timers.is_empty(), "an attached session has no timers");
+            r.disconnect(&ClientId::from("car"), c.conn, DisconnectKind::Unclean, None);
+        }
+        assert_eq!(r.timers.len(), 2, "one will-delay and one expiry timer");
+        assert_eq!(r.timer_slots.len(), 2);
+        assert!(r.sessions[&ClientId::from("car")].will.is_some(), "the delayed will still waits");
+    }
+
+    #[tokio::test]
+    async fn sessions_asking_never_to_expire_get_the_persistent_client_expiration() {
+        let limits = BrokerLimits { persistent_client_expiration: 1, ..BrokerLimits::default() };
+        let (mut r, _d) = bare_router_with(limits).await;
+        let c = r.connect(request("phone", false, u32::MAX, None, Identity::anonymous())).unwrap();
+        assert_eq!(c.session_expiry_secs, 1);
+        r.disconnect(&ClientId::from("phone"), c.conn, DisconnectKind::Clean, None);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        r.fire_timers();
+        assert!(r.sessions.is_empty(), "the session expired");
+
+        let never = BrokerLimits { persistent_client_expiration: 0, ..BrokerLimits::default() };
+        assert_eq!(never.grant_expiry(u32::MAX), u32::MAX);
+        assert_eq!(BrokerLimits::default().grant_expiry(u32::MAX), 7 * 24 * 3600);
+    }
+
+    #[tokio::test]
+    async fn qos0_is_not_queued_for_offline_sessions_unless_configured() {
+        for queue_qos0_messages in [false, true] {
+            let limits = BrokerLimits { queue_qos0_messages, ..BrokerLimits::default() };
+            let (mut r, _d) = bare_router_with(limits).await;
+            let id = ClientId::from("p");
+            let c = r.connect(request("p", false, 3600, None, Identity::anonymous())).unwrap();
+            r.subscribe(&id, c.conn, vec![sub("q", QoS::AtLeastOnce)]);
+            r.disconnect(&id, c.conn, DisconnectKind::Clean, None);
+            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+                r.publish(Arc::new(msg("q", "x", qos, false)), Vec::new(), false).unwrap();
+            }
+            let queued = if queue_qos0_messages { 2 } else { 1 };
+            assert_eq!(c.outbox.len(), queued, "queue_qos0_messages = {queue_qos0_messages}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_map_is_retained_in_memory_but_not_stored() {
+        let (mut r, _d) = bare_router().await;
+        let map = Arc::new(msg("map/version", "{}", QoS::AtLeastOnce, true));
+        let reply = r.publish(map, Vec::new(), true).unwrap();
+        assert!(reply.commit.is_none(), "nothing to write for the map");
+        assert_eq!(r.retained.len(), 1, "subscribers still get it on subscribe");
+        let car = Arc::new(msg("devices/car/status", "on", QoS::AtLeastOnce, true));
+        assert!(r.publish(car, Vec::new(), true).unwrap().commit.is_some());
     }
 }

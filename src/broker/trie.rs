@@ -1,5 +1,8 @@
 //! The subscription trie: filters stored level by level, so matching a topic
-//! costs one walk over its levels, not a scan over every subscription.
+//! costs one walk over its levels, not a scan over every subscription. Each
+//! level keys its subscribers by client (and shared group), so subscribing,
+//! replacing and unsubscribing cost the same with 10 or 100,000 subscribers
+//! of one filter.
 
 use std::collections::HashMap;
 
@@ -19,13 +22,78 @@ pub struct Entry {
     pub options: SubscriptionOptions,
 }
 
+/// The subscriptions of one filter: plain ones by client, shared ones by
+/// group, then client (so a group's last member is seen leaving).
+#[derive(Default, Debug)]
+struct Subscribers {
+    plain: HashMap<ClientId, Entry>,
+    shared: HashMap<ByteString, HashMap<ClientId, Entry>>,
+}
+
+impl Subscribers {
+    fn is_empty(&self) -> bool {
+        self.plain.is_empty() && self.shared.is_empty()
+    }
+
+    /// Insert or replace; `true` when new.
+    fn insert(&mut self, entry: Entry) -> bool {
+        let members = match &entry.group {
+            None => &mut self.plain,
+            Some(g) => self.shared.entry(g.clone()).or_default(),
+        };
+        members.insert(entry.client.clone(), entry).is_none()
+    }
+
+    fn remove(&mut self, client: &ClientId, group: &Option<ByteString>) -> Removed {
+        match group {
+            None => Removed::from_plain(self.plain.remove(client).is_some()),
+            Some(g) => {
+                let Some(members) = self.shared.get_mut(g) else { return Removed::Absent };
+                if members.remove(client).is_none() {
+                    return Removed::Absent;
+                }
+                if members.is_empty() {
+                    self.shared.remove(g);
+                    Removed::LastOfGroup
+                } else {
+                    Removed::Removed
+                }
+            }
+        }
+    }
+
+    fn for_each<'a>(&'a self, f: &mut impl FnMut(&'a Entry)) {
+        self.plain.values().for_each(&mut *f);
+        self.shared.values().flat_map(|m| m.values()).for_each(f);
+    }
+}
+
+/// What [`SubscriptionTrie::remove`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Absent,
+    Removed,
+    /// The shared group has no members left on this filter.
+    LastOfGroup,
+}
+
+impl Removed {
+    fn from_plain(found: bool) -> Self {
+        if found { Self::Removed } else { Self::Absent }
+    }
+
+    pub fn existed(self) -> bool {
+        self != Self::Absent
+    }
+}
+
 #[derive(Default, Debug)]
 struct Node {
     children: HashMap<Box<str>, Node>,
     /// Subscriptions whose filter ends at this level.
-    here: Vec<Entry>,
+    here: Subscribers,
     /// Subscriptions whose filter continues with `#` from this level.
-    multi: Vec<Entry>,
+    multi: Subscribers,
 }
 
 impl Node {
@@ -38,10 +106,6 @@ impl Node {
 pub struct SubscriptionTrie {
     root: Node,
     len: usize,
-}
-
-fn same_key(a: &Entry, client: &ClientId, group: &Option<ByteString>) -> bool {
-    a.client == *client && a.group == *group
 }
 
 impl SubscriptionTrie {
@@ -72,26 +136,23 @@ impl SubscriptionTrie {
             Some(l) => l,
             None => &mut node.here,
         };
-        if let Some(existing) = list.iter_mut().find(|e| same_key(e, &entry.client, &entry.group)) {
-            *existing = entry;
-            false
-        } else {
-            list.push(entry);
+        let new = list.insert(entry);
+        if new {
             self.len += 1;
-            true
         }
+        new
     }
 
-    /// Remove; returns `true` when it existed. Empty branches are pruned.
+    /// Remove one subscription. Empty branches are pruned.
     pub fn remove(
         &mut self,
         filter: &TopicFilter,
         client: &ClientId,
         group: &Option<ByteString>,
-    ) -> bool {
+    ) -> Removed {
         let levels: Vec<&str> = filter.levels().collect();
         let removed = remove_at(&mut self.root, &levels, client, group);
-        if removed {
+        if removed.existed() {
             self.len -= 1;
         }
         removed
@@ -109,28 +170,18 @@ fn remove_at(
     levels: &[&str],
     client: &ClientId,
     group: &Option<ByteString>,
-) -> bool {
+) -> Removed {
     match levels {
-        [] => remove_from(&mut node.here, client, group),
-        ["#"] => remove_from(&mut node.multi, client, group),
+        [] => node.here.remove(client, group),
+        ["#"] => node.multi.remove(client, group),
         [first, rest @ ..] => {
-            let Some(child) = node.children.get_mut(*first) else { return false };
+            let Some(child) = node.children.get_mut(*first) else { return Removed::Absent };
             let removed = remove_at(child, rest, client, group);
-            if removed && child.is_empty() {
+            if removed.existed() && child.is_empty() {
                 node.children.remove(*first);
             }
             removed
         }
-    }
-}
-
-fn remove_from(list: &mut Vec<Entry>, client: &ClientId, group: &Option<ByteString>) -> bool {
-    match list.iter().position(|e| same_key(e, client, group)) {
-        Some(i) => {
-            list.swap_remove(i);
-            true
-        }
-        None => false,
     }
 }
 
@@ -139,7 +190,7 @@ fn walk<'a>(node: &'a Node, topic: &str, first: bool, dollar: bool, f: &mut impl
     let wild_ok = !(first && dollar);
     // `a/#` also matches `a` itself (the parent level).
     if wild_ok {
-        node.multi.iter().for_each(&mut *f);
+        node.multi.for_each(f);
     }
     let (level, rest) = match topic.split_once('/') {
         Some((l, r)) => (l, Some(r)),
@@ -148,8 +199,8 @@ fn walk<'a>(node: &'a Node, topic: &str, first: bool, dollar: bool, f: &mut impl
     let mut visit = |child: &'a Node| match rest {
         Some(r) => walk(child, r, false, dollar, f),
         None => {
-            child.here.iter().for_each(&mut *f);
-            child.multi.iter().for_each(&mut *f);
+            child.here.for_each(f);
+            child.multi.for_each(f);
         }
     };
     if let Some(child) = node.children.get(level) {
@@ -247,8 +298,8 @@ mod tests {
         assert!(t.insert(&f("a/+/c"), entry("x")));
         assert!(!t.insert(&f("a/+/c"), entry("x")));
         assert_eq!(t.len(), 1);
-        assert!(t.remove(&f("a/+/c"), &ClientId::from("x"), &None));
-        assert!(!t.remove(&f("a/+/c"), &ClientId::from("x"), &None));
+        assert_eq!(t.remove(&f("a/+/c"), &ClientId::from("x"), &None), Removed::Removed);
+        assert_eq!(t.remove(&f("a/+/c"), &ClientId::from("x"), &None), Removed::Absent);
         assert_eq!(t.len(), 0);
         assert!(t.root.is_empty());
     }
@@ -262,5 +313,20 @@ mod tests {
         let mut seen = Vec::new();
         t.for_each_match("cars/1/location", |e| seen.push(e.filter.to_string()));
         assert_eq!(seen, vec!["cars/+/location".to_owned()]);
+    }
+
+    #[test]
+    fn removing_a_groups_last_member_says_so() {
+        let mut t = SubscriptionTrie::default();
+        let g = Some(ByteString::from("g"));
+        for c in ["a", "b"] {
+            let mut e = entry_on(c, "t/#");
+            e.group = g.clone();
+            t.insert(&f("t/#"), e);
+        }
+        t.insert(&f("t/#"), entry_on("plain", "t/#"));
+        assert_eq!(t.remove(&f("t/#"), &ClientId::from("a"), &g), Removed::Removed);
+        assert_eq!(t.remove(&f("t/#"), &ClientId::from("b"), &g), Removed::LastOfGroup);
+        assert_eq!(matches(&t, "t/x"), vec!["plain".to_owned()]);
     }
 }
