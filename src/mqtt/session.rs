@@ -23,7 +23,7 @@ use super::reason::{ConnError, ConnectRefusal, PublishRejection};
 use crate::broker::auth::Credentials;
 use crate::broker::{
     BrokerHandle, ConnectError, ConnectRequest, ConnectionId, DisconnectKind, Identity, Message,
-    MessageProps, Outbox, ProtocolVersion, PublishOutcome, QoS, Submitted, Will,
+    MessageProps, Outbox, ProtocolVersion, PublishOutcome, QoS, Will,
 };
 use crate::domain::{ClientId, TopicName};
 use crate::telemetry::names::{
@@ -353,7 +353,8 @@ impl ConnState {
     /// Hand a publish to the broker at once, so this connection's publishes
     /// are routed in the order their handlers start (the listener stops
     /// reading while the broker is saturated, see `intake`); a QoS≥1 one
-    /// then waits until it may be acknowledged.
+    /// then waits until it may be acknowledged and reports what it matched.
+    /// A QoS 0 one has nobody to report to: `None`.
     ///
     /// Not an `async fn`: the message is handed over before the returned
     /// future exists, and only a publish that waits holds (boxed) state, so
@@ -361,13 +362,16 @@ impl ConnState {
     pub(super) fn route(
         &self,
         msg: Message,
-    ) -> impl Future<Output = Result<PublishOutcome, PublishRejection>> + '_ {
-        let durable = msg.qos != QoS::AtMostOnce;
-        let submitted = self.broker.submit(msg, durable);
+    ) -> impl Future<Output = Result<Option<PublishOutcome>, PublishRejection>> + '_ {
+        let submitted = if msg.qos == QoS::AtMostOnce {
+            self.broker.submit(msg).map(|()| None)
+        } else {
+            self.broker.submit_durable(msg).map(Some)
+        };
         async move {
-            let result = match submitted.map(Submitted::settled_now) {
-                Ok(Ok(outcome)) => Ok(outcome),
-                Ok(Err(waiting)) => Box::pin(waiting.settled()).await,
+            let result = match submitted {
+                Ok(None) => Ok(None),
+                Ok(Some(waiting)) => Box::pin(waiting.settled()).await.map(Some),
                 Err(e) => Err(e),
             };
             result.map_err(|e| {

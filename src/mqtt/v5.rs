@@ -157,7 +157,9 @@ pub(super) async fn handle_publish(
 
     let msg = conn.message(topic, payload, qos, pkt.retain, props, expires_at);
     match conn.route(msg).await {
-        Ok(outcome) => Ok((reason::publish_routed_v5(outcome.matched), None)),
+        Ok(Some(outcome)) => Ok((reason::publish_routed_v5(outcome.matched), None)),
+        // QoS 0: no PUBACK carries a reason.
+        Ok(None) => Ok((PublishAckReason::Success, None)),
         Err(r) => rejected(conn, r, qos),
     }
 }
