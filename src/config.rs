@@ -19,6 +19,7 @@ use crate::broker::auth::{ConfigUser, Secret};
 use crate::domain::Visibility;
 use crate::identities::lockout::LockoutSettings;
 use crate::identities::{HashingSettings, IdentitySettings};
+use crate::store::SqliteSynchronous;
 
 /// The whole configuration. Every section and field has a default, so an
 /// empty file (or none) is a valid configuration.
@@ -166,11 +167,22 @@ pub struct DatabaseSettings {
     /// one each, at the cost of up to this much on QoS 1/2 acknowledgements.
     /// 0 commits as soon as the previous commit ends. Default 1.
     pub commit_interval_ms: u64,
+    /// SQLite only: `full` fsyncs every commit, so an acknowledged QoS 1/2
+    /// publish (or session change) survives power loss and OS crashes;
+    /// `normal` fsyncs at WAL checkpoints only, faster, but power loss can
+    /// lose the last acknowledged commits (a killed process loses nothing
+    /// either way). Default `full`.
+    pub sqlite_synchronous: SqliteSynchronous,
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: None, max_connections: 10, commit_interval_ms: 1 }
+        Self {
+            url: None,
+            max_connections: 10,
+            commit_interval_ms: 1,
+            sqlite_synchronous: SqliteSynchronous::Full,
+        }
     }
 }
 
@@ -654,6 +666,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_DATABASE_COMMIT_INTERVAL_MS", "database.commit_interval_ms", |s, v| {
         set(&mut s.database.commit_interval_ms, v)
     }),
+    var("MAPCAST_DATABASE_SQLITE_SYNCHRONOUS", "database.sqlite_synchronous", |s, v| {
+        set(&mut s.database.sqlite_synchronous, v)
+    }),
     var("MAPCAST_SYS_INTERVAL_SECS", "broker.sys_interval_secs", |s, v| {
         set(&mut s.broker.sys_interval_secs, v)
     }),
@@ -1123,6 +1138,30 @@ mod tests {
         assert_eq!(set("1000").unwrap().database.commit_interval_ms, 1000);
         let err = set("1001").unwrap_err();
         assert!(format!("{err:#}").contains("database.commit_interval_ms"), "{err:#}");
+    }
+
+    #[test]
+    fn sqlite_commits_are_power_safe_by_default_and_normal_is_a_choice() {
+        let load = |vars: &[(&str, &str)], toml: Option<&str>| {
+            let file = toml.map(config_file);
+            Settings::load(file.as_ref().map(|f| f.path()), &env(vars), Overrides::default())
+        };
+        assert_eq!(load(&[], None).unwrap().database.sqlite_synchronous, SqliteSynchronous::Full);
+        let file = "[database]\nsqlite_synchronous = \"normal\"\n";
+        assert_eq!(
+            load(&[], Some(file)).unwrap().database.sqlite_synchronous,
+            SqliteSynchronous::Normal
+        );
+        let var = "MAPCAST_DATABASE_SQLITE_SYNCHRONOUS";
+        assert_eq!(
+            load(&[(var, "full")], Some(file)).unwrap().database.sqlite_synchronous,
+            SqliteSynchronous::Full,
+            "the environment wins over the file"
+        );
+        let err = load(&[(var, "off")], None).unwrap_err();
+        assert!(format!("{err:#}").contains("database.sqlite_synchronous"), "{err:#}");
+        let err = load(&[], Some("[database]\nsqlite_synchronous = \"off\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("sqlite_synchronous"), "{err:#}");
     }
 
     #[test]

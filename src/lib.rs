@@ -13,6 +13,7 @@ pub mod domain;
 pub mod flags;
 pub mod http;
 pub mod identities;
+pub mod instance_lock;
 pub mod locations;
 pub mod mqtt;
 pub mod shutdown;

@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::flags::{FlagTimings, Flags};
 use crate::http::{self, AppState};
 use crate::identities::{DbAuthenticator, Identities, LockoutLifts};
+use crate::instance_lock::InstanceLock;
 use crate::locations::{HistoryTopics, LocationHook, PositionFeed};
 use crate::mqtt::{MqttListeners, MqttServer, TlsFiles};
 use crate::shutdown::GRACE;
@@ -36,6 +37,8 @@ pub struct Application {
     store: Store,
     tasks: Tasks,
     stopping: CancellationToken,
+    /// Released when the application is dropped, after shutdown.
+    _lock: InstanceLock,
 }
 
 /// The long-lived tasks; each is `None` once joined.
@@ -71,9 +74,14 @@ impl Application {
         tokio::fs::create_dir_all(&settings.data_dir).await.with_context(|| {
             format!("cannot create data directory {}", settings.data_dir.display())
         })?;
-        let store =
-            Store::connect(settings.database_url().expose(), settings.database.max_connections)
-                .await?;
+        // Before the database is opened: a second instance must not touch it.
+        let lock = InstanceLock::acquire(&settings.data_dir)?;
+        let store = Store::connect_with(
+            settings.database_url().expose(),
+            settings.database.max_connections,
+            settings.database.sqlite_synchronous,
+        )
+        .await?;
         store.migrate().await?;
         let restored = store.load_broker_state().await.context("cannot restore broker state")?;
 
@@ -216,6 +224,7 @@ impl Application {
                 malformed: Some(malformed_task),
             },
             stopping,
+            _lock: lock,
         })
     }
 

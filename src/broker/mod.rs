@@ -237,33 +237,19 @@ pub(crate) struct PublishReply {
     congested: Vec<Arc<Outbox>>,
 }
 
-/// A publish the router has taken; [`Submitted::settled`] says when it may
-/// be acknowledged.
+/// A durable publish the router has taken; [`Submitted::settled`] says
+/// when it may be acknowledged and how many subscriptions it matched.
 #[must_use = "a publish is acknowledged only once settled"]
 pub struct Submitted {
-    settle: Option<oneshot::Receiver<Result<PublishReply, PublishError>>>,
+    settle: oneshot::Receiver<Result<PublishReply, PublishError>>,
     on_accepted: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Submitted {
-    /// The outcome at once when there is nothing to wait for (a publish
-    /// submitted without `durable`); otherwise `self` back, to await
-    /// [`Submitted::settled`].
-    pub fn settled_now(self) -> Result<PublishOutcome, Self> {
-        if self.settle.is_some() {
-            return Err(self);
-        }
-        Ok(accepted(self.on_accepted, PublishOutcome { matched: 1 }))
-    }
-
     /// Wait until every store write of the publish is committed and the
-    /// subscribers it congested have room (bounded); at once for a publish
-    /// submitted without `durable`.
+    /// subscribers it congested have room (bounded).
     pub async fn settled(self) -> Result<PublishOutcome, PublishError> {
         let Submitted { settle, on_accepted } = self;
-        let Some(settle) = settle else {
-            return Ok(accepted(on_accepted, PublishOutcome { matched: 1 }));
-        };
         let reply = settle.await.map_err(|_| PublishError::ShuttingDown)??;
         if let Some(commit) = reply.commit {
             commit.await.map_err(|_| PublishError::ShuttingDown)??;
@@ -282,7 +268,7 @@ impl Submitted {
 }
 
 /// Run the publish's acceptance hook, once it may be acknowledged.
-fn accepted(hook: Option<Box<dyn FnOnce() + Send>>, outcome: PublishOutcome) -> PublishOutcome {
+fn accepted<T>(hook: Option<Box<dyn FnOnce() + Send>>, outcome: T) -> T {
     if let Some(f) = hook {
         f();
     }
@@ -377,23 +363,29 @@ impl BrokerHandle {
     /// caused is committed). Acknowledge a QoS≥1 publish only after this.
     pub async fn publish(&self, msg: Message) -> Result<PublishOutcome, PublishError> {
         self.room().await;
-        self.submit(msg, true)?.settled().await
+        self.submit_durable(msg)?.settled().await
     }
 
     /// Hand a message to the router now, without waiting: publishes
-    /// submitted one after the other are routed in that order. With
-    /// `durable`, [`Submitted::settled`] resolves once it may be acknowledged;
-    /// without, at once. Callers wait for [`BrokerHandle::room`] first.
-    pub fn submit(&self, msg: Message, durable: bool) -> Result<Submitted, PublishError> {
+    /// submitted one after the other are routed in that order.
+    /// [`Submitted::settled`] resolves once it may be acknowledged. Callers
+    /// wait for [`BrokerHandle::room`] first.
+    pub fn submit_durable(&self, msg: Message) -> Result<Submitted, PublishError> {
         let Inspection { ops, on_accepted } = self.inspect(&msg)?;
-        let (reply, settle) = if durable {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        self.send(Command::Publish { msg, ops, reply })?;
-        Ok(Submitted { settle, on_accepted })
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Publish { msg, ops, reply: Some(tx) })?;
+        Ok(Submitted { settle: rx, on_accepted })
+    }
+
+    /// Hand a message to the router now for a publisher that waits for
+    /// nothing (QoS 0): routed in submission order like
+    /// [`BrokerHandle::submit_durable`], but the router sends no reply, so
+    /// there is no match count to report.
+    pub fn submit(&self, msg: Message) -> Result<(), PublishError> {
+        let Inspection { ops, on_accepted } = self.inspect(&msg)?;
+        self.send(Command::Publish { msg, ops, reply: None })?;
+        accepted(on_accepted, ());
+        Ok(())
     }
 
     /// Resolves once the router has room for more publishes.

@@ -363,14 +363,12 @@ impl ConnState {
     /// reading while the broker is saturated (see `intake`). A QoS≥1 publish
     /// is acknowledged once [`settle`] says so.
     pub(super) fn route(&self, msg: Message) -> Result<Routed, PublishRejection> {
-        let durable = msg.qos != QoS::AtMostOnce;
-        match self.broker.submit(msg, durable) {
-            Ok(submitted) => Ok(match submitted.settled_now() {
-                Ok(outcome) => Routed::Done(outcome),
-                Err(waiting) => Routed::Waiting(waiting),
-            }),
-            Err(e) => Err(self.publish_failed(&e)),
-        }
+        let routed = if msg.qos == QoS::AtMostOnce {
+            self.broker.submit(msg).map(|()| Routed::Done)
+        } else {
+            self.broker.submit_durable(msg).map(Routed::Waiting)
+        };
+        routed.map_err(|e| self.publish_failed(&e))
     }
 
     fn publish_failed(&self, e: &crate::broker::PublishError) -> PublishRejection {
@@ -456,8 +454,8 @@ impl ConnState {
 
 /// A publish handed to the broker.
 pub(super) enum Routed {
-    /// Nothing to wait for (QoS 0).
-    Done(PublishOutcome),
+    /// Nothing to wait for, nobody to report to (QoS 0).
+    Done,
     /// Acknowledged once [`settle`]d.
     Waiting(Submitted),
 }

@@ -147,7 +147,7 @@ fn check_and_route(conn: &Conn, p: &v3::Publish) -> Result<Option<Submitted>, Co
     };
     let msg = conn.message(topic, payload, qos, pkt.retain, None, None);
     match conn.route(msg) {
-        Ok(Routed::Done(_)) => Ok(None),
+        Ok(Routed::Done) => Ok(None),
         Ok(Routed::Waiting(waiting)) => Ok(Some(waiting)),
         Err(r) => rejected(conn, r).map(|()| None),
     }

@@ -187,9 +187,8 @@ pub(super) fn handle_publish(conn: &Conn, p: &v5::Publish) -> Result<Handled, Co
 
     let msg = conn.message(topic, payload, qos, pkt.retain, props, expires_at);
     match conn.route(msg) {
-        Ok(Routed::Done(outcome)) => {
-            Ok(Handled::Now(reason::publish_routed_v5(outcome.matched), None))
-        }
+        // QoS 0: no PUBACK carries a reason.
+        Ok(Routed::Done) => Ok(Handled::Now(PublishAckReason::Success, None)),
         Ok(Routed::Waiting(waiting)) => Ok(Handled::Later(waiting)),
         Err(r) => rejected(conn, r, qos),
     }

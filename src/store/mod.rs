@@ -18,7 +18,7 @@ pub use broker_state::{StoredMessage, StoredSession};
 pub use history::{HistoryCursor, HistoryItem, HistoryPage, HistoryQuery};
 pub use identities::{DeviceRecord, InsertError, TokenRecord, UserRecord};
 pub use map_snapshots::SnapshotRecord;
-pub use pool::{Backend, Store};
+pub use pool::{Backend, SqliteSynchronous, Store};
 pub use retention::{HistoryRetention, PURGE_BATCH, PurgeOutcome};
 pub use write_health::WriteHealth;
 pub use writer::{StoreWriter, WriteOp, spawn_writer};

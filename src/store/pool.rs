@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::{Migrate, Migrator};
@@ -21,11 +22,51 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
 /// Applied to every SQLite connection: wait for locks instead of failing;
-/// fsync at checkpoints only (safe with WAL: a crash loses no committed data,
-/// an OS crash at most the last transactions); statement journals of the
-/// batched multi-row writes in memory, not in a temporary file per batch.
-const SQLITE_CONNECTION_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; \
-     PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;";
+/// statement journals of the batched multi-row writes in memory, not in a
+/// temporary file per batch. `synchronous` comes from [`SqliteSynchronous`].
+const SQLITE_CONNECTION_PRAGMAS: &str =
+    "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;";
+
+/// How SQLite (in WAL mode) syncs a commit to disk: what an acknowledgement
+/// survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// The WAL is fsynced at every commit, so every group commit (and the
+    /// QoS 1/2 acknowledgements waiting for it) survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: a killed process loses nothing committed,
+    /// but power loss or an OS crash can lose the last acknowledged commits.
+    Normal,
+}
+
+impl SqliteSynchronous {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Normal => "normal",
+        }
+    }
+
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "PRAGMA synchronous = FULL",
+            Self::Normal => "PRAGMA synchronous = NORMAL",
+        }
+    }
+}
+
+impl std::str::FromStr for SqliteSynchronous {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "full" => Ok(Self::Full),
+            "normal" => Ok(Self::Normal),
+            _ => bail!("expected `full` or `normal`, got {s:?}"),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -107,8 +148,19 @@ impl fmt::Debug for Store {
 
 impl Store {
     /// Open the pool. Must be called on the runtime that will own it.
-    /// SQLite files (and their directory) are created when missing.
+    /// SQLite files (and their directory) are created when missing and
+    /// commit power-safe ([`SqliteSynchronous::Full`]).
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        Self::connect_with(url, max_connections, SqliteSynchronous::Full).await
+    }
+
+    /// [`Store::connect`] with the SQLite sync mode chosen (PostgreSQL
+    /// ignores it).
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        synchronous: SqliteSynchronous,
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         let mut options = AnyPoolOptions::new()
@@ -123,9 +175,10 @@ impl Store {
                         format!("cannot create database directory {}", dir.display())
                     })?;
                 }
-                options = options.after_connect(|conn, _meta| {
+                options = options.after_connect(move |conn, _meta| {
                     Box::pin(async move {
-                        sqlx::raw_sql(SQLITE_CONNECTION_PRAGMAS).execute(conn).await.map(drop)
+                        sqlx::raw_sql(SQLITE_CONNECTION_PRAGMAS).execute(&mut *conn).await?;
+                        sqlx::raw_sql(synchronous.pragma()).execute(conn).await.map(drop)
                     })
                 });
                 with_create_mode(url)
@@ -145,7 +198,12 @@ impl Store {
                 .await
                 .context("cannot enable SQLite WAL")?;
         }
-        tracing::debug!(database.backend = %backend, max_connections, "database pool open");
+        tracing::debug!(
+            database.backend = %backend,
+            max_connections,
+            database.sqlite_synchronous = synchronous.as_str(),
+            "database pool open"
+        );
         Ok(Self { pool, backend, handle: Handle::current(), write_health: Arc::default() })
     }
 
@@ -282,5 +340,40 @@ mod tests {
         let mode: (String,) =
             sqlx::query_as("PRAGMA journal_mode").fetch_one(store.pool()).await.unwrap();
         assert_eq!(mode.0, "wal");
+    }
+
+    /// `PRAGMA synchronous` on `n` connections held at once (so each is a
+    /// separate pooled connection): 2 is FULL, 1 NORMAL.
+    async fn synchronous_of_connections(store: &Store, n: usize) -> Vec<i64> {
+        let mut held = Vec::new();
+        let mut levels = Vec::new();
+        for _ in 0..n {
+            let mut conn = store.pool().acquire().await.unwrap();
+            let level: (i64,) =
+                sqlx::query_as("PRAGMA synchronous").fetch_one(&mut *conn).await.unwrap();
+            levels.push(level.0);
+            held.push(conn);
+        }
+        levels
+    }
+
+    #[tokio::test]
+    async fn sqlite_commits_are_power_safe_unless_normal_is_chosen() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/a.db", dir.path().display());
+        let default = Store::connect(&url, 3).await.unwrap();
+        assert_eq!(synchronous_of_connections(&default, 3).await, [2, 2, 2], "FULL by default");
+        default.close().await;
+
+        let normal = Store::connect_with(&url, 3, SqliteSynchronous::Normal).await.unwrap();
+        assert_eq!(synchronous_of_connections(&normal, 3).await, [1, 1, 1]);
+    }
+
+    #[test]
+    fn sync_modes_parse_from_their_names_only() {
+        assert_eq!("full".parse::<SqliteSynchronous>().unwrap(), SqliteSynchronous::Full);
+        assert_eq!("normal".parse::<SqliteSynchronous>().unwrap(), SqliteSynchronous::Normal);
+        assert!("off".parse::<SqliteSynchronous>().is_err());
+        assert_eq!(SqliteSynchronous::default(), SqliteSynchronous::Full);
     }
 }

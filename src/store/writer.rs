@@ -3,8 +3,9 @@
 //! need durability wait for the commit holding their write; nobody waits for
 //! the database on the routing path.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ntex::util::{ByteString, Bytes};
@@ -32,8 +33,10 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// The writer's own connection goes back to the pool after this long
 /// without writes.
 const KEEP_IDLE_CONNECTION: Duration = Duration::from_secs(1);
-/// Non-durable writes kept for retry while the database is down; older ones
-/// are dropped beyond this (memory stays bounded during long outages).
+/// Non-durable publish writes (QoS 0 positions, history, retained) kept for
+/// retry while the database is down; older ones are dropped beyond this
+/// (memory stays bounded during long outages). Session-state writes are
+/// never dropped: see [`StateLane`].
 const MAX_KEPT_OPS: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
@@ -99,8 +102,57 @@ pub enum WriteOp {
 type Commit = oneshot::Sender<Result<(), StoreError>>;
 
 enum Item {
-    Ops(Vec<WriteOp>, Option<Commit>),
+    /// Writes with their ticket (their place in submission order).
+    Ops(Vec<WriteOp>, Option<Commit>, u64),
+    /// Session-state writes wait in the lane.
+    Wake,
     Stop(oneshot::Sender<()>),
+}
+
+/// Session-state writes (sessions, subscriptions, deletions of acknowledged
+/// deliveries): what a SUBACK or a CONNACK promised. They are never refused
+/// nor dropped, however full the queue or long the outage: they wait here
+/// instead of in the bounded queue, and the writer coalesces them (the last
+/// write per session and per subscription wins; a session's deletion
+/// replaces everything before it about that session), so they take memory
+/// in proportion to the sessions and subscriptions that exist, not to the
+/// number of changes.
+///
+/// Every write, in either path, takes a ticket; the writer commits in
+/// ticket order, so a lane write never overtakes a queued write submitted
+/// before it (a delivery's delete never precedes its insert).
+#[derive(Default)]
+struct StateLane {
+    /// A std mutex: pushed to and drained without an `.await` inside.
+    ops: Mutex<Vec<(u64, WriteOp)>>,
+    next_ticket: AtomicU64,
+}
+
+impl StateLane {
+    fn ticket(&self) -> u64 {
+        self.next_ticket.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn push(&self, ops: Vec<WriteOp>) {
+        let mut lane = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = self.ticket();
+        lane.extend(ops.into_iter().map(|op| (ticket, op)));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// Take the writes with a ticket below `horizon`.
+    fn take_before(&self, horizon: u64, into: &mut Vec<Pending>) {
+        let mut lane = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = lane.iter().take_while(|(t, _)| *t < horizon).count();
+        into.extend(lane.drain(..kept).map(|(ticket, op)| Pending {
+            op,
+            ticket,
+            kind: Kind::State,
+        }));
+    }
 }
 
 /// Cloneable, non-blocking entry to the writer; usable from any thread.
@@ -108,6 +160,7 @@ enum Item {
 pub struct StoreWriter {
     tx: mpsc::Sender<Item>,
     health: Arc<WriteHealth>,
+    lane: Arc<StateLane>,
 }
 
 impl std::fmt::Debug for StoreWriter {
@@ -120,7 +173,17 @@ impl StoreWriter {
     /// Queue writes without waiting for them. While the database is down
     /// they are kept and retried (up to a bound).
     pub fn submit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        self.send(Item::Ops(ops, None))
+        self.send(Item::Ops(ops, None, self.lane.ticket()))
+    }
+
+    /// Queue session-state writes (sessions, subscriptions, deletions of
+    /// sessions or acknowledged deliveries): never refused, never dropped,
+    /// retried until the database takes them. See [`StateLane`].
+    pub fn submit_state(&self, ops: Vec<WriteOp>) {
+        debug_assert!(ops.iter().all(WriteOp::is_session_state));
+        self.lane.push(ops);
+        // A full queue means the writer is busy and drains the lane anyway.
+        let _ = self.tx.try_send(Item::Wake);
     }
 
     /// Queue writes; the receiver resolves once they are committed. Refused
@@ -131,7 +194,7 @@ impl StoreWriter {
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         self.health.admit_durable()?;
         let (tx, rx) = oneshot::channel();
-        self.send(Item::Ops(ops, Some(tx)))?;
+        self.send(Item::Ops(ops, Some(tx), self.lane.ticket()))?;
         Ok(rx)
     }
 
@@ -142,10 +205,7 @@ impl StoreWriter {
 
     /// A persisted delivery was acknowledged (or dropped): forget it.
     pub fn delete_message(&self, seq: u64) {
-        if self.submit(vec![WriteOp::DeleteMessage(seq)]).is_err() {
-            // Worst case the message is redelivered after a restart (QoS≥1 allows duplicates).
-            tracing::warn!(seq, "store queue full; acknowledged message stays stored");
-        }
+        self.submit_state(vec![WriteOp::DeleteMessage(seq)]);
     }
 
     /// Commit everything queued so far, then stop the writer task.
@@ -171,14 +231,43 @@ impl StoreWriter {
 pub fn spawn_writer(store: Store, commit_interval: Duration) -> (StoreWriter, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let health = store.write_health().clone();
-    (StoreWriter { tx, health }, tokio::spawn(run(store, rx, commit_interval)))
+    let lane = Arc::new(StateLane::default());
+    (
+        StoreWriter { tx, health, lane: lane.clone() },
+        tokio::spawn(run(store, rx, lane, commit_interval)),
+    )
 }
 
-/// One queued write; only non-durable ones are retried after a failure
-/// (a durable caller was told, and retries itself).
+impl WriteOp {
+    /// Whether the op is session state, which goes through the lane.
+    pub fn is_session_state(&self) -> bool {
+        matches!(
+            self,
+            Self::UpsertSession { .. }
+                | Self::DeleteSession(_)
+                | Self::PutSubscription { .. }
+                | Self::DeleteSubscription { .. }
+                | Self::DeleteMessage(_)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A caller waits for its commit and is told of a failure (and retries
+    /// itself): not retried here.
+    Durable,
+    /// Retried after a failure, dropped oldest first beyond a bound.
+    Droppable,
+    /// Retried until committed, never dropped.
+    State,
+}
+
+/// One queued write.
 struct Pending {
     op: WriteOp,
-    durable: bool,
+    ticket: u64,
+    kind: Kind,
 }
 
 /// What the next transaction commits.
@@ -193,12 +282,13 @@ impl Batch {
     /// Adds `item`; false once the batch is full or a stop was asked for.
     fn take(&mut self, item: Item) -> bool {
         match item {
-            Item::Ops(o, c) => {
-                let durable = c.is_some();
-                self.ops.extend(o.into_iter().map(|op| Pending { op, durable }));
+            Item::Ops(o, c, ticket) => {
+                let kind = if c.is_some() { Kind::Durable } else { Kind::Droppable };
+                self.ops.extend(o.into_iter().map(|op| Pending { op, ticket, kind }));
                 self.commits.extend(c);
                 self.ops.len() < MAX_BATCH_OPS
             }
+            Item::Wake => true,
             Item::Stop(s) => {
                 self.stop = Some(s);
                 false
@@ -234,7 +324,95 @@ impl Batch {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Duration) {
+/// Take the lane's writes that no queued write precedes: all of them once
+/// the queue is empty (a write submitted after the horizon was read comes
+/// next time), else those older than the last write taken from the queue.
+fn take_lane(batch: &mut Batch, lane: &StateLane, rx: &mpsc::Receiver<Item>) {
+    // Read before the queue is looked at: whatever a lane write waits for
+    // was queued before its ticket was taken.
+    let horizon = lane.next_ticket.load(Ordering::SeqCst);
+    if lane.is_empty() {
+        return;
+    }
+    let horizon = if rx.is_empty() || batch.stop.is_some() {
+        horizon
+    } else {
+        batch.ops.iter().filter(|p| p.kind != Kind::State).map(|p| p.ticket + 1).max().unwrap_or(0)
+    };
+    lane.take_before(horizon, &mut batch.ops);
+    // Kept writes of a failed batch come first; queue and lane interleave.
+    batch.ops.sort_by_key(|p| p.ticket);
+    coalesce_state(&mut batch.ops);
+}
+
+/// Drop session-state writes a later one in `ops` makes void: an earlier
+/// write of the same session or subscription, and everything about a
+/// session before its deletion. A session upsert that keeps the stored
+/// owner inherits the owner of the upsert it replaces.
+fn coalesce_state(ops: &mut Vec<Pending>) {
+    if !ops.iter().any(|p| p.kind == Kind::State) {
+        return;
+    }
+    let mut later_session: HashMap<ClientId, usize> = HashMap::new();
+    let mut deleted_later: HashSet<ClientId> = HashSet::new();
+    let mut later_sub: HashSet<(ClientId, String)> = HashSet::new();
+    let mut void = vec![false; ops.len()];
+    let mut inherited: Vec<(usize, Principal)> = Vec::new();
+    for i in (0..ops.len()).rev() {
+        if ops[i].kind != Kind::State {
+            continue;
+        }
+        match &ops[i].op {
+            WriteOp::UpsertSession { client_id, owner, .. } => {
+                if deleted_later.contains(client_id) {
+                    void[i] = true;
+                } else if let Some(&j) = later_session.get(client_id) {
+                    void[i] = true;
+                    if let Some(owner) = owner {
+                        inherited.push((j, owner.clone()));
+                    }
+                } else {
+                    later_session.insert(client_id.clone(), i);
+                }
+            }
+            WriteOp::DeleteSession(client_id) => {
+                if deleted_later.contains(client_id) {
+                    void[i] = true;
+                } else {
+                    deleted_later.insert(client_id.clone());
+                }
+            }
+            WriteOp::PutSubscription { client_id, filter, .. }
+            | WriteOp::DeleteSubscription { client_id, filter } => {
+                let key = (client_id.clone(), filter.clone());
+                if deleted_later.contains(client_id) || later_sub.contains(&key) {
+                    void[i] = true;
+                } else {
+                    later_sub.insert(key);
+                }
+            }
+            _ => {}
+        }
+    }
+    // Walking backwards, the first owner found is the latest one.
+    for (j, owner) in inherited.into_iter().rev() {
+        if let WriteOp::UpsertSession { owner: kept @ None, .. } = &mut ops[j].op {
+            *kept = Some(owner);
+        }
+    }
+    let mut i = 0;
+    ops.retain(|_| {
+        i += 1;
+        !void[i - 1]
+    });
+}
+
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Item>,
+    lane: Arc<StateLane>,
+    commit_interval: Duration,
+) {
     let health = store.write_health().clone();
     let mut batch = Batch::default();
     let mut closed = false;
@@ -262,7 +440,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Durati
                 }
                 Err(_) => {
                     health.open_probe();
-                    if batch.ops.is_empty() {
+                    if batch.ops.is_empty() && lane.is_empty() {
                         probe_connection(&store, &health).await;
                         continue;
                     }
@@ -280,6 +458,12 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Durati
         {
             batch.gather_until(&mut rx, at, &pace).await;
         }
+        take_lane(&mut batch, &lane, &rx);
+        if batch.ops.is_empty() && batch.commits.is_empty() && batch.stop.is_none() {
+            // A wake-up for lane writes an earlier batch already took: an
+            // empty commit would prove nothing about the database.
+            continue;
+        }
         pace.started(batch.commits.len(), Instant::now());
         let reply = attempt(&store, &mut conn, &health, &batch.ops).await;
         let failed = reply.is_err();
@@ -287,7 +471,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Item>, commit_interval: Durati
             let _ = c.send(reply.clone());
         }
         if failed {
-            batch.ops.retain(|p| !p.durable);
+            batch.ops.retain(|p| p.kind != Kind::Durable);
             drop_oldest_beyond_bound(&mut batch.ops);
             if batch.stop.is_none() {
                 // Do not hot-loop against a database that is down.
@@ -380,11 +564,24 @@ async fn probe_connection(store: &Store, health: &WriteHealth) {
     }
 }
 
+/// Drop the oldest droppable writes beyond [`MAX_KEPT_OPS`] of them;
+/// session state stays whatever its size.
 fn drop_oldest_beyond_bound(ops: &mut Vec<Pending>) {
-    if ops.len() > MAX_KEPT_OPS {
-        let dropped = ops.len() - MAX_KEPT_OPS;
-        ops.drain(..dropped);
-        tracing::error!(dropped, "store writes dropped: too many waiting for the database");
+    let droppable = ops.iter().filter(|p| p.kind == Kind::Droppable).count();
+    if droppable > MAX_KEPT_OPS {
+        let mut excess = droppable - MAX_KEPT_OPS;
+        let dropped = excess;
+        ops.retain(|p| {
+            if excess > 0 && p.kind == Kind::Droppable {
+                excess -= 1;
+                return false;
+            }
+            true
+        });
+        tracing::error!(
+            dropped,
+            "store writes dropped: too many waiting for the database (QoS 0 positions, history, retained)"
+        );
     }
 }
 
@@ -713,5 +910,152 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
         assert_eq!(sessions(&store).await, 2);
         task.await.unwrap();
+    }
+
+    fn put_sub(client: &str, filter: &str) -> WriteOp {
+        WriteOp::PutSubscription {
+            client_id: ClientId::from(client),
+            filter: filter.to_owned(),
+            options: SubscriptionOptions::qos(crate::broker::QoS::AtLeastOnce),
+        }
+    }
+
+    fn delete_sub(client: &str, filter: &str) -> WriteOp {
+        WriteOp::DeleteSubscription { client_id: ClientId::from(client), filter: filter.to_owned() }
+    }
+
+    fn upsert(client: &str, owner: Option<&str>) -> WriteOp {
+        WriteOp::UpsertSession {
+            client_id: ClientId::from(client),
+            owner: owner.map(Principal::from_stored),
+            expiry_secs: 60,
+            disconnected_at: None,
+        }
+    }
+
+    fn pending(ops: Vec<WriteOp>, kind: Kind) -> Vec<Pending> {
+        ops.into_iter().enumerate().map(|(i, op)| Pending { op, ticket: i as u64, kind }).collect()
+    }
+
+    fn described(ops: &[Pending]) -> Vec<String> {
+        ops.iter()
+            .map(|p| match &p.op {
+                WriteOp::UpsertSession { client_id, owner, .. } => {
+                    format!("upsert {client_id} {:?}", owner.as_ref().map(|o| o.as_str()))
+                }
+                WriteOp::DeleteSession(c) => format!("delete {c}"),
+                WriteOp::PutSubscription { client_id, filter, .. } => {
+                    format!("put {client_id} {filter}")
+                }
+                WriteOp::DeleteSubscription { client_id, filter } => {
+                    format!("unsub {client_id} {filter}")
+                }
+                WriteOp::DeleteMessage(seq) => format!("ack {seq}"),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn session_state_keeps_the_last_write_per_session_and_subscription() {
+        let mut ops = pending(
+            vec![
+                upsert("a", Some("ann")),
+                put_sub("a", "x/#"),
+                delete_sub("a", "x/#"),
+                put_sub("a", "y/#"),
+                WriteOp::DeleteMessage(7),
+                upsert("a", None),
+                put_sub("b", "z/#"),
+                upsert("b", Some("bob")),
+                WriteOp::DeleteSession(ClientId::from("b")),
+                put_sub("b", "w/#"),
+            ],
+            Kind::State,
+        );
+        coalesce_state(&mut ops);
+        assert_eq!(
+            described(&ops),
+            [
+                "unsub a x/#",
+                "put a y/#",
+                "ack 7",
+                "upsert a Some(\"ann\")",
+                "delete b",
+                "put b w/#",
+            ],
+            "{:?}",
+            described(&ops)
+        );
+    }
+
+    #[test]
+    fn a_long_outage_drops_only_droppable_writes_never_session_state() {
+        let mut ops = pending(vec![put_sub("a", "x/#"), WriteOp::DeleteMessage(1)], Kind::State);
+        ops.extend((0..MAX_KEPT_OPS + 10).map(|i| Pending {
+            op: WriteOp::DeleteRetained(ByteString::from(format!("t/{i}"))),
+            ticket: 2 + i as u64,
+            kind: Kind::Droppable,
+        }));
+        drop_oldest_beyond_bound(&mut ops);
+        assert_eq!(ops.len(), 2 + MAX_KEPT_OPS);
+        assert_eq!(described(&ops[..2]), ["put a x/#", "ack 1"]);
+        assert!(matches!(&ops[2].op, WriteOp::DeleteRetained(t) if t == "t/10"));
+    }
+
+    async fn subscriptions(store: &Store) -> Vec<String> {
+        sqlx::query_scalar::<Any, String>(
+            "SELECT client_id || ' ' || filter FROM session_subscriptions ORDER BY 1",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn session_state_is_taken_while_the_queue_is_full_and_committed_in_order() {
+        let (_dir, store) = store().await;
+        let (writer, _) = spawn_writer(store.clone(), Duration::ZERO);
+        // This runtime has one thread: the writer runs only once the test
+        // awaits, so the queue fills up.
+        let mut queued = 0;
+        while writer.submit(session(&format!("s{queued}"))).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, QUEUE);
+        assert!(matches!(writer.submit(session("late")), Err(StoreError::Overloaded)));
+
+        writer.submit_state(vec![put_sub("a", "x/#"), put_sub("a", "y/#")]);
+        writer.submit_state(vec![delete_sub("a", "x/#")]);
+        writer.flush_and_stop().await;
+
+        assert_eq!(subscriptions(&store).await, ["a y/#"]);
+        assert_eq!(sessions(&store).await, QUEUE as i64);
+    }
+
+    #[tokio::test]
+    async fn session_state_waits_out_a_failing_database_and_lands_when_it_returns() {
+        let (_dir, store) = store().await;
+        let (writer, _) = spawn_writer(store.clone(), Duration::ZERO);
+        sqlx::query("ALTER TABLE session_subscriptions RENAME TO away")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        writer.submit_state(vec![put_sub("a", "x/#"), put_sub("a", "y/#")]);
+        writer.submit_state(vec![delete_sub("a", "y/#")]);
+        // Several failed attempts (one per retry interval).
+        tokio::time::sleep(RETRY_INTERVAL * 3).await;
+        assert!(writer.health().is_err(), "the writes failed");
+
+        sqlx::query("ALTER TABLE away RENAME TO session_subscriptions")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while subscriptions(&store).await != ["a x/#"] {
+            assert!(Instant::now() < deadline, "{:?}", subscriptions(&store).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(writer.health().is_ok());
     }
 }

@@ -107,6 +107,7 @@ pub struct Metrics {
     pub crashes: AtomicU64,
     /// Map snapshots published, and the figures of the latest.
     pub updater_builds: AtomicU64,
+    pub updater_build_failures: AtomicU64,
     pub updater_build_ms: AtomicU64,
     pub updater_devices: AtomicU64,
     pub updater_raw_bytes: AtomicU64,
@@ -159,6 +160,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     spool_dropped: AtomicU64::new(0),
     crashes: AtomicU64::new(0),
     updater_builds: AtomicU64::new(0),
+    updater_build_failures: AtomicU64::new(0),
     updater_build_ms: AtomicU64::new(0),
     updater_devices: AtomicU64::new(0),
     updater_raw_bytes: AtomicU64::new(0),
@@ -333,6 +335,11 @@ impl Metrics {
                 m::UPDATER_BUILDS,
                 "Map snapshots built and published.",
                 g(&self.updater_builds),
+            ),
+            Scalar::counter(
+                m::UPDATER_BUILD_FAILURES,
+                "Map builds that failed (not recorded, so not published).",
+                g(&self.updater_build_failures),
             ),
             Scalar::gauge(
                 m::UPDATER_BUILD_MS,

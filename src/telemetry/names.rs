@@ -240,6 +240,8 @@ pub mod metrics {
     /// The map updater: builds published, and the last one's figures.
     pub const UPDATER_BUILDS: (&str, &str) =
         ("mapcast_updater_builds_total", "mapcast.updater.builds");
+    pub const UPDATER_BUILD_FAILURES: (&str, &str) =
+        ("mapcast_updater_build_failures_total", "mapcast.updater.build_failures");
     pub const UPDATER_BUILD_MS: (&str, &str) =
         ("mapcast_updater_last_build_milliseconds", "mapcast.updater.last_build_ms");
     pub const UPDATER_DEVICES: (&str, &str) =

@@ -76,6 +76,9 @@ pub struct MapUpdater {
     /// Whether this run has published a snapshot yet (the first build always
     /// publishes, so the retained topics hold this run's map).
     published: bool,
+    /// Whether the last build failed: the next tick builds again even if
+    /// nothing changed since, or the stale map would stay.
+    failed: bool,
     /// Whether a device is on the shared map unless its owner said otherwise.
     default_visibility: Visibility,
     /// The devices whose owners said otherwise, re-read from the database
@@ -122,6 +125,7 @@ impl MapUpdater {
             table,
             version,
             published: false,
+            failed: false,
             default_visibility,
             exceptions: Arc::default(),
             map_ids,
@@ -160,7 +164,7 @@ impl MapUpdater {
         let generated_at = millis(now);
         let expired = self.table.values().any(|p| p.received_at_ms < cutoff);
         let visibility_changed = self.refresh_visibility().await;
-        if self.published && fresh.is_empty() && !expired && !visibility_changed {
+        if self.published && !self.failed && fresh.is_empty() && !expired && !visibility_changed {
             return UpdateOutcome::Unchanged { version: self.version };
         }
         self.version += 1;
@@ -212,7 +216,7 @@ impl MapUpdater {
                 // The table went down with the build; the next tick starts
                 // from what the hook feeds (the store still has everything).
                 tracing::error!({ names::ERROR_MESSAGE } = %e, "map build panicked");
-                return UpdateOutcome::Failed { version, reason: format!("build panicked: {e}") };
+                return self.failed(version, format!("build panicked: {e}"));
             }
         };
 
@@ -227,11 +231,12 @@ impl MapUpdater {
         };
         if let Err(e) = self.store.record_map_snapshot(record).await {
             tracing::error!({ names::ERROR_MESSAGE } = %e, "map snapshot not recorded; not publishing it");
-            return UpdateOutcome::Failed { version, reason: e.to_string() };
+            return self.failed(version, format!("snapshot not recorded: {e}"));
         }
         self.view.publish(map.clone());
         self.publish(&map).await;
         self.published = true;
+        self.failed = false;
         let m = crate::telemetry::metrics::global();
         m.updater_builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for (gauge, value) in [
@@ -258,6 +263,15 @@ impl MapUpdater {
             "map snapshot published"
         );
         outcome
+    }
+
+    /// Count a failed build and show it to readiness until one succeeds.
+    fn failed(&mut self, version: u64, reason: String) -> UpdateOutcome {
+        self.failed = true;
+        let m = crate::telemetry::metrics::global();
+        m.updater_build_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.view.build_failed(reason.clone());
+        UpdateOutcome::Failed { version, reason }
     }
 
     /// Retained on `map/snapshot`, `map/snapshot.gz` and `map/version`. The

@@ -41,6 +41,8 @@ struct State {
     current: Option<Arc<PublishedMap>>,
     /// `(version, positions)`, oldest first, at most [`DIFF_WINDOW`].
     recent: VecDeque<(u64, MapPositions)>,
+    /// Why the latest build failed; `None` once one succeeds again.
+    failing: Option<String>,
 }
 
 /// Cloneable read side of the updater.
@@ -63,6 +65,17 @@ impl MapView {
             st.recent.pop_front();
         }
         st.current = Some(map);
+        st.failing = None;
+    }
+
+    /// The latest build failed: the served map is older than it should be.
+    pub(super) fn build_failed(&self, reason: String) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).failing = Some(reason);
+    }
+
+    /// Why the latest build failed, while the map is stale because of it.
+    pub fn failing(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).failing.clone()
     }
 
     /// What changed between version `since` and the current snapshot.

@@ -172,3 +172,91 @@ async fn a_postgres_restart_in_a_quiet_spell_refuses_no_publish() {
     drop(server);
     mark_pg_cluster_ran().await;
 }
+
+/// QoS 0 positions written to the wire in one go: each is a write nobody
+/// waits for, so together they fill the writer's queue during an outage.
+async fn flood_qos0_locations(addr: std::net::SocketAddr, n: usize) {
+    let (mut flooder, _) = RawConn::connect_v3(addr, "flooder", true).await;
+    let base = an_hour_ago_ms();
+    let mut bytes = Vec::new();
+    for i in 0..n {
+        let payload = location_at((i % 170) as f64, 0.0, base + i as i64);
+        bytes.extend(crate::helpers::qos0_publish("devices/flooder/location", payload.as_bytes()));
+        if bytes.len() > 1 << 20 {
+            flooder.send_bytes(&bytes).await;
+            bytes.clear();
+        }
+    }
+    flooder.send_bytes(&bytes).await;
+}
+
+/// Session state acknowledged during a long outage (a SUBACK, an UNSUBACK)
+/// while the writer's queue is full of writes nobody waits for: once the
+/// database is back and the server restarts, the stored subscriptions are
+/// exactly the acknowledged ones.
+#[tokio::test]
+async fn subscriptions_acknowledged_during_a_long_outage_survive_a_restart() {
+    let Some(pg) = PgCluster::start_if_configured("db_outage_sessions").await else { return };
+    let data_dir = tempfile::tempdir().unwrap();
+    let args = ["--database-url", &pg.url()];
+    let server = ServerProcess::start(data_dir.path(), &args).await;
+    let api = Api::new(server.http_addr);
+    let keeper = || {
+        V5Options::new("keeper", server.mqtt_addr).clean_start(false).session_expiry(Some(3_600))
+    };
+    let mut kept = keeper().connect().await;
+    kept.subscribe("before/#", QoS::AtLeastOnce).await;
+    kept.subscribe("dropped/#", QoS::AtLeastOnce).await;
+    let mut watcher = V5Options::new("watcher", server.mqtt_addr).connect().await;
+    watcher.subscribe("sync/#", QoS::AtMostOnce).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    pg.stop_immediate().await;
+    // More writes than the queue holds and than are kept for retry.
+    flood_qos0_locations(server.mqtt_addr, 140_000).await;
+    // Routing is in order: once this arrives, the flood has been routed.
+    let (mut marker, _) = RawConn::connect_v3(server.mqtt_addr, "marker", true).await;
+    marker.publish_v3("sync/flood", 0, 0, b"routed").await;
+    let synced = tokio::time::timeout(Duration::from_secs(120), watcher.recv_publish()).await;
+    assert_eq!(text(&synced.expect("the flood is routed").payload), "routed");
+    kept.subscribe("during/#", QoS::AtLeastOnce).await;
+    kept.unsubscribe("dropped/#").await;
+    // The outage goes on for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    pg.start().await;
+    let back = Instant::now();
+    while readyz(&api).await != 200 {
+        assert!(back.elapsed() < RECOVERY, "not ready {RECOVERY:?} after PostgreSQL came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kept.disconnect().await;
+    let status = server.terminate(Duration::from_secs(15)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "a clean stop");
+
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url()).await.unwrap();
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT filter FROM session_subscriptions WHERE client_id = 'keeper' ORDER BY filter",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(stored, ["before/#", "during/#"], "the database holds what was acknowledged");
+
+    let server = ServerProcess::start(data_dir.path(), &args).await;
+    let mut kept = V5Options::new("keeper", server.mqtt_addr)
+        .clean_start(false)
+        .session_expiry(Some(3_600))
+        .connect()
+        .await;
+    assert!(kept.session_present(), "the session was restored");
+    let publisher = V5Options::new("publisher", server.mqtt_addr).connect().await;
+    for topic in ["dropped/1", "during/1", "before/1"] {
+        publisher.publish(topic, QoS::AtLeastOnce, false, topic.to_owned()).await;
+    }
+    let got: Vec<String> = kept.recv_publishes(2).await.iter().map(|p| text(&p.payload)).collect();
+    assert_eq!(got, ["during/1", "before/1"]);
+    kept.expect_no_publish(Duration::from_millis(500)).await;
+    drop(server);
+    mark_pg_cluster_ran().await;
+}

@@ -15,6 +15,7 @@ mod connect;
 mod crash;
 mod db_outage;
 mod disk_full;
+mod durability;
 mod elastic;
 mod elk_files;
 mod es_setup;

@@ -91,10 +91,39 @@ async fn the_api_speaks_https_when_given_a_certificate() {
         .unwrap();
     assert_eq!(signin.status(), 401, "answered over TLS");
 
-    let plain = reqwest::Client::new()
-        .get(format!("http://{}/healthz", app.http_addr))
-        .timeout(std::time::Duration::from_secs(5))
-        .send()
-        .await;
-    assert!(plain.is_err() || plain.unwrap().status() != 200, "plain HTTP is not served");
+    // Plain HTTP on the TLS port: no HTTP answer at all, only one fatal
+    // TLS alert record (TLS 1.2 record version, 2 bytes: level fatal and
+    // the reason), then the connection is closed.
+    let answer = plain_http_answer(app.http_addr).await;
+    assert!(
+        answer.len() == 7 && answer[..6] == [TLS_ALERT, 3, 3, 0, 2, FATAL],
+        "plain HTTP got something other than a fatal TLS alert: {answer:02x?} {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+/// The record type of a TLS alert (RFC 8446 §5.1).
+const TLS_ALERT: u8 = 21;
+/// The alert level that ends the connection.
+const FATAL: u8 = 2;
+
+/// Everything a TLS port sends back to a plain HTTP request before it closes
+/// the connection (which it must do within a few seconds).
+async fn plain_http_answer(addr: std::net::SocketAddr) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(5), conn.read_to_end(&mut answer))
+            .await
+            .expect("the TLS port must close a plain HTTP connection");
+    // A reset after the alert counts as closed.
+    if let Err(e) = read {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    println!("plain HTTP on the TLS port got {} bytes: {answer:02x?}", answer.len());
+    answer
 }

@@ -30,7 +30,7 @@ async fn healthz() -> HttpResponse {
 #[utoipa::path(
     tag = "meta",
     responses(
-        (status = 200, description = "Ready"),
+        (status = 200, description = "Ready (`status: ready`), or serving with a part failing (`status: degraded`, `degraded` says which: `map` while map builds fail)"),
         (status = 503, description = "Not ready; the detail says why", content_type = "application/problem+json"),
     )
 )]
@@ -66,6 +66,15 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         }
         Err(_) => return Err(ApiError::Unavailable("database writes are failing".into())),
     }
-    Ok(HttpResponse::Ok()
-        .json(json!({ "status": "ready", "uptime_secs": state.started_at.elapsed().as_secs() })))
+    let uptime_secs = state.started_at.elapsed().as_secs();
+    // The broker and the API still serve while map builds fail, so traffic
+    // stays; the map they serve is stale, which monitoring must see.
+    if let Some(reason) = state.map.failing() {
+        return Ok(HttpResponse::Ok().json(json!({
+            "status": "degraded",
+            "degraded": { "map": format!("the latest map build failed ({reason}); the map served is stale") },
+            "uptime_secs": uptime_secs,
+        })));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "status": "ready", "uptime_secs": uptime_secs })))
 }

@@ -107,6 +107,16 @@ impl Emitted {
         Self(fields)
     }
 
+    /// Every field of `documents`, as shipped (nested objects as dotted
+    /// paths): what the code really emitted, not what it could.
+    pub fn from_documents<'d>(documents: impl IntoIterator<Item = &'d Value>) -> Self {
+        let mut fields = BTreeSet::new();
+        for document in documents {
+            leaves(document, "", &mut fields);
+        }
+        Self(fields)
+    }
+
     /// `field` or something below it (a `flattened` or `histogram` field
     /// holds a whole object) is emitted.
     pub fn contains(&self, field: &str) -> bool {

@@ -355,6 +355,9 @@ fn ndjson_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Structure and mappings, offline; a field passes here when the code could
+/// emit it (a constant in `names.rs`). Whether it really is emitted is
+/// checked against shipped documents below.
 #[test]
 fn the_dashboards_import_cleanly_and_use_only_fields_the_code_emits() {
     let templates = Templates::load(&repo("dashboards/templates"));
@@ -448,4 +451,103 @@ fn kql_fields_are_the_names_before_an_operator_outside_quotes() {
         r#"log.level : ("error" or "fatal") or http.response.status_code >= 500 and not a:"b : c""#;
     assert_eq!(kql_fields(q), ["log.level", "http.response.status_code", "a"]);
     assert_eq!(kql_fields("feature_flag.key : *"), ["feature_flag.key"]);
+}
+
+/// The dashboards against the documents a running server really shipped
+/// during a scenario (to the strict `_bulk` endpoint): a field counts as
+/// emitted only if some shipped document carries it, not because a constant
+/// names it.
+#[tokio::test]
+async fn the_dashboards_use_only_fields_found_in_documents_shipped_during_a_scenario() {
+    use std::time::Duration;
+
+    use crate::elastic::{APP, CRASH, METRICS, shipping_config};
+    use crate::helpers::{
+        Api, EsBulk, PASSWORD, ServerProcess, V3Options, add_admin, expect_problem, location,
+    };
+
+    let es = EsBulk::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = add_admin(dir.path(), "root", PASSWORD).await;
+    let extra = "[debug]\npanic_endpoint = true\n[map]\ninterval_secs = 1\n\
+                 [flags]\nrefresh_ms = 200\ncanary_interval_secs = 1\n";
+    let server =
+        ServerProcess::start_with_config(dir.path(), &shipping_config(&es.url(), extra), &[]).await;
+    let api = Api::new(server.http_addr);
+
+    // What the dashboards show: traffic, sign-ins (one failing), the map,
+    // a crash.
+    let token = api.login("root", PASSWORD).await;
+    let wrong = api
+        .post_json(
+            "/api/v1/sessions",
+            None,
+            &serde_json::json!({"username": "root", "password": "not-the-password"}),
+        )
+        .await;
+    expect_problem(wrong, 401, "unauthorized").await;
+    let mut car = V3Options::new("car-1", server.mqtt_addr).connect().await;
+    car.subscribe("devices/#", rumqttc::QoS::AtLeastOnce).await;
+    car.publish_qos1("devices/car-1/location", false, location(4.9, 52.4)).await;
+    car.publish("devices/car-1/location", rumqttc::QoS::AtMostOnce, false, "not json").await;
+    let intruder = V3Options::new("intruder", server.mqtt_addr).connect().await;
+    intruder.publish("$SYS/forged", rumqttc::QoS::AtMostOnce, false, "x").await;
+    api.get("/api/v1/map", None).await;
+    api.get("/no-such-page", None).await;
+    // A canary (the admin) that fails until it is rolled back, and crashes
+    // once on the way.
+    let me = format!("rest:{}", root["id"].as_str().unwrap());
+    let flag = serde_json::json!({
+        "enabled": true, "rollout": 0, "allow": [me], "debug_fault": "error",
+        "canary": {"min_samples": 5, "failed_checks": 2},
+    });
+    let put = api
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/flags/map.clustering",
+            Some(&token),
+            Some(("application/json", flag.to_string())),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+    let empty = serde_json::json!({});
+    let panic = api.post_json("/api/v1/admin/debug/panic", Some(&token), &empty).await;
+    expect_problem(panic, 500, "internal").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for _ in 0..5 {
+            api.get("/api/v1/map?zoom=3", Some(&token)).await;
+            api.get("/api/v1/map?zoom=3", None).await;
+        }
+        let flag = api.get("/api/v1/flags/map.clustering", Some(&token)).await;
+        let flag: Value = flag.json().await.unwrap();
+        if flag["state"] == "rolled_back" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never rolled back: {flag}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let shipped = es
+        .wait_for(Duration::from_secs(20), |es| {
+            let accepted = es.accepted();
+            [APP, METRICS, CRASH].iter().all(|index| {
+                accepted.iter().filter(|a| a.index == *index).count() >= 2 || *index == CRASH
+            }) && accepted.iter().any(|a| a.index == CRASH)
+        })
+        .await;
+    assert!(shipped, "not every data stream got documents; violations: {:?}", es.violations());
+    // One more metrics interval, so counters of the scenario are in.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let accepted = es.accepted();
+    let emitted = Emitted::from_documents(accepted.iter().map(|a| &a.doc));
+    let templates = Templates::load(&repo("dashboards/templates"));
+    let mut text = String::new();
+    for file in ndjson_files(&repo("dashboards")) {
+        text.push_str(&read(&file));
+        text.push('\n');
+    }
+    let errors = check_bundle(&text, &templates, &emitted);
+    assert!(errors.is_empty(), "{} documents shipped; {errors:#?}", accepted.len());
 }
