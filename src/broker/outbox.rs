@@ -456,6 +456,32 @@ impl Outbox {
         released
     }
 
+    /// [`Outbox::incoming_qos2_release`] for a receiver about to send
+    /// PUBCOMP: also how to wait until the release is durable. A PUBCOMP sent
+    /// before that could leave the id recorded after a crash, and a client
+    /// that reuses the id for a new message would get PUBREC for it and lose
+    /// it. `None`: nothing to wait for (or the write is queued for retry).
+    pub fn incoming_qos2_release_durably(
+        &self,
+        packet_id: u16,
+    ) -> (bool, Option<oneshot::Receiver<Result<(), StoreError>>>) {
+        let mut st = self.lock();
+        let released = st.incoming_qos2.remove(&packet_id);
+        if !(released && st.persistent) {
+            return (released, None);
+        }
+        let ops =
+            vec![WriteOp::DeleteIncomingQos2 { client_id: self.client_id.clone(), packet_id }];
+        match self.store.submit_durable(ops.clone()) {
+            Ok(committed) => (released, Some(committed)),
+            Err(_) => {
+                // Refused for now: kept for retry like any other write.
+                self.store_locked(ops);
+                (released, None)
+            }
+        }
+    }
+
     /// PUBREC for the outbound delivery `seq` sent as `packet_id`: the message
     /// is delivered (forget it) but the exchange goes on until PUBCOMP.
     /// Stored, the message's row goes and the pending PUBREL's comes in one

@@ -140,7 +140,11 @@ where
             Decoded::Packet(Packet::PublishRelease(rel), _) => {
                 let id = rel.packet_id;
                 self.unreleased.borrow_mut().remove(&id);
-                let reason = if self.conn.outbox.incoming_qos2_release(id.get()) {
+                let (released, durable) = self.conn.outbox.incoming_qos2_release_durably(id.get());
+                if let Some(durable) = durable {
+                    self.conn.defer(Deferred::V5(Box::new(after(durable)), false));
+                }
+                let reason = if released {
                     PublishAck2Reason::Success
                 } else {
                     PublishAck2Reason::PacketIdNotFound
@@ -259,6 +263,20 @@ fn decided(
     }
 }
 
+/// A [`Finish`](super::acks::Finish) that sends the answer as it is once
+/// `durable` resolves (PUBCOMP once the released id is forgotten for good).
+/// Sent even if the write failed: it stays queued for retry.
+fn after<E: 'static>(
+    durable: tokio::sync::oneshot::Receiver<Result<(), crate::store::StoreError>>,
+) -> impl FnOnce(E) -> LocalBoxFuture<'static, Result<Option<E>, ConnError>> {
+    move |answer| {
+        Box::pin(async move {
+            let _ = durable.await;
+            Ok(Some(answer))
+        })
+    }
+}
+
 fn alias_invalid(why: &'static str) -> DispatcherError<ConnError> {
     DispatcherError::Service(ConnError::new(DisconnectReasonCode::TopicAliasInvalid, why))
 }
@@ -294,6 +312,7 @@ impl<S> Middleware<S, (SharedCfg, v3::Session<Conn>)> for InboundQos2V3 {
     fn create(&self, inner: S, (_, session): (SharedCfg, v3::Session<Conn>)) -> Self::Service {
         InboundQos2V3Service {
             inner,
+            conn: Some((*session).clone()),
             outbox: session.outbox.clone(),
             resumed: session.resumed.clone(),
             known: RefCell::new(HashSet::default()),
@@ -303,6 +322,9 @@ impl<S> Middleware<S, (SharedCfg, v3::Session<Conn>)> for InboundQos2V3 {
 
 pub(super) struct InboundQos2V3Service<S> {
     inner: S,
+    /// Where a PUBCOMP's wait for its durable release is left (`acks`);
+    /// `None` in unit tests without a connection.
+    conn: Option<Conn>,
     outbox: Arc<Outbox>,
     resumed: Rc<ResumedReleases>,
     /// QoS 2 ids this connection received and the dispatcher tracks.
@@ -342,7 +364,10 @@ where
                 }
             }
             Decoded::Packet(Packet::PublishRelease { packet_id }, _) => {
-                self.outbox.incoming_qos2_release(packet_id.get());
+                let (_, durable) = self.outbox.incoming_qos2_release_durably(packet_id.get());
+                if let (Some(durable), Some(conn)) = (durable, &self.conn) {
+                    conn.defer(Deferred::V3(Box::new(after(durable))));
+                }
                 if !self.known.borrow_mut().remove(packet_id) {
                     return Ok(Some(Encoded::Packet(Packet::PublishComplete {
                         packet_id: *packet_id,
@@ -422,6 +447,7 @@ mod tests {
         });
         let svc = Pipeline::new(InboundQos2V3Service {
             inner,
+            conn: None,
             outbox: outbox.clone(),
             resumed: Rc::default(),
             known: RefCell::new(HashSet::default()),
@@ -457,6 +483,7 @@ mod tests {
         let resumed = Rc::new(ResumedReleases::default());
         let svc = Pipeline::new(InboundQos2V3Service {
             inner,
+            conn: None,
             outbox: outbox.clone(),
             resumed: resumed.clone(),
             known: RefCell::new(HashSet::default()),
