@@ -1020,18 +1020,23 @@ mod tests {
     use crate::broker::auth::ConfigAuthenticator;
     use crate::broker::{Next, ProtocolVersion, SubscribeRequest, Will};
     use crate::domain::{TopicLimits, TopicName};
-    use crate::store::{Store, spawn_writer};
+    use crate::store::{Store, StoreWriter, spawn_writer};
 
     async fn broker() -> (BrokerHandle, tempfile::TempDir) {
         broker_with(RestoredState::default()).await
     }
 
-    async fn broker_with(restored: RestoredState) -> (BrokerHandle, tempfile::TempDir) {
+    /// A store writer on a fresh, migrated SQLite database.
+    async fn writer() -> (StoreWriter, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db", dir.path().display());
         let store = Store::connect(&url, 2).await.unwrap();
         store.migrate().await.unwrap();
-        let (writer, _) = spawn_writer(store, Duration::ZERO);
+        (spawn_writer(store, Duration::ZERO).0, dir)
+    }
+
+    async fn broker_with(restored: RestoredState) -> (BrokerHandle, tempfile::TempDir) {
+        let (writer, dir) = writer().await;
         let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
         let (h, _) = spawn_router(
             BrokerLimits::default(),
@@ -1308,11 +1313,7 @@ mod tests {
     }
 
     async fn bare_router_with(limits: BrokerLimits) -> (Router, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = Store::connect(&url, 2).await.unwrap();
-        store.migrate().await.unwrap();
-        let (writer, _) = spawn_writer(store, Duration::ZERO);
+        let (writer, dir) = writer().await;
         let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
         let limits = Arc::new(limits);
         let router = Router {
