@@ -20,6 +20,7 @@ pub mod map;
 pub mod payload;
 pub mod procfs;
 pub mod pubsub;
+pub mod reconnects;
 pub mod stats;
 pub mod wire;
 
@@ -52,6 +53,9 @@ pub enum Scenario {
     /// K devices publishing positions while H HTTP clients poll the map
     /// with `If-None-Match`: request rate, 304 share, latency, server CPU.
     Map(MapArgs),
+    /// One persistent session reconnecting N times without DISCONNECT:
+    /// the broker's RSS over the run.
+    Reconnects(reconnects::ReconnectsArgs),
 }
 
 /// Which broker to load and how to talk to it.
@@ -104,6 +108,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Pubsub(args) => pubsub::run(args).await,
             Scenario::Conns(args) => conns::run(args).await,
             Scenario::Map(args) => map::run(args).await,
+            Scenario::Reconnects(args) => reconnects::run(args).await,
         }
     })
 }
