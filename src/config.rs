@@ -675,6 +675,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_PERSISTENT_CLIENT_EXPIRATION", "broker.persistent_client_expiration", |s, v| {
         set(&mut s.broker.limits.persistent_client_expiration, v)
     }),
+    var("MAPCAST_MAX_QUEUED_BYTES", "broker.max_queued_bytes", |s, v| {
+        set(&mut s.broker.limits.max_queued_bytes, v)
+    }),
     var("MAPCAST_QUEUE_QOS0_MESSAGES", "broker.queue_qos0_messages", |s, v| {
         set(&mut s.broker.limits.queue_qos0_messages, v)
     }),
