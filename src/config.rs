@@ -1168,6 +1168,22 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_byte_bound_defaults_to_64_mib_and_comes_from_file_or_env() {
+        let load = |vars: &[(&str, &str)], toml: Option<&str>| {
+            let file = toml.map(config_file);
+            Settings::load(file.as_ref().map(|f| f.path()), &env(vars), Overrides::default())
+                .unwrap()
+                .broker
+                .limits
+                .max_queued_bytes
+        };
+        assert_eq!(load(&[], None), 64 * 1024 * 1024);
+        let file = "[broker]\nmax_queued_bytes = 1000000\n";
+        assert_eq!(load(&[], Some(file)), 1_000_000);
+        assert_eq!(load(&[("MAPCAST_MAX_QUEUED_BYTES", "2000000")], Some(file)), 2_000_000);
+    }
+
+    #[test]
     fn empty_env_values_count_as_unset() {
         let s =
             Settings::load(None, &env(&[("MAPCAST_WS_LISTEN", "")]), Overrides::default()).unwrap();
