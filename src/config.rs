@@ -675,6 +675,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_PERSISTENT_CLIENT_EXPIRATION", "broker.persistent_client_expiration", |s, v| {
         set(&mut s.broker.limits.persistent_client_expiration, v)
     }),
+    var("MAPCAST_MAX_QUEUED_BYTES", "broker.max_queued_bytes", |s, v| {
+        set(&mut s.broker.limits.max_queued_bytes, v)
+    }),
     var("MAPCAST_QUEUE_QOS0_MESSAGES", "broker.queue_qos0_messages", |s, v| {
         set(&mut s.broker.limits.queue_qos0_messages, v)
     }),
@@ -1162,6 +1165,22 @@ mod tests {
         assert!(format!("{err:#}").contains("database.sqlite_synchronous"), "{err:#}");
         let err = load(&[], Some("[database]\nsqlite_synchronous = \"off\"\n")).unwrap_err();
         assert!(format!("{err:#}").contains("sqlite_synchronous"), "{err:#}");
+    }
+
+    #[test]
+    fn the_queue_byte_bound_defaults_to_64_mib_and_comes_from_file_or_env() {
+        let load = |vars: &[(&str, &str)], toml: Option<&str>| {
+            let file = toml.map(config_file);
+            Settings::load(file.as_ref().map(|f| f.path()), &env(vars), Overrides::default())
+                .unwrap()
+                .broker
+                .limits
+                .max_queued_bytes
+        };
+        assert_eq!(load(&[], None), 64 * 1024 * 1024);
+        let file = "[broker]\nmax_queued_bytes = 1000000\n";
+        assert_eq!(load(&[], Some(file)), 1_000_000);
+        assert_eq!(load(&[("MAPCAST_MAX_QUEUED_BYTES", "2000000")], Some(file)), 2_000_000);
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub struct BrokerLimits {
     pub receive_maximum: u16,
     /// Per-session outbound queue bound (messages), online and offline.
     pub max_queued_messages: usize,
+    /// Per-session outbound queue bound in bytes (payloads and topics of
+    /// the queued messages), online and offline: map snapshots run to
+    /// megabytes, so the message bound alone does not bound memory.
+    pub max_queued_bytes: usize,
     /// What to do with QoS≥1 messages that meet a full queue.
     pub queue_overflow: OverflowPolicy,
     /// Topic aliases a v5 client may use towards the broker.
@@ -70,6 +74,7 @@ impl Default for BrokerLimits {
             max_inflight: 64,
             receive_maximum: 1024,
             max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
             queue_overflow: OverflowPolicy::DropOldest,
             max_topic_alias: 64,
             max_session_expiry_secs: 7 * 24 * 3600,

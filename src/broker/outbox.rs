@@ -2,7 +2,8 @@
 //!
 //! It outlives connections: while the client is away it is the offline queue,
 //! and whatever was in flight when a connection dropped goes back to its front
-//! (flagged DUP) for the next one. It is bounded; overflow follows the policy.
+//! (flagged DUP) for the next one. It is bounded in messages and in bytes
+//! (map snapshots are megabytes each); overflow follows the policy.
 //!
 //! A QoS≥1 message for a consumer that is connected and keeping up is never
 //! dropped at the bound: it is queued (within a headroom past it) and the
@@ -73,7 +74,7 @@ pub enum Next {
 }
 
 struct State {
-    queue: VecDeque<Delivery>,
+    queue: Queue,
     /// Handed to the pump, waiting for PUBACK/PUBREC; ordered for redelivery.
     inflight: Inflight,
     conn: Option<ConnectionId>,
@@ -120,6 +121,9 @@ pub struct Outbox {
     /// Publishers waiting for the queue to shrink under the bound.
     room: Notify,
     bound: usize,
+    /// Bytes (payload and topic) the queued deliveries may hold; a hard
+    /// bound, no headroom: it is what keeps a session's memory in check.
+    max_bytes: usize,
     /// Reliable deliveries queued past `bound` for a live consumer before
     /// the overflow policy applies after all.
     headroom: usize,
@@ -140,7 +144,7 @@ impl Outbox {
     ) -> Self {
         Self {
             state: Mutex::new(State {
-                queue: VecDeque::new(),
+                queue: Queue::default(),
                 inflight: Inflight { map: BTreeMap::new(), stats: stats.clone() },
                 conn: None,
                 kicked: None,
@@ -156,6 +160,7 @@ impl Outbox {
             notify: Notify::new(),
             room: Notify::new(),
             bound: bound.max(1),
+            max_bytes: usize::MAX,
             headroom: bound.max(1),
             policy,
             stats,
@@ -172,40 +177,57 @@ impl Outbox {
         self
     }
 
+    /// Bound the bytes the queued deliveries hold (default: unbounded).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue half-edited
         // in a way that matters more than losing the connection, so recover.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queue a delivery, applying the bound.
+    /// Queue a delivery, applying the bounds.
     pub fn push(&self, mut d: Delivery) -> Pushed {
         let mut st = self.lock();
         let mut pushed = Pushed::Queued;
-        if st.queue.len() >= self.bound {
+        let size = delivery_bytes(&d);
+        let over_bytes = st.queue.bytes + size > self.max_bytes;
+        let over_count = st.queue.len() >= self.bound;
+        if over_count || over_bytes {
             let reliable = d.qos != QoS::AtMostOnce;
             if reliable
+                && !over_bytes
                 && st.queue.len() < self.bound + self.headroom
                 && st.consumer_live(Instant::now())
             {
                 pushed = Pushed::Congested;
-            } else {
+            } else if !reliable || self.policy == OverflowPolicy::DropNew || size > self.max_bytes {
+                // A delivery larger than the whole byte bound never fits.
                 st.dropped += 1;
                 let dropped = st.dropped;
-                if !reliable || self.policy == OverflowPolicy::DropNew {
-                    st.free_id(&d);
-                    drop(st);
-                    self.stats.dropped_queue_full(d.qos);
-                    self.log_drop(dropped, "new");
-                    self.forget(&d);
-                    return Pushed::Dropped;
-                }
-                // Drop the oldest; prefer a QoS0 one so reliable messages survive longer.
-                let victim = match st.queue.iter().position(|q| q.qos == QoS::AtMostOnce) {
-                    Some(i) => st.queue.remove(i),
-                    None => st.queue.pop_front(),
-                };
-                if let Some(v) = victim {
+                st.free_id(&d);
+                drop(st);
+                self.stats.dropped_queue_full(d.qos);
+                self.log_drop(dropped, "new");
+                self.forget(&d);
+                return Pushed::Dropped;
+            } else {
+                // Drop the oldest until the new one fits both bounds: one for
+                // the message bound, as many as it takes for the byte bound.
+                let mut count_victim = over_count;
+                while count_victim || st.queue.bytes + size > self.max_bytes {
+                    count_victim = false;
+                    // Prefer a QoS0 one so reliable messages survive longer.
+                    let victim = match st.queue.position(|q| q.qos == QoS::AtMostOnce) {
+                        Some(i) => st.queue.remove(i),
+                        None => st.queue.pop_front(),
+                    };
+                    let Some(v) = victim else { break };
+                    st.dropped += 1;
+                    let dropped = st.dropped;
                     st.free_id(&v);
                     self.stats.dropped_queue_full(v.qos);
                     self.log_drop(dropped, "oldest");
@@ -263,6 +285,7 @@ impl Outbox {
                 dropped_total = dropped,
                 dropped = which,
                 bound = self.bound,
+                max_bytes = self.max_bytes,
                 "outbound queue full: messages dropped"
             );
         }
@@ -584,9 +607,9 @@ impl Outbox {
     pub fn retain(&self, mut keep: impl FnMut(&Delivery) -> bool) -> usize {
         let mut st = self.lock();
         requeue_inflight(&mut st);
-        let (kept, dropped): (VecDeque<Delivery>, VecDeque<Delivery>) =
+        let (kept, dropped): (Vec<Delivery>, Vec<Delivery>) =
             std::mem::take(&mut st.queue).into_iter().partition(|d| keep(d));
-        st.queue = kept;
+        st.queue = kept.into_iter().collect();
         for d in &dropped {
             st.free_id(d);
         }
@@ -601,7 +624,8 @@ impl Outbox {
     pub fn clear(&self) {
         let mut st = self.lock();
         let inflight = st.inflight.take();
-        let dropped: Vec<Delivery> = st.queue.drain(..).chain(inflight.into_values()).collect();
+        let queued = std::mem::take(&mut st.queue);
+        let dropped: Vec<Delivery> = queued.into_iter().chain(inflight.into_values()).collect();
         for d in &dropped {
             st.free_id(d);
         }
@@ -653,6 +677,70 @@ fn requeue_inflight(st: &mut State) {
     }
 }
 
+/// What a queued delivery counts against the byte bound: its payload and
+/// topic, the part that can be megabytes (the rest is a fixed few dozen).
+fn delivery_bytes(d: &Delivery) -> usize {
+    d.msg.payload.len() + d.msg.topic.as_str().len()
+}
+
+/// The queued deliveries with the bytes they hold, kept in step.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn push_back(&mut self, d: Delivery) {
+        self.bytes += delivery_bytes(&d);
+        self.items.push_back(d);
+    }
+
+    fn push_front(&mut self, d: Delivery) {
+        self.bytes += delivery_bytes(&d);
+        self.items.push_front(d);
+    }
+
+    fn pop_front(&mut self) -> Option<Delivery> {
+        let d = self.items.pop_front()?;
+        self.bytes -= delivery_bytes(&d);
+        Some(d)
+    }
+
+    fn remove(&mut self, i: usize) -> Option<Delivery> {
+        let d = self.items.remove(i)?;
+        self.bytes -= delivery_bytes(&d);
+        Some(d)
+    }
+
+    fn position(&self, f: impl FnMut(&Delivery) -> bool) -> Option<usize> {
+        self.items.iter().position(f)
+    }
+}
+
+impl IntoIterator for Queue {
+    type Item = Delivery;
+    type IntoIter = std::collections::vec_deque::IntoIter<Delivery>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.items.into_iter()
+    }
+}
+
+impl FromIterator<Delivery> for Queue {
+    fn from_iter<I: IntoIterator<Item = Delivery>>(iter: I) -> Self {
+        let mut q = Queue::default();
+        for d in iter {
+            q.push_back(d);
+        }
+        q
+    }
+}
+
 /// The in-flight map, kept in step with the `inflight_out` gauge of [`Stats`].
 struct Inflight {
     map: BTreeMap<u64, Delivery>,
@@ -693,6 +781,7 @@ impl Drop for Inflight {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration;
 
     use ntex::util::Bytes;
@@ -820,5 +909,49 @@ mod tests {
         assert_eq!(outbox.push(delivery(4, QoS::AtLeastOnce)), Pushed::Queued);
         assert_eq!(outbox.len(), 2, "stalled: the oldest was dropped");
         outbox.room().await;
+    }
+
+    /// A QoS 1 delivery to "a/b" (3 bytes of topic) with `len` bytes of payload.
+    fn big(outbox: &Outbox, seq: u64, len: usize) -> Delivery {
+        let mut d = queued(outbox, seq, QoS::AtLeastOnce);
+        let msg = Message::new(d.msg.topic.clone(), Bytes::from(vec![b'm'; len]), d.qos, true);
+        d.msg = Arc::new(msg);
+        d
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_drops_the_oldest_until_the_new_one_fits_and_frees_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let (writer, _) = spawn_writer(Store::connect(&url, 1).await.unwrap(), Duration::ZERO);
+        let stats = Arc::new(Stats::default());
+        // Plenty of room in messages; 1,000 bytes.
+        let outbox = Outbox::new(ClientId::new("c"), 100, OverflowPolicy::default(), stats, writer)
+            .with_max_bytes(1000);
+        outbox.attach(1);
+        for seq in 1..=3 {
+            assert_eq!(outbox.push(big(&outbox, seq, 297)), Pushed::Queued);
+        }
+        assert_eq!(outbox.lock().queue.bytes, 900);
+        // 600 more: the two oldest go, even for a live consumer.
+        assert_eq!(outbox.push(big(&outbox, 4, 597)), Pushed::Queued);
+        assert_eq!(outbox.lock().queue.bytes, 900);
+        assert_eq!(outbox.len(), 2);
+        assert_eq!(outbox.stats.publish_dropped_qos1.load(Relaxed), 2);
+        // Their packet ids (1 and 2) are free again; 3 and 4 are not.
+        assert_eq!(outbox.lock().ids.iter().copied().collect::<BTreeSet<_>>(), [3, 4].into());
+        // Larger than the whole bound: refused, its id given back.
+        assert_eq!(outbox.push(big(&outbox, 5, 2000)), Pushed::Dropped);
+        assert_eq!(outbox.stats.publish_dropped_qos1.load(Relaxed), 3);
+        assert_eq!(outbox.lock().ids.len(), 2);
+        let sent = take(&outbox, 1, 10).await;
+        assert_eq!(sent.iter().map(|d| d.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(outbox.lock().queue.bytes, 0);
+
+        // drop_new refuses the newcomer and keeps what is queued.
+        let outbox = Outbox { policy: OverflowPolicy::DropNew, ..outbox };
+        outbox.push(big(&outbox, 6, 797));
+        assert_eq!(outbox.push(big(&outbox, 7, 297)), Pushed::Dropped);
+        assert_eq!(outbox.lock().queue.bytes, 800);
     }
 }

@@ -207,6 +207,7 @@ impl Router {
         .with_headroom(
             self.limits.max_queued_messages.max(usize::from(self.limits.receive_maximum)),
         )
+        .with_max_bytes(self.limits.max_queued_bytes)
     }
 
     async fn run(mut self, mut rx: InboxReceiver, handle: BrokerHandle, sys_interval: Duration) {

@@ -38,6 +38,7 @@ mod pubsub;
 mod restart;
 mod retained;
 mod secrets;
+mod session_bounds;
 mod sessions;
 mod shared;
 mod shutdown;
