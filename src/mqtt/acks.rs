@@ -244,65 +244,59 @@ impl<L: Level> Queue<L> {
         }
         self.room.notify();
     }
-
-    /// The connection is gone or closing: nothing more is written.
-    fn clear(&self) {
-        self.items.borrow_mut().clear();
-        self.outstanding.set(0);
-        self.publishes.set(0);
-        self.room.notify();
-    }
 }
 
 /// The writer: finish the queue's answers in order and write them, until the
 /// queue is empty (the next answer that must wait starts a new writer).
 async fn write<L: Level>(queue: Rc<Queue<L>>, conn: Conn) {
-    let gone = conn.io.on_disconnect();
-    tokio::pin!(gone);
+    // Set once the connection is closed for an answer that failed: the rest
+    // is still finished, never written.
+    let mut closed = false;
     loop {
         let Some(item) = queue.items.borrow_mut().pop_front() else { break };
+        // Finished even when the connection is gone: what a finish does
+        // besides answering (keeping an inbound QoS 2 id once its message
+        // is committed) must happen, or a resend would be routed twice.
         let (answer, publish) = match item {
             Item::Ready(answer) => (Ok(Some(answer)), false),
-            Item::Deferred { provisional, finish, publish } => {
-                tokio::select! {
-                    answer = finish(provisional) => (answer, publish),
-                    () = &mut gone => {
-                        queue.clear();
-                        break;
-                    }
-                }
-            }
+            Item::Deferred { provisional, finish, publish } => (finish(provisional).await, publish),
         };
-        match answer {
-            Ok(Some(answer)) => {
-                if let Err(e) = L::encode(&conn.io, answer) {
-                    tracing::warn!(
-                        parent: &conn.span,
-                        { { CLIENT_ID } = %conn.client_id, { ERROR_MESSAGE } = %e },
-                        "cannot encode an acknowledgement"
-                    );
-                    conn.close(ConnError::new(
-                        v5::codec::DisconnectReasonCode::ImplementationSpecificError,
-                        "cannot encode an acknowledgement",
-                    ));
-                    queue.clear();
-                    break;
-                }
-            }
-            Ok(None) => {}
-            Err(err) => {
-                tracing::info!(
-                    parent: &conn.span,
-                    { { CLIENT_ID } = %conn.client_id, { ERROR_MESSAGE } = %err },
-                    "closing connection: {}",
-                    err.reason
-                );
-                conn.close(err);
-                queue.clear();
-                break;
-            }
+        if !closed && !conn.io.is_closed() {
+            closed = !answer_with::<L>(&conn, answer);
         }
         queue.done(publish);
     }
     queue.writing.set(false);
+}
+
+/// Write one finished answer; `false` when the connection is now closed.
+fn answer_with<L: Level>(conn: &Conn, answer: Result<Option<L::Encoded>, ConnError>) -> bool {
+    match answer {
+        Ok(Some(answer)) => match L::encode(&conn.io, answer) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    parent: &conn.span,
+                    { { CLIENT_ID } = %conn.client_id, { ERROR_MESSAGE } = %e },
+                    "cannot encode an acknowledgement"
+                );
+                conn.close(ConnError::new(
+                    v5::codec::DisconnectReasonCode::ImplementationSpecificError,
+                    "cannot encode an acknowledgement",
+                ));
+                false
+            }
+        },
+        Ok(None) => true,
+        Err(err) => {
+            tracing::info!(
+                parent: &conn.span,
+                { { CLIENT_ID } = %conn.client_id, { ERROR_MESSAGE } = %err },
+                "closing connection: {}",
+                err.reason
+            );
+            conn.close(err);
+            false
+        }
+    }
 }
