@@ -201,7 +201,7 @@ async fn run(conn: Conn) {
             "closing connection: {}",
             err.reason
         );
-        close(&conn.sink, err);
+        conn.close(err);
     }
     tracing::debug!({ CLIENT_ID } = %conn.client_id, "pump stopped");
 }
@@ -241,13 +241,6 @@ fn write_pubrel(conn: &Conn, id: NonZeroU16) -> Result<(), EncodeError> {
             })),
             &v5::codec::Codec::new(),
         ),
-    }
-}
-
-fn close(sink: &Sink, err: ConnError) {
-    match sink {
-        Sink::V3(s) => s.close(),
-        Sink::V5(s) => s.close_with_reason(err.disconnect()),
     }
 }
 

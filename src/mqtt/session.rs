@@ -390,6 +390,18 @@ impl ConnState {
         self.deferred.take()
     }
 
+    /// A topic filter with U+0000: counted and logged; the error closes the
+    /// connection as malformed [MQTT-1.5.4-2].
+    pub(super) fn nul_in_filter(&self) -> ConnError {
+        self.broker.stats().protocol_errors.fetch_add(1, Relaxed);
+        tracing::warn!(
+            parent: &self.span,
+            { { CLIENT_ID } = %self.client_id },
+            "protocol error: U+0000 in a topic filter"
+        );
+        super::reason::NUL_IN_STRING
+    }
+
     /// Close the connection; v5 clients are told why.
     pub(super) fn close(&self, err: ConnError) {
         match &self.sink {

@@ -196,7 +196,7 @@ fn subscribe(conn: &Conn, s: &mut v3::control::Subscribe) -> Result<(), ConnErro
     let mut slots = Vec::new();
     for mut sub in s.iter_mut() {
         if sub.topic().contains('\0') {
-            return Err(refuse_malformed(conn));
+            return Err(conn.nul_in_filter());
         }
         let options = SubscriptionOptions::qos(convert::qos_in(sub.qos()));
         match convert::subscribe_request(sub.topic(), options, limits) {
@@ -246,18 +246,11 @@ fn subscribe(conn: &Conn, s: &mut v3::control::Subscribe) -> Result<(), ConnErro
     Ok(())
 }
 
-/// A topic filter with U+0000: counted; the connection closes.
-fn refuse_malformed(conn: &Conn) -> ConnError {
-    conn.broker.stats().protocol_errors.fetch_add(1, Relaxed);
-    tracing::warn!({ CLIENT_ID } = %conn.client_id, "protocol error: U+0000 in a topic filter");
-    reason::NUL_IN_STRING
-}
-
 /// Hand an UNSUBSCRIBE to the broker; its UNSUBACK leaves once the broker
 /// has taken it (see `acks`).
 fn unsubscribe(conn: &Conn, s: &v3::control::Unsubscribe) -> Result<(), ConnError> {
     if s.iter().any(|topic| topic.contains('\0')) {
-        return Err(refuse_malformed(conn));
+        return Err(conn.nul_in_filter());
     }
     let limits = conn.broker.limits().topic_limits();
     let filters: Vec<_> = s

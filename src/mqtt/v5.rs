@@ -281,7 +281,7 @@ fn subscribe(conn: &Conn, s: &mut v5::control::Subscribe) -> Result<(), ConnErro
     let mut slots = Vec::new();
     for mut sub in s.iter_mut() {
         if sub.topic().contains('\0') {
-            return Err(refuse_malformed(conn));
+            return Err(conn.nul_in_filter());
         }
         let options = convert::subscription_options_v5(sub.options(), sub_id);
         let refusal = match convert::subscribe_request(sub.topic(), options, limits) {
@@ -358,7 +358,7 @@ fn unsubscribe(conn: &Conn, s: &mut v5::control::Unsubscribe) -> Result<(), Conn
     let mut slots = Vec::new();
     for mut item in s.iter_mut() {
         if item.topic().contains('\0') {
-            return Err(refuse_malformed(conn));
+            return Err(conn.nul_in_filter());
         }
         if crate::domain::SharedFilter::parse(item.topic().clone(), limits).is_ok() {
             slots.push(Some(filters.len()));
@@ -394,13 +394,6 @@ fn unsubscribe(conn: &Conn, s: &mut v5::control::Unsubscribe) -> Result<(), Conn
         false,
     ));
     Ok(())
-}
-
-/// A topic filter with U+0000: counted; the connection closes.
-fn refuse_malformed(conn: &Conn) -> ConnError {
-    conn.broker.stats().protocol_errors.fetch_add(1, Relaxed);
-    tracing::warn!({ CLIENT_ID } = %conn.client_id, "protocol error: U+0000 in a topic filter");
-    reason::NUL_IN_STRING
 }
 
 pub(super) async fn control(
