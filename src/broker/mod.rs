@@ -371,7 +371,18 @@ impl BrokerHandle {
     /// [`Submitted::settled`] resolves once it may be acknowledged. Callers
     /// wait for [`BrokerHandle::room`] first.
     pub fn submit_durable(&self, msg: Message) -> Result<Submitted, PublishError> {
-        let Inspection { ops, on_accepted } = self.inspect(&msg)?;
+        self.submit_durable_with(msg, Vec::new())
+    }
+
+    /// [`BrokerHandle::submit_durable`] with `extra` writes committed in the
+    /// same transaction as the message's own.
+    pub fn submit_durable_with(
+        &self,
+        msg: Message,
+        extra: Vec<WriteOp>,
+    ) -> Result<Submitted, PublishError> {
+        let Inspection { mut ops, on_accepted } = self.inspect(&msg)?;
+        ops.extend(extra);
         let (tx, rx) = oneshot::channel();
         self.send(Command::Publish { msg, ops, reply: Some(tx) })?;
         Ok(Submitted { settle: rx, on_accepted })

@@ -91,6 +91,9 @@ struct State {
     ids: HashSet<u16>,
     /// The last packet id handed out.
     last_id: u16,
+    /// Queued deliveries the pump must not send yet, by seq: QoS 2 ones whose
+    /// stored copy is not committed (see [`Outbox::push_held`]).
+    held: HashSet<u64>,
     /// The session outlives its connections: its exactly-once state is
     /// stored. Changed under the lock, and writes that depend on it are
     /// submitted under the lock, so none lands after the session's deletion.
@@ -152,6 +155,7 @@ impl Outbox {
                 pending_release: BTreeSet::new(),
                 ids: HashSet::new(),
                 last_id: 0,
+                held: HashSet::new(),
                 persistent: false,
                 dropped: 0,
                 last_pull: Instant::now(),
@@ -256,6 +260,44 @@ impl Outbox {
         // waking current waiters cannot lose a delivery.
         self.notify.notify_waiters();
         pushed
+    }
+
+    /// [`Outbox::push`] for a QoS 2 delivery whose stored copy is not
+    /// committed yet: queued in order, but the pump stops at it until
+    /// [`Outbox::release_held`]. Sent earlier, a crash before the commit
+    /// would leave the client holding its packet id unreleased while the
+    /// restarted broker, which knows nothing of the delivery, reuses the id
+    /// for a new message; the client takes that for a resend and drops it
+    /// [MQTT-4.3.3-10]. Later deliveries wait behind it, keeping order.
+    pub fn push_held(&self, d: Delivery) -> Pushed {
+        let seq = d.seq;
+        // Before the push, so that no pump can take it in between.
+        self.lock().held.insert(seq);
+        let pushed = self.push(d);
+        if pushed == Pushed::Dropped {
+            self.lock().held.remove(&seq);
+        }
+        pushed
+    }
+
+    /// The stored copy of the held delivery `seq` is committed: the pump may
+    /// send it. Or it will not be (`committed` false): the publisher was
+    /// refused and will resend, so the delivery goes.
+    pub fn release_held(&self, seq: u64, committed: bool) {
+        let mut st = self.lock();
+        if !st.held.remove(&seq) {
+            // Dropped by the bounds meanwhile.
+            return;
+        }
+        if !committed {
+            let at = st.queue.position(|d| d.seq == seq);
+            if let Some(d) = at.and_then(|i| st.queue.remove(i)) {
+                st.free_id(&d);
+            }
+            return;
+        }
+        drop(st);
+        self.notify.notify_waiters();
     }
 
     /// Resolves once the queue is under its bound again, or its consumer
@@ -398,6 +440,11 @@ impl Outbox {
                 // when this pull brings it under, not on every pull.
                 let was_full = st.queue.len() >= self.bound;
                 while out.len() < max {
+                    if !st.held.is_empty()
+                        && st.queue.front().is_some_and(|d| st.held.contains(&d.seq))
+                    {
+                        break;
+                    }
                     let Some(d) = st.queue.pop_front() else { break };
                     if d.msg.is_expired(now) {
                         st.free_id(&d);
@@ -444,25 +491,24 @@ impl Outbox {
 
     /// An inbound QoS 2 PUBLISH with `packet_id` arrived: `true` when it is
     /// new and must be routed, `false` when it is a resend of one already
-    /// received (acknowledge it again, do not route it).
-    ///
-    /// For a persistent session the id is stored. The write is queued now,
-    /// before the caller routes the message, and the writer commits in
-    /// order: the id is durable no later than anything the message stored
-    /// (its queued copies for persistent subscribers, history, retained),
-    /// so a crash cannot leave the message stored and the id forgotten, and
-    /// a resend after a restart is not routed twice. A message that stored
-    /// nothing reached only sessions that end with the process.
+    /// received (acknowledge it again, do not route it). Recorded in memory
+    /// only: see [`Outbox::incoming_qos2_record`].
     pub fn incoming_qos2_begin(&self, packet_id: u16) -> bool {
-        let mut st = self.lock();
-        let new = st.incoming_qos2.insert(packet_id);
-        if new && st.persistent {
-            self.store_locked(vec![WriteOp::PutIncomingQos2 {
-                client_id: self.client_id.clone(),
-                packet_id,
-            }]);
+        self.lock().incoming_qos2.insert(packet_id)
+    }
+
+    /// The writes that store the inbound `packet_id` of a persistent session
+    /// (none for another), to be committed in one transaction with the
+    /// message's own writes (its queued copies, history, retained): stored
+    /// first, a crash before the message could leave the id recorded and a
+    /// resend acknowledged but never routed; stored after, a crash in
+    /// between could route the resend twice.
+    pub fn incoming_qos2_record(&self, packet_id: u16) -> Vec<WriteOp> {
+        let st = self.lock();
+        if !st.persistent {
+            return Vec::new();
         }
-        new
+        vec![WriteOp::PutIncomingQos2 { client_id: self.client_id.clone(), packet_id }]
     }
 
     /// PUBREL for an inbound QoS 2 message (or its routing failed): its
@@ -660,9 +706,14 @@ impl State {
         }
     }
 
+    /// The delivery is done or dropped: its packet id is free (and a hold
+    /// on it, if any, goes).
     fn free_id(&mut self, d: &Delivery) {
         if let Some(id) = d.packet_id {
             self.ids.remove(&id.get());
+        }
+        if !self.held.is_empty() {
+            self.held.remove(&d.seq);
         }
     }
 }
@@ -703,6 +754,10 @@ impl Queue {
     fn push_front(&mut self, d: Delivery) {
         self.bytes += delivery_bytes(&d);
         self.items.push_front(d);
+    }
+
+    fn front(&self) -> Option<&Delivery> {
+        self.items.front()
     }
 
     fn pop_front(&mut self) -> Option<Delivery> {
@@ -893,6 +948,36 @@ mod tests {
         outbox.outgoing_qos2_completed(1);
         outbox.lock().last_id = 0;
         assert_eq!(outbox.reserve_packet_id(), NonZeroU16::new(1));
+    }
+
+    #[tokio::test]
+    async fn a_held_delivery_and_those_behind_it_wait_for_its_commit() {
+        let (outbox, _dir) = outbox().await;
+        outbox.attach(1);
+        outbox.push(queued(&outbox, 1, QoS::AtLeastOnce));
+        outbox.push_held(queued(&outbox, 2, QoS::ExactlyOnce));
+        let seqs = |ds: Vec<Delivery>| ds.iter().map(|d| d.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(take(&outbox, 1, 10).await), [1]);
+        outbox.push(queued(&outbox, 3, QoS::AtMostOnce));
+
+        // Nothing more until the release, then the rest in order.
+        let waiting = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { seqs(take(&outbox, 1, 10).await) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a held delivery went out");
+        outbox.release_held(2, true);
+        assert_eq!(waiting.await.unwrap(), [2, 3]);
+
+        // A failed commit drops the held delivery and frees its id.
+        let held = queued(&outbox, 4, QoS::ExactlyOnce);
+        let id = held.packet_id.unwrap();
+        outbox.push_held(held);
+        outbox.push(queued(&outbox, 5, QoS::AtLeastOnce));
+        outbox.release_held(4, false);
+        assert_eq!(seqs(take(&outbox, 1, 10).await), [5]);
+        assert!(!outbox.lock().ids.contains(&id.get()));
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use super::{
     SubscribeError, SubscribeRequest, SubscriptionOptions, sys,
 };
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
-use crate::store::{StoreWriter, StoredSession, WriteOp};
+use crate::store::{StoreError, StoreWriter, StoredSession, WriteOp};
 
 /// Commands queued to the router before publishers are asked to wait.
 const COMMAND_QUEUE: usize = 16 * 1024;
@@ -635,14 +635,22 @@ impl Router {
                 stored,
                 msg,
             };
-            if stored {
-                self.submit(vec![WriteOp::EnqueueMessage {
-                    client_id: client.clone(),
-                    delivery: d.clone(),
-                }]);
+            if !stored {
+                // Retained messages on subscribe: no publisher to slow down.
+                let _ = outbox.push(d);
+                continue;
             }
-            // Retained messages on subscribe: no publisher to slow down.
-            let _ = outbox.push(d);
+            let op = WriteOp::EnqueueMessage { client_id: client.clone(), delivery: d.clone() };
+            if held_until_stored(&d)
+                && let Ok(committed) = self.writer.submit_durable(vec![op.clone()])
+            {
+                let seq = d.seq;
+                let _ = outbox.push_held(d);
+                release_when_stored(committed, vec![(outbox.clone(), seq)], false);
+            } else {
+                self.submit(vec![op]);
+                let _ = outbox.push(d);
+            }
         }
         results
     }
@@ -745,7 +753,8 @@ impl Router {
 
         // Writes go to the writer before the deliveries reach the pumps, so a
         // fast PUBACK's delete can never overtake the insert it deletes.
-        let commit = if ops.is_empty() {
+        let hold = pushes.iter().any(|(_, d)| held_until_stored(d));
+        let mut commit = if ops.is_empty() {
             None
         } else if wants_reply && msg.qos != QoS::AtMostOnce {
             match self.writer.submit_durable(ops) {
@@ -763,6 +772,16 @@ impl Router {
                     return Err(PublishError::Storage(e));
                 }
             }
+        } else if hold {
+            // No publisher waits (a will), but the held deliveries do; if
+            // the writer refuses, they go out unheld, as stored as it gets.
+            match self.writer.submit_durable(ops.clone()) {
+                Ok(rx) => Some(rx),
+                Err(_) => {
+                    self.submit(ops);
+                    None
+                }
+            }
         } else {
             self.submit(ops);
             None
@@ -770,13 +789,26 @@ impl Router {
         if msg.retain && self.retained.apply(&msg) && !msg.topic.is_broker_reserved() {
             self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
         }
+        // Held only while a commit is coming (not when the writer refused).
+        let hold = hold && commit.is_some();
+        let mut held = Vec::new();
         let mut congested = Vec::new();
         for (outbox, d) in pushes.drain(..) {
-            if outbox.push(d) == Pushed::Congested && wants_reply {
+            let pushed = if hold && held_until_stored(&d) {
+                held.push((outbox.clone(), d.seq));
+                outbox.push_held(d)
+            } else {
+                outbox.push(d)
+            };
+            if pushed == Pushed::Congested && wants_reply {
                 congested.push(outbox);
             }
         }
         self.push_scratch = pushes;
+        // After the pushes: a release must find its delivery held.
+        if let Some(stored) = commit.take_if(|_| hold) {
+            commit = release_when_stored(stored, held, wants_reply);
+        }
         Ok(PublishReply { outcome: PublishOutcome { matched }, commit, congested })
     }
 
@@ -945,6 +977,32 @@ impl Router {
         self.next_seq += 1;
         s
     }
+}
+
+/// Whether a delivery waits in its outbox until its stored copy is
+/// committed: QoS 2 to a persistent session (see [`Outbox::push_held`]).
+/// QoS 1 need not: a delivery the broker forgets is at worst delivered again.
+fn held_until_stored(d: &Delivery) -> bool {
+    d.qos == QoS::ExactlyOnce && d.stored
+}
+
+/// Once `stored` resolves, release the `held` deliveries (or drop them, if
+/// the writes failed: the publisher is refused and resends); the returned
+/// receiver, when `reply`, passes the result on to the publisher.
+fn release_when_stored(
+    stored: oneshot::Receiver<Result<(), StoreError>>,
+    held: Vec<(Arc<Outbox>, u64)>,
+    reply: bool,
+) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let result = stored.await.unwrap_or(Err(StoreError::Unavailable));
+        for (outbox, seq) in held {
+            outbox.release_held(seq, result.is_ok());
+        }
+        let _ = tx.send(result);
+    });
+    reply.then_some(rx)
 }
 
 fn add_target(

@@ -70,6 +70,11 @@ impl Taken {
         })
     }
 
+    /// The writes that store the id, for the message's own commit.
+    pub(super) fn record(&self) -> Vec<crate::store::WriteOp> {
+        self.outbox.incoming_qos2_record(self.id.get())
+    }
+
     /// The PUBLISH was taken (PUBREC follows): keep the id until PUBREL.
     pub(super) fn keep(mut self) {
         self.kept = true;
@@ -219,7 +224,7 @@ impl<S> InboundQos2V5Service<S> {
         // hands over pipelined PUBLISHes while earlier ones are still routed.
         self.unreleased.borrow_mut().insert(id);
         let publish = v5::Publish::new(pkt, Payload::from_bytes(payload), size);
-        let handled = handle_publish(&self.conn, &publish).map_err(|e| {
+        let handled = handle_publish(&self.conn, &publish, taken.record()).map_err(|e| {
             self.unreleased.borrow_mut().remove(&id);
             DispatcherError::Service(e)
         })?;

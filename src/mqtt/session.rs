@@ -27,6 +27,7 @@ use crate::broker::{
     MessageProps, Outbox, ProtocolVersion, PublishOutcome, QoS, Submitted, Will,
 };
 use crate::domain::{ClientId, TopicError, TopicName};
+use crate::store::WriteOp;
 use crate::telemetry::names::{
     CLIENT_ADDRESS, CLIENT_ID, ERROR_MESSAGE, MQTT_CLEAN_START, MQTT_CLIENT_ID_ASSIGNED,
     MQTT_CONNECTION_ID, MQTT_DISCONNECT, MQTT_PAYLOAD_SIZE, MQTT_PROTOCOL, MQTT_SESSION_EXPIRY,
@@ -361,12 +362,17 @@ impl ConnState {
     /// Hand a publish to the broker now: the connection's packets reach the
     /// router in the order they arrived (see `acks`); the listener stops
     /// reading while the broker is saturated (see `intake`). A QoS≥1 publish
-    /// is acknowledged once [`settle`] says so.
-    pub(super) fn route(&self, msg: Message) -> Result<Routed, PublishRejection> {
+    /// is acknowledged once [`settle`] says so. `record` (a QoS 2 publish's
+    /// packet id, see `qos2::Taken::record`) commits with the message.
+    pub(super) fn route(
+        &self,
+        msg: Message,
+        record: Vec<WriteOp>,
+    ) -> Result<Routed, PublishRejection> {
         let routed = if msg.qos == QoS::AtMostOnce {
             self.broker.submit(msg).map(|()| Routed::Done)
         } else {
-            self.broker.submit_durable(msg).map(Routed::Waiting)
+            self.broker.submit_durable_with(msg, record).map(Routed::Waiting)
         };
         routed.map_err(|e| self.publish_failed(&e))
     }

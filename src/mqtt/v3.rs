@@ -17,6 +17,7 @@ use super::qos2;
 use super::reason::{self, ConnError, ConnectRefusal, PublishRejection, V3Verdict};
 use super::session::{self, Conn, Ctx, OpenRequest, Routed, Sink};
 use crate::broker::{DisconnectKind, ProtocolVersion, Submitted, SubscriptionOptions};
+use crate::store::WriteOp;
 use crate::telemetry::names::{
     CLIENT_ID, ERROR_MESSAGE, MQTT_PROTOCOL, MQTT_REASON_CODE, MQTT_TOPIC,
 };
@@ -102,7 +103,8 @@ pub(super) async fn publish(conn: &Conn, p: v3::Publish) -> Result<(), ConnError
     // PUBREC follows, even for a message dropped here (3.1.1 has no failure
     // code for it): the id stays taken until PUBREL.
     let keep = |taken: Option<qos2::Taken>| taken.map(qos2::Taken::keep);
-    match check_and_route(conn, &p)? {
+    let record = taken.as_ref().map(qos2::Taken::record).unwrap_or_default();
+    match check_and_route(conn, &p, record)? {
         None => {
             keep(taken);
             Ok(())
@@ -127,7 +129,12 @@ pub(super) async fn publish(conn: &Conn, p: v3::Publish) -> Result<(), ConnError
 
 /// Check and route one PUBLISH, without waiting: `Some` when its
 /// acknowledgement waits for its commit. `Err` closes the connection.
-fn check_and_route(conn: &Conn, p: &v3::Publish) -> Result<Option<Submitted>, ConnError> {
+/// `record`: writes to commit with the message's own (see [`Conn::route`]).
+fn check_and_route(
+    conn: &Conn,
+    p: &v3::Publish,
+    record: Vec<WriteOp>,
+) -> Result<Option<Submitted>, ConnError> {
     let pkt = p.packet();
     let qos = convert::qos_in(pkt.qos);
     let size = p.payload_size();
@@ -146,7 +153,7 @@ fn check_and_route(conn: &Conn, p: &v3::Publish) -> Result<Option<Submitted>, Co
         return Err(ConnError::protocol("publish payload incomplete"));
     };
     let msg = conn.message(topic, payload, qos, pkt.retain, None, None);
-    match conn.route(msg) {
+    match conn.route(msg, record) {
         Ok(Routed::Done) => Ok(None),
         Ok(Routed::Waiting(waiting)) => Ok(Some(waiting)),
         Err(r) => rejected(conn, r).map(|()| None),

@@ -22,6 +22,7 @@ use super::reason::{
 };
 use super::session::{self, Conn, Ctx, OpenRequest, Routed, Sink};
 use crate::broker::{DisconnectKind, ProtocolVersion, QoS, Submitted};
+use crate::store::WriteOp;
 use crate::telemetry::names::{
     CLIENT_ID, ERROR_MESSAGE, MQTT_PROTOCOL, MQTT_REASON_CODE, MQTT_TOPIC,
 };
@@ -115,7 +116,7 @@ fn refuse(
 
 pub(super) async fn publish(conn: &Conn, p: v5::Publish) -> Result<v5::PublishAck, ConnError> {
     let qos = convert::qos_in(p.packet().qos);
-    let (code, why) = match handle_publish(conn, &p)? {
+    let (code, why) = match handle_publish(conn, &p, Vec::new())? {
         Handled::Now(code, why) => (code, why),
         Handled::Later(waiting) => {
             // PUBACK once committed; the provisional one below is amended.
@@ -147,8 +148,13 @@ pub(super) enum Handled {
 
 /// Check and route one PUBLISH and decide its acknowledgement (the PUBACK or
 /// PUBREC reason and its reason string), or leave it to [`settle`]. Never
-/// waits (see `acks`). `Err` closes the connection.
-pub(super) fn handle_publish(conn: &Conn, p: &v5::Publish) -> Result<Handled, ConnError> {
+/// waits (see `acks`). `Err` closes the connection. `record`: writes to
+/// commit with the message's own (see [`Conn::route`]).
+pub(super) fn handle_publish(
+    conn: &Conn,
+    p: &v5::Publish,
+    record: Vec<WriteOp>,
+) -> Result<Handled, ConnError> {
     let pkt = p.packet();
     let qos = convert::qos_in(pkt.qos);
     let size = p.payload_size();
@@ -186,7 +192,7 @@ pub(super) fn handle_publish(conn: &Conn, p: &v5::Publish) -> Result<Handled, Co
     };
 
     let msg = conn.message(topic, payload, qos, pkt.retain, props, expires_at);
-    match conn.route(msg) {
+    match conn.route(msg, record) {
         // QoS 0: no PUBACK carries a reason.
         Ok(Routed::Done) => Ok(Handled::Now(PublishAckReason::Success, None)),
         Ok(Routed::Waiting(waiting)) => Ok(Handled::Later(waiting)),

@@ -1,9 +1,17 @@
 //! Chaos restarts: persistent-session devices publish QoS 1 locations
-//! (history on) to persistent watchers while the real binary is killed with
-//! SIGKILL at random moments and restarted on the same data directory (on a
-//! new port each time; clients follow). Afterwards: every PUBACKed location
-//! is in history and reached its watcher at least once; retained messages
-//! and subscriptions are back; every reconnect found its session.
+//! (history on) and QoS 2 events to persistent watchers while the real
+//! binary is killed with SIGKILL at random moments and restarted on the same
+//! data directory (on a new port each time; clients follow). Afterwards:
+//! every PUBACKed location is in history and reached its watcher at least
+//! once; every QoS 2 event the broker took (PUBREC) reached its watcher
+//! exactly once, and no event arrived twice; retained messages and
+//! subscriptions are back; every reconnect found its session.
+//!
+//! Both sides of QoS 2 keep their session state across reconnects as the
+//! protocol asks of a client: a device resends an unfinished PUBLISH (DUP,
+//! same packet id) or its PUBREL; a watcher delivers a QoS 2 message when
+//! its packet id is new and remembers the id until PUBREL, so a broker that
+//! resent a delivered message under another id would be caught.
 //!
 //! Default: 100 devices, 10 watchers, 5 kills. `MAPCAST_TEST_LONG=1`:
 //! 1,000 devices, 50 watchers, 10 kills. `MAPCAST_TEST_CHAOS_SEED` replays
@@ -18,7 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use reqwest::StatusCode;
 use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, Subscribe, SubscribeFilter,
+    ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, PubRel, Publish,
+    Subscribe, SubscribeFilter,
 };
 use rumqttc::mqttbytes::{Protocol, QoS};
 use serde_json::Value;
@@ -63,6 +72,13 @@ struct Tally {
     acked: Mutex<HashMap<usize, Vec<u32>>>,
     /// (device, seq) pairs the watchers received.
     delivered: Mutex<HashSet<(usize, u32)>>,
+    /// QoS 2 events each device got a PUBREC for: the broker has them.
+    events_acked: Mutex<Vec<(usize, u32)>>,
+    /// How many times the watchers' applications got each QoS 2 event.
+    events_delivered: Mutex<HashMap<(usize, u32), u32>>,
+    /// QoS 2 events that came under a packet id awaiting release (taken
+    /// for resends, not delivered).
+    events_skipped: Mutex<HashSet<(usize, u32)>>,
     /// The highest `status/dev-N` retained value each device got a PUBACK for.
     retained_acked: Mutex<HashMap<usize, u32>>,
     /// Devices that received their `cmd/dev-N` message.
@@ -200,6 +216,48 @@ async fn chaos_restarts(extra_args: &[&str]) {
         );
     }
 
+    // Every QoS 2 event the broker took reached its watcher exactly once,
+    // and none arrived twice.
+    let events_acked = tally.events_acked.lock().unwrap().clone();
+    let events_missing = || {
+        let delivered = tally.events_delivered.lock().unwrap();
+        events_acked.iter().filter(|e| !delivered.contains_key(e)).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while events_missing() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    {
+        let delivered = tally.events_delivered.lock().unwrap();
+        let missing: Vec<_> = events_acked.iter().filter(|e| !delivered.contains_key(e)).collect();
+        let skipped = tally.events_skipped.lock().unwrap();
+        let as_resends: Vec<_> = missing.iter().filter(|e| skipped.contains(**e)).collect();
+        let lost: Vec<_> = missing.iter().filter(|e| !skipped.contains(**e)).collect();
+        assert!(
+            lost.is_empty(),
+            "{} QoS 2 events taken by the broker never delivered (seed {seed}), e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        );
+        // A broker that forgot a delivery it had sent (not yet stored when
+        // it was killed) could reuse its packet id for a new message, which
+        // the watcher, still holding the id, takes for a resend and drops.
+        assert!(
+            as_resends.is_empty(),
+            "{} QoS 2 events came under a packet id awaiting release and were not delivered (seed {seed}), e.g. {:?}",
+            as_resends.len(),
+            &as_resends[..as_resends.len().min(20)]
+        );
+        let mut twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+        twice.sort();
+        assert!(
+            twice.is_empty(),
+            "{} QoS 2 events delivered more than once (seed {seed}), e.g. {:?}",
+            twice.len(),
+            &twice[..twice.len().min(20)]
+        );
+    }
+
     // ... and is in history.
     let api = Api::new(server.http_addr);
     let mut not_in_history = Vec::new();
@@ -237,12 +295,13 @@ async fn chaos_restarts(extra_args: &[&str]) {
     let delivered = tally.delivered.lock().unwrap().len();
     let worst = restarts.iter().max().copied().unwrap_or_default();
     println!(
-        "chaos: {} devices + {} watchers, {} SIGKILLs in {:.1} s (restart ≤ {worst:?}); {} locations acknowledged, all in history and delivered ({delivered} distinct deliveries); {} connects ({} refused and retried), 0 sessions lost",
+        "chaos: {} devices + {} watchers, {} SIGKILLs in {:.1} s (restart ≤ {worst:?}); {} locations acknowledged, all in history and delivered ({delivered} distinct deliveries); {} QoS 2 events taken, each delivered exactly once; {} connects ({} refused and retried), 0 sessions lost",
         plan.devices,
         plan.watchers,
         plan.kills,
         chaos_for.as_secs_f64(),
         acked.len(),
+        events_acked.len(),
         tally.connects.load(Relaxed),
         tally.refused_connects.load(Relaxed),
     );
@@ -250,18 +309,25 @@ async fn chaos_restarts(extra_args: &[&str]) {
 }
 
 /// A device: persistent session, subscribed to its command topic, a
-/// retained status on every connect, then QoS 1 locations at its share of
-/// the rate, one in flight, until told to stop.
+/// retained status on every connect, then QoS 1 locations and QoS 2 events
+/// at its share of the rate, one of each in flight, until told to stop. A
+/// QoS 2 exchange a reconnect cut short is finished first.
 async fn device(plan: Plan, d: usize, control: Control, tally: Arc<Tally>) {
     let id = format!("dev-{d}");
     let period = Duration::from_secs_f64(plan.devices as f64 / plan.rate);
     let (mut seq, mut connects, mut idle) = (0u32, 0u32, false);
+    let mut unfinished: Option<Qos2Out> = None;
     while let Some(mut link) = Link::connect(&id, &control, &tally, connects > 0).await {
         connects += 1;
         let result: Result<(), Gone> = async {
             if connects == 1 {
                 link.subscribe(1, &format!("cmd/{id}")).await?;
                 tally.ready.fetch_add(1, Relaxed);
+            }
+            if let Some(out) = &mut unfinished {
+                out.dup = true;
+                link.publish_qos2(out, &tally, d).await?;
+                unfinished = None;
             }
             let status = Publish {
                 retain: true,
@@ -281,6 +347,11 @@ async fn device(plan: Plan, d: usize, control: Control, tally: Arc<Tally>) {
                 let msg = Publish { pkid, ..Publish::new(topic, QoS::AtLeastOnce, location(seq)) };
                 link.publish(msg, &tally, d).await?;
                 tally.acked.lock().unwrap().entry(d).or_default().push(seq);
+                // Ids of their own, apart from the QoS 1 ones.
+                let pkid = (seq % 5_000 + 60_010) as u16;
+                let out = unfinished.insert(Qos2Out::new(d, seq, pkid));
+                link.publish_qos2(out, &tally, d).await?;
+                unfinished = None;
             }
             if !idle {
                 idle = true;
@@ -299,24 +370,45 @@ async fn device(plan: Plan, d: usize, control: Control, tally: Arc<Tally>) {
 /// location topics; records and acknowledges what it receives.
 async fn watcher(plan: Plan, w: usize, control: Control, tally: Arc<Tally>) {
     let id = format!("watch-{w}");
-    let filters: Vec<String> = (0..plan.devices)
-        .filter(|d| plan.watcher_of(*d) == w)
-        .map(|d| format!("devices/dev-{d}/location"))
-        .collect();
+    let mine: Vec<usize> = (0..plan.devices).filter(|d| plan.watcher_of(*d) == w).collect();
+    let locations: Vec<String> = mine.iter().map(|d| format!("devices/dev-{d}/location")).collect();
+    let events: Vec<String> = mine.iter().map(|d| format!("events/dev-{d}")).collect();
     let mut connects = 0;
+    // The session's inbound QoS 2 ids, kept across connections.
+    let mut unreleased = HashSet::new();
     while let Some(mut link) = Link::connect(&id, &control, &tally, connects > 0).await {
         connects += 1;
+        link.unreleased = std::mem::take(&mut unreleased);
         let result: Result<(), Gone> = async {
             if connects == 1 {
-                link.subscribe_many(1, &filters).await?;
+                link.subscribe_many(1, &locations, QoS::AtLeastOnce).await?;
+                link.subscribe_many(2, &events, QoS::ExactlyOnce).await?;
                 tally.ready.fetch_add(1, Relaxed);
             }
             link.serve_until(&control.finish, &tally, usize::MAX).await
         }
         .await;
+        unreleased = std::mem::take(&mut link.unreleased);
         if result.is_ok() {
             return;
         }
+    }
+}
+
+/// An outbound QoS 2 exchange of a device, as its session keeps it.
+struct Qos2Out {
+    device: usize,
+    seq: u32,
+    pkid: u16,
+    /// Sent before, on an earlier connection: resend with DUP.
+    dup: bool,
+    /// PUBREC received: what is left is PUBREL → PUBCOMP.
+    received: bool,
+}
+
+impl Qos2Out {
+    fn new(device: usize, seq: u32, pkid: u16) -> Self {
+        Self { device, seq, pkid, dup: false, received: false }
     }
 }
 
@@ -328,6 +420,9 @@ struct Gone;
 struct Link {
     stream: TcpStream,
     buf: BytesMut,
+    /// Inbound QoS 2 ids delivered and not released yet (the session's,
+    /// carried over by the watcher).
+    unreleased: HashSet<u16>,
 }
 
 impl Link {
@@ -375,7 +470,8 @@ impl Link {
             .map_err(|_| Gone)?
             .map_err(|_| Gone)?;
         stream.set_nodelay(true).map_err(|_| Gone)?;
-        let mut link = Self { stream, buf: BytesMut::with_capacity(4096) };
+        let mut link =
+            Self { stream, buf: BytesMut::with_capacity(4096), unreleased: HashSet::new() };
         link.send(Packet::Connect(Connect {
             protocol: Protocol::V4,
             // No keep-alive: the watchers idle for long stretches.
@@ -393,11 +489,16 @@ impl Link {
     }
 
     async fn subscribe(&mut self, pkid: u16, filter: &str) -> Result<(), Gone> {
-        self.subscribe_many(pkid, &[filter.to_owned()]).await
+        self.subscribe_many(pkid, &[filter.to_owned()], QoS::AtLeastOnce).await
     }
 
-    async fn subscribe_many(&mut self, pkid: u16, filters: &[String]) -> Result<(), Gone> {
-        let filters = filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+    async fn subscribe_many(
+        &mut self,
+        pkid: u16,
+        filters: &[String],
+        qos: QoS,
+    ) -> Result<(), Gone> {
+        let filters = filters.iter().map(|f| SubscribeFilter::new(f.clone(), qos));
         let mut sub = Subscribe::new_many(filters);
         sub.pkid = pkid;
         self.send(Packet::Subscribe(sub)).await?;
@@ -422,6 +523,55 @@ impl Link {
         }
     }
 
+    /// Run (or finish) a QoS 2 exchange for `out` up to PUBCOMP, handling
+    /// what arrives meanwhile. `out` records how far it got, for a resume
+    /// on the next connection.
+    async fn publish_qos2(
+        &mut self,
+        out: &mut Qos2Out,
+        tally: &Tally,
+        who: usize,
+    ) -> Result<(), Gone> {
+        if !out.received {
+            let msg = Publish {
+                pkid: out.pkid,
+                dup: out.dup,
+                ..Publish::new(
+                    format!("events/dev-{}", out.device),
+                    QoS::ExactlyOnce,
+                    out.seq.to_string(),
+                )
+            };
+            self.send(Packet::Publish(msg)).await?;
+            loop {
+                match self.next(Duration::from_secs(10)).await? {
+                    Packet::PubRec(rec) if rec.pkid == out.pkid => break,
+                    Packet::Publish(p) => self.receive(p, tally, who).await?,
+                    Packet::PubRel(rel) => self.released(rel.pkid).await?,
+                    _ => {}
+                }
+            }
+            out.received = true;
+            tally.events_acked.lock().unwrap().push((out.device, out.seq));
+        }
+        self.send(Packet::PubRel(PubRel::new(out.pkid))).await?;
+        loop {
+            match self.next(Duration::from_secs(10)).await? {
+                Packet::PubComp(comp) if comp.pkid == out.pkid => return Ok(()),
+                Packet::Publish(p) => self.receive(p, tally, who).await?,
+                Packet::PubRel(rel) => self.released(rel.pkid).await?,
+                _ => {}
+            }
+        }
+    }
+
+    /// PUBREL from the broker: the id may be reused; PUBCOMP, also for an id
+    /// this session does not know (a resumed exchange).
+    async fn released(&mut self, pkid: u16) -> Result<(), Gone> {
+        self.unreleased.remove(&pkid);
+        self.send(Packet::PubComp(PubComp::new(pkid))).await
+    }
+
     /// Receive and acknowledge until `finish`; `Ok` when finished.
     async fn serve_until(
         &mut self,
@@ -434,15 +584,30 @@ impl Link {
                 p = self.next(Duration::from_secs(3_600)) => p?,
                 _ = finish.cancelled() => return Ok(()),
             };
-            if let Packet::Publish(p) = packet {
-                self.receive(p, tally, who).await?;
+            match packet {
+                Packet::Publish(p) => self.receive(p, tally, who).await?,
+                Packet::PubRel(rel) => self.released(rel.pkid).await?,
+                _ => {}
             }
         }
     }
 
     /// Record an incoming message, then acknowledge it (so a crash in
-    /// between can only cause a redelivery).
+    /// between can only cause a redelivery). A QoS 2 message is delivered
+    /// only under a packet id not awaiting release [MQTT-4.3.3-10]; its
+    /// PUBREC follows either way.
     async fn receive(&mut self, p: Publish, tally: &Tally, who: usize) -> Result<(), Gone> {
+        if p.qos == QoS::ExactlyOnce {
+            let device = p.topic.strip_prefix("events/dev-").expect("an event topic");
+            let device: usize = device.parse().expect("device number");
+            let seq: u32 = std::str::from_utf8(&p.payload).unwrap().parse().expect("seq");
+            if self.unreleased.insert(p.pkid) {
+                *tally.events_delivered.lock().unwrap().entry((device, seq)).or_default() += 1;
+            } else {
+                tally.events_skipped.lock().unwrap().insert((device, seq));
+            }
+            return self.send(Packet::PubRec(PubRec::new(p.pkid))).await;
+        }
         if let Some(device) = p.topic.strip_prefix("devices/dev-").and_then(|t| t.split('/').next())
         {
             let device: usize = device.parse().expect("device number");

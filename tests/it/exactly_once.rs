@@ -7,7 +7,9 @@ use std::time::Duration;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::QoS;
 
-use crate::helpers::{QUIET, RawConn, ServerProcess, packet_type, spawn_app};
+use crate::helpers::{
+    PgCluster, QUIET, RawConn, ServerProcess, mark_pg_cluster_ran, packet_type, spawn_app,
+};
 
 /// Long enough for the group commit to make what was just queued durable.
 const COMMITTED: Duration = Duration::from_millis(500);
@@ -122,6 +124,55 @@ async fn an_inbound_qos2_id_received_before_kill_9_is_not_routed_again_when_rese
         "the resend was routed a second time"
     );
     server.kill9().await;
+}
+
+/// A QoS 2 delivery that reached a client before its stored copy was
+/// committed would, after a crash, be unknown to the restarted broker while
+/// the client still holds its packet id: the publisher's resend would then
+/// arrive under a new id (a duplicate), or a new message under the held one
+/// (taken for a resend and dropped). The database is frozen so that the
+/// commit hangs.
+#[tokio::test]
+async fn a_qos2_delivery_to_a_persistent_session_waits_for_its_commit_and_arrives_once_across_kill_9()
+ {
+    let Some(pg) = PgCluster::start_if_configured("eo_commit_hold").await else { return };
+    let data_dir = tempfile::tempdir().unwrap();
+    let args = ["--database-url", &pg.url()];
+    let server = ServerProcess::start(data_dir.path(), &args).await;
+    let (mut watcher, _) =
+        persistent_v5_subscriber(server.mqtt_addr, "eo-hold-watch", Some("eo/held")).await;
+    let (mut publisher, _) =
+        RawConn::connect_v5(server.mqtt_addr, "eo-hold-sender", false, Some(300)).await;
+    tokio::time::sleep(COMMITTED).await;
+
+    pg.freeze().await;
+    publisher.publish_v5("eo/held", QoS::ExactlyOnce, 9, false, false, b"once", None).await;
+    let early = watcher.try_recv_type(packet_type::PUBLISH, Duration::from_secs(1)).await;
+    server.kill9().await;
+    pg.thaw().await;
+    assert!(early.is_err(), "delivered before it was stored");
+
+    // No PUBREC came: the publisher resends, and the watcher gets it once.
+    let server = ServerProcess::start(data_dir.path(), &args).await;
+    let (mut publisher, connack) =
+        RawConn::connect_v5(server.mqtt_addr, "eo-hold-sender", false, Some(300)).await;
+    assert!(connack.session_present());
+    publisher.publish_v5("eo/held", QoS::ExactlyOnce, 9, true, false, b"once", None).await;
+    assert_eq!(publisher.recv_type(packet_type::PUBREC).await.pkid(), 9);
+    publisher.pubrel(9).await;
+    assert_eq!(publisher.recv_type(packet_type::PUBCOMP).await.pkid(), 9);
+
+    let (mut watcher, present) =
+        persistent_v5_subscriber(server.mqtt_addr, "eo-hold-watch", None).await;
+    assert!(present);
+    let first = watcher.recv_type(packet_type::PUBLISH).await;
+    assert_eq!(first.payload(true), b"once");
+    watcher.pubrec(first.pkid()).await;
+    watcher.recv_type(packet_type::PUBREL).await;
+    watcher.pubcomp(first.pkid()).await;
+    assert!(watcher.try_recv_type(packet_type::PUBLISH, QUIET).await.is_err(), "delivered twice");
+    server.kill9().await;
+    mark_pg_cluster_ran().await;
 }
 
 #[tokio::test]

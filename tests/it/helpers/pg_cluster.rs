@@ -84,6 +84,29 @@ impl PgCluster {
         self.pg_async(&["-D", path_str(&data), "-m", "immediate", "-w", "stop"]).await;
     }
 
+    /// Stop every process of the server where it stands (SIGSTOP): open
+    /// transactions hang, as on a stalled disk, until [`PgCluster::thaw`].
+    pub async fn freeze(&self) {
+        self.signal("STOP").await;
+    }
+
+    pub async fn thaw(&self) {
+        self.signal("CONT").await;
+    }
+
+    /// Signal the postmaster and its children (the backends).
+    async fn signal(&self, sig: &str) {
+        let pid_file = tokio::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .await
+            .expect("postmaster.pid of a running cluster");
+        let pid = pid_file.lines().next().expect("the postmaster's pid").trim().to_owned();
+        let sig = format!("-{sig}");
+        // Children first, so that none is forked after the postmaster stops.
+        let _ = tokio::process::Command::new("pkill").args([&sig, "-P", &pid]).status().await;
+        let status = tokio::process::Command::new("kill").args([&sig, &pid]).status().await;
+        assert!(status.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
