@@ -427,3 +427,44 @@ async fn pubacks_leave_in_arrival_order_while_some_wait_for_a_congested_subscrib
     assert_eq!(order, (1..=COUNT).collect::<Vec<_>>(), "PUBACKs out of arrival order");
     drainer.abort();
 }
+
+/// A v5 client that keeps more QoS 1 publishes unacknowledged than the
+/// receive maximum it was given (1,024) is disconnected with 0x93 [MQTT-3.3.4-9].
+/// The database is frozen, so that every PUBACK waits for its commit.
+#[tokio::test]
+async fn more_unacknowledged_qos1_publishes_than_the_receive_maximum_get_0x93() {
+    use crate::helpers::{PgCluster, mark_pg_cluster_ran, packet_type};
+    use rumqttc::v5::mqttbytes::QoS as V5QoS;
+
+    let Some(pg) = PgCluster::start_if_configured("receive_maximum").await else { return };
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data_dir.path(), &["--database-url", &pg.url()]).await;
+    // A persistent subscriber away: every publish is stored for it.
+    let (mut sub, _) = RawConn::connect_v5(server.mqtt_addr, "rm-sub", false, Some(300)).await;
+    sub.subscribe_v5(1, "rm/t", V5QoS::AtLeastOnce).await;
+    drop(sub);
+    let (mut publisher, connack) =
+        RawConn::connect_v5(server.mqtt_addr, "rm-pub", true, None).await;
+    let granted = match connack.v5() {
+        rumqttc::v5::mqttbytes::v5::Packet::ConnAck(ack) => {
+            ack.properties.and_then(|p| p.receive_max).unwrap_or(u16::MAX)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    };
+    assert_eq!(granted, 1024);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    pg.freeze().await;
+    for pkid in 1..=granted {
+        publisher.publish_v5("rm/t", V5QoS::AtLeastOnce, pkid, false, false, b"x", None).await;
+    }
+    let quiet = publisher.try_recv(Duration::from_millis(500)).await;
+    assert!(quiet.is_err(), "answered while every commit hangs: {quiet:?}");
+    publisher.publish_v5("rm/t", V5QoS::AtLeastOnce, granted + 1, false, false, b"x", None).await;
+    let frames = publisher.expect_closed(Duration::from_secs(5)).await;
+    pg.thaw().await;
+    let disconnect = frames.iter().find(|f| f.packet_type() == packet_type::DISCONNECT);
+    assert_eq!(disconnect.map(|f| f.reason()), Some(0x93), "{frames:?}");
+    server.kill9().await;
+    mark_pg_cluster_ran().await;
+}
