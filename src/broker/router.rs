@@ -116,25 +116,10 @@ pub fn spawn_router(
     let stats = Arc::new(Stats::default());
     let limits = Arc::new(limits);
     let next_conn = Arc::new(AtomicU64::new(1));
-    let mut router = Router {
-        limits: limits.clone(),
-        stats: stats.clone(),
-        writer,
-        sessions: HashMap::new(),
-        trie: SubscriptionTrie::default(),
-        retained: RetainedStore::default(),
-        share_cursor: HashMap::new(),
-        timers: BTreeMap::new(),
-        timer_slots: HashMap::new(),
-        timer_seq: 0,
-        next_seq: restored.next_seq.max(1),
-        next_conn: next_conn.clone(),
-        scratch: Vec::new(),
-        push_scratch: Vec::new(),
-        online: 0,
-        hook: hook.clone(),
-        auth: auth.clone(),
-    };
+    let mut router = Router::new(limits.clone(), auth.clone(), writer, hook.clone());
+    router.stats = stats.clone();
+    router.next_conn = next_conn.clone();
+    router.next_seq = restored.next_seq.max(1);
     router.restore(restored);
     let handle = BrokerHandle { inbox, stats, limits, auth, next_conn, hook };
     let sys_handle = handle.clone();
@@ -143,6 +128,34 @@ pub fn spawn_router(
 }
 
 impl Router {
+    /// An empty router, before its state is restored.
+    fn new(
+        limits: Arc<BrokerLimits>,
+        auth: SharedAuthenticator,
+        writer: StoreWriter,
+        hook: Option<Arc<dyn PublishHook>>,
+    ) -> Self {
+        Router {
+            limits,
+            stats: Arc::new(Stats::default()),
+            writer,
+            sessions: HashMap::new(),
+            trie: SubscriptionTrie::default(),
+            retained: RetainedStore::default(),
+            share_cursor: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_slots: HashMap::new(),
+            timer_seq: 0,
+            next_seq: 1,
+            next_conn: Arc::new(AtomicU64::new(1)),
+            scratch: Vec::new(),
+            push_scratch: Vec::new(),
+            online: 0,
+            hook,
+            auth,
+        }
+    }
+
     fn restore(&mut self, restored: RestoredState) {
         let now_wall = SystemTime::now();
         let now = Instant::now();
@@ -1374,26 +1387,7 @@ mod tests {
     async fn bare_router_with(limits: BrokerLimits) -> (Router, tempfile::TempDir) {
         let (writer, dir) = writer().await;
         let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
-        let limits = Arc::new(limits);
-        let router = Router {
-            limits,
-            stats: Arc::new(Stats::default()),
-            writer,
-            sessions: HashMap::new(),
-            trie: SubscriptionTrie::default(),
-            retained: RetainedStore::default(),
-            share_cursor: HashMap::new(),
-            timers: BTreeMap::new(),
-            timer_slots: HashMap::new(),
-            timer_seq: 0,
-            next_seq: 1,
-            next_conn: Arc::new(AtomicU64::new(1)),
-            scratch: Vec::new(),
-            push_scratch: Vec::new(),
-            online: 0,
-            hook: None,
-            auth,
-        };
+        let router = Router::new(Arc::new(limits), auth, writer, None);
         (router, dir)
     }
 
