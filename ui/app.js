@@ -128,6 +128,7 @@
   }
 
   function applyFix(d, coords, props) {
+    const moved = d.lon !== coords[0] || d.lat !== coords[1];
     d.lon = coords[0];
     d.lat = coords[1];
     d.props = Object.assign({}, d.props, props || {});
@@ -135,7 +136,9 @@
     renderItem(d);
     if (app.selected === d.key) {
       renderDetails(d);
-      extendTrail(d);
+      // The same fix comes again with each map refresh: the trail grows
+      // only by new places.
+      if (moved) extendTrail(d);
     }
   }
 
