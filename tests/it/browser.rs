@@ -322,3 +322,61 @@ async fn the_map_page_and_share_links_in_chromium() {
     b.quit().await;
     mark_browser_ran().await;
 }
+
+/// Time to first render of 10,000 devices, for BENCHMARKS.md: run with
+/// `MAPCAST_BENCH_BROWSER=1 cargo test --test it browser::first_render -- --nocapture`.
+#[tokio::test]
+async fn first_render_of_ten_thousand_devices() {
+    const DEVICES: usize = 10_000;
+    if std::env::var_os("MAPCAST_BENCH_BROWSER").is_none() || !browser_available() {
+        eprintln!("skipped: set MAPCAST_BENCH_BROWSER=1 to measure");
+        return;
+    }
+    let app = spawn_app_with(fast_map).await;
+    let viewer = app.api().sign_up("viewer").await;
+    let mut fleet = Vec::new();
+    for c in 0..4 {
+        fleet.push(app.v5_client(&format!("fleet-{c}"), true, None).await);
+    }
+    for i in 0..DEVICES {
+        let (lon, lat) = (-170.0 + (i % 100) as f64 * 3.4, -60.0 + (i / 100) as f64 * 1.2);
+        fleet[i % 4]
+            .publish(
+                &format!("devices/bench-{i}/location"),
+                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                false,
+                location(lon, lat),
+            )
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while features(&app, &viewer).await.len() < DEVICES {
+        assert!(tokio::time::Instant::now() < deadline, "the map never held {DEVICES} devices");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let proxy = OffServer::start().await;
+    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-bench");
+    let b = Browser::start(&proxy, artifacts).await;
+    let base = format!("http://{}/", app.http_addr);
+    b.goto(&base).await;
+    b.wait_for("the sign-in form", LOAD, "return !document.getElementById('signin').hidden").await;
+    b.type_into("#username", "viewer").await;
+    b.type_into("#password", PASSWORD).await;
+    b.click("#signin button[type=submit]").await;
+    let all =
+        format!("return document.querySelectorAll('path.device-marker').length === {DEVICES}");
+    b.wait_for("every marker", Duration::from_secs(60), &all).await;
+    // Measured on a reload with the session kept: navigation start to the
+    // last marker drawn, as the page's own clock says.
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        b.goto(&base).await;
+        b.wait_for("every marker", Duration::from_secs(60), &all).await;
+        let ms = b.eval("return performance.now()", json!([])).await.as_f64().unwrap();
+        runs.push(ms);
+    }
+    b.screenshot("10k-devices").await;
+    eprintln!("first render of {DEVICES} devices: {runs:?} ms (navigation start to last marker)");
+    b.quit().await;
+}
