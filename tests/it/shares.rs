@@ -8,7 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Api, ServerProcess, expect_json, expect_problem, fast_map, location, spawn_app_with,
+    Api, ServerProcess, TestApp, expect_json, expect_problem, fast_map, fresh_postgres_database,
+    location, mark_postgres_ran, postgres_test_url, spawn_app_with,
 };
 
 /// `GET /api/v1/shared/position` with `token` in `X-Share-Token`.
@@ -35,6 +36,26 @@ async fn create_share(api: &Api, token: &str, device: &str, secs: u64) -> Value 
 #[tokio::test]
 async fn a_link_shows_one_device_until_it_expires_or_is_revoked() {
     let app = spawn_app_with(fast_map).await;
+    links_work(&app).await;
+}
+
+#[tokio::test]
+async fn share_links_work_on_postgres() {
+    let Some(base) = postgres_test_url("share_links_work_on_postgres") else {
+        return;
+    };
+    let url = fresh_postgres_database(&base).await;
+    let app = spawn_app_with(|s| {
+        fast_map(s);
+        s.database.url = Some(mapcast::broker::auth::Secret::new(url.clone()));
+    })
+    .await;
+    links_work(&app).await;
+    mark_postgres_ran().await;
+}
+
+/// Create, read, list, expire and revoke links on `app`.
+async fn links_work(app: &TestApp) {
     let api = app.api();
     let ann = api.sign_up("ann").await;
     let bob = api.sign_up("bob").await;
