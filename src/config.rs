@@ -513,11 +513,40 @@ pub struct MapSettings {
     /// which is also their MQTT user name. Default: on unless every
     /// listener is on loopback.
     pub public_ids: Option<bool>,
+    /// The tile URL template of the page at `/` (Leaflet's `{z}/{x}/{y}`,
+    /// optional `{s}`), `http://` or `https://`. Unset: the page draws on a
+    /// plain background and requests nothing from anywhere else.
+    pub tile_url: Option<String>,
+    /// The attribution the tile provider requires, shown on the map.
+    pub tile_attribution: Option<String>,
+    /// The deepest zoom level the page offers, 1–22. Default 19.
+    pub max_zoom: u8,
 }
 
 impl Default for MapSettings {
     fn default() -> Self {
-        Self { interval_secs: 60, ttl_secs: 900, default_visibility: None, public_ids: None }
+        Self {
+            interval_secs: 60,
+            ttl_secs: 900,
+            default_visibility: None,
+            public_ids: None,
+            tile_url: None,
+            tile_attribution: None,
+            max_zoom: 19,
+        }
+    }
+}
+
+impl MapSettings {
+    /// The origin (`scheme://host[:port]`) tiles come from, for the page's
+    /// Content-Security-Policy; `None` without a tile URL.
+    pub fn tile_origin(&self) -> Option<String> {
+        let url = self.tile_url.as_deref()?;
+        let (scheme, rest) = url.split_once("://")?;
+        let host = rest.split(['/', '?', '#']).next()?;
+        // `{s}` subdomains: the policy allows any subdomain of the rest.
+        let host = host.replace("{s}.", "*.");
+        Some(format!("{scheme}://{host}"))
     }
 }
 
@@ -713,6 +742,11 @@ pub const ENV_VARS: &[EnvVar] = &[
         set_some(&mut s.map.default_visibility, v)
     }),
     var("MAPCAST_MAP_PUBLIC_IDS", "map.public_ids", |s, v| set_some(&mut s.map.public_ids, v)),
+    var("MAPCAST_MAP_TILE_URL", "map.tile_url", |s, v| set_some(&mut s.map.tile_url, v)),
+    var("MAPCAST_MAP_TILE_ATTRIBUTION", "map.tile_attribution", |s, v| {
+        set_some(&mut s.map.tile_attribution, v)
+    }),
+    var("MAPCAST_MAP_MAX_ZOOM", "map.max_zoom", |s, v| set(&mut s.map.max_zoom, v)),
     var("MAPCAST_HISTORY_RETENTION_DAYS", "history.retention_days", |s, v| {
         set(&mut s.history.retention_days, v)
     }),
@@ -885,6 +919,22 @@ impl Settings {
         }
         if self.map.ttl_secs == 0 {
             bail!("map.ttl_secs must be at least 1");
+        }
+        if !(1..=crate::domain::MAX_ZOOM).contains(&self.map.max_zoom) {
+            bail!("map.max_zoom must be between 1 and {}", crate::domain::MAX_ZOOM);
+        }
+        if let Some(url) = &self.map.tile_url {
+            let valid = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.contains("{z}")
+                && url.contains("{x}")
+                && url.contains("{y}")
+                && !url.chars().any(|c| c.is_whitespace() || c == '\'' || c == ';' || c == ',')
+                && self.map.tile_origin().is_some_and(|o| !o.ends_with("://"));
+            if !valid {
+                bail!(
+                    "map.tile_url must be an http(s) URL template with {{z}}, {{x}} and {{y}}, got {url:?}"
+                );
+            }
         }
         let hashing = &self.auth.hashing;
         if hashing.queue_wait_ms == 0 || hashing.threads > 256 {

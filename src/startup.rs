@@ -168,6 +168,7 @@ impl Application {
             map: map_view,
             map_ids,
             flags: flags.clone(),
+            page: http::PageSettings::new(&settings.map),
             history_topics,
             started_at: Instant::now(),
             stopping: stopping.clone(),

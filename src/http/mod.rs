@@ -28,6 +28,7 @@ use tracing::field::Empty;
 use utoipa_actix_web::AppExt;
 
 pub use errors::ApiError;
+pub use routes::PageSettings;
 /// Request bodies checked without a server, for `fuzz/` (not an API).
 #[doc(hidden)]
 pub use routes::fuzzing;
@@ -94,6 +95,12 @@ pub fn build(
     Ok(server)
 }
 
+/// The path as logged: a share link's token opens a device's position to
+/// whoever reads it, so it never reaches a log line or a trace.
+fn logged_path(path: &str) -> &str {
+    if path.starts_with("/s/") { "/s/{token}" } else { path }
+}
+
 /// Every request runs in a span; one line per request with route, status and
 /// duration, and its latency in the route's histogram. A panicking handler
 /// costs only its request: the crash reporter has recorded it, the client
@@ -107,7 +114,7 @@ async fn trace_request(
     let span = tracing::info_span!(
         "http.request",
         { names::HTTP_REQUEST_METHOD } = %req.method(),
-        { names::URL_PATH } = req.path(),
+        { names::URL_PATH } = logged_path(req.path()),
         { names::HTTP_ROUTE } = pattern.as_deref(),
         { names::HTTP_RESPONSE_STATUS_CODE } = Empty,
         { names::EVENT_DURATION } = Empty,

@@ -23,6 +23,8 @@ use super::routes;
         (name = "map", description = "The map snapshot built by the updater"),
         (name = "identities", description = "Users, sign-in tokens, devices, and lifting sign-in lockouts"),
         (name = "flags", description = "Feature flags and their canaries (admins)"),
+        (name = "shares", description = "Links that show one device to anyone holding them, until they expire"),
+        (name = "page", description = "The live map page and its files"),
         (name = "meta", description = "Health, readiness and this document"),
     ),
 )]
@@ -88,6 +90,14 @@ mod tests {
         ("get", "/api/v1/flags"),
         ("get", "/api/v1/flags/{key}"),
         ("put", "/api/v1/flags/{key}"),
+        ("post", "/api/v1/devices/{id}/shares"),
+        ("get", "/api/v1/devices/{id}/shares"),
+        ("delete", "/api/v1/devices/{id}/shares/{share_id}"),
+        ("get", "/api/v1/shared/position"),
+        ("get", "/"),
+        ("get", "/s/{token}"),
+        ("get", "/ui/{path}"),
+        ("get", "/api/v1/page/config"),
     ];
 
     fn operations(doc: &serde_json::Value) -> Vec<(String, String)> {
@@ -133,7 +143,13 @@ mod tests {
                 .await;
         let doc = serde_json::to_value(document()).unwrap();
         for (method, path) in operations(&doc) {
-            let uri = path.replace("{topic}", "a/b").replace("{id}", "x").replace("{key}", "k");
+            let uri = path
+                .replace("{topic}", "a/b")
+                .replace("{id}", "x")
+                .replace("{key}", "k")
+                .replace("{share_id}", "s")
+                .replace("{token}", "t")
+                .replace("{path}", "app.js");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let req = TestRequest::default().method(method.clone()).uri(&uri).to_request();
             let res = call_service(&app, req).await;

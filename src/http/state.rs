@@ -26,6 +26,8 @@ pub struct AppState {
     pub history_topics: HistoryTopics,
     /// Feature flags: evaluation from memory, changes through the store.
     pub flags: Flags,
+    /// The map page's tile settings and Content-Security-Policy.
+    pub page: crate::http::PageSettings,
     pub started_at: Instant,
     /// Cancelled when the process starts shutting down (or a core component
     /// died): readiness fails from then on so load balancers drain us.

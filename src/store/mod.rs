@@ -11,6 +11,7 @@ mod map_snapshots;
 mod pool;
 mod retention;
 mod server_keys;
+mod shares;
 mod write_health;
 mod writer;
 
@@ -20,6 +21,7 @@ pub use identities::{DeviceRecord, InsertError, TokenRecord, UserRecord};
 pub use map_snapshots::SnapshotRecord;
 pub use pool::{Backend, SqliteSynchronous, Store};
 pub use retention::{HistoryRetention, PURGE_BATCH, PurgeOutcome};
+pub use shares::ShareRecord;
 pub use write_health::WriteHealth;
 pub use writer::{StoreWriter, WriteOp, spawn_writer};
 

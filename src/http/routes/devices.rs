@@ -147,7 +147,11 @@ async fn create_device(
 }
 
 /// Device `id` if the caller owns it or is an admin.
-async fn owned_device(state: &AppState, caller: &Caller, id: &str) -> Result<Device, ApiError> {
+pub(super) async fn owned_device(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Device, ApiError> {
     let user = caller.require_user()?;
     let device = state.identities.device(id).await?.ok_or(ApiError::NotFound)?;
     if device.owner_id != user && !caller.identity.is_admin() {

@@ -14,11 +14,14 @@ mod history;
 mod lockouts;
 mod map;
 mod metrics;
+mod page;
 mod sessions;
+mod shares;
 mod subscribe;
 mod topics;
 mod users;
 
+pub use page::PageSettings;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 pub fn configure(cfg: &mut ServiceConfig) {
@@ -34,5 +37,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
     subscribe::configure(cfg);
     map::configure(cfg);
     flags::configure(cfg);
+    shares::configure(cfg);
+    page::configure(cfg);
     super::openapi::configure(cfg);
 }
