@@ -107,7 +107,7 @@ async fn trace_request(
     let span = tracing::info_span!(
         "http.request",
         { names::HTTP_REQUEST_METHOD } = %req.method(),
-        { names::URL_PATH } = req.path(),
+        { names::URL_PATH } = &*routes::phones::loggable_path(req.path()),
         { names::HTTP_ROUTE } = pattern.as_deref(),
         { names::HTTP_RESPONSE_STATUS_CODE } = Empty,
         { names::EVENT_DURATION } = Empty,

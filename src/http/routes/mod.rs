@@ -14,6 +14,8 @@ mod history;
 mod lockouts;
 mod map;
 mod metrics;
+pub(crate) mod phones;
+mod position;
 mod sessions;
 mod subscribe;
 mod topics;
@@ -33,6 +35,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
     history::configure(cfg);
     subscribe::configure(cfg);
     map::configure(cfg);
+    phones::configure(cfg);
+    position::configure(cfg);
     flags::configure(cfg);
     super::openapi::configure(cfg);
 }

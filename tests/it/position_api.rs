@@ -1,0 +1,64 @@
+//! `GET /api/v1/devices/{id}/position`: the latest fix and last-seen time
+//! of one device, for its owner, and for anyone when the device is public.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{expect_json, expect_problem, location_at, spawn_app};
+
+#[tokio::test]
+async fn a_device_position_is_its_latest_fix_with_its_last_seen_time() {
+    let app = spawn_app().await;
+    let api = app.api();
+    let token = api.sign_up("pia").await;
+    let car = api.create_device(&token, "Golf", "car").await;
+    let path = format!("/api/v1/devices/{}/position", car.id);
+    expect_problem(api.get(&path, Some(&token)).await, 404, "not-found").await;
+    let mut mqtt = app.v5("golf").credentials(&car.id, &car.secret).connect().await;
+    let topic = format!("devices/{}/location", car.id);
+    let ts = 1_700_000_000_000_i64.max(crate::helpers::an_hour_ago_ms());
+
+    mqtt.publish_qos1(&topic, false, location_at(13.0, 52.0, ts + 1000)).await;
+    mqtt.publish_qos1(&topic, false, location_at(13.1, 52.1, ts)).await;
+
+    let got = expect_json(api.get(&path, Some(&token)).await, StatusCode::OK).await;
+    assert_eq!(got["type"], "Feature");
+    assert_eq!(got["id"], car.id);
+    assert_eq!(got["geometry"]["coordinates"], json!([13.0, 52.0]), "the newest fix wins");
+    assert_eq!(got["properties"]["ts"], mapcast::domain::time::format_rfc3339(ts + 1000));
+    assert!(got["properties"]["last_seen"].is_string());
+    assert_eq!(got["properties"]["speed"], 12.5);
+}
+
+#[tokio::test]
+async fn a_private_device_position_is_its_owners_alone() {
+    let app = spawn_app().await;
+    let api = app.api();
+    let owner = api.sign_up("quinn").await;
+    let stranger = api.sign_up("rex").await;
+    let car = api.create_device(&owner, "Golf", "car").await;
+    let path = format!("/api/v1/devices/{}/position", car.id);
+    let mut mqtt = app.v5("golf").credentials(&car.id, &car.secret).connect().await;
+    mqtt.publish_qos1(
+        &format!("devices/{}/location", car.id),
+        false,
+        crate::helpers::location(1.0, 2.0),
+    )
+    .await;
+    let public = expect_json(api.get(&path, Some(&stranger)).await, StatusCode::OK).await;
+    assert_eq!(public["geometry"]["coordinates"], json!([1.0, 2.0]));
+
+    let patch = reqwest::Client::new()
+        .patch(format!("http://{}/api/v1/devices/{}", app.http_addr, car.id))
+        .bearer_auth(&owner)
+        .json(&json!({"visibility": "private"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 200);
+
+    expect_problem(api.get(&path, Some(&stranger)).await, 404, "not-found").await;
+    expect_json(api.get(&path, Some(&owner)).await, StatusCode::OK).await;
+    expect_problem(api.get("/api/v1/devices/nope/position", Some(&owner)).await, 404, "not-found")
+        .await;
+}
