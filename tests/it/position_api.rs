@@ -1,10 +1,13 @@
 //! `GET /api/v1/devices/{id}/position`: the latest fix and last-seen time
-//! of one device, for its owner, and for anyone when the device is public.
+//! of one device, for its owner, and for anyone when the device is public;
+//! `?since=` map diffs that carry the Features of added and moved devices.
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::helpers::{expect_json, expect_problem, location_at, spawn_app};
+use crate::helpers::{
+    expect_json, expect_problem, fast_map, location, location_at, spawn_app, spawn_app_with,
+};
 
 #[tokio::test]
 async fn a_device_position_is_its_latest_fix_with_its_last_seen_time() {
@@ -39,12 +42,7 @@ async fn a_private_device_position_is_its_owners_alone() {
     let car = api.create_device(&owner, "Golf", "car").await;
     let path = format!("/api/v1/devices/{}/position", car.id);
     let mut mqtt = app.v5("golf").credentials(&car.id, &car.secret).connect().await;
-    mqtt.publish_qos1(
-        &format!("devices/{}/location", car.id),
-        false,
-        crate::helpers::location(1.0, 2.0),
-    )
-    .await;
+    mqtt.publish_qos1(&format!("devices/{}/location", car.id), false, location(1.0, 2.0)).await;
     let public = expect_json(api.get(&path, Some(&stranger)).await, StatusCode::OK).await;
     assert_eq!(public["geometry"]["coordinates"], json!([1.0, 2.0]));
 
@@ -61,4 +59,33 @@ async fn a_private_device_position_is_its_owners_alone() {
     expect_json(api.get(&path, Some(&owner)).await, StatusCode::OK).await;
     expect_problem(api.get("/api/v1/devices/nope/position", Some(&owner)).await, 404, "not-found")
         .await;
+}
+
+#[tokio::test]
+async fn a_map_diff_carries_the_features_of_added_and_moved_devices() {
+    let app = spawn_app_with(fast_map).await;
+    let mut fleet = app.v5_client("fleet", true, None).await;
+    fleet.publish_qos1("devices/a/location", false, location(1.0, 1.0)).await;
+    fleet.publish_qos1("devices/b/location", false, location(2.0, 2.0)).await;
+    let before = app.wait_for_map(|m| m["total"] == 2).await;
+    let v1 = before["version"].as_u64().unwrap();
+
+    fleet.publish_qos1("devices/b/location", false, location(2.5, 2.0)).await;
+    fleet.publish_qos1("devices/c/location", false, location(3.0, 3.0)).await;
+    let after = app.wait_for_map(|m| m["total"] == 3).await;
+    let diff: Value = app.get_map(&format!("?since={v1}"), &[]).await.json().await.unwrap();
+
+    assert_eq!(diff["added"], json!(["c"]));
+    assert_eq!(diff["moved"], json!(["b"]));
+    let features = diff["features"].as_array().expect("features");
+    let ids: Vec<_> = features.iter().map(|f| f["id"].clone()).collect();
+    assert_eq!(ids, [json!("b"), json!("c")]);
+    assert_eq!(features[0]["geometry"]["coordinates"], json!([2.5, 2.0]));
+    assert_eq!(features[1]["geometry"]["coordinates"], json!([3.0, 3.0]));
+    // Exactly the Features of the whole map: applying the diff gives the map.
+    let in_map = after["features"].as_array().unwrap();
+    assert!(features.iter().all(|f| in_map.contains(f)), "{diff}\n{after}");
+    let same: Value =
+        app.get_map(&format!("?since={}", after["version"]), &[]).await.json().await.unwrap();
+    assert_eq!(same["features"], json!([]));
 }
