@@ -3,6 +3,7 @@
 //! shared state.
 
 pub mod auth;
+mod cors;
 mod deadline;
 pub mod errors;
 mod openapi;
@@ -56,6 +57,7 @@ pub fn build(
         settings.max_sse_streams_per_user,
         settings.max_sse_streams_per_address,
     ));
+    let cors_origins = web::Data::new(cors::CorsOrigins::new(&settings.cors_origins));
     let openapi = web::Data::new(openapi::OpenApiJson(
         openapi::document().to_json().map_err(std::io::Error::other)?,
     ));
@@ -65,12 +67,14 @@ pub fn build(
             .app_data(tickets.clone())
             .app_data(streams.clone())
             .app_data(openapi.clone())
+            .app_data(cors_origins.clone())
             .app_data(body_timeout.clone())
             .app_data(web::JsonConfig::default().error_handler(|e, _| errors::json_error(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))
             .app_data(web::PathConfig::default().error_handler(|e, _| errors::extractor_error(e)))
             .wrap(from_fn(deadline::limit_body))
             .wrap(from_fn(target::require_utf8))
+            .wrap(from_fn(cors::cors))
             .wrap(from_fn(trace_request))
             .into_utoipa_app()
             .configure(routes::configure)

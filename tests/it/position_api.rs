@@ -89,3 +89,60 @@ async fn a_map_diff_carries_the_features_of_added_and_moved_devices() {
         app.get_map(&format!("?since={}", after["version"]), &[]).await.json().await.unwrap();
     assert_eq!(same["features"], json!([]));
 }
+
+#[tokio::test]
+async fn listed_cors_origins_may_call_the_api_and_others_get_no_cors_headers() {
+    let app =
+        spawn_app_with(|s| s.http.cors_origins = vec!["https://app.example.org".into()]).await;
+    let plain = spawn_app().await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", app.http_addr);
+    let acao = |r: &reqwest::Response| {
+        r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, format!("{base}/api/v1/devices"))
+        .header("origin", "https://app.example.org")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization, content-type")
+        .send()
+        .await
+        .unwrap();
+    let get = client
+        .get(format!("{base}/healthz"))
+        .header("origin", "https://app.example.org")
+        .send()
+        .await
+        .unwrap();
+    let refused = client
+        .get(format!("{base}/api/v1/devices"))
+        .header("origin", "https://app.example.org")
+        .send()
+        .await
+        .unwrap();
+    let stranger = client
+        .get(format!("{base}/healthz"))
+        .header("origin", "https://evil.example.org")
+        .send()
+        .await
+        .unwrap();
+    let unconfigured = client
+        .get(format!("http://{}/healthz", plain.http_addr))
+        .header("origin", "https://app.example.org")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(acao(&preflight).as_deref(), Some("https://app.example.org"));
+    let h = preflight.headers();
+    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert!(h["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    assert_eq!(acao(&get).as_deref(), Some("https://app.example.org"));
+    assert!(get.headers()["access-control-expose-headers"].to_str().unwrap().contains("etag"));
+    assert_eq!(refused.status(), 401);
+    assert_eq!(acao(&refused).as_deref(), Some("https://app.example.org"), "errors too");
+    assert_eq!(acao(&stranger), None);
+    assert_eq!(acao(&unconfigured), None);
+}
