@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    expect_json, expect_problem, fast_map, location, location_at, spawn_app, spawn_app_with,
+    Sse, expect_json, expect_problem, fast_map, location, location_at, spawn_app, spawn_app_with,
 };
 
 #[tokio::test]
@@ -145,4 +145,50 @@ async fn listed_cors_origins_may_call_the_api_and_others_get_no_cors_headers() {
     assert_eq!(acao(&refused).as_deref(), Some("https://app.example.org"), "errors too");
     assert_eq!(acao(&stranger), None);
     assert_eq!(acao(&unconfigured), None);
+}
+
+async fn sse_with(app: &crate::helpers::TestApp, query: &str, last_id: Option<&str>) -> Sse {
+    let mut req =
+        reqwest::Client::new().get(format!("http://{}/api/v1/subscribe?{query}", app.http_addr));
+    if let Some(id) = last_id {
+        req = req.header("last-event-id", id);
+    }
+    Sse::open(req.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn one_sse_stream_carries_several_filters_with_an_id_on_every_event_and_resumes() {
+    let app = spawn_app().await;
+    let mut fleet = app.v5_client("fleet", true, None).await;
+    fleet.publish_qos1("devices/a/location", true, location(1.0, 1.0)).await;
+    fleet.publish_qos1("devices/b/location", true, location(2.0, 2.0)).await;
+    let query = "filter=devices/a/location&filter=devices/b/location";
+
+    let mut sse = sse_with(&app, query, None).await;
+    let mut retained = [sse.next_event_with_id().await, sse.next_event_with_id().await];
+    retained.sort_by(|x, y| x.1["topic"].as_str().cmp(&y.1["topic"].as_str()));
+    fleet.publish_qos1("devices/b/location", true, location(2.5, 2.0)).await;
+    let (last_id, live) = sse.next_event_with_id().await;
+    drop(sse);
+
+    assert_eq!(retained[0].1["topic"], "devices/a/location");
+    assert_eq!(retained[1].1["topic"], "devices/b/location");
+    assert!(retained.iter().all(|(id, _)| id.is_some()), "an id on every event");
+    assert_eq!(live["topic"], "devices/b/location");
+    let last_id = last_id.expect("an id on a live event");
+    // While the client is away only `a` changes; resuming gets just that.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    fleet.publish_qos1("devices/a/location", true, location(1.5, 1.0)).await;
+    let mut resumed = sse_with(&app, query, Some(&last_id)).await;
+    let (_, first) = resumed.next_event_with_id().await;
+    assert_eq!(first["topic"], "devices/a/location");
+    assert_eq!(first["payload"]["geometry"]["coordinates"], json!([1.5, 1.0]));
+    assert!(resumed.try_next_event(crate::helpers::QUIET).await.is_none(), "b was not sent again");
+    let too_many = (0..9).map(|i| format!("filter=x/{i}")).collect::<Vec<_>>().join("&");
+    let resp = app.sse_request_with(&[]).await;
+    expect_problem(resp, 400, "bad-request").await;
+    let resp = reqwest::get(format!("http://{}/api/v1/subscribe?{too_many}", app.http_addr))
+        .await
+        .unwrap();
+    expect_problem(resp, 400, "bad-request").await;
 }
