@@ -192,3 +192,37 @@ async fn one_sse_stream_carries_several_filters_with_an_id_on_every_event_and_re
         .unwrap();
     expect_problem(resp, 400, "bad-request").await;
 }
+
+#[tokio::test]
+async fn a_ticket_opens_one_stream_of_exactly_its_filters() {
+    let app = spawn_app().await;
+    let api = app.api();
+    let token = api.sign_up("tia").await;
+    let car = api.create_device(&token, "Golf", "car").await;
+    let own = format!("devices/{}/location", car.id);
+    let ticket = |more: Vec<String>| {
+        let api = api.clone();
+        let token = token.clone();
+        async move {
+            let body = json!({"filter": "map/version", "more_filters": more});
+            let resp = api.post_json("/api/v1/subscribe/tickets", Some(&token), &body).await;
+            expect_json(resp, StatusCode::CREATED).await["ticket"].as_str().unwrap().to_owned()
+        }
+    };
+    let open = |query: String| async move {
+        reqwest::get(format!("http://{}/api/v1/subscribe?{query}", app.http_addr)).await.unwrap()
+    };
+
+    let t = ticket(vec![own.clone()]).await;
+    let both = format!("filter=map/version&filter={own}&ticket={t}");
+    let _stream = Sse::open(open(both.clone()).await).await;
+    let again = open(both).await;
+    let t2 = ticket(vec![own.clone()]).await;
+    let fewer = open(format!("filter=map/version&ticket={t2}")).await;
+    let foreign = json!({"filter": "map/version", "more_filters": ["devices/other/location"]});
+    let refused = api.post_json("/api/v1/subscribe/tickets", Some(&token), &foreign).await;
+
+    expect_problem(again, 401, "unauthorized").await;
+    expect_problem(fewer, 401, "unauthorized").await;
+    expect_problem(refused, 403, "forbidden").await;
+}
