@@ -136,6 +136,11 @@ pub struct HttpSettings {
     /// hold open at once, whoever is signed in; the next gets 429. Phones
     /// behind one carrier NAT share an address. 0: no limit. Default 32.
     pub max_sse_streams_per_address: usize,
+    /// Origins (`https://app.example.org`, scheme, host and port exactly as
+    /// a browser sends `Origin`) whose pages may call the API from another
+    /// origin (CORS); `"*"` for any. Default: none (same origin only).
+    /// Env: comma-separated.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpSettings {
@@ -150,6 +155,7 @@ impl Default for HttpSettings {
             max_connections: 4096,
             max_sse_streams_per_user: 8,
             max_sse_streams_per_address: 32,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -684,6 +690,11 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_HTTP_MAX_SSE_STREAMS_PER_ADDRESS", "http.max_sse_streams_per_address", |s, v| {
         set(&mut s.http.max_sse_streams_per_address, v)
     }),
+    var("MAPCAST_HTTP_CORS_ORIGINS", "http.cors_origins", |s, v| {
+        s.http.cors_origins =
+            v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
+        Ok(())
+    }),
     var("MAPCAST_DATA_DIR", "data_dir", |s, v| set(&mut s.data_dir, v)),
     var("MAPCAST_DATABASE_URL", "database.url", |s, v| {
         s.database.url = Some(Secret::new(v));
@@ -944,6 +955,17 @@ impl Settings {
         }
         if !(hashing.rate_per_address >= 0.0 && hashing.rate_per_address.is_finite()) {
             bail!("auth.hashing.rate_per_address must be a number of at least 0");
+        }
+        for origin in &self.http.cors_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.trim_end_matches('/').contains(|c: char| c.is_whitespace())
+                    && !origin.ends_with('/'));
+            if !ok {
+                bail!(
+                    "http.cors_origins: {origin:?} is not an origin (`https://host[:port]`, no path) or \"*\""
+                );
+            }
         }
         for topic in &self.history.topics {
             crate::domain::TopicFilter::parse(topic.clone(), self.broker.limits.topic_limits())

@@ -16,6 +16,7 @@ pub mod identities;
 pub mod instance_lock;
 pub mod locations;
 pub mod mqtt;
+pub mod phones;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

@@ -1,7 +1,8 @@
 //! Where positions enter: the [`PublishHook`] every publish passes through,
 //! whichever way it came (MQTT, REST). It
 //!
-//! - validates `devices/{id}/location` payloads ([`Location::parse`]) and
+//! - validates `devices/{id}/location` payloads ([`Location::parse`]), and
+//!   OwnTracks locations on `owntracks/{id}/{device}` ([`owntracks`]), and
 //!   refuses invalid ones (MQTT v5 PUBACK 0x99, REST 400/422), so they are
 //!   neither routed nor stored; so is a fix whose `ts` is too far ahead of
 //!   the server clock or implausibly old (`[locations]`);
@@ -22,6 +23,7 @@ use crate::domain::time::millis;
 use crate::domain::{
     DeviceId, Location, LocationError, Position, TopicFilter, TopicLimits, TopicName,
 };
+use crate::phones::owntracks;
 use crate::store::WriteOp;
 
 /// The topic filters with history enabled (`history.topics`).
@@ -103,6 +105,28 @@ impl LocationHook {
     }
 }
 
+impl LocationHook {
+    /// `location` becomes `device`'s latest position once `msg` is accepted.
+    fn position(
+        &self,
+        device: DeviceId,
+        location: Location,
+        msg: &Message,
+        inspection: &mut Inspection,
+    ) -> Result<(), PublishError> {
+        let received_at_ms = millis(msg.received_at);
+        self.check_clock(location.ts_ms, received_at_ms).map_err(PublishError::InvalidPayload)?;
+        let position = Position { location, received_at_ms };
+        inspection.ops.push(WriteOp::UpsertLocation {
+            device_id: device.clone(),
+            position: position.clone(),
+        });
+        let feed = self.feed.clone();
+        inspection.on_accepted = Some(Box::new(move || feed.record(device, position)));
+        Ok(())
+    }
+}
+
 impl PublishHook for LocationHook {
     fn inspect(&self, msg: &Message) -> Result<Inspection, PublishError> {
         let mut inspection = Inspection::default();
@@ -115,16 +139,26 @@ impl PublishHook for LocationHook {
         }
         if let Some(device) = DeviceId::from_location_topic(&msg.topic) {
             let location = Location::parse(&msg.payload).map_err(PublishError::InvalidPayload)?;
-            let received_at_ms = millis(msg.received_at);
-            self.check_clock(location.ts_ms, received_at_ms)
-                .map_err(PublishError::InvalidPayload)?;
-            let position = Position { location, received_at_ms };
-            inspection.ops.push(WriteOp::UpsertLocation {
-                device_id: device.clone(),
-                position: position.clone(),
-            });
-            let feed = self.feed.clone();
-            inspection.on_accepted = Some(Box::new(move || feed.record(device, position)));
+            self.position(device, location, msg, &mut inspection)?;
+        } else if let Some(device) = owntracks::device_of(&msg.topic) {
+            if msg.payload.is_empty() {
+                return Err(PublishError::InvalidPayload(LocationError::NotJson));
+            }
+            if let Some(location) =
+                owntracks::parse(&msg.payload).map_err(PublishError::InvalidPayload)?
+            {
+                // The trail is kept where every other device's is, as GeoJSON.
+                let topic = TopicName::parse(device.location_topic(), TopicLimits::default()).ok();
+                if let Some(topic) = topic.filter(|t| self.history.matches(t)) {
+                    inspection.ops.push(WriteOp::AppendHistory {
+                        topic,
+                        payload: location.to_feature_json().into(),
+                        content_type: None,
+                        received_at: msg.received_at,
+                    });
+                }
+                self.position(device, location, msg, &mut inspection)?;
+            }
         }
         if self.history.matches(&msg.topic) {
             inspection.ops.push(WriteOp::AppendHistory {
@@ -227,6 +261,35 @@ mod tests {
         );
         let kept = hook.inspect(&msg("cmd/car-1", "honk", false)).unwrap();
         assert!(matches!(kept.ops.as_slice(), [WriteOp::AppendHistory { .. }]));
+    }
+
+    #[test]
+    fn an_owntracks_location_moves_its_device_and_keeps_a_geojson_trail() {
+        let (hook, feed) = hook(&["devices/+/location"]);
+        let tst = RECEIVED / 1000 - 1;
+        let mut m = msg(
+            "owntracks/ph-1/pixel",
+            &format!(r#"{{"_type":"location","lat":52.5,"lon":13.4,"tst":{tst},"tid":"px"}}"#),
+            true,
+        );
+        m.received_at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(RECEIVED);
+        let inspection = hook.inspect(&m).unwrap();
+        let WriteOp::AppendHistory { topic, payload, .. } = &inspection.ops[0] else { panic!() };
+        assert_eq!(topic.as_str(), "devices/ph-1/location");
+        assert_eq!(Location::parse(payload).unwrap().lat, 52.5);
+        assert!(
+            matches!(&inspection.ops[1], WriteOp::UpsertLocation { device_id, .. } if device_id.as_str() == "ph-1")
+        );
+        (inspection.on_accepted.unwrap())();
+        assert_eq!(feed.take().len(), 1);
+
+        let lwt = msg("owntracks/ph-1/pixel", r#"{"_type":"lwt","tst":1}"#, false);
+        assert!(hook.inspect(&lwt).unwrap().ops.is_empty());
+        let bad = msg("owntracks/ph-1/pixel", r#"{"_type":"location","lon":1,"tst":1}"#, false);
+        assert!(matches!(
+            hook.inspect(&bad).err().unwrap(),
+            PublishError::InvalidPayload(LocationError::PhoneNoLatLon)
+        ));
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! - nobody publishes to `$SYS/#` or `map/#`: the server writes those;
 //! - an admin may do everything else, and read `$SYS/#`;
 //! - a device publishes and subscribes under `devices/{its id}/#` and
-//!   subscribes to `map/#`;
-//! - a user reads `map/#` and reads and writes `devices/{id}/#` of each device
-//!   it owns;
+//!   `owntracks/{its id}/#` (an OwnTracks phone's own tree) and subscribes
+//!   to `map/#`;
+//! - a user reads `map/#` and reads and writes `devices/{id}/#` and
+//!   `owntracks/{id}/#` of each device it owns;
 //! - an anonymous client (only when anonymous access is allowed) may do
 //!   everything (`all`) or only read `map/#` (`read_map`).
 //!
@@ -35,6 +36,7 @@ use crate::domain::{TopicError, TopicFilter, TopicLimits, TopicName, filter_matc
 /// The first topic level of device topics: `devices/{device id}/...`.
 pub const DEVICES_ROOT: &str = "devices";
 pub use crate::domain::MAP_ROOT;
+use crate::phones::owntracks::ROOT as OWNTRACKS_ROOT;
 
 /// What an anonymous client may do (`auth.anonymous_acl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -206,10 +208,10 @@ impl AclPolicy {
     }
 }
 
-/// Is `topic` `devices/{id}` or below it?
+/// Is `topic` `devices/{id}` or `owntracks/{id}`, or below either?
 fn in_device_tree(topic: &str, id: &str) -> bool {
     let mut levels = topic.split('/');
-    levels.next() == Some(DEVICES_ROOT) && levels.next() == Some(id)
+    matches!(levels.next(), Some(DEVICES_ROOT | OWNTRACKS_ROOT)) && levels.next() == Some(id)
 }
 
 /// Does every topic `filter` matches lie in `{root}/#`?
@@ -311,6 +313,9 @@ mod tests {
             ("device deep in its tree", car1(), "devices/car1/a/b/c", true),
             ("device in another tree", car1(), "devices/car2/location", false),
             ("device with a prefix-sharing id", car1(), "devices/car10/location", false),
+            ("device in its OwnTracks tree", car1(), "owntracks/car1/pixel", true),
+            ("device in another OwnTracks tree", car1(), "owntracks/car2/pixel", false),
+            ("user to an owned OwnTracks tree", alice(), "owntracks/ph1/pixel", true),
             ("device to the map", car1(), "map/snapshot", false),
             ("device elsewhere", car1(), "chat", false),
             ("user to an owned device", alice(), "devices/car1/cmd", true),

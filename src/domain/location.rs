@@ -38,6 +38,11 @@ pub enum LocationError {
     Malformed,
     TsInFuture,
     TsTooOld,
+    /// The phone-app formats (OwnTracks, OsmAnd / Traccar Client) name
+    /// their fields differently; these say which of theirs is missing.
+    PhoneNoLatLon,
+    PhoneNoTimestamp,
+    PhoneNotObject,
 }
 
 impl std::fmt::Display for LocationError {
@@ -72,6 +77,9 @@ impl LocationError {
             Malformed => "malformed GeoJSON Feature",
             TsInFuture => "properties.ts is too far ahead of the server clock",
             TsTooOld => "properties.ts is older than the server accepts",
+            PhoneNoLatLon => "lat and lon are required numbers",
+            PhoneNoTimestamp => "the fix time is missing or not a valid time",
+            PhoneNotObject => "payload must be a JSON object of the app's documented format",
         }
     }
 }
@@ -141,6 +149,83 @@ impl Location {
             Some(_) => return Err(LocationError::BadKind),
         };
         Ok(Self { lon, lat, alt, ts_ms, speed, heading, accuracy, battery, kind })
+    }
+}
+
+/// A fix read from another wire format (OwnTracks, OsmAnd / Traccar
+/// Client), converted to mapcast's units but not yet checked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fix {
+    pub lon: f64,
+    pub lat: f64,
+    pub alt: Option<f64>,
+    pub ts_ms: i64,
+    /// m/s.
+    pub speed: Option<f64>,
+    pub heading: Option<f64>,
+    pub accuracy: Option<f64>,
+    /// Percent.
+    pub battery: Option<f64>,
+    pub kind: Option<DeviceKind>,
+}
+
+impl Location {
+    /// Hold a fix from another format to exactly the rules a GeoJSON
+    /// location meets.
+    pub fn from_fix(f: Fix) -> Result<Self, LocationError> {
+        let (lon, lat, alt) = match f.alt {
+            Some(alt) => coordinates_of(&[f.lon, f.lat, alt])?,
+            None => coordinates_of(&[f.lon, f.lat])?,
+        };
+        if !(0..=MAX_MILLIS).contains(&f.ts_ms) {
+            return Err(LocationError::BadTs);
+        }
+        let check = |v: Option<f64>, ok: fn(f64) -> bool, err| match v {
+            Some(v) if !(v.is_finite() && ok(v)) => Err(err),
+            v => Ok(v),
+        };
+        Ok(Self {
+            lon,
+            lat,
+            alt,
+            ts_ms: f.ts_ms,
+            speed: check(f.speed, |v| v >= 0.0, LocationError::BadSpeed)?,
+            heading: check(f.heading, |v| (0.0..360.0).contains(&v), LocationError::BadHeading)?,
+            accuracy: check(f.accuracy, |v| v >= 0.0, LocationError::BadAccuracy)?,
+            battery: check(f.battery, |v| (0.0..=100.0).contains(&v), LocationError::BadBattery)?,
+            kind: f.kind,
+        })
+    }
+
+    /// The GeoJSON Feature [`Location::parse`] reads back as this location.
+    pub fn to_feature_json(&self) -> Vec<u8> {
+        let mut coordinates = vec![self.lon, self.lat];
+        coordinates.extend(self.alt);
+        let mut props = JsonObject::new();
+        props.insert("ts".into(), self.ts_ms.into());
+        for (key, value) in [
+            ("speed", self.speed),
+            ("heading", self.heading),
+            ("accuracy", self.accuracy),
+            ("battery", self.battery),
+        ] {
+            if let Some(v) = value.and_then(serde_json::Number::from_f64) {
+                props.insert(key.into(), JsonValue::Number(v));
+            }
+        }
+        if let Some(kind) = self.kind {
+            let kind = match kind {
+                DeviceKind::Car => "car",
+                DeviceKind::Phone => "phone",
+            };
+            props.insert("kind".into(), kind.into());
+        }
+        let feature = serde_json::json!({
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": coordinates},
+            "properties": props,
+        });
+        serde_json::to_vec(&feature).unwrap_or_default()
     }
 }
 
@@ -233,6 +318,29 @@ fn diagnose(payload: &[u8]) -> LocationError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fix_round_trips_through_its_feature_and_is_held_to_the_same_rules() {
+        let fix = Fix {
+            lon: 13.4,
+            lat: 52.5,
+            alt: Some(34.0),
+            ts_ms: 1_795_600_800_000,
+            speed: Some(3.5),
+            heading: Some(90.0),
+            accuracy: Some(5.0),
+            battery: Some(81.0),
+            kind: Some(DeviceKind::Phone),
+        };
+        let loc = Location::from_fix(fix.clone()).unwrap();
+        assert_eq!(Location::parse(&loc.to_feature_json()).unwrap(), loc);
+        let bad = |f: Fix| Location::from_fix(f).unwrap_err();
+        assert_eq!(bad(Fix { lat: 91.0, ..fix.clone() }), LocationError::LatitudeRange);
+        assert_eq!(bad(Fix { lon: -181.0, ..fix.clone() }), LocationError::LongitudeRange);
+        assert_eq!(bad(Fix { heading: Some(360.0), ..fix.clone() }), LocationError::BadHeading);
+        assert_eq!(bad(Fix { battery: Some(101.0), ..fix.clone() }), LocationError::BadBattery);
+        assert_eq!(bad(Fix { ts_ms: -1, ..fix }), LocationError::BadTs);
+    }
 
     const GOOD: &str = r#"{"type":"Feature","geometry":{"type":"Point","coordinates":[13.405,52.52]},"properties":{"ts":"2026-11-25T10:00:00Z"}}"#;
 

@@ -132,6 +132,13 @@ impl std::fmt::Debug for MapSnapshot {
 }
 
 impl MapSnapshot {
+    /// The Feature of device `id` as the snapshot serialised it.
+    pub fn feature_json(&self, id: &str) -> Option<&[u8]> {
+        let i = self.positions.binary_search_by(|(d, _)| d.as_str().cmp(id)).ok()?;
+        let r = self.ranges.get(i)?;
+        self.json.get(r.start as usize..r.end as usize)
+    }
+
     /// The snapshot of `devices` (already filtered to the active ones).
     pub fn build<'a>(
         version: u64,
@@ -222,7 +229,7 @@ impl MapSnapshot {
 }
 
 /// What changed between two snapshots, by device id.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MapDiff {
     /// The newer snapshot's version.
     pub version: u64,
@@ -234,6 +241,20 @@ pub struct MapDiff {
     pub moved: Vec<String>,
     /// Devices in the older snapshot only (gone quiet past the TTL).
     pub removed: Vec<String>,
+    /// The Features of the `added` and `moved` devices, exactly as in the
+    /// newer snapshot (coordinates and properties), in id order: a client
+    /// applies the diff without fetching the whole map.
+    #[schema(value_type = Vec<Object>)]
+    pub features: Vec<Box<serde_json::value::RawValue>>,
+}
+
+impl PartialEq for MapDiff {
+    fn eq(&self, other: &Self) -> bool {
+        let text = |d: &Self| d.features.iter().map(|f| f.get().to_owned()).collect::<Vec<_>>();
+        (self.version, self.since, &self.added, &self.moved, &self.removed)
+            == (other.version, other.since, &other.added, &other.moved, &other.removed)
+            && text(self) == text(other)
+    }
 }
 
 impl MapDiff {
@@ -244,8 +265,14 @@ impl MapDiff {
         version: u64,
         new: &[(DeviceId, [f64; 2])],
     ) -> Self {
-        let mut diff =
-            Self { version, since, added: Vec::new(), moved: Vec::new(), removed: Vec::new() };
+        let mut diff = Self {
+            version,
+            since,
+            added: Vec::new(),
+            moved: Vec::new(),
+            removed: Vec::new(),
+            features: Vec::new(),
+        };
         let (mut i, mut j) = (0, 0);
         while i < old.len() || j < new.len() {
             match (old.get(i), new.get(j)) {
@@ -565,6 +592,9 @@ mod tests {
         assert_eq!(diff.added, ["d"]);
         assert_eq!(diff.moved, ["c"]);
         assert_eq!(diff.removed, ["a"]);
+        let c: serde_json::Value = serde_json::from_slice(new.feature_json("c").unwrap()).unwrap();
+        assert_eq!(c["geometry"]["coordinates"], serde_json::json!([3.5, 3.0]));
+        assert!(new.feature_json("a").is_none());
         let same = MapDiff::between(2, &new.positions, 2, &new.positions);
         assert!(same.added.is_empty() && same.moved.is_empty() && same.removed.is_empty());
     }

@@ -17,7 +17,7 @@ pub use client_id::ClientId;
 pub use cluster::{MAX_ZOOM, cluster};
 pub use device_id::{DeviceId, DeviceIdError};
 pub use hex::{from_hex, to_hex};
-pub use location::{Location, LocationError};
+pub use location::{Fix, Location, LocationError};
 pub use map::{Bbox, BboxError, MapDiff, MapPositions, MapSnapshot, Position};
 pub use map_id::MapIds;
 pub use source::{SourceBuckets, source_key};

@@ -3,6 +3,7 @@
 //! shared state.
 
 pub mod auth;
+mod cors;
 mod deadline;
 pub mod errors;
 mod openapi;
@@ -57,6 +58,7 @@ pub fn build(
         settings.max_sse_streams_per_user,
         settings.max_sse_streams_per_address,
     ));
+    let cors_origins = web::Data::new(cors::CorsOrigins::new(&settings.cors_origins));
     let openapi = web::Data::new(openapi::OpenApiJson(
         openapi::document().to_json().map_err(std::io::Error::other)?,
     ));
@@ -66,12 +68,14 @@ pub fn build(
             .app_data(tickets.clone())
             .app_data(streams.clone())
             .app_data(openapi.clone())
+            .app_data(cors_origins.clone())
             .app_data(body_timeout.clone())
             .app_data(web::JsonConfig::default().error_handler(|e, _| errors::json_error(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))
             .app_data(web::PathConfig::default().error_handler(|e, _| errors::extractor_error(e)))
             .wrap(from_fn(deadline::limit_body))
             .wrap(from_fn(target::require_utf8))
+            .wrap(from_fn(cors::cors))
             .wrap(from_fn(trace_request))
             .into_utoipa_app()
             .configure(routes::configure)
@@ -95,10 +99,15 @@ pub fn build(
     Ok(server)
 }
 
-/// The path as logged: a share link's token opens a device's position to
-/// whoever reads it, so it never reaches a log line or a trace.
-fn logged_path(path: &str) -> &str {
-    if path.starts_with("/s/") { "/s/{token}" } else { path }
+/// The path as logged: a share link's token or a phone's secret in the URL
+/// opens a device to whoever reads it, so neither reaches a log line or a
+/// trace.
+fn logged_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.starts_with("/s/") {
+        "/s/{token}".into()
+    } else {
+        routes::phones::loggable_path(path)
+    }
 }
 
 /// Every request runs in a span; one line per request with route, status and
@@ -114,7 +123,7 @@ async fn trace_request(
     let span = tracing::info_span!(
         "http.request",
         { names::HTTP_REQUEST_METHOD } = %req.method(),
-        { names::URL_PATH } = logged_path(req.path()),
+        { names::URL_PATH } = &*logged_path(req.path()),
         { names::HTTP_ROUTE } = pattern.as_deref(),
         { names::HTTP_RESPONSE_STATUS_CODE } = Empty,
         { names::EVENT_DURATION } = Empty,

@@ -129,6 +129,8 @@ pub struct Metrics {
     pub sse_refused: AtomicU64,
     /// Requests actix could not parse (see `telemetry::quiet`).
     pub http_malformed_requests: AtomicU64,
+    /// Phone-app reports refused, per [`m::PHONE_PROTOCOLS`] entry.
+    pub phone_reports_refused: [AtomicU64; 2],
     /// The broker whose [`Stats`] the shipped document reports.
     broker: Mutex<Option<Arc<Stats>>>,
     /// The per-flag-variant rows of the shipped document.
@@ -174,6 +176,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     sse_streams: AtomicU64::new(0),
     sse_refused: AtomicU64::new(0),
     http_malformed_requests: AtomicU64::new(0),
+    phone_reports_refused: [AtomicU64::new(0), AtomicU64::new(0)],
     broker: Mutex::new(None),
     flag_rows: Mutex::new(None),
 });
@@ -402,12 +405,21 @@ impl Metrics {
                 "HTTP requests that could not be parsed (answered 400, logged once per interval).",
                 g(&self.http_malformed_requests),
             ),
-            Scalar::gauge(
-                m::UPTIME,
-                "Seconds since the process started.",
-                self.started.elapsed().as_secs(),
-            ),
         ]);
+        for (protocol, refused) in m::PHONE_PROTOCOLS.iter().zip(&self.phone_reports_refused) {
+            out.push(Scalar {
+                kind: "counter",
+                name: m::PHONE_REPORTS_REFUSED,
+                help: "Phone-app location reports refused, by protocol.",
+                label: Some(("protocol", protocol)),
+                value: g(refused),
+            });
+        }
+        out.extend([Scalar::gauge(
+            m::UPTIME,
+            "Seconds since the process started.",
+            self.started.elapsed().as_secs(),
+        )]);
         out
     }
 

@@ -36,6 +36,8 @@ pub const COMPONENT: &str = "mapcast.component";
 
 // The map updater (one event per snapshot) and history retention.
 pub const MAP_VERSION: &str = "mapcast.map.version";
+/// Which phone-app protocol a report came in by (`owntracks`, `osmand`).
+pub const PHONE_PROTOCOL: &str = "mapcast.phone.protocol";
 /// Devices on the map.
 pub const MAP_TOTAL: &str = "mapcast.map.total";
 /// Size of the GeoJSON snapshot and of its gzip encoding, in bytes.
@@ -255,6 +257,11 @@ pub mod metrics {
     pub const SSE_STREAMS: (&str, &str) = ("mapcast_http_sse_streams", "mapcast.http.sse_streams");
     pub const SSE_REFUSED: (&str, &str) =
         ("mapcast_http_sse_refused_total", "mapcast.http.sse_refused");
+    /// Phone-app reports (OwnTracks HTTP, OsmAnd / Traccar Client) refused,
+    /// labelled by `protocol`: one of [`PHONE_PROTOCOLS`].
+    pub const PHONE_REPORTS_REFUSED: (&str, &str) =
+        ("mapcast_phone_reports_refused_total", "mapcast.phone.reports_refused");
+    pub const PHONE_PROTOCOLS: [&str; 2] = ["owntracks", "osmand"];
     /// Requests that were not HTTP, answered 400 by actix before any route.
     pub const HTTP_MALFORMED: (&str, &str) =
         ("mapcast_http_malformed_requests_total", "mapcast.http.malformed_requests");

@@ -90,7 +90,19 @@ impl MapView {
         let Some((_, then)) = st.recent.iter().find(|(v, _)| *v == since) else {
             return Err(DiffError::TooOld { since, oldest });
         };
-        Ok(MapDiff::between(since, then, current, now))
+        let mut diff = MapDiff::between(since, then, current, now);
+        if let Some(map) = &st.current {
+            let mut ids: Vec<&str> =
+                diff.added.iter().chain(&diff.moved).map(String::as_str).collect();
+            ids.sort_unstable();
+            diff.features = ids
+                .into_iter()
+                .filter_map(|id| map.snapshot.feature_json(id))
+                .filter_map(|f| std::str::from_utf8(f).ok())
+                .filter_map(|f| serde_json::value::RawValue::from_string(f.to_owned()).ok())
+                .collect();
+        }
+        Ok(diff)
     }
 }
 

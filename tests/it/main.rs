@@ -34,6 +34,8 @@ mod metrics;
 mod nul_strings;
 mod ordering;
 mod otlp;
+mod phone_apps;
+mod position_api;
 mod postgres;
 mod pubsub;
 mod restart;

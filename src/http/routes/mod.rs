@@ -15,6 +15,8 @@ mod lockouts;
 mod map;
 mod metrics;
 mod page;
+pub(crate) mod phones;
+mod position;
 mod sessions;
 mod shares;
 mod subscribe;
@@ -36,6 +38,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
     history::configure(cfg);
     subscribe::configure(cfg);
     map::configure(cfg);
+    phones::configure(cfg);
+    position::configure(cfg);
     flags::configure(cfg);
     shares::configure(cfg);
     page::configure(cfg);

@@ -46,10 +46,17 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(subscribe).service(create_ticket);
 }
 
+/// Filters one stream may carry.
+const MAX_FILTERS: usize = 8;
+
+/// The query, for the API description; read by [`query_of`] since
+/// `filter` may repeat.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code, reason = "only describes the query in /openapi.json")]
 pub struct SubscribeParams {
     /// MQTT topic filter; `+` and `#` wildcards allowed (no `$share/`).
+    /// Repeat it (`?filter=a&filter=b`, up to 8) for one stream of several.
     filter: String,
     /// A ticket from `POST /api/v1/subscribe/tickets` for this filter,
     /// instead of `Authorization` (for `EventSource`). Works once.
@@ -63,6 +70,10 @@ pub struct TicketRequest {
     /// `GET /api/v1/subscribe`.
     #[schema(example = "devices/+/location")]
     filter: String,
+    /// More filters for the same stream, passed after `filter` in this
+    /// order (`?filter=F&filter=G...`).
+    #[serde(default)]
+    more_filters: Vec<String>,
 }
 
 /// A one-time ticket for one SSE stream.
@@ -91,6 +102,41 @@ pub struct SseEvent {
     qos: u8,
 }
 
+/// The filters of a request, in order (every `filter` parameter), and its
+/// ticket.
+fn query_of(req: &HttpRequest) -> Result<(Vec<String>, Option<Secret>), ApiError> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|_| ApiError::BadRequest("unreadable query".into()))?;
+    let mut filters = Vec::new();
+    let mut ticket = None;
+    for (k, v) in pairs.into_inner() {
+        match k.as_str() {
+            "filter" => filters.push(v),
+            "ticket" => ticket = Some(Secret::new(v)),
+            _ => {}
+        }
+    }
+    if filters.is_empty() {
+        return Err(ApiError::BadRequest("a `filter` parameter is required".into()));
+    }
+    if filters.len() > MAX_FILTERS {
+        return Err(ApiError::BadRequest(format!("at most {MAX_FILTERS} filters per stream")));
+    }
+    Ok((filters, ticket))
+}
+
+/// What a ticket is issued for: the filters in order. NUL never appears in
+/// a valid filter, so the joined form is unambiguous.
+fn ticket_key(filters: &[String]) -> String {
+    filters.join("\0")
+}
+
+/// The time (epoch ms) in a `Last-Event-ID` this server wrote: `{ms}-{seq}`.
+fn resume_after(req: &HttpRequest) -> Option<i64> {
+    let id = req.headers().get("last-event-id")?.to_str().ok()?;
+    id.split('-').next()?.parse().ok()
+}
+
 /// Stream matching publishes as `text/event-stream`.
 #[utoipa::path(
     tag = "topics",
@@ -105,21 +151,23 @@ pub struct SseEvent {
     )
 )]
 #[get("/api/v1/subscribe")]
-#[tracing::instrument(skip_all, fields(mqtt.filter = %params.filter))]
+#[tracing::instrument(skip_all, fields(mqtt.filter = tracing::field::Empty))]
 async fn subscribe(
     state: web::Data<AppState>,
     tickets: web::Data<SseTickets>,
     streams: web::Data<SseStreams>,
     req: HttpRequest,
-    params: web::Query<SubscribeParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let (identity, caller_id) = match &params.ticket {
+    let (raw_filters, ticket) = query_of(&req)?;
+    tracing::Span::current().record("mqtt.filter", raw_filters.join(" ").as_str());
+    let (identity, caller_id) = match &ticket {
         Some(ticket) => {
-            let grant = tickets.redeem(ticket.expose(), &params.filter).ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "the ticket is unknown, expired, already used or for another filter".into(),
-                )
-            })?;
+            let grant =
+                tickets.redeem(ticket.expose(), &ticket_key(&raw_filters)).ok_or_else(|| {
+                    ApiError::Unauthorized(
+                        "the ticket is unknown, expired, already used or for another filter".into(),
+                    )
+                })?;
             (grant.identity, grant.client_id)
         }
         None => {
@@ -128,7 +176,11 @@ async fn subscribe(
         }
     };
     // Checked again for a ticket: the rules may have changed since.
-    let filter = allowed_filter(&state, &identity, &caller_id, &params.filter)?;
+    let filters = raw_filters
+        .iter()
+        .map(|f| allowed_filter(&state, &identity, &caller_id, f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let resume_after_ms = resume_after(&req);
     let permit = streams
         .admit(identity.user_id.as_deref(), req.peer_addr().map(|a| a.ip()))
         .map_err(|e| {
@@ -162,19 +214,19 @@ async fn subscribe(
         },
         outbox: session.outbox,
         buf: Vec::with_capacity(BATCH),
+        resume_after_ms,
         _permit: permit,
     };
-    let granted = broker
-        .subscribe(
-            client_id.clone(),
-            session.conn,
-            vec![SubscribeRequest {
-                filter: SharedFilter { group: None, filter },
-                options: SubscriptionOptions::qos(QoS::AtMostOnce),
-            }],
-        )
-        .await;
-    if !matches!(granted.as_slice(), [Ok(_)]) {
+    let requests: Vec<SubscribeRequest> = filters
+        .into_iter()
+        .map(|filter| SubscribeRequest {
+            filter: SharedFilter { group: None, filter },
+            options: SubscriptionOptions::qos(QoS::AtMostOnce),
+        })
+        .collect();
+    let wanted = requests.len();
+    let granted = broker.subscribe(client_id.clone(), session.conn, requests).await;
+    if granted.len() != wanted || granted.iter().any(|g| g.is_err()) {
         tracing::warn!(client.id = %client_id, result = ?granted, "SSE subscription refused");
         return Err(unavailable());
     }
@@ -214,10 +266,20 @@ async fn create_ticket(
     caller: Caller,
     body: DeferredJson<TicketRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let filter = body.read().await?.filter;
+    let request = body.read().await?;
+    let filter = request.filter;
     tracing::Span::current().record("mqtt.filter", filter.as_str());
-    allowed_filter(&state, &caller.identity, &caller.client_id, &filter)?;
-    let ticket = tickets.issue(caller.identity, caller.client_id, filter.clone()).map_err(
+    let mut all = vec![filter.clone()];
+    all.extend(request.more_filters);
+    if all.len() > MAX_FILTERS {
+        return Err(ApiError::UnprocessableEntity(format!(
+            "at most {MAX_FILTERS} filters per stream"
+        )));
+    }
+    for f in &all {
+        allowed_filter(&state, &caller.identity, &caller.client_id, f)?;
+    }
+    let ticket = tickets.issue(caller.identity, caller.client_id, ticket_key(&all)).map_err(
         |e: IssueError| ApiError::TooManyRequests {
             detail: format!("{e}; use or let expire the ones issued"),
             retry_after_secs: TICKET_TTL.as_secs(),
@@ -265,6 +327,9 @@ struct SseStream {
     guard: SessionGuard,
     outbox: std::sync::Arc<Outbox>,
     buf: Vec<Delivery>,
+    /// From `Last-Event-ID`: retained messages the client already had (not
+    /// newer than its last event) are not sent again.
+    resume_after_ms: Option<i64>,
     /// The stream's place under the caps, given back when it ends.
     _permit: StreamPermit,
 }
@@ -287,6 +352,10 @@ impl SseStream {
             Ok(Next::Ready) => {
                 let mut out = Vec::new();
                 for d in &self.buf {
+                    let received_ms = millis(d.msg.received_at);
+                    if d.retain && self.resume_after_ms.is_some_and(|after| received_ms <= after) {
+                        continue;
+                    }
                     let (payload, binary) = payload_json(&d.msg.payload);
                     let event = SseEvent {
                         topic: d.msg.topic.to_string(),
@@ -295,6 +364,9 @@ impl SseStream {
                         retain: d.retain,
                         qos: d.msg.qos as u8,
                     };
+                    // The receive time leads, so a resuming client names
+                    // a point in time; the sequence keeps ids unique.
+                    out.extend_from_slice(format!("id: {received_ms}-{}\n", d.seq).as_bytes());
                     out.extend_from_slice(b"data: ");
                     serde_json::to_writer(&mut out, &event).expect("writing to a Vec cannot fail");
                     out.extend_from_slice(b"\n\n");

@@ -158,6 +158,18 @@ impl Sse {
         }
     }
 
+    /// The next event's `id:` and `data:` (comments skipped); panics after [`RECV`].
+    pub async fn next_event_with_id(&mut self) -> (Option<String>, Value) {
+        loop {
+            let block = self.next_block(RECV).await.expect("an SSE event");
+            let id = block.lines().find_map(|l| l.strip_prefix("id: ")).map(str::to_owned);
+            let data: Vec<&str> = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            if !data.is_empty() {
+                return (id, serde_json::from_str(&data.join("\n")).expect("SSE data is JSON"));
+            }
+        }
+    }
+
     /// Whether the server ends the stream within `timeout` (events and
     /// heartbeats before the end are skipped).
     pub async fn ended_within(&mut self, timeout: Duration) -> bool {
