@@ -2,6 +2,10 @@
 //! `%FF` in a path or query to U+FFFD, so `/api/v1/topics/a%FF` would name
 //! the topic `a\u{FFFD}`, which no MQTT client can publish to (MQTT refuses
 //! the same bytes as malformed): such requests get a 400 problem instead.
+//!
+//! Targets and header sections past what any client of this API sends get
+//! a 414 or 431 problem here; only heads past the HTTP codec's own buffer
+//! (128 KiB) are refused before they reach the application, with a bare 431.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -10,12 +14,34 @@ use percent_encoding::percent_decode_str;
 
 use super::errors::ApiError;
 
-/// Middleware: 400 for a path or query that is not UTF-8 once decoded.
+/// Longest request target (path and query) read, in bytes: a topic is at
+/// most 1 KiB after `/api/v1/topics/`, percent-encoding triples it.
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// Largest header section read (names and values), in bytes.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Middleware: 414 for a target longer than [`MAX_TARGET_BYTES`], 431 for
+/// headers past [`MAX_HEADER_BYTES`], 400 for a path or query that is not
+/// UTF-8 once decoded.
 pub async fn require_utf8(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let uri = req.uri();
+    let target = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_TARGET_BYTES {
+        return Err(ApiError::UriTooLong(format!(
+            "the request target is {target} bytes; at most {MAX_TARGET_BYTES} are read"
+        ))
+        .into());
+    }
+    let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if headers > MAX_HEADER_BYTES {
+        return Err(ApiError::HeadersTooLarge(format!(
+            "the header fields are {headers} bytes; at most {MAX_HEADER_BYTES} are read"
+        ))
+        .into());
+    }
     for (part, raw) in [("path", uri.path()), ("query", uri.query().unwrap_or_default())] {
         if percent_decode_str(raw).decode_utf8().is_err() {
             return Err(ApiError::BadRequest(format!(
