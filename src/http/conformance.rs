@@ -42,10 +42,9 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn from_document(doc: &utoipa::openapi::OpenApi) -> Self {
+    pub fn from_document(doc: &Value) -> Self {
         let mut methods: HashMap<String, Vec<Method>> = HashMap::new();
-        let json = serde_json::to_value(doc).unwrap_or_default();
-        for (path, item) in json["paths"].as_object().into_iter().flatten() {
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
             let entry = methods.entry(path.clone()).or_default();
             for key in item.as_object().into_iter().flat_map(|o| o.keys()) {
                 if let Ok(method) = Method::from_bytes(key.to_ascii_uppercase().as_bytes()) {

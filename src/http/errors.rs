@@ -75,14 +75,27 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-/// An RFC 9457 problem document.
-#[derive(Debug, Serialize)]
+/// An RFC 9457 problem document. A 5xx answer adds `trace.id` and, for a
+/// crash, `error.id`: the ids to search the logs and crash reports by.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `urn:mapcast:problem:{code}`, stable per kind of problem.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: &'static str,
+    /// The HTTP status code.
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
+    /// What went wrong with this request, for a human.
     pub detail: String,
+    /// The trace of the request (5xx only): search `trace.id` in the logs.
+    #[serde(rename = "trace.id", skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-f]{32}$")]
+    pub trace_id: Option<String>,
+    /// The crash report of a panicked request (5xx only): `mapcast crashes
+    /// show ID`, or `error.id` in the crash data stream.
+    #[serde(rename = "error.id", skip_serializing_if = "Option::is_none")]
+    pub error_id: Option<String>,
 }
 
 impl ApiError {
@@ -117,6 +130,8 @@ impl ApiError {
             title,
             status: self.status_code().as_u16(),
             detail: self.to_string(),
+            trace_id: None,
+            error_id: None,
         }
     }
 }

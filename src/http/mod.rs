@@ -59,8 +59,7 @@ pub fn build(
     ));
     let document = openapi::document();
     let routes = web::Data::new(conformance::RouteTable::from_document(&document));
-    let openapi =
-        web::Data::new(openapi::OpenApiJson(document.to_json().map_err(std::io::Error::other)?));
+    let openapi = web::Data::new(openapi::OpenApiJson(document.to_string()));
     let server = actix_web::HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

@@ -35,7 +35,7 @@ pub struct PublishParams {
 
 /// What a publish did.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Published {
+pub(crate) struct Published {
     topic: String,
     qos: u8,
     retain: bool,
@@ -134,7 +134,10 @@ enum PublishResponses {
 #[utoipa::path(
     tag = "topics",
     params(("topic" = String, Path, description = "Topic name"), PublishParams),
-    request_body(content = Vec<u8>, description = "The payload; its `Content-Type` becomes the MQTT 5 content type", content_type = "*/*"),
+    request_body(
+        description = "The payload, stored as sent (up to the broker's payload limit): bytes of any media type (JSON for locations); its `Content-Type` becomes the MQTT 5 content type",
+        content(("application/octet-stream"))
+    ),
     responses(PublishResponses)
 )]
 #[put("/api/v1/topics/{topic:.*}")]
@@ -154,7 +157,10 @@ async fn put_topic(
 #[utoipa::path(
     tag = "topics",
     params(("topic" = String, Path, description = "Topic name"), PublishParams),
-    request_body(content = Vec<u8>, description = "The payload; its `Content-Type` becomes the MQTT 5 content type", content_type = "*/*"),
+    request_body(
+        description = "The payload, stored as sent (up to the broker's payload limit): bytes of any media type (JSON for locations); its `Content-Type` becomes the MQTT 5 content type",
+        content(("application/octet-stream"))
+    ),
     responses(PublishResponses)
 )]
 #[post("/api/v1/topics/{topic:.*}")]
