@@ -269,6 +269,46 @@ mod tests {
         }
     }
 
+    /// Limits the handlers enforce are in the schemas, so clients and
+    /// generated validators refuse what the server would.
+    #[test]
+    fn enforced_limits_are_documented() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for (pointer, expected) in [
+            ("/NewUser/properties/username/minLength", json!(3)),
+            ("/NewUser/properties/username/maxLength", json!(64)),
+            ("/NewUser/properties/password/minLength", json!(8)),
+            ("/NewDevice/properties/name/maxLength", json!(100)),
+            ("/NewDevice/properties/kind/pattern", json!("^(car|phone)$")),
+            ("/FlagSpec/properties/rollout/maximum", json!(100)),
+            ("/FlagSpec/properties/variants/maxItems", json!(8)),
+            ("/FlagSpec/properties/allow/maxItems", json!(1000)),
+        ] {
+            assert_eq!(schemas.pointer(pointer), Some(&expected), "{pointer}");
+        }
+        let param = |path: &str, name: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()["schema"]
+                .clone()
+        };
+        assert_eq!(param("/api/v1/history/{topic}", "limit")["maximum"], 1000);
+        assert_eq!(param("/api/v1/history/{topic}", "limit")["minimum"], 1);
+        assert_eq!(param("/api/v1/map", "zoom")["maximum"], 22);
+        let qos = doc["paths"]["/api/v1/topics/{topic}"]["put"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "qos")
+            .unwrap()["schema"]
+            .clone();
+        assert_eq!(qos["maximum"], 2);
+    }
+
     #[test]
     fn publishing_documents_its_answers_including_the_problem_cases() {
         let doc = document();

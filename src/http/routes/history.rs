@@ -34,6 +34,7 @@ pub struct HistoryParams {
     /// Newest `received_at` to include: RFC 3339 or epoch milliseconds.
     until: Option<String>,
     /// Items per page, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,

@@ -30,6 +30,7 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 #[into_params(parameter_in = Query)]
 pub struct PublishParams {
     /// QoS of the publish, 0, 1 or 2 (default 1): subscribers get at most this.
+    #[param(maximum = 2)]
     qos: Option<u8>,
 }
 
