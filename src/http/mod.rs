@@ -52,6 +52,8 @@ pub fn build(
     let state = web::Data::new(state);
     let body_timeout =
         web::Data::new(deadline::BodyTimeout(Duration::from_millis(settings.body_timeout_ms)));
+    let target_limit =
+        web::Data::new(target::TargetLimit::for_topics(state.broker.limits().max_topic_len));
     let tickets = web::Data::new(tickets::SseTickets::default());
     let streams = web::Data::new(streams::SseStreams::new(
         settings.max_sse_streams_per_user,
@@ -67,6 +69,7 @@ pub fn build(
             .app_data(streams.clone())
             .app_data(openapi.clone())
             .app_data(routes.clone())
+            .app_data(target_limit.clone())
             .app_data(body_timeout.clone())
             .app_data(web::JsonConfig::default().error_handler(|e, _| errors::json_error(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| errors::query_error(e)))
