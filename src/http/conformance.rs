@@ -320,6 +320,41 @@ pub fn prepared(res: HttpResponse<BoxBody>) -> actix_web::Error {
 mod tests {
     use super::*;
 
+    fn asked() -> Asked {
+        Asked { head: false, safe: true, if_modified_since: None, if_none_match: false }
+    }
+
+    async fn body_of(res: HttpResponse<BoxBody>) -> Value {
+        serde_json::from_slice(&actix_web::body::to_bytes(res.into_body()).await.unwrap()).unwrap()
+    }
+
+    #[actix_web::test]
+    async fn a_plain_framework_error_becomes_a_problem_without_its_text() {
+        let plain = HttpResponse::BadRequest()
+            .content_type("text/plain")
+            .body("Query deserialize error: invalid type: expected u64");
+        let res = finish(plain, &asked(), Ids::default()).await;
+        assert_eq!(res.headers().get(CONTENT_TYPE).unwrap(), PROBLEM_JSON);
+        let body = body_of(res).await;
+        assert_eq!(body["type"], "urn:mapcast:problem:bad-request");
+        assert_eq!(body["status"], 400);
+        assert!(!body.to_string().contains("u64"), "{body}");
+    }
+
+    #[actix_web::test]
+    async fn a_server_error_names_its_trace_and_crash() {
+        let err = ApiError::Internal(anyhow::anyhow!("boom"));
+        let ids =
+            Ids { trace_id: Some("ab".repeat(16)), crash_id: Some("20261206T000000Z-1".into()) };
+        let res = finish(actix_web::ResponseError::error_response(&err), &asked(), ids).await;
+        assert_eq!(res.headers().get(TRACE_ID_HEADER).unwrap(), &"ab".repeat(16));
+        assert_eq!(res.headers().get(CRASH_ID_HEADER).unwrap(), "20261206T000000Z-1");
+        let body = body_of(res).await;
+        assert_eq!(body["trace.id"], "ab".repeat(16));
+        assert_eq!(body["error.id"], "20261206T000000Z-1");
+        assert_eq!(body["type"], "urn:mapcast:problem:internal");
+    }
+
     #[test]
     fn actix_patterns_become_openapi_paths() {
         assert_eq!(openapi_path("/api/v1/topics/{topic:.*}"), "/api/v1/topics/{topic}");
