@@ -112,17 +112,21 @@ pub struct FlagSpec {
     /// Off: everyone gets `control`.
     pub enabled: bool,
     /// Percent of clients (0–100) that get a canary variant.
+    #[schema(maximum = 100)]
     pub rollout: u8,
     /// The canary variants, spread evenly over the clients in the rollout.
     /// Default `["on"]`; `control` is reserved.
+    #[schema(min_items = 1, max_items = 8)]
     pub variants: Vec<String>,
     /// The bucketing group; clients keep their bucket across flags of one
     /// group. Default: the flag key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     /// Client ids that always get a canary variant while the flag is enabled.
+    #[schema(max_items = 1000)]
     pub allow: Vec<String>,
     /// Client ids that never do (wins over `allow`).
+    #[schema(max_items = 1000)]
     pub deny: Vec<String>,
     pub canary: CanaryThresholds,
     /// Fault injection into the canary variants (`debug.panic_endpoint` only).

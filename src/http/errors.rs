@@ -4,7 +4,7 @@
 
 use actix_web::error::{JsonPayloadError, PayloadError};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use actix_web::http::header::{ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -31,6 +31,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the requested resource does not exist")]
     NotFound,
+    /// The path exists but not with this method; answered with `Allow`.
+    #[error("{method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed { method: String, allow: String },
     /// It existed but is no longer available (e.g. a map version too old to diff).
     #[error("{0}")]
     Gone(String),
@@ -46,6 +49,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request target is longer than the server reads.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// The request's header fields are larger than the server reads.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// Well-formed, but the values are wrong (a wrong type, a missing field,
     /// a password too short); the text says which.
     #[error("{0}")]
@@ -66,14 +75,27 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-/// An RFC 9457 problem document.
-#[derive(Debug, Serialize)]
+/// An RFC 9457 problem document. A 5xx answer adds `trace.id` and, for a
+/// crash, `error.id`: the ids to search the logs and crash reports by.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `urn:mapcast:problem:{code}`, stable per kind of problem.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: &'static str,
+    /// The HTTP status code.
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
+    /// What went wrong with this request, for a human.
     pub detail: String,
+    /// The trace of the request (5xx only): search `trace.id` in the logs.
+    #[serde(rename = "trace.id", skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[0-9a-f]{32}$")]
+    pub trace_id: Option<String>,
+    /// The crash report of a panicked request (5xx only): `mapcast crashes
+    /// show ID`, or `error.id` in the crash data stream.
+    #[serde(rename = "error.id", skip_serializing_if = "Option::is_none")]
+    pub error_id: Option<String>,
 }
 
 impl ApiError {
@@ -84,11 +106,14 @@ impl ApiError {
             Self::Unauthorized(_) => ("unauthorized", "Authentication required"),
             Self::Forbidden(_) => ("forbidden", "Forbidden"),
             Self::NotFound => ("not-found", "Not found"),
+            Self::MethodNotAllowed { .. } => ("method-not-allowed", "Method not allowed"),
             Self::Gone(_) => ("gone", "Gone"),
             Self::Conflict(_) => ("conflict", "Conflict"),
             Self::RequestTimeout(_) => ("request-timeout", "Request timeout"),
             Self::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Self::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
+            Self::UriTooLong(_) => ("uri-too-long", "URI too long"),
+            Self::HeadersTooLarge(_) => ("headers-too-large", "Request header fields too large"),
             Self::UnprocessableEntity(_) => ("unprocessable", "The request is invalid"),
             Self::TooManyRequests { .. } => ("too-many-requests", "Too many requests"),
             Self::Unavailable(_) => ("unavailable", "Service unavailable"),
@@ -105,6 +130,8 @@ impl ApiError {
             title,
             status: self.status_code().as_u16(),
             detail: self.to_string(),
+            trace_id: None,
+            error_id: None,
         }
     }
 }
@@ -116,11 +143,14 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Gone(_) => StatusCode::GONE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnprocessableEntity(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -141,6 +171,9 @@ impl ResponseError for ApiError {
         | Self::Busy { retry_after_secs, .. } = self
         {
             response.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if let Self::MethodNotAllowed { allow, .. } = self {
+            response.insert_header((ALLOW, allow.as_str()));
         }
         if let Self::RequestTimeout(_) = self {
             // The rest of the body may still come; the connection cannot be reused.
@@ -214,9 +247,67 @@ pub fn payload_error(e: PayloadError) -> ApiError {
     }
 }
 
-/// Extractor failures (bad JSON, query or path) as problems too.
-pub fn extractor_error(err: impl std::fmt::Display) -> actix_web::Error {
-    ApiError::BadRequest(err.to_string()).into()
+/// Query-string failures as problems, in the client's terms: the
+/// framework's prefix and Rust type names are replaced.
+pub fn query_error(err: actix_web::error::QueryPayloadError) -> actix_web::Error {
+    let actix_web::error::QueryPayloadError::Deserialize(e) = err else {
+        return ApiError::BadRequest("invalid query string".into()).into();
+    };
+    ApiError::BadRequest(format!("invalid query string: {}", plain_words(&e.to_string()))).into()
+}
+
+/// Path-segment failures as problems, in the client's terms.
+pub fn path_error(err: actix_web::error::PathError) -> actix_web::Error {
+    let actix_web::error::PathError::Deserialize(e) = err else {
+        return ApiError::BadRequest("invalid path".into()).into();
+    };
+    ApiError::BadRequest(format!("invalid path: {}", plain_words(&e.to_string()))).into()
+}
+
+/// serde's wording for values, without Rust type names (`u64`, `struct
+/// MapParams`): a client knows numbers, text and objects.
+pub fn plain_words(msg: &str) -> String {
+    const NAMES: [(&str, &str); 14] = [
+        ("u8", "a small whole number"),
+        ("u16", "a whole number"),
+        ("u32", "a whole number"),
+        ("u64", "a whole number"),
+        ("usize", "a whole number"),
+        ("i8", "a small integer"),
+        ("i16", "an integer"),
+        ("i32", "an integer"),
+        ("i64", "an integer"),
+        ("isize", "an integer"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+        ("bool", "true or false"),
+        ("char", "a character"),
+    ];
+    let mut out = Vec::new();
+    let mut words = msg.split(' ').peekable();
+    while let Some(word) = words.next() {
+        let bare = word.trim_end_matches([',', '.', ';', ':']);
+        let tail = &word[bare.len()..];
+        if let Some((_, plain)) = NAMES.iter().find(|(rust, _)| *rust == bare) {
+            // "a u64" / "an i32": the article goes with the replacement.
+            if matches!(out.last().map(String::as_str), Some("a" | "an")) {
+                out.pop();
+            }
+            out.push(format!("{plain}{tail}"));
+        } else if matches!(bare, "struct" | "enum" | "tuple" | "variant")
+            && words.peek().is_some_and(|next| next.starts_with(char::is_uppercase))
+        {
+            let name = words.next().unwrap_or_default();
+            let tail = &name[name.trim_end_matches([',', '.', ';', ':']).len()..];
+            out.push(format!(
+                "{}{tail}",
+                if bare == "enum" { "one of the allowed values" } else { "a set of fields" }
+            ));
+        } else {
+            out.push(word.to_owned());
+        }
+    }
+    out.join(" ")
 }
 
 /// JSON body failures: not JSON at all → 400, not `application/json` → 415,

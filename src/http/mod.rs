@@ -3,6 +3,7 @@
 //! shared state.
 
 pub mod auth;
+mod conformance;
 mod cors;
 mod deadline;
 pub mod errors;
@@ -36,7 +37,7 @@ pub use routes::fuzzing;
 pub use state::AppState;
 
 use crate::config::HttpSettings;
-use crate::telemetry::{metrics, names, otel};
+use crate::telemetry::{crash, metrics, names, otel};
 
 /// Seconds actix waits for in-flight requests when stopping gracefully.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
@@ -53,15 +54,17 @@ pub fn build(
     let state = web::Data::new(state);
     let body_timeout =
         web::Data::new(deadline::BodyTimeout(Duration::from_millis(settings.body_timeout_ms)));
+    let target_limit =
+        web::Data::new(target::TargetLimit::for_topics(state.broker.limits().max_topic_len));
     let tickets = web::Data::new(tickets::SseTickets::default());
     let streams = web::Data::new(streams::SseStreams::new(
         settings.max_sse_streams_per_user,
         settings.max_sse_streams_per_address,
     ));
     let cors_origins = web::Data::new(cors::CorsOrigins::new(&settings.cors_origins));
-    let openapi = web::Data::new(openapi::OpenApiJson(
-        openapi::document().to_json().map_err(std::io::Error::other)?,
-    ));
+    let document = openapi::document();
+    let routes = web::Data::new(conformance::RouteTable::from_document(&document));
+    let openapi = web::Data::new(openapi::OpenApiJson(document.to_string()));
     let server = actix_web::HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -69,17 +72,21 @@ pub fn build(
             .app_data(streams.clone())
             .app_data(openapi.clone())
             .app_data(cors_origins.clone())
+            .app_data(routes.clone())
+            .app_data(target_limit.clone())
             .app_data(body_timeout.clone())
             .app_data(web::JsonConfig::default().error_handler(|e, _| errors::json_error(e)))
-            .app_data(web::QueryConfig::default().error_handler(|e, _| errors::extractor_error(e)))
-            .app_data(web::PathConfig::default().error_handler(|e, _| errors::extractor_error(e)))
+            .app_data(web::QueryConfig::default().error_handler(|e, _| errors::query_error(e)))
+            .app_data(web::PathConfig::default().error_handler(|e, _| errors::path_error(e)))
             .wrap(from_fn(deadline::limit_body))
             .wrap(from_fn(target::require_utf8))
             .wrap(from_fn(cors::cors))
             .wrap(from_fn(trace_request))
             .into_utoipa_app()
             .configure(routes::configure)
-            .default_service(web::to(|| async { Err::<&str, _>(ApiError::NotFound) }))
+            .default_service(web::to(|req, routes| async move {
+                Err::<&str, _>(conformance::unrouted(req, routes).await)
+            }))
             .into_app()
     })
     .workers(settings.workers)
@@ -113,9 +120,10 @@ fn logged_path(path: &str) -> std::borrow::Cow<'_, str> {
 /// Every request runs in a span; one line per request with route, status and
 /// duration, and its latency in the route's histogram. A panicking handler
 /// costs only its request: the crash reporter has recorded it, the client
-/// gets a 500 problem.
+/// gets a 500 problem naming the report. Every answer goes out through
+/// [`conformance::finish`].
 async fn trace_request(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     // The route is known before the handler runs, so a crash report has it.
@@ -135,15 +143,37 @@ async fn trace_request(
     if let Some(traceparent) = req.headers().get(otel::TRACEPARENT).and_then(|v| v.to_str().ok()) {
         otel::continue_trace(&span, traceparent);
     }
+    let asked = conformance::Asked::take(&mut req);
     let start = Instant::now();
-    let result = match AssertUnwindSafe(next.call(req).instrument(span.clone()))
-        .catch_unwind()
-        .await
-    {
-        Ok(result) => result.map(ServiceResponse::map_into_boxed_body),
-        // actix renders the error as the response (a 500 problem); the
-        // request is gone with the unwound handler, so no response of our own.
-        Err(_) => Err(ApiError::Internal(anyhow::anyhow!("the request handler panicked")).into()),
+    let mut crash_id = None;
+    let result =
+        match AssertUnwindSafe(next.call(req).instrument(span.clone())).catch_unwind().await {
+            Ok(result) => result.map(ServiceResponse::map_into_boxed_body),
+            // actix renders the error as the response (a 500 problem); the
+            // request is gone with the unwound handler, so no response of our own.
+            Err(_) => {
+                // The hook ran on this thread just before the unwind.
+                crash_id = crash::take_last_crash_id();
+                Err(ApiError::Internal(anyhow::anyhow!("the request handler panicked")).into())
+            }
+        };
+    let ids = |status: actix_web::http::StatusCode| conformance::Ids {
+        trace_id: status.is_server_error().then(|| otel::trace_id_of(&span)).flatten(),
+        crash_id: crash_id.clone(),
+    };
+    // Handler errors are already answers; errors from the layers in between
+    // are rendered here so they get the same treatment.
+    let result = match result {
+        Ok(res) => {
+            let ids = ids(res.status());
+            let (http_req, res) = res.into_parts();
+            Ok(ServiceResponse::new(http_req, conformance::finish(res, &asked, ids).await))
+        }
+        Err(e) => {
+            let res = e.error_response();
+            let ids = ids(res.status());
+            Err(conformance::prepared(conformance::finish(res, &asked, ids).await))
+        }
     };
     let elapsed = start.elapsed();
     let duration_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);

@@ -98,6 +98,15 @@ static FEATURE_FLAGS: OnceLock<fn() -> Vec<Value>> = OnceLock::new();
 thread_local! {
     /// A panic inside the hook must not recurse into it.
     static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+    /// The id of the last report made on this thread: whoever catches the
+    /// unwind on the same thread (the HTTP layer) tells the client.
+    static LAST_ID: Cell<Option<String>> = const { Cell::new(None) };
+}
+
+/// The id (`error.id`) of the crash report of the last panic on this
+/// thread, once: call it where the unwind was caught.
+pub fn take_last_crash_id() -> Option<String> {
+    LAST_ID.take()
 }
 
 /// The crash directory under a data directory.
@@ -146,6 +155,7 @@ fn report(info: &PanicHookInfo<'_>) {
     metrics::global().crashes.fetch_add(1, Relaxed);
     let Some(ctx) = CONTEXT.get() else { return };
     let (stem, doc) = document(info, &ctx.config);
+    LAST_ID.set(Some(stem.clone()));
     let body = Value::Object(doc).to_string();
     let path = ctx.dir.join(format!("{stem}.json"));
     let room = make_room(&ctx.dir, ctx.limits, body.len() as u64);

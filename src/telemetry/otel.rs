@@ -171,6 +171,12 @@ pub fn current_traceparent() -> Option<String> {
     Some(format!("00-{trace}-{span}-01"))
 }
 
+/// The `trace.id` of `span` as its logs and exported spans carry it.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let traceparent = span.in_scope(current_traceparent)?;
+    traceparent.split('-').nth(1).map(str::to_owned)
+}
+
 /// The OpenTelemetry trace and span ids (hex) of span `id`, when exporting.
 pub(crate) fn ids_of(
     id: &tracing::span::Id,

@@ -24,6 +24,7 @@ mod exactly_once;
 mod flags;
 mod health;
 mod history;
+mod http_conformance;
 mod identities;
 mod interop;
 mod locations;

@@ -26,14 +26,14 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NewDevice {
     /// 1–100 characters.
-    #[schema(example = "Golf")]
+    #[schema(example = "Golf", min_length = 1, max_length = 100)]
     name: String,
     /// `car` or `phone`.
-    #[schema(example = "car")]
+    #[schema(example = "car", pattern = "^(car|phone)$")]
     kind: String,
     /// `public` (on the shared map) or `private` (its owner and admins
     /// only). Default: `map.default_visibility`.
-    #[schema(example = "private")]
+    #[schema(example = "private", pattern = "^(public|private)$")]
     visibility: Option<String>,
 }
 
@@ -49,7 +49,7 @@ impl NewDevice {
 #[serde(deny_unknown_fields)]
 pub struct DevicePatch {
     /// `public` or `private`.
-    #[schema(example = "public")]
+    #[schema(example = "public", pattern = "^(public|private)$")]
     visibility: String,
 }
 

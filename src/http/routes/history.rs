@@ -34,6 +34,7 @@ pub struct HistoryParams {
     /// Newest `received_at` to include: RFC 3339 or epoch milliseconds.
     until: Option<String>,
     /// Items per page, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -44,7 +45,6 @@ pub struct HistoryItemView {
     topic: String,
     /// The payload as JSON when it is JSON, else a string (base64 when
     /// `payload_encoding` is `base64`).
-    #[schema(value_type = Object)]
     payload: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_encoding: Option<&'static str>,

@@ -71,6 +71,7 @@ pub struct MapParams {
     /// A zoom level 0–22 of the view: with the `map.clustering` flag on for
     /// the caller, nearby devices come back as one point with a `count`
     /// (`"clustered": true`); otherwise the whole map as without it.
+    #[param(maximum = 22)]
     zoom: Option<u8>,
 }
 

@@ -26,6 +26,9 @@ mod users;
 pub use page::PageSettings;
 use utoipa_actix_web::service_config::ServiceConfig;
 
+/// Named in responses the derive cannot register: `/openapi.json` adds it.
+pub(super) use topics::Published;
+
 pub fn configure(cfg: &mut ServiceConfig) {
     health::configure(cfg);
     metrics::configure(cfg);

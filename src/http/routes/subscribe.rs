@@ -92,7 +92,6 @@ pub struct SseEvent {
     topic: String,
     /// The payload as JSON when it is JSON, else a string (base64 when
     /// `payload_encoding` is `base64`).
-    #[schema(value_type = Object)]
     payload: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_encoding: Option<&'static str>,

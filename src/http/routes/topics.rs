@@ -30,12 +30,13 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 #[into_params(parameter_in = Query)]
 pub struct PublishParams {
     /// QoS of the publish, 0, 1 or 2 (default 1): subscribers get at most this.
+    #[param(maximum = 2)]
     qos: Option<u8>,
 }
 
 /// What a publish did.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Published {
+pub(crate) struct Published {
     topic: String,
     qos: u8,
     retain: bool,
@@ -134,7 +135,10 @@ enum PublishResponses {
 #[utoipa::path(
     tag = "topics",
     params(("topic" = String, Path, description = "Topic name"), PublishParams),
-    request_body(content = Vec<u8>, description = "The payload; its `Content-Type` becomes the MQTT 5 content type", content_type = "*/*"),
+    request_body(
+        description = "The payload, stored as sent (up to the broker's payload limit): bytes of any media type (JSON for locations); its `Content-Type` becomes the MQTT 5 content type",
+        content(("application/octet-stream"))
+    ),
     responses(PublishResponses)
 )]
 #[put("/api/v1/topics/{topic:.*}")]
@@ -154,7 +158,10 @@ async fn put_topic(
 #[utoipa::path(
     tag = "topics",
     params(("topic" = String, Path, description = "Topic name"), PublishParams),
-    request_body(content = Vec<u8>, description = "The payload; its `Content-Type` becomes the MQTT 5 content type", content_type = "*/*"),
+    request_body(
+        description = "The payload, stored as sent (up to the broker's payload limit): bytes of any media type (JSON for locations); its `Content-Type` becomes the MQTT 5 content type",
+        content(("application/octet-stream"))
+    ),
     responses(PublishResponses)
 )]
 #[post("/api/v1/topics/{topic:.*}")]

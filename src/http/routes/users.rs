@@ -22,10 +22,10 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 #[derive(Deserialize, ToSchema)]
 pub struct NewUser {
     /// 3–64 letters, digits, `_`, `.` or `-`.
-    #[schema(example = "ann")]
+    #[schema(example = "ann", min_length = 3, max_length = 64, pattern = "^[A-Za-z0-9_.-]+$")]
     username: String,
     /// At least 8 characters.
-    #[schema(example = "correct horse battery")]
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 1024)]
     password: String,
     /// `user` (the default) or `admin`; only an admin may create admins.
     #[serde(default)]
