@@ -451,7 +451,7 @@ async fn the_cli_refuses_bad_input_and_unknown_owners() {
         cli(&["user", "add", "--username", "ann", "--password-stdin", "--data-dir", d], "short\n")
             .await;
     let (ok, out, _) = cli(
-        &["user", "add", "--username", "ann", "--password-stdin", "--data-dir", d],
+        &["user", "add", "--username", "ann", "--password-stdin", "--create", "--data-dir", d],
         "long enough\n",
     )
     .await;

@@ -7,6 +7,7 @@
 mod helpers;
 
 mod abuse;
+mod accounts;
 mod acl;
 mod acl_matrix;
 mod bench;
