@@ -288,16 +288,18 @@ impl std::fmt::Debug for AuthSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
-    /// `json` (ECS lines, for machines) or `pretty` (for humans). Default `json`.
+    /// `json` (ECS lines, for machines), `pretty` (for humans) or `auto`
+    /// (pretty when stdout is a terminal, else JSON). Default `auto`.
     pub format: LogFormat,
-    /// `tracing` filter directives, e.g. `info` or `mapcast=debug,sqlx=warn`.
+    /// `tracing` filter directives, e.g. `info` or `debug,sqlx=info`. A bare
+    /// level applies to mapcast; dependencies log at `warn` unless named.
     /// Default `info`.
     pub level: String,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: LogFormat::Json, level: "info".into() }
+        Self { format: LogFormat::Auto, level: "info".into() }
     }
 }
 
@@ -305,6 +307,7 @@ impl Default for LogSettings {
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
+    Auto,
     Json,
     Pretty,
 }
@@ -315,7 +318,8 @@ impl FromStr for LogFormat {
         match s {
             "json" => Ok(Self::Json),
             "pretty" => Ok(Self::Pretty),
-            _ => bail!("expected `json` or `pretty`, got {s:?}"),
+            "auto" => Ok(Self::Auto),
+            _ => bail!("expected `auto`, `json` or `pretty`, got {s:?}"),
         }
     }
 }
@@ -910,7 +914,7 @@ impl Settings {
         self.acl_policy()?;
         self.validate_telemetry()?;
         tracing_subscriber::EnvFilter::builder()
-            .parse(&self.log.level)
+            .parse(crate::telemetry::effective_filter(&self.log.level))
             .with_context(|| format!("invalid log.level {:?}", self.log.level))?;
         Ok(())
     }
@@ -1085,7 +1089,7 @@ mod tests {
         assert_eq!(s.history.topics, ["devices/+/location"]);
         assert_eq!(s.history.retention_days, 30);
         assert_eq!(s.database.commit_interval_ms, 1);
-        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.log.format, LogFormat::Auto);
         assert_eq!(s.log.level, "info");
         assert!(s.effective_allow_anonymous());
     }

@@ -21,6 +21,7 @@ mod elastic;
 mod elk_files;
 mod es_setup;
 mod exactly_once;
+mod first_day;
 mod flags;
 mod health;
 mod history;
