@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{Api, PASSWORD, ServerProcess};
@@ -129,4 +129,124 @@ async fn admin_commands_refuse_to_create_a_database_unless_told() {
     // The server started on that directory knows the admin.
     let server = ServerProcess::start(&empty.path().join("data"), &[]).await;
     Api::new(server.http_addr).login("root", PASSWORD).await;
+}
+
+/// The crash report of a panic, its stack trace starting at the panic site:
+/// the first frame is the panicking handler with its file and line, not the
+/// crash hook or the standard library's panic machinery.
+#[tokio::test]
+async fn a_crash_reports_stack_trace_starts_at_the_panic_site() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::helpers::add_admin(dir.path(), "root", PASSWORD).await;
+    let server =
+        ServerProcess::start_with_config(dir.path(), "[debug]\npanic_endpoint = true\n", &[]).await;
+    let api = Api::new(server.http_addr);
+    let token = api.login("root", PASSWORD).await;
+
+    let resp = api.post_json("/api/v1/admin/debug/panic", Some(&token), &json!({})).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+
+    let crashes = dir.path().join("crashes");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let found = std::fs::read_dir(&crashes).ok().and_then(|entries| {
+            entries
+                .filter_map(|e| Some(e.ok()?.path()))
+                .find(|p| p.extension().is_some_and(|e| e == "json"))
+        });
+        if let Some(path) = found {
+            break tokio::fs::read_to_string(path).await.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no crash report");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let doc: Value = serde_json::from_str(&report).unwrap();
+    let trace = doc["error.stack_trace"].as_str().unwrap();
+    let mut lines = trace.lines();
+    let first = lines.next().unwrap_or_default();
+    let at = lines.next().unwrap_or_default();
+    assert!(
+        first.trim_start().starts_with("0: ")
+            && first.contains("mapcast::http::routes::debug::panic"),
+        "the first frame is the panic site, numbered from 0:\n{trace}"
+    );
+    let line = doc["log.origin.file.line"].as_u64().unwrap();
+    assert!(
+        at.trim_start().starts_with("at ")
+            && at.contains(&format!("src/http/routes/debug.rs:{line}:")),
+        "with the panic's file and line:\n{trace}"
+    );
+}
+
+/// The crash alert `docs/forensics.md` starts from, checked offline as
+/// Kibana's Elasticsearch-query rule type would take it: its data stream has
+/// an index template, every field it queries or groups by is mapped there
+/// and emitted by mapcast, it fires on a single crash, and its window covers
+/// the gap between two checks. `dashboards/setup.sh` installs it.
+#[test]
+#[allow(clippy::disallowed_methods, reason = "offline checks of small repository files")]
+fn the_crash_alert_rule_docs_forensics_starts_from_is_shipped_and_valid() {
+    use crate::elk_files::catalog::{Emitted, Templates};
+
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(repo.join(p)).unwrap();
+    let rule: Value = serde_json::from_str(&read("dashboards/alerts/mapcast-crash.json")).unwrap();
+    assert!(read("docs/forensics.md").contains("dashboards/alerts/mapcast-crash.json"));
+    assert!(read("dashboards/setup.sh").contains("api/alerting/rule/"));
+
+    assert_eq!(rule["rule_type_id"], ".es-query");
+    assert_eq!(rule["consumer"], "stackAlerts");
+    assert!(rule["name"].as_str().is_some_and(|n| !n.is_empty()));
+    assert!(rule.get("id").is_none(), "the id goes in the URL, not the body");
+    assert!(rule["actions"].is_array());
+    let p = &rule["params"];
+    assert_eq!(p["searchType"], "esQuery");
+    assert_eq!(p["index"], json!(["logs-mapcast.crash-*"]));
+    let (threshold, comparator) = (&p["threshold"], p["thresholdComparator"].as_str());
+    assert!(
+        threshold == &json!([0]) && comparator == Some(">")
+            || threshold == &json!([1]) && comparator == Some(">="),
+        "one crash fires: {threshold} {comparator:?}"
+    );
+    let secs = |n: &Value, unit: &str| {
+        n.as_u64().unwrap()
+            * match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                other => panic!("unit {other}"),
+            }
+    };
+    let interval = rule["schedule"]["interval"].as_str().unwrap();
+    let (n, unit) = interval.split_at(interval.len() - 1);
+    let every = secs(&json!(n.parse::<u64>().unwrap()), unit);
+    let window = secs(&p["timeWindowSize"], p["timeWindowUnit"].as_str().unwrap());
+    assert!(window >= every, "a {window} s window checked every {every} s misses crashes");
+
+    let templates = Templates::load(&repo.join("dashboards/templates"));
+    let mappings = templates.mappings();
+    let fields = mappings.get("logs-mapcast.crash-*").expect("a template for the crash stream");
+    let emitted = Emitted::load();
+    let query: Value = serde_json::from_str(p["esQuery"].as_str().unwrap()).unwrap();
+    let mut used = vec![p["timeField"].as_str().unwrap().to_owned()];
+    for clause in query["query"]["bool"]["filter"].as_array().unwrap() {
+        for kind in ["term", "terms", "match", "match_phrase"] {
+            if let Some(obj) = clause[kind].as_object() {
+                used.extend(obj.keys().cloned());
+            }
+        }
+    }
+    if p["groupBy"] == "top" {
+        used.push(p["termField"].as_str().unwrap().to_owned());
+    }
+    assert!(used.len() >= 3, "{used:?}");
+    for field in &used {
+        let kind = fields.get(field).unwrap_or_else(|| panic!("{field} is not mapped"));
+        assert!(
+            ["keyword", "date", "constant_keyword"].contains(&kind.as_str()),
+            "{field}: {kind}"
+        );
+        assert!(emitted.contains(field), "mapcast never writes {field}");
+    }
+    assert_eq!(fields[p["timeField"].as_str().unwrap()], "date");
 }
