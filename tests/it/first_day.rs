@@ -41,6 +41,7 @@ async fn mapcast_in(cwd: &Path, args: &[&str], stdin: &str) -> (bool, String, St
         .env_remove("MAPCAST_CONFIG")
         .env_remove("MAPCAST_DATABASE_URL")
         .env_remove("MAPCAST_DATA_DIR")
+        .kill_on_drop(true)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -249,4 +250,31 @@ fn the_crash_alert_rule_docs_forensics_starts_from_is_shipped_and_valid() {
         assert!(emitted.contains(field), "mapcast never writes {field}");
     }
     assert_eq!(fields[p["timeField"].as_str().unwrap()], "date");
+}
+
+#[tokio::test]
+async fn a_malformed_password_hash_in_the_config_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mapcast.toml");
+    let toml = "[[auth.users]]\nusername = \"ops\"\npassword_hash = \"not-a-hash-oops\"\n";
+    tokio::fs::write(&config, toml).await.unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--mqtt-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    let run = mapcast_in(dir.path(), &args, "");
+    let (ok, _, err) = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the server must refuse to start, not run");
+    assert!(!ok);
+    assert!(err.contains("auth.users[0]") && err.contains("password_hash"), "{err}");
+    assert!(!err.contains("not-a-hash-oops"), "the hash is not quoted: {err}");
 }
