@@ -185,8 +185,11 @@ impl Application {
         let http_task = tokio::spawn(http_server);
         let updater_task = tokio::spawn(updater.run_until_stopped(stopping.clone()));
         let flags_task = tokio::spawn(flags.run_until_stopped(stopping.clone()));
-        let lifts_task =
-            tokio::spawn(LockoutLifts::new(identities.clone()).run_until_stopped(stopping.clone()));
+        let lifts_task = tokio::spawn(
+            LockoutLifts::new(identities.clone())
+                .with_revocations(broker.clone())
+                .run_until_stopped(stopping.clone()),
+        );
         let malformed_task = tokio::spawn(quiet::run_until_stopped(stopping.clone()));
         let retention_task = (settings.history.retention_days > 0).then(|| {
             let retention = HistoryRetention::new(store.clone(), settings.history.retention_days);

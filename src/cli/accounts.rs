@@ -12,6 +12,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
 use super::{DbArgs, stdout_is_terminal, with_database, write_table};
+use crate::broker::Principal;
 use crate::broker::auth::Role;
 use crate::domain::time::format_rfc3339;
 use crate::domain::{DeviceKind, DeviceName, Password, Username};
@@ -93,7 +94,8 @@ pub enum DeviceCommand {
     /// Devices, oldest first: a table on a terminal, else one
     /// `{"id","name","kind","visibility","owner","created_at"}` per line.
     List(DeviceListArgs),
-    /// Delete a device; its MQTT credentials stop working. Prints
+    /// Delete a device; its MQTT credentials stop working and running servers
+    /// close its connections within a second. Prints
     /// `{"id","deleted":true}`.
     Delete(DeviceIdArgs),
     /// Give a device a new secret (its MQTT password); the old one stops
@@ -221,10 +223,16 @@ fn delete_user(args: UserNameArgs, mut output: impl Write) -> anyhow::Result<()>
             {
                 return Err(last_admin());
             }
+            let devices = ids.device_ids_of(&user.id).await?;
             // The store re-checks in its transaction (two deletes at once).
             if !ids.delete_user(&user.id).await? {
                 return Err(last_admin());
             }
+            let gone: Vec<String> = std::iter::once(Principal::user(&user.id))
+                .chain(devices.iter().map(|d| Principal::device(d)))
+                .map(|p| p.as_str().to_owned())
+                .collect();
+            ids.request_revocations(&gone).await?;
             Ok(user)
         }
     })?;
@@ -353,6 +361,7 @@ fn delete_device(args: DeviceIdArgs, mut output: impl Write) -> anyhow::Result<(
             if !ids.delete_device(&id).await? {
                 bail!("no device with id {id:?}");
             }
+            ids.request_revocations(&[Principal::device(&id).as_str().to_owned()]).await?;
             Ok(())
         }
     })?;
@@ -365,7 +374,13 @@ fn rotate_secret(args: DeviceIdArgs, mut output: impl Write) -> anyhow::Result<(
     let secret = with_identities(&args.db, |ids| {
         let id = id.clone();
         async move {
-            ids.rotate_device_secret(&id).await?.ok_or_else(|| anyhow!("no device with id {id:?}"))
+            let secret = ids
+                .rotate_device_secret(&id)
+                .await?
+                .ok_or_else(|| anyhow!("no device with id {id:?}"))?;
+            // Connections made with the old secret must not outlive it.
+            ids.request_revocations(&[Principal::device(&id).as_str().to_owned()]).await?;
+            Ok(secret)
         }
     })?;
     writeln!(output, "{}", json!({ "id": id, "secret": secret.expose() }))?;

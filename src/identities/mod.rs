@@ -183,6 +183,16 @@ impl Identities {
         Ok(self.store().request_lockout_lift(username, now_ms()).await?)
     }
 
+    /// Ask every running server to close the live connections of
+    /// `principals` (for the CLI); applied within a second.
+    pub async fn request_revocations(&self, principals: &[String]) -> Result<(), IdentityError> {
+        let now = now_ms();
+        for p in principals {
+            self.store().request_revocation(p, now).await?;
+        }
+        Ok(())
+    }
+
     /// The lockout state every password or secret check goes through.
     pub fn sign_in_guard(&self) -> &SignInGuard {
         &self.inner.guard

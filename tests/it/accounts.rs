@@ -305,3 +305,46 @@ async fn each_subcommand_help_shows_only_its_own_options() {
     let (_, out, _) = mapcast_cli(&["serve", "--help"], "").await;
     assert!(serve_only.iter().all(|f| out.contains(f)), "{out}");
 }
+
+#[tokio::test]
+async fn cli_deletes_and_rotations_close_the_devices_live_connections_on_a_running_server() {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+
+    let dir = tempfile::tempdir().unwrap();
+    add_admin(dir.path(), "root", PASSWORD).await;
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let mut devices = Vec::new();
+    for name in ["Golf", "Polo"] {
+        let (ok, out, err) =
+            cli(dir.path(), &["device", "add", "--owner", "root", "--name", name], "").await;
+        assert!(ok, "{err}");
+        devices.push(json_lines(&out).remove(0));
+    }
+    let creds = |i: usize| {
+        (devices[i]["id"].as_str().unwrap().to_owned(), devices[i]["secret"].as_str().unwrap())
+    };
+    let (golf, golf_secret) = creds(0);
+    let (polo, polo_secret) = creds(1);
+    let mut golf_live =
+        V5Options::new("golf", server.mqtt_addr).credentials(&golf, golf_secret).connect().await;
+    let mut polo_live =
+        V5Options::new("polo", server.mqtt_addr).credentials(&polo, polo_secret).connect().await;
+
+    let (ok, _, err) = cli(dir.path(), &["device", "rotate-secret", &golf], "").await;
+    assert!(ok, "{err}");
+    let closed = golf_live.wait_closed(std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        closed.server_reason,
+        Some(DisconnectReasonCode::AdministrativeAction),
+        "{closed:?}"
+    );
+
+    let (ok, _, err) = cli(dir.path(), &["device", "delete", &polo], "").await;
+    assert!(ok, "{err}");
+    let closed = polo_live.wait_closed(std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        closed.server_reason,
+        Some(DisconnectReasonCode::AdministrativeAction),
+        "{closed:?}"
+    );
+}
