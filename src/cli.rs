@@ -307,6 +307,39 @@ mod tests {
     }
 
     #[test]
+    fn tables_align_their_columns() {
+        let mut out = Vec::new();
+        let rows = vec![
+            vec!["map.clustering".to_owned(), "on".to_owned()],
+            vec!["x".to_owned(), "off".to_owned()],
+        ];
+        write_table(&mut out, &["KEY", "ENABLED"], &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text, "KEY             ENABLED\nmap.clustering  on\nx               off\n",
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn admin_commands_take_only_the_database_options() {
+        let parsed = Cli::try_parse_from(["mapcast", "user", "list", "--mqtt-listen", "0.0.0.0:1"]);
+        assert!(parsed.is_err(), "a serve option is not an option of user list");
+        let cli = Cli::try_parse_from([
+            "mapcast",
+            "device",
+            "list",
+            "--database-url",
+            "sqlite://x.db",
+            "--create",
+        ])
+        .unwrap();
+        let Command::Device(DeviceCommand::List(args)) = cli.command else { panic!() };
+        assert!(args.db.create);
+        assert_eq!(args.db.database_url.as_deref(), Some("sqlite://x.db"));
+    }
+
+    #[test]
     fn hash_password_refuses_an_empty_password() {
         assert!(hash_password_command(&b"\n"[..], Vec::new()).is_err());
     }
