@@ -33,4 +33,16 @@ for file in "$DASHBOARDS"/*.ndjson; do
         -F "file=@$file" "$KIBANA/api/saved_objects/_import?overwrite=true")
     echo "$answer" | grep -q '"success":true' || { echo "import failed: $answer" >&2; exit 1; }
 done
+for file in "$DASHBOARDS"/alerts/*.json; do
+    [ -e "$file" ] || continue
+    id=$(basename "$file" .json)
+    echo "creating the alert rule $id"
+    # 409: the rule exists (a rerun); an operator may have attached actions.
+    status=$(curl -sS -o /tmp/rule-answer -w '%{http_code}' -u "$AUTH" -H 'kbn-xsrf: mapcast' \
+        -H 'Content-Type: application/json' -X POST "$KIBANA/api/alerting/rule/$id" -d "@$file")
+    case "$status" in
+        200 | 409) ;;
+        *) echo "alert rule $id failed ($status): $(cat /tmp/rule-answer)" >&2; exit 1 ;;
+    esac
+done
 echo "setup done"

@@ -32,8 +32,7 @@ pub enum Command {
     #[command(after_help = MORE_SETTINGS)]
     Serve(ConfigArgs),
     /// Apply pending database migrations, then exit.
-    #[command(after_help = MORE_SETTINGS)]
-    Migrate(ConfigArgs),
+    Migrate(DbArgs),
     /// Read a password from stdin and print its argon2id hash, for the
     /// `password_hash` of a user in `[[auth.users]]`.
     HashPassword,
@@ -137,6 +136,132 @@ impl ConfigArgs {
     }
 }
 
+/// Where an admin command finds the database: the same `--config`,
+/// `--data-dir` or `--database-url` the server runs with (or their
+/// `MAPCAST_*` variables).
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// TOML configuration file [env: MAPCAST_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded database [default: ./data] [env: MAPCAST_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL, sqlite://PATH or postgres://USER:PASSWORD@HOST/DB
+    /// [default: sqlite://{data_dir}/mapcast.db] [env: MAPCAST_DATABASE_URL].
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Create what does not exist yet: the database (and for `flags set`,
+    /// the flag). Without it the command refuses, so a wrong directory or a
+    /// typo never yields a new, empty database or a new flag.
+    #[arg(long)]
+    pub create: bool,
+}
+
+impl DbArgs {
+    /// The settings, with only the database options taken from the command line.
+    pub fn load_settings(&self) -> anyhow::Result<Settings> {
+        ConfigArgs {
+            config: self.config.clone(),
+            mqtt_listen: None,
+            mqtts_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            ws_listen: None,
+            http_listen: None,
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            map_interval: None,
+            elasticsearch_url: None,
+            otlp_endpoint: None,
+            logstash_tcp: None,
+        }
+        .load_settings()
+    }
+}
+
+/// Open and migrate the database of `args`, say on stderr which one it is,
+/// run `act`, close it. A database that does not exist yet is created only
+/// with `--create`.
+pub(crate) fn with_database<T, F, Fut>(args: &DbArgs, act: F) -> anyhow::Result<T>
+where
+    F: FnOnce(crate::store::Store, Settings) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    use anyhow::bail;
+
+    use crate::store::{Store, describe_database, sqlite_file};
+
+    let settings = args.load_settings()?;
+    let url = settings.database_url();
+    let url = url.expose();
+    let shown = describe_database(url);
+    if let Some(file) = sqlite_file(url)
+        && !file.exists()
+        && !args.create
+    {
+        bail!(
+            "no database at {shown}: point at the server's one with the --config, --data-dir \
+             or --database-url it runs with (or run from its working directory), \
+             or pass --create to start a new database there"
+        );
+    }
+    eprintln!("mapcast: database {shown}");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
+        let store = Store::connect(url, 1).await?;
+        if !args.create && sqlite_file(url).is_none() && !store.has_users_table().await {
+            store.close().await;
+            bail!(
+                "the database {shown} holds no mapcast tables: check the URL, or pass \
+                 --create to set it up"
+            );
+        }
+        store.migrate().await?;
+        let result = act(store.clone(), settings).await;
+        store.close().await;
+        result
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+/// Rows as an aligned table (for a terminal).
+pub(crate) fn write_table(
+    mut out: impl Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| {
+        let padded: Vec<String> =
+            cells.zip(&widths).map(|(c, w)| format!("{c:<w$}", w = *w)).collect();
+        writeln!(out, "{}", padded.join("  ").trim_end())
+    };
+    line(&mut out, &mut headers.iter().copied())?;
+    for row in rows {
+        line(&mut out, &mut row.iter().map(String::as_str))?;
+    }
+    Ok(())
+}
+
+/// Whether list output goes to a person (a table) or a program (JSON lines).
+pub(crate) fn stdout_is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdout())
+}
+
+/// `mapcast migrate`.
+pub fn migrate_command(args: DbArgs, mut output: impl Write) -> anyhow::Result<()> {
+    let backend = with_database(&args, |store, _| async move { Ok(store.backend()) })?;
+    writeln!(output, "{}", serde_json::json!({ "migrated": true, "backend": backend.as_str() }))?;
+    Ok(())
+}
+
 /// `mapcast hash-password`: the first line of `input`, hashed, to `output`.
 pub fn hash_password_command(input: impl BufRead, mut output: impl Write) -> anyhow::Result<()> {
     let password = accounts::read_password(input, "mapcast hash-password < file")?;
@@ -179,6 +304,39 @@ mod tests {
         let phc = String::from_utf8(out).unwrap();
         assert!(phc.starts_with("$argon2id$"), "{phc}");
         assert!(verify_password("s3cret", phc.trim_end()));
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let mut out = Vec::new();
+        let rows = vec![
+            vec!["map.clustering".to_owned(), "on".to_owned()],
+            vec!["x".to_owned(), "off".to_owned()],
+        ];
+        write_table(&mut out, &["KEY", "ENABLED"], &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text, "KEY             ENABLED\nmap.clustering  on\nx               off\n",
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn admin_commands_take_only_the_database_options() {
+        let parsed = Cli::try_parse_from(["mapcast", "user", "list", "--mqtt-listen", "0.0.0.0:1"]);
+        assert!(parsed.is_err(), "a serve option is not an option of user list");
+        let cli = Cli::try_parse_from([
+            "mapcast",
+            "device",
+            "list",
+            "--database-url",
+            "sqlite://x.db",
+            "--create",
+        ])
+        .unwrap();
+        let Command::Device(DeviceCommand::List(args)) = cli.command else { panic!() };
+        assert!(args.db.create);
+        assert_eq!(args.db.database_url.as_deref(), Some("sqlite://x.db"));
     }
 
     #[test]

@@ -294,16 +294,18 @@ impl std::fmt::Debug for AuthSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
-    /// `json` (ECS lines, for machines) or `pretty` (for humans). Default `json`.
+    /// `json` (ECS lines, for machines), `pretty` (for humans) or `auto`
+    /// (pretty when stdout is a terminal, else JSON). Default `auto`.
     pub format: LogFormat,
-    /// `tracing` filter directives, e.g. `info` or `mapcast=debug,sqlx=warn`.
+    /// `tracing` filter directives, e.g. `info` or `debug,sqlx=info`. A bare
+    /// level applies to mapcast; dependencies log at `warn` unless named.
     /// Default `info`.
     pub level: String,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: LogFormat::Json, level: "info".into() }
+        Self { format: LogFormat::Auto, level: "info".into() }
     }
 }
 
@@ -311,6 +313,7 @@ impl Default for LogSettings {
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
+    Auto,
     Json,
     Pretty,
 }
@@ -321,7 +324,8 @@ impl FromStr for LogFormat {
         match s {
             "json" => Ok(Self::Json),
             "pretty" => Ok(Self::Pretty),
-            _ => bail!("expected `json` or `pretty`, got {s:?}"),
+            "auto" => Ok(Self::Auto),
+            _ => bail!("expected `auto`, `json` or `pretty`, got {s:?}"),
         }
     }
 }
@@ -976,13 +980,25 @@ impl Settings {
                 "flags.refresh_ms must be at least 100 and flags.canary_interval_secs at least 1"
             );
         }
+        for (i, user) in self.auth.users.iter().enumerate() {
+            // Checked here, not at sign-in: a bad hash would otherwise lock
+            // the user out silently. The hash itself is never quoted.
+            let parsed = argon2::password_hash::PasswordHash::new(&user.password_hash);
+            if !parsed.is_ok_and(|h| h.algorithm.as_str().starts_with("argon2")) {
+                bail!(
+                    "auth.users[{i}] ({:?}): password_hash is not an argon2 PHC string; \
+                     make one with `mapcast hash-password`",
+                    user.username
+                );
+            }
+        }
         if self.auth.token_ttl_secs == 0 {
             bail!("auth.token_ttl_secs must be at least 1");
         }
         self.acl_policy()?;
         self.validate_telemetry()?;
         tracing_subscriber::EnvFilter::builder()
-            .parse(&self.log.level)
+            .parse(crate::telemetry::effective_filter(&self.log.level))
             .with_context(|| format!("invalid log.level {:?}", self.log.level))?;
         Ok(())
     }
@@ -1157,7 +1173,7 @@ mod tests {
         assert_eq!(s.history.topics, ["devices/+/location"]);
         assert_eq!(s.history.retention_days, 30);
         assert_eq!(s.database.commit_interval_ms, 1);
-        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.log.format, LogFormat::Auto);
         assert_eq!(s.log.level, "info");
         assert!(s.effective_allow_anonymous());
     }
@@ -1374,6 +1390,27 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_password_hash_is_a_start_up_error_that_does_not_quote_it() {
+        let file = config_file(
+            r#"
+            [[auth.users]]
+            username = "ann"
+            password_hash = "plain-text-oops"
+            "#,
+        );
+        let err =
+            Settings::load(Some(file.path()), &Env::default(), Overrides::default()).unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.contains("auth.users[0]") && shown.contains("hash-password"), "{shown}");
+        assert!(!shown.contains("plain-text-oops"), "{shown}");
+        let good = crate::broker::auth::hash_password("pw");
+        let file = config_file(&format!(
+            "[[auth.users]]\nusername = \"ann\"\npassword_hash = \"{good}\"\n"
+        ));
+        assert!(Settings::load(Some(file.path()), &Env::default(), Overrides::default()).is_ok());
+    }
+
+    #[test]
     fn secrets_never_appear_in_debug_or_digest() {
         let file = config_file(
             r#"
@@ -1381,12 +1418,12 @@ mod tests {
             url = "postgres://app:hunter2@db/mapcast"
             [[auth.users]]
             username = "ann"
-            password_hash = "$argon2id$v=19$secretish"
+            password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2VjcmV0aXNoc2FsdA$c2VjcmV0aXNoaGFzaHNlY3JldGlzaGhhc2g"
             "#,
         );
         let s = Settings::load(Some(file.path()), &Env::default(), Overrides::default()).unwrap();
         let shown = format!("{s:?} {}", s.redacted_digest());
-        assert!(!shown.contains("hunter2") && !shown.contains("secretish"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("c2VjcmV0aXNo"), "{shown}");
         assert!(shown.contains("ann"));
         let env = env(&[
             ("MAPCAST_ELASTICSEARCH_PASSWORD", "es-hunter3"),

@@ -7,13 +7,12 @@ use clap::Parser;
 use mapcast::cli::{Cli, Command, ConfigArgs};
 use mapcast::config::Env;
 use mapcast::startup::Application;
-use mapcast::store::Store;
 use mapcast::{cli, shutdown, telemetry};
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve(args) => serve(args),
-        Command::Migrate(args) => migrate(args),
+        Command::Migrate(args) => cli::migrate_command(args, std::io::stdout().lock()),
         Command::HashPassword => {
             cli::hash_password_command(std::io::stdin().lock(), std::io::stdout().lock())
         }
@@ -47,19 +46,6 @@ fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         tracing::error!(error.message = format!("{e:#}"), "mapcast stopped with an error");
     }
     result
-}
-
-fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
-    let settings = args.load_settings()?;
-    let _telemetry = telemetry::init(&settings);
-    warn_unknown_env();
-    with_runtime(async {
-        let store = Store::connect(settings.database_url().expose(), 1).await?;
-        store.migrate().await?;
-        tracing::info!(database.backend = %store.backend(), "database migrations applied");
-        store.close().await;
-        Ok(())
-    })
 }
 
 fn warn_unknown_env() {

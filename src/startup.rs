@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::auth::ConfigAuthenticator;
+use crate::broker::auth::{ConfigAuthenticator, Role};
 use crate::broker::{self, BrokerHandle, SharedAuthenticator};
 use crate::config::Settings;
 use crate::flags::{FlagTimings, Flags};
@@ -186,8 +186,11 @@ impl Application {
         let http_task = tokio::spawn(http_server);
         let updater_task = tokio::spawn(updater.run_until_stopped(stopping.clone()));
         let flags_task = tokio::spawn(flags.run_until_stopped(stopping.clone()));
-        let lifts_task =
-            tokio::spawn(LockoutLifts::new(identities).run_until_stopped(stopping.clone()));
+        let lifts_task = tokio::spawn(
+            LockoutLifts::new(identities.clone())
+                .with_revocations(broker.clone())
+                .run_until_stopped(stopping.clone()),
+        );
         let malformed_task = tokio::spawn(quiet::run_until_stopped(stopping.clone()));
         let retention_task = (settings.history.retention_days > 0).then(|| {
             let retention = HistoryRetention::new(store.clone(), settings.history.retention_days);
@@ -195,14 +198,29 @@ impl Application {
         });
 
         tracing::debug!(config = %settings.redacted_digest(), "configuration");
+        let admin_command = match identities.users().await {
+            Ok(users) if users.iter().any(|u| u.role == Role::Admin) => None,
+            // Unknown counts as none: a hint too many costs nothing.
+            _ => Some(first_admin_command(&settings)),
+        };
+        let data_dir =
+            std::path::absolute(&settings.data_dir).unwrap_or_else(|_| settings.data_dir.clone());
+        let database = store::describe_database(settings.database_url().expose());
+        let message = match &admin_command {
+            None => "mapcast started".to_owned(),
+            Some(cmd) => format!("mapcast started; no admin yet, create one with: {cmd}"),
+        };
         tracing::info!(
             { names::MQTT_ADDRESS } = %mqtt_addr,
             { names::MQTTS_ADDRESS } = mqtts_addr.map(tracing::field::display),
             { names::WS_ADDRESS } = ws_addr.map(tracing::field::display),
             { names::HTTP_ADDRESS } = %http_addr,
             { names::DATABASE_BACKEND } = %store.backend(),
+            { names::DATABASE_LOCATION } = %database,
+            { names::DATA_DIR } = %data_dir.display(),
+            { names::ADMIN_COMMAND } = admin_command.as_deref(),
             auth.allow_anonymous = settings.effective_allow_anonymous(),
-            "mapcast started"
+            "{message}"
         );
 
         Ok(Self {
@@ -387,4 +405,33 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+/// The command that creates the first admin against this server's database.
+fn first_admin_command(settings: &Settings) -> String {
+    let target = match &settings.database.url {
+        None => {
+            let dir = std::path::absolute(&settings.data_dir)
+                .unwrap_or_else(|_| settings.data_dir.clone());
+            format!("--data-dir {}", shell_quote(&dir.display().to_string()))
+        }
+        Some(url) if url.expose().starts_with("sqlite:") => {
+            format!("--database-url {}", shell_quote(url.expose()))
+        }
+        // Never print a password: the operator fills the credentials in.
+        Some(url) => format!(
+            "--database-url 'postgres://USER:PASSWORD@{}'",
+            store::describe_database(url.expose()).trim_start_matches("postgres ")
+        ),
+    };
+    format!("mapcast user add --username admin --admin --password-stdin {target}")
+}
+
+/// `s` as one shell word.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use super::ConfigArgs;
 use crate::config::{Env, Overrides, Settings};
 use crate::telemetry::{crash, elastic};
 
@@ -20,7 +19,21 @@ pub enum EsCommand {
     /// telemetry.elasticsearch.* (url, credentials, plain_indices). An
     /// OpenSearch server (told by `GET /`) gets its own types for the
     /// Elasticsearch-only ones (flattened, histogram, constant_keyword).
-    Setup(ConfigArgs),
+    Setup(EsSetupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EsSetupArgs {
+    /// TOML configuration file [env: MAPCAST_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The Elasticsearch to set up [default: telemetry.elasticsearch.url]
+    /// [env: MAPCAST_ELASTICSEARCH_URL].
+    #[arg(long, value_name = "URL")]
+    pub elasticsearch_url: Option<String>,
+    /// Data directory [default: ./data] [env: MAPCAST_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +63,14 @@ pub enum CrashesCommand {
 /// `mapcast es setup`.
 pub fn es_command(command: EsCommand, mut out: impl Write) -> anyhow::Result<()> {
     let EsCommand::Setup(args) = command;
-    let settings = args.load_settings()?;
+    let env = Env::from_process();
+    let file = args.config.or_else(|| env.config_file());
+    let overrides = Overrides {
+        elasticsearch_url: args.elasticsearch_url,
+        data_dir: args.data_dir,
+        ..Overrides::default()
+    };
+    let settings = Settings::load(file.as_deref(), &env, overrides)?;
     let es = &settings.telemetry.elasticsearch;
     let client = elastic::client(es)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::Identities;
+use crate::broker::{BrokerHandle, Principal, Revocation};
 use crate::domain::time;
 use crate::telemetry::names;
 
@@ -21,13 +22,25 @@ pub struct LockoutLifts {
     identities: Identities,
     /// The newest request applied (ms since the Unix epoch).
     since: i64,
+    /// Where revocation requests are applied; `None`: they are not read.
+    broker: Option<BrokerHandle>,
+    /// The newest revocation request applied.
+    revoked_since: i64,
 }
 
 impl LockoutLifts {
     /// Requests made from now on are applied; older ones were for lockouts
     /// this process never had.
     pub fn new(identities: Identities) -> Self {
-        Self { identities, since: time::millis(SystemTime::now()) }
+        let now = time::millis(SystemTime::now());
+        Self { identities, since: now, broker: None, revoked_since: now }
+    }
+
+    /// Also close the connections of the principals the CLI revokes
+    /// (`mapcast user delete`, `device delete`, `device rotate-secret`).
+    pub fn with_revocations(mut self, broker: BrokerHandle) -> Self {
+        self.broker = Some(broker);
+        self
     }
 
     /// Apply the requests made since the last step; how many.
@@ -40,7 +53,17 @@ impl LockoutLifts {
         }
         let before = time::millis(SystemTime::now() - KEEP_FOR);
         store.purge_lockout_lifts(before).await?;
-        Ok(requests.len())
+        let mut applied = requests.len();
+        if let Some(broker) = &self.broker {
+            let revocations = store.revocations_after(self.revoked_since).await?;
+            for (principal, requested_at) in &revocations {
+                broker.revoke(Revocation::Principal(Principal::from_stored(principal))).await;
+                self.revoked_since = self.revoked_since.max(*requested_at);
+            }
+            store.purge_revocations(before).await?;
+            applied += revocations.len();
+        }
+        Ok(applied)
     }
 
     /// Poll every [`POLL_EVERY`] until `stop`; failures are logged and the

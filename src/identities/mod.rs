@@ -183,6 +183,16 @@ impl Identities {
         Ok(self.store().request_lockout_lift(username, now_ms()).await?)
     }
 
+    /// Ask every running server to close the live connections of
+    /// `principals` (for the CLI); applied within a second.
+    pub async fn request_revocations(&self, principals: &[String]) -> Result<(), IdentityError> {
+        let now = now_ms();
+        for p in principals {
+            self.store().request_revocation(p, now).await?;
+        }
+        Ok(())
+    }
+
     /// The lockout state every password or secret check goes through.
     pub fn sign_in_guard(&self) -> &SignInGuard {
         &self.inner.guard
@@ -404,6 +414,34 @@ impl Identities {
             tracing::info!({ names::USER_ID } = %id, "user deleted");
         }
         Ok(deleted)
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, IdentityError> {
+        Ok(self.store().user_by_username(username).await?.map(user))
+    }
+
+    /// Replace the password of user `id`; `false` if there is no such user.
+    /// Cached checks of the old password stop matching: the cache is keyed
+    /// by the stored hash.
+    pub async fn set_password(&self, id: &str, password: Password) -> Result<bool, IdentityError> {
+        let hash = self.hash(password.expose().to_owned()).await?;
+        let updated = self.store().set_user_password(id, hash).await?;
+        if updated {
+            tracing::info!({ names::USER_ID } = %id, "user password changed");
+        }
+        Ok(updated)
+    }
+
+    /// Give device `id` a new secret, shown this once; `None` if there is
+    /// no such device. The old secret stops working at once.
+    pub async fn rotate_device_secret(&self, id: &str) -> Result<Option<Secret>, IdentityError> {
+        let secret = random_secret();
+        let hash = self.hash(secret.expose().to_owned()).await?;
+        if !self.store().set_device_secret(id, hash).await? {
+            return Ok(None);
+        }
+        tracing::info!({ names::DEVICE_ID } = %id, "device secret rotated");
+        Ok(Some(secret))
     }
 
     /// The ids of the devices `user_id` owns.

@@ -180,6 +180,34 @@ impl Store {
         .await
     }
 
+    /// Replace a user's password hash; `false` if there is no such user.
+    pub async fn set_user_password(&self, id: &str, hash: Secret) -> Result<bool, sqlx::Error> {
+        let (pool, id) = (self.pool().clone(), id.to_owned());
+        self.run(async move {
+            let updated = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+                .bind(hash.expose().to_owned())
+                .bind(id)
+                .execute(&pool)
+                .await?;
+            Ok(updated.rows_affected() > 0)
+        })
+        .await
+    }
+
+    /// Replace a device's secret hash; `false` if there is no such device.
+    pub async fn set_device_secret(&self, id: &str, hash: Secret) -> Result<bool, sqlx::Error> {
+        let (pool, id) = (self.pool().clone(), id.to_owned());
+        self.run(async move {
+            let updated = sqlx::query("UPDATE devices SET secret_hash = $1 WHERE id = $2")
+                .bind(hash.expose().to_owned())
+                .bind(id)
+                .execute(&pool)
+                .await?;
+            Ok(updated.rows_affected() > 0)
+        })
+        .await
+    }
+
     pub async fn insert_device(&self, device: DeviceRecord) -> Result<(), InsertError> {
         let pool = self.pool().clone();
         self.run(async move {

@@ -19,7 +19,7 @@ pub use broker_state::{StoredMessage, StoredSession};
 pub use history::{HistoryCursor, HistoryItem, HistoryPage, HistoryQuery};
 pub use identities::{DeviceRecord, InsertError, TokenRecord, UserRecord};
 pub use map_snapshots::SnapshotRecord;
-pub use pool::{Backend, SqliteSynchronous, Store};
+pub use pool::{Backend, SqliteSynchronous, Store, describe_database, sqlite_file};
 pub use retention::{HistoryRetention, PURGE_BATCH, PurgeOutcome};
 pub use shares::ShareRecord;
 pub use write_health::WriteHealth;

@@ -268,6 +268,15 @@ impl Store {
     }
 
     /// A round trip to the database.
+    /// Whether mapcast's tables exist here (any migration ever ran): tells
+    /// a database mapcast set up from an empty or foreign one.
+    pub async fn has_users_table(&self) -> bool {
+        let pool = self.pool.clone();
+        self.run(async move { sqlx::query("SELECT 1 FROM users LIMIT 1").execute(&pool).await })
+            .await
+            .is_ok()
+    }
+
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         let pool = self.pool.clone();
         self.run(async move { sqlx::query("SELECT 1").execute(&pool).await.map(drop) }).await
@@ -284,6 +293,28 @@ fn sqlite_path(url: &str) -> Option<&Path> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or_default();
     (!path.is_empty() && path != ":memory:").then(|| Path::new(path))
+}
+
+/// Where a database URL points, for people: the absolute SQLite file, or
+/// the PostgreSQL server and database without credentials.
+pub fn describe_database(url: &str) -> String {
+    if let Some(path) = sqlite_path(url) {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        return format!("sqlite {}", path.display());
+    }
+    if url.starts_with("sqlite:") {
+        return "sqlite in memory".into();
+    }
+    // postgres://user:password@host:port/db?options → postgres host:port/db
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let rest = rest.split('?').next().unwrap_or_default();
+    format!("postgres {rest}")
+}
+
+/// The SQLite file a URL names, if it names one.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    sqlite_path(url).map(Path::to_path_buf)
 }
 
 /// Ask SQLite to create the file unless the URL chose a mode.

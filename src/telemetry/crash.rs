@@ -303,27 +303,50 @@ fn span_stack() -> (Vec<Value>, Map<String, Value>) {
     (spans, merged)
 }
 
-/// A backtrace without its first frames (this hook, the panic machinery):
-/// it starts where the code panicked.
+/// A backtrace without its first frames (the capture, this hook, the panic
+/// machinery, `unwrap`/`expect`), renumbered from 0: frame 0 is where the
+/// code panicked, as `log.origin.file.*` says.
 fn from_panic_site(backtrace: &str) -> String {
-    const MACHINERY: [&str; 7] = [
+    const MACHINERY: [&str; 14] = [
         "mapcast::telemetry::crash::",
+        "std::backtrace::",
+        "std::backtrace_rs::",
         "std::panicking::",
         "core::panicking::",
         "std::sys::backtrace::",
         "rust_begin_unwind",
         "<alloc::boxed::Box<dyn",
         "std::panic::",
+        "core::option::unwrap_failed",
+        "core::option::expect_failed",
+        "core::result::unwrap_failed",
+        "core::option::Option<T>::",
+        "core::result::Result<T,E>::",
     ];
     // Frames are "  N: symbol" lines, each followed by "at file:line" lines.
     let frames: Vec<&str> = backtrace.split_inclusive('\n').collect();
-    let is_frame =
-        |l: &str| l.trim_start().split_once(": ").is_some_and(|(n, _)| n.parse::<u32>().is_ok());
-    let first = frames
+    let frame_number = |l: &str| {
+        let (n, _) = l.trim_start().split_once(": ")?;
+        n.parse::<u32>().ok()
+    };
+    let Some(first) = frames
         .iter()
-        .position(|l| is_frame(l) && !MACHINERY.iter().any(|m| l.contains(m)))
-        .unwrap_or(0);
-    frames[first..].concat()
+        .position(|l| frame_number(l).is_some() && !MACHINERY.iter().any(|m| l.contains(m)))
+    else {
+        return backtrace.to_owned();
+    };
+    let mut out = String::with_capacity(backtrace.len());
+    let mut number = 0u32;
+    for line in &frames[first..] {
+        match (frame_number(line), line.split_once(": ")) {
+            (Some(_), Some((_, symbol))) => {
+                out.push_str(&format!("{number:>4}: {symbol}"));
+                number += 1;
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -457,8 +480,26 @@ mod tests {
             "   5: main\n",
         );
         let trimmed = from_panic_site(trace);
-        assert!(trimmed.starts_with("   4: mapcast::http::routes::debug::panic\n"), "{trimmed}");
-        assert!(trimmed.ends_with("   5: main\n"));
+        assert!(trimmed.starts_with("   0: mapcast::http::routes::debug::panic\n"), "{trimmed}");
+        assert!(trimmed.contains("\n             at src/http/routes/debug.rs:23:5\n"));
+        assert!(trimmed.ends_with("   1: main\n"), "{trimmed}");
+        assert_eq!(from_panic_site("disabled backtrace"), "disabled backtrace");
+
+        // An `unwrap` panics one frame further in: its caller is the site.
+        let trace = concat!(
+            "   0: std::backtrace_rs::backtrace::libunwind::trace\n",
+            "   1: std::backtrace::Backtrace::force_capture\n",
+            "   2: mapcast::telemetry::crash::report\n",
+            "   3: std::panicking::panic_with_hook\n",
+            "   4: core::panicking::panic_fmt\n",
+            "   5: core::result::unwrap_failed\n",
+            "   6: core::result::Result<T,E>::unwrap\n",
+            "             at /rustc/x/library/core/src/result.rs:1:1\n",
+            "   7: mapcast::store::writer::commit\n",
+            "             at ./src/store/writer.rs:42:9\n",
+        );
+        let trimmed = from_panic_site(trace);
+        assert!(trimmed.starts_with("   0: mapcast::store::writer::commit\n"), "{trimmed}");
         assert_eq!(from_panic_site("disabled backtrace"), "disabled backtrace");
     }
 

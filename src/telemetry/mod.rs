@@ -68,8 +68,9 @@ pub fn init(settings: &Settings) -> TelemetryGuard {
         canary: settings.telemetry.canary,
     });
     // `Settings` validated the directives already; fall back rather than fail.
-    let filter =
-        EnvFilter::builder().parse(&settings.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::builder()
+        .parse(effective_filter(&settings.log.level))
+        .unwrap_or_else(|_| EnvFilter::new(effective_filter("info")));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let shipper = match elastic::start(&settings.telemetry, &settings.data_dir) {
         Ok(s) => s,
@@ -96,8 +97,13 @@ pub fn init(settings: &Settings) -> TelemetryGuard {
         .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t)));
 
     // `try_init` also installs the `log` → `tracing` bridge.
-    let installed = match settings.log.format {
-        LogFormat::Json => {
+    let format = match settings.log.format {
+        LogFormat::Auto if std::io::stdout().is_terminal() => LogFormat::Pretty,
+        LogFormat::Auto => LogFormat::Json,
+        chosen => chosen,
+    };
+    let installed = match format {
+        LogFormat::Auto | LogFormat::Json => {
             registry.with(EcsLayer::new(Some(BoxMakeWriter::new(writer)), ship.clone())).try_init()
         }
         LogFormat::Pretty => registry
@@ -118,6 +124,28 @@ pub fn init(settings: &Settings) -> TelemetryGuard {
     };
     crash::install(&settings.data_dir, limits, settings.redacted_digest(), ship);
     TelemetryGuard { _shipper: handle, _otel: otel_guard, _writer: Some(guard) }
+}
+
+/// The filter for `log.level`: a bare level applies to mapcast; every
+/// dependency (ntex, actix, sqlx, ...) logs at `warn` unless a directive
+/// names it. Their info lines are start-up chatter and routine notices
+/// (e.g. listener back-pressure) that read like faults.
+pub fn effective_filter(level: &str) -> String {
+    let mut own = "info";
+    let mut named = Vec::new();
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if directive.parse::<tracing_subscriber::filter::LevelFilter>().is_ok() {
+            own = directive;
+        } else {
+            named.push(directive);
+        }
+    }
+    let mut filter = format!("warn,mapcast={own}");
+    for directive in named {
+        filter.push(',');
+        filter.push_str(directive);
+    }
+    filter
 }
 
 static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -212,6 +240,14 @@ mod tests {
         let first = init(&settings);
         let second = init(&settings);
         assert!(second._writer.is_none() || first._writer.is_none());
+    }
+
+    #[test]
+    fn a_bare_level_is_mapcasts_and_dependencies_stay_at_warn_unless_named() {
+        assert_eq!(effective_filter("info"), "warn,mapcast=info");
+        assert_eq!(effective_filter("debug,sqlx=info"), "warn,mapcast=debug,sqlx=info");
+        assert_eq!(effective_filter("ntex=trace"), "warn,mapcast=info,ntex=trace");
+        assert_eq!(effective_filter(""), "warn,mapcast=info");
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub const MQTTS_ADDRESS: &str = "mqtts.address";
 pub const WS_ADDRESS: &str = "ws.address";
 pub const HTTP_ADDRESS: &str = "http.address";
 pub const DATABASE_BACKEND: &str = "database.backend";
+/// The SQLite file, or the PostgreSQL server and database (no credentials).
+pub const DATABASE_LOCATION: &str = "database.location";
+/// The data directory (crash reports, spool, the SQLite file by default).
+pub const DATA_DIR: &str = "mapcast.data_dir";
+/// While no admin exists: the command that creates the first one.
+pub const ADMIN_COMMAND: &str = "mapcast.admin_command";
 
 /// Which long-lived part of the process an event is about (router, writer, mqtt, http).
 pub const COMPONENT: &str = "mapcast.component";

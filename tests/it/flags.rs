@@ -251,7 +251,16 @@ async fn add_root(dir: &Path, db: &[&str]) -> Value {
     if db.is_empty() {
         return add_admin(dir, "root", PASSWORD).await;
     }
-    let args = ["user", "add", "--username", "root", "--admin", "--password-stdin", "--data-dir"];
+    let args = [
+        "user",
+        "add",
+        "--username",
+        "root",
+        "--admin",
+        "--password-stdin",
+        "--create",
+        "--data-dir",
+    ];
     let args = [&args[..], &[dir.to_str().unwrap()], db].concat();
     let (ok, stdout, stderr) = mapcast_cli(&args, &format!("{PASSWORD}\n")).await;
     assert!(ok, "{stderr}");

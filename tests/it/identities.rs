@@ -386,7 +386,9 @@ async fn admin_only_endpoints_are_403_for_users_and_work_for_admins() {
     // A user is forbidden, an anonymous caller unauthenticated.
     expect_problem(api.get("/api/v1/users", Some(&ann)).await, 403, "forbidden").await;
     expect_problem(api.delete(&user_path, Some(&ann)).await, 403, "forbidden").await;
-    expect_problem(api.delete(&device_path, Some(&ann)).await, 403, "forbidden").await;
+    // Owners may delete their own devices (tests/it/accounts.rs), nobody else's.
+    let bob = api.sign_up("bob").await;
+    expect_problem(api.delete(&device_path, Some(&bob)).await, 403, "forbidden").await;
     expect_problem(api.get("/api/v1/users", None).await, 401, "unauthorized").await;
     let made_admin = api
         .post_json(
@@ -402,7 +404,7 @@ async fn admin_only_endpoints_are_403_for_users_and_work_for_admins() {
     let users = expect_json(api.get("/api/v1/users", Some(&root)).await, StatusCode::OK).await;
     let names: Vec<_> =
         users["items"].as_array().unwrap().iter().map(|u| u["username"].clone()).collect();
-    assert_eq!(names, [json!("root"), json!("ann")]);
+    assert_eq!(names, [json!("root"), json!("ann"), json!("bob")]);
     assert!(users.to_string().find("password").is_none(), "{users}");
     assert_eq!(api.delete(&device_path, Some(&root)).await.status(), StatusCode::NO_CONTENT);
     expect_problem(api.delete(&device_path, Some(&root)).await, 404, "not-found").await;
@@ -451,7 +453,7 @@ async fn the_cli_refuses_bad_input_and_unknown_owners() {
         cli(&["user", "add", "--username", "ann", "--password-stdin", "--data-dir", d], "short\n")
             .await;
     let (ok, out, _) = cli(
-        &["user", "add", "--username", "ann", "--password-stdin", "--data-dir", d],
+        &["user", "add", "--username", "ann", "--password-stdin", "--create", "--data-dir", d],
         "long enough\n",
     )
     .await;

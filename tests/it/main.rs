@@ -7,6 +7,7 @@
 mod helpers;
 
 mod abuse;
+mod accounts;
 mod acl;
 mod acl_matrix;
 mod bench;
@@ -21,6 +22,7 @@ mod elastic;
 mod elk_files;
 mod es_setup;
 mod exactly_once;
+mod first_day;
 mod flags;
 mod health;
 mod history;

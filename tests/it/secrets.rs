@@ -109,7 +109,7 @@ async fn no_secret_appears_in_any_output_of_a_full_scenario() {
     let mut cli_output = String::new();
 
     // The admin comes from the command line, once right and once a duplicate.
-    let add = ["user", "add", "--username", "root", "--admin", "--password-stdin"];
+    let add = ["user", "add", "--username", "root", "--admin", "--password-stdin", "--create"];
     let with_dir = |args: &[&'static str]| {
         let mut v: Vec<&str> = args.to_vec();
         v.extend(["--data-dir", data_arg]);

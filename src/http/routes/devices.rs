@@ -20,7 +20,8 @@ pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(list_devices)
         .service(get_device)
         .service(patch_device)
-        .service(delete_device);
+        .service(delete_device)
+        .service(rotate_secret);
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -235,14 +236,15 @@ async fn patch_device(
     Ok(HttpResponse::Ok().json(DeviceView::new(device, state.map_ids.as_ref())))
 }
 
-/// Delete a device (admins only); its MQTT credentials stop working.
+/// Delete a device (its owner or an admin); its MQTT credentials stop
+/// working and its connections are closed.
 #[utoipa::path(
     tag = "identities",
     params(("id" = String, Path, description = "Device id")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", content_type = "application/problem+json"),
+        (status = 403, description = "Another user's device", content_type = "application/problem+json"),
         (status = 404, description = "No such device", content_type = "application/problem+json"),
     )
 )]
@@ -253,11 +255,49 @@ async fn delete_device(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
+    owned_device(&state, &caller, &id).await?;
     if state.identities.delete_device(&id).await? {
         state.broker.revoke(Revocation::Principal(Principal::device(&id))).await;
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound)
     }
+}
+
+/// A device's new secret, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct RotatedSecret {
+    /// The device id: its MQTT user name.
+    id: String,
+    /// Its new MQTT password.
+    secret: String,
+}
+
+/// Give a device a new secret (its owner or an admin): the old one stops
+/// working and the device's connections are closed.
+#[utoipa::path(
+    tag = "identities",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The new secret, shown this once", body = RotatedSecret),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+        (status = 403, description = "Another user's device", content_type = "application/problem+json"),
+        (status = 404, description = "No such device", content_type = "application/problem+json"),
+        (status = 503, description = "Server busy hashing secrets; see `Retry-After`", content_type = "application/problem+json"),
+    )
+)]
+#[post("/api/v1/devices/{id}/secret")]
+#[tracing::instrument(skip_all, fields(device.id = %id))]
+async fn rotate_secret(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    owned_device(&state, &caller, &id).await?;
+    let secret = state.identities.rotate_device_secret(&id).await?.ok_or(ApiError::NotFound)?;
+    // Sessions signed in with the old secret must not outlive it.
+    state.broker.revoke(Revocation::Principal(Principal::device(&id))).await;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(RotatedSecret { id: id.into_inner(), secret: secret.expose().to_owned() }))
 }

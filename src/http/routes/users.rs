@@ -1,7 +1,7 @@
 //! `/api/v1/users`: sign-up (open unless `auth.self_registration = false`),
 //! and user management for admins.
 
-use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -16,7 +16,7 @@ use crate::http::state::AppState;
 use crate::identities::User;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(create_user).service(list_users).service(delete_user);
+    cfg.service(create_user).service(list_users).service(delete_user).service(set_password);
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -197,6 +197,57 @@ async fn delete_user(
         for principal in gone {
             state.broker.revoke(Revocation::Principal(principal)).await;
         }
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPassword {
+    /// At least 8 characters.
+    #[schema(example = "correct horse battery staple")]
+    password: String,
+}
+
+// Hand-written: the password must never reach a log line.
+impl std::fmt::Debug for NewPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPassword").finish_non_exhaustive()
+    }
+}
+
+/// Set a user's password (the user themself or an admin). Tokens already
+/// issued stay valid; sign-ins with the old password fail at once.
+#[utoipa::path(
+    tag = "identities",
+    params(("id" = String, Path, description = "User id")),
+    request_body = NewPassword,
+    responses(
+        (status = 204, description = "Changed"),
+        (status = 400, description = "Malformed JSON", content_type = "application/problem+json"),
+        (status = 401, description = "No valid credentials", content_type = "application/problem+json"),
+        (status = 403, description = "Another user, and not an admin", content_type = "application/problem+json"),
+        (status = 404, description = "No such user", content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", content_type = "application/problem+json"),
+        (status = 422, description = "A short password or wrong fields", content_type = "application/problem+json"),
+        (status = 503, description = "Server busy hashing passwords; see `Retry-After`", content_type = "application/problem+json"),
+    )
+)]
+#[put("/api/v1/users/{id}/password")]
+#[tracing::instrument(skip_all, fields(user.id = %id))]
+async fn set_password(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+    body: DeferredJson<NewPassword>,
+) -> Result<HttpResponse, ApiError> {
+    if caller.require_user()? != id.as_str() {
+        caller.require_admin()?;
+    }
+    let password = Password::parse(body.read().await?.password)?;
+    if state.identities.set_password(&id, password).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::NotFound)

@@ -5,7 +5,7 @@
 //! available to the tests; each checker is also run on a deliberately broken
 //! fixture (`tests/fixtures/`) to prove it can fail.
 
-mod catalog;
+pub(crate) mod catalog;
 mod compose;
 mod logstash;
 mod saved_objects;

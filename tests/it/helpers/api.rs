@@ -162,11 +162,21 @@ pub async fn mapcast_cli(args: &[&str], stdin: &str) -> (bool, String, String) {
     )
 }
 
-/// `mapcast user add --admin` on `data_dir`; panics if it fails.
+/// `mapcast user add --admin --create` on `data_dir` (which may hold no
+/// database yet); panics if it fails.
 pub async fn add_admin(data_dir: &std::path::Path, username: &str, password: &str) -> Value {
     let dir = data_dir.to_str().unwrap();
-    let args =
-        ["user", "add", "--username", username, "--admin", "--password-stdin", "--data-dir", dir];
+    let args = [
+        "user",
+        "add",
+        "--username",
+        username,
+        "--admin",
+        "--password-stdin",
+        "--create",
+        "--data-dir",
+        dir,
+    ];
     let (ok, stdout, stderr) = mapcast_cli(&args, &format!("{password}\n")).await;
     assert!(ok, "mapcast user add failed: {stderr}");
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
