@@ -110,11 +110,7 @@ pub fn build(
 /// opens a device to whoever reads it, so neither reaches a log line or a
 /// trace.
 fn logged_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if path.starts_with("/s/") {
-        "/s/{token}".into()
-    } else {
-        routes::phones::loggable_path(path)
-    }
+    if path.starts_with("/s/") { "/s/{token}".into() } else { routes::phones::loggable_path(path) }
 }
 
 /// Every request runs in a span; one line per request with route, status and
