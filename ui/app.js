@@ -37,6 +37,8 @@
     selected: null,
     trail: null,
     generation: 0,
+    // API requests sent and not answered yet.
+    pending: 0,
   };
 
   function setStatus(state, text) {
@@ -54,7 +56,13 @@
       opts.body = JSON.stringify(opts.json);
       delete opts.json;
     }
-    const res = await fetch(path, opts);
+    app.pending += 1;
+    let res;
+    try {
+      res = await fetch(path, opts);
+    } finally {
+      app.pending -= 1;
+    }
     if (res.status === 401 && app.token && !shareToken) {
       signedOut('Your session has ended: sign in again.');
       throw new Error('signed out');
@@ -561,6 +569,14 @@
   }
 
   async function onSignOut() {
+    // Quiet the page first and let requests already sent with the token
+    // finish (briefly): one answered after the revocation would fail.
+    app.generation += 1;
+    closeStreams();
+    clearTimeout(app.refreshTimer);
+    for (let i = 0; app.pending > 0 && i < 100; i += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
     // The token is revoked on the server, not just forgotten here.
     try { await api('/api/v1/sessions/current', { method: 'DELETE' }); } catch (_) { /* gone */ }
     signedOut();

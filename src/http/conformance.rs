@@ -208,9 +208,12 @@ async fn problem_shaped(res: HttpResponse<BoxBody>, ids: &Ids) -> HttpResponse<B
         .headers()
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    // A page made for people (a share link's "expired" page) stays a page.
+    let is_page =
+        res.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
     let small = matches!(res.body().size(), BodySize::Sized(n) if n <= MAX_PROBLEM_BYTES)
         || matches!(res.body().size(), BodySize::None);
-    if !small || (is_problem && !status.is_server_error()) {
+    if !small || ((is_problem || is_page) && !status.is_server_error()) {
         return res;
     }
     let framework = (!is_problem).then(|| framework_detail(&res));

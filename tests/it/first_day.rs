@@ -166,9 +166,10 @@ async fn a_crash_reports_stack_trace_starts_at_the_panic_site() {
     let mut lines = trace.lines();
     let first = lines.next().unwrap_or_default();
     let at = lines.next().unwrap_or_default();
+    // The symbol depends on the debug info (line tables only name it
+    // `{async_block#0}`); the file and line below do not.
     assert!(
-        first.trim_start().starts_with("0: ")
-            && first.contains("mapcast::http::routes::debug::panic"),
+        first.trim_start().starts_with("0: "),
         "the first frame is the panic site, numbered from 0:\n{trace}"
     );
     let line = doc["log.origin.file.line"].as_u64().unwrap();

@@ -17,7 +17,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, post, route, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ntex::util::Bytes;
@@ -36,7 +36,7 @@ use crate::telemetry::{metrics, names};
 pub const OSMAND_PREFIX: &str = "/api/v1/osmand/";
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(post_owntracks).service(osmand_report);
+    cfg.service(post_owntracks).service(osmand_query).service(osmand_report);
 }
 
 #[derive(Clone, Copy)]
@@ -178,33 +178,102 @@ async fn owntracks_report(
     Ok(HttpResponse::Ok().content_type("application/json").body("[]"))
 }
 
+/// The query (or form) parameters of an OsmAnd-protocol report; documented
+/// only: the handler reads them itself, from the query or the body.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct OsmandParams {
+    /// Device id (also `deviceid`).
+    id: Option<String>,
+    /// Latitude, degrees.
+    lat: Option<f64>,
+    /// Longitude, degrees.
+    lon: Option<f64>,
+    /// Epoch seconds, epoch milliseconds or ISO 8601.
+    timestamp: Option<String>,
+    /// Knots.
+    speed: Option<f64>,
+    /// Degrees.
+    bearing: Option<f64>,
+    /// Metres.
+    altitude: Option<f64>,
+    /// Metres.
+    accuracy: Option<f64>,
+    /// Battery, percent.
+    batt: Option<f64>,
+}
+
+/// The answers to an OsmAnd-protocol report (documented only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum OsmandAnswers {
+    #[response(status = 200, description = "Accepted")]
+    Accepted,
+    #[response(
+        status = 400,
+        description = "No device id, unreadable values or body",
+        content_type = "application/problem+json"
+    )]
+    Unreadable,
+    #[response(
+        status = 401,
+        description = "An unknown device or a wrong secret",
+        content_type = "application/problem+json"
+    )]
+    Unknown,
+    #[response(
+        status = 422,
+        description = "An invalid location (e.g. missing lat, out of range)",
+        content_type = "application/problem+json"
+    )]
+    Invalid,
+    #[response(
+        status = 429,
+        description = "Too many failed sign-ins",
+        content_type = "application/problem+json"
+    )]
+    LockedOut,
+    #[response(
+        status = 503,
+        description = "Broker or storage unavailable",
+        content_type = "application/problem+json"
+    )]
+    Unavailable,
+}
+
+/// A location report from OsmAnd or Traccar Client in the query string.
+#[utoipa::path(
+    tag = "phones",
+    params(
+        ("secret" = String, Path, description = "The device's secret (the URL configured in the app)"),
+        OsmandParams,
+    ),
+    responses(OsmandAnswers)
+)]
+#[get("/api/v1/osmand/{secret}")]
+#[tracing::instrument(skip_all)]
+async fn osmand_query(
+    state: web::Data<AppState>,
+    secret: web::Path<String>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    osmand(&state, secret.into_inner(), &req, body).await.map_err(|e| refused(Protocol::OsmAnd, e))
+}
+
 /// A location report from Traccar Client or OsmAnd: query or form
 /// parameters, or the JSON body of Traccar Client 9+.
 #[utoipa::path(
     tag = "phones",
     params(
         ("secret" = String, Path, description = "The device's secret (the URL configured in the app)"),
-        ("id" = Option<String>, Query, description = "Device id (also `deviceid`)"),
-        ("lat" = Option<f64>, Query, description = "Latitude, degrees"),
-        ("lon" = Option<f64>, Query, description = "Longitude, degrees"),
-        ("timestamp" = Option<String>, Query, description = "Epoch seconds, epoch milliseconds or ISO 8601"),
-        ("speed" = Option<f64>, Query, description = "Knots"),
-        ("bearing" = Option<f64>, Query, description = "Degrees"),
-        ("altitude" = Option<f64>, Query, description = "Metres"),
-        ("accuracy" = Option<f64>, Query, description = "Metres"),
-        ("batt" = Option<f64>, Query, description = "Battery, percent"),
+        OsmandParams,
     ),
     request_body(content = Object, description = "Form parameters as in the query, or Traccar Client's JSON (`device_id`, `location.coords`, `location.timestamp`)", content_type = "application/json"),
-    responses(
-        (status = 200, description = "Accepted"),
-        (status = 400, description = "No device id, unreadable values or body", content_type = "application/problem+json"),
-        (status = 401, description = "An unknown device or a wrong secret", content_type = "application/problem+json"),
-        (status = 422, description = "An invalid location (e.g. missing lat, out of range)", content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed sign-ins", content_type = "application/problem+json"),
-        (status = 503, description = "Broker or storage unavailable", content_type = "application/problem+json"),
-    )
+    responses(OsmandAnswers)
 )]
-#[route("/api/v1/osmand/{secret}", method = "GET", method = "POST")]
+#[post("/api/v1/osmand/{secret}")]
 #[tracing::instrument(skip_all)]
 async fn osmand_report(
     state: web::Data<AppState>,
