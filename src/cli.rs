@@ -53,6 +53,24 @@ pub enum Command {
     /// List and set the feature flags in the database.
     #[command(subcommand)]
     Flags(FlagsCommand),
+    /// Copy the SQLite database to a new file while the server runs.
+    Backup(BackupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// TOML configuration file [env: MAPCAST_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded database [default: ./data] [env: MAPCAST_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL [default: sqlite://{data_dir}/mapcast.db] [env: MAPCAST_DATABASE_URL].
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// The copy to write; it must not exist yet.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
 }
 
 const MORE_SETTINGS: &str = "Settings are layered: defaults, then the --config file, then \
@@ -259,6 +277,29 @@ pub(crate) fn stdout_is_terminal() -> bool {
 pub fn migrate_command(args: DbArgs, mut output: impl Write) -> anyhow::Result<()> {
     let backend = with_database(&args, |store, _| async move { Ok(store.backend()) })?;
     writeln!(output, "{}", serde_json::json!({ "migrated": true, "backend": backend.as_str() }))?;
+    Ok(())
+}
+
+/// `mapcast backup`: a consistent copy of the database, taken online.
+pub fn backup_command(args: BackupArgs, mut output: impl Write) -> anyhow::Result<()> {
+    // Never `--create`: a backup of a database that is not there is a mistake.
+    let db = DbArgs {
+        config: args.config,
+        data_dir: args.data_dir,
+        database_url: args.database_url,
+        create: false,
+    };
+    let url = db.load_settings()?.database_url();
+    anyhow::ensure!(
+        crate::store::sqlite_file(url.expose()).is_some(),
+        "backup copies the embedded SQLite database; for PostgreSQL use pg_dump"
+    );
+    anyhow::ensure!(!args.to.exists(), "{} exists already: name a new file", args.to.display());
+    let to = std::path::absolute(&args.to)?;
+    let copy = to.clone();
+    with_database(&db, |store, _| async move { store.backup_sqlite(&copy).await })?;
+    let bytes = std::fs::metadata(&to)?.len();
+    writeln!(output, "{}", serde_json::json!({ "backup": to, "bytes": bytes }))?;
     Ok(())
 }
 

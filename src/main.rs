@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Es(cmd) => cli::es_command(cmd, std::io::stdout().lock()),
         Command::Crashes(args) => cli::crashes_command(args, std::io::stdout().lock()),
         Command::Flags(cmd) => cli::flags_command(cmd, std::io::stdout().lock()),
+        Command::Backup(args) => cli::backup_command(args, std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -270,6 +270,19 @@ impl Store {
     /// A round trip to the database.
     /// Whether mapcast's tables exist here (any migration ever ran): tells
     /// a database mapcast set up from an empty or foreign one.
+    /// Copy a SQLite database, while servers keep using it, to `to` (which
+    /// must not exist): one consistent snapshot (`VACUUM INTO`), compacted.
+    pub async fn backup_sqlite(&self, to: &std::path::Path) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.backend == Backend::Sqlite,
+            "backup copies the embedded SQLite database; for PostgreSQL use pg_dump"
+        );
+        let to = to.to_str().ok_or_else(|| anyhow::anyhow!("the backup path is not UTF-8"))?;
+        let (pool, to) = (self.pool.clone(), to.to_owned());
+        self.run(async move { sqlx::query("VACUUM INTO ?").bind(to).execute(&pool).await }).await?;
+        Ok(())
+    }
+
     pub async fn has_users_table(&self) -> bool {
         let pool = self.pool.clone();
         self.run(async move { sqlx::query("SELECT 1 FROM users LIMIT 1").execute(&pool).await })

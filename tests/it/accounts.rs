@@ -348,3 +348,52 @@ async fn cli_deletes_and_rotations_close_the_devices_live_connections_on_a_runni
         "{closed:?}"
     );
 }
+
+/// `mapcast backup` copies the database while the server runs; a server
+/// started on the copy has the accounts, the devices and the retained
+/// location; an existing file is never overwritten, and PostgreSQL is
+/// pointed to pg_dump.
+#[tokio::test]
+async fn backup_copies_the_database_of_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let api = Api::new(server.http_addr);
+    let token = api.sign_up("ann").await;
+    let car = api.create_device(&token, "Golf", "car").await;
+    let mut mqtt =
+        V5Options::new("car", server.mqtt_addr).credentials(&car.id, &car.secret).connect().await;
+    let topic = format!("devices/{}/location", car.id);
+    let fix = json!({"type": "Feature", "geometry": {"type": "Point", "coordinates": [13.4, 52.5]},
+        "properties": {"ts": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64}});
+    mqtt.publish_qos1(&topic, true, fix.to_string()).await;
+
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = copy_dir.path().join("mapcast.db");
+    let (ok, out, err) = cli(dir.path(), &["backup", "--to", copy.to_str().unwrap()], "").await;
+    assert!(ok, "{err}");
+    assert!(err.contains("mapcast: database sqlite"), "names its database: {err}");
+    assert_eq!(json_lines(&out)[0]["backup"], copy.to_str().unwrap());
+    let (ok, _, err) = cli(dir.path(), &["backup", "--to", copy.to_str().unwrap()], "").await;
+    assert!(!ok && err.contains("exists already"), "overwrote a file: {err}");
+    let (ok, _, err) = mapcast_cli(
+        &["backup", "--to", "/tmp/never", "--database-url", "postgres://u@127.0.0.1:1/db"],
+        "",
+    )
+    .await;
+    assert!(!ok && err.contains("pg_dump"), "{err}");
+    drop(mqtt);
+    server.kill9().await;
+
+    // The copy is a whole database.
+    let restored = ServerProcess::start(copy_dir.path(), &[]).await;
+    let api = Api::new(restored.http_addr);
+    let token = api.login("ann", PASSWORD).await;
+    let retained = api.get(&format!("/api/v1/topics/{topic}"), Some(&token)).await;
+    assert_eq!(retained.status(), StatusCode::OK, "the retained location is in the copy");
+    let fix_back: Value = retained.json().await.unwrap();
+    assert_eq!(fix_back["geometry"], fix["geometry"]);
+    restored.kill9().await;
+}
