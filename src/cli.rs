@@ -59,15 +59,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// TOML configuration file [env: MAPCAST_CONFIG].
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Directory of the embedded database [default: ./data] [env: MAPCAST_DATA_DIR].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Database URL [default: sqlite://{data_dir}/mapcast.db] [env: MAPCAST_DATABASE_URL].
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub location: DbLocation,
     /// The copy to write; it must not exist yet.
     #[arg(long, value_name = "FILE")]
     pub to: PathBuf,
@@ -158,7 +151,7 @@ impl ConfigArgs {
 /// `--data-dir` or `--database-url` the server runs with (or their
 /// `MAPCAST_*` variables).
 #[derive(Debug, Args)]
-pub struct DbArgs {
+pub struct DbLocation {
     /// TOML configuration file [env: MAPCAST_CONFIG].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -169,6 +162,13 @@ pub struct DbArgs {
     /// [default: sqlite://{data_dir}/mapcast.db] [env: MAPCAST_DATABASE_URL].
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+}
+
+/// The database of an admin command, and whether it may be created.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    #[command(flatten)]
+    pub location: DbLocation,
     /// Create what does not exist yet: the database (and for `flags set`,
     /// the flag). Without it the command refuses, so a wrong directory or a
     /// typo never yields a new, empty database or a new flag.
@@ -177,6 +177,12 @@ pub struct DbArgs {
 }
 
 impl DbArgs {
+    pub fn load_settings(&self) -> anyhow::Result<Settings> {
+        self.location.load_settings()
+    }
+}
+
+impl DbLocation {
     /// The settings, with only the database options taken from the command line.
     pub fn load_settings(&self) -> anyhow::Result<Settings> {
         ConfigArgs {
@@ -283,12 +289,7 @@ pub fn migrate_command(args: DbArgs, mut output: impl Write) -> anyhow::Result<(
 /// `mapcast backup`: a consistent copy of the database, taken online.
 pub fn backup_command(args: BackupArgs, mut output: impl Write) -> anyhow::Result<()> {
     // Never `--create`: a backup of a database that is not there is a mistake.
-    let db = DbArgs {
-        config: args.config,
-        data_dir: args.data_dir,
-        database_url: args.database_url,
-        create: false,
-    };
+    let db = DbArgs { location: args.location, create: false };
     let url = db.load_settings()?.database_url();
     anyhow::ensure!(
         crate::store::sqlite_file(url.expose()).is_some(),
@@ -377,7 +378,7 @@ mod tests {
         .unwrap();
         let Command::Device(DeviceCommand::List(args)) = cli.command else { panic!() };
         assert!(args.db.create);
-        assert_eq!(args.db.database_url.as_deref(), Some("sqlite://x.db"));
+        assert_eq!(args.db.location.database_url.as_deref(), Some("sqlite://x.db"));
     }
 
     #[test]

@@ -435,7 +435,7 @@ mod tests {
         .unwrap();
         let Command::User(UserCommand::Add(args)) = cli.command else { panic!("not user add") };
         assert!(args.admin && args.password_stdin);
-        assert_eq!(args.db.data_dir.as_deref(), Some(std::path::Path::new("/d")));
+        assert_eq!(args.db.location.data_dir.as_deref(), Some(std::path::Path::new("/d")));
 
         let cli =
             Cli::try_parse_from(["mapcast", "user", "add", "--username", "a", "--role", "admin"])
