@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use mapcast::broker::retained::RetainedStore;
-use mapcast::broker::{Message, QoS};
+use mapcast::domain::{Message, QoS};
 use mapcast::domain::{TopicFilter, TopicLimits, TopicName};
 use ntex::util::Bytes;
 

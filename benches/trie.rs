@@ -10,8 +10,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use mapcast::broker::trie::{Entry, SubscriptionTrie};
-use mapcast::broker::{QoS, SubscriptionOptions};
 use mapcast::domain::{ClientId, TopicFilter, TopicLimits};
+use mapcast::domain::{QoS, SubscriptionOptions};
 
 fn entry(client: &str, filter: &TopicFilter, group: Option<&str>) -> Entry {
     Entry {

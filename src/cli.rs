@@ -14,8 +14,9 @@ pub use accounts::{DeviceCommand, UserCommand, device_command, user_command};
 pub use flags::{FlagChanges, FlagSetArgs, FlagsCommand, flags_command};
 pub use telemetry::{CrashesArgs, CrashesCommand, EsCommand, crashes_command, es_command};
 
-use crate::broker::auth::{Secret, hash_password};
+use crate::broker::auth::hash_password;
 use crate::config::{Env, Overrides, Settings};
+use crate::domain::Secret;
 
 /// mapcast: a live-location service — MQTT broker, REST API over its topics
 /// and map updater in one binary.

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerLimits;
 use crate::broker::acl::{AclPolicy, AclRule, AnonymousAcl};
-use crate::broker::auth::{ConfigUser, Secret};
+use crate::broker::auth::ConfigUser;
+use crate::domain::Secret;
 use crate::domain::Visibility;
 use crate::identities::lockout::LockoutSettings;
 use crate::identities::{HashingSettings, IdentitySettings};

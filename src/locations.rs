@@ -17,14 +17,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::broker::{Inspection, Message, PublishError, PublishHook};
+use crate::broker::{Inspection, PublishError, PublishHook};
 use crate::config::LocationSettings;
+use crate::domain::Message;
+use crate::domain::WriteOp;
 use crate::domain::time::millis;
 use crate::domain::{
     DeviceId, Location, LocationError, Position, TopicFilter, TopicLimits, TopicName,
 };
 use crate::phones::owntracks;
-use crate::store::WriteOp;
 
 /// The topic filters with history enabled (`history.topics`).
 #[derive(Debug, Clone)]
@@ -177,7 +178,7 @@ mod tests {
     use ntex::util::Bytes;
 
     use super::*;
-    use crate::broker::QoS;
+    use crate::domain::QoS;
 
     /// A fix stamped `ts`, received at [`RECEIVED`].
     fn fix(ts: i64) -> Message {

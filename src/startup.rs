@@ -11,9 +11,10 @@ use anyhow::{Context, anyhow};
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::auth::{ConfigAuthenticator, Role};
+use crate::broker::auth::ConfigAuthenticator;
 use crate::broker::{self, BrokerHandle, SharedAuthenticator};
 use crate::config::Settings;
+use crate::domain::Role;
 use crate::flags::{FlagTimings, Flags};
 use crate::http::{self, AppState};
 use crate::identities::{DbAuthenticator, Identities, LockoutLifts};
@@ -21,7 +22,7 @@ use crate::instance_lock::InstanceLock;
 use crate::locations::{HistoryTopics, LocationHook, PositionFeed};
 use crate::mqtt::{MqttListeners, MqttServer, TlsFiles};
 use crate::shutdown::GRACE;
-use crate::store::{self, HistoryRetention, Store};
+use crate::store::{self, Backend, HistoryRetention, Store};
 use crate::telemetry::{crash, metrics, names, quiet};
 use crate::updater::{MapUpdater, MapView};
 
@@ -108,7 +109,7 @@ impl Application {
         let (broker, router_task) = broker::spawn_router(
             settings.broker.limits.clone(),
             auth,
-            writer,
+            Arc::new(writer.clone()),
             restored,
             Duration::from_secs(settings.broker.sys_interval_secs),
             Some(hook),
@@ -119,7 +120,7 @@ impl Application {
         } else {
             None
         };
-        let updater = MapUpdater::load(
+        let mut updater = MapUpdater::load(
             &settings.map,
             settings.effective_default_visibility(),
             map_ids.clone(),
@@ -129,6 +130,11 @@ impl Application {
             map_view.clone(),
         )
         .await?;
+        // Other instances may share a PostgreSQL database (an embedded
+        // SQLite one is this process's alone): one of them builds the map.
+        if store.backend() == Backend::Postgres {
+            updater = updater.shared_as(instance_name());
+        }
 
         let flags = Flags::load(
             store.clone(),
@@ -434,4 +440,15 @@ fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
+}
+
+/// This run of this process, unique among instances sharing a database: a
+/// restarted instance is a new holder, never mistaken for its old self.
+fn instance_name() -> String {
+    use rand_core::{OsRng, RngCore};
+    #[allow(clippy::disallowed_methods, reason = "read once, at startup")]
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    format!("{host}/{}/{:08x}", std::process::id(), OsRng.next_u32())
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use mapcast::broker::trie::{Entry, SubscriptionTrie};
-use mapcast::broker::{QoS, SubscriptionOptions};
+use mapcast::domain::{QoS, SubscriptionOptions};
 use mapcast::domain::{
     ClientId, SharedFilter, TopicFilter, TopicLimits, TopicName, filter_matches,
 };

@@ -30,7 +30,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::auth::{Identity, Role};
+use crate::domain::{Identity, Role};
 use crate::domain::{TopicError, TopicFilter, TopicLimits, TopicName, filter_matches};
 
 /// The first topic level of device topics: `devices/{device id}/...`.

@@ -6,8 +6,8 @@ pub mod acl;
 pub mod auth;
 mod inbox;
 pub mod limits;
-pub mod message;
 pub mod outbox;
+pub mod ports;
 pub mod retained;
 mod router;
 mod session;
@@ -21,15 +21,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ntex::util::ByteString;
 use tokio::sync::oneshot;
 
-pub use auth::{Authenticator, Identity, Principal, SharedAuthenticator};
+pub use auth::{Authenticator, SharedAuthenticator};
 pub use limits::BrokerLimits;
-pub use message::{Delivery, Message, MessageProps, QoS};
 pub use outbox::{ConnectionId, KickReason, Next, Outbox, OverflowPolicy, Pushed};
-pub use router::{RestoredState, spawn_router};
+pub use router::spawn_router;
 pub use stats::Stats;
 
-use crate::domain::{ClientId, LocationError, SharedFilter};
-use crate::store::{StoreError, WriteOp};
+use crate::domain::{
+    ClientId, Identity, LocationError, Message, Principal, QoS, SharedFilter, StoreError,
+    SubscriptionOptions, WriteOp,
+};
 
 /// Which MQTT protocol level a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,36 +109,6 @@ pub enum DisconnectKind {
 pub struct SubscribeRequest {
     pub filter: SharedFilter,
     pub options: SubscriptionOptions,
-}
-
-/// v5 retain handling (§3.8.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum RetainHandling {
-    #[default]
-    SendAtSubscribe,
-    SendAtSubscribeIfNew,
-    DoNotSend,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SubscriptionOptions {
-    pub qos: QoS,
-    pub no_local: bool,
-    pub retain_as_published: bool,
-    pub retain_handling: RetainHandling,
-    pub subscription_id: Option<u32>,
-}
-
-impl SubscriptionOptions {
-    pub fn qos(qos: QoS) -> Self {
-        Self {
-            qos,
-            no_local: false,
-            retain_as_published: false,
-            retain_handling: RetainHandling::SendAtSubscribe,
-            subscription_id: None,
-        }
-    }
 }
 
 /// Why the broker refused one subscription of a SUBSCRIBE.

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot};
 
-use super::message::{Delivery, QoS};
+use super::ports::SharedDurability;
 use super::stats::Stats;
-use crate::store::{StoreError, StoreWriter, WriteOp};
+use crate::domain::{Delivery, QoS};
+use crate::domain::{StoreError, WriteOp};
 
 /// Identifies one network connection of a session (sessions outlive them).
 pub type ConnectionId = u64;
@@ -133,7 +134,7 @@ pub struct Outbox {
     policy: OverflowPolicy,
     stats: Arc<Stats>,
     /// Deletes stored deliveries once they are acknowledged or dropped.
-    store: StoreWriter,
+    store: SharedDurability,
     client_id: crate::domain::ClientId,
 }
 
@@ -143,7 +144,7 @@ impl Outbox {
         bound: usize,
         policy: OverflowPolicy,
         stats: Arc<Stats>,
-        store: StoreWriter,
+        store: SharedDurability,
     ) -> Self {
         Self {
             state: Mutex::new(State {
@@ -842,18 +843,15 @@ mod tests {
     use ntex::util::Bytes;
 
     use super::*;
-    use crate::broker::message::Message;
+    use crate::broker::ports::memory::Kept;
+    use crate::domain::Message;
     use crate::domain::{ClientId, TopicLimits, TopicName};
-    use crate::store::{Store, spawn_writer};
 
-    /// An outbox of bound 2 on a throwaway store (nothing here is stored).
-    async fn outbox() -> (Arc<Outbox>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let (writer, _) = spawn_writer(Store::connect(&url, 1).await.unwrap(), Duration::ZERO);
+    /// An outbox of bound 2 (nothing here is stored).
+    fn outbox() -> Arc<Outbox> {
         let stats = Arc::new(Stats::default());
-        let outbox = Outbox::new(ClientId::new("c"), 2, OverflowPolicy::default(), stats, writer);
-        (Arc::new(outbox), dir)
+        let writer = Kept::shared();
+        Arc::new(Outbox::new(ClientId::new("c"), 2, OverflowPolicy::default(), stats, writer))
     }
 
     fn delivery(seq: u64, qos: QoS) -> Delivery {
@@ -872,7 +870,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_live_consumer_gets_reliable_overflow_queued_and_the_publisher_waits() {
-        let (outbox, _dir) = outbox().await;
+        let outbox = outbox();
         outbox.attach(1);
         assert_eq!(outbox.push(delivery(1, QoS::AtLeastOnce)), Pushed::Queued);
         assert_eq!(outbox.push(delivery(2, QoS::AtLeastOnce)), Pushed::Queued);
@@ -895,7 +893,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_consumer_idle_on_an_empty_queue_is_live_however_long_it_waited() {
-        let (outbox, _dir) = outbox().await;
+        let outbox = outbox();
         outbox.attach(1);
         let pump = {
             let outbox = outbox.clone();
@@ -926,7 +924,7 @@ mod tests {
 
     #[tokio::test]
     async fn packet_ids_are_kept_through_redelivery_and_free_only_when_the_flow_ends() {
-        let (outbox, _dir) = outbox().await;
+        let outbox = outbox();
         outbox.attach(1);
         outbox.push(queued(&outbox, 1, QoS::ExactlyOnce));
         outbox.push(queued(&outbox, 2, QoS::AtLeastOnce));
@@ -952,7 +950,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_delivery_and_those_behind_it_wait_for_its_commit() {
-        let (outbox, _dir) = outbox().await;
+        let outbox = outbox();
         outbox.attach(1);
         outbox.push(queued(&outbox, 1, QoS::AtLeastOnce));
         outbox.push_held(queued(&outbox, 2, QoS::ExactlyOnce));
@@ -982,7 +980,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_absent_or_stalled_consumer_gets_the_overflow_policy_not_backpressure() {
-        let (outbox, _dir) = outbox().await;
+        let outbox = outbox();
         for seq in 1..=3 {
             outbox.push(delivery(seq, QoS::AtLeastOnce));
         }
@@ -1006,10 +1004,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_byte_bound_drops_the_oldest_until_the_new_one_fits_and_frees_their_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let (writer, _) = spawn_writer(Store::connect(&url, 1).await.unwrap(), Duration::ZERO);
         let stats = Arc::new(Stats::default());
+        let writer = Kept::shared();
         // Plenty of room in messages; 1,000 bytes.
         let outbox = Outbox::new(ClientId::new("c"), 100, OverflowPolicy::default(), stats, writer)
             .with_max_bytes(1000);

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use ntex::util::ByteString;
 
-use super::Message;
+use crate::domain::Message;
 use crate::domain::TopicFilter;
 
 #[derive(Default)]
@@ -178,7 +178,7 @@ mod tests {
     use ntex::util::Bytes;
 
     use super::*;
-    use crate::broker::QoS;
+    use crate::domain::QoS;
     use crate::domain::{TopicLimits, TopicName, filter_matches};
 
     fn msg(topic: &str, payload: &str) -> Arc<Message> {

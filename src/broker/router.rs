@@ -14,31 +14,25 @@ use tokio::task::JoinHandle;
 
 use super::inbox::{InboxReceiver, inbox};
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
+use super::ports::SharedDurability;
 use super::retained::RetainedStore;
 use super::session::Session;
 use super::trie::{Entry, Removed, SubscriptionTrie};
 use super::{
-    BrokerHandle, BrokerLimits, Command, ConnectError, ConnectOutcome, ConnectRequest, Delivery,
-    DisconnectKind, Identity, Inspection, Message, Principal, PublishError, PublishHook,
-    PublishOutcome, PublishReply, QoS, RetainHandling, Revocation, SharedAuthenticator, Stats,
-    SubscribeError, SubscribeRequest, SubscriptionOptions, sys,
+    BrokerHandle, BrokerLimits, Command, ConnectError, ConnectOutcome, ConnectRequest,
+    DisconnectKind, Inspection, PublishError, PublishHook, PublishOutcome, PublishReply,
+    Revocation, SharedAuthenticator, Stats, SubscribeError, SubscribeRequest, sys,
 };
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
-use crate::store::{StoreError, StoreWriter, StoredSession, WriteOp};
+use crate::domain::{
+    Delivery, Identity, Message, Principal, QoS, RestoredState, RetainHandling, SubscriptionOptions,
+};
+use crate::domain::{StoreError, WriteOp};
 
 /// Commands queued to the router before publishers are asked to wait.
 const COMMAND_QUEUE: usize = 16 * 1024;
 /// Commands handled per wake-up before timers get a look.
 const BATCH: usize = 1024;
-
-/// Broker state read back from the store at start.
-#[derive(Default)]
-pub struct RestoredState {
-    pub retained: Vec<Message>,
-    pub sessions: Vec<StoredSession>,
-    /// Larger than every stored delivery sequence number.
-    pub next_seq: u64,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -67,7 +61,7 @@ impl Timer {
 struct Router {
     limits: Arc<BrokerLimits>,
     stats: Arc<Stats>,
-    writer: StoreWriter,
+    writer: SharedDurability,
     sessions: HashMap<ClientId, Session>,
     /// Sessions with a live connection (`$SYS/broker/clients/connected`).
     online: usize,
@@ -107,7 +101,7 @@ struct Target {
 pub fn spawn_router(
     limits: BrokerLimits,
     auth: SharedAuthenticator,
-    writer: StoreWriter,
+    writer: SharedDurability,
     restored: RestoredState,
     sys_interval: Duration,
     hook: Option<Arc<dyn PublishHook>>,
@@ -132,7 +126,7 @@ impl Router {
     fn new(
         limits: Arc<BrokerLimits>,
         auth: SharedAuthenticator,
-        writer: StoreWriter,
+        writer: SharedDurability,
         hook: Option<Arc<dyn PublishHook>>,
     ) -> Self {
         Router {
@@ -1090,35 +1084,26 @@ mod tests {
 
     use super::*;
     use crate::broker::auth::ConfigAuthenticator;
+    use crate::broker::ports::memory::Kept;
     use crate::broker::{Next, ProtocolVersion, SubscribeRequest, Will};
-    use crate::domain::{TopicLimits, TopicName};
-    use crate::store::{Store, StoreWriter, spawn_writer};
+    use crate::domain::{StoredSession, TopicLimits, TopicName};
 
-    async fn broker() -> (BrokerHandle, tempfile::TempDir) {
+    async fn broker() -> BrokerHandle {
         broker_with(RestoredState::default()).await
     }
 
-    /// A store writer on a fresh, migrated SQLite database.
-    async fn writer() -> (StoreWriter, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = Store::connect(&url, 2).await.unwrap();
-        store.migrate().await.unwrap();
-        (spawn_writer(store, Duration::ZERO).0, dir)
-    }
-
-    async fn broker_with(restored: RestoredState) -> (BrokerHandle, tempfile::TempDir) {
-        let (writer, dir) = writer().await;
+    async fn broker_with(restored: RestoredState) -> BrokerHandle {
         let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
+        // Durability that commits at once: these tests are about routing.
         let (h, _) = spawn_router(
             BrokerLimits::default(),
             auth,
-            writer,
+            Kept::shared(),
             restored,
             Duration::from_secs(3600),
             None,
         );
-        (h, dir)
+        h
     }
 
     fn msg(topic: &str, payload: &str, qos: QoS, retain: bool) -> Message {
@@ -1181,8 +1166,7 @@ mod tests {
             incoming_qos2: Vec::new(),
             pending_releases: Vec::new(),
         };
-        let (h, _d) =
-            broker_with(RestoredState { sessions: vec![stored], ..Default::default() }).await;
+        let h = broker_with(RestoredState { sessions: vec![stored], ..Default::default() }).await;
         let car = || Identity::device("old-car".into());
 
         let claimed = connect_as(&h, "old-car", false, car()).await.unwrap();
@@ -1193,9 +1177,9 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_owner_resumes_or_replaces_a_session() {
-        let (h, _d) = broker().await;
+        let h = broker().await;
         let car = || Identity::device("car-1".into());
-        let admin = Identity::configured("ops".into(), crate::broker::auth::Role::Admin);
+        let admin = Identity::configured("ops".into(), crate::domain::Role::Admin);
         connect_as(&h, "car-1", false, car()).await.unwrap();
 
         for (other, clean) in [
@@ -1223,7 +1207,7 @@ mod tests {
 
     #[tokio::test]
     async fn publishes_reach_matching_subscribers_at_the_lower_qos() {
-        let (h, _d) = broker().await;
+        let h = broker().await;
         let c = connect(&h, "sub", true, 0, None).await;
         let granted = h
             .subscribe(
@@ -1247,7 +1231,7 @@ mod tests {
 
     #[tokio::test]
     async fn retained_messages_are_sent_on_subscribe_and_cleared_by_empty_payload() {
-        let (h, _d) = broker().await;
+        let h = broker().await;
         h.publish(msg("a/b", "one", QoS::AtLeastOnce, true)).await.unwrap();
         h.publish(msg("a/b", "two", QoS::AtLeastOnce, true)).await.unwrap();
         let c = connect(&h, "s", true, 0, None).await;
@@ -1267,7 +1251,7 @@ mod tests {
 
     #[tokio::test]
     async fn shared_subscriptions_deliver_each_message_to_one_member_in_turn() {
-        let (h, _d) = broker().await;
+        let h = broker().await;
         let a = connect(&h, "a", true, 0, None).await;
         let b = connect(&h, "b", true, 0, None).await;
         h.subscribe(ClientId::from("a"), a.conn, vec![sub("$share/g/t", QoS::AtMostOnce)]).await;
@@ -1281,7 +1265,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_connection_takes_the_session_over() {
-        let (h, _d) = broker().await;
+        let h = broker().await;
         let first = connect(&h, "car", false, 60, None).await;
         let second = connect(&h, "car", false, 60, None).await;
         assert!(second.session_present);
@@ -1294,7 +1278,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_durable_publish_reports_its_real_match_count_and_a_fire_and_forget_one_none() {
-        let (h, _d) = broker().await;
+        let h = broker().await;
         let c = connect(&h, "sub", true, 0, None).await;
         h.subscribe(ClientId::from("sub"), c.conn, vec![sub("a/+", QoS::AtLeastOnce)]).await;
 
@@ -1312,7 +1296,7 @@ mod tests {
 
     #[tokio::test]
     async fn connected_clients_are_counted_through_takeovers_and_disconnects() {
-        let (h, _d) = broker().await;
+        let h = broker().await;
         let online = |h: &BrokerHandle| h.stats().clients_connected.load(Relaxed);
         connect(&h, "a", false, 60, None).await;
         connect(&h, "b", true, 0, None).await;
@@ -1331,7 +1315,7 @@ mod tests {
 
     #[tokio::test]
     async fn wills_go_out_on_unclean_disconnect_only() {
-        let (h, _d) = broker().await;
+        let h = broker().await;
         let watcher = connect(&h, "w", true, 0, None).await;
         h.subscribe(ClientId::from("w"), watcher.conn, vec![sub("wills/#", QoS::AtMostOnce)]).await;
         let will = || {
@@ -1349,7 +1333,7 @@ mod tests {
 
     #[tokio::test]
     async fn persistent_sessions_queue_while_away_and_clean_start_discards() {
-        let (h, _d) = broker().await;
+        let h = broker().await;
         let c = connect(&h, "p", false, 3600, None).await;
         h.subscribe(ClientId::from("p"), c.conn, vec![sub("q", QoS::AtLeastOnce)]).await;
         h.disconnect(ClientId::from("p"), c.conn, DisconnectKind::Clean, None);
@@ -1368,7 +1352,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_local_skips_the_publishers_own_messages() {
-        let (h, _d) = broker().await;
+        let h = broker().await;
         let c = connect(&h, "me", true, 0, None).await;
         let mut req = sub("t", QoS::AtMostOnce);
         req.options.no_local = true;
@@ -1380,20 +1364,18 @@ mod tests {
     }
 
     /// A router driven directly (no task), to look at what it keeps.
-    async fn bare_router() -> (Router, tempfile::TempDir) {
-        bare_router_with(BrokerLimits::default()).await
+    fn bare_router() -> Router {
+        bare_router_with(BrokerLimits::default())
     }
 
-    async fn bare_router_with(limits: BrokerLimits) -> (Router, tempfile::TempDir) {
-        let (writer, dir) = writer().await;
+    fn bare_router_with(limits: BrokerLimits) -> Router {
         let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
-        let router = Router::new(Arc::new(limits), auth, writer, None);
-        (router, dir)
+        Router::new(Arc::new(limits), auth, Kept::shared(), None)
     }
 
     #[tokio::test]
     async fn a_shared_groups_cursor_goes_with_its_last_member() {
-        let (mut r, _d) = bare_router().await;
+        let mut r = bare_router();
         let mut conns = Vec::new();
         for id in ["a", "b"] {
             let c = r.connect(request(id, true, 0, None, Identity::anonymous())).unwrap();
@@ -1412,7 +1394,7 @@ mod tests {
 
     #[tokio::test]
     async fn reconnects_replace_a_sessions_timers_instead_of_piling_them_up() {
-        let (mut r, _d) = bare_router().await;
+        let mut r = bare_router();
         let will = || {
             Some(Will {
                 message: msg("wills/car", "gone", QoS::AtMostOnce, false),
@@ -1433,7 +1415,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_asking_never_to_expire_get_the_persistent_client_expiration() {
         let limits = BrokerLimits { persistent_client_expiration: 1, ..BrokerLimits::default() };
-        let (mut r, _d) = bare_router_with(limits).await;
+        let mut r = bare_router_with(limits);
         let c = r.connect(request("phone", false, u32::MAX, None, Identity::anonymous())).unwrap();
         assert_eq!(c.session_expiry_secs, 1);
         r.disconnect(&ClientId::from("phone"), c.conn, DisconnectKind::Clean, None);
@@ -1450,7 +1432,7 @@ mod tests {
     async fn qos0_is_not_queued_for_offline_sessions_unless_configured() {
         for queue_qos0_messages in [false, true] {
             let limits = BrokerLimits { queue_qos0_messages, ..BrokerLimits::default() };
-            let (mut r, _d) = bare_router_with(limits).await;
+            let mut r = bare_router_with(limits);
             let id = ClientId::from("p");
             let c = r.connect(request("p", false, 3600, None, Identity::anonymous())).unwrap();
             r.subscribe(&id, c.conn, vec![sub("q", QoS::AtLeastOnce)]);
@@ -1465,7 +1447,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_map_is_retained_in_memory_but_not_stored() {
-        let (mut r, _d) = bare_router().await;
+        let mut r = bare_router();
         let map = Arc::new(msg("map/version", "{}", QoS::AtLeastOnce, true));
         let reply = r.publish(map, Vec::new(), true).unwrap();
         assert!(reply.commit.is_none(), "nothing to write for the map");

@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::auth::Principal;
 use super::outbox::{ConnectionId, Outbox};
-use super::{ProtocolVersion, SubscriptionOptions, Will};
+use super::{ProtocolVersion, Will};
+use crate::domain::Principal;
 use crate::domain::SharedFilter;
+use crate::domain::SubscriptionOptions;
 
 pub struct Session {
     /// Whose session this is; only they resume or replace it. `None` for a

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use super::message::QoS;
+use crate::domain::QoS;
 
 #[derive(Debug)]
 pub struct Stats {

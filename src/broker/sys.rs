@@ -4,7 +4,7 @@
 use ntex::util::Bytes;
 
 use super::stats::Stats;
-use super::{Message, QoS};
+use crate::domain::{Message, QoS};
 use crate::domain::{TopicLimits, TopicName};
 
 /// One retained message per statistic, built from the current counters.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use ntex::util::ByteString;
 
-use super::SubscriptionOptions;
+use crate::domain::SubscriptionOptions;
 use crate::domain::{ClientId, TopicFilter};
 
 /// One subscription as stored in a trie node.
@@ -214,7 +214,7 @@ fn walk<'a>(node: &'a Node, topic: &str, first: bool, dollar: bool, f: &mut impl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::QoS;
+    use crate::domain::QoS;
     use crate::domain::{TopicLimits, filter_matches};
 
     fn f(s: &str) -> TopicFilter {

@@ -12,8 +12,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
 use super::{DbArgs, stdout_is_terminal, with_database, write_table};
-use crate::broker::Principal;
-use crate::broker::auth::Role;
+use crate::domain::Principal;
+use crate::domain::Role;
 use crate::domain::time::format_rfc3339;
 use crate::domain::{DeviceKind, DeviceName, Password, Username};
 use crate::identities::{Identities, IdentityError, User};

@@ -195,6 +195,65 @@ impl MapSnapshot {
         }
     }
 
+    /// A snapshot from the document another instance built, so every
+    /// instance serves the same bytes (and so the same ETag). Only the ids
+    /// and coordinates are read back; the features are served as written.
+    pub fn parse(json: Bytes) -> Result<Self, MapParseError> {
+        #[derive(serde::Deserialize)]
+        struct Doc<'a> {
+            version: u64,
+            generated_at: &'a str,
+            #[serde(default)]
+            bbox: Option<[f64; 4]>,
+            #[serde(borrow)]
+            features: Vec<&'a serde_json::value::RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Feature {
+            id: String,
+            geometry: Geometry,
+        }
+        #[derive(serde::Deserialize)]
+        struct Geometry {
+            coordinates: Vec<f64>,
+        }
+
+        let doc: Doc = serde_json::from_slice(&json).map_err(MapParseError::Json)?;
+        let generated_at_ms =
+            super::time::parse_rfc3339(doc.generated_at).ok_or(MapParseError::Invalid)?;
+        let base = json.as_ptr() as usize;
+        let mut positions = Vec::with_capacity(doc.features.len());
+        let mut ranges = Vec::with_capacity(doc.features.len());
+        let mut points = Vec::with_capacity(doc.features.len());
+        for (i, raw) in doc.features.iter().enumerate() {
+            let f: Feature = serde_json::from_str(raw.get()).map_err(MapParseError::Json)?;
+            let id = DeviceId::parse(f.id).map_err(|_| MapParseError::Invalid)?;
+            let [lon, lat, ..] = f.geometry.coordinates[..] else {
+                return Err(MapParseError::Invalid);
+            };
+            // The raw value borrows from `json`: its offset is its byte range.
+            let start = raw.get().as_ptr() as usize - base;
+            ranges.push(start as u32..(start + raw.get().len()) as u32);
+            points.push(GeomWithData::new([lon, lat], i as u32));
+            positions.push((id, [lon, lat]));
+        }
+        let bbox = doc.bbox.map(|[min_lon, min_lat, max_lon, max_lat]| Bbox {
+            min_lon,
+            min_lat,
+            max_lon,
+            max_lat,
+        });
+        Ok(Self {
+            version: doc.version,
+            generated_at_ms,
+            bbox,
+            positions: positions.into(),
+            ranges,
+            index: RTree::bulk_load(points),
+            json,
+        })
+    }
+
     /// Active devices in this snapshot.
     pub fn total(&self) -> usize {
         self.positions.len()
@@ -226,6 +285,15 @@ impl MapSnapshot {
         out.extend_from_slice(b"]}");
         out
     }
+}
+
+/// Why a stored map document could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum MapParseError {
+    #[error("map document is not valid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("map document is not a map snapshot")]
+    Invalid,
 }
 
 /// What changed between two snapshots, by device id.
@@ -533,6 +601,20 @@ mod tests {
         let fc: geojson::FeatureCollection =
             std::str::from_utf8(&snap.json).unwrap().parse().unwrap();
         assert_eq!(fc.features.len(), 3);
+    }
+
+    #[test]
+    fn a_parsed_document_answers_like_the_snapshot_that_wrote_it() {
+        let t = table(&[("berlin", 13.4, 52.5), ("london", -0.1, 51.5), ("q\"x", 2.35, 48.85)]);
+        let built = MapSnapshot::build(9, 1_700_000_000_123, &t);
+        let read = MapSnapshot::parse(built.json.clone()).unwrap();
+        assert_eq!(read.version, 9);
+        assert_eq!(read.generated_at_ms, 1_700_000_000_123);
+        assert_eq!(read.bbox, built.bbox);
+        assert_eq!(read.positions, built.positions);
+        let europe = Bbox::parse("-10,35,30,60").unwrap();
+        assert_eq!(read.select(&europe), built.select(&europe));
+        assert!(MapSnapshot::parse(Bytes::from_static(b"{\"features\":[]}")).is_err());
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 
-use crate::broker::auth::{Identity, Secret};
 use crate::domain::ClientId;
+use crate::domain::{Identity, Secret};
 use crate::http::errors::ApiError;
 use crate::http::state::AppState;
 
@@ -149,8 +149,7 @@ mod tests {
 
     #[test]
     fn rest_client_ids_name_the_user() {
-        let ann =
-            Identity::user("u1".into(), "ann".into(), crate::broker::auth::Role::User, vec![]);
+        let ann = Identity::user("u1".into(), "ann".into(), crate::domain::Role::User, vec![]);
         assert_eq!(Caller::new(ann, None).client_id.as_str(), "rest:u1");
         assert_eq!(Caller::new(Identity::anonymous(), None).client_id.as_str(), "rest:anonymous");
     }

@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use super::deadline;
 use crate::broker::PublishError;
+use crate::domain::StoreError;
 use crate::domain::{AccountError, LocationError};
 use crate::identities::IdentityError;
-use crate::store::StoreError;
 use crate::telemetry::names;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";

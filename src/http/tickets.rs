@@ -19,8 +19,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
-use crate::broker::auth::{Identity, Secret};
 use crate::domain::ClientId;
+use crate::domain::{Identity, Secret};
 
 /// How long a ticket may wait to be used.
 pub const TICKET_TTL: Duration = Duration::from_secs(60);
@@ -100,8 +100,7 @@ mod tests {
     use super::*;
 
     fn ann() -> (Identity, ClientId) {
-        let who =
-            Identity::user("u1".into(), "ann".into(), crate::broker::auth::Role::User, vec![]);
+        let who = Identity::user("u1".into(), "ann".into(), crate::domain::Role::User, vec![]);
         (who, ClientId::from("rest:u1"))
     }
 

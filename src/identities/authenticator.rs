@@ -3,9 +3,8 @@
 //! policy; ACL decisions by [`AclPolicy`].
 
 use crate::broker::acl::AclPolicy;
-use crate::broker::auth::{
-    AuthError, Authenticator, BoxFuture, ConfigAuthenticator, Credentials, Identity,
-};
+use crate::broker::auth::{AuthError, Authenticator, BoxFuture, ConfigAuthenticator, Credentials};
+use crate::domain::Identity;
 use crate::domain::{ClientId, TopicFilter, TopicName};
 use crate::telemetry::names;
 
@@ -147,8 +146,9 @@ mod tests {
 
     use super::*;
     use crate::broker::acl::AnonymousAcl;
-    use crate::broker::auth::{ConfigUser, Role, Secret, hash_password};
+    use crate::broker::auth::{ConfigUser, hash_password};
     use crate::domain::{DeviceKind, DeviceName, Password, Username};
+    use crate::domain::{Role, Secret};
     use crate::identities::IdentitySettings;
     use crate::identities::lockout::LockoutSettings;
     use crate::store::Store;

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::Identities;
-use crate::broker::{BrokerHandle, Principal, Revocation};
+use crate::broker::{BrokerHandle, Revocation};
+use crate::domain::Principal;
 use crate::domain::time;
 use crate::telemetry::names;
 

@@ -35,8 +35,8 @@ use lockout::{Locked, LockoutSettings, SignInGuard};
 use throttle::Throttle;
 pub use throttle::Throttled;
 
-use crate::broker::auth::{Identity, Role, Secret};
 use crate::domain::{DeviceKind, DeviceName, Password, Username, Visibility, time, to_hex};
+use crate::domain::{Identity, Role, Secret};
 use crate::store::{DeviceRecord, InsertError, Store, TokenRecord, UserRecord};
 use crate::telemetry::names;
 

@@ -11,11 +11,9 @@ use ntex::util::{ByteString, Bytes};
 use ntex_mqtt::{v3, v5};
 
 use super::reason::{ConnectRefusal, SubscribeRefusal};
-use crate::broker::{
-    BrokerLimits, ConnectionId, Delivery, Message, MessageProps, QoS, RetainHandling,
-    SubscribeRequest, SubscriptionOptions, Will,
-};
+use crate::broker::{BrokerLimits, ConnectionId, SubscribeRequest, Will};
 use crate::domain::{ClientId, SharedFilter, TopicLimits, TopicName};
+use crate::domain::{Delivery, Message, MessageProps, QoS, RetainHandling, SubscriptionOptions};
 
 pub(super) fn qos_in(qos: ntex_mqtt::QoS) -> QoS {
     match qos {
@@ -52,8 +50,8 @@ pub(super) fn session_expiry_v3(clean_session: bool) -> u32 {
 }
 
 /// A password as text for the authenticator (bearer tokens and secrets are text).
-pub(super) fn password(raw: Option<&Bytes>) -> Option<crate::broker::auth::Secret> {
-    raw.map(|p| crate::broker::auth::Secret::new(String::from_utf8_lossy(p).into_owned()))
+pub(super) fn password(raw: Option<&Bytes>) -> Option<crate::domain::Secret> {
+    raw.map(|p| crate::domain::Secret::new(String::from_utf8_lossy(p).into_owned()))
 }
 
 fn will_message(

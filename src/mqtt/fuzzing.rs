@@ -20,8 +20,9 @@ use ntex_mqtt::{v3, v5};
 use super::framing::{self, WholePackets};
 use super::reason::{self, ConnectRefusal, PublishRejection, SubscribeRefusal};
 use super::{connect_check, convert};
-use crate::broker::{BrokerLimits, Message, PublishHook, QoS, SubscriptionOptions};
+use crate::broker::{BrokerLimits, PublishHook};
 use crate::domain::{ClientId, SharedFilter, TopicName};
+use crate::domain::{Message, QoS, SubscriptionOptions};
 use crate::locations::{HistoryTopics, LocationHook, PositionFeed};
 
 /// The protocol level a connection speaks.

@@ -43,7 +43,8 @@ use tracing::Instrument;
 use super::convert::{outbound_props_v5, qos_out};
 use super::reason::{self, ConnError};
 use super::session::{Conn, Sink};
-use crate::broker::{Delivery, Next, Outbox, QoS};
+use crate::broker::{Next, Outbox};
+use crate::domain::{Delivery, QoS};
 use crate::telemetry::names::{CLIENT_ID, ERROR_MESSAGE, MQTT_REASON_CODE, MQTT_TOPIC};
 
 /// Deliveries taken from the outbox per lock.

@@ -71,7 +71,7 @@ impl Taken {
     }
 
     /// The writes that store the id, for the message's own commit.
-    pub(super) fn record(&self) -> Vec<crate::store::WriteOp> {
+    pub(super) fn record(&self) -> Vec<crate::domain::WriteOp> {
         self.outbox.incoming_qos2_record(self.id.get())
     }
 
@@ -235,7 +235,7 @@ impl<S> InboundQos2V5Service<S> {
                 let (conn, unreleased) = (self.conn.clone(), self.unreleased.clone());
                 let finish = move |provisional| -> LocalBoxFuture<'static, _> {
                     Box::pin(async move {
-                        let settled = settle(&conn, waiting, crate::broker::QoS::ExactlyOnce).await;
+                        let settled = settle(&conn, waiting, crate::domain::QoS::ExactlyOnce).await;
                         let (code, why) = settled.inspect_err(|_| {
                             unreleased.borrow_mut().remove(&id);
                         })?;
@@ -272,7 +272,7 @@ fn decided(
 /// `durable` resolves (PUBCOMP once the released id is forgotten for good).
 /// Sent even if the write failed: it stays queued for retry.
 fn after<E: 'static>(
-    durable: tokio::sync::oneshot::Receiver<Result<(), crate::store::StoreError>>,
+    durable: tokio::sync::oneshot::Receiver<Result<(), crate::domain::StoreError>>,
 ) -> impl FnOnce(E) -> LocalBoxFuture<'static, Result<Option<E>, ConnError>> {
     move |answer| {
         Box::pin(async move {
@@ -396,23 +396,19 @@ mod tests {
     use v3::codec::{Decoded, Encoded, Packet};
 
     use super::*;
+    use crate::broker::ports::memory::Kept;
     use crate::broker::{OverflowPolicy, Stats};
     use crate::domain::ClientId;
-    use crate::store::{Store, spawn_writer};
 
     fn id(n: u16) -> NonZeroU16 {
         NonZeroU16::new(n).unwrap()
     }
 
-    /// An outbox on a throwaway store (these tests never write to it).
-    async fn outbox() -> (Arc<Outbox>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let (writer, _) =
-            spawn_writer(Store::connect(&url, 1).await.unwrap(), std::time::Duration::ZERO);
+    /// An outbox whose writes commit at once (these tests are about ids).
+    fn outbox() -> Arc<Outbox> {
         let stats = Arc::new(Stats::default());
-        let outbox = Outbox::new(ClientId::new("c"), 8, OverflowPolicy::default(), stats, writer);
-        (Arc::new(outbox), dir)
+        let writer = Kept::shared();
+        Arc::new(Outbox::new(ClientId::new("c"), 8, OverflowPolicy::default(), stats, writer))
     }
 
     fn v3_publish(n: u16) -> Decoded {
@@ -429,7 +425,7 @@ mod tests {
 
     #[ntex::test]
     async fn a_taken_id_is_given_back_unless_kept() {
-        let (outbox, _dir) = outbox().await;
+        let outbox = outbox();
         let taken = Taken::begin(&outbox, id(1)).unwrap();
         assert!(Taken::begin(&outbox, id(1)).is_none(), "a resend while routing");
         drop(taken);
@@ -441,7 +437,7 @@ mod tests {
 
     #[ntex::test]
     async fn a_v3_pubrel_for_an_unknown_id_gets_its_pubcomp() {
-        let (outbox, _dir) = outbox().await;
+        let outbox = outbox();
         let inner = fn_service::<_, _, _, _, ()>(async |req: Decoded| match req {
             Decoded::Packet(Packet::PublishRelease { packet_id }, _) => {
                 Ok::<_, DispatcherError<ConnError>>(Some(Encoded::Packet(
@@ -477,7 +473,7 @@ mod tests {
 
     #[ntex::test]
     async fn a_pubcomp_of_a_resumed_exchange_is_taken_before_ntex() {
-        let (outbox, _dir) = outbox().await;
+        let outbox = outbox();
         // Anything reaching ntex here would be a protocol error.
         let inner = fn_service::<_, _, _, _, ()>(async |req: Decoded| {
             Err::<Option<Encoded>, _>(DispatcherError::Service(ConnError::protocol(match req {

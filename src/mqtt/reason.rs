@@ -12,9 +12,10 @@ use ntex_mqtt::{v3, v5};
 use v5::codec::{ConnectAckReason, DisconnectReasonCode, PublishAckReason, SubscribeAckReason};
 
 use crate::broker::auth::AuthError;
-use crate::broker::{KickReason, PublishError, QoS, SubscribeError};
+use crate::broker::{KickReason, PublishError, SubscribeError};
+use crate::domain::QoS;
+use crate::domain::StoreError;
 use crate::domain::TopicError;
-use crate::store::StoreError;
 
 /// An error that ends one connection. v5 clients get a DISCONNECT with
 /// `code` (when the connection is still writable); v3 connections just close.

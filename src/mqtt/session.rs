@@ -23,11 +23,12 @@ use super::pump::ResumedReleases;
 use super::reason::{ConnError, ConnectRefusal, PublishRejection};
 use crate::broker::auth::Credentials;
 use crate::broker::{
-    BrokerHandle, ConnectError, ConnectRequest, ConnectionId, DisconnectKind, Identity, Message,
-    MessageProps, Outbox, ProtocolVersion, PublishOutcome, QoS, Submitted, Will,
+    BrokerHandle, ConnectError, ConnectRequest, ConnectionId, DisconnectKind, Outbox,
+    ProtocolVersion, PublishOutcome, Submitted, Will,
 };
+use crate::domain::WriteOp;
 use crate::domain::{ClientId, TopicError, TopicName};
-use crate::store::WriteOp;
+use crate::domain::{Identity, Message, MessageProps, QoS};
 use crate::telemetry::names::{
     CLIENT_ADDRESS, CLIENT_ID, ERROR_MESSAGE, MQTT_CLEAN_START, MQTT_CLIENT_ID_ASSIGNED,
     MQTT_CONNECTION_ID, MQTT_DISCONNECT, MQTT_PAYLOAD_SIZE, MQTT_PROTOCOL, MQTT_SESSION_EXPIRY,

@@ -16,8 +16,9 @@ use super::pump;
 use super::qos2;
 use super::reason::{self, ConnError, ConnectRefusal, PublishRejection, V3Verdict};
 use super::session::{self, Conn, Ctx, OpenRequest, Routed, Sink};
-use crate::broker::{DisconnectKind, ProtocolVersion, Submitted, SubscriptionOptions};
-use crate::store::WriteOp;
+use crate::broker::{DisconnectKind, ProtocolVersion, Submitted};
+use crate::domain::SubscriptionOptions;
+use crate::domain::WriteOp;
 use crate::telemetry::names::{
     CLIENT_ID, ERROR_MESSAGE, MQTT_PROTOCOL, MQTT_REASON_CODE, MQTT_TOPIC,
 };

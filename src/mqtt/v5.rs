@@ -21,8 +21,9 @@ use super::reason::{
     self, ConnError, ConnectRefusal, PublishRejection, SubscribeRefusal, V5Verdict,
 };
 use super::session::{self, Conn, Ctx, OpenRequest, Routed, Sink};
-use crate::broker::{DisconnectKind, ProtocolVersion, QoS, Submitted};
-use crate::store::WriteOp;
+use crate::broker::{DisconnectKind, ProtocolVersion, Submitted};
+use crate::domain::QoS;
+use crate::domain::WriteOp;
 use crate::telemetry::names::{
     CLIENT_ID, ERROR_MESSAGE, MQTT_PROTOCOL, MQTT_REASON_CODE, MQTT_TOPIC,
 };

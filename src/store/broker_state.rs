@@ -10,28 +10,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::Store;
-use crate::broker::{
-    Delivery, Message, MessageProps, Principal, QoS, RestoredState, SubscriptionOptions,
+use crate::domain::{
+    ClientId, Delivery, Message, MessageProps, Principal, QoS, RestoredState, SharedFilter,
+    StoredSession, SubscriptionOptions, TopicLimits, TopicName,
 };
-use crate::domain::{ClientId, SharedFilter, TopicLimits, TopicName};
-
-/// A persistent session as stored.
-pub struct StoredSession {
-    pub client_id: ClientId,
-    /// `None` for a session stored before owners were kept.
-    pub owner: Option<Principal>,
-    pub expiry_secs: u32,
-    pub disconnected_at: Option<SystemTime>,
-    pub subscriptions: Vec<(SharedFilter, SubscriptionOptions)>,
-    /// Queued QoS≥1 deliveries, oldest first.
-    pub messages: Vec<StoredMessage>,
-    /// Inbound QoS 2 packet ids received and not released yet.
-    pub incoming_qos2: Vec<u16>,
-    /// Outbound QoS 2 packet ids past PUBREC, waiting for PUBCOMP.
-    pub pending_releases: Vec<u16>,
-}
-
-pub type StoredMessage = Delivery;
 
 #[derive(Serialize, Deserialize)]
 struct PropsJson {

@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::Store;
-use crate::broker::auth::{Role, Secret};
+use crate::domain::{Role, Secret};
 
 /// A user row. The password hash is a [`Secret`]: it never prints.
 #[derive(Debug, Clone)]

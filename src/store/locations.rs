@@ -151,7 +151,8 @@ fn taken_at(table: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{WriteOp, spawn_writer};
+    use crate::domain::WriteOp;
+    use crate::store::spawn_writer;
 
     fn at(lon: f64, ts_ms: i64, received_at_ms: i64) -> Position {
         let location = Location {

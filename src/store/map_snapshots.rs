@@ -1,6 +1,7 @@
 //! `map_snapshots`: one row per published map, so versions keep rising
 //! across restarts and operators can see sizes and build times.
 
+use ntex::util::Bytes;
 use sqlx::Row;
 
 use super::Store;
@@ -30,12 +31,22 @@ impl Store {
         .await
     }
 
-    pub async fn record_map_snapshot(&self, r: SnapshotRecord) -> Result<(), sqlx::Error> {
+    /// Record a build. With `document` (several instances share the
+    /// database) the snapshot's gzip document is kept with it, for the
+    /// others to serve, and older documents are let go in the same commit.
+    pub async fn record_map_snapshot(
+        &self,
+        r: SnapshotRecord,
+        document: Option<Bytes>,
+    ) -> Result<(), sqlx::Error> {
         let pool = self.pool().clone();
         self.run(async move {
+            let mut tx = pool.begin().await?;
+            let shared = document.is_some();
             sqlx::query(
-                "INSERT INTO map_snapshots (version, generated_at, count, raw_bytes, gzip_bytes, build_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO map_snapshots \
+                 (version, generated_at, count, raw_bytes, gzip_bytes, build_ms, document) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(r.version as i64)
             .bind(r.generated_at)
@@ -43,9 +54,44 @@ impl Store {
             .bind(r.raw_bytes as i64)
             .bind(r.gzip_bytes as i64)
             .bind(r.build_ms as i64)
-            .execute(&pool)
-            .await
-            .map(drop)
+            .bind(document.map(|d| d.to_vec()))
+            .execute(&mut *tx)
+            .await?;
+            if shared {
+                sqlx::query(
+                    "UPDATE map_snapshots SET document = NULL \
+                     WHERE version < $1 AND document IS NOT NULL",
+                )
+                .bind(r.version as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// The newest stored map document if it is newer than `after`:
+    /// `(version, gzip document)`.
+    pub async fn map_document_after(
+        &self,
+        after: u64,
+    ) -> Result<Option<(u64, Bytes)>, sqlx::Error> {
+        let pool = self.pool().clone();
+        self.run(async move {
+            let row = sqlx::query(
+                "SELECT version, document FROM map_snapshots \
+                 WHERE version > $1 AND document IS NOT NULL ORDER BY version DESC LIMIT 1",
+            )
+            .bind(after as i64)
+            .fetch_optional(&pool)
+            .await?;
+            row.map(|r| {
+                let version: i64 = r.try_get(0)?;
+                let document: Vec<u8> = r.try_get(1)?;
+                Ok((version.max(0) as u64, Bytes::from(document)))
+            })
+            .transpose()
         })
         .await
     }

@@ -102,9 +102,10 @@ mod tests {
     use ntex::util::Bytes;
 
     use super::*;
+    use crate::domain::WriteOp;
     use crate::domain::time::from_millis;
     use crate::domain::{TopicLimits, TopicName};
-    use crate::store::{HistoryQuery, WriteOp, spawn_writer};
+    use crate::store::{HistoryQuery, spawn_writer};
 
     #[tokio::test]
     async fn old_history_goes_in_small_batches_and_recent_history_stays() {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use super::StoreError;
+use crate::domain::StoreError;
 
 const UP: u8 = 0;
 const UNAVAILABLE: u8 = 1;

@@ -8,18 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ntex::util::{ByteString, Bytes};
 use sqlx::Any;
 use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::Store;
 use super::broker_state::encode_props;
 use super::commit_pace::CommitPace;
 use super::write_health::{self, WriteHealth};
-use super::{Store, StoreError};
-use crate::broker::{Delivery, Message, Principal, SubscriptionOptions};
-use crate::domain::{ClientId, DeviceId, Position, TopicName};
+use crate::broker::ports::{BoxFuture, CommitReceipt, Durability};
+use crate::domain::{ClientId, Message, Principal, StoreError, WriteOp};
 
 /// Items queued before callers get `StoreError::Overloaded`.
 const QUEUE: usize = 64 * 1024;
@@ -38,66 +37,6 @@ const KEEP_IDLE_CONNECTION: Duration = Duration::from_secs(1);
 /// (memory stays bounded during long outages). Session-state writes are
 /// never dropped: see [`StateLane`].
 const MAX_KEPT_OPS: usize = 64 * 1024;
-
-#[derive(Debug, Clone)]
-pub enum WriteOp {
-    UpsertRetained(std::sync::Arc<Message>),
-    DeleteRetained(ByteString),
-    UpsertSession {
-        client_id: ClientId,
-        /// `None` keeps the stored owner.
-        owner: Option<Principal>,
-        expiry_secs: u32,
-        disconnected_at: Option<SystemTime>,
-    },
-    /// Deletes the session with its subscriptions, queued messages and
-    /// exactly-once state.
-    DeleteSession(ClientId),
-    PutSubscription {
-        client_id: ClientId,
-        filter: String,
-        options: SubscriptionOptions,
-    },
-    DeleteSubscription {
-        client_id: ClientId,
-        filter: String,
-    },
-    EnqueueMessage {
-        client_id: ClientId,
-        delivery: Delivery,
-    },
-    DeleteMessage(u64),
-    /// An inbound QoS 2 packet id received and not yet released.
-    PutIncomingQos2 {
-        client_id: ClientId,
-        packet_id: u16,
-    },
-    DeleteIncomingQos2 {
-        client_id: ClientId,
-        packet_id: u16,
-    },
-    /// An outbound QoS 2 exchange past PUBREC, waiting for PUBCOMP.
-    PutPendingRelease {
-        client_id: ClientId,
-        packet_id: u16,
-    },
-    DeletePendingRelease {
-        client_id: ClientId,
-        packet_id: u16,
-    },
-    /// A device's latest position; an older fix never replaces a newer one.
-    UpsertLocation {
-        device_id: DeviceId,
-        position: Position,
-    },
-    /// One message of a topic with history enabled.
-    AppendHistory {
-        topic: TopicName,
-        payload: Bytes,
-        content_type: Option<ByteString>,
-        received_at: SystemTime,
-    },
-}
 
 type Commit = oneshot::Sender<Result<(), StoreError>>;
 
@@ -224,6 +163,28 @@ impl StoreWriter {
     }
 }
 
+impl Durability for StoreWriter {
+    fn submit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        StoreWriter::submit(self, ops)
+    }
+
+    fn submit_state(&self, ops: Vec<WriteOp>) {
+        StoreWriter::submit_state(self, ops)
+    }
+
+    fn submit_durable(&self, ops: Vec<WriteOp>) -> Result<CommitReceipt, StoreError> {
+        StoreWriter::submit_durable(self, ops)
+    }
+
+    fn health(&self) -> Result<(), StoreError> {
+        StoreWriter::health(self)
+    }
+
+    fn flush_and_stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(StoreWriter::flush_and_stop(self))
+    }
+}
+
 /// Start the writer on the current runtime (the one that owns the pool).
 /// While writes keep coming, commits start at most once per
 /// `commit_interval` (see [`CommitPace`]); a write after a quiet spell is
@@ -236,20 +197,6 @@ pub fn spawn_writer(store: Store, commit_interval: Duration) -> (StoreWriter, Jo
         StoreWriter { tx, health, lane: lane.clone() },
         tokio::spawn(run(store, rx, lane, commit_interval)),
     )
-}
-
-impl WriteOp {
-    /// Whether the op is session state, which goes through the lane.
-    pub fn is_session_state(&self) -> bool {
-        matches!(
-            self,
-            Self::UpsertSession { .. }
-                | Self::DeleteSession(_)
-                | Self::PutSubscription { .. }
-                | Self::DeleteSubscription { .. }
-                | Self::DeleteMessage(_)
-        )
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -796,7 +743,10 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
 
 #[cfg(test)]
 mod tests {
+    use ntex::util::ByteString;
+
     use super::*;
+    use crate::domain::SubscriptionOptions;
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -916,7 +866,7 @@ mod tests {
         WriteOp::PutSubscription {
             client_id: ClientId::from(client),
             filter: filter.to_owned(),
-            options: SubscriptionOptions::qos(crate::broker::QoS::AtLeastOnce),
+            options: SubscriptionOptions::qos(crate::domain::QoS::AtLeastOnce),
         }
     }
 

@@ -8,6 +8,12 @@
 //! queries the database for them. The build runs on a blocking thread, never
 //! on the router. A build that overruns its interval is logged and the next
 //! tick is skipped rather than piled up.
+//!
+//! When several instances share a PostgreSQL database, the one holding the
+//! `map` lease builds (merging the positions the others stored) and keeps
+//! the snapshot's document with its record; the others serve that document,
+//! so every instance answers with the same version and ETag. A lease its
+//! holder stops renewing passes to another instance within [`LEASE_TTL`].
 
 mod view;
 
@@ -24,10 +30,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use view::{DIFF_WINDOW, DiffError, MapView, PublishedMap};
 
-use crate::broker::{BrokerHandle, Message, MessageProps, QoS};
+use crate::broker::BrokerHandle;
 use crate::config::MapSettings;
 use crate::domain::time::{format_rfc3339, millis};
 use crate::domain::{DeviceId, MapIds, MapSnapshot, Position, TopicLimits, TopicName, Visibility};
+use crate::domain::{Message, MessageProps, QoS};
 use crate::locations::PositionFeed;
 use crate::store::{SnapshotRecord, Store};
 use crate::telemetry::names;
@@ -37,6 +44,18 @@ pub const SNAPSHOT_GZ_TOPIC: &str = "map/snapshot.gz";
 pub const VERSION_TOPIC: &str = "map/version";
 pub const GEOJSON: &str = "application/geo+json";
 pub const GZIP: &str = "application/gzip";
+
+/// The lease whose holder builds the map among instances sharing a database.
+const MAP_LEASE: &str = "map";
+/// How long a lease outlives its holder's last renewal: the longest the map
+/// goes unbuilt after its builder dies.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often an instance sharing the database renews its lease, or looks
+/// for a newer document if it does not hold it.
+const LEASE_POLL: Duration = Duration::from_secs(1);
+/// Positions stored by other instances are re-read this far behind the
+/// last read, so one committed late is still seen.
+const MERGE_OVERLAP: Duration = Duration::from_secs(30);
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +107,18 @@ pub struct MapUpdater {
     map_ids: Option<MapIds>,
     /// The map ids of the devices in `table`, computed once each.
     map_id_cache: HashMap<DeviceId, DeviceId>,
+    /// Set when instances share the database: this instance's lease holder
+    /// name, and what it knows of the other instances' positions.
+    shared: Option<Shared>,
+}
+
+/// An instance's part in building the map with others.
+struct Shared {
+    holder: String,
+    /// Whether this instance holds the lease (builds) right now.
+    leading: bool,
+    /// When positions stored by other instances were last read.
+    merged_at: SystemTime,
 }
 
 impl MapUpdater {
@@ -130,7 +161,16 @@ impl MapUpdater {
             exceptions: Arc::default(),
             map_ids,
             map_id_cache: HashMap::new(),
+            shared: None,
         })
+    }
+
+    /// Build only while holding the map lease as `holder`, and otherwise
+    /// serve the document the holder stored: for instances sharing a
+    /// database.
+    pub fn shared_as(mut self, holder: String) -> Self {
+        self.shared = Some(Shared { holder, leading: false, merged_at: SystemTime::UNIX_EPOCH });
+        self
     }
 
     /// Re-read which devices differ from the default visibility; whether
@@ -158,7 +198,8 @@ impl MapUpdater {
     /// Build, record, serve and publish one snapshot.
     #[tracing::instrument(name = "map.update", skip_all)]
     pub async fn try_update_once(&mut self) -> UpdateOutcome {
-        let fresh = self.feed.take();
+        let mut fresh: Vec<(DeviceId, Position)> = self.feed.take().into_iter().collect();
+        fresh.extend(self.stored_elsewhere().await);
         let now = SystemTime::now();
         let cutoff = millis(now.checked_sub(self.ttl).unwrap_or(SystemTime::UNIX_EPOCH));
         let generated_at = millis(now);
@@ -229,7 +270,8 @@ impl MapUpdater {
             gzip_bytes: map.gzip.len() as u64,
             build_ms: map.build_ms,
         };
-        if let Err(e) = self.store.record_map_snapshot(record).await {
+        let document = self.shared.as_ref().map(|_| map.gzip.clone());
+        if let Err(e) = self.store.record_map_snapshot(record, document).await {
             tracing::error!({ names::ERROR_MESSAGE } = %e, "map snapshot not recorded; not publishing it");
             return self.failed(version, format!("snapshot not recorded: {e}"));
         }
@@ -274,6 +316,96 @@ impl MapUpdater {
         UpdateOutcome::Failed { version, reason }
     }
 
+    /// Positions other instances stored since the last look that differ
+    /// from what the table holds (none when the database is not shared).
+    async fn stored_elsewhere(&mut self) -> Vec<(DeviceId, Position)> {
+        let Some(shared) = &mut self.shared else { return Vec::new() };
+        let now = SystemTime::now();
+        let since = shared.merged_at.checked_sub(MERGE_OVERLAP).unwrap_or(SystemTime::UNIX_EPOCH);
+        match self.store.load_latest_positions(millis(since)).await {
+            Ok(mut rows) => {
+                shared.merged_at = now;
+                rows.retain(|(id, p)| self.table.get(id) != Some(p));
+                rows
+            }
+            Err(e) => {
+                // The local feed still counts; the next build reads again.
+                tracing::warn!({ names::ERROR_MESSAGE } = %e, "positions of other instances not read");
+                Vec::new()
+            }
+        }
+    }
+
+    /// This instance has just taken the map lease: carry on from the
+    /// newest version any instance built, with every stored position.
+    async fn take_over(&mut self) -> anyhow::Result<()> {
+        let last = self.store.last_map_version().await.context("reading the last map version")?;
+        self.version = self.version.max(last);
+        if let Some(shared) = &mut self.shared {
+            shared.merged_at = SystemTime::UNIX_EPOCH;
+            shared.leading = true;
+        }
+        // A build right away, so the retained topics are this instance's.
+        self.published = false;
+        tracing::info!({ names::MAP_VERSION } = self.version, "this instance builds the map now");
+        Ok(())
+    }
+
+    /// Serve the newest map another instance stored, if newer than ours.
+    async fn follow(&mut self) {
+        // The builder reads them from the database; this feed only grows.
+        self.feed.take();
+        if let Some(shared) = &mut self.shared
+            && std::mem::take(&mut shared.leading)
+        {
+            tracing::info!("another instance builds the map now");
+        }
+        let served = self.view.current().map_or(0, |m| m.snapshot.version);
+        let found = match self.store.map_document_after(served).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!({ names::ERROR_MESSAGE } = %e, "stored map not read");
+                return;
+            }
+        };
+        let (version, gzip) = found;
+        let parsed = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let json = gunzip(&gzip)?;
+            let snapshot = MapSnapshot::parse(json)?;
+            anyhow::Ok(PublishedMap {
+                snapshot,
+                gzip,
+                build_ms: started.elapsed().as_millis() as u64,
+            })
+        })
+        .await;
+        let map = match parsed {
+            Ok(Ok(map)) if map.snapshot.version == version => Arc::new(map),
+            Ok(Ok(_)) => {
+                tracing::error!(
+                    { names::MAP_VERSION } = version,
+                    "stored map names another version"
+                );
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::error!({ names::ERROR_MESSAGE } = %e, { names::MAP_VERSION } = version, "stored map unreadable");
+                return;
+            }
+            Err(e) => {
+                tracing::error!({ names::ERROR_MESSAGE } = %e, "reading the stored map panicked");
+                return;
+            }
+        };
+        self.version = version;
+        self.view.publish(map.clone());
+        self.publish(&map).await;
+        self.published = true;
+        tracing::debug!({ names::MAP_VERSION } = version, "map of another instance served");
+    }
+
     /// Retained on `map/snapshot`, `map/snapshot.gz` and `map/version`. The
     /// big two go at QoS 0 so offline persistent sessions do not each store
     /// a copy (they get the retained one on subscribe); `map/version` at QoS 1.
@@ -316,15 +448,28 @@ impl MapUpdater {
     }
 
     /// Build every `interval` until `stop`; the first build is immediate.
+    /// Sharing a database, build only while holding the map lease.
     pub async fn run_until_stopped(mut self, stop: CancellationToken) {
         let mut next = tokio::time::Instant::now();
         loop {
+            let wake = match &self.shared {
+                Some(_) => next.min(tokio::time::Instant::now() + LEASE_POLL),
+                None => next,
+            };
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
-            let started = tokio::time::Instant::now();
+            if !self.lead().await {
+                self.follow().await;
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            if now < next {
+                continue;
+            }
+            let started = now;
             self.try_update_once().await;
             let now = tokio::time::Instant::now();
             let skipped;
@@ -338,12 +483,44 @@ impl MapUpdater {
                 );
             }
         }
+        if let Some(shared) = &self.shared
+            && shared.leading
+            && let Err(e) = self.store.release_lease(MAP_LEASE, &shared.holder).await
+        {
+            tracing::warn!({ names::ERROR_MESSAGE } = %e, "map lease not released; it lapses");
+        }
         tracing::debug!("map updater stopped");
     }
 }
 
 /// The tick after the one at `last`, now that a build ended at `now`, and
 /// how many ticks the build overran: those are skipped, not piled up.
+impl MapUpdater {
+    /// Whether this instance builds the map now: always when alone;
+    /// sharing a database, while it holds (and has just renewed) the lease.
+    async fn lead(&mut self) -> bool {
+        let Some(shared) = &self.shared else { return true };
+        let was_leading = shared.leading;
+        match self.store.hold_lease(MAP_LEASE, &shared.holder, LEASE_TTL).await {
+            Ok(true) if was_leading => true,
+            Ok(true) => match self.take_over().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!({ names::ERROR_MESSAGE } = %e, "taking over the map failed");
+                    false
+                }
+            },
+            Ok(false) => false,
+            Err(e) => {
+                // Unable to renew: another instance may take over once the
+                // lease lapses, so stop building rather than race it.
+                tracing::warn!({ names::ERROR_MESSAGE } = %e, "map lease not renewed");
+                false
+            }
+        }
+    }
+}
+
 fn next_tick(
     last: tokio::time::Instant,
     now: tokio::time::Instant,
@@ -359,6 +536,16 @@ fn next_tick(
 }
 
 /// Fast gzip: the snapshot is rebuilt every tick, so speed beats ratio.
+/// A stored document, decompressed; bounded, as a damaged one could claim
+/// any size.
+fn gunzip(gzip: &[u8]) -> anyhow::Result<Bytes> {
+    use std::io::Read;
+    const MAX_DOCUMENT: u64 = 1 << 30;
+    let mut out = Vec::with_capacity(gzip.len() * 8);
+    flate2::read::GzDecoder::new(gzip).take(MAX_DOCUMENT).read_to_end(&mut out)?;
+    Ok(Bytes::from(out))
+}
+
 fn gzip(bytes: &[u8]) -> Bytes {
     let mut enc = GzEncoder::new(Vec::with_capacity(bytes.len() / 4), Compression::fast());
     enc.write_all(bytes).expect("writing to a Vec cannot fail");

@@ -3,7 +3,8 @@
 //! config allows, plus extra rules from the config.
 
 use mapcast::broker::acl::{AclAction, AclRule, AnonymousAcl};
-use mapcast::broker::auth::{ConfigUser, Role, hash_password};
+use mapcast::broker::auth::{ConfigUser, hash_password};
+use mapcast::domain::Role;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, PubAckReason, SubscribeReasonCode as V5Sub};
 

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use mapcast::broker::auth::{ConfigUser, Role, hash_password};
+use mapcast::broker::auth::{ConfigUser, hash_password};
+use mapcast::domain::Role;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, DisconnectReasonCode};
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mapcast::broker::auth::Secret;
+use mapcast::domain::Secret;
 use reqwest::{Method, StatusCode};
 use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as V5Code;
 use serde_json::{Value, json};

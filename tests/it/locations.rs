@@ -136,7 +136,7 @@ async fn locations_history_and_the_map_work_on_postgres() {
     let data_dir = tempfile::tempdir().unwrap();
     let settings = |s: &mut mapcast::config::Settings| {
         fast_map(s);
-        s.database.url = Some(mapcast::broker::auth::Secret::new(url.clone()));
+        s.database.url = Some(mapcast::domain::Secret::new(url.clone()));
     };
     let app = crate::helpers::spawn_app_in(data_dir.path(), settings).await;
     let mut car = app.v5_client("pg-car", true, None).await;

@@ -46,6 +46,7 @@ mod retained;
 mod secrets;
 mod session_bounds;
 mod sessions;
+mod several_instances;
 mod shared;
 mod shares;
 mod shutdown;

@@ -24,7 +24,7 @@ async fn the_in_process_app_runs_on_postgres() {
     };
     let url = fresh_postgres_database(&base).await;
     let app = crate::helpers::spawn_app_with(|s| {
-        s.database.url = Some(mapcast::broker::auth::Secret::new(url.clone()));
+        s.database.url = Some(mapcast::domain::Secret::new(url.clone()));
     })
     .await;
 

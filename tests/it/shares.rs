@@ -47,7 +47,7 @@ async fn share_links_work_on_postgres() {
     let url = fresh_postgres_database(&base).await;
     let app = spawn_app_with(|s| {
         fast_map(s);
-        s.database.url = Some(mapcast::broker::auth::Secret::new(url.clone()));
+        s.database.url = Some(mapcast::domain::Secret::new(url.clone()));
     })
     .await;
     links_work(&app).await;

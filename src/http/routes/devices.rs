@@ -6,7 +6,8 @@ use actix_web::{HttpResponse, delete, get, patch, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::broker::{Principal, Revocation};
+use crate::broker::Revocation;
+use crate::domain::Principal;
 use crate::domain::time::format_rfc3339;
 use crate::domain::{DeviceId, DeviceKind, DeviceName, MapIds, Visibility};
 use crate::http::auth::Caller;

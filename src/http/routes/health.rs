@@ -7,9 +7,9 @@ use std::time::Duration;
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
 
+use crate::domain::StoreError;
 use crate::http::errors::ApiError;
 use crate::http::state::AppState;
-use crate::store::StoreError;
 
 /// Readiness must answer quickly even when the database hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);

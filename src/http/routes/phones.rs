@@ -22,10 +22,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ntex::util::Bytes;
 
-use crate::broker::auth::{AuthError, Credentials, Identity, Role, Secret};
-use crate::broker::{Message, QoS};
+use crate::broker::auth::{AuthError, Credentials};
 use crate::domain::time::millis;
 use crate::domain::{ClientId, DeviceId, TopicName};
+use crate::domain::{Identity, Role, Secret};
+use crate::domain::{Message, QoS};
 use crate::http::errors::ApiError;
 use crate::http::payload::read_body;
 use crate::http::state::AppState;

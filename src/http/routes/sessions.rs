@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::broker::Revocation;
-use crate::broker::auth::Role;
+use crate::domain::Role;
 use crate::domain::time::format_rfc3339;
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;

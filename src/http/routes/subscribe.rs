@@ -20,13 +20,14 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::broker::auth::{Identity, Secret};
 use crate::broker::{
-    BrokerHandle, ConnectRequest, ConnectionId, Delivery, DisconnectKind, Next, Outbox,
-    ProtocolVersion, QoS, SubscribeRequest, SubscriptionOptions,
+    BrokerHandle, ConnectRequest, ConnectionId, DisconnectKind, Next, Outbox, ProtocolVersion,
+    SubscribeRequest,
 };
 use crate::domain::time::{format_rfc3339, millis};
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
+use crate::domain::{Delivery, QoS, SubscriptionOptions};
+use crate::domain::{Identity, Secret};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 use crate::http::payload::{DeferredJson, payload_json};

@@ -14,7 +14,7 @@ use ntex::util::ByteString;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::broker::{Message, MessageProps, QoS};
+use crate::domain::{Message, MessageProps, QoS};
 use crate::domain::{SharedFilter, TopicFilter, TopicName};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;

@@ -5,8 +5,9 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::broker::auth::Role;
-use crate::broker::{Principal, Revocation};
+use crate::broker::Revocation;
+use crate::domain::Principal;
+use crate::domain::Role;
 use crate::domain::time::format_rfc3339;
 use crate::domain::{Password, Username};
 use crate::http::auth::{Caller, OptionalCaller};

@@ -3,7 +3,7 @@
 //! anonymous loopback clients included.
 
 use mapcast::broker::acl::{AclAction, AclRule};
-use mapcast::broker::auth::Role;
+use mapcast::domain::Role;
 use reqwest::Method;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, PubAckReason};

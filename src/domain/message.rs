@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use ntex::util::{ByteString, Bytes};
 
-use crate::domain::{ClientId, TopicName};
+use super::{ClientId, TopicName};
 
 /// Quality of service, ordered so `min` gives the effective delivery QoS.
 #[derive(

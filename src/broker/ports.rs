@@ -1,0 +1,89 @@
+//! What the broker needs from the outside, as traits it owns: the stores
+//! implement them, so the core never depends on how state is kept.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+pub use super::auth::BoxFuture;
+use crate::domain::{StoreError, WriteOp};
+
+/// Resolves once a durable write is committed, or says why it was not.
+pub type CommitReceipt = oneshot::Receiver<Result<(), StoreError>>;
+
+/// Where the broker's writes become durable: retained messages, sessions,
+/// subscriptions, queued deliveries and exactly-once state, and whatever a
+/// [`PublishHook`](super::PublishHook) adds to a publish. Writes are applied
+/// in submission order, whichever method queued them.
+pub trait Durability: Send + Sync + std::fmt::Debug + 'static {
+    /// Queue writes without waiting for them; refused only when the queue is
+    /// full or closed.
+    fn submit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+
+    /// Queue session-state writes (what a SUBACK or CONNACK promised): never
+    /// refused nor dropped, retried until kept.
+    fn submit_state(&self, ops: Vec<WriteOp>);
+
+    /// Queue writes; the receipt resolves once they are committed. Refused
+    /// at once while nothing can be kept.
+    fn submit_durable(&self, ops: Vec<WriteOp>) -> Result<CommitReceipt, StoreError>;
+
+    /// `Ok` while writes succeed; otherwise why they fail.
+    fn health(&self) -> Result<(), StoreError>;
+
+    /// Keep everything queued so far, then stop taking writes (at shutdown).
+    fn flush_and_stop(&self) -> BoxFuture<'_, ()>;
+
+    /// A persisted delivery was acknowledged (or dropped): forget it.
+    fn delete_message(&self, seq: u64) {
+        self.submit_state(vec![WriteOp::DeleteMessage(seq)]);
+    }
+}
+
+pub type SharedDurability = Arc<dyn Durability>;
+
+/// A [`Durability`] that commits everything at once and keeps what it was
+/// given, for the core's own tests.
+#[cfg(test)]
+pub(crate) mod memory {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    pub struct Kept {
+        pub ops: Mutex<Vec<WriteOp>>,
+    }
+
+    impl Kept {
+        pub fn shared() -> Arc<Self> {
+            Arc::new(Self::default())
+        }
+    }
+
+    impl Durability for Kept {
+        fn submit(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+            self.ops.lock().unwrap().extend(ops);
+            Ok(())
+        }
+
+        fn submit_state(&self, ops: Vec<WriteOp>) {
+            self.ops.lock().unwrap().extend(ops);
+        }
+
+        fn submit_durable(&self, ops: Vec<WriteOp>) -> Result<CommitReceipt, StoreError> {
+            self.ops.lock().unwrap().extend(ops);
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Ok(()));
+            Ok(rx)
+        }
+
+        fn health(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        fn flush_and_stop(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+}
