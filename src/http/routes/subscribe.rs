@@ -28,6 +28,7 @@ use crate::broker::{
 use crate::domain::time::{format_rfc3339, millis};
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::http::auth::Caller;
+use crate::http::conformance;
 use crate::http::errors::ApiError;
 use crate::http::payload::{DeferredJson, payload_json};
 use crate::http::state::AppState;
@@ -159,14 +160,22 @@ async fn subscribe(
 ) -> Result<HttpResponse, ApiError> {
     let (raw_filters, ticket) = query_of(&req)?;
     tracing::Span::current().record("mqtt.filter", raw_filters.join(" ").as_str());
+    // A HEAD answers what its GET would, but opens no stream and leaves the
+    // ticket for the GET.
+    let head = conformance::is_head(&req);
     let (identity, caller_id) = match &ticket {
         Some(ticket) => {
-            let grant =
-                tickets.redeem(ticket.expose(), &ticket_key(&raw_filters)).ok_or_else(|| {
-                    ApiError::Unauthorized(
-                        "the ticket is unknown, expired, already used or for another filter".into(),
-                    )
-                })?;
+            let key = ticket_key(&raw_filters);
+            let grant = if head {
+                tickets.check(ticket.expose(), &key)
+            } else {
+                tickets.redeem(ticket.expose(), &key)
+            };
+            let grant = grant.ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "the ticket is unknown, expired, already used or for another filter".into(),
+                )
+            })?;
             (grant.identity, grant.client_id)
         }
         None => {
@@ -189,6 +198,13 @@ async fn subscribe(
                 retry_after_secs: RETRY_AFTER_SECS,
             }
         })?;
+    if head {
+        drop(permit);
+        return Ok(HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(CacheControl(vec![CacheDirective::NoCache]))
+            .finish());
+    }
 
     let broker = state.broker.clone();
     let client_id = sse_client_id();
