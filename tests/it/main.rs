@@ -16,6 +16,7 @@ mod chaos;
 mod connect;
 mod crash;
 mod db_outage;
+mod deploy;
 mod disk_full;
 mod durability;
 mod elastic;
