@@ -42,6 +42,7 @@ mod phone_apps;
 mod position_api;
 mod postgres;
 mod pubsub;
+mod readme_recipe;
 mod restart;
 mod retained;
 mod secrets;
