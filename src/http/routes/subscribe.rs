@@ -200,10 +200,9 @@ async fn subscribe(
         })?;
     if head {
         drop(permit);
-        return Ok(HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header(CacheControl(vec![CacheDirective::NoCache]))
-            .finish());
+        // The GET's headers; a stream announces no length.
+        let nothing = futures::stream::empty::<Result<bytes::Bytes, actix_web::Error>>();
+        return Ok(stream_answer().streaming(nothing));
     }
 
     let broker = state.broker.clone();
@@ -254,11 +253,17 @@ async fn subscribe(
     });
     let opening =
         futures::stream::once(async { Ok(bytes::Bytes::from_static(b": subscribed\n\n")) });
-    Ok(HttpResponse::Ok()
+    Ok(stream_answer().streaming(futures::StreamExt::chain(opening, events)))
+}
+
+/// The status and headers of an event stream.
+fn stream_answer() -> actix_web::HttpResponseBuilder {
+    let mut answer = HttpResponse::Ok();
+    answer
         .content_type("text/event-stream")
         .insert_header(CacheControl(vec![CacheDirective::NoCache]))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(futures::StreamExt::chain(opening, events)))
+        .insert_header(("X-Accel-Buffering", "no"));
+    answer
 }
 
 /// A one-time ticket to open an SSE stream without an `Authorization` header.
