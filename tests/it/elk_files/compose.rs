@@ -166,11 +166,14 @@ fn waits_for(services: &Yaml, name: &str) -> BTreeSet<String> {
     seen
 }
 
-/// What the published images ship that a health check may run (from their
-/// Dockerfiles in the projects' repositories): Elasticsearch, Kibana and
-/// Logstash have curl; the APM Server image is Ubuntu with a bash
-/// entrypoint script and no curl (elastic/apm-server,
-/// packaging/docker/Dockerfile); postgres has its client tools.
+/// What the published images ship that a health check may run, read from
+/// their Dockerfiles: Elasticsearch (elastic/elasticsearch,
+/// distribution/docker/.../default/Dockerfile) and Kibana (elastic/kibana,
+/// docker_generator/templates/base/Dockerfile) install curl; Logstash
+/// (elastic/logstash, docker/templates/Dockerfile.erb) runs curl in its own
+/// build on a UBI minimal base; the APM Server (elastic/apm-server,
+/// packaging/docker/Dockerfile) is plain ubuntu:22.04 with a bash entrypoint
+/// script and installs nothing, so no curl; postgres has its client tools.
 const IMAGE_TOOLS: &[(&str, &[&str])] = &[
     ("docker.elastic.co/elasticsearch/elasticsearch:", &["curl", "bash", "sh", "grep"]),
     ("docker.elastic.co/kibana/kibana:", &["curl", "bash", "sh", "grep"]),
