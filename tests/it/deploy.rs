@@ -230,3 +230,131 @@ async fn the_image_builds_and_ships_the_binary_its_debug_file_and_curl() {
         .expect("docker run runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `dashboards/setup.sh` and `dashboards/import.sh`, the compose one-shots,
+/// run with this machine's sh and curl against a stand-in for
+/// Elasticsearch and Kibana: the setup creates each writer with exactly its
+/// role file and installs the templates (with the real `mapcast es setup`),
+/// touching no Kibana; the import sends every bundle and alert rule.
+#[tokio::test]
+async fn the_setup_creates_each_writer_with_its_role_and_the_import_sends_the_dashboards() {
+    use base64::Engine as _;
+
+    let es = crate::helpers::EsBulk::start().await;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_mapcast")).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let data = tempfile::tempdir().unwrap();
+    let run = |script: &str, env: &[(&str, &str)]| {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg(repo.join(script))
+            .current_dir(data.path())
+            .env("PATH", &path)
+            .env("DASHBOARDS_DIR", repo.join("dashboards"))
+            .env("MAPCAST_DATA_DIR", data.path())
+            .env_remove("MAPCAST_CONFIG")
+            .env_remove("MAPCAST_DATABASE_URL")
+            .envs(env.iter().copied())
+            .kill_on_drop(true);
+        // A script that waits for something absent (Kibana, for the setup)
+        // would loop forever: a minute is far more than either needs here.
+        let script = script.to_owned();
+        async move {
+            tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+                .await
+                .unwrap_or_else(|_| panic!("{script} did not finish within 60 s"))
+        }
+    };
+    let url = es.url();
+    let out = run(
+        "dashboards/setup.sh",
+        &[
+            ("MAPCAST_ELASTICSEARCH_URL", &url),
+            ("MAPCAST_ELASTICSEARCH_USERNAME", "elastic"),
+            ("MAPCAST_ELASTICSEARCH_PASSWORD", "super-secret"),
+            ("MAPCAST_ELASTICSEARCH_NAMESPACE", "default"),
+            ("KIBANA_PASSWORD", "kibana-pw"),
+            ("ES_MAPCAST_PASSWORD", "writer-pw"),
+            ("ES_LOGSTASH_PASSWORD", "logstash-pw"),
+            ("ES_APM_PASSWORD", "apm-pw"),
+        ],
+    )
+    .await
+    .unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "setup.sh failed:\n{said}");
+    assert!(es.violations().is_empty(), "{:?}", es.violations());
+    assert!(!es.templates().is_empty(), "mapcast es setup installed the templates");
+
+    let superuser = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("elastic:super-secret")
+    );
+    let calls = es.admin_calls();
+    assert!(calls.iter().all(|c| c.authorization == superuser), "{calls:#?}");
+    assert!(
+        calls.iter().all(|c| c.path.starts_with("/_security/")),
+        "the setup touched Kibana: {calls:#?}"
+    );
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+    let call = |method: &str, path: &str| {
+        calls
+            .iter()
+            .find(|c| c.method == method && c.path == path)
+            .unwrap_or_else(|| panic!("no {method} {path} in {calls:#?}"))
+    };
+    assert_eq!(
+        json(&call("POST", "/_security/user/kibana_system/_password").body),
+        serde_json::json!({"password": "kibana-pw"})
+    );
+    for (user, password) in [
+        ("mapcast_writer", "writer-pw"),
+        ("mapcast_logstash", "logstash-pw"),
+        ("mapcast_apm", "apm-pw"),
+    ] {
+        let role = read(&repo.join(format!("dashboards/roles/{user}.json")));
+        assert_eq!(json(&call("PUT", &format!("/_security/role/{user}")).body), json(&role));
+        assert_eq!(
+            json(&call("PUT", &format!("/_security/user/{user}")).body),
+            serde_json::json!({"password": password, "roles": [user]})
+        );
+    }
+
+    let before = calls.len();
+    let out = run(
+        "dashboards/import.sh",
+        &[
+            ("KIBANA_URL", &url),
+            ("KIBANA_USERNAME", "elastic"),
+            ("KIBANA_USER_PASSWORD", "super-secret"),
+        ],
+    )
+    .await
+    .unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "import.sh failed:\n{said}");
+    let calls = es.admin_calls().split_off(before);
+    assert!(calls.iter().all(|c| c.authorization == superuser), "{calls:#?}");
+    let imports = calls.iter().filter(|c| c.path == "/api/saved_objects/_import").count();
+    assert_eq!(imports, 1, "one bundle, dashboards/mapcast.ndjson: {calls:#?}");
+    let import = calls.iter().find(|c| c.path == "/api/saved_objects/_import").unwrap();
+    assert!(import.body.contains("filename=\"mapcast.ndjson\""), "sent as a file upload");
+    let rule = read(&repo.join("dashboards/alerts/mapcast-crash.json"));
+    assert_eq!(
+        json(&call_in(&calls, "POST", "/api/alerting/rule/mapcast-crash").body),
+        json(&rule)
+    );
+}
+
+fn call_in<'a>(
+    calls: &'a [crate::helpers::AdminCall],
+    method: &str,
+    path: &str,
+) -> &'a crate::helpers::AdminCall {
+    calls
+        .iter()
+        .find(|c| c.method == method && c.path == path)
+        .unwrap_or_else(|| panic!("no {method} {path} in {calls:#?}"))
+}
