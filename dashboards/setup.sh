@@ -1,12 +1,13 @@
 #!/bin/sh
-# The one-shot setup of docker-compose.yml: lets Kibana sign in, installs
-# mapcast's index templates (`mapcast es setup`), then imports the saved
-# objects of dashboards/*.ndjson into Kibana. Safe to run again: templates
-# and saved objects are overwritten, passwords set to the same values.
+# The one-shot setup of docker-compose.yml, run as the `elastic` superuser:
+# lets Kibana sign in, creates one role and user per writer (roles in
+# dashboards/roles/, user name = role name), then installs mapcast's index
+# templates (`mapcast es setup`). Needs only Elasticsearch; the dashboards
+# are imported by import.sh once Kibana is up. Safe to run again: roles,
+# users and templates are overwritten, passwords set to the same values.
 set -eu
 
 ES=${MAPCAST_ELASTICSEARCH_URL:?}
-KIBANA=${KIBANA_URL:-http://kibana:5601}
 AUTH="elastic:${MAPCAST_ELASTICSEARCH_PASSWORD:?}"
 DASHBOARDS=${DASHBOARDS_DIR:-/usr/share/mapcast/dashboards}
 
@@ -20,29 +21,20 @@ curl -fsS -u "$AUTH" -H 'Content-Type: application/json' \
     -X POST "$ES/_security/user/kibana_system/_password" \
     -d "{\"password\":\"${KIBANA_PASSWORD:?}\"}" >/dev/null
 
+# user = role: who may write where (passwords from .env; no quotes in them).
+writer() {
+    role=$1
+    password=$2
+    echo "creating the role and user $role"
+    curl -fsS -u "$AUTH" -H 'Content-Type: application/json' \
+        -X PUT "$ES/_security/role/$role" -d "@$DASHBOARDS/roles/$role.json" >/dev/null
+    curl -fsS -u "$AUTH" -H 'Content-Type: application/json' \
+        -X PUT "$ES/_security/user/$role" \
+        -d "{\"password\":\"$password\",\"roles\":[\"$role\"]}" >/dev/null
+}
+writer mapcast_writer "${ES_MAPCAST_PASSWORD:?}"
+writer mapcast_logstash "${ES_LOGSTASH_PASSWORD:?}"
+writer mapcast_apm "${ES_APM_PASSWORD:?}"
+
 mapcast es setup
-
-echo "waiting for Kibana at $KIBANA"
-until curl -fsS -u "$AUTH" "$KIBANA/api/status" | grep -q '"level":"available"'; do
-    sleep 5
-done
-
-for file in "$DASHBOARDS"/*.ndjson; do
-    echo "importing $file"
-    answer=$(curl -fsS -u "$AUTH" -H 'kbn-xsrf: mapcast' \
-        -F "file=@$file" "$KIBANA/api/saved_objects/_import?overwrite=true")
-    echo "$answer" | grep -q '"success":true' || { echo "import failed: $answer" >&2; exit 1; }
-done
-for file in "$DASHBOARDS"/alerts/*.json; do
-    [ -e "$file" ] || continue
-    id=$(basename "$file" .json)
-    echo "creating the alert rule $id"
-    # 409: the rule exists (a rerun); an operator may have attached actions.
-    status=$(curl -sS -o /tmp/rule-answer -w '%{http_code}' -u "$AUTH" -H 'kbn-xsrf: mapcast' \
-        -H 'Content-Type: application/json' -X POST "$KIBANA/api/alerting/rule/$id" -d "@$file")
-    case "$status" in
-        200 | 409) ;;
-        *) echo "alert rule $id failed ($status): $(cat /tmp/rule-answer)" >&2; exit 1 ;;
-    esac
-done
 echo "setup done"

@@ -19,7 +19,7 @@ use actix_web::http::header::{
     IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, TRANSFER_ENCODING,
 };
 use actix_web::http::{Method, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value};
 
 use super::errors::{ApiError, PROBLEM_JSON};
@@ -111,6 +111,16 @@ pub async fn unrouted(req: HttpRequest, routes: web::Data<RouteTable>) -> ApiErr
     }
 }
 
+/// Marks a request that arrived as `HEAD` (it reaches the handler as its
+/// `GET`): a handler whose `GET` has side effects skips them for it.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadRequest;
+
+/// Whether `req` arrived as `HEAD`.
+pub fn is_head(req: &HttpRequest) -> bool {
+    req.extensions().contains::<HeadRequest>()
+}
+
 /// What the final answer depends on in the request, taken before the
 /// request is handed on.
 #[derive(Debug)]
@@ -141,6 +151,7 @@ impl Asked {
         };
         if head {
             req.head_mut().method = Method::GET;
+            req.extensions_mut().insert(HeadRequest);
         }
         asked
     }

@@ -89,6 +89,20 @@ impl SseTickets {
             self.grants.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest(ticket))?;
         (grant.expires > Instant::now() && grant.filter == filter).then_some(grant)
     }
+
+    /// What [`Self::redeem`] would grant, leaving a matching ticket live
+    /// (for a `HEAD`, which must not use it up). A wrong filter spends it
+    /// all the same, so probing filters this way gains nothing either.
+    pub fn check(&self, ticket: &str, filter: &str) -> Option<TicketGrant> {
+        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let key = digest(ticket);
+        let grant = grants.get(&key)?;
+        if grant.expires > Instant::now() && grant.filter == filter {
+            return Some(grant.clone());
+        }
+        grants.remove(&key);
+        None
+    }
 }
 
 fn digest(ticket: &str) -> [u8; 32] {
@@ -118,6 +132,20 @@ mod tests {
         assert!(tickets.redeem(t.expose(), "devices/#").is_none(), "another filter");
         assert!(tickets.redeem(t.expose(), "map/#").is_none(), "a wrong try spends it");
         assert!(tickets.redeem("made-up", "map/#").is_none());
+    }
+
+    #[test]
+    fn checking_a_ticket_leaves_it_usable_unless_the_filter_is_wrong() {
+        let tickets = SseTickets::default();
+        let (who, id) = ann();
+        let t = tickets.issue(who.clone(), id.clone(), "map/#".into()).unwrap();
+        assert!(tickets.check(t.expose(), "map/#").is_some());
+        assert!(tickets.check(t.expose(), "map/#").is_some(), "still live");
+        assert!(tickets.redeem(t.expose(), "map/#").is_some());
+
+        let t = tickets.issue(who, id, "map/#".into()).unwrap();
+        assert!(tickets.check(t.expose(), "devices/#").is_none());
+        assert!(tickets.redeem(t.expose(), "map/#").is_none(), "a wrong try spends it");
     }
 
     #[test]

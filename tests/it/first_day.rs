@@ -184,7 +184,7 @@ async fn a_crash_reports_stack_trace_starts_at_the_panic_site() {
 /// Kibana's Elasticsearch-query rule type would take it: its data stream has
 /// an index template, every field it queries or groups by is mapped there
 /// and emitted by mapcast, it fires on a single crash, and its window covers
-/// the gap between two checks. `dashboards/setup.sh` installs it.
+/// the gap between two checks. `dashboards/import.sh` installs it.
 #[test]
 #[allow(clippy::disallowed_methods, reason = "offline checks of small repository files")]
 fn the_crash_alert_rule_docs_forensics_starts_from_is_shipped_and_valid() {
@@ -194,7 +194,7 @@ fn the_crash_alert_rule_docs_forensics_starts_from_is_shipped_and_valid() {
     let read = |p: &str| std::fs::read_to_string(repo.join(p)).unwrap();
     let rule: Value = serde_json::from_str(&read("dashboards/alerts/mapcast-crash.json")).unwrap();
     assert!(read("docs/forensics.md").contains("dashboards/alerts/mapcast-crash.json"));
-    assert!(read("dashboards/setup.sh").contains("api/alerting/rule/"));
+    assert!(read("dashboards/import.sh").contains("api/alerting/rule/"));
 
     assert_eq!(rule["rule_type_id"], ".es-query");
     assert_eq!(rule["consumer"], "stackAlerts");

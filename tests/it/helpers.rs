@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 pub use api::{Api, DeviceCreds, PASSWORD, add_admin, expect_json, expect_problem, mapcast_cli};
 pub use binary::ServerProcess;
 pub use browser::{Browser, OffServer, browser_available, mark_browser_ran};
-pub use es_bulk::EsBulk;
+pub use es_bulk::{AdminCall, EsBulk};
 pub use locations::{MAP_WAIT, Sse, an_hour_ago_ms, fast_map, feature_ids, location, location_at};
 pub use numbered::publish_numbered;
 pub use otlp::{ExportedPoint, OtlpReceiver};

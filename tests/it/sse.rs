@@ -191,3 +191,53 @@ async fn a_stalled_sse_reader_loses_the_overflow_counted_and_others_are_unaffect
     assert_eq!(fresh.next_event().await["payload"], "done");
     drop(stalled);
 }
+
+#[tokio::test]
+async fn a_head_with_a_ticket_answers_like_its_get_and_leaves_the_ticket_usable() {
+    let app = spawn_app_with(|s| s.auth.allow_anonymous = Some(false)).await;
+    let api = app.api();
+    let token = api.sign_up("ann").await;
+    let issued = crate::helpers::expect_json(
+        ticket(&app, &token, "map/#").await,
+        reqwest::StatusCode::CREATED,
+    )
+    .await;
+    let t = issued["ticket"].as_str().unwrap();
+    let query = [("filter", "map/#"), ("ticket", t)];
+    let head = || async {
+        reqwest::Client::new()
+            .head(format!("http://{}/api/v1/subscribe", app.http_addr))
+            .query(&query)
+            .send()
+            .await
+            .unwrap()
+    };
+
+    let first = head().await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["content-type"], "text/event-stream");
+    assert_eq!(head().await.status(), 200, "a HEAD uses nothing up");
+    assert_eq!(app.sse_request_with(&query).await.status(), 200, "the GET still gets its stream");
+    assert_eq!(head().await.status(), 401, "the GET used it");
+
+    // A HEAD for another filter spends the ticket, as a GET would.
+    let issued = crate::helpers::expect_json(
+        ticket(&app, &token, "map/#").await,
+        reqwest::StatusCode::CREATED,
+    )
+    .await;
+    let t = issued["ticket"].as_str().unwrap();
+    let wrong = reqwest::Client::new()
+        .head(format!("http://{}/api/v1/subscribe", app.http_addr))
+        .query(&[("filter", "map/+"), ("ticket", t)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    expect_problem(
+        app.sse_request_with(&[("filter", "map/#"), ("ticket", t)]).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+}

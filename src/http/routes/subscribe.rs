@@ -29,6 +29,7 @@ use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::domain::{Delivery, QoS, SubscriptionOptions};
 use crate::domain::{Identity, Secret};
 use crate::http::auth::Caller;
+use crate::http::conformance;
 use crate::http::errors::ApiError;
 use crate::http::payload::{DeferredJson, payload_json};
 use crate::http::state::AppState;
@@ -160,14 +161,22 @@ async fn subscribe(
 ) -> Result<HttpResponse, ApiError> {
     let (raw_filters, ticket) = query_of(&req)?;
     tracing::Span::current().record("mqtt.filter", raw_filters.join(" ").as_str());
+    // A HEAD answers what its GET would, but opens no stream and leaves the
+    // ticket for the GET.
+    let head = conformance::is_head(&req);
     let (identity, caller_id) = match &ticket {
         Some(ticket) => {
-            let grant =
-                tickets.redeem(ticket.expose(), &ticket_key(&raw_filters)).ok_or_else(|| {
-                    ApiError::Unauthorized(
-                        "the ticket is unknown, expired, already used or for another filter".into(),
-                    )
-                })?;
+            let key = ticket_key(&raw_filters);
+            let grant = if head {
+                tickets.check(ticket.expose(), &key)
+            } else {
+                tickets.redeem(ticket.expose(), &key)
+            };
+            let grant = grant.ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "the ticket is unknown, expired, already used or for another filter".into(),
+                )
+            })?;
             (grant.identity, grant.client_id)
         }
         None => {
@@ -190,6 +199,12 @@ async fn subscribe(
                 retry_after_secs: RETRY_AFTER_SECS,
             }
         })?;
+    if head {
+        drop(permit);
+        // The GET's headers; a stream announces no length.
+        let nothing = futures::stream::empty::<Result<bytes::Bytes, actix_web::Error>>();
+        return Ok(stream_answer().streaming(nothing));
+    }
 
     let broker = state.broker.clone();
     let client_id = sse_client_id();
@@ -239,11 +254,17 @@ async fn subscribe(
     });
     let opening =
         futures::stream::once(async { Ok(bytes::Bytes::from_static(b": subscribed\n\n")) });
-    Ok(HttpResponse::Ok()
+    Ok(stream_answer().streaming(futures::StreamExt::chain(opening, events)))
+}
+
+/// The status and headers of an event stream.
+fn stream_answer() -> actix_web::HttpResponseBuilder {
+    let mut answer = HttpResponse::Ok();
+    answer
         .content_type("text/event-stream")
         .insert_header(CacheControl(vec![CacheDirective::NoCache]))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(futures::StreamExt::chain(opening, events)))
+        .insert_header(("X-Accel-Buffering", "no"));
+    answer
 }
 
 /// A one-time ticket to open an SSE stream without an `Authorization` header.

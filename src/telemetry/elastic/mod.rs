@@ -111,7 +111,11 @@ impl DocSender {
 
     pub(crate) fn send(&self, stream: Stream, id: String, body: String) {
         if let Some(logstash) = &self.logstash {
-            logstash.send(&body);
+            if stream == Stream::Crash {
+                logstash.send_crash(&id, &body);
+            } else {
+                logstash.send(&body);
+            }
         }
         let Some(tx) = &self.tx else { return };
         let m = metrics::global();
@@ -204,9 +208,14 @@ pub fn client(settings: &ElasticsearchSettings) -> anyhow::Result<Elasticsearch>
 }
 
 /// Start the Logstash writer when `telemetry.logstash_tcp` is set; it
-/// writes metrics documents itself when no Elasticsearch shipper does.
-fn start_logstash(settings: &TelemetrySettings) -> anyhow::Result<Option<LogstashSink>> {
+/// writes metrics documents and delivers crash reports itself when no
+/// Elasticsearch shipper does.
+fn start_logstash(
+    settings: &TelemetrySettings,
+    data_dir: &Path,
+) -> anyhow::Result<Option<LogstashSink>> {
     let Some(addr) = settings.logstash_tcp.clone() else { return Ok(None) };
+    let crash_dir = settings.elasticsearch.url.is_none().then(|| Paths::new(data_dir).crashes);
     let metrics = settings.elasticsearch.url.is_none().then(|| {
         let every = Duration::from_secs(settings.metrics_interval_secs.max(1));
         let prefix: Arc<str> = format!("{:016x}", super::ecs::random_u64()).into();
@@ -215,7 +224,7 @@ fn start_logstash(settings: &TelemetrySettings) -> anyhow::Result<Option<Logstas
             Box::new(move || shipper::metrics_document(&ids).body);
         (every, document)
     });
-    LogstashSink::start(addr, settings.queue_capacity, metrics)
+    LogstashSink::start(addr, settings.queue_capacity, metrics, crash_dir)
         .map(Some)
         .context("cannot spawn the mapcast-logstash thread")
 }
@@ -226,7 +235,7 @@ pub(crate) fn start(
     settings: &TelemetrySettings,
     data_dir: &Path,
 ) -> anyhow::Result<Option<(DocSender, Option<ShipperHandle>)>> {
-    let logstash = start_logstash(settings)?;
+    let logstash = start_logstash(settings, data_dir)?;
     let prefix: Arc<str> = format!("{:016x}", super::ecs::random_u64()).into();
     let es = &settings.elasticsearch;
     if es.url.is_none() {

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 
 use mapcast::telemetry::elastic::{Indices, Stream};
+use serde_json::Value;
 
 use super::{assert_reports, read, repo};
 
@@ -225,6 +226,134 @@ impl Parser {
     }
 }
 
+/// A field of `doc` by Logstash field reference: `[a.b]` is the top-level
+/// key `a.b` (mapcast's dotted ECS keys), `[a][b]` a nested one.
+fn field<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
+    let inner = reference.strip_prefix('[')?.strip_suffix(']')?;
+    inner.split("][").try_fold(doc, |at, key| at.get(key)).filter(|v| !v.is_null())
+}
+
+/// Evaluates the filter section's conditionals for one document, as
+/// Logstash would: which `mutate { add_field => ... }` settings apply.
+/// Only the condition forms the pipeline uses are understood (`[f]` and
+/// `[f] == "v"`); anything else fails the test, so the pipeline cannot grow a
+/// condition this check silently misreads.
+struct Evaluator<'a> {
+    parser: Parser,
+    doc: &'a Value,
+    added: Vec<(String, String)>,
+}
+
+impl Evaluator<'_> {
+    fn condition(&mut self) -> bool {
+        let mut words = Vec::new();
+        while !self.parser.peek_is("{") && self.parser.at < self.parser.tokens.len() {
+            let token = self.parser.tokens[self.parser.at].clone();
+            words.push(match token {
+                Token::Word(w) | Token::Str(w) => w,
+                Token::Punct(p) => p.to_owned(),
+            });
+            self.parser.at += 1;
+        }
+        // The tokenizer splits `[event.dataset]` into "[", "event.dataset", "]".
+        let text = words.join("");
+        let (reference, expected) = match text.split_once("==") {
+            Some((r, _)) => (r.to_owned(), Some(words.last().cloned().unwrap_or_default())),
+            None => (text.clone(), None),
+        };
+        let reference = reference.trim().to_owned();
+        assert!(
+            reference.starts_with('[') && reference.ends_with(']'),
+            "a condition this check does not understand: {text}"
+        );
+        match (field(self.doc, &reference), expected) {
+            (Some(value), Some(expected)) => value.as_str() == Some(expected.as_str()),
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Runs the statements up to the closing brace; `live` = this branch applies.
+    fn block(&mut self, live: bool) {
+        let mut chain_taken = false;
+        loop {
+            match self.parser.next() {
+                None | Some(Token::Punct("}")) => return,
+                Some(Token::Word(w)) if w == "if" => {
+                    let hit = self.condition();
+                    self.parser.expect("{");
+                    self.block(live && hit);
+                    chain_taken = hit;
+                }
+                Some(Token::Word(w)) if w == "else" => {
+                    let is_if =
+                        self.parser.tokens.get(self.parser.at) == Some(&Token::Word("if".into()));
+                    let hit = if is_if {
+                        self.parser.at += 1;
+                        let hit = self.condition();
+                        !chain_taken && hit
+                    } else {
+                        !chain_taken
+                    };
+                    self.parser.expect("{");
+                    self.block(live && hit);
+                    chain_taken |= hit;
+                }
+                Some(Token::Word(name)) => {
+                    self.parser.expect("{");
+                    let settings = self.parser.settings();
+                    if live && name == "mutate" {
+                        for (key, value) in settings {
+                            let Setting::Hash(fields) = value else { continue };
+                            if key != "add_field" {
+                                continue;
+                            }
+                            for (k, v) in fields {
+                                if let Setting::Scalar(v) = v {
+                                    self.added.push((k, v));
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(other) => panic!("unexpected {other:?} in the filter section"),
+            }
+        }
+    }
+}
+
+/// The text of the shipped pipeline file.
+pub fn pipeline_text() -> String {
+    read(&repo("logstash/pipeline/mapcast.conf"))
+}
+
+/// The data stream the pipeline in `text` sends `doc` to (namespace
+/// `default`, as `${MAPCAST_NAMESPACE:default}` resolves without the variable).
+pub fn routed_stream(text: &str, doc: &Value) -> String {
+    let mut errors = Vec::new();
+    let tokens = tokenize(text, &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let filter_at = tokens
+        .windows(2)
+        .position(|w| w[0] == Token::Word("filter".into()) && w[1] == Token::Punct("{"))
+        .expect("a filter section");
+    let parser = Parser { tokens, at: filter_at + 2, plugins: Vec::new(), errors: Vec::new() };
+    let mut eval = Evaluator { parser, doc, added: Vec::new() };
+    eval.block(true);
+    let get = |key: &str| {
+        let values: Vec<&String> =
+            eval.added.iter().filter(|(k, _)| k == key).map(|(_, v)| v).collect();
+        assert_eq!(values.len(), 1, "{key} set {} times for {doc}", values.len());
+        values[0].replace("${MAPCAST_NAMESPACE:default}", "default")
+    };
+    format!(
+        "{}-{}-{}",
+        get("[data_stream][type]"),
+        get("[data_stream][dataset]"),
+        get("[data_stream][namespace]")
+    )
+}
+
 fn scalar<'a>(settings: &'a [(String, Setting)], key: &str) -> Option<&'a str> {
     settings.iter().find_map(|(k, v)| match v {
         Setting::Scalar(s) if k == key => Some(s.as_str()),
@@ -241,21 +370,21 @@ fn parse(text: &str) -> (Vec<Plugin>, Vec<String>) {
     (parser.plugins, errors)
 }
 
-/// The paths (globs) the `file` inputs of a pipeline read.
-pub fn file_input_paths(text: &str) -> Vec<String> {
+/// The values of setting `key` of every `plugin` input of a pipeline
+/// (a list setting gives each of its items).
+pub fn input_settings(text: &str, plugin: &str, key: &str) -> Vec<String> {
     let (plugins, _) = parse(text);
     let mut out = Vec::new();
-    for p in plugins.iter().filter(|p| p.section == "input" && p.name == "file") {
-        for (key, value) in &p.settings {
+    for p in plugins.iter().filter(|p| p.section == "input" && p.name == plugin) {
+        for (k, value) in p.settings.iter().filter(|(k, _)| k == key) {
+            let _ = k;
             match value {
-                Setting::Scalar(path) if key == "path" => out.push(path.clone()),
-                Setting::List(paths) if key == "path" => {
-                    out.extend(paths.iter().filter_map(|s| match s {
-                        Setting::Scalar(path) => Some(path.clone()),
-                        _ => None,
-                    }));
-                }
-                _ => {}
+                Setting::Scalar(v) => out.push(v.clone()),
+                Setting::List(items) => out.extend(items.iter().filter_map(|s| match s {
+                    Setting::Scalar(v) => Some(v.clone()),
+                    _ => None,
+                })),
+                Setting::Hash(_) => {}
             }
         }
     }
@@ -354,4 +483,25 @@ fn a_broken_pipeline_is_rejected_for_each_defect() {
             "the elasticsearch output does not write data streams",
         ],
     );
+}
+
+#[test]
+fn the_pipeline_routes_each_kind_of_document_by_its_dataset() {
+    let text = read(&repo("logstash/pipeline/mapcast.conf"));
+    let indices = Indices::new("default", false);
+    let cases = [
+        (serde_json::json!({"event.dataset": "mapcast.crash", "error.id": "x"}), Stream::Crash),
+        (serde_json::json!({"event.dataset": "mapcast.broker"}), Stream::Metrics),
+        (serde_json::json!({"event.dataset": "mapcast.app", "message": "hi"}), Stream::App),
+        (serde_json::json!({"message": "no dataset"}), Stream::App),
+    ];
+    for (doc, stream) in cases {
+        assert_eq!(routed_stream(&text, &doc), indices.of(stream), "{doc}");
+    }
+    // The evaluator can fail: a pipeline that routes crashes by the wrong field.
+    let wrong =
+        text.replace("[event.dataset] == \"mapcast.crash\"", "[event.kind] == \"mapcast.crash\"");
+    assert_ne!(wrong, text);
+    let crash = serde_json::json!({"event.dataset": "mapcast.crash"});
+    assert_eq!(routed_stream(&wrong, &crash), indices.of(Stream::App));
 }

@@ -6,8 +6,8 @@
 //! fixture (`tests/fixtures/`) to prove it can fail.
 
 pub(crate) mod catalog;
-mod compose;
-mod logstash;
+pub(crate) mod compose;
+pub(crate) mod logstash;
 mod saved_objects;
 
 use std::path::{Path, PathBuf};

@@ -22,7 +22,12 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// `mapcast serve` on loopback port 0 with `data_dir`, plus `extra_args`.
     pub async fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapcast"));
+        Self::start_program(Path::new(env!("CARGO_BIN_EXE_mapcast")), data_dir, extra_args).await
+    }
+
+    /// Like [`ServerProcess::start`], with another build of the binary.
+    pub async fn start_program(program: &Path, data_dir: &Path, extra_args: &[&str]) -> Self {
+        let mut cmd = Command::new(program);
         cmd.arg("serve")
             .args(["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)

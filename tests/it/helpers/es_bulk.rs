@@ -59,6 +59,18 @@ struct State {
     /// Templates installed with `PUT /_component_template/{name}` or
     /// `PUT /_index_template/{name}`, by path.
     templates: HashMap<String, Value>,
+    /// Security API and Kibana API calls, in order (the compose setup scripts).
+    admin_calls: Vec<AdminCall>,
+}
+
+/// One call of the security API, or of the Kibana API the same server
+/// stands in for: what the compose setup scripts send.
+#[derive(Debug, Clone)]
+pub struct AdminCall {
+    pub method: String,
+    pub path: String,
+    pub authorization: String,
+    pub body: String,
 }
 
 /// The running endpoint; stops when dropped.
@@ -104,6 +116,11 @@ impl EsBulk {
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.state.lock().unwrap())
+    }
+
+    /// The security and Kibana API calls received, in order.
+    pub fn admin_calls(&self) -> Vec<AdminCall> {
+        self.with(|s| s.admin_calls.clone())
     }
 
     /// Answer every request with `status` (e.g. 503), or normally with `None`.
@@ -187,6 +204,12 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
 
     let delay = state.lock().unwrap().delay;
@@ -214,6 +237,31 @@ async fn handle(
                 reply(StatusCode::BAD_REQUEST, json!({ "error": why, "status": 400 }))
             }
         });
+    }
+    // What dashboards/setup.sh and import.sh ask (Kibana's API included, so
+    // one server stands in for both): answered as a healthy stack would.
+    if path == "/_cluster/health" && method == hyper::Method::GET {
+        return Ok(reply(StatusCode::OK, json!({ "status": "green" })));
+    }
+    if path == "/api/status" && method == hyper::Method::GET {
+        return Ok(reply(
+            StatusCode::OK,
+            json!({ "status": { "overall": { "level": "available" } } }),
+        ));
+    }
+    if path.starts_with("/_security/") || path.starts_with("/api/") {
+        state.lock().unwrap().admin_calls.push(AdminCall {
+            method: method.to_string(),
+            path: path.clone(),
+            authorization,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        let answer = if path.starts_with("/api/saved_objects/_import") {
+            json!({ "success": true, "successCount": 1 })
+        } else {
+            json!({ "acknowledged": true })
+        };
+        return Ok(reply(StatusCode::OK, answer));
     }
     if path != "/_bulk" || method != hyper::Method::POST {
         let why = format!("unexpected request {method} {path}");
