@@ -63,6 +63,7 @@ impl WholePackets {
     }
 
     /// For a stream whose level is known without its CONNECT (the fuzz targets).
+    #[cfg(any(fuzzing, test))]
     pub(super) fn at_level(max_packet: u32, level: Level) -> Self {
         Self { max_packet, level: Cell::new(level), refused: Cell::new(false) }
     }
