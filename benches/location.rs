@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mapcast::domain::Location;
 
-/// The shape cars send (≈180 bytes), as `mapcast bench` generates it.
+/// The shape cars send (≈180 bytes), as `mapcast-bench` generates it.
 const CAR: &[u8] = br#"{"type":"Feature","geometry":{"type":"Point","coordinates":[13.404954,52.520008]},"properties":{"ts":"2026-11-25T13:00:00.123Z","speed":13.9,"heading":271.5,"accuracy":4.0,"battery":81,"kind":"car"}}"#;
 /// The least a phone must send.
 const MINIMAL: &[u8] =

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mapcast side by side with Mosquitto, on this machine, in one run.
 #
-# Runs the same `mapcast bench` scenarios against Mosquitto (default config,
+# Runs the same `mapcast-bench` scenarios against Mosquitto (default config,
 # and with "variant B": max_inflight_messages 1000 + set_tcp_nodelay true) and
 # against `mapcast serve`, alternating brokers, ROUNDS times, each broker
 # freshly started for each run. Prints a table of medians, spread (min–max)
@@ -11,7 +11,8 @@
 #   scripts/bench-vs-mosquitto.sh --rounds 5 --duration 30
 #   scripts/bench-vs-mosquitto.sh --rounds 1 --duration 3 --only qos0-fanin,conns
 #
-# Needs: target/release/mapcast (cargo build --release), mosquitto (installed
+# Needs: target/release/mapcast and target/release/mapcast-bench (cargo build
+# --release builds both), mosquitto (installed
 # with apt-get when missing and running as root), python3.
 set -euo pipefail
 
@@ -25,6 +26,8 @@ SCENARIOS="qos0-fanin,qos1-fanin,paced-10k,fanout,conns"
 VARIANTS="A,B"
 OUT=""
 MAPCAST="${MAPCAST:-target/release/mapcast}"
+# The load generator; by default the one built next to the broker.
+MAPCAST_BENCH="${MAPCAST_BENCH:-$(dirname "$MAPCAST")/mapcast-bench}"
 
 usage() {
     cat <<EOF
@@ -40,6 +43,7 @@ usage: $0 [options]
   --variants LIST    Mosquitto configs: A (defaults), B (tuned) (default $VARIANTS)
   --out DIR          keep JSON reports and broker logs here (default: a temp dir)
 env: MAPCAST=path/to/mapcast (default target/release/mapcast)
+     MAPCAST_BENCH=path/to/mapcast-bench (default: next to MAPCAST)
 EOF
 }
 
@@ -75,6 +79,10 @@ if ! command -v mosquitto >/dev/null 2>&1; then
 fi
 if [ ! -x "$MAPCAST" ]; then
     echo "$MAPCAST not found: cargo build --release (or set MAPCAST=path)" >&2
+    exit 1
+fi
+if [ ! -x "$MAPCAST_BENCH" ]; then
+    echo "$MAPCAST_BENCH not found: cargo build --release (or set MAPCAST_BENCH=path)" >&2
     exit 1
 fi
 command -v python3 >/dev/null || { echo "python3 is needed for the summary" >&2; exit 1; }
@@ -183,7 +191,7 @@ for round in $(seq 1 "$ROUNDS"); do
             tag="$scenario.$broker.$round"
             start_broker "$broker" "$OUT/$tag.broker.log"
             # shellcheck disable=SC2046 # word splitting of the scenario's arguments is intended
-            cmd=("$MAPCAST" bench $(scenario_args "$scenario") --port "$PORT" --broker-pid "$BROKER_PID" --json)
+            cmd=("$MAPCAST_BENCH" $(scenario_args "$scenario") --port "$PORT" --broker-pid "$BROKER_PID" --json)
             echo "${cmd[*]}" >>"$OUT/commands.txt"
             # Other work on the machine skews results: keep the load next to them.
             echo "$tag $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"

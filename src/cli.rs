@@ -43,9 +43,6 @@ pub enum Command {
     /// Manage the devices stored in the database.
     #[command(subcommand)]
     Device(DeviceCommand),
-    /// Load-test an MQTT broker (this one or any other): throughput, loss,
-    /// latency percentiles, broker CPU and memory.
-    Bench(crate::bench::BenchArgs),
     /// Elasticsearch: install the index templates of mapcast's data streams.
     #[command(subcommand)]
     Es(EsCommand),

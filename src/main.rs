@@ -20,7 +20,6 @@ fn main() -> ExitCode {
             cli::user_command(cmd, std::io::stdin().lock(), std::io::stdout().lock())
         }
         Command::Device(cmd) => cli::device_command(cmd, std::io::stdout().lock()),
-        Command::Bench(args) => mapcast::bench::run(args),
         Command::Es(cmd) => cli::es_command(cmd, std::io::stdout().lock()),
         Command::Crashes(args) => cli::crashes_command(args, std::io::stdout().lock()),
         Command::Flags(cmd) => cli::flags_command(cmd, std::io::stdout().lock()),

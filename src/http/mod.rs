@@ -32,6 +32,7 @@ use utoipa_actix_web::AppExt;
 pub use errors::ApiError;
 pub use routes::PageSettings;
 /// Request bodies checked without a server, for `fuzz/` (not an API).
+#[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub use routes::fuzzing;
 pub use state::AppState;

@@ -224,7 +224,7 @@ mod tests {
         body.extend(client_id);
         body.extend(tail);
         let mut out = vec![0x10];
-        crate::bench::wire::put_varint(&mut out, body.len());
+        mapcast_bench::wire::put_varint(&mut out, body.len());
         out.extend(body);
         out
     }

@@ -63,6 +63,7 @@ impl WholePackets {
     }
 
     /// For a stream whose level is known without its CONNECT (the fuzz targets).
+    #[cfg(any(fuzzing, test))]
     pub(super) fn at_level(max_packet: u32, level: Level) -> Self {
         Self { max_packet, level: Cell::new(level), refused: Cell::new(false) }
     }
@@ -280,7 +281,7 @@ mod tests {
     /// PUBLISH gets an empty topic and packet id 0), then filler.
     fn packet(first: u8, body_len: usize) -> Vec<u8> {
         let mut out = vec![first];
-        crate::bench::wire::put_varint(&mut out, body_len);
+        mapcast_bench::wire::put_varint(&mut out, body_len);
         let zeros = body_len.min(4);
         out.extend(std::iter::repeat_n(0, zeros));
         out.extend(std::iter::repeat_n(0xaa, body_len - zeros));

@@ -19,13 +19,16 @@
 //! - `unexpected`: packets a connected client must not send, refused.
 //! - `convert`: wire ↔ domain types.
 //! - `reason`: every reason code sent to clients, in one place.
-//! - `fuzzing`: the packet path without a socket, for `fuzz/` (not an API).
+//! - `fuzzing`: the packet path without a socket, for `fuzz/` (not an API;
+//!   compiled only under cargo-fuzz's `cfg(fuzzing)` and in unit tests, so
+//!   the release binary does not carry it).
 
 mod acks;
 mod admission;
 mod connect_check;
 mod convert;
 mod framing;
+#[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod intake;

@@ -1,11 +1,11 @@
-//! `mapcast bench` measures what it claims: against the real broker, every
+//! `mapcast-bench` measures what it claims: against the real broker, every
 //! message the subscriptions call for is counted once, with latency.
 
-use mapcast::bench::TargetArgs;
-use mapcast::bench::conns::{ConnsArgs, measure as measure_conns};
-use mapcast::bench::map::{MapArgs, measure as measure_map};
-use mapcast::bench::pubsub::{PubSubArgs, measure as measure_pubsub};
-use mapcast::bench::wire::Version;
+use mapcast_bench::TargetArgs;
+use mapcast_bench::conns::{ConnsArgs, measure as measure_conns};
+use mapcast_bench::map::{MapArgs, measure as measure_map};
+use mapcast_bench::pubsub::{PubSubArgs, measure as measure_pubsub};
+use mapcast_bench::wire::Version;
 
 use crate::helpers::{TestApp, fast_map, spawn_app, spawn_app_with};
 

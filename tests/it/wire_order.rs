@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mapcast::bench::wire::{self, Packet, QoS, Version};
+use mapcast_bench::wire::{self, Packet, QoS, Version};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -111,3 +111,34 @@ pub fn payload_reads_back(payload: &[u8]) {
         (other, true) => panic!("binary payload shown as {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_bodies_pass_and_bad_ones_are_client_problems() {
+        let sign_in = br#"{"username":"ann","password":"correct horse battery"}"#;
+        assert!(check(Body::SignIn, sign_in).is_ok());
+        assert!(check(Body::NewDevice, br#"{"name":"Golf","kind":"car"}"#).is_ok());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis();
+        let location = format!(
+            r#"{{"type":"Feature","geometry":{{"type":"Point","coordinates":[13.4,52.5]}},"properties":{{"ts":{now_ms}}}}}"#
+        );
+        assert!(check(Body::LocationPublish, location.as_bytes()).is_ok());
+        // `check` itself asserts every refusal is a 400 or 422 problem+json.
+        assert!(check(Body::SignIn, b"{").is_err());
+        assert!(check(Body::NewDevice, br#"{"name":"Golf","kind":"boat"}"#).is_err());
+        assert!(check(Body::LocationPublish, b"\xff\x00").is_err());
+    }
+
+    #[test]
+    fn payloads_read_back_as_json_text_or_base64() {
+        for payload in [&br#"{"a":1}"#[..], b"plain text", b"\xff\xfe\x00"] {
+            payload_reads_back(payload);
+        }
+    }
+}

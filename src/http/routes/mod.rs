@@ -7,6 +7,8 @@
 mod debug;
 mod devices;
 mod flags;
+// cargo-fuzz sets `cfg(fuzzing)`; the release binary does not carry it.
+#[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod health;

@@ -23,7 +23,7 @@ use super::RECV;
 /// A 3.1.1 QoS 0 PUBLISH of `payload` to `topic`, as bytes (for floods
 /// written in one go).
 pub fn qos0_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
-    use mapcast::bench::wire::{QoS, Version, encode_publish};
+    use mapcast_bench::wire::{QoS, Version, encode_publish};
     let mut out = Vec::new();
     encode_publish(&mut out, Version::V311, QoS::AtMostOnce, topic.as_bytes(), 0, payload);
     out

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use mapcast::bench::wire::Version;
+use mapcast_bench::wire::Version;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::task::JoinSet;

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use mapcast::bench::wire::Version;
+use mapcast_bench::wire::Version;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

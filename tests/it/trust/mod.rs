@@ -20,7 +20,7 @@ mod visibility;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use mapcast::bench::wire::{Connect, Packet, Version, decode, encode_connect};
+use mapcast_bench::wire::{Connect, Packet, Version, decode, encode_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -1,4 +1,4 @@
-//! `mapcast bench conns`: open C idle MQTT connections at a connect rate,
+//! `mapcast-bench conns`: open C idle MQTT connections at a connect rate,
 //! hold them, and report connect latency, failures and the broker's memory
 //! per connection.
 

@@ -414,6 +414,26 @@ fn receive_maximum(mut props: &[u8]) -> Result<Option<u16>, WireError> {
     Ok(found)
 }
 
+/// Whether a topic filter matches a topic name, by the MQTT rules: `+` one
+/// level, `#` the rest, and no first-level wildcard matching a `$` topic
+/// [MQTT-4.7.2-1]. Only used to count the deliveries a run should see.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) if fl == tl => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,5 +642,19 @@ mod tests {
     fn a_truncated_publish_body_is_malformed() {
         // Claims a 10-byte topic in a 3-byte body.
         assert!(decode(&[0x30, 3, 0, 10, b'a'], Version::V311).is_err());
+    }
+
+    #[test]
+    fn filters_match_by_level_with_wildcards() {
+        assert!(filter_matches("cars/+/location", "cars/7/location"));
+        assert!(filter_matches("cars/#", "cars/7/location"));
+        assert!(filter_matches("cars/#", "cars"));
+        assert!(filter_matches("#", "cars/7"));
+        assert!(!filter_matches("cars/+/location", "cars/7/speed"));
+        assert!(!filter_matches("cars/+", "cars/7/location"));
+        assert!(!filter_matches("cars/+/location", "cars/location"));
+        assert!(!filter_matches("+/status", "$SYS/status"));
+        assert!(!filter_matches("#", "$SYS/uptime"));
+        assert!(filter_matches("$SYS/#", "$SYS/uptime"));
     }
 }

@@ -1,4 +1,4 @@
-//! `mapcast bench pubsub`: N publishers and M subscribers on separate
+//! `mapcast-bench pubsub`: N publishers and M subscribers on separate
 //! connections; throughput, loss, duplicates and end-to-end latency.
 //!
 //! The run: subscribers connect and subscribe, publishers connect, then load
@@ -27,9 +27,8 @@ use super::client::{ClientError, Connection, READ_BUFFER};
 use super::payload::{Payload, Stamp, Vehicle, now_ns};
 use super::procfs::{Probe, ProcessUsage};
 use super::stats::{LatencySummary, SeqTracker, human_count, latency_histogram};
-use super::wire::{self, Packet, QoS};
+use super::wire::{self, Packet, QoS, filter_matches};
 use super::{TargetArgs, client_id_prefix, print_report, progress};
-use crate::domain::filter_matches;
 
 /// Connections opened at once while setting up.
 const SETUP_CONCURRENCY: usize = 64;

@@ -1,4 +1,4 @@
-//! `mapcast bench reconnects`: one persistent session reconnecting N times,
+//! `mapcast-bench reconnects`: one persistent session reconnecting N times,
 //! each connection ended without DISCONNECT, as a car on a flaky cellular
 //! link does. What the broker keeps per ended connection (timers, state)
 //! shows up as RSS growth over the run; it should stay flat.

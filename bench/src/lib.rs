@@ -1,4 +1,7 @@
-//! `mapcast bench`: a load generator for any MQTT broker.
+//! `mapcast-bench`: a load generator for any MQTT broker.
+//!
+//! A crate of its own, so the server never compiles or ships it; it knows
+//! the broker only from the outside, through MQTT and HTTP on the wire.
 //!
 //! It speaks MQTT itself ([`wire`]) over tokio TCP sockets with `TCP_NODELAY`,
 //! writes PUBLISHes in batches straight from a reused buffer and reads
@@ -26,7 +29,7 @@ pub mod wire;
 
 use std::io::{IsTerminal, Write};
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use self::conns::ConnsArgs;
@@ -36,7 +39,8 @@ use self::wire::Version;
 
 /// Load-test an MQTT broker (mapcast or any other) and report throughput,
 /// loss, latency percentiles and the broker's CPU and memory.
-#[derive(Debug, Args)]
+#[derive(Debug, Parser)]
+#[command(name = "mapcast-bench", version, propagate_version = true)]
 pub struct BenchArgs {
     #[command(subcommand)]
     pub scenario: Scenario,

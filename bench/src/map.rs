@@ -1,4 +1,4 @@
-//! `mapcast bench map`: K devices publish positions over MQTT while H HTTP
+//! `mapcast-bench map`: K devices publish positions over MQTT while H HTTP
 //! clients poll the map with `If-None-Match`, as phones do. Measures the
 //! request rate, how many answers were `304 Not Modified`, request latency
 //! and the server's CPU per request.
