@@ -103,6 +103,10 @@ pub struct ConfigArgs {
     /// [default: sqlite://{data_dir}/mapcast.db] [env: MAPCAST_DATABASE_URL].
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Redis URL that joins this instance to the others on the same
+    /// PostgreSQL database [default: off] [env: MAPCAST_CLUSTER_REDIS_URL].
+    #[arg(long, value_name = "URL")]
+    pub cluster_redis_url: Option<String>,
     /// Seconds between map snapshots, 1–300 [default: 60]
     /// [env: MAPCAST_MAP_INTERVAL_SECS].
     #[arg(long, value_name = "SECS")]
@@ -134,6 +138,7 @@ impl ConfigArgs {
             http_listen: self.http_listen,
             data_dir: self.data_dir,
             database_url: self.database_url.map(Secret::new),
+            cluster_redis_url: self.cluster_redis_url.map(Secret::new),
             map_interval_secs: self.map_interval,
             elasticsearch_url: self.elasticsearch_url,
             otlp_endpoint: self.otlp_endpoint,
@@ -193,6 +198,7 @@ impl DbLocation {
             http_listen: None,
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
+            cluster_redis_url: None,
             map_interval: None,
             elasticsearch_url: None,
             otlp_endpoint: None,

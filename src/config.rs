@@ -53,6 +53,8 @@ pub struct Settings {
     pub debug: DebugSettings,
     /// Feature flags: how often they are re-read and canaries checked.
     pub flags: FlagSettings,
+    /// Several instances as one broker (off unless `redis_url` is set).
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Settings {
@@ -66,6 +68,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             log: LogSettings::default(),
             map: MapSettings::default(),
+            cluster: ClusterSettings::default(),
             history: HistorySettings::default(),
             locations: LocationSettings::default(),
             telemetry: TelemetrySettings::default(),
@@ -508,6 +511,34 @@ impl Default for FlagSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`: instances sharing a PostgreSQL
+    /// `database.url` pass publishes to each other's subscribers through
+    /// this Redis. Never logged. Default: unset (one instance).
+    pub redis_url: Option<Secret>,
+    /// This instance's name among the others, in logs and on the stream.
+    /// Default: the host name and the HTTP listener.
+    pub node_id: Option<String>,
+    /// The Redis stream key publishes travel on. Default `mapcast:messages`.
+    pub stream: String,
+    /// Entries the stream keeps (approximately): how far an instance that
+    /// lost Redis for a while can catch up. Default 1,000,000.
+    pub stream_max_len: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            node_id: None,
+            stream: "mapcast:messages".into(),
+            stream_max_len: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MapSettings {
     /// Seconds between map snapshots, 1–300. Default 60.
     pub interval_secs: u64,
@@ -609,6 +640,7 @@ pub struct Overrides {
     pub http_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<Secret>,
+    pub cluster_redis_url: Option<Secret>,
     pub map_interval_secs: Option<u64>,
     pub elasticsearch_url: Option<String>,
     pub otlp_endpoint: Option<String>,
@@ -701,6 +733,11 @@ pub const ENV_VARS: &[EnvVar] = &[
         Ok(())
     }),
     var("MAPCAST_DATA_DIR", "data_dir", |s, v| set(&mut s.data_dir, v)),
+    var("MAPCAST_CLUSTER_REDIS_URL", "cluster.redis_url", |s, v| {
+        s.cluster.redis_url = Some(Secret::new(v));
+        Ok(())
+    }),
+    var("MAPCAST_NODE_ID", "cluster.node_id", |s, v| set_some(&mut s.cluster.node_id, v)),
     var("MAPCAST_DATABASE_URL", "database.url", |s, v| {
         s.database.url = Some(Secret::new(v));
         Ok(())
@@ -891,6 +928,7 @@ impl Settings {
         put(&mut self.http.listen, o.http_listen);
         put(&mut self.data_dir, o.data_dir);
         put(&mut self.database.url, o.database_url.map(Some));
+        put(&mut self.cluster.redis_url, o.cluster_redis_url.map(Some));
         put(&mut self.map.interval_secs, o.map_interval_secs);
         put(&mut self.telemetry.elasticsearch.url, o.elasticsearch_url.map(Some));
         put(&mut self.telemetry.otlp.endpoint, o.otlp_endpoint.map(Some));
@@ -898,6 +936,17 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.cluster.redis_url.is_some()
+            && !self.database.url.as_ref().is_some_and(|u| u.expose().starts_with("postgres"))
+        {
+            bail!(
+                "cluster.redis_url needs a PostgreSQL database.url: instances share their state \
+                 there (an embedded SQLite database belongs to one instance)"
+            );
+        }
+        if self.cluster.stream.is_empty() || self.cluster.stream_max_len < 1000 {
+            bail!("cluster.stream must be named and cluster.stream_max_len be at least 1000");
+        }
         if self.mqtt.tls_listen.is_some()
             && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none())
         {

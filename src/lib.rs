@@ -3,11 +3,13 @@
 //!
 //! The folder tree is the architecture: `domain` holds pure wire-independent
 //! types, `broker` owns all broker state, `mqtt` and `http` are thin inbound
-//! adapters over it, `store` is the database, `telemetry` the observability.
-//! The load generator is a crate of its own (`bench/`, `mapcast-bench`).
+//! adapters over it, `store` is the database, `cluster` joins instances
+//! through Redis, `telemetry` the observability. The load generator is a
+//! crate of its own (`bench/`, `mapcast-bench`).
 
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod flags;

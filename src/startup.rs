@@ -12,7 +12,9 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::auth::ConfigAuthenticator;
+use crate::broker::ports::SharedFabric;
 use crate::broker::{self, BrokerHandle, SharedAuthenticator};
+use crate::cluster::{FabricSettings, RedisFabric};
 use crate::config::Settings;
 use crate::domain::Role;
 use crate::flags::{FlagTimings, Flags};
@@ -106,6 +108,19 @@ impl Application {
         let feed = Arc::new(PositionFeed::default());
         let hook =
             Arc::new(LocationHook::new(history_topics.clone(), feed.clone(), settings.locations));
+        let instance = instance_name(settings.cluster.node_id.as_deref());
+        let fabric = match &settings.cluster.redis_url {
+            Some(url) => Some(
+                RedisFabric::connect(FabricSettings {
+                    redis_url: url.expose().to_owned(),
+                    node: instance.clone(),
+                    stream: settings.cluster.stream.clone(),
+                    max_len: settings.cluster.stream_max_len,
+                })
+                .await?,
+            ),
+            None => None,
+        };
         let (broker, router_task) = broker::spawn_router(
             settings.broker.limits.clone(),
             auth,
@@ -113,6 +128,7 @@ impl Application {
             restored,
             Duration::from_secs(settings.broker.sys_interval_secs),
             Some(hook),
+            fabric.as_ref().map(|(f, ..)| Arc::new(f.clone()) as SharedFabric),
         );
         let map_view = MapView::default();
         let map_ids = if settings.effective_public_map_ids() {
@@ -133,7 +149,7 @@ impl Application {
         // Other instances may share a PostgreSQL database (an embedded
         // SQLite one is this process's alone): one of them builds the map.
         if store.backend() == Backend::Postgres {
-            updater = updater.shared_as(instance_name());
+            updater = updater.shared_as(instance.clone());
         }
 
         let flags = Flags::load(
@@ -177,6 +193,7 @@ impl Application {
             page: http::PageSettings::new(&settings.map),
             history_topics,
             started_at: Instant::now(),
+            fabric: fabric.as_ref().map(|(_, _, health)| health.clone()),
             stopping: stopping.clone(),
         };
         let http_tls = match (&settings.http.tls_cert, &settings.http.tls_key) {
@@ -198,6 +215,9 @@ impl Application {
                 .run_until_stopped(stopping.clone()),
         );
         let malformed_task = tokio::spawn(quiet::run_until_stopped(stopping.clone()));
+        if let Some((_, reader, _)) = fabric {
+            reader.spawn(broker.clone(), stopping.clone());
+        }
         let retention_task = (settings.history.retention_days > 0).then(|| {
             let retention = HistoryRetention::new(store.clone(), settings.history.retention_days);
             tokio::spawn(retention.run_until_stopped(stopping.clone()))
@@ -442,13 +462,15 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// This run of this process, unique among instances sharing a database: a
-/// restarted instance is a new holder, never mistaken for its old self.
-fn instance_name() -> String {
+/// This run of this process, unique among instances sharing a database:
+/// `cluster.node_id` (default the host name), then the run's own mark, so
+/// a restarted instance is never mistaken for its old self.
+fn instance_name(node_id: Option<&str>) -> String {
     use rand_core::{OsRng, RngCore};
-    #[allow(clippy::disallowed_methods, reason = "read once, at startup")]
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    format!("{host}/{}/{:08x}", std::process::id(), OsRng.next_u32())
+    let node = node_id.map(str::to_owned).unwrap_or_else(|| {
+        #[allow(clippy::disallowed_methods, reason = "read once, at startup")]
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname");
+        host.map(|s| s.trim().to_owned()).unwrap_or_default()
+    });
+    format!("{node}/{}/{:08x}", std::process::id(), OsRng.next_u32())
 }

@@ -159,8 +159,19 @@ pub struct Inspection {
 /// What routing a publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishOutcome {
-    /// Subscriptions that matched (v5 reason 0x10 "no matching subscribers" when 0).
+    /// Subscriptions on this instance that matched.
     pub matched: usize,
+    /// Passed on to the other instances, whose subscribers `matched` does
+    /// not count.
+    pub shared: bool,
+}
+
+impl PublishOutcome {
+    /// Whether nobody anywhere can have got it (v5 reason 0x10 "no
+    /// matching subscribers").
+    pub fn unheard(&self) -> bool {
+        self.matched == 0 && !self.shared
+    }
 }
 
 pub(crate) enum Command {
@@ -183,6 +194,8 @@ pub(crate) enum Command {
         filters: Vec<ByteString>,
         reply: oneshot::Sender<Vec<bool>>,
     },
+    /// A publish accepted by another instance, for this one's subscribers.
+    Remote(Message),
     Publish {
         msg: Message,
         /// Writes added by the [`PublishHook`].
@@ -368,6 +381,14 @@ impl BrokerHandle {
         self.send(Command::Publish { msg, ops, reply: None })?;
         accepted(on_accepted, ());
         Ok(())
+    }
+
+    /// Route a publish another instance accepted to this instance's
+    /// subscribers (its retained value too), waiting while the router is
+    /// full. Hooks do not see it again; it is not shared back.
+    pub async fn route_remote(&self, msg: Message) -> Result<(), PublishError> {
+        self.room().await;
+        self.send(Command::Remote(msg))
     }
 
     /// Resolves once the router has room for more publishes.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 pub use super::auth::BoxFuture;
-use crate::domain::{StoreError, WriteOp};
+use crate::domain::{Message, StoreError, WriteOp};
 
 /// Resolves once a durable write is committed, or says why it was not.
 pub type CommitReceipt = oneshot::Receiver<Result<(), StoreError>>;
@@ -41,6 +41,18 @@ pub trait Durability: Send + Sync + std::fmt::Debug + 'static {
 }
 
 pub type SharedDurability = Arc<dyn Durability>;
+
+/// How publishes accepted here reach the other instances, and theirs reach
+/// this one's subscribers (which arrive through
+/// [`BrokerHandle::route_remote`](super::BrokerHandle::route_remote)).
+pub trait Fabric: Send + Sync + std::fmt::Debug + 'static {
+    /// Hand `msg` to the other instances, in call order, once `kept`
+    /// resolves `true` (at once without it; never when it resolves `false`:
+    /// its publisher was refused and will resend). Never blocks.
+    fn share(&self, msg: Arc<Message>, kept: Option<oneshot::Receiver<bool>>);
+}
+
+pub type SharedFabric = Arc<dyn Fabric>;
 
 /// A [`Durability`] that commits everything at once and keeps what it was
 /// given, for the core's own tests.

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::inbox::{InboxReceiver, inbox};
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
-use super::ports::SharedDurability;
+use super::ports::{SharedDurability, SharedFabric};
 use super::retained::RetainedStore;
 use super::session::Session;
 use super::trie::{Entry, Removed, SubscriptionTrie};
@@ -82,6 +82,9 @@ struct Router {
     scratch: Vec<Target>,
     push_scratch: Vec<(Arc<Outbox>, Delivery)>,
     /// The handle's publish hook, for wills: the router publishes them itself.
+    /// Set when other instances share the work: where local publishes go
+    /// to reach them.
+    fabric: Option<SharedFabric>,
     hook: Option<Arc<dyn PublishHook>>,
     /// For checking a resumed session's subscriptions against its owner's
     /// current rights.
@@ -105,6 +108,7 @@ pub fn spawn_router(
     restored: RestoredState,
     sys_interval: Duration,
     hook: Option<Arc<dyn PublishHook>>,
+    fabric: Option<SharedFabric>,
 ) -> (BrokerHandle, JoinHandle<()>) {
     let (inbox, rx) = inbox(COMMAND_QUEUE);
     let stats = Arc::new(Stats::default());
@@ -114,6 +118,7 @@ pub fn spawn_router(
     router.stats = stats.clone();
     router.next_conn = next_conn.clone();
     router.next_seq = restored.next_seq.max(1);
+    router.fabric = fabric;
     router.restore(restored);
     let handle = BrokerHandle { inbox, stats, limits, auth, next_conn, hook };
     let sys_handle = handle.clone();
@@ -146,6 +151,7 @@ impl Router {
             push_scratch: Vec::new(),
             online: 0,
             hook,
+            fabric: None,
             auth,
         }
     }
@@ -267,6 +273,11 @@ impl Router {
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
+            }
+            Command::Remote(msg) => {
+                // Best effort, as for a will: nobody waits here (the
+                // publisher had its answer on its own instance).
+                let _ = self.publish_from(Arc::new(msg), Vec::new(), false, Origin::Remote);
             }
             Command::Retained { filter, reply } => {
                 let _ = reply.send(self.retained.matching(&filter.filter));
@@ -702,15 +713,26 @@ impl Router {
     fn publish(
         &mut self,
         msg: Arc<Message>,
+        ops: Vec<WriteOp>,
+        wants_reply: bool,
+    ) -> Result<PublishReply, PublishError> {
+        self.publish_from(msg, ops, wants_reply, Origin::Local)
+    }
+
+    fn publish_from(
+        &mut self,
+        msg: Arc<Message>,
         mut ops: Vec<WriteOp>,
         wants_reply: bool,
+        origin: Origin,
     ) -> Result<PublishReply, PublishError> {
         // `$SYS` topics are the broker's own and never stored, nor is the
         // map (`map/...`): the updater rebuilds and republishes it at start,
         // so writing multi-MB snapshots on every tick would buy nothing. The
         // retained value changes only once the write is queued: a refused
         // publish changes nothing.
-        let stored_retained = msg.retain && !msg.topic.is_server_owned();
+        // A remote message's retained copy was stored by its own instance.
+        let stored_retained = msg.retain && !msg.topic.is_server_owned() && origin == Origin::Local;
         if stored_retained && self.retained.would_change(&msg) {
             ops.push(if msg.payload.is_empty() {
                 WriteOp::DeleteRetained(msg.topic.as_bytestring().clone())
@@ -816,7 +838,15 @@ impl Router {
         if let Some(stored) = commit.take_if(|_| hold) {
             commit = release_when_stored(stored, held, wants_reply);
         }
-        Ok(PublishReply { outcome: PublishOutcome { matched }, commit, congested })
+        let mut shared = false;
+        if origin == Origin::Local
+            && !msg.topic.is_server_owned()
+            && let Some(fabric) = &self.fabric
+        {
+            commit = share_when_stored(fabric, msg, commit);
+            shared = true;
+        }
+        Ok(PublishReply { outcome: PublishOutcome { matched, shared }, commit, congested })
     }
 
     /// Fill `self.scratch` with one target per session; returns the match count.
@@ -1012,6 +1042,37 @@ fn release_when_stored(
     reply.then_some(rx)
 }
 
+/// Hand `msg` to the other instances once `stored` resolves well (at once
+/// without a commit to wait for); the returned receiver passes the result
+/// on to the publisher.
+fn share_when_stored(
+    fabric: &SharedFabric,
+    msg: Arc<Message>,
+    stored: Option<oneshot::Receiver<Result<(), StoreError>>>,
+) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
+    let Some(stored) = stored else {
+        fabric.share(msg, None);
+        return None;
+    };
+    let (kept_tx, kept_rx) = oneshot::channel();
+    let (tx, rx) = oneshot::channel();
+    fabric.share(msg, Some(kept_rx));
+    tokio::spawn(async move {
+        let result = stored.await.unwrap_or(Err(StoreError::Unavailable));
+        let _ = kept_tx.send(result.is_ok());
+        let _ = tx.send(result);
+    });
+    Some(rx)
+}
+
+/// Where a publish came from: a remote one is not shared again, and its
+/// retained copy is already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Local,
+    Remote,
+}
+
 fn add_target(
     targets: &mut Vec<Target>,
     client: &ClientId,
@@ -1101,6 +1162,7 @@ mod tests {
             Kept::shared(),
             restored,
             Duration::from_secs(3600),
+            None,
             None,
         );
         h

@@ -43,6 +43,56 @@ impl MessageProps {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// As kept with a stored message or sent to other instances; `None`
+    /// when there is nothing to keep.
+    pub fn to_json(&self) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
+        serde_json::to_string(&PropsJson {
+            content_type: self.content_type.as_ref().map(|s| s.to_string()),
+            utf8: self.payload_is_utf8,
+            response_topic: self.response_topic.as_ref().map(|s| s.to_string()),
+            correlation_data: self.correlation_data.as_ref().map(|b| b.to_vec()),
+            user_properties: self
+                .user_properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .ok()
+    }
+
+    /// Read back what [`MessageProps::to_json`] wrote.
+    pub fn from_json(json: &str) -> Option<Self> {
+        let p: PropsJson = serde_json::from_str(json).ok()?;
+        Some(Self {
+            content_type: p.content_type.map(ByteString::from),
+            payload_is_utf8: p.utf8,
+            response_topic: p.response_topic.map(ByteString::from),
+            correlation_data: p.correlation_data.map(Bytes::from),
+            user_properties: p
+                .user_properties
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        })
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PropsJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    utf8: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_topic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_data: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    user_properties: Vec<(String, String)>,
 }
 
 /// One published application message.

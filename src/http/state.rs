@@ -29,6 +29,8 @@ pub struct AppState {
     /// The map page's tile settings and Content-Security-Policy.
     pub page: crate::http::PageSettings,
     pub started_at: Instant,
+    /// Set when instances share the work through Redis.
+    pub fabric: Option<crate::cluster::FabricHealth>,
     /// Cancelled when the process starts shutting down (or a core component
     /// died): readiness fails from then on so load balancers drain us.
     pub stopping: CancellationToken,

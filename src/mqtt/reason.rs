@@ -12,7 +12,7 @@ use ntex_mqtt::{v3, v5};
 use v5::codec::{ConnectAckReason, DisconnectReasonCode, PublishAckReason, SubscribeAckReason};
 
 use crate::broker::auth::AuthError;
-use crate::broker::{KickReason, PublishError, SubscribeError};
+use crate::broker::{KickReason, PublishError, PublishOutcome, SubscribeError};
 use crate::domain::QoS;
 use crate::domain::StoreError;
 use crate::domain::TopicError;
@@ -275,8 +275,12 @@ impl PublishRejection {
 }
 
 /// The v5 PUBACK for a routed publish.
-pub(crate) fn publish_routed_v5(matched: usize) -> PublishAckReason {
-    if matched == 0 { PublishAckReason::NoMatchingSubscribers } else { PublishAckReason::Success }
+pub(crate) fn publish_routed_v5(outcome: PublishOutcome) -> PublishAckReason {
+    if outcome.unheard() {
+        PublishAckReason::NoMatchingSubscribers
+    } else {
+        PublishAckReason::Success
+    }
 }
 
 /// Why one entry of a SUBSCRIBE is refused before it reaches the broker.
@@ -522,8 +526,11 @@ mod tests {
 
     #[test]
     fn routed_publishes_report_missing_subscribers() {
-        assert_eq!(publish_routed_v5(0), PublishAckReason::NoMatchingSubscribers);
-        assert_eq!(publish_routed_v5(3), PublishAckReason::Success);
+        let routed = |matched, shared| publish_routed_v5(PublishOutcome { matched, shared });
+        assert_eq!(routed(0, false), PublishAckReason::NoMatchingSubscribers);
+        assert_eq!(routed(3, false), PublishAckReason::Success);
+        // Other instances' subscribers are not counted here.
+        assert_eq!(routed(0, true), PublishAckReason::Success);
     }
 
     #[test]

@@ -208,7 +208,7 @@ pub(super) async fn settle(
     qos: QoS,
 ) -> Result<(PublishAckReason, Option<&'static str>), ConnError> {
     match session::settle(conn, waiting).await {
-        Ok(outcome) => Ok((reason::publish_routed_v5(outcome.matched), None)),
+        Ok(outcome) => Ok((reason::publish_routed_v5(outcome), None)),
         Err(r) => match rejected(conn, r, qos)? {
             Handled::Now(code, why) => Ok((code, why)),
             Handled::Later(_) => unreachable!("a rejection is decided at once"),

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use ntex::util::{ByteString, Bytes};
-use serde::{Deserialize, Serialize};
+use ntex::util::Bytes;
 use sqlx::Row;
 
 use super::Store;
@@ -15,45 +14,12 @@ use crate::domain::{
     StoredSession, SubscriptionOptions, TopicLimits, TopicName,
 };
 
-#[derive(Serialize, Deserialize)]
-struct PropsJson {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content_type: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    utf8: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response_topic: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    correlation_data: Option<Vec<u8>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    user_properties: Vec<(String, String)>,
-}
-
 pub(crate) fn encode_props(props: Option<&MessageProps>) -> Option<String> {
-    let p = props.filter(|p| !p.is_empty())?;
-    serde_json::to_string(&PropsJson {
-        content_type: p.content_type.as_ref().map(|s| s.to_string()),
-        utf8: p.payload_is_utf8,
-        response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
-        correlation_data: p.correlation_data.as_ref().map(|b| b.to_vec()),
-        user_properties: p
-            .user_properties
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    })
-    .ok()
+    props.and_then(MessageProps::to_json)
 }
 
 fn decode_props(json: Option<String>) -> Option<Arc<MessageProps>> {
-    let p: PropsJson = serde_json::from_str(&json?).ok()?;
-    Some(Arc::new(MessageProps {
-        content_type: p.content_type.map(ByteString::from),
-        payload_is_utf8: p.utf8,
-        response_topic: p.response_topic.map(ByteString::from),
-        correlation_data: p.correlation_data.map(Bytes::from),
-        user_properties: p.user_properties.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-    }))
+    MessageProps::from_json(&json?).map(Arc::new)
 }
 
 fn from_millis(ms: i64) -> SystemTime {

@@ -105,6 +105,10 @@ pub struct Metrics {
     pub spool_documents: AtomicU64,
     pub spool_dropped: AtomicU64,
     pub crashes: AtomicU64,
+    /// Publishes not passed to other instances (the Redis queue was full),
+    /// and stream entries from them that could not be read.
+    pub cluster_dropped: AtomicU64,
+    pub cluster_malformed: AtomicU64,
     /// Map snapshots published, and the figures of the latest.
     pub updater_builds: AtomicU64,
     pub updater_build_failures: AtomicU64,
@@ -161,6 +165,8 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     spool_documents: AtomicU64::new(0),
     spool_dropped: AtomicU64::new(0),
     crashes: AtomicU64::new(0),
+    cluster_dropped: AtomicU64::new(0),
+    cluster_malformed: AtomicU64::new(0),
     updater_builds: AtomicU64::new(0),
     updater_build_failures: AtomicU64::new(0),
     updater_build_ms: AtomicU64::new(0),
@@ -334,6 +340,16 @@ impl Metrics {
                 g(&self.spool_dropped),
             ),
             Scalar::counter(m::CRASHES, "Panics caught by the crash reporter.", g(&self.crashes)),
+            Scalar::counter(
+                m::CLUSTER_DROPPED,
+                "Publishes not passed to the other instances: the Redis queue was full.",
+                g(&self.cluster_dropped),
+            ),
+            Scalar::counter(
+                m::CLUSTER_MALFORMED,
+                "Entries of the Redis stream skipped as unreadable.",
+                g(&self.cluster_malformed),
+            ),
             Scalar::counter(
                 m::UPDATER_BUILDS,
                 "Map snapshots built and published.",

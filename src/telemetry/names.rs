@@ -245,6 +245,11 @@ pub mod metrics {
     pub const SPOOL_DROPPED: (&str, &str) =
         ("mapcast_telemetry_spool_dropped_total", "mapcast.telemetry.spool_dropped");
     pub const CRASHES: (&str, &str) = ("mapcast_crashes_total", "mapcast.crashes");
+    /// Several instances: what did not cross between them.
+    pub const CLUSTER_DROPPED: (&str, &str) =
+        ("mapcast_cluster_dropped_total", "mapcast.cluster.dropped");
+    pub const CLUSTER_MALFORMED: (&str, &str) =
+        ("mapcast_cluster_malformed_total", "mapcast.cluster.malformed");
     /// The map updater: builds published, and the last one's figures.
     pub const UPDATER_BUILDS: (&str, &str) =
         ("mapcast_updater_builds_total", "mapcast.updater.builds");

@@ -23,6 +23,7 @@ mod postgres;
 mod probe;
 mod raw;
 mod raw_http;
+mod redis;
 mod v3;
 mod v5;
 
@@ -50,6 +51,7 @@ pub use postgres::{fresh_postgres_database, mark_postgres_ran, postgres_test_url
 pub use probe::{metric, rss_kib, wait_for_metric};
 pub use raw::{RawConn, RawEnd, packet_type, qos0_publish};
 pub use raw_http::{RawAnswer, RawHttp};
+pub use redis::{RedisServer, mark_redis_ran};
 pub use v3::{V3Client, V3Options};
 pub use v5::{V5Client, V5Options, topic as v5_topic, will_properties};
 

@@ -13,6 +13,7 @@ mod acl_matrix;
 mod bench;
 mod browser;
 mod chaos;
+mod cluster;
 mod connect;
 mod crash;
 mod db_outage;

@@ -66,6 +66,11 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         }
         Err(_) => return Err(ApiError::Unavailable("database writes are failing".into())),
     }
+    if state.fabric.as_ref().is_some_and(|f| !f.is_up()) {
+        return Err(ApiError::Unavailable(
+            "Redis is unreachable: publishes do not reach the other instances".into(),
+        ));
+    }
     let uptime_secs = state.started_at.elapsed().as_secs();
     // The broker and the API still serve while map builds fail, so traffic
     // stays; the map they serve is stale, which monitoring must see.

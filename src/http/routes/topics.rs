@@ -40,9 +40,10 @@ pub(crate) struct Published {
     topic: String,
     qos: u8,
     retain: bool,
-    /// Subscriptions that matched.
+    /// Subscriptions on this instance that matched (with several
+    /// instances, the others' are not counted).
     matched: usize,
-    /// `"no subscribers"` when none matched (status 202).
+    /// `"no subscribers"` when none matched anywhere (status 202).
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<&'static str>,
 }
@@ -248,7 +249,7 @@ async fn publish(
         matched: outcome.matched,
         note: None,
     };
-    if outcome.matched == 0 {
+    if outcome.unheard() {
         published.note = Some("no subscribers");
         return Ok(HttpResponse::Accepted().json(published));
     }

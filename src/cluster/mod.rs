@@ -1,0 +1,8 @@
+//! Several instances as one broker: publishes cross instances on a Redis
+//! stream ([`RedisFabric`], the broker's [`Fabric`](crate::broker::ports::Fabric)
+//! port); state is shared in PostgreSQL.
+
+mod codec;
+mod redis_fabric;
+
+pub use redis_fabric::{FabricHealth, FabricReader, FabricSettings, RedisFabric};

@@ -1,0 +1,156 @@
+//! Several instances as one broker: PostgreSQL shared, publishes crossing
+//! instances on a Redis stream. Runs when `MAPCAST_TEST_POSTGRES_URL` is
+//! set and `redis-server` is on the PATH.
+
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
+
+use crate::helpers::{
+    RedisServer, ServerProcess, V5Options, fresh_postgres_database, mark_redis_ran,
+    postgres_test_url, text,
+};
+
+struct Cluster {
+    redis: RedisServer,
+    nodes: Vec<(ServerProcess, tempfile::TempDir)>,
+}
+
+/// `n` instances on a fresh database and a fresh Redis, or `None` when
+/// either is missing.
+async fn cluster(test: &str, n: usize) -> Option<Cluster> {
+    let base = postgres_test_url(test)?;
+    let redis = RedisServer::start_if_available(test).await?;
+    let url = fresh_postgres_database(&base).await;
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ["--database-url", &url, "--cluster-redis-url", &redis.url()];
+        nodes.push((ServerProcess::start(dir.path(), &args).await, dir));
+    }
+    Some(Cluster { redis, nodes })
+}
+
+impl Cluster {
+    fn node(&self, i: usize) -> &ServerProcess {
+        &self.nodes[i].0
+    }
+
+    fn logs(&self) -> String {
+        self.nodes.iter().map(|(n, _)| n.logs()).collect::<Vec<_>>().join("\n---\n")
+    }
+}
+
+/// Publish `m0`..`m{count - 1}` at QoS 1 on `topic` through node `from`,
+/// each acknowledged (with success) before the next.
+async fn publish_count(c: &Cluster, from: usize, client: &str, topic: &str, count: u64) {
+    let mut car = V5Options::new(client, c.node(from).mqtt_addr).connect().await;
+    for n in 0..count {
+        let ack = car.publish_qos1(topic, false, format!("m{n}")).await;
+        assert_eq!(ack.reason, PubAckReason::Success, "m{n} refused\n{}", c.logs());
+    }
+    car.disconnect().await;
+}
+
+#[tokio::test]
+async fn a_publish_on_one_instance_reaches_subscribers_on_the_others_once_and_in_order() {
+    let test = "a_publish_on_one_instance_reaches_subscribers_on_the_others_once_and_in_order";
+    let Some(c) = cluster(test, 3).await else { return };
+    let mut watchers = Vec::new();
+    for i in 1..3 {
+        let mut w = V5Options::new(&format!("watcher-{i}"), c.node(i).mqtt_addr).connect().await;
+        w.subscribe("fleet/#", QoS::AtLeastOnce).await;
+        watchers.push(w);
+    }
+    // Each node reads the stream from its end at start: give the readers
+    // a moment to be there before the first publish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    const COUNT: u64 = 2_000;
+    publish_count(&c, 0, "car-1", "fleet/car-1", COUNT).await;
+    for w in &mut watchers {
+        let got = w.recv_publishes(COUNT as usize).await;
+        let numbers: Vec<String> = got.iter().map(|p| text(&p.payload)).collect();
+        let expected: Vec<String> = (0..COUNT).map(|n| format!("m{n}")).collect();
+        assert_eq!(numbers, expected, "every message once, in order\n{}", c.logs());
+        assert!(got.iter().all(|p| p.qos == QoS::AtLeastOnce));
+        w.expect_no_publish(Duration::from_millis(500)).await;
+    }
+
+    // A retained value set on one instance is there for a new subscriber
+    // on another.
+    let mut setter = V5Options::new("setter", c.node(2).mqtt_addr).connect().await;
+    setter.publish_qos1("fleet/config", true, "v2").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut late = V5Options::new("late", c.node(0).mqtt_addr).connect().await;
+    late.subscribe("fleet/config", QoS::AtLeastOnce).await;
+    assert_eq!(text(&late.recv_publish().await.payload), "v2");
+    mark_redis_ran().await;
+}
+
+#[tokio::test]
+async fn redis_restarting_loses_no_acknowledged_publish_and_readiness_follows_it() {
+    let test = "redis_restarting_loses_no_acknowledged_publish_and_readiness_follows_it";
+    let Some(mut c) = cluster(test, 2).await else { return };
+    let mut watcher = V5Options::new("watcher", c.node(1).mqtt_addr).connect().await;
+    watcher.subscribe("fleet/#", QoS::AtLeastOnce).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_count(&c, 0, "car-1", "fleet/before", 100).await;
+    assert_eq!(watcher.recv_publishes(100).await.len(), 100);
+
+    c.redis.kill().await;
+    // Publishes are still taken (and stored) while Redis is away...
+    publish_count(&c, 0, "car-2", "fleet/during", 100).await;
+    // ...and both instances say they are not ready.
+    for i in 0..2 {
+        wait_for_readiness(&c, i, 503).await;
+    }
+    c.redis.start().await;
+    let got = watcher.recv_publishes(100).await;
+    let numbers: Vec<String> = got.iter().map(|p| text(&p.payload)).collect();
+    let expected: Vec<String> = (0..100).map(|n| format!("m{n}")).collect();
+    assert_eq!(
+        numbers,
+        expected,
+        "the ones taken during the outage arrive, in order\n{}",
+        c.logs()
+    );
+    for i in 0..2 {
+        wait_for_readiness(&c, i, 200).await;
+    }
+    mark_redis_ran().await;
+}
+
+/// Poll node `i`'s `/readyz` until it answers `status` (within 10 s).
+async fn wait_for_readiness(c: &Cluster, i: usize, status: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = reqwest::get(format!("http://{}/readyz", c.node(i).http_addr)).await.unwrap();
+        if ready.status() == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {i} never answered {status}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn cluster_mode_refuses_an_embedded_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mapcast"))
+        .args(["serve", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--cluster-redis-url", "redis://127.0.0.1:1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cluster.redis_url needs a PostgreSQL database.url"), "{stderr}");
+}
