@@ -28,6 +28,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum Command {
     /// Run the broker and the REST API until SIGTERM or SIGINT.
     #[command(after_help = MORE_SETTINGS)]
