@@ -17,6 +17,7 @@ pub mod client;
 pub mod conns;
 pub mod http;
 pub mod map;
+pub mod page;
 pub mod payload;
 pub mod procfs;
 pub mod pubsub;
@@ -56,6 +57,9 @@ pub enum Scenario {
     /// One persistent session reconnecting N times without DISCONNECT:
     /// the broker's RSS over the run.
     Reconnects(reconnects::ReconnectsArgs),
+    /// The live map page in headless Chromium: page weight and time to
+    /// first render of K devices.
+    Page(page::PageArgs),
 }
 
 /// Which broker to load and how to talk to it.
@@ -109,6 +113,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Conns(args) => conns::run(args).await,
             Scenario::Map(args) => map::run(args).await,
             Scenario::Reconnects(args) => reconnects::run(args).await,
+            Scenario::Page(args) => page::run(args).await,
         }
     })
 }

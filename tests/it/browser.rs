@@ -12,6 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use mapcast::bench::TargetArgs;
+use mapcast::bench::page::PageArgs;
+use mapcast::bench::wire::Version;
+
 use crate::helpers::{
     Browser, OffServer, PASSWORD, TestApp, browser_available, expect_json, fast_map, location,
     location_at, mark_browser_ran, spawn_app_in, spawn_app_with,
@@ -323,60 +327,45 @@ async fn the_map_page_and_share_links_in_chromium() {
     mark_browser_ran().await;
 }
 
-/// Time to first render of 10,000 devices, for BENCHMARKS.md: run with
-/// `MAPCAST_BENCH_BROWSER=1 cargo test --test it browser::first_render -- --nocapture`.
+/// `mapcast bench page` measures what it says: it fills the map, signs in,
+/// and times the page until it holds a marker per device; the page weight
+/// is what the browser fetched.
 #[tokio::test]
-async fn first_render_of_ten_thousand_devices() {
-    const DEVICES: usize = 10_000;
-    if std::env::var_os("MAPCAST_BENCH_BROWSER").is_none() || !browser_available() {
-        eprintln!("skipped: set MAPCAST_BENCH_BROWSER=1 to measure");
+async fn the_page_benchmark_reports_weight_and_first_render() {
+    if !browser_available() {
         return;
     }
     let app = spawn_app_with(fast_map).await;
-    let viewer = app.api().sign_up("viewer").await;
-    let mut fleet = Vec::new();
-    for c in 0..4 {
-        fleet.push(app.v5_client(&format!("fleet-{c}"), true, None).await);
-    }
-    for i in 0..DEVICES {
-        let (lon, lat) = (-170.0 + (i % 100) as f64 * 3.4, -60.0 + (i / 100) as f64 * 1.2);
-        fleet[i % 4]
-            .publish(
-                &format!("devices/bench-{i}/location"),
-                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-                false,
-                location(lon, lat),
-            )
-            .await;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while features(&app, &viewer).await.len() < DEVICES {
-        assert!(tokio::time::Instant::now() < deadline, "the map never held {DEVICES} devices");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    app.api().sign_up("viewer").await;
+    let args = PageArgs {
+        target: TargetArgs {
+            host: app.mqtt_addr.ip().to_string(),
+            port: app.mqtt_addr.port(),
+            mqtt_version: Version::V5,
+            username: None,
+            password: None,
+            keep_alive: 60,
+            broker_pid: None,
+            json: false,
+        },
+        http_url: format!("http://{}", app.http_addr),
+        viewer: "viewer".into(),
+        viewer_password: PASSWORD.into(),
+        devices: 50,
+        topic: "devices/bench-{i}/location".into(),
+        runs: 3,
+        timeout: 30.0,
+        chromium: "/usr/bin/chromium".into(),
+        chromedriver: "/usr/bin/chromedriver".into(),
+    };
+    let report = mapcast::bench::page::measure(args).await.unwrap();
 
-    let proxy = OffServer::start().await;
-    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-bench");
-    let b = Browser::start(&proxy, artifacts).await;
-    let base = format!("http://{}/", app.http_addr);
-    b.goto(&base).await;
-    b.wait_for("the sign-in form", LOAD, "return !document.getElementById('signin').hidden").await;
-    b.type_into("#username", "viewer").await;
-    b.type_into("#password", PASSWORD).await;
-    b.click("#signin button[type=submit]").await;
-    let all =
-        format!("return document.querySelectorAll('path.device-marker').length === {DEVICES}");
-    b.wait_for("every marker", Duration::from_secs(60), &all).await;
-    // Measured on a reload with the session kept: navigation start to the
-    // last marker drawn, as the page's own clock says.
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        b.goto(&base).await;
-        b.wait_for("every marker", Duration::from_secs(60), &all).await;
-        let ms = b.eval("return performance.now()", json!([])).await.as_f64().unwrap();
-        runs.push(ms);
+    assert_eq!(report.markers, 50);
+    assert_eq!(report.first_render_ms.len(), 3);
+    assert!(report.first_render_ms.iter().all(|ms| *ms > 0.0), "{report:?}");
+    let paths: Vec<&str> = report.assets.iter().map(|a| a.path.as_str()).collect();
+    for file in ["/ui/app.js", "/ui/app.css", "/ui/vendor/leaflet/leaflet.js"] {
+        assert!(paths.contains(&file), "{file} missing from {paths:?}");
     }
-    b.screenshot("10k-devices").await;
-    eprintln!("first render of {DEVICES} devices: {runs:?} ms (navigation start to last marker)");
-    b.quit().await;
+    assert!(report.js_css_decoded_bytes > 150_000, "{report:?}");
 }
