@@ -3,7 +3,9 @@
 // Signed in: the viewer's own devices (GET /api/v1/devices + /api/v1/map/mine)
 // and the shared map (GET /api/v1/map, clustered when zoomed out), kept live
 // over Server-Sent Events opened with one-time tickets: the bearer token goes
-// only in Authorization headers, never in a URL. At /s/{token}: one shared
+// only in Authorization headers, never in a URL. Signed out: the shared map
+// when the server lets anonymous viewers read it (page config
+// `anonymous_map`), next to the sign-in form. At /s/{token}: one shared
 // device, read with the link's token in a header.
 'use strict';
 
@@ -106,7 +108,7 @@
       }).addTo(app.map);
     }
     app.map.on('zoomend', () => {
-      if (!shareToken && app.token) scheduleRefresh(0);
+      if (!shareToken && (app.token || cfg.anonymous_map)) scheduleRefresh(0);
     });
   }
 
@@ -127,6 +129,7 @@
       d.marker.addTo(app.map);
     } else {
       d.marker.setLatLng(ll);
+      d.marker.setTooltipContent(deviceLabel(d));
     }
     const path = d.marker.getElement && d.marker.getElement();
     if (path) {
@@ -175,7 +178,7 @@
       d.item = b;
     }
     d.item.querySelector('.name').textContent = deviceLabel(d);
-    const seen = d.props && (d.props.received_at || d.props.ts);
+    const seen = d.props && (d.props.last_seen || d.props.received_at || d.props.ts);
     d.item.querySelector('.seen').textContent = seen ? shortTime(seen) : 'no position';
     d.item.setAttribute('aria-current', app.selected === d.key ? 'true' : 'false');
   }
@@ -219,8 +222,30 @@
     renderDetails(d);
     if (d.lat !== undefined) app.map.panTo([d.lat, d.lon]);
     if (focus) $('details-title').focus();
+    loadPosition(d);
     loadTrail(d);
     loadShares(d);
+  }
+
+  // The name, last-seen time and latest fix of one device: the map carries
+  // neither names nor last-seen times. Asked only where the server answers
+  // (own devices, or public ones when the map shows device ids), and only
+  // for a device with a position, so it never fails for a known reason.
+  async function loadPosition(d) {
+    const id = d.deviceId || d.key;
+    if (d.lat === undefined || !(d.own || app.config.device_positions)) return;
+    const generation = app.generation;
+    let res;
+    try {
+      res = await api('/api/v1/devices/' + encodeURIComponent(id) + '/position');
+    } catch (_) {
+      return;
+    }
+    if (!res.ok || generation !== app.generation || !app.devices.has(d.key)) return;
+    const f = await res.json();
+    if (f.name) d.name = f.name;
+    applyFix(d, f.geometry.coordinates, f.properties);
+    if (app.selected === d.key) renderDetails(d);
   }
 
   function closeDetails() {
@@ -237,7 +262,7 @@
     const p = d.props || {};
     const rows = [
       ['Kind', d.kind || p.kind || '—'],
-      ['Last seen', fmtTime(p.received_at || p.ts)],
+      ['Last seen', fmtTime(p.last_seen || p.received_at || p.ts)],
       ['Fix taken', fmtTime(p.ts)],
       ['Speed', p.speed !== undefined ? (p.speed * 3.6).toFixed(1) + ' km/h' : '—'],
       ['Battery', p.battery !== undefined ? Math.round(p.battery) + ' %' : '—'],
@@ -367,15 +392,16 @@
   async function refresh() {
     const generation = app.generation;
     const zoom = app.map.getZoom();
+    // Signed out, only the shared map: the rest needs a token.
     const [devicesRes, mineRes, mapRes] = await Promise.all([
-      api('/api/v1/devices'),
-      api('/api/v1/map/mine'),
+      app.token ? api('/api/v1/devices') : null,
+      app.token ? api('/api/v1/map/mine') : null,
       api('/api/v1/map' + (zoom < CLUSTER_BELOW_ZOOM ? '?zoom=' + zoom : '')),
     ]);
     if (generation !== app.generation) return;
     const seen = new Set();
     const ownIds = new Set();
-    if (devicesRes.ok) {
+    if (devicesRes && devicesRes.ok) {
       for (const dev of (await devicesRes.json()).items) {
         // An admin lists every device; "own" means the viewer may manage it.
         upsert(dev.id, { deviceId: dev.id, name: dev.name, kind: dev.kind, own: true,
@@ -385,7 +411,7 @@
         seen.add(dev.id);
       }
     }
-    if (mineRes.ok) {
+    if (mineRes && mineRes.ok) {
       for (const f of (await mineRes.json()).features) {
         const d = app.devices.get(String(f.id));
         if (d) applyFix(d, f.geometry.coordinates, f.properties);
@@ -452,12 +478,16 @@
     const filters = streamFilters();
     try {
       for (const filter of filters) {
-        const res = await api('/api/v1/subscribe/tickets', { method: 'POST', json: { filter } });
-        if (!res.ok) throw new Error(await problem(res));
-        const t = await res.json();
+        let url = '/api/v1/subscribe?filter=' + encodeURIComponent(filter);
+        // Signed out there is no token to keep out of the URL: no ticket.
+        if (app.token) {
+          const res = await api('/api/v1/subscribe/tickets', { method: 'POST', json: { filter } });
+          if (!res.ok) throw new Error(await problem(res));
+          const t = await res.json();
+          url += '&ticket=' + encodeURIComponent(t.ticket);
+        }
         if (generation !== app.generation) return;
-        const es = new EventSource('/api/v1/subscribe?filter=' + encodeURIComponent(filter) +
-          '&ticket=' + encodeURIComponent(t.ticket));
+        const es = new EventSource(url);
         es.onopen = () => {
           opened += 1;
           if (opened === filters.length) {
@@ -531,10 +561,25 @@
     $('signin-error').textContent = message || '';
     setStatus('idle', 'Signed out');
     $('username').focus();
+    if (app.config.anonymous_map) publicMap();
+  }
+
+  // Signed out on a server that lets anyone read the map: show it, live.
+  async function publicMap() {
+    const generation = app.generation;
+    try {
+      await refresh();
+    } catch (_) {
+      streamDropped(generation);
+      return;
+    }
+    if (generation === app.generation) await openStreams();
   }
 
   async function signedIn() {
     app.generation += 1;
+    // The public map's streams, if any, end here.
+    closeStreams();
     const res = await api('/api/v1/sessions/current');
     if (!res.ok) throw new Error(await problem(res));
     app.me = await res.json();

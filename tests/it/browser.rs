@@ -85,16 +85,39 @@ async fn the_map_page_and_share_links_in_chromium() {
     let b = Browser::start(&proxy, artifacts).await;
     let base = format!("http://{}", app.http_addr);
 
-    // Signed out: the form, no devices.
+    // Signed out, on a server that lets anyone read the map (loopback's
+    // default): the shared map, live, next to the sign-in form.
+    let public = expect_json(app.api().get("/api/v1/map", None).await, StatusCode::OK).await;
+    let public = public["features"].as_array().unwrap().len();
+    assert_eq!(public, 3);
     b.goto(&format!("{base}/")).await;
-    b.wait_for("the sign-in form", LOAD, "return !document.getElementById('signin').hidden").await;
+    b.wait_for(
+        "the public map next to the sign-in form",
+        LOAD,
+        &format!(
+            "return !document.getElementById('signin').hidden \
+             && document.getElementById('account').hidden \
+             && document.getElementById('status').dataset.state === 'live' \
+             && document.querySelectorAll('path.device-marker').length === {public}"
+        ),
+    )
+    .await;
     b.screenshot("01-signed-out").await;
+    assert_no_console_errors(b.console_errors().await, "signed out");
 
     // Sign in through the form.
     b.type_into("#username", "ann").await;
     b.type_into("#password", PASSWORD).await;
     b.click("#signin button[type=submit]").await;
-    b.wait_for("a live stream", LOAD, &status_is("live")).await;
+    b.wait_for(
+        "a live stream, signed in",
+        LOAD,
+        &format!(
+            "return !document.getElementById('account').hidden && ({})",
+            status_is("live").trim_start_matches("return ")
+        ),
+    )
+    .await;
     let token = b.eval("return sessionStorage.getItem('mapcast.token')", json!([])).await;
     let token = token.as_str().expect("the token is kept in sessionStorage").to_owned();
 
@@ -148,6 +171,30 @@ async fn the_map_page_and_share_links_in_chromium() {
     assert_eq!(details["battery"], "80 %", "{details}");
     assert!(details["last-seen"].as_str().unwrap().contains("ago"), "{details}");
     b.screenshot("03-details-and-trail").await;
+
+    // Another user's public device: its name, from the position API, which
+    // answers for it because the viewer may read the map.
+    b.click(&format!("#devices button[data-device='{}']", polo.id)).await;
+    b.wait_for(
+        "the other user's device by name",
+        LOAD,
+        &format!(
+            "return document.getElementById('details-title').textContent === 'Polo' \
+             && document.querySelector(\"#devices button[data-device='{}'] .name\").textContent === 'Polo' \
+             && document.querySelector(\"#details-list dd[data-field='last-seen']\").textContent.includes('ago')",
+            polo.id
+        ),
+    )
+    .await;
+    b.screenshot("03b-other-users-device").await;
+    b.type_into(&format!("#devices button[data-device='{}']", golf.id), "\u{E007}").await;
+    b.wait_for(
+        "Golf again",
+        LOAD,
+        "return document.getElementById('details-title').textContent === 'Golf' \
+         && document.getElementById('trail-info').textContent === '3 positions'",
+    )
+    .await;
 
     // An MQTT publish moves the marker within 2 s.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -216,14 +263,17 @@ async fn the_map_page_and_share_links_in_chromium() {
     // The refused connections while the server was down are expected.
     let _ = b.console().await;
 
-    // Sign out: the form again, nothing shown, the token revoked.
+    // Sign out: the form again, only the public map, the token revoked.
     b.click("#signout").await;
     b.wait_for(
         "signed out",
         LOAD,
-        "return !document.getElementById('signin').hidden \
-         && document.querySelectorAll('path.device-marker').length === 0 \
-         && sessionStorage.getItem('mapcast.token') === null",
+        &format!(
+            "return !document.getElementById('signin').hidden \
+             && document.getElementById('account').hidden \
+             && document.querySelectorAll('path.device-marker').length === {public} \
+             && sessionStorage.getItem('mapcast.token') === null"
+        ),
     )
     .await;
     let me = app.api().get("/api/v1/sessions/current", Some(&token)).await;
@@ -322,6 +372,31 @@ async fn the_map_page_and_share_links_in_chromium() {
         "requests other than tiles: {requests:?}"
     );
     b.screenshot("12-tiles-requested").await;
+
+    // A server that does not let anonymous viewers read the map: signed out,
+    // the form and no map, and the page asks for nothing it would refuse.
+    let private = spawn_app_with(|s| {
+        fast_map(s);
+        s.auth.allow_anonymous = Some(false);
+    })
+    .await;
+    let other = private.api().sign_up("olaf").await;
+    let van = private.api().create_device(&other, "Van", "car").await;
+    publish(&private, &van.id, &van.secret, location(4.9, 52.37)).await;
+    while features(&private, &other).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Expected before: the expired links' 410s, the unreachable tiles.
+    let _ = b.console().await;
+    b.goto(&format!("http://{}/", private.http_addr)).await;
+    b.wait_for("the sign-in form", LOAD, "return !document.getElementById('signin').hidden").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        b.eval("return document.querySelectorAll('path.device-marker').length", json!([])).await,
+        0
+    );
+    b.screenshot("13-private-signed-out").await;
+    assert_no_console_errors(b.console_errors().await, "signed out of a private server");
 
     b.quit().await;
     mark_browser_ran().await;
