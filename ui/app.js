@@ -39,6 +39,12 @@
     selected: null,
     trail: null,
     generation: 0,
+    // The version of the whole (unclustered) map the page shows, so a new
+    // version is applied as a `?since=` diff; null: fetch it whole.
+    mapVersion: null,
+    diffing: false,
+    diffAgain: false,
+    ownIds: new Set(),
     // API requests sent and not answered yet.
     pending: 0,
   };
@@ -417,9 +423,12 @@
         if (d) applyFix(d, f.geometry.coordinates, f.properties);
       }
     }
+    app.ownIds = ownIds;
     clearClusters();
+    app.mapVersion = null;
     if (mapRes.ok) {
       const fc = await mapRes.json();
+      if (!fc.clustered && typeof fc.version === 'number') app.mapVersion = fc.version;
       for (const f of fc.features) {
         const id = String(f.id);
         if (ownIds.has(id)) continue;
@@ -444,6 +453,53 @@
     }
     for (const key of Array.from(app.devices.keys())) {
       if (!seen.has(key)) removeDevice(key);
+    }
+  }
+
+  // A new map version: only what changed since the one shown (the added and
+  // moved devices' Features, the removed ids); the whole map only when the
+  // view is clustered or the server no longer keeps that version.
+  async function applyMapDiff() {
+    const generation = app.generation;
+    const since = app.mapVersion;
+    const res = await api('/api/v1/map?since=' + since);
+    if (generation !== app.generation || since !== app.mapVersion) return;
+    if (!res.ok) {
+      scheduleRefresh(0);
+      return;
+    }
+    const diff = await res.json();
+    for (const f of diff.features) {
+      const id = String(f.id);
+      if (app.ownIds.has(id)) continue;
+      applyFix(upsert(id, { own: false }), f.geometry.coordinates, f.properties);
+    }
+    for (const id of diff.removed) {
+      if (!app.ownIds.has(String(id))) removeDevice(String(id));
+    }
+    app.mapVersion = diff.version;
+  }
+
+  // One diff at a time; versions announced meanwhile are fetched after it.
+  async function onMapVersion() {
+    if (app.mapVersion === null) {
+      scheduleRefresh(100);
+      return;
+    }
+    if (app.diffing) {
+      app.diffAgain = true;
+      return;
+    }
+    app.diffing = true;
+    try {
+      do {
+        app.diffAgain = false;
+        await applyMapDiff();
+      } while (app.diffAgain && app.mapVersion !== null);
+    } catch (_) {
+      scheduleRefresh(0);
+    } finally {
+      app.diffing = false;
     }
   }
 
@@ -530,7 +586,7 @@
     let msg;
     try { msg = JSON.parse(ev.data); } catch (_) { return; }
     if (msg.topic === 'map/version') {
-      scheduleRefresh(100);
+      onMapVersion();
       return;
     }
     const parts = msg.topic.split('/');

@@ -219,6 +219,40 @@ async fn the_map_page_and_share_links_in_chromium() {
     b.screenshot("04-moved").await;
     assert_no_console_errors(b.console_errors().await, "while signed in");
 
+    // Another user's device moves: the page applies the map's `?since=`
+    // diff and does not download the whole map again.
+    let full_maps = "return performance.getEntriesByType('resource') \
+        .filter(e => /\\/api\\/v1\\/map(\\?zoom=\\d+)?$/.test(new URL(e.name).pathname + new URL(e.name).search)).length";
+    let diffs = "return performance.getEntriesByType('resource') \
+        .filter(e => new URL(e.name).search.startsWith('?since=')).length";
+    b.click(&format!("#devices button[data-device='{}']", polo.id)).await;
+    b.wait_for(
+        "Polo's details",
+        LOAD,
+        "return document.getElementById('details-title').textContent === 'Polo'",
+    )
+    .await;
+    let (full_before, diffs_before) =
+        (b.eval(full_maps, json!([])).await, b.eval(diffs, json!([])).await);
+    publish(&app, &polo.id, &polo.secret, location(-0.2, 51.6)).await;
+    b.wait_for(
+        "the other user's device to move",
+        Duration::from_secs(5),
+        "return document.querySelector(\"#details-list dd[data-field='position']\").textContent \
+         === '51.60000, -0.20000'",
+    )
+    .await;
+    let diffs_after = b.eval(diffs, json!([])).await.as_u64().unwrap();
+    assert!(diffs_after > diffs_before.as_u64().unwrap(), "no ?since= diff was fetched");
+    assert_eq!(b.eval(full_maps, json!([])).await, full_before, "the whole map was fetched again");
+    b.click(&format!("#devices button[data-device='{}']", golf.id)).await;
+    b.wait_for(
+        "Golf's details",
+        LOAD,
+        "return document.getElementById('details-title').textContent === 'Golf'",
+    )
+    .await;
+
     // A phone-sized screen: no sideways scrolling, the panel under the map.
     b.set_window(390, 844).await;
     b.wait_for("the phone layout", LOAD, "return window.innerWidth <= 400").await;
