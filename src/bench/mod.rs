@@ -10,8 +10,9 @@
 //! broker's CPU time and memory from `/proc` ([`procfs`]).
 //!
 //! Scenarios: [`pubsub`] (throughput, loss, latency), [`conns`] (connection
-//! storms and memory per idle connection) and [`map`] (devices publishing
-//! while phones poll the map over HTTP with `If-None-Match`).
+//! storms and memory per idle connection), [`map`] (devices publishing
+//! while phones poll the map over HTTP with `If-None-Match`) and [`page`]
+//! (the live map page in headless Chromium: page weight and first render).
 
 pub mod client;
 pub mod conns;
