@@ -3,7 +3,9 @@
 // Signed in: the viewer's own devices (GET /api/v1/devices + /api/v1/map/mine)
 // and the shared map (GET /api/v1/map, clustered when zoomed out), kept live
 // over Server-Sent Events opened with one-time tickets: the bearer token goes
-// only in Authorization headers, never in a URL. At /s/{token}: one shared
+// only in Authorization headers, never in a URL. Signed out: the shared map
+// when the server lets anonymous viewers read it (page config
+// `anonymous_map`), next to the sign-in form. At /s/{token}: one shared
 // device, read with the link's token in a header.
 'use strict';
 
@@ -37,6 +39,12 @@
     selected: null,
     trail: null,
     generation: 0,
+    // The version of the whole (unclustered) map the page shows, so a new
+    // version is applied as a `?since=` diff; null: fetch it whole.
+    mapVersion: null,
+    diffing: false,
+    diffAgain: false,
+    ownIds: new Set(),
     // API requests sent and not answered yet.
     pending: 0,
   };
@@ -106,7 +114,7 @@
       }).addTo(app.map);
     }
     app.map.on('zoomend', () => {
-      if (!shareToken && app.token) scheduleRefresh(0);
+      if (!shareToken && (app.token || cfg.anonymous_map)) scheduleRefresh(0);
     });
   }
 
@@ -127,6 +135,7 @@
       d.marker.addTo(app.map);
     } else {
       d.marker.setLatLng(ll);
+      d.marker.setTooltipContent(deviceLabel(d));
     }
     const path = d.marker.getElement && d.marker.getElement();
     if (path) {
@@ -175,7 +184,7 @@
       d.item = b;
     }
     d.item.querySelector('.name').textContent = deviceLabel(d);
-    const seen = d.props && (d.props.received_at || d.props.ts);
+    const seen = d.props && (d.props.last_seen || d.props.received_at || d.props.ts);
     d.item.querySelector('.seen').textContent = seen ? shortTime(seen) : 'no position';
     d.item.setAttribute('aria-current', app.selected === d.key ? 'true' : 'false');
   }
@@ -219,8 +228,30 @@
     renderDetails(d);
     if (d.lat !== undefined) app.map.panTo([d.lat, d.lon]);
     if (focus) $('details-title').focus();
+    loadPosition(d);
     loadTrail(d);
     loadShares(d);
+  }
+
+  // The name, last-seen time and latest fix of one device: the map carries
+  // neither names nor last-seen times. Asked only where the server answers
+  // (own devices, or public ones when the map shows device ids), and only
+  // for a device with a position, so it never fails for a known reason.
+  async function loadPosition(d) {
+    const id = d.deviceId || d.key;
+    if (d.lat === undefined || !(d.own || app.config.device_positions)) return;
+    const generation = app.generation;
+    let res;
+    try {
+      res = await api('/api/v1/devices/' + encodeURIComponent(id) + '/position');
+    } catch (_) {
+      return;
+    }
+    if (!res.ok || generation !== app.generation || !app.devices.has(d.key)) return;
+    const f = await res.json();
+    if (f.name) d.name = f.name;
+    applyFix(d, f.geometry.coordinates, f.properties);
+    if (app.selected === d.key) renderDetails(d);
   }
 
   function closeDetails() {
@@ -237,7 +268,7 @@
     const p = d.props || {};
     const rows = [
       ['Kind', d.kind || p.kind || '—'],
-      ['Last seen', fmtTime(p.received_at || p.ts)],
+      ['Last seen', fmtTime(p.last_seen || p.received_at || p.ts)],
       ['Fix taken', fmtTime(p.ts)],
       ['Speed', p.speed !== undefined ? (p.speed * 3.6).toFixed(1) + ' km/h' : '—'],
       ['Battery', p.battery !== undefined ? Math.round(p.battery) + ' %' : '—'],
@@ -367,15 +398,16 @@
   async function refresh() {
     const generation = app.generation;
     const zoom = app.map.getZoom();
+    // Signed out, only the shared map: the rest needs a token.
     const [devicesRes, mineRes, mapRes] = await Promise.all([
-      api('/api/v1/devices'),
-      api('/api/v1/map/mine'),
+      app.token ? api('/api/v1/devices') : null,
+      app.token ? api('/api/v1/map/mine') : null,
       api('/api/v1/map' + (zoom < CLUSTER_BELOW_ZOOM ? '?zoom=' + zoom : '')),
     ]);
     if (generation !== app.generation) return;
     const seen = new Set();
     const ownIds = new Set();
-    if (devicesRes.ok) {
+    if (devicesRes && devicesRes.ok) {
       for (const dev of (await devicesRes.json()).items) {
         // An admin lists every device; "own" means the viewer may manage it.
         upsert(dev.id, { deviceId: dev.id, name: dev.name, kind: dev.kind, own: true,
@@ -385,15 +417,18 @@
         seen.add(dev.id);
       }
     }
-    if (mineRes.ok) {
+    if (mineRes && mineRes.ok) {
       for (const f of (await mineRes.json()).features) {
         const d = app.devices.get(String(f.id));
         if (d) applyFix(d, f.geometry.coordinates, f.properties);
       }
     }
+    app.ownIds = ownIds;
     clearClusters();
+    app.mapVersion = null;
     if (mapRes.ok) {
       const fc = await mapRes.json();
+      if (!fc.clustered && typeof fc.version === 'number') app.mapVersion = fc.version;
       for (const f of fc.features) {
         const id = String(f.id);
         if (ownIds.has(id)) continue;
@@ -418,6 +453,53 @@
     }
     for (const key of Array.from(app.devices.keys())) {
       if (!seen.has(key)) removeDevice(key);
+    }
+  }
+
+  // A new map version: only what changed since the one shown (the added and
+  // moved devices' Features, the removed ids); the whole map only when the
+  // view is clustered or the server no longer keeps that version.
+  async function applyMapDiff() {
+    const generation = app.generation;
+    const since = app.mapVersion;
+    const res = await api('/api/v1/map?since=' + since);
+    if (generation !== app.generation || since !== app.mapVersion) return;
+    if (!res.ok) {
+      scheduleRefresh(0);
+      return;
+    }
+    const diff = await res.json();
+    for (const f of diff.features) {
+      const id = String(f.id);
+      if (app.ownIds.has(id)) continue;
+      applyFix(upsert(id, { own: false }), f.geometry.coordinates, f.properties);
+    }
+    for (const id of diff.removed) {
+      if (!app.ownIds.has(String(id))) removeDevice(String(id));
+    }
+    app.mapVersion = diff.version;
+  }
+
+  // One diff at a time; versions announced meanwhile are fetched after it.
+  async function onMapVersion() {
+    if (app.mapVersion === null) {
+      scheduleRefresh(100);
+      return;
+    }
+    if (app.diffing) {
+      app.diffAgain = true;
+      return;
+    }
+    app.diffing = true;
+    try {
+      do {
+        app.diffAgain = false;
+        await applyMapDiff();
+      } while (app.diffAgain && app.mapVersion !== null);
+    } catch (_) {
+      scheduleRefresh(0);
+    } finally {
+      app.diffing = false;
     }
   }
 
@@ -452,12 +534,16 @@
     const filters = streamFilters();
     try {
       for (const filter of filters) {
-        const res = await api('/api/v1/subscribe/tickets', { method: 'POST', json: { filter } });
-        if (!res.ok) throw new Error(await problem(res));
-        const t = await res.json();
+        let url = '/api/v1/subscribe?filter=' + encodeURIComponent(filter);
+        // Signed out there is no token to keep out of the URL: no ticket.
+        if (app.token) {
+          const res = await api('/api/v1/subscribe/tickets', { method: 'POST', json: { filter } });
+          if (!res.ok) throw new Error(await problem(res));
+          const t = await res.json();
+          url += '&ticket=' + encodeURIComponent(t.ticket);
+        }
         if (generation !== app.generation) return;
-        const es = new EventSource('/api/v1/subscribe?filter=' + encodeURIComponent(filter) +
-          '&ticket=' + encodeURIComponent(t.ticket));
+        const es = new EventSource(url);
         es.onopen = () => {
           opened += 1;
           if (opened === filters.length) {
@@ -500,7 +586,7 @@
     let msg;
     try { msg = JSON.parse(ev.data); } catch (_) { return; }
     if (msg.topic === 'map/version') {
-      scheduleRefresh(100);
+      onMapVersion();
       return;
     }
     const parts = msg.topic.split('/');
@@ -531,10 +617,25 @@
     $('signin-error').textContent = message || '';
     setStatus('idle', 'Signed out');
     $('username').focus();
+    if (app.config.anonymous_map) publicMap();
+  }
+
+  // Signed out on a server that lets anyone read the map: show it, live.
+  async function publicMap() {
+    const generation = app.generation;
+    try {
+      await refresh();
+    } catch (_) {
+      streamDropped(generation);
+      return;
+    }
+    if (generation === app.generation) await openStreams();
   }
 
   async function signedIn() {
     app.generation += 1;
+    // The public map's streams, if any, end here.
+    closeStreams();
     const res = await api('/api/v1/sessions/current');
     if (!res.ok) throw new Error(await problem(res));
     app.me = await res.json();

@@ -13,13 +13,15 @@
 //! broker's CPU time and memory from `/proc` ([`procfs`]).
 //!
 //! Scenarios: [`pubsub`] (throughput, loss, latency), [`conns`] (connection
-//! storms and memory per idle connection) and [`map`] (devices publishing
-//! while phones poll the map over HTTP with `If-None-Match`).
+//! storms and memory per idle connection), [`map`] (devices publishing
+//! while phones poll the map over HTTP with `If-None-Match`) and [`page`]
+//! (the live map page in headless Chromium: page weight and first render).
 
 pub mod client;
 pub mod conns;
 pub mod http;
 pub mod map;
+pub mod page;
 pub mod payload;
 pub mod procfs;
 pub mod pubsub;
@@ -60,6 +62,9 @@ pub enum Scenario {
     /// One persistent session reconnecting N times without DISCONNECT:
     /// the broker's RSS over the run.
     Reconnects(reconnects::ReconnectsArgs),
+    /// The live map page in headless Chromium: page weight and time to
+    /// first render of K devices.
+    Page(page::PageArgs),
 }
 
 /// Which broker to load and how to talk to it.
@@ -113,6 +118,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Conns(args) => conns::run(args).await,
             Scenario::Map(args) => map::run(args).await,
             Scenario::Reconnects(args) => reconnects::run(args).await,
+            Scenario::Page(args) => page::run(args).await,
         }
     })
 }

@@ -10,6 +10,14 @@
 //!   `longitude`, `accuracy`, `speed` in m/s, `heading`, `altitude`) and
 //!   `battery.level` (0–1). Its SDK writes -1 for a speed, heading or
 //!   battery it does not know: those are left out.
+//!
+//! `valid` says whether the phone had a GPS fix; anything but `true` or
+//! `1` means it had none and the coordinates are a stale or made-up
+//! position (Traccar's server reads it the same way). Traccar stores such a
+//! report flagged invalid and drops it only with `filter.invalid`; mapcast
+//! has no such flag on a position, so a report without a fix is answered
+//! 200 (the app would otherwise resend it forever) and its coordinates are
+//! not used: the map, history and last position keep the last real fix.
 
 use serde_json::Value;
 
@@ -47,6 +55,8 @@ impl From<LocationError> for ReportError {
 pub struct Report {
     pub device_id: String,
     pub location: Location,
+    /// The phone had a GPS fix (`valid` absent, `true` or `1`).
+    pub has_fix: bool,
 }
 
 /// A report from query or form parameters (the later of a repeated name
@@ -88,7 +98,8 @@ pub fn from_params(params: &[(String, String)], now_ms: i64) -> Result<Report, R
         battery: number(&["batt"])?,
         kind: Some(DeviceKind::Phone),
     };
-    Ok(Report { device_id: device_id.to_owned(), location: checked(fix)? })
+    let has_fix = get(&["valid"]).is_none_or(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    Ok(Report { device_id: device_id.to_owned(), location: checked(fix)?, has_fix })
 }
 
 /// A report from the JSON body of Traccar Client 9 and later.
@@ -131,7 +142,7 @@ pub fn from_json(body: &[u8]) -> Result<Report, ReportError> {
         battery,
         kind: Some(DeviceKind::Phone),
     };
-    Ok(Report { device_id, location: checked(fix)? })
+    Ok(Report { device_id, location: checked(fix)?, has_fix: true })
 }
 
 #[cfg(test)]

@@ -38,6 +38,11 @@ impl Store {
     /// Store a new link unless `device_id` already has `max_live` links
     /// live at `now` (then `false`). Links that ended before `purge_before`
     /// are dropped on the way, so the table stays bounded.
+    ///
+    /// Count and insert are one transaction that first writes the device's
+    /// row: on PostgreSQL that row lock queues concurrent creates for the
+    /// same device, on SQLite the write lock queues every writer, so two
+    /// requests can never both see 49 and both insert.
     pub async fn insert_share(
         &self,
         share: ShareRecord,
@@ -53,15 +58,21 @@ impl Store {
             .bind(purge_before)
             .execute(&pool)
             .await?;
+            let mut tx = pool.begin().await?;
+            let device = sqlx::query("UPDATE devices SET id = id WHERE id = $1")
+                .bind(share.device_id.clone())
+                .execute(&mut *tx)
+                .await?;
             let live: i64 = sqlx::query(
                 "SELECT COUNT(*) FROM shares WHERE device_id = $1 AND revoked_at IS NULL AND expires_at > $2",
             )
             .bind(share.device_id.clone())
             .bind(now)
-            .fetch_one(&pool)
+            .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-            if live >= max_live {
+            if device.rows_affected() == 0 || live >= max_live {
+                tx.rollback().await?;
                 return Ok(false);
             }
             sqlx::query(
@@ -74,8 +85,9 @@ impl Store {
             .bind(share.created_by)
             .bind(share.expires_at)
             .bind(share.created_at)
-            .execute(&pool)
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
             Ok(true)
         })
         .await

@@ -135,6 +135,8 @@ pub struct Metrics {
     pub http_malformed_requests: AtomicU64,
     /// Phone-app reports refused, per [`m::PHONE_PROTOCOLS`] entry.
     pub phone_reports_refused: [AtomicU64; 2],
+    /// OsmAnd reports without a GPS fix, accepted and not used.
+    pub phone_reports_without_fix: AtomicU64,
     /// The broker whose [`Stats`] the shipped document reports.
     broker: Mutex<Option<Arc<Stats>>>,
     /// The per-flag-variant rows of the shipped document.
@@ -183,6 +185,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     sse_refused: AtomicU64::new(0),
     http_malformed_requests: AtomicU64::new(0),
     phone_reports_refused: [AtomicU64::new(0), AtomicU64::new(0)],
+    phone_reports_without_fix: AtomicU64::new(0),
     broker: Mutex::new(None),
     flag_rows: Mutex::new(None),
 });
@@ -431,6 +434,11 @@ impl Metrics {
                 value: g(refused),
             });
         }
+        out.push(Scalar::counter(
+            m::PHONE_REPORTS_WITHOUT_FIX,
+            "OsmAnd / Traccar Client reports without a GPS fix (valid=false), not used as positions.",
+            g(&self.phone_reports_without_fix),
+        ));
         out.extend([Scalar::gauge(
             m::UPTIME,
             "Seconds since the process started.",

@@ -273,6 +273,10 @@ pub mod metrics {
     pub const PHONE_REPORTS_REFUSED: (&str, &str) =
         ("mapcast_phone_reports_refused_total", "mapcast.phone.reports_refused");
     pub const PHONE_PROTOCOLS: [&str; 2] = ["owntracks", "osmand"];
+    /// OsmAnd / Traccar Client reports with `valid=false` (no GPS fix),
+    /// answered 200 and not used as positions.
+    pub const PHONE_REPORTS_WITHOUT_FIX: (&str, &str) =
+        ("mapcast_phone_reports_without_fix_total", "mapcast.phone.reports_without_fix");
     /// Requests that were not HTTP, answered 400 by actix before any route.
     pub const HTTP_MALFORMED: (&str, &str) =
         ("mapcast_http_malformed_requests_total", "mapcast.http.malformed_requests");

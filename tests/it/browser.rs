@@ -12,6 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use mapcast::bench::TargetArgs;
+use mapcast::bench::page::PageArgs;
+use mapcast::bench::wire::Version;
+
 use crate::helpers::{
     Browser, OffServer, PASSWORD, TestApp, browser_available, expect_json, fast_map, location,
     location_at, mark_browser_ran, spawn_app_in, spawn_app_with,
@@ -81,16 +85,39 @@ async fn the_map_page_and_share_links_in_chromium() {
     let b = Browser::start(&proxy, artifacts).await;
     let base = format!("http://{}", app.http_addr);
 
-    // Signed out: the form, no devices.
+    // Signed out, on a server that lets anyone read the map (loopback's
+    // default): the shared map, live, next to the sign-in form.
+    let public = expect_json(app.api().get("/api/v1/map", None).await, StatusCode::OK).await;
+    let public = public["features"].as_array().unwrap().len();
+    assert_eq!(public, 3);
     b.goto(&format!("{base}/")).await;
-    b.wait_for("the sign-in form", LOAD, "return !document.getElementById('signin').hidden").await;
+    b.wait_for(
+        "the public map next to the sign-in form",
+        LOAD,
+        &format!(
+            "return !document.getElementById('signin').hidden \
+             && document.getElementById('account').hidden \
+             && document.getElementById('status').dataset.state === 'live' \
+             && document.querySelectorAll('path.device-marker').length === {public}"
+        ),
+    )
+    .await;
     b.screenshot("01-signed-out").await;
+    assert_no_console_errors(b.console_errors().await, "signed out");
 
     // Sign in through the form.
     b.type_into("#username", "ann").await;
     b.type_into("#password", PASSWORD).await;
     b.click("#signin button[type=submit]").await;
-    b.wait_for("a live stream", LOAD, &status_is("live")).await;
+    b.wait_for(
+        "a live stream, signed in",
+        LOAD,
+        &format!(
+            "return !document.getElementById('account').hidden && ({})",
+            status_is("live").trim_start_matches("return ")
+        ),
+    )
+    .await;
     let token = b.eval("return sessionStorage.getItem('mapcast.token')", json!([])).await;
     let token = token.as_str().expect("the token is kept in sessionStorage").to_owned();
 
@@ -145,6 +172,30 @@ async fn the_map_page_and_share_links_in_chromium() {
     assert!(details["last-seen"].as_str().unwrap().contains("ago"), "{details}");
     b.screenshot("03-details-and-trail").await;
 
+    // Another user's public device: its name, from the position API, which
+    // answers for it because the viewer may read the map.
+    b.click(&format!("#devices button[data-device='{}']", polo.id)).await;
+    b.wait_for(
+        "the other user's device by name",
+        LOAD,
+        &format!(
+            "return document.getElementById('details-title').textContent === 'Polo' \
+             && document.querySelector(\"#devices button[data-device='{}'] .name\").textContent === 'Polo' \
+             && document.querySelector(\"#details-list dd[data-field='last-seen']\").textContent.includes('ago')",
+            polo.id
+        ),
+    )
+    .await;
+    b.screenshot("03b-other-users-device").await;
+    b.type_into(&format!("#devices button[data-device='{}']", golf.id), "\u{E007}").await;
+    b.wait_for(
+        "Golf again",
+        LOAD,
+        "return document.getElementById('details-title').textContent === 'Golf' \
+         && document.getElementById('trail-info').textContent === '3 positions'",
+    )
+    .await;
+
     // An MQTT publish moves the marker within 2 s.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = b.eval(&marker_d(&golf.id), json!([])).await;
@@ -167,6 +218,40 @@ async fn the_map_page_and_share_links_in_chromium() {
     .await;
     b.screenshot("04-moved").await;
     assert_no_console_errors(b.console_errors().await, "while signed in");
+
+    // Another user's device moves: the page applies the map's `?since=`
+    // diff and does not download the whole map again.
+    let full_maps = "return performance.getEntriesByType('resource') \
+        .filter(e => /\\/api\\/v1\\/map(\\?zoom=\\d+)?$/.test(new URL(e.name).pathname + new URL(e.name).search)).length";
+    let diffs = "return performance.getEntriesByType('resource') \
+        .filter(e => new URL(e.name).search.startsWith('?since=')).length";
+    b.click(&format!("#devices button[data-device='{}']", polo.id)).await;
+    b.wait_for(
+        "Polo's details",
+        LOAD,
+        "return document.getElementById('details-title').textContent === 'Polo'",
+    )
+    .await;
+    let (full_before, diffs_before) =
+        (b.eval(full_maps, json!([])).await, b.eval(diffs, json!([])).await);
+    publish(&app, &polo.id, &polo.secret, location(-0.2, 51.6)).await;
+    b.wait_for(
+        "the other user's device to move",
+        Duration::from_secs(5),
+        "return document.querySelector(\"#details-list dd[data-field='position']\").textContent \
+         === '51.60000, -0.20000'",
+    )
+    .await;
+    let diffs_after = b.eval(diffs, json!([])).await.as_u64().unwrap();
+    assert!(diffs_after > diffs_before.as_u64().unwrap(), "no ?since= diff was fetched");
+    assert_eq!(b.eval(full_maps, json!([])).await, full_before, "the whole map was fetched again");
+    b.click(&format!("#devices button[data-device='{}']", golf.id)).await;
+    b.wait_for(
+        "Golf's details",
+        LOAD,
+        "return document.getElementById('details-title').textContent === 'Golf'",
+    )
+    .await;
 
     // A phone-sized screen: no sideways scrolling, the panel under the map.
     b.set_window(390, 844).await;
@@ -212,14 +297,17 @@ async fn the_map_page_and_share_links_in_chromium() {
     // The refused connections while the server was down are expected.
     let _ = b.console().await;
 
-    // Sign out: the form again, nothing shown, the token revoked.
+    // Sign out: the form again, only the public map, the token revoked.
     b.click("#signout").await;
     b.wait_for(
         "signed out",
         LOAD,
-        "return !document.getElementById('signin').hidden \
-         && document.querySelectorAll('path.device-marker').length === 0 \
-         && sessionStorage.getItem('mapcast.token') === null",
+        &format!(
+            "return !document.getElementById('signin').hidden \
+             && document.getElementById('account').hidden \
+             && document.querySelectorAll('path.device-marker').length === {public} \
+             && sessionStorage.getItem('mapcast.token') === null"
+        ),
     )
     .await;
     let me = app.api().get("/api/v1/sessions/current", Some(&token)).await;
@@ -319,64 +407,74 @@ async fn the_map_page_and_share_links_in_chromium() {
     );
     b.screenshot("12-tiles-requested").await;
 
+    // A server that does not let anonymous viewers read the map: signed out,
+    // the form and no map, and the page asks for nothing it would refuse.
+    let private = spawn_app_with(|s| {
+        fast_map(s);
+        s.auth.allow_anonymous = Some(false);
+    })
+    .await;
+    let other = private.api().sign_up("olaf").await;
+    let van = private.api().create_device(&other, "Van", "car").await;
+    publish(&private, &van.id, &van.secret, location(4.9, 52.37)).await;
+    while features(&private, &other).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Expected before: the expired links' 410s, the unreachable tiles.
+    let _ = b.console().await;
+    b.goto(&format!("http://{}/", private.http_addr)).await;
+    b.wait_for("the sign-in form", LOAD, "return !document.getElementById('signin').hidden").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        b.eval("return document.querySelectorAll('path.device-marker').length", json!([])).await,
+        0
+    );
+    b.screenshot("13-private-signed-out").await;
+    assert_no_console_errors(b.console_errors().await, "signed out of a private server");
+
     b.quit().await;
     mark_browser_ran().await;
 }
 
-/// Time to first render of 10,000 devices, for BENCHMARKS.md: run with
-/// `MAPCAST_BENCH_BROWSER=1 cargo test --test it browser::first_render -- --nocapture`.
+/// `mapcast bench page` measures what it says: it fills the map, signs in,
+/// and times the page until it holds a marker per device; the page weight
+/// is what the browser fetched.
 #[tokio::test]
-async fn first_render_of_ten_thousand_devices() {
-    const DEVICES: usize = 10_000;
-    if std::env::var_os("MAPCAST_BENCH_BROWSER").is_none() || !browser_available() {
-        eprintln!("skipped: set MAPCAST_BENCH_BROWSER=1 to measure");
+async fn the_page_benchmark_reports_weight_and_first_render() {
+    if !browser_available() {
         return;
     }
     let app = spawn_app_with(fast_map).await;
-    let viewer = app.api().sign_up("viewer").await;
-    let mut fleet = Vec::new();
-    for c in 0..4 {
-        fleet.push(app.v5_client(&format!("fleet-{c}"), true, None).await);
-    }
-    for i in 0..DEVICES {
-        let (lon, lat) = (-170.0 + (i % 100) as f64 * 3.4, -60.0 + (i / 100) as f64 * 1.2);
-        fleet[i % 4]
-            .publish(
-                &format!("devices/bench-{i}/location"),
-                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-                false,
-                location(lon, lat),
-            )
-            .await;
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while features(&app, &viewer).await.len() < DEVICES {
-        assert!(tokio::time::Instant::now() < deadline, "the map never held {DEVICES} devices");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    app.api().sign_up("viewer").await;
+    let args = PageArgs {
+        target: TargetArgs {
+            host: app.mqtt_addr.ip().to_string(),
+            port: app.mqtt_addr.port(),
+            mqtt_version: Version::V5,
+            username: None,
+            password: None,
+            keep_alive: 60,
+            broker_pid: None,
+            json: false,
+        },
+        http_url: format!("http://{}", app.http_addr),
+        viewer: "viewer".into(),
+        viewer_password: PASSWORD.into(),
+        devices: 50,
+        topic: "devices/bench-{i}/location".into(),
+        runs: 3,
+        timeout: 30.0,
+        chromium: "/usr/bin/chromium".into(),
+        chromedriver: "/usr/bin/chromedriver".into(),
+    };
+    let report = mapcast::bench::page::measure(args).await.unwrap();
 
-    let proxy = OffServer::start().await;
-    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-bench");
-    let b = Browser::start(&proxy, artifacts).await;
-    let base = format!("http://{}/", app.http_addr);
-    b.goto(&base).await;
-    b.wait_for("the sign-in form", LOAD, "return !document.getElementById('signin').hidden").await;
-    b.type_into("#username", "viewer").await;
-    b.type_into("#password", PASSWORD).await;
-    b.click("#signin button[type=submit]").await;
-    let all =
-        format!("return document.querySelectorAll('path.device-marker').length === {DEVICES}");
-    b.wait_for("every marker", Duration::from_secs(60), &all).await;
-    // Measured on a reload with the session kept: navigation start to the
-    // last marker drawn, as the page's own clock says.
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        b.goto(&base).await;
-        b.wait_for("every marker", Duration::from_secs(60), &all).await;
-        let ms = b.eval("return performance.now()", json!([])).await.as_f64().unwrap();
-        runs.push(ms);
+    assert_eq!(report.markers, 50);
+    assert_eq!(report.first_render_ms.len(), 3);
+    assert!(report.first_render_ms.iter().all(|ms| *ms > 0.0), "{report:?}");
+    let paths: Vec<&str> = report.assets.iter().map(|a| a.path.as_str()).collect();
+    for file in ["/ui/app.js", "/ui/app.css", "/ui/vendor/leaflet/leaflet.js"] {
+        assert!(paths.contains(&file), "{file} missing from {paths:?}");
     }
-    b.screenshot("10k-devices").await;
-    eprintln!("first render of {DEVICES} devices: {runs:?} ms (navigation start to last marker)");
-    b.quit().await;
+    assert!(report.js_css_decoded_bytes > 150_000, "{report:?}");
 }

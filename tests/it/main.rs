@@ -39,6 +39,7 @@ mod metrics;
 mod nul_strings;
 mod ordering;
 mod otlp;
+mod page_assets;
 mod phone_apps;
 mod position_api;
 mod postgres;

@@ -344,3 +344,37 @@ async fn the_osmand_secret_in_the_url_never_reaches_the_log() {
     assert!(logs.contains("/api/v1/osmand/[redacted]"), "the request is logged: {logs}");
     assert!(logs.contains("phone report refused"), "the refusal is logged: {logs}");
 }
+
+/// Traccar Client sends `valid=false` when the phone has no GPS fix; its
+/// coordinates are then stale or zero. The app gets its 200 (or it would
+/// resend the report forever), and the device stays at its last real fix.
+#[tokio::test]
+async fn a_traccar_report_without_a_gps_fix_is_answered_but_does_not_move_the_device() {
+    let app = spawn_app_with(fast_map).await;
+    let (token, ph) = phone(&app, "vera").await;
+    let client = reqwest::Client::new();
+    let url = osmand_url(&app, &ph.secret);
+    let fix =
+        format!("{url}?id={}&timestamp={}&lat=52.52&lon=13.405&valid=true", ph.id, now_secs());
+    assert_eq!(client.post(&fix).send().await.unwrap().status(), 200);
+
+    for valid in ["false", "0"] {
+        let stale = format!(
+            "{url}?id={}&timestamp={}&lat=0&lon=0&valid={valid}&batt=40",
+            ph.id,
+            now_secs() + 1
+        );
+        let resp = client.post(&stale).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "valid={valid}");
+    }
+    let got = position(&app, &token, &ph.id).await;
+    assert_eq!(got["geometry"]["coordinates"], json!([13.405, 52.52]), "{got}");
+    assert_eq!(history(&app, &ph.id).await["items"].as_array().unwrap().len(), 1);
+    let without_fix =
+        crate::helpers::metric(app.http_addr, "mapcast_phone_reports_without_fix_total").await;
+    assert_eq!(without_fix, 2.0);
+
+    // A wrong secret is still refused, fix or not.
+    let bad = format!("{}?id={}&lat=0&lon=0&valid=false", osmand_url(&app, "nope"), ph.id);
+    assert_eq!(client.post(&bad).send().await.unwrap().status(), 401);
+}

@@ -159,3 +159,51 @@ async fn the_token_of_a_link_never_reaches_the_log() {
     let logs = server.logs();
     assert!(!logs.contains(token), "the share token is in the log:\n{logs}");
 }
+
+/// 80 creates at once for one device: exactly 50 links, the rest 429.
+async fn the_cap_holds_under_concurrency(app: &TestApp) {
+    let api = app.api();
+    let ann = api.sign_up("ann").await;
+    let golf = api.create_device(&ann, "Golf", "car").await;
+    let creates = (0..80).map(|_| {
+        let (api, ann, id) = (app.api(), ann.clone(), golf.id.clone());
+        tokio::spawn(async move {
+            let path = format!("/api/v1/devices/{id}/shares");
+            api.post_json(&path, Some(&ann), &json!({"expires_in_secs": 600})).await.status()
+        })
+    });
+    let statuses: Vec<StatusCode> =
+        futures::future::join_all(creates).await.into_iter().map(Result::unwrap).collect();
+    let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((created, refused), (50, 30), "{statuses:?}");
+    let listed = expect_json(
+        api.get(&format!("/api/v1/devices/{}/shares", golf.id), Some(&ann)).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(50), "{listed}");
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_pass_the_cap_of_live_links() {
+    let app = spawn_app_with(fast_map).await;
+    the_cap_holds_under_concurrency(&app).await;
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_pass_the_cap_of_live_links_on_postgres() {
+    let Some(base) =
+        postgres_test_url("concurrent_creates_never_pass_the_cap_of_live_links_on_postgres")
+    else {
+        return;
+    };
+    let url = fresh_postgres_database(&base).await;
+    let app = spawn_app_with(|s| {
+        fast_map(s);
+        s.database.url = Some(mapcast::broker::auth::Secret::new(url.clone()));
+    })
+    .await;
+    the_cap_holds_under_concurrency(&app).await;
+    mark_postgres_ran().await;
+}

@@ -183,7 +183,7 @@ fn parse_bbox(params: &MapParams) -> Result<Option<Bbox>, ApiError> {
 }
 
 /// The map is what `map/snapshot` carries: the same ACL as MQTT.
-fn may_read_map(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+pub(super) fn may_read_map(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     let topic = TopicFilter::parse(SNAPSHOT_TOPIC, TopicLimits::default()).expect("static filter");
     if state.broker.auth().can_subscribe(&caller.identity, &caller.client_id, &topic) {
         Ok(())

@@ -7,18 +7,24 @@
 //! configured origin: its Content-Security-Policy says so, and with no tile
 //! URL the page asks nothing of any other host.
 
+use std::io::Write;
 use std::sync::LazyLock;
 
 use actix_web::http::header::{self, CacheControl, CacheDirective};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, get, web};
+use flate2::Compression;
+use flate2::write::GzEncoder;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use crate::broker::auth::Identity;
 use crate::config::MapSettings;
+use crate::domain::{ClientId, TopicFilter, TopicLimits};
 use crate::http::errors::ApiError;
-use crate::http::payload::if_none_match;
+use crate::http::payload::{accepts_gzip, if_none_match};
 use crate::http::state::AppState;
+use crate::updater::SNAPSHOT_TOPIC;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(index).service(shared_page).service(asset).service(page_config);
@@ -48,11 +54,29 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
-/// Strong validators of the assets, computed once.
-static ETAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
+/// An asset ready to send: its bytes as they are and gzip-compressed, each
+/// with its own strong validator (two encodings are two representations).
+struct Prepared {
+    etag: String,
+    gzip: Vec<u8>,
+    gzip_etag: String,
+}
+
+/// Compressed once, on the first request for any asset: the files are fixed
+/// at build time, so no request pays for compression.
+static PREPARED: LazyLock<Vec<Prepared>> = LazyLock::new(|| {
     ASSETS
         .iter()
-        .map(|(_, _, bytes)| format!("\"{}\"", crate::domain::to_hex(&Sha256::digest(bytes)[..12])))
+        .map(|(_, _, bytes)| {
+            let tag = crate::domain::to_hex(&Sha256::digest(bytes)[..12]);
+            let mut gz = GzEncoder::new(Vec::with_capacity(bytes.len() / 3), Compression::best());
+            gz.write_all(bytes).expect("writing into a Vec cannot fail");
+            Prepared {
+                etag: format!("\"{tag}\""),
+                gzip: gz.finish().expect("writing into a Vec cannot fail"),
+                gzip_etag: format!("\"{tag}-gz\""),
+            }
+        })
         .collect()
 });
 
@@ -65,6 +89,12 @@ pub struct PageConfig {
     max_zoom: u8,
     /// Seconds between map snapshots: how often public devices move.
     map_interval_secs: u64,
+    /// Whether this server lets a signed-out viewer read the map
+    /// (`auth.allow_anonymous` and the ACL's answer for `map/snapshot`).
+    anonymous_map: bool,
+    /// Whether `GET /api/v1/devices/{id}/position` answers for the public
+    /// devices of the map (not when `map.public_ids` hides device ids).
+    device_positions: bool,
 }
 
 /// The page's settings and its Content-Security-Policy, fixed at start.
@@ -87,6 +117,8 @@ impl PageSettings {
                 tile_attribution: map.tile_attribution.clone(),
                 max_zoom: map.max_zoom,
                 map_interval_secs: map.interval_secs,
+                anonymous_map: false,
+                device_positions: false,
             },
             csp,
         }
@@ -151,21 +183,32 @@ async fn shared_page(
 async fn asset(path: web::Path<String>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let i = ASSETS.iter().position(|(p, _, _)| *p == path.as_str()).ok_or(ApiError::NotFound)?;
     let (_, content_type, bytes) = ASSETS[i];
-    let etag = &ETAGS[i];
+    let prepared = &PREPARED[i];
+    let gzip = accepts_gzip(&req);
+    let (etag, body) = if gzip {
+        (&prepared.gzip_etag, prepared.gzip.as_slice())
+    } else {
+        (&prepared.etag, bytes)
+    };
     // Revalidated on each load: a new binary serves new files at once.
     let cache = CacheControl(vec![CacheDirective::NoCache]);
     if if_none_match(&req, etag) {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, etag.as_str()))
+            .insert_header((header::VARY, "Accept-Encoding"))
             .insert_header(cache)
             .finish());
     }
-    Ok(HttpResponse::Ok()
-        .content_type(content_type)
+    let mut res = HttpResponse::Ok();
+    res.content_type(content_type)
         .insert_header((header::ETAG, etag.as_str()))
+        .insert_header((header::VARY, "Accept-Encoding"))
         .insert_header(cache)
-        .insert_header(("X-Content-Type-Options", "nosniff"))
-        .body(bytes))
+        .insert_header(("X-Content-Type-Options", "nosniff"));
+    if gzip {
+        res.insert_header((header::CONTENT_ENCODING, "gzip"));
+    }
+    Ok(res.body(body))
 }
 
 /// Where the page's tiles come from (`map.tile_url`), their attribution and
@@ -176,11 +219,25 @@ async fn asset(path: web::Path<String>, req: HttpRequest) -> Result<HttpResponse
 )]
 #[get("/api/v1/page/config")]
 async fn page_config(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(&state.page.config)
+    let mut config = state.page.config.clone();
+    // Asked of the ACL on each request: rules can be reloaded.
+    let anonymous = Identity::anonymous();
+    let snapshot =
+        TopicFilter::parse(SNAPSHOT_TOPIC, TopicLimits::default()).expect("static filter");
+    config.anonymous_map = state.identities.settings().allow_anonymous
+        && state.broker.auth().can_subscribe(
+            &anonymous,
+            &ClientId::from("rest:anonymous"),
+            &snapshot,
+        );
+    config.device_positions = state.map_ids.is_none();
+    HttpResponse::Ok().insert_header(CacheControl(vec![CacheDirective::NoStore])).json(config)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     #[test]
@@ -199,8 +256,14 @@ mod tests {
     }
 
     #[test]
-    fn every_asset_has_a_validator() {
-        assert_eq!(ETAGS.len(), ASSETS.len());
-        assert!(ASSETS.iter().all(|(_, _, b)| !b.is_empty()));
+    fn every_asset_has_a_validator_per_encoding_and_gzip_round_trips() {
+        assert_eq!(PREPARED.len(), ASSETS.len());
+        for ((_, _, bytes), p) in ASSETS.iter().zip(PREPARED.iter()) {
+            assert!(!bytes.is_empty());
+            assert_ne!(p.etag, p.gzip_etag);
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(p.gzip.as_slice()).read_to_end(&mut plain).unwrap();
+            assert_eq!(plain, *bytes);
+        }
     }
 }

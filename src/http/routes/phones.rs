@@ -203,6 +203,9 @@ struct OsmandParams {
     accuracy: Option<f64>,
     /// Battery, percent.
     batt: Option<f64>,
+    /// Whether the phone had a GPS fix; `false`: answered 200 and the
+    /// coordinates are not used.
+    valid: Option<bool>,
 }
 
 /// The answers to an OsmAnd-protocol report (documented only).
@@ -319,6 +322,16 @@ async fn osmand(
         }
     })?;
     let (device, identity) = device_identity(state, req, &report.device_id, secret).await?;
+    if !report.has_fix {
+        // Answered 200 so the app drops it from its queue; see `phones::osmand`.
+        metrics::global().phone_reports_without_fix.fetch_add(1, Relaxed);
+        tracing::info!(
+            { names::PHONE_PROTOCOL } = names::metrics::PHONE_PROTOCOLS[Protocol::OsmAnd as usize],
+            { names::DEVICE_ID } = %device,
+            "phone report without a GPS fix: position not used"
+        );
+        return Ok(HttpResponse::Ok().finish());
+    }
     let payload = Bytes::from(report.location.to_feature_json());
     publish(state, &identity, &device, device.location_topic(), payload, false).await?;
     Ok(HttpResponse::Ok().finish())

@@ -3,9 +3,10 @@
 //! without downloading the map.
 //!
 //! Its owner, an admin and the device itself may read it; anyone who may
-//! read the shared map may read a public device's, unless the map hides
-//! device ids behind public map ids (`map.public_ids`). Anyone else gets
-//! 404, as if the device did not exist.
+//! read the shared map (the ACL of `map/snapshot`) may read a public
+//! device's, name included, unless the map hides device ids behind public
+//! map ids (`map.public_ids`). Anyone else gets 404, as if the device did
+//! not exist.
 
 use actix_web::http::header::{CacheControl, CacheDirective};
 use actix_web::{HttpResponse, get, web};
@@ -17,6 +18,8 @@ use crate::domain::{DeviceKind, Position, Visibility};
 use crate::http::auth::Caller;
 use crate::http::errors::ApiError;
 use crate::http::state::AppState;
+
+use super::map::may_read_map;
 
 pub fn configure(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(get_position);
@@ -30,6 +33,8 @@ pub struct PositionView {
     kind: &'static str,
     /// The device id.
     id: String,
+    /// The device's name, as its owner set it.
+    name: String,
     /// A GeoJSON Point: `[lon, lat]` or `[lon, lat, alt]`.
     #[schema(value_type = Object)]
     geometry: serde_json::Value,
@@ -56,13 +61,14 @@ pub struct PositionProperties {
 }
 
 impl PositionView {
-    fn new(id: String, kind: DeviceKind, p: &Position) -> Self {
+    fn new(id: String, name: String, kind: DeviceKind, p: &Position) -> Self {
         let l = &p.location;
         let mut coordinates = vec![l.lon, l.lat];
         coordinates.extend(l.alt);
         Self {
             kind: "Feature",
             id,
+            name,
             geometry: serde_json::json!({"type": "Point", "coordinates": coordinates}),
             properties: PositionProperties {
                 ts: format_rfc3339(l.ts_ms),
@@ -100,7 +106,11 @@ async fn get_position(
     let own = who.is_admin()
         || who.user_id.as_deref() == Some(device.owner_id.as_str())
         || who.device_id.as_deref() == Some(device.id.as_str());
-    let shared = device.visibility == Visibility::Public && state.map_ids.is_none();
+    // What the shared map shows, under the same ACL: a public device, by
+    // its id, to whoever may read the map.
+    let shared = device.visibility == Visibility::Public
+        && state.map_ids.is_none()
+        && may_read_map(&state, &caller).is_ok();
     if !own && !shared {
         return Err(ApiError::NotFound);
     }
@@ -113,5 +123,5 @@ async fn get_position(
     Ok(HttpResponse::Ok()
         .content_type("application/geo+json")
         .insert_header(CacheControl(vec![CacheDirective::NoCache]))
-        .json(PositionView::new(device.id, device.kind, position)))
+        .json(PositionView::new(device.id, device.name, device.kind, position)))
 }
