@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use mapcast::bench::TargetArgs;
-use mapcast::bench::page::PageArgs;
-use mapcast::bench::wire::Version;
+use mapcast_bench::TargetArgs;
+use mapcast_bench::page::PageArgs;
+use mapcast_bench::wire::Version;
 
 use crate::helpers::{
     Browser, OffServer, PASSWORD, TestApp, browser_available, expect_json, fast_map, location,
@@ -467,7 +467,7 @@ async fn the_page_benchmark_reports_weight_and_first_render() {
         chromium: "/usr/bin/chromium".into(),
         chromedriver: "/usr/bin/chromedriver".into(),
     };
-    let report = mapcast::bench::page::measure(args).await.unwrap();
+    let report = mapcast_bench::page::measure(args).await.unwrap();
 
     assert_eq!(report.markers, 50);
     assert_eq!(report.first_render_ms.len(), 3);

@@ -201,7 +201,7 @@ async fn concurrent_creates_never_pass_the_cap_of_live_links_on_postgres() {
     let url = fresh_postgres_database(&base).await;
     let app = spawn_app_with(|s| {
         fast_map(s);
-        s.database.url = Some(mapcast::broker::auth::Secret::new(url.clone()));
+        s.database.url = Some(mapcast::domain::Secret::new(url.clone()));
     })
     .await;
     the_cap_holds_under_concurrency(&app).await;

@@ -18,8 +18,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::broker::auth::Identity;
 use crate::config::MapSettings;
+use crate::domain::Identity;
 use crate::domain::{ClientId, TopicFilter, TopicLimits};
 use crate::http::errors::ApiError;
 use crate::http::payload::{accepts_gzip, if_none_match};
