@@ -131,6 +131,9 @@ pub struct Metrics {
     pub http_malformed_requests: AtomicU64,
     /// Phone-app reports refused, per [`m::PHONE_PROTOCOLS`] entry.
     pub phone_reports_refused: [AtomicU64; 2],
+    /// Connections closed by the PROXY protocol step, per
+    /// [`m::PROXY_REFUSE_REASONS`] entry.
+    pub proxy_refused: [AtomicU64; 4],
     /// The broker whose [`Stats`] the shipped document reports.
     broker: Mutex<Option<Arc<Stats>>>,
     /// The per-flag-variant rows of the shipped document.
@@ -177,6 +180,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     sse_refused: AtomicU64::new(0),
     http_malformed_requests: AtomicU64::new(0),
     phone_reports_refused: [AtomicU64::new(0), AtomicU64::new(0)],
+    proxy_refused: Default::default(),
     broker: Mutex::new(None),
     flag_rows: Mutex::new(None),
 });
@@ -412,6 +416,15 @@ impl Metrics {
                 name: m::PHONE_REPORTS_REFUSED,
                 help: "Phone-app location reports refused, by protocol.",
                 label: Some(("protocol", protocol)),
+                value: g(refused),
+            });
+        }
+        for (reason, refused) in m::PROXY_REFUSE_REASONS.iter().zip(&self.proxy_refused) {
+            out.push(Scalar {
+                kind: "counter",
+                name: m::PROXY_REFUSED,
+                help: "Connections closed before any MQTT or HTTP by the PROXY protocol step, by reason.",
+                label: Some(("reason", reason)),
                 value: g(refused),
             });
         }

@@ -40,6 +40,7 @@ mod otlp;
 mod phone_apps;
 mod position_api;
 mod postgres;
+mod proxy_protocol;
 mod pubsub;
 mod restart;
 mod retained;
