@@ -16,7 +16,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::helpers::{RECV, RawConn, RawHttp, TestApp, metric, packet_type, spawn_app_with};
+use crate::helpers::{
+    RECV, RawConn, RawHttp, TestApp, V5Options, metric, packet_type, spawn_app_with,
+};
 
 /// `PROXY TCP4 client 10.0.0.1 port 1883\r\n`.
 fn v1(client: &str, port: u16) -> Vec<u8> {
@@ -369,4 +371,83 @@ async fn the_shipped_haproxy_config_passes_haproxys_check() {
         assert!(text.contains(needed), "deploy/haproxy.cfg lacks {needed:?}");
     }
     mark("haproxy-config-ran").await;
+}
+
+/// A stand-in balancer: every connection to the returned address is
+/// forwarded to `to`, opened with `header`.
+async fn forwarder(header: Vec<u8>, to: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let header = header.clone();
+            tokio::spawn(async move {
+                let Ok(mut node) = TcpStream::connect(to).await else { return };
+                if node.write_all(&header).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut node).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_tls_websocket_and_https_listeners_take_the_client_from_the_header_too() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = crate::helpers::self_signed_cert(certs.path()).await;
+    let app = spawn_app_with(|s| {
+        s.mqtt.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+        s.mqtt.ws_listen = Some("127.0.0.1:0".parse().unwrap());
+        (s.mqtt.tls_cert, s.mqtt.tls_key) = (Some(cert.clone()), Some(key.clone()));
+        (s.http.tls_cert, s.http.tls_key) = (Some(cert), Some(key));
+        for (on, trusted) in [
+            (&mut s.mqtt.proxy_protocol, &mut s.mqtt.proxy_trusted),
+            (&mut s.http.proxy_protocol, &mut s.http.proxy_trusted),
+        ] {
+            *on = true;
+            *trusted = vec!["127.0.0.0/8".parse().unwrap()];
+        }
+        s.broker.limits.connect_burst_per_ip = 1;
+        s.broker.limits.max_connect_rate_per_ip = 1;
+        s.auth.hashing.rate_per_address = 1.0 / 60.0;
+        s.auth.hashing.burst_per_address = 1;
+    })
+    .await;
+    let (tls, ws) = (app.mqtts_addr.unwrap(), app.ws_addr.unwrap());
+
+    // MQTT over TLS: the header precedes the TLS handshake.
+    let a = forwarder(v2("192.0.2.1", 1), tls).await;
+    let first = V5Options::new_tls("tls-1", a, &ca).try_connect().await;
+    assert!(first.is_ok(), "{:?}", first.err());
+    let again = V5Options::new_tls("tls-2", a, &ca).try_connect().await;
+    assert!(again.is_err(), "192.0.2.1's burst is spent");
+    let b = forwarder(v1("192.0.2.2", 1), tls).await;
+    assert!(V5Options::new_tls("tls-3", b, &ca).try_connect().await.is_ok(), "192.0.2.2");
+
+    // MQTT over WebSocket: the header precedes the HTTP upgrade.
+    let c = forwarder(v1("192.0.2.3", 1), ws).await;
+    let url = |addr: SocketAddr| format!("ws://{addr}/mqtt");
+    assert!(V5Options::new_ws("ws-1", &url(c), c.port()).try_connect().await.is_ok());
+    assert!(V5Options::new_ws("ws-2", &url(c), c.port()).try_connect().await.is_err());
+    let d = forwarder(v2("192.0.2.4", 1), ws).await;
+    assert!(V5Options::new_ws("ws-3", &url(d), d.port()).try_connect().await.is_ok());
+
+    // The API over HTTPS: sign-ins throttled per client.
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_der(&ca).unwrap())
+        .build()
+        .unwrap();
+    let sign_in = |addr: SocketAddr| {
+        https
+            .post(format!("https://127.0.0.1:{}/api/v1/sessions", addr.port()))
+            .json(&json!({"username": "nobody", "password": "wrong horse battery"}))
+            .timeout(RECV)
+            .send()
+    };
+    let e = forwarder(v2("192.0.2.5", 1), app.http_addr).await;
+    assert_eq!(sign_in(e).await.unwrap().status(), 401);
+    assert_eq!(sign_in(e).await.unwrap().status(), 429, "192.0.2.5's burst is spent");
+    let f = forwarder(v1("192.0.2.6", 1), app.http_addr).await;
+    assert_eq!(sign_in(f).await.unwrap().status(), 401);
 }
