@@ -451,3 +451,65 @@ async fn the_tls_websocket_and_https_listeners_take_the_client_from_the_header_t
     let f = forwarder(v1("192.0.2.6", 1), app.http_addr).await;
     assert_eq!(sign_in(f).await.unwrap().status(), 401);
 }
+
+/// The first log line (JSON) whose `message` is `message`, waiting for it.
+async fn log_line(server: &crate::helpers::ServerProcess, message: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + RECV;
+    loop {
+        let logs = server.logs();
+        let found = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == message);
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {message:?} line in:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn logs_name_the_client_behind_the_balancer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[mqtt]\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.0/8\"]\n\
+                  [http]\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.0/8\"]\n\
+                  [auth.lockout]\nmax_failures_per_identity = 1\nduration_secs = 60\n";
+    let server = crate::helpers::ServerProcess::start_with_config(dir.path(), config, &[]).await;
+
+    // An MQTT session's connection line.
+    assert_eq!(connack_after(server.mqtt_addr, &v2("192.0.2.21", 1), "logged").await, 0x00);
+    let connected = log_line(&server, "client connected").await;
+    assert_eq!(connected["client.address"], "192.0.2.21:1", "{connected}");
+
+    // A REST sign-in lockout's warning.
+    assert_eq!(sign_in_after(server.http_addr, &v1("192.0.2.22", 1)).await, Some(401));
+    let locked = log_line(&server, "sign-in locked out after repeated failures").await;
+    assert_eq!(locked["client.address"], "192.0.2.22", "{locked}");
+
+    // A refused connection names the peer that sent it, never its header.
+    let mut bare = RawConn::connect(server.mqtt_addr).await;
+    bare.send_bytes(b"PROXY TCP4 192.0.2.23 10.0.0.1 1 2\r").await;
+    bare.send_bytes(b"\x10").await;
+    assert!(bare.expect_closed(RECV).await.is_empty());
+    let refused = log_line(&server, "PROXY protocol: connection closed, malformed header").await;
+    assert_eq!(refused["log.level"], "warn", "{refused}");
+    assert!(refused["client.address"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")));
+}
+
+#[tokio::test]
+async fn an_api_header_from_an_untrusted_peer_is_never_believed() {
+    // Only 10.0.0.0/8 may speak for clients; the test connects from 127.0.0.1.
+    let app = spawn_app_with(|s| {
+        s.http.proxy_protocol = true;
+        s.http.proxy_trusted = vec!["10.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let mut conn = RawHttp::connect(app.http_addr).await;
+    conn.send(
+        &[v2("192.0.2.1", 1).as_slice(), b"GET /readyz HTTP/1.1\r\nHost: m\r\n\r\n"].concat(),
+    )
+    .await;
+    let answer = conn.read_until_closed(RECV).await;
+    assert!(answer.closed && answer.text.is_empty(), "{answer:?}");
+}
