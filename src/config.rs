@@ -20,6 +20,7 @@ use crate::domain::Secret;
 use crate::domain::Visibility;
 use crate::identities::lockout::LockoutSettings;
 use crate::identities::{HashingSettings, IdentitySettings};
+use crate::proxy_protocol::Network;
 use crate::store::SqliteSynchronous;
 
 /// The whole configuration. Every section and field has a default, so an
@@ -94,6 +95,17 @@ pub struct MqttSettings {
     pub ws_listen: Option<SocketAddr>,
     /// Worker threads serving MQTT connections. Default 2.
     pub workers: usize,
+    /// Every MQTT listener (TCP, TLS, WebSocket) expects a PROXY protocol
+    /// header (v1 or v2, e.g. HAProxy `send-proxy-v2`) before anything
+    /// else, and takes the client address from it: connect limits and logs
+    /// see the client, not the balancer. Connections from outside
+    /// `proxy_trusted`, or without a valid header within 3 s, are closed.
+    /// Default false.
+    pub proxy_protocol: bool,
+    /// Networks (`10.0.0.0/8`, `192.0.2.7`, `fd00::/8`) allowed to send a
+    /// PROXY protocol header: the load balancers. Needed when
+    /// `proxy_protocol` is on. Default: none. Env: comma-separated.
+    pub proxy_trusted: Vec<Network>,
 }
 
 impl Default for MqttSettings {
@@ -105,6 +117,8 @@ impl Default for MqttSettings {
             tls_key: None,
             ws_listen: None,
             workers: 2,
+            proxy_protocol: false,
+            proxy_trusted: Vec::new(),
         }
     }
 }
@@ -145,6 +159,17 @@ pub struct HttpSettings {
     /// origin (CORS); `"*"` for any. Default: none (same origin only).
     /// Env: comma-separated.
     pub cors_origins: Vec<String>,
+    /// The API listener expects a PROXY protocol header (v1 or v2) before
+    /// each connection's first request and takes the client address from
+    /// it, for per-address limits (sign-in throttles and lockouts, SSE
+    /// streams per address) and logs. Connections from outside
+    /// `proxy_trusted`, or without a valid header within 3 s, are closed.
+    /// Default false.
+    pub proxy_protocol: bool,
+    /// Networks allowed to send a PROXY protocol header on the API
+    /// listener. Needed when `proxy_protocol` is on. Default: none. Env:
+    /// comma-separated.
+    pub proxy_trusted: Vec<Network>,
 }
 
 impl Default for HttpSettings {
@@ -160,6 +185,8 @@ impl Default for HttpSettings {
             max_sse_streams_per_user: 8,
             max_sse_streams_per_address: 32,
             cors_origins: Vec::new(),
+            proxy_protocol: false,
+            proxy_trusted: Vec::new(),
         }
     }
 }
@@ -708,6 +735,12 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_TLS_KEY", "mqtt.tls_key", |s, v| set_some(&mut s.mqtt.tls_key, v)),
     var("MAPCAST_WS_LISTEN", "mqtt.ws_listen", |s, v| set_some(&mut s.mqtt.ws_listen, v)),
     var("MAPCAST_MQTT_WORKERS", "mqtt.workers", |s, v| set(&mut s.mqtt.workers, v)),
+    var("MAPCAST_MQTT_PROXY_PROTOCOL", "mqtt.proxy_protocol", |s, v| {
+        set(&mut s.mqtt.proxy_protocol, v)
+    }),
+    var("MAPCAST_MQTT_PROXY_TRUSTED", "mqtt.proxy_trusted", |s, v| {
+        set_networks(&mut s.mqtt.proxy_trusted, v)
+    }),
     var("MAPCAST_HTTP_LISTEN", "http.listen", |s, v| set(&mut s.http.listen, v)),
     var("MAPCAST_HTTP_WORKERS", "http.workers", |s, v| set(&mut s.http.workers, v)),
     var("MAPCAST_HTTP_TLS_CERT", "http.tls_cert", |s, v| set_some(&mut s.http.tls_cert, v)),
@@ -731,6 +764,12 @@ pub const ENV_VARS: &[EnvVar] = &[
         s.http.cors_origins =
             v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
         Ok(())
+    }),
+    var("MAPCAST_HTTP_PROXY_PROTOCOL", "http.proxy_protocol", |s, v| {
+        set(&mut s.http.proxy_protocol, v)
+    }),
+    var("MAPCAST_HTTP_PROXY_TRUSTED", "http.proxy_trusted", |s, v| {
+        set_networks(&mut s.http.proxy_trusted, v)
     }),
     var("MAPCAST_DATA_DIR", "data_dir", |s, v| set(&mut s.data_dir, v)),
     var("MAPCAST_CLUSTER_REDIS_URL", "cluster.redis_url", |s, v| {
@@ -884,6 +923,17 @@ where
     Ok(())
 }
 
+/// A comma-separated list of networks (empty items skipped).
+fn set_networks(field: &mut Vec<Network>, v: &str) -> anyhow::Result<()> {
+    *field = v
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| n.parse().map_err(|e| anyhow::anyhow!("{e}")))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(())
+}
+
 impl Settings {
     /// Layer every source and validate the result.
     pub fn load(file: Option<&Path>, env: &Env, overrides: Overrides) -> anyhow::Result<Self> {
@@ -1009,6 +1059,16 @@ impl Settings {
         }
         if !(hashing.rate_per_address >= 0.0 && hashing.rate_per_address.is_finite()) {
             bail!("auth.hashing.rate_per_address must be a number of at least 0");
+        }
+        for (section, on, trusted) in [
+            ("mqtt", self.mqtt.proxy_protocol, &self.mqtt.proxy_trusted),
+            ("http", self.http.proxy_protocol, &self.http.proxy_trusted),
+        ] {
+            if on && trusted.is_empty() {
+                bail!(
+                    "{section}.proxy_protocol needs {section}.proxy_trusted: the networks of the load balancers allowed to send the header"
+                );
+            }
         }
         for origin in &self.http.cors_origins {
             let ok = origin == "*"
@@ -1232,6 +1292,29 @@ mod tests {
     fn default_database_is_sqlite_under_the_data_dir() {
         let s = Settings { data_dir: "/var/lib/mapcast".into(), ..Settings::default() };
         assert_eq!(s.database_url().expose(), "sqlite:///var/lib/mapcast/mapcast.db");
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_networks_and_reads_them_from_file_and_env() {
+        let file = config_file("[mqtt]\nproxy_protocol = true\n");
+        let err =
+            Settings::load(Some(file.path()), &Env::default(), Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("mqtt.proxy_trusted"), "{err:#}");
+        let file = config_file("[mqtt]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.0/8\"]\n");
+        let s = Settings::load(Some(file.path()), &Env::default(), Overrides::default()).unwrap();
+        assert_eq!(s.mqtt.proxy_trusted, vec!["10.0.0.0/8".parse().unwrap()]);
+        let e = env(&[
+            ("MAPCAST_HTTP_PROXY_PROTOCOL", "true"),
+            ("MAPCAST_HTTP_PROXY_TRUSTED", "127.0.0.0/8, fd00::/8"),
+        ]);
+        let s = Settings::load(None, &e, Overrides::default()).unwrap();
+        assert!(s.http.proxy_protocol && !s.mqtt.proxy_protocol);
+        assert_eq!(s.http.proxy_trusted.len(), 2);
+        let e = env(&[("MAPCAST_HTTP_PROXY_TRUSTED", "127.0.0.0/33")]);
+        let err = Settings::load(None, &e, Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("127.0.0.0/33"), "{err:#}");
+        let file = config_file("[http]\nproxy_trusted = [\"nonsense\"]\n");
+        assert!(Settings::load(Some(file.path()), &Env::default(), Overrides::default()).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod instance_lock;
 pub mod locations;
 pub mod mqtt;
 pub mod phones;
+pub mod proxy_protocol;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

@@ -178,7 +178,9 @@ impl Application {
             }
             (None, _, _) => None,
         };
-        let listeners = MqttListeners { tcp: mqtt_listener, tls, ws: ws_listener };
+        let proxy_trusted =
+            settings.mqtt.proxy_protocol.then(|| settings.mqtt.proxy_trusted.clone());
+        let listeners = MqttListeners { tcp: mqtt_listener, tls, ws: ws_listener, proxy_trusted };
         let mqtt = MqttServer::start(listeners, broker.clone(), settings.mqtt.workers)
             .context("cannot start the MQTT server")?;
 

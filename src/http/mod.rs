@@ -9,6 +9,7 @@ mod deadline;
 pub mod errors;
 mod openapi;
 mod payload;
+mod proxied;
 mod routes;
 pub mod state;
 mod streams;
@@ -20,8 +21,11 @@ use std::time::{Duration, Instant};
 
 use std::panic::AssertUnwindSafe;
 
+use actix_http::{HttpService, Protocol};
+use actix_rt::net::TcpStream;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::dev::{AppConfig, Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpMessage, web};
 use futures::FutureExt as _;
@@ -38,6 +42,7 @@ pub use routes::fuzzing;
 pub use state::AppState;
 
 use crate::config::HttpSettings;
+use crate::proxy_protocol::ProxyProtocol;
 use crate::telemetry::{crash, metrics, names, otel};
 
 /// Seconds actix waits for in-flight requests when stopping gracefully.
@@ -66,7 +71,7 @@ pub fn build(
     let document = openapi::document();
     let routes = web::Data::new(conformance::RouteTable::from_document(&document));
     let openapi = web::Data::new(openapi::OpenApiJson(document.to_string()));
-    let server = actix_web::HttpServer::new(move || {
+    let app = move || {
         App::new()
             .app_data(state.clone())
             .app_data(tickets.clone())
@@ -89,22 +94,88 @@ pub fn build(
                 Err::<&str, _>(conformance::unrouted(req, routes).await)
             }))
             .into_app()
-    })
-    .workers(settings.workers)
-    .max_connections(settings.max_connections.div_ceil(settings.workers))
-    .client_request_timeout(Duration::from_millis(settings.head_timeout_ms))
-    // A client that closes its side is gone: an SSE stream (and its broker
-    // session) ends at once instead of at its next heartbeat's failed write.
-    .h1_allow_half_closed(false)
-    // Signals are handled once, in `shutdown`; stopping goes through the handle.
-    .disable_signals()
-    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
-    let server = match tls {
-        Some(config) => server.listen_rustls_0_23(listener, (*config).clone())?,
-        None => server.listen(listener)?,
+    };
+    let builder = actix_server::Server::build()
+        .workers(settings.workers)
+        .max_concurrent_connections(settings.max_connections.div_ceil(settings.workers))
+        // Signals are handled once, in `shutdown`; stopping goes through the handle.
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+    let local_addr = listener.local_addr()?;
+    let head_timeout = Duration::from_millis(settings.head_timeout_ms);
+    let shutdown = builder.graceful_shutdown_signal();
+    // Each worker's HTTP/1 service over whatever stream the listener's chain
+    // hands it: what actix-web's `HttpServer` assembles, assembled here so a
+    // connection can pass through the PROXY protocol step first. A macro:
+    // the service's type is unnameable and differs per stream type.
+    macro_rules! http_service {
+        () => {{
+            let shutdown = shutdown.clone();
+            HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let signal = shutdown.clone();
+                    async move { signal.notified().await }
+                })
+                .client_request_timeout(head_timeout)
+                // actix-web's default: a second for a client to take the end of
+                // an answer before its socket closes.
+                .client_disconnect_timeout(Duration::from_secs(1))
+                // A client that closes its side is gone: an SSE stream (and its broker
+                // session) ends at once instead of at its next heartbeat's failed write.
+                .h1_allow_half_closed(false)
+                .local_addr(local_addr)
+                .finish(map_config(
+                    app().into_factory().map_err(|e: actix_web::Error| e.error_response()),
+                    |_| AppConfig::default(),
+                ))
+        }};
     }
-    .run();
-    Ok(server)
+    let proxy = ProxyProtocol::new("http", settings.proxy_protocol, &settings.proxy_trusted);
+    let builder = match (tls, proxy) {
+        (None, None) => builder.listen("mapcast-http", listener, move || http_service!().tcp())?,
+        (None, Some(proxy)) => builder.listen("mapcast-http", listener, move || {
+            let proxy = proxy.clone();
+            fn_service(move |mut io: TcpStream| {
+                let proxy = proxy.clone();
+                async move {
+                    let client = proxied::accept(&mut io, &proxy).await.ok_or(())?;
+                    Ok::<_, ()>((io, Protocol::Http1, Some(client)))
+                }
+            })
+            .and_then(http_service!().map_err(|_| ()))
+        })?,
+        (Some(config), None) => builder.listen("mapcast-https", listener, move || {
+            http_service!().rustls_0_23((*config).clone())
+        })?,
+        (Some(config), Some(proxy)) => {
+            let mut config = (*config).clone();
+            // As actix-http's own rustls service does: HTTP/1.1 by ALPN.
+            config.alpn_protocols.insert(0, b"http/1.1".to_vec());
+            builder.listen("mapcast-https", listener, move || {
+                let proxy = proxy.clone();
+                fn_service(move |mut io: TcpStream| {
+                    let proxy = proxy.clone();
+                    async move {
+                        let client = proxied::accept(&mut io, &proxy).await.ok_or(())?;
+                        Ok::<_, ()>(proxied::ProxiedStream { io, client: Some(client) })
+                    }
+                })
+                .and_then(
+                    actix_tls::accept::rustls_0_23::Acceptor::new(config.clone())
+                        .map_err(|_| ())
+                        .map_init_err(|_| ()),
+                )
+                .and_then(fn_service(
+                    |tls: actix_tls::accept::rustls_0_23::TlsStream<proxied::ProxiedStream>| async {
+                        let client = tls.get_ref().0.client;
+                        Ok::<_, ()>((tls, Protocol::Http1, client))
+                    },
+                ))
+                .and_then(http_service!().map_err(|_| ()))
+            })?
+        }
+    };
+    Ok(builder.run())
 }
 
 /// The path as logged: a share link's token or a phone's secret in the URL

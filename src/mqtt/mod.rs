@@ -8,6 +8,7 @@
 //!
 //! - `server`: the thread, listeners, TLS and the WebSocket upgrade.
 //! - `admission`: connection cap and per-address connect rate, before CONNECT.
+//! - `proxied`: the PROXY protocol header, when on: the client behind a balancer.
 //! - `framing`: whole packets only to the codec; malformed PUBLISH headers refused.
 //! - `connect_check`: CONNECTs ntex-mqtt would mishandle, answered before it reads them.
 //! - `trim`: the memory of closed connections handed back to the system.
@@ -32,6 +33,7 @@ mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
 mod intake;
+mod proxied;
 mod pump;
 mod qos2;
 mod reason;
@@ -60,6 +62,9 @@ pub struct MqttListeners {
     /// MQTT over WebSocket: HTTP upgrade on any path (`/mqtt` by convention),
     /// subprotocol `mqtt`.
     pub ws: Option<TcpListener>,
+    /// PROXY protocol on every listener, from these trusted networks only;
+    /// `None`: off.
+    pub proxy_trusted: Option<Vec<crate::proxy_protocol::Network>>,
 }
 
 /// PEM files for the TLS listener.

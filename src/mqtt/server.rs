@@ -25,12 +25,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
 use super::framing::WholePackets;
+use super::proxied::proxied;
 use super::reason::ConnError;
 use super::session::Ctx;
 use super::{
     MqttListeners, MqttServer, TlsFiles, acks, connect_check, pump, qos2, trim, unexpected, v3, v5,
 };
 use crate::broker::{BrokerHandle, BrokerLimits};
+use crate::proxy_protocol::{Network, ProxyProtocol};
 use crate::telemetry::names::ERROR_MESSAGE;
 
 /// Time a client has to send CONNECT after the socket opens.
@@ -55,7 +57,7 @@ impl MqttServer {
         broker: BrokerHandle,
         workers: usize,
     ) -> anyhow::Result<Self> {
-        let MqttListeners { tcp, tls, ws } = listeners;
+        let MqttListeners { tcp, tls, ws, proxy_trusted } = listeners;
         let tls = match tls {
             Some((listener, files)) => Some((listener, load_tls(&files)?)),
             None => None,
@@ -75,7 +77,8 @@ impl MqttServer {
                     .disable_signals()
                     .build(ntex::rt::DefaultRuntime)
                     .block_on(async move {
-                        match build(tcp, tls, ws, thread_ctx, admission, workers) {
+                        let listeners = (tcp, tls, ws, proxy_trusted);
+                        match build(listeners, thread_ctx, admission, workers) {
                             Ok(server) => {
                                 let _ = tx.send(Ok(server.clone()));
                                 // Resolves when the server has stopped.
@@ -144,47 +147,86 @@ impl Drop for MqttServer {
     }
 }
 
+/// The listeners `build` serves: TCP, TLS with its configuration,
+/// WebSocket, and the PROXY protocol's trusted networks when it is on.
+type Listeners = (
+    TcpListener,
+    Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    Option<TcpListener>,
+    Option<Vec<Network>>,
+);
+
 /// Runs inside the ntex System: register the listeners and start the workers.
+/// With the PROXY protocol on, each listener's chain starts with its step
+/// (before TLS: the balancer's header precedes the handshake); off, the
+/// chains are as if it did not exist.
 fn build(
-    tcp: TcpListener,
-    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
-    ws: Option<TcpListener>,
+    (tcp, tls, ws, proxy_trusted): Listeners,
     ctx: Ctx,
     admission: Arc<Admission>,
     workers: usize,
 ) -> io::Result<ntex::server::Server> {
     let limits = ctx.broker.limits().clone();
-    let c = ctx.clone();
-    let a = admission.clone();
-    let mut builder = ntex::server::build()
+    let policy =
+        |name| proxy_trusted.as_deref().and_then(|trusted| ProxyProtocol::new(name, true, trusted));
+    let builder = ntex::server::build()
         .name("mapcast-mqtt")
         .workers(workers.max(1))
         .disable_signals()
-        .shutdown_timeout(WORKER_SHUTDOWN)
-        .listen("mqtt", tcp, async move |_| mqtt_over(c.clone(), a.clone()))?
-        .config("mqtt", listener_config("MQTT", &limits));
+        .shutdown_timeout(WORKER_SHUTDOWN);
+
+    let (c, a) = (ctx.clone(), admission.clone());
+    let mut builder = match policy("mqtt") {
+        None => builder.listen("mqtt", tcp, async move |_| mqtt_over(c.clone(), a.clone()))?,
+        Some(p) => builder.listen("mqtt", tcp, async move |_| {
+            chain_factory(proxied(p.clone())).and_then(mqtt_over(c.clone(), a.clone()))
+        })?,
+    }
+    .config("mqtt", listener_config("MQTT", &limits));
 
     if let Some((listener, tls)) = tls {
-        let c = ctx.clone();
-        let a = admission.clone();
-        builder = builder
-            .listen("mqtt-tls", listener, async move |_| {
-                chain_factory(TlsAcceptor::new(tls.clone()))
-                    .map_err(|e: io::Error| {
-                        tracing::debug!({ ERROR_MESSAGE } = %e, "TLS handshake failed");
-                    })
-                    .map_init_err(|_| ())
-                    .and_then(mqtt_over(c.clone(), a.clone()))
-            })?
-            .config("mqtt-tls", listener_config("MQTT-TLS", &limits));
+        let (c, a) = (ctx.clone(), admission.clone());
+        builder = match policy("mqtt-tls") {
+            None => builder.listen("mqtt-tls", listener, async move |_| {
+                tls_then_mqtt(tls.clone(), c.clone(), a.clone())
+            })?,
+            Some(p) => builder.listen("mqtt-tls", listener, async move |_| {
+                chain_factory(proxied(p.clone())).and_then(tls_then_mqtt(
+                    tls.clone(),
+                    c.clone(),
+                    a.clone(),
+                ))
+            })?,
+        }
+        .config("mqtt-tls", listener_config("MQTT-TLS", &limits));
     }
     if let Some(listener) = ws {
         let c = ctx.clone();
-        builder = builder
-            .listen("mqtt-ws", listener, async move |_| ws_service(c.clone(), admission.clone()))?
-            .config("mqtt-ws", listener_config("MQTT-WS", &limits));
+        builder = match policy("mqtt-ws") {
+            None => builder.listen("mqtt-ws", listener, async move |_| {
+                ws_service(c.clone(), admission.clone())
+            })?,
+            Some(p) => builder.listen("mqtt-ws", listener, async move |_| {
+                chain_factory(proxied(p.clone())).and_then(ws_service(c.clone(), admission.clone()))
+            })?,
+        }
+        .config("mqtt-ws", listener_config("MQTT-WS", &limits));
     }
     Ok(builder.run())
+}
+
+/// The TLS handshake, then MQTT over the TLS layer.
+fn tls_then_mqtt<F: Filter>(
+    tls: Arc<rustls::ServerConfig>,
+    ctx: Ctx,
+    admission: Arc<Admission>,
+) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = (), InitError = ()> {
+    chain_factory(TlsAcceptor::new(tls))
+        .map_err(|e: io::Error| {
+            tracing::debug!({ ERROR_MESSAGE } = %e, "TLS handshake failed");
+        })
+        .map_init_err(|_| ())
+        .and_then(mqtt_over(ctx, admission))
 }
 
 /// Socket read buffer per connection while it reads. ntex's default is

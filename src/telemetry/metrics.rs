@@ -137,6 +137,9 @@ pub struct Metrics {
     pub phone_reports_refused: [AtomicU64; 2],
     /// OsmAnd reports without a GPS fix, accepted and not used.
     pub phone_reports_without_fix: AtomicU64,
+    /// Connections closed by the PROXY protocol step, per
+    /// [`m::PROXY_REFUSE_REASONS`] entry.
+    pub proxy_refused: [AtomicU64; 4],
     /// The broker whose [`Stats`] the shipped document reports.
     broker: Mutex<Option<Arc<Stats>>>,
     /// The per-flag-variant rows of the shipped document.
@@ -186,6 +189,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     http_malformed_requests: AtomicU64::new(0),
     phone_reports_refused: [AtomicU64::new(0), AtomicU64::new(0)],
     phone_reports_without_fix: AtomicU64::new(0),
+    proxy_refused: Default::default(),
     broker: Mutex::new(None),
     flag_rows: Mutex::new(None),
 });
@@ -439,6 +443,15 @@ impl Metrics {
             "OsmAnd / Traccar Client reports without a GPS fix (valid=false), not used as positions.",
             g(&self.phone_reports_without_fix),
         ));
+        for (reason, refused) in m::PROXY_REFUSE_REASONS.iter().zip(&self.proxy_refused) {
+            out.push(Scalar {
+                kind: "counter",
+                name: m::PROXY_REFUSED,
+                help: "Connections closed before any MQTT or HTTP by the PROXY protocol step, by reason.",
+                label: Some(("reason", reason)),
+                value: g(refused),
+            });
+        }
         out.extend([Scalar::gauge(
             m::UPTIME,
             "Seconds since the process started.",

@@ -280,6 +280,11 @@ pub mod metrics {
     /// Requests that were not HTTP, answered 400 by actix before any route.
     pub const HTTP_MALFORMED: (&str, &str) =
         ("mapcast_http_malformed_requests_total", "mapcast.http.malformed_requests");
+    /// Connections closed by a listener's PROXY protocol step before any
+    /// MQTT or HTTP, labelled by `reason`: one of [`PROXY_REFUSE_REASONS`].
+    pub const PROXY_REFUSED: (&str, &str) =
+        ("mapcast_proxy_protocol_refused_total", "mapcast.proxy_protocol.refused");
+    pub const PROXY_REFUSE_REASONS: [&str; 4] = ["untrusted", "malformed", "timeout", "closed"];
     /// OTLP exports a histogram as two counters: `{field}.count`, `{field}.sum`.
     pub const OTEL_COUNT_SUFFIX: &str = ".count";
     pub const OTEL_SUM_SUFFIX: &str = ".sum";

@@ -43,6 +43,7 @@ mod page_assets;
 mod phone_apps;
 mod position_api;
 mod postgres;
+mod proxy_protocol;
 mod pubsub;
 mod readme_recipe;
 mod restart;
