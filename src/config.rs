@@ -796,6 +796,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("MAPCAST_PERSISTENT_CLIENT_EXPIRATION", "broker.persistent_client_expiration", |s, v| {
         set(&mut s.broker.limits.persistent_client_expiration, v)
     }),
+    var("MAPCAST_REPLAY_MESSAGES", "broker.replay_messages", |s, v| {
+        set(&mut s.broker.limits.replay_messages, v)
+    }),
     var("MAPCAST_MAX_QUEUED_BYTES", "broker.max_queued_bytes", |s, v| {
         set(&mut s.broker.limits.max_queued_bytes, v)
     }),

@@ -61,6 +61,9 @@ pub struct BrokerLimits {
     /// another identity (and so replace or resume it). Everyone else is
     /// refused with CONNACK 0x87 (3.1.1: 0x05). Default false.
     pub admin_session_takeover: bool,
+    /// Recent publishes kept for SSE streams resuming with `Last-Event-ID`
+    /// (also bounded to 32 MiB of payloads); 0 keeps none. Default 10,000.
+    pub replay_messages: usize,
 }
 
 impl Default for BrokerLimits {
@@ -85,6 +88,7 @@ impl Default for BrokerLimits {
             max_connect_rate_per_ip: 100,
             connect_burst_per_ip: 100,
             admin_session_takeover: false,
+            replay_messages: 10_000,
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod auth;
 mod inbox;
+pub mod journal;
 pub mod limits;
 pub mod outbox;
 pub mod ports;
@@ -201,6 +202,12 @@ pub(crate) enum Command {
         /// Writes added by the [`PublishHook`].
         ops: Vec<WriteOp>,
         reply: Option<oneshot::Sender<Result<PublishReply, PublishError>>>,
+    },
+    /// Recent publishes since a time, for a resuming SSE stream.
+    Replay {
+        after: journal::ResumePoint,
+        filters: Vec<crate::domain::TopicFilter>,
+        reply: oneshot::Sender<journal::Missed>,
     },
     Retained {
         filter: SharedFilter,
@@ -417,6 +424,20 @@ impl BrokerHandle {
     }
 
     /// Retained messages whose topics match `filter` (for REST GET).
+    /// Publishes after `after` on topics `filters` match, with their marks
+    /// (see [`journal::Journal::since`]).
+    pub async fn replay(
+        &self,
+        after: journal::ResumePoint,
+        filters: Vec<crate::domain::TopicFilter>,
+    ) -> journal::Missed {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Replay { after, filters, reply: tx }).is_err() {
+            return Err(journal::ReplayGap);
+        }
+        rx.await.unwrap_or(Err(journal::ReplayGap))
+    }
+
     pub async fn retained(&self, filter: SharedFilter) -> Vec<Arc<Message>> {
         let (tx, rx) = oneshot::channel();
         if self.send(Command::Retained { filter, reply: tx }).is_err() {

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::inbox::{InboxReceiver, inbox};
+use super::journal::Journal;
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
 use super::ports::{SharedDurability, SharedFabric};
 use super::retained::RetainedStore;
@@ -82,6 +83,8 @@ struct Router {
     scratch: Vec<Target>,
     push_scratch: Vec<(Arc<Outbox>, Delivery)>,
     /// The handle's publish hook, for wills: the router publishes them itself.
+    /// Recent publishes, for SSE streams that resume.
+    journal: Journal,
     /// Set when other instances share the work: where local publishes go
     /// to reach them.
     fabric: Option<SharedFabric>,
@@ -134,6 +137,7 @@ impl Router {
         writer: SharedDurability,
         hook: Option<Arc<dyn PublishHook>>,
     ) -> Self {
+        let journal = Journal::new(limits.replay_messages);
         Router {
             limits,
             stats: Arc::new(Stats::default()),
@@ -150,6 +154,7 @@ impl Router {
             scratch: Vec::new(),
             push_scratch: Vec::new(),
             online: 0,
+            journal,
             hook,
             fabric: None,
             auth,
@@ -278,6 +283,9 @@ impl Router {
                 // Best effort, as for a will: nobody waits here (the
                 // publisher had its answer on its own instance).
                 let _ = self.publish_from(Arc::new(msg), Vec::new(), false, Origin::Remote);
+            }
+            Command::Replay { after, filters, reply } => {
+                let _ = reply.send(self.journal.since(after, &filters));
             }
             Command::Retained { filter, reply } => {
                 let _ = reply.send(self.retained.matching(&filter.filter));
@@ -742,6 +750,9 @@ impl Router {
         }
 
         let matched = self.collect_targets(&msg);
+        // The message's mark: below its deliveries' numbers, above earlier ones.
+        let mark = self.next_seq;
+        self.next_seq += 1;
         let queue_qos0 = self.limits.queue_qos0_messages;
         let mut targets = std::mem::take(&mut self.scratch);
         let mut pushes = std::mem::take(&mut self.push_scratch);
@@ -815,6 +826,9 @@ impl Router {
             self.submit(ops);
             None
         };
+        // Taken (a refused publish returned above): resuming streams may
+        // replay it.
+        self.journal.push(mark, &msg);
         if msg.retain && self.retained.apply(&msg) && !msg.topic.is_broker_reserved() {
             self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
         }

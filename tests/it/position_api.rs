@@ -194,6 +194,52 @@ async fn one_sse_stream_carries_several_filters_with_an_id_on_every_event_and_re
 }
 
 #[tokio::test]
+async fn a_resuming_sse_stream_gets_the_publishes_it_missed_once_or_a_reset_beyond_the_window() {
+    let app = spawn_app_with(|s| s.broker.limits.replay_messages = 5).await;
+    let mut car = app.v5_client("car", true, None).await;
+    let mut sse = sse_with(&app, "filter=fleet/%2B/status", None).await;
+    car.publish_qos1("fleet/a/status", false, "\"parked\"").await;
+    let (last_id, _) = sse.next_event_with_id().await;
+    drop(sse);
+
+    // Away: three publishes on the stream's topics, one elsewhere.
+    for (topic, payload) in [
+        ("fleet/a/status", "driving"),
+        ("fleet/b/status", "parked"),
+        ("chat/x", "hi"),
+        ("fleet/a/status", "parked"),
+    ] {
+        car.publish_qos1(topic, false, format!("\"{payload}\"")).await;
+    }
+    let mut resumed = sse_with(&app, "filter=fleet/%2B/status", last_id.as_deref()).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (id, event) = resumed.next_event_with_id().await;
+        assert!(id.is_some(), "replayed events carry ids too");
+        got.push(format!("{} {}", event["topic"].as_str().unwrap(), event["payload"]));
+    }
+    assert_eq!(
+        got,
+        [r#"fleet/a/status "driving""#, r#"fleet/b/status "parked""#, r#"fleet/a/status "parked""#]
+    );
+    // Live again, and nothing twice.
+    car.publish_qos1("fleet/b/status", false, "\"driving\"").await;
+    let (_, live) = resumed.next_event_with_id().await;
+    assert_eq!(live["payload"], "driving");
+    assert!(resumed.try_next_event(crate::helpers::QUIET).await.is_none(), "nothing sent twice");
+    drop(resumed);
+
+    // More than the broker keeps went by: the client is told to start over.
+    for i in 0..10 {
+        car.publish_qos1("fleet/c/status", false, format!("{i}")).await;
+    }
+    let mut late = sse_with(&app, "filter=fleet/%2B/status", last_id.as_deref()).await;
+    let (name, data) = late.next_named_event().await;
+    assert_eq!(name.as_deref(), Some("reset"), "{data}");
+    assert!(data["reason"].as_str().unwrap().contains("no longer kept"));
+}
+
+#[tokio::test]
 async fn a_ticket_opens_one_stream_of_exactly_its_filters() {
     let app = spawn_app().await;
     let api = app.api();

@@ -12,6 +12,8 @@
 //! broker shuts down. A user and an address may hold only so many streams
 //! (see [`crate::http::streams`]).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{CacheControl, CacheDirective};
@@ -20,13 +22,14 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::broker::journal::{Missed, ResumePoint};
 use crate::broker::{
     BrokerHandle, ConnectRequest, ConnectionId, DisconnectKind, Next, Outbox, ProtocolVersion,
     SubscribeRequest,
 };
 use crate::domain::time::{format_rfc3339, millis};
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
-use crate::domain::{Delivery, QoS, SubscriptionOptions};
+use crate::domain::{Delivery, Message, QoS, SubscriptionOptions};
 use crate::domain::{Identity, Secret};
 use crate::http::auth::Caller;
 use crate::http::conformance;
@@ -132,10 +135,11 @@ fn ticket_key(filters: &[String]) -> String {
     filters.join("\0")
 }
 
-/// The time (epoch ms) in a `Last-Event-ID` this server wrote: `{ms}-{seq}`.
-fn resume_after(req: &HttpRequest) -> Option<i64> {
+/// Where a `Last-Event-ID` this server wrote (`{ms}-{seq}`) left off.
+fn resume_after(req: &HttpRequest) -> Option<ResumePoint> {
     let id = req.headers().get("last-event-id")?.to_str().ok()?;
-    id.split('-').next()?.parse().ok()
+    let (ms, seq) = id.split_once('-')?;
+    Some(ResumePoint { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
 }
 
 /// Stream matching publishes as `text/event-stream`.
@@ -189,7 +193,7 @@ async fn subscribe(
         .iter()
         .map(|f| allowed_filter(&state, &identity, &caller_id, f))
         .collect::<Result<Vec<_>, _>>()?;
-    let resume_after_ms = resume_after(&req);
+    let resume = resume_after(&req);
     let permit = streams
         .admit(identity.user_id.as_deref(), req.peer_addr().map(|a| a.ip()))
         .map_err(|e| {
@@ -221,7 +225,7 @@ async fn subscribe(
         .await
         .map_err(|_| unavailable())?;
     // From here on the session is ended when the stream is dropped.
-    let stream = SseStream {
+    let mut stream = SseStream {
         guard: SessionGuard {
             broker: broker.clone(),
             client_id: client_id.clone(),
@@ -229,11 +233,14 @@ async fn subscribe(
         },
         outbox: session.outbox,
         buf: Vec::with_capacity(BATCH),
-        resume_after_ms,
+        resume_after_ms: resume.map(|r| r.ms),
+        replayed: HashMap::new(),
+        replayed_until_ms: 0,
         _permit: permit,
     };
     let requests: Vec<SubscribeRequest> = filters
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|filter| SubscribeRequest {
             filter: SharedFilter { group: None, filter },
             options: SubscriptionOptions::qos(QoS::AtMostOnce),
@@ -246,14 +253,23 @@ async fn subscribe(
         return Err(unavailable());
     }
     tracing::info!(client.id = %client_id, caller = %caller_id, "SSE stream opened");
+    // Subscribed first, then the recent past: nothing falls between the
+    // two, and what is in both is sent once.
+    let missed = match resume {
+        Some(after) => stream.replay(broker.replay(after, filters).await),
+        None => bytes::Bytes::new(),
+    };
 
     let events = futures::stream::unfold(Some(stream), |stream| async move {
         let mut stream = stream?;
         let chunk = stream.next_chunk().await?;
         Some((Ok::<_, actix_web::Error>(chunk), Some(stream)))
     });
-    let opening =
-        futures::stream::once(async { Ok(bytes::Bytes::from_static(b": subscribed\n\n")) });
+    let opening = futures::stream::once(async move {
+        let mut first = b": subscribed\n\n".to_vec();
+        first.extend_from_slice(&missed);
+        Ok(bytes::Bytes::from(first))
+    });
     Ok(stream_answer().streaming(futures::StreamExt::chain(opening, events)))
 }
 
@@ -351,6 +367,12 @@ struct SseStream {
     /// From `Last-Event-ID`: retained messages the client already had (not
     /// newer than its last event) are not sent again.
     resume_after_ms: Option<i64>,
+    /// Messages sent from the broker's journal on resume, not to be sent
+    /// again when they also come live: by identity (held, so no other
+    /// message can take their address), let go once live ones are newer.
+    replayed: HashMap<*const Message, Arc<Message>>,
+    /// Receive time of the newest replayed message.
+    replayed_until_ms: i64,
     /// The stream's place under the caps, given back when it ends.
     _permit: StreamPermit,
 }
@@ -377,26 +399,65 @@ impl SseStream {
                     if d.retain && self.resume_after_ms.is_some_and(|after| received_ms <= after) {
                         continue;
                     }
-                    let (payload, binary) = payload_json(&d.msg.payload);
-                    let event = SseEvent {
-                        topic: d.msg.topic.to_string(),
-                        payload,
-                        payload_encoding: binary.then_some("base64"),
-                        retain: d.retain,
-                        qos: d.msg.qos as u8,
-                    };
-                    // The receive time leads, so a resuming client names
-                    // a point in time; the sequence keeps ids unique.
-                    out.extend_from_slice(format!("id: {received_ms}-{}\n", d.seq).as_bytes());
-                    out.extend_from_slice(b"data: ");
-                    serde_json::to_writer(&mut out, &event).expect("writing to a Vec cannot fail");
-                    out.extend_from_slice(b"\n\n");
+                    if !self.replayed.is_empty() {
+                        if self.replayed.remove(&Arc::as_ptr(&d.msg)).is_some() {
+                            continue;
+                        }
+                        if received_ms > self.replayed_until_ms {
+                            self.replayed.clear();
+                        }
+                    }
+                    write_event(&mut out, &d.msg, d.retain, d.seq);
                     self.guard.broker.stats().sent(d.msg.payload.len());
                 }
                 Some(bytes::Bytes::from(out))
             }
         }
     }
+}
+
+impl SseStream {
+    /// The events a resuming client missed, or a `reset` event when the
+    /// broker no longer keeps them all (the client must fetch the state
+    /// again).
+    fn replay(&mut self, missed: Missed) -> bytes::Bytes {
+        let mut out = Vec::new();
+        match missed {
+            Ok(messages) => {
+                for (mark, msg) in messages {
+                    write_event(&mut out, &msg, false, mark);
+                    self.guard.broker.stats().sent(msg.payload.len());
+                    self.replayed_until_ms = self.replayed_until_ms.max(millis(msg.received_at));
+                    self.replayed.insert(Arc::as_ptr(&msg), msg);
+                }
+            }
+            Err(gap) => {
+                out.extend_from_slice(b"event: reset\ndata: ");
+                let reason = serde_json::json!({ "reason": gap.to_string() });
+                serde_json::to_writer(&mut out, &reason).expect("writing to a Vec cannot fail");
+                out.extend_from_slice(b"\n\n");
+            }
+        }
+        bytes::Bytes::from(out)
+    }
+}
+
+/// One `data:` event with its `id:` `{receive ms}-{seq}`: the time tells
+/// whether this run of the broker saw it, the sequence number exactly which
+/// publishes came after it (see [`ResumePoint`]).
+fn write_event(out: &mut Vec<u8>, msg: &Message, retain: bool, seq: u64) {
+    let (payload, binary) = payload_json(&msg.payload);
+    let event = SseEvent {
+        topic: msg.topic.to_string(),
+        payload,
+        payload_encoding: binary.then_some("base64"),
+        retain,
+        qos: msg.qos as u8,
+    };
+    out.extend_from_slice(format!("id: {}-{seq}\n", millis(msg.received_at)).as_bytes());
+    out.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut *out, &event).expect("writing to a Vec cannot fail");
+    out.extend_from_slice(b"\n\n");
 }
 
 /// Ends the broker session when the stream is dropped (client gone, server

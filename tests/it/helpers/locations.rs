@@ -170,6 +170,19 @@ impl Sse {
         }
     }
 
+    /// The next block with data: its `event:` name (`None` for a plain
+    /// message event) and its `data:` as JSON.
+    pub async fn next_named_event(&mut self) -> (Option<String>, Value) {
+        loop {
+            let block = self.next_block(RECV).await.expect("an SSE event");
+            let name = block.lines().find_map(|l| l.strip_prefix("event: ")).map(str::to_owned);
+            let data: Vec<&str> = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            if !data.is_empty() {
+                return (name, serde_json::from_str(&data.join("\n")).expect("SSE data is JSON"));
+            }
+        }
+    }
+
     /// Whether the server ends the stream within `timeout` (events and
     /// heartbeats before the end are skipped).
     pub async fn ended_within(&mut self, timeout: Duration) -> bool {
