@@ -130,6 +130,9 @@ mod tests {
         );
         let before_this_run = ResumePoint { ms: now - 1, seq: 60 };
         assert_eq!(j.since(before_this_run, &devices).err(), Some(ReplayGap));
-        assert!(Journal::new(0).since(at(0), &devices).unwrap().is_empty());
+        let mut none = Journal::new(0);
+        none.push(70, &msg("devices/d/location", now as u64));
+        let at_start = ResumePoint { ms: none.started_ms, seq: 0 };
+        assert!(none.since(at_start, &devices).unwrap().is_empty(), "keeps nothing");
     }
 }
