@@ -6,6 +6,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use ntex::util::Bytes;
+
 use crate::domain::time::millis;
 use crate::domain::{Message, TopicFilter};
 
@@ -27,9 +29,17 @@ pub struct ResumePoint {
     pub seq: u64,
 }
 
-/// What a resuming stream missed: each message with its mark, oldest
-/// first, or the gap that makes it start over.
-pub type Missed = Result<Vec<(u64, Arc<Message>)>, ReplayGap>;
+/// What a resuming stream missed, or the gap that makes it start over.
+pub type Missed = Result<Replay, ReplayGap>;
+
+/// The publishes a resuming stream missed, each with its mark, oldest
+/// first; every delivery numbered below `horizon` was made before they
+/// were gathered, so a live copy of one of them is not sent again.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub horizon: u64,
+    pub messages: Vec<(u64, Arc<Message>)>,
+}
 
 #[derive(Debug)]
 pub struct Journal {
@@ -55,7 +65,10 @@ impl Journal {
         if self.cap == 0 || msg.topic.is_server_owned() {
             return;
         }
-        self.recent.push_back((mark, msg.clone()));
+        // A copy whose payload owns just its bytes: the publish's may be a
+        // slice of a whole network read buffer, which it would keep alive.
+        let own = Message { payload: Bytes::copy_from_slice(&msg.payload), ..Message::clone(msg) };
+        self.recent.push_back((mark, Arc::new(own)));
         self.bytes += msg.payload.len();
         while self.recent.len() > self.cap || self.bytes > MAX_BYTES {
             let Some((mark, old)) = self.recent.pop_front() else { break };
@@ -66,8 +79,13 @@ impl Journal {
 
     /// Publishes after `after` on topics some filter matches, oldest first,
     /// each with its mark.
-    pub fn since(&self, after: ResumePoint, filters: &[TopicFilter]) -> Missed {
-        if after.ms < self.started_ms || self.forgotten_up_to.is_some_and(|f| f > after.seq) {
+    pub fn since(
+        &self,
+        after: ResumePoint,
+        filters: &[TopicFilter],
+    ) -> Result<Vec<(u64, Arc<Message>)>, ReplayGap> {
+        let forgotten = self.forgotten_up_to.is_some_and(|f| f > after.seq);
+        if self.cap == 0 || after.ms < self.started_ms || forgotten {
             return Err(ReplayGap);
         }
         Ok(self
@@ -82,8 +100,6 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
-
-    use ntex::util::Bytes;
 
     use super::*;
     use crate::domain::{QoS, TopicLimits, TopicName};
@@ -133,6 +149,6 @@ mod tests {
         let mut none = Journal::new(0);
         none.push(70, &msg("devices/d/location", now as u64));
         let at_start = ResumePoint { ms: none.started_ms, seq: 0 };
-        assert!(none.since(at_start, &devices).unwrap().is_empty(), "keeps nothing");
+        assert_eq!(none.since(at_start, &devices).err(), Some(ReplayGap), "keeps nothing");
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::inbox::{InboxReceiver, inbox};
-use super::journal::Journal;
+use super::journal::{Journal, Replay};
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
 use super::ports::{SharedDurability, SharedFabric};
 use super::retained::RetainedStore;
@@ -285,7 +285,9 @@ impl Router {
                 let _ = self.publish_from(Arc::new(msg), Vec::new(), false, Origin::Remote);
             }
             Command::Replay { after, filters, reply } => {
-                let _ = reply.send(self.journal.since(after, &filters));
+                let missed = self.journal.since(after, &filters);
+                let horizon = self.next_seq;
+                let _ = reply.send(missed.map(|messages| Replay { horizon, messages }));
             }
             Command::Retained { filter, reply } => {
                 let _ = reply.send(self.retained.matching(&filter.filter));

@@ -12,8 +12,6 @@
 //! broker shuts down. A user and an address may hold only so many streams
 //! (see [`crate::http::streams`]).
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{CacheControl, CacheDirective};
@@ -233,9 +231,7 @@ async fn subscribe(
         },
         outbox: session.outbox,
         buf: Vec::with_capacity(BATCH),
-        resume_after_ms: resume.map(|r| r.ms),
-        replayed: HashMap::new(),
-        replayed_until_ms: 0,
+        replayed_below: 0,
         _permit: permit,
     };
     let requests: Vec<SubscribeRequest> = filters
@@ -366,13 +362,10 @@ struct SseStream {
     buf: Vec<Delivery>,
     /// From `Last-Event-ID`: retained messages the client already had (not
     /// newer than its last event) are not sent again.
-    resume_after_ms: Option<i64>,
-    /// Messages sent from the broker's journal on resume, not to be sent
-    /// again when they also come live: by identity (held, so no other
-    /// message can take their address), let go once live ones are newer.
-    replayed: HashMap<*const Message, Arc<Message>>,
-    /// Receive time of the newest replayed message.
-    replayed_until_ms: i64,
+    /// On resume, deliveries numbered below this were made before the
+    /// missed publishes were gathered: those are sent from the replay, or
+    /// were had before (retained values too), so not again.
+    replayed_below: u64,
     /// The stream's place under the caps, given back when it ends.
     _permit: StreamPermit,
 }
@@ -395,17 +388,8 @@ impl SseStream {
             Ok(Next::Ready) => {
                 let mut out = Vec::new();
                 for d in &self.buf {
-                    let received_ms = millis(d.msg.received_at);
-                    if d.retain && self.resume_after_ms.is_some_and(|after| received_ms <= after) {
+                    if d.seq < self.replayed_below {
                         continue;
-                    }
-                    if !self.replayed.is_empty() {
-                        if self.replayed.remove(&Arc::as_ptr(&d.msg)).is_some() {
-                            continue;
-                        }
-                        if received_ms > self.replayed_until_ms {
-                            self.replayed.clear();
-                        }
                     }
                     write_event(&mut out, &d.msg, d.retain, d.seq);
                     self.guard.broker.stats().sent(d.msg.payload.len());
@@ -419,17 +403,16 @@ impl SseStream {
 impl SseStream {
     /// The events a resuming client missed, or a `reset` event when the
     /// broker no longer keeps them all (the client must fetch the state
-    /// again).
+    /// again; the retained values follow as for a new stream).
     fn replay(&mut self, missed: Missed) -> bytes::Bytes {
         let mut out = Vec::new();
         match missed {
-            Ok(messages) => {
-                for (mark, msg) in messages {
+            Ok(replay) => {
+                for (mark, msg) in replay.messages {
                     write_event(&mut out, &msg, false, mark);
                     self.guard.broker.stats().sent(msg.payload.len());
-                    self.replayed_until_ms = self.replayed_until_ms.max(millis(msg.received_at));
-                    self.replayed.insert(Arc::as_ptr(&msg), msg);
                 }
+                self.replayed_below = replay.horizon;
             }
             Err(gap) => {
                 out.extend_from_slice(b"event: reset\ndata: ");
