@@ -113,16 +113,7 @@ impl FilterLayer for WholePackets {
     }
 
     fn process_write_buf(&self, buf: &FilterBuf<'_>) -> io::Result<()> {
-        buf.with_write_buffers(|ours, below| {
-            if below.is_empty() {
-                std::mem::swap(ours, below);
-            } else {
-                while let Some(page) = ours.take() {
-                    below.append(page);
-                }
-            }
-        });
-        Ok(())
+        pass_writes(buf)
     }
 }
 
@@ -139,6 +130,20 @@ enum Scan {
 /// Walk the whole packets at the start of `bytes`, learning the protocol
 /// level from a CONNECT and checking each PUBLISH's header against its
 /// length.
+/// Writes through a layer that only looks at reads: handed down as they are.
+pub(super) fn pass_writes(buf: &FilterBuf<'_>) -> io::Result<()> {
+    buf.with_write_buffers(|ours, below| {
+        if below.is_empty() {
+            std::mem::swap(ours, below);
+        } else {
+            while let Some(page) = ours.take() {
+                below.append(page);
+            }
+        }
+    });
+    Ok(())
+}
+
 fn scan(bytes: &[u8], max_packet: u32, level: &mut Level) -> Scan {
     let mut at = 0;
     while at < bytes.len() {

@@ -15,6 +15,7 @@ use ntex::io::{Filter, FilterBuf, FilterLayer, Io, Layer};
 use ntex::service::{ServiceFactory, fn_service};
 use ntex::time::Millis;
 
+use super::framing::pass_writes;
 use crate::proxy_protocol::{HEADER_DEADLINE, Parsed, ProxyProtocol, Refusal};
 
 /// The client a proxied connection stands for.
@@ -42,16 +43,7 @@ impl FilterLayer for ProxiedPeer {
     }
 
     fn process_write_buf(&self, buf: &FilterBuf<'_>) -> io::Result<()> {
-        buf.with_write_buffers(|ours, below| {
-            if below.is_empty() {
-                std::mem::swap(ours, below);
-            } else {
-                while let Some(page) = ours.take() {
-                    below.append(page);
-                }
-            }
-        });
-        Ok(())
+        pass_writes(buf)
     }
 }
 
