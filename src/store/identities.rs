@@ -182,23 +182,24 @@ impl Store {
 
     /// Replace a user's password hash; `false` if there is no such user.
     pub async fn set_user_password(&self, id: &str, hash: Secret) -> Result<bool, sqlx::Error> {
-        let (pool, id) = (self.pool().clone(), id.to_owned());
-        self.run(async move {
-            let updated = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-                .bind(hash.expose().to_owned())
-                .bind(id)
-                .execute(&pool)
-                .await?;
-            Ok(updated.rows_affected() > 0)
-        })
-        .await
+        self.set_hash("UPDATE users SET password_hash = $1 WHERE id = $2", id, hash).await
     }
 
     /// Replace a device's secret hash; `false` if there is no such device.
     pub async fn set_device_secret(&self, id: &str, hash: Secret) -> Result<bool, sqlx::Error> {
+        self.set_hash("UPDATE devices SET secret_hash = $1 WHERE id = $2", id, hash).await
+    }
+
+    /// Run `statement` (`$1` the hash, `$2` the id); whether a row changed.
+    async fn set_hash(
+        &self,
+        statement: &'static str,
+        id: &str,
+        hash: Secret,
+    ) -> Result<bool, sqlx::Error> {
         let (pool, id) = (self.pool().clone(), id.to_owned());
         self.run(async move {
-            let updated = sqlx::query("UPDATE devices SET secret_hash = $1 WHERE id = $2")
+            let updated = sqlx::query(statement)
                 .bind(hash.expose().to_owned())
                 .bind(id)
                 .execute(&pool)
