@@ -136,7 +136,9 @@ pub struct HttpSettings {
     /// PEM private key for `tls_cert`. Default: none.
     pub tls_key: Option<PathBuf>,
     /// Milliseconds a client has to send a request's headers once connected;
-    /// past it the connection gets 408 and is closed. Default 5000.
+    /// past it the connection gets 408 and is closed. Default 5000. The
+    /// HTTP engine keeps time in half-second ticks, so the cut may come up
+    /// to 500 ms early.
     pub head_timeout_ms: u64,
     /// Milliseconds a client has to send a request's whole body once its
     /// headers are in; past it the request gets a 408 problem and the
