@@ -1,12 +1,14 @@
 //! Opening benchmark connections: TCP with `TCP_NODELAY`, CONNECT → CONNACK,
 //! SUBSCRIBE → SUBACK. What happens after that is the scenario's business.
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::TargetArgs;
 use super::wire::{self, Connect, Packet, QoS, Version};
@@ -62,9 +64,7 @@ pub struct Connection {
 
 impl Connection {
     pub async fn open(target: &TargetArgs, client_id: &str) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(ClientError::Tcp)?;
+        let stream = connect(target).await.map_err(ClientError::Tcp)?;
         stream.set_nodelay(true)?;
         let mut conn = Connection {
             stream,
@@ -143,6 +143,21 @@ impl Connection {
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, read).await.map_err(|_| ClientError::Timeout)?
     }
+}
+
+/// TCP to the broker, from the next of `--source-addresses` loopback
+/// addresses in turn when there are several.
+async fn connect(target: &TargetArgs) -> std::io::Result<TcpStream> {
+    static NEXT_SOURCE: AtomicUsize = AtomicUsize::new(0);
+    let loopback = target.host.parse::<Ipv4Addr>().is_ok_and(|ip| ip == Ipv4Addr::LOCALHOST);
+    if target.source_addresses <= 1 || !loopback {
+        return TcpStream::connect((target.host.as_str(), target.port)).await;
+    }
+    let k = NEXT_SOURCE.fetch_add(1, Relaxed) % usize::from(target.source_addresses);
+    let source = Ipv4Addr::new(127, 0, 0, 1 + k as u8);
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
+    socket.connect(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, target.port))).await
 }
 
 enum Reply {

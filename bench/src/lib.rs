@@ -95,6 +95,11 @@ pub struct TargetArgs {
     /// Print one JSON object with every result as the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// Spread connections over this many loopback source addresses
+    /// (127.0.0.1, 127.0.0.2, …): one address reaches one broker port from
+    /// about 28,000 ephemeral ports only. Used when --host is 127.0.0.1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
+    pub source_addresses: u8,
 }
 
 impl TargetArgs {

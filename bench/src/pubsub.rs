@@ -80,6 +80,10 @@ pub struct PubSubArgs {
     /// a max-rate run fills the kernel's socket buffers and measures their size.
     #[arg(long, default_value_t = 20_000)]
     pub max_backlog: u64,
+    /// Publisher connections opened per second before the load starts (a
+    /// fleet coming online); 0 opens them as fast as the broker accepts.
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
 }
 
 /// One second of the measured window.
@@ -128,6 +132,10 @@ pub struct PubSubReport {
     pub publishers: u32,
     pub subscribers: u32,
     pub topic: String,
+    /// How long opening every publisher took, and each one's TCP connect +
+    /// CONNECT → CONNACK.
+    pub publishers_connected_s: f64,
+    pub connect_latency: LatencySummary,
     pub filter: String,
     /// Messages per second per publisher; null when sending at max rate.
     pub rate_per_publisher: Option<f64>,
@@ -231,6 +239,9 @@ pub async fn measure(args: PubSubArgs) -> anyhow::Result<PubSubReport> {
     if args.filter.starts_with("$share/") {
         bail!("shared subscriptions are not supported: loss accounting needs every subscriber");
     }
+    if !(args.connect_rate >= 0.0 && args.connect_rate.is_finite()) {
+        bail!("--connect-rate must be a non-negative number of connections per second");
+    }
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be a non-negative number of messages per second");
     }
@@ -246,7 +257,8 @@ pub async fn measure(args: PubSubArgs) -> anyhow::Result<PubSubReport> {
     let prefix = client_id_prefix();
 
     // Subscribers first, so nothing published is missed.
-    let subscribers = open_all(args.subscribers, SETUP_CONCURRENCY, |j| {
+    super::raise_open_files_limit(u64::from(args.publishers) + u64::from(args.subscribers) + 256);
+    let (subscribers, _) = open_all(args.subscribers, SETUP_CONCURRENCY, 0.0, |j| {
         let target = target.clone();
         let filter = args.filter.clone();
         let id = format!("{prefix}-s{j}");
@@ -258,13 +270,16 @@ pub async fn measure(args: PubSubArgs) -> anyhow::Result<PubSubReport> {
     })
     .await
     .context("cannot set up the subscribers")?;
-    let publishers = open_all(args.publishers, SETUP_CONCURRENCY, |i| {
-        let target = target.clone();
-        let id = format!("{prefix}-p{i}");
-        async move { Connection::open(&target, &id).await }
-    })
-    .await
-    .context("cannot set up the publishers")?;
+    let connecting = Instant::now();
+    let (publishers, connect_took) =
+        open_all(args.publishers, SETUP_CONCURRENCY, args.connect_rate, |i| {
+            let target = target.clone();
+            let id = format!("{prefix}-p{i}");
+            async move { Connection::open(&target, &id).await }
+        })
+        .await
+        .context("cannot set up the publishers")?;
+    let publishers_connected_in = connecting.elapsed().as_secs_f64();
     let weights: Vec<u64> = topics
         .iter()
         .map(|t| if filter_matches(&args.filter, t) { u64::from(args.subscribers) } else { 0 })
@@ -365,6 +380,8 @@ pub async fn measure(args: PubSubArgs) -> anyhow::Result<PubSubReport> {
         publishers: args.publishers,
         subscribers: args.subscribers,
         topic: args.topic,
+        publishers_connected_s: publishers_connected_in,
+        connect_latency: LatencySummary::of(&connect_took),
         filter: args.filter,
         rate_per_publisher: (args.rate > 0.0).then_some(args.rate),
         payload_bytes: shared.payload.size(),
@@ -484,33 +501,45 @@ async fn run_phases(shared: &Shared, args: &PubSubArgs) -> Window {
     }
 }
 
-/// Open `count` connections, `concurrency` at a time, in index order.
+/// Open `count` connections, `concurrency` at a time, in index order,
+/// starting them `rate` a second (0: as fast as `concurrency` allows); with
+/// how long each took (TCP connect and CONNECT → CONNACK, plus whatever
+/// `open` adds).
 async fn open_all<F, Fut>(
     count: u32,
     concurrency: usize,
+    rate: f64,
     open: F,
-) -> Result<Vec<Connection>, ClientError>
+) -> Result<(Vec<Connection>, Histogram<u64>), ClientError>
 where
     F: Fn(u32) -> Fut,
     Fut: Future<Output = Result<Connection, ClientError>> + Send + 'static,
 {
     let limit = Arc::new(Semaphore::new(concurrency));
     let mut tasks = JoinSet::new();
+    let start = Instant::now();
     for i in 0..count {
+        if rate > 0.0 {
+            let due = start + Duration::from_secs_f64(f64::from(i) / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let permit = limit.clone().acquire_owned().await.expect("never closed");
         let fut = open(i);
         tasks.spawn(async move {
+            let began = Instant::now();
             let result = fut.await;
             drop(permit);
-            (i, result)
+            (i, began.elapsed(), result)
         });
     }
     let mut conns: Vec<Option<Connection>> = (0..count).map(|_| None).collect();
+    let mut took = latency_histogram();
     while let Some(joined) = tasks.join_next().await {
-        let (i, result) = joined.expect("connection setup does not panic");
+        let (i, elapsed, result) = joined.expect("connection setup does not panic");
         conns[i as usize] = Some(result?);
+        took.saturating_record(elapsed.as_nanos() as u64);
     }
-    Ok(conns.into_iter().map(|c| c.expect("every index joined")).collect())
+    Ok((conns.into_iter().map(|c| c.expect("every index joined")).collect(), took))
 }
 
 /// What the ack reader tells the writer.
@@ -902,6 +931,13 @@ fn render(r: &PubSubReport) -> String {
         r.payload_bytes,
         r.duration_s,
         r.warmup_s
+    );
+    let _ = writeln!(
+        s,
+        "  connected   {} publishers in {:.1} s; {}",
+        r.publishers,
+        r.publishers_connected_s,
+        r.connect_latency.line()
     );
     let _ = writeln!(
         s,

@@ -19,6 +19,7 @@ fn target(app: &TestApp, version: Version) -> TargetArgs {
         keep_alive: 60,
         broker_pid: Some(std::process::id()),
         json: false,
+        source_addresses: 1,
     }
 }
 
@@ -38,6 +39,7 @@ fn pubsub(app: &TestApp, version: Version, qos: u8) -> PubSubArgs {
         inflight: 10,
         batch: 16,
         max_backlog: 20_000,
+        connect_rate: 0.0,
     }
 }
 
@@ -79,6 +81,25 @@ async fn subscribers_only_count_the_publishers_their_filter_matches() {
     assert!(t.expected > 0 && t.expected < t.published, "{t:?}");
     assert_eq!((t.delivered, t.lost), (t.expected, 0), "{t:?}");
     assert_eq!(report.payload_bytes, 64);
+}
+
+#[tokio::test]
+async fn a_fleet_comes_online_paced_from_several_source_addresses_then_publishes() {
+    let app = spawn_app().await;
+    let mut args = pubsub(&app, Version::V311, 1);
+    args.target.source_addresses = 4;
+    args.publishers = 200;
+    args.connect_rate = 400.0;
+    args.rate = 2.0;
+
+    let report = measure_pubsub(args).await.unwrap();
+
+    assert_eq!(report.connect_latency.count, 200, "{:?}", report.connect_latency);
+    // 200 connections at 400/s: the last starts half a second after the first.
+    assert!(report.publishers_connected_s >= 0.49, "{}", report.publishers_connected_s);
+    let t = &report.totals;
+    assert!(t.published >= 200, "{t:?}");
+    assert_eq!((t.delivered, t.lost, t.acked), (t.expected, 0, t.published), "{t:?}");
 }
 
 #[tokio::test]

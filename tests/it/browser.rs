@@ -456,6 +456,7 @@ async fn the_page_benchmark_reports_weight_and_first_render() {
             keep_alive: 60,
             broker_pid: None,
             json: false,
+            source_addresses: 1,
         },
         http_url: format!("http://{}", app.http_addr),
         viewer: "viewer".into(),
