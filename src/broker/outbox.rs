@@ -53,6 +53,11 @@ pub enum KickReason {
 /// A connected consumer that has not taken a delivery for this long while
 /// deliveries wait counts as stalled: no backpressure on its behalf.
 const STALLED_AFTER: Duration = Duration::from_secs(1);
+/// Queued deliveries past which the consumer is lagging and new ones are
+/// queued as compacted copies (see [`crate::domain::Message::compacted`]): a queue of
+/// `max_queued_messages` slices could otherwise pin as many network read
+/// buffers, far more memory than the byte bound counts.
+const LAGGING_AFTER: usize = 32;
 
 /// What happened to a pushed delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +244,9 @@ impl Outbox {
                     self.forget(&v);
                 }
             }
+        }
+        if st.queue.len() >= LAGGING_AFTER {
+            d.msg = Arc::new(d.msg.compacted());
         }
         if d.qos != QoS::AtMostOnce && d.packet_id.is_none() {
             // Normally reserved by the caller (its stored copy carries it).

@@ -59,7 +59,8 @@ impl RetainedStore {
         if msg.payload.is_empty() {
             self.remove(msg.topic.as_bytestring()).is_some()
         } else {
-            self.insert(msg.clone());
+            // Kept until replaced: it must not pin the read buffer it came in.
+            self.insert(Arc::new(msg.compacted()));
             true
         }
     }

@@ -318,6 +318,9 @@ impl Router {
         if let Some(old) = self.sessions.get_mut(&client) {
             if let Some(old_conn) = old.conn.take() {
                 self.online -= 1;
+                if client.is_sse() {
+                    self.journal.stream_closed();
+                }
                 tracing::info!(client.id = %client, "session taken over by a new connection");
                 old.outbox.kick(old_conn, KickReason::SessionTakenOver);
             }
@@ -363,6 +366,9 @@ impl Router {
         session.token = req.identity.token.clone();
         session.conn = Some(conn);
         self.online += 1;
+        if client.is_sse() {
+            self.journal.stream_opened();
+        }
         session.epoch = conn;
         session.protocol = req.protocol;
         session.expiry_secs = expiry;
@@ -526,6 +532,9 @@ impl Router {
         }
         session.conn = None;
         self.online -= 1;
+        if client.is_sse() {
+            self.journal.stream_closed();
+        }
         session.epoch = conn;
         session.outbox.detach(conn);
         if let Some(e) = expiry_override {
@@ -574,6 +583,9 @@ impl Router {
         self.cancel_timers(client);
         if session.conn.is_some() {
             self.online -= 1;
+            if client.is_sse() {
+                self.journal.stream_closed();
+            }
             self.stats.clients_connected.store(self.online as u64, Relaxed);
         }
         for filter in session.subscriptions.keys() {

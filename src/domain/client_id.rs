@@ -20,6 +20,11 @@ impl ClientId {
         INTERNAL_PREFIXES.iter().any(|p| self.0.starts_with(p))
     }
 
+    /// An SSE stream's session.
+    pub fn is_sse(&self) -> bool {
+        self.0.starts_with(INTERNAL_PREFIXES[0])
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -126,6 +126,18 @@ impl Message {
         }
     }
 
+    /// A copy whose topic and payload own just their bytes. A decoded
+    /// publish's are slices of the network read buffer they arrived in, so
+    /// whatever keeps a message for long (a lagging queue, the retained set,
+    /// the replay journal) would otherwise keep that whole buffer alive.
+    pub fn compacted(&self) -> Self {
+        Self {
+            topic: self.topic.compacted(),
+            payload: Bytes::copy_from_slice(&self.payload),
+            ..self.clone()
+        }
+    }
+
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
@@ -160,4 +172,29 @@ pub struct Delivery {
     /// Set when a copy is in the store (persistent session, QoS≥1): it is
     /// deleted there once acknowledged or dropped.
     pub stored: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TopicLimits;
+
+    #[test]
+    fn a_compacted_message_shares_no_storage_with_the_buffer_it_was_read_from() {
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let topic = TopicName::parse(
+            ntex::util::ByteString::try_from(buffer.slice(0..40)).unwrap(),
+            TopicLimits::default(),
+        )
+        .unwrap();
+        let msg = Message::new(topic, buffer.slice(100..300), QoS::AtLeastOnce, true);
+
+        let own = msg.compacted();
+
+        assert_eq!((own.topic.as_str(), &own.payload[..]), (msg.topic.as_str(), &msg.payload[..]));
+        let inside = |p: *const u8| buffer.as_ptr_range().contains(&p);
+        assert!(inside(msg.payload.as_ptr()) && inside(msg.topic.as_str().as_ptr()));
+        assert!(!inside(own.payload.as_ptr()) && !inside(own.topic.as_str().as_ptr()));
+        assert_eq!((own.qos, own.retain), (msg.qos, msg.retain));
+    }
 }

@@ -75,6 +75,13 @@ impl TopicName {
         &self.0
     }
 
+    /// The same name in storage of its own (see [`Message::compacted`]).
+    ///
+    /// [`Message::compacted`]: super::Message::compacted
+    pub fn compacted(&self) -> Self {
+        Self(ByteString::from(self.as_str()))
+    }
+
     pub fn into_bytestring(self) -> ByteString {
         self.0
     }
