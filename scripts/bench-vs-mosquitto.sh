@@ -22,6 +22,7 @@ WARMUP=2
 CONNECTIONS=10000
 CONNECT_RATE=2000
 HOLD=5
+FLEET=100000
 SCENARIOS="qos0-fanin,qos1-fanin,paced-10k,fanout,conns"
 VARIANTS="A,B"
 OUT=""
@@ -38,8 +39,11 @@ usage: $0 [options]
   --connections C    idle connections in the conns scenario (default $CONNECTIONS)
   --connect-rate R   new connections per second in conns (default $CONNECT_RATE)
   --hold S           seconds the idle connections are held (default $HOLD)
+  --fleet N          devices in the fleet scenario (default $FLEET): they connect at
+                     --connect-rate, then publish 10,000 QoS1 positions/s in total
   --only LIST        comma-separated scenarios (default $SCENARIOS;
-                     also qos1-flood: QoS1 fan-in with 100 publishes in flight per publisher)
+                     also qos1-flood: QoS1 fan-in with 100 publishes in flight per publisher,
+                     and fleet: --fleet devices online, then 10,000 positions/s)
   --variants LIST    Mosquitto configs: A (defaults), B (tuned) (default $VARIANTS)
   --out DIR          keep JSON reports and broker logs here (default: a temp dir)
 env: MAPCAST=path/to/mapcast (default target/release/mapcast)
@@ -55,6 +59,7 @@ while [ $# -gt 0 ]; do
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --connect-rate) CONNECT_RATE="$2"; shift 2 ;;
         --hold) HOLD="$2"; shift 2 ;;
+        --fleet) FLEET="$2"; shift 2 ;;
         --only) SCENARIOS="$2"; shift 2 ;;
         --variants) VARIANTS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
@@ -88,7 +93,11 @@ fi
 command -v python3 >/dev/null || { echo "python3 is needed for the summary" >&2; exit 1; }
 
 # Thousands of connections need thousands of descriptors, in the brokers and the generator.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+ulimit -n $((FLEET + 10000)) 2>/dev/null || ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [[ ",$SCENARIOS," == *,fleet,* ]] && [ "$(ulimit -n)" -le "$FLEET" ]; then
+    echo "the open-files limit ($(ulimit -n)) is below --fleet $FLEET: raise it (ulimit -Hn, LimitNOFILE) or pass a smaller --fleet" >&2
+    exit 1
+fi
 
 OUT="${OUT:-$(mktemp -d -t mapcast-vs-mosquitto.XXXXXX)}"
 mkdir -p "$OUT"
@@ -145,7 +154,7 @@ start_broker() {
         mapcast)
             # One generator opens every connection from one address: lift the
             # per-address connect rate (a defence against storms, not a capacity).
-            printf '[broker]\nmax_connect_rate_per_ip = 0\n' >"$BROKER_DIR/bench.toml"
+            printf '[broker]\nmax_connect_rate_per_ip = 0\nmax_connections = 0\n' >"$BROKER_DIR/bench.toml"
             "$MAPCAST" serve --config "$BROKER_DIR/bench.toml" --mqtt-listen "127.0.0.1:$PORT" \
                 --http-listen "127.0.0.1:$(free_port)" --data-dir "$BROKER_DIR" >"$log" 2>&1 &
             ;;
@@ -165,6 +174,9 @@ scenario_args() {
         paced-10k)  echo "pubsub -p 100 -s 1 -t devices/bench-{i}/location -f devices/+/location -q 1 -r 100 -d $DURATION --warmup $WARMUP" ;;
         fanout)     echo "pubsub -p 1 -s 100 -t cars/0/location -f cars/0/location -q 0 -r 0 -d $DURATION --warmup $WARMUP" ;;
         conns)      echo "conns -c $CONNECTIONS --connect-rate $CONNECT_RATE --hold $HOLD" ;;
+        # Every device publishes its share of 10,000 positions/s; eight source
+        # addresses give the generator ephemeral ports for 100,000 connections.
+        fleet)      echo "pubsub -p $FLEET -s 1 -t devices/bench-{i}/location -f devices/+/location -q 1 -r $(python3 -c "print(10000 / $FLEET)") --inflight 1 --connect-rate $CONNECT_RATE --source-addresses 8 -d $DURATION --warmup $WARMUP" ;;
         *) echo "unknown scenario: $1" >&2; return 1 ;;
     esac
 }
@@ -249,6 +261,14 @@ METRICS = {
         ("connected", lambda r: r["connected"], "", True),
         ("connect p99 ms", lambda r: r["connect_latency"]["p99_us"] / 1000, "", False),
     ],
+    "fleet": [
+        ("delivered msgs/s", lambda r: r["delivered_per_s"], "", True),
+        ("loss %", lambda r: r["totals"]["loss_pct"], "", False),
+        ("connect p99 ms", lambda r: r["connect_latency"]["p99_us"] / 1000, "", False),
+        ("p99 latency ms", lambda r: r["latency"]["p99_us"] / 1000, "", False),
+        ("broker CPU %", lambda r: r["broker_process"]["cpu_pct"], "", False),
+        ("broker RSS end MiB", lambda r: (r["broker_process"]["rss_kib_end"] or 0) / 1024, "", False),
+    ],
 }
 TITLES = {
     "qos0-fanin": "QoS0 fan-in, 100 pub → 1 sub, max rate",
@@ -257,6 +277,7 @@ TITLES = {
     "paced-10k": "paced 10K msgs/s (100 × 100/s), QoS1",
     "fanout": "fan-out 1 pub → 100 subs, QoS0, max rate",
     "conns": "idle connections",
+    "fleet": "a fleet online, then 10K positions/s in total, QoS1",
 }
 
 def load(scenario, broker):
