@@ -916,6 +916,8 @@ fn render(r: &PubSubReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let rate = match r.rate_per_publisher {
+        // A fleet's devices each publish less than once a second.
+        Some(rate) if rate < 10.0 => format!("{rate:.3} msgs/s each"),
         Some(rate) => format!("{} msgs/s each", human_count(rate)),
         None => "max rate".to_owned(),
     };
