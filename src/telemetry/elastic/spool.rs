@@ -125,7 +125,12 @@ impl Spool {
                 text.push_str(line);
                 count += 1;
             }
-            let (_, file) = self.current.as_mut().expect("rolled");
+            // Room first, so the spool is within its bound on disk at every
+            // moment, not only once the write is done.
+            self.enforce_bound(text.len() as u64);
+            let Some((_, file)) = self.current.as_mut().filter(|(c, _)| *c == seq) else {
+                unreachable!("the segment being written is never the one dropped");
+            };
             file.write_all(text.as_bytes())?;
             file.sync_data()?;
             let seg = self.segments.entry(seq).or_default();
@@ -134,7 +139,7 @@ impl Spool {
             if seg.bytes >= segment_limit {
                 self.current = None;
             }
-            self.enforce_bound();
+            self.enforce_bound(0);
         }
         self.publish_gauges();
         Ok(())
@@ -207,9 +212,10 @@ impl Spool {
         Ok(seq)
     }
 
-    /// Drop the oldest segments (never the one being written) while over the bound.
-    fn enforce_bound(&mut self) {
-        while self.bytes() > self.max_bytes && self.segments.len() > 1 {
+    /// Drop the oldest segments (never the newest, which is the one being
+    /// written) while they and `incoming` more bytes would be over the bound.
+    fn enforce_bound(&mut self, incoming: u64) {
+        while self.bytes() + incoming > self.max_bytes && self.segments.len() > 1 {
             let Some((&seq, &seg)) = self.segments.iter().next() else { break };
             if self.current.as_ref().is_some_and(|(c, _)| *c == seq) {
                 self.current = None;
