@@ -793,6 +793,19 @@ impl Router {
         }
         self.scratch = targets;
 
+        // An acknowledged publish is kept for the other instances in its own
+        // commit: acknowledged means it reaches them, even if this instance
+        // dies before the fabric takes it.
+        let shares = origin == Origin::Local && !msg.topic.is_server_owned();
+        let outbox = match &self.fabric {
+            Some(fabric) if shares && wants_reply && msg.qos != QoS::AtMostOnce => {
+                fabric.outbox(&msg).map(|(n, op)| {
+                    ops.push(op);
+                    n
+                })
+            }
+            _ => None,
+        };
         // Writes go to the writer before the deliveries reach the pumps, so a
         // fast PUBACK's delete can never overtake the insert it deletes.
         let hold = pushes.iter().any(|(_, d)| held_until_stored(d));
@@ -855,11 +868,8 @@ impl Router {
             commit = release_when_stored(stored, held, wants_reply);
         }
         let mut shared = false;
-        if origin == Origin::Local
-            && !msg.topic.is_server_owned()
-            && let Some(fabric) = &self.fabric
-        {
-            commit = share_when_stored(fabric, msg, commit);
+        if shares && let Some(fabric) = &self.fabric {
+            commit = share_when_stored(fabric, msg, commit, outbox);
             shared = true;
         }
         Ok(PublishReply { outcome: PublishOutcome { matched, shared }, commit, congested })
@@ -1060,22 +1070,28 @@ fn release_when_stored(
 
 /// Hand `msg` to the other instances once `stored` resolves well (at once
 /// without a commit to wait for); the returned receiver passes the result
-/// on to the publisher.
+/// on to the publisher. A publish kept in the `outbox` that the fabric
+/// cannot take is refused (its publisher resends): its kept copy would
+/// otherwise be forgotten with the ones after it, never shared.
 fn share_when_stored(
     fabric: &SharedFabric,
     msg: Arc<Message>,
     stored: Option<oneshot::Receiver<Result<(), StoreError>>>,
+    outbox: Option<u64>,
 ) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
     let Some(stored) = stored else {
-        fabric.share(msg, None);
+        fabric.share(msg, None, outbox);
         return None;
     };
     let (kept_tx, kept_rx) = oneshot::channel();
     let (tx, rx) = oneshot::channel();
-    fabric.share(msg, Some(kept_rx));
+    let taken = fabric.share(msg, Some(kept_rx), outbox);
     tokio::spawn(async move {
-        let result = stored.await.unwrap_or(Err(StoreError::Unavailable));
+        let mut result = stored.await.unwrap_or(Err(StoreError::Unavailable));
         let _ = kept_tx.send(result.is_ok());
+        if !taken && outbox.is_some() && result.is_ok() {
+            result = Err(StoreError::Overloaded);
+        }
         let _ = tx.send(result);
     });
     Some(rx)
