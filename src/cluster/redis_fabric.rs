@@ -84,6 +84,8 @@ pub struct FabricReader {
     client: Client,
     settings: FabricSettings,
     up: Arc<AtomicBool>,
+    /// Where reading starts.
+    cursor: String,
 }
 
 impl RedisFabric {
@@ -101,10 +103,18 @@ impl RedisFabric {
             .fabric_outbox_last(&settings.node_id)
             .await
             .context("cannot read the publishes kept for the other instances")?;
-        let conn = match client.get_multiplexed_async_connection().await {
+        let mut conn = match client.get_multiplexed_async_connection().await {
             Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.ok().map(|_| c),
             Err(_) => None,
         };
+        // Others' publishes are read from the stream's end now; without
+        // Redis, from what it appends after this moment (by the clock: its
+        // entry ids are milliseconds), whenever it comes.
+        let cursor = match conn.as_mut() {
+            Some(c) => last_id(c, &settings.stream).await.ok(),
+            None => None,
+        };
+        let cursor = cursor.unwrap_or_else(|| format!("{}-0", micros_now() / 1000));
         if conn.is_none() {
             tracing::warn!(
                 "Redis at cluster.redis_url does not answer; publishes are kept until it does"
@@ -133,7 +143,7 @@ impl RedisFabric {
             node_id: Arc::from(settings.node_id.as_str()),
             next_outbox: Arc::new(AtomicU64::new(first)),
         };
-        Ok((fabric, FabricReader { client, settings, up }, health))
+        Ok((fabric, FabricReader { client, settings, up, cursor }, health))
     }
 }
 
@@ -341,7 +351,7 @@ impl FabricReader {
         // A blocking read holds its connection: give it time beyond BLOCK.
         let config = AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK * 3));
         let options = StreamReadOptions::default().block(BLOCK.as_millis() as usize).count(BATCH);
-        let mut cursor: Option<String> = None;
+        let mut cursor = self.cursor.clone();
         loop {
             let mut conn =
                 match self.client.get_multiplexed_async_connection_with_config(&config).await {
@@ -352,26 +362,12 @@ impl FabricReader {
                         continue;
                     }
                 };
-            // From the stream's end at start; from where it stopped after.
-            let from = match &cursor {
-                Some(c) => c.clone(),
-                None => match last_id(&mut conn, &self.settings.stream).await {
-                    Ok(id) => id,
-                    Err(e) => {
-                        self.down(&e);
-                        tokio::time::sleep(RETRY).await;
-                        continue;
-                    }
-                },
-            };
-            cursor = Some(from);
             if !self.up.swap(true, Ordering::Relaxed) {
                 tracing::info!("reading the Redis stream again");
             }
             loop {
-                let at = cursor.as_deref().unwrap_or("$");
                 let reply: Result<Option<StreamReadReply>, _> =
-                    conn.xread_options(&[&self.settings.stream], &[at], &options).await;
+                    conn.xread_options(&[&self.settings.stream], &[&cursor], &options).await;
                 let reply = match reply {
                     Ok(r) => r,
                     Err(e) => {
@@ -395,7 +391,7 @@ impl FabricReader {
                                 tracing::warn!({ names::ERROR_MESSAGE } = %e, "stream entry skipped");
                             }
                         }
-                        cursor = Some(entry.id);
+                        cursor = entry.id;
                     }
                 }
             }
