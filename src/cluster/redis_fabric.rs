@@ -31,6 +31,10 @@ const BATCH: usize = 512;
 const BLOCK: Duration = Duration::from_secs(1);
 /// Pause before reconnecting after a Redis error.
 const RETRY: Duration = Duration::from_millis(250);
+/// Kept publishes on the stream are deleted at most this often (one range
+/// per interval, not one statement per batch): what a crash leaves is
+/// skipped at the next start anyway.
+const FORGET_EVERY: Duration = Duration::from_millis(250);
 
 /// What the fabric needs to know.
 #[derive(Debug, Clone)]
@@ -134,6 +138,8 @@ impl RedisFabric {
             settings: settings.clone(),
             up: up.clone(),
             writer,
+            unforgotten: 0,
+            forgot_at: std::time::Instant::now(),
         };
         tokio::spawn(appender.run(rx, store, left));
         let health = FabricHealth(up.clone());
@@ -184,6 +190,9 @@ struct Appender {
     settings: FabricSettings,
     up: Arc<AtomicBool>,
     writer: SharedDurability,
+    /// Appended kept publishes not deleted yet, up to this number.
+    unforgotten: u64,
+    forgot_at: std::time::Instant,
 }
 
 impl Appender {
@@ -196,7 +205,17 @@ impl Appender {
             self.append_left(&store, left).await;
         }
         let mut batch = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
+        loop {
+            let got = tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => n,
+                _ = tokio::time::sleep(FORGET_EVERY), if self.unforgotten > 0 => {
+                    self.forget();
+                    continue;
+                }
+            };
+            if got == 0 {
+                break;
+            }
             let mut pipe = redis::pipe();
             let mut entries = 0;
             let mut through = None;
@@ -229,7 +248,8 @@ impl Appender {
                 }
             }
         };
-        self.forget(after);
+        self.unforgotten = after;
+        self.forget();
         let mut count = 0usize;
         loop {
             let page = match store.fabric_outbox_page(&self.node_id, after, left, BATCH).await {
@@ -296,13 +316,21 @@ impl Appender {
                 Ok(()) => break,
                 Err(e) => {
                     self.down(&e);
+                    // A Redis that restarts empty forgets which kept
+                    // publishes it took: delete them now, not at a start.
+                    if self.unforgotten > 0 {
+                        self.forget();
+                    }
                     self.conn = None;
                     tokio::time::sleep(RETRY).await;
                 }
             }
         }
         if let Some(n) = through {
-            self.forget(n);
+            self.unforgotten = n;
+            if self.forgot_at.elapsed() >= FORGET_EVERY {
+                self.forget();
+            }
         }
     }
 
@@ -316,13 +344,15 @@ impl Appender {
         Ok(n.unwrap_or(0))
     }
 
-    /// Delete kept publishes up to `through`: they are on the stream. A
-    /// refused delete is covered by the next (it deletes a range).
-    fn forget(&self, through: u64) {
+    /// Delete the kept publishes appended so far: they are on the stream.
+    /// A refused delete is covered by the next (it deletes a range).
+    fn forget(&mut self) {
+        let through = std::mem::take(&mut self.unforgotten);
         if through > 0 {
             let op = WriteOp::DeleteFabricOutbox { node: self.node_id.clone(), through };
             let _ = self.writer.submit(vec![op]);
         }
+        self.forgot_at = std::time::Instant::now();
     }
 
     fn down(&self, e: &redis::RedisError) {
