@@ -373,6 +373,28 @@ async fn the_shipped_haproxy_config_passes_haproxys_check() {
     mark("haproxy-config-ran").await;
 }
 
+#[tokio::test]
+async fn the_compose_clusters_haproxy_config_passes_haproxys_check() {
+    let Some(haproxy) = haproxy() else { return };
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy.compose.cfg");
+    let out = tokio::process::Command::new(haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .await
+        .expect("run haproxy -c");
+    // The instances' names resolve inside the compose network only: offline
+    // they are warned about, not errors.
+    assert!(
+        out.status.success(),
+        "haproxy -c -f deploy/haproxy.compose.cfg:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    mark("haproxy-compose-config-ran").await;
+}
+
 /// A stand-in balancer: every connection to the returned address is
 /// forwarded to `to`, opened with `header`.
 async fn forwarder(header: Vec<u8>, to: SocketAddr) -> SocketAddr {
