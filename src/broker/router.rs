@@ -1177,6 +1177,7 @@ mod tests {
 
     use super::*;
     use crate::broker::auth::ConfigAuthenticator;
+    use crate::broker::ports::Fabric;
     use crate::broker::ports::memory::Kept;
     use crate::broker::{Next, ProtocolVersion, SubscribeRequest, Will};
     use crate::domain::{StoredSession, TopicLimits, TopicName};
@@ -1386,6 +1387,72 @@ mod tests {
         };
         assert_eq!(matched("a/b").await, 1);
         assert_eq!(matched("elsewhere").await, 0);
+    }
+
+    /// A fabric that keeps every acknowledged publish and takes shares
+    /// while `room` says so.
+    #[derive(Debug)]
+    struct Recorder {
+        room: std::sync::atomic::AtomicBool,
+        shared: std::sync::Mutex<Vec<(String, Option<u64>)>>,
+        next: AtomicU64,
+    }
+
+    impl Fabric for Recorder {
+        fn share(
+            &self,
+            msg: Arc<Message>,
+            _kept: Option<oneshot::Receiver<bool>>,
+            outbox: Option<u64>,
+        ) -> bool {
+            let room = self.room.load(Relaxed);
+            if room {
+                self.shared.lock().unwrap().push((msg.topic.as_str().to_owned(), outbox));
+            }
+            room
+        }
+
+        fn outbox(&self, _msg: &Message) -> Option<(u64, WriteOp)> {
+            let seq = self.next.fetch_add(1, Relaxed);
+            let node = Arc::from("n");
+            Some((seq, WriteOp::DeleteFabricOutbox { node, through: seq }))
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledged_publishes_are_kept_for_the_fabric_and_refused_when_it_is_full() {
+        let kept = Kept::shared();
+        let fabric = Arc::new(Recorder {
+            room: true.into(),
+            shared: Default::default(),
+            next: AtomicU64::new(7),
+        });
+        let (h, _) = spawn_router(
+            BrokerLimits::default(),
+            Arc::new(ConfigAuthenticator::new(true, vec![])),
+            kept.clone(),
+            RestoredState::default(),
+            Duration::from_secs(3600),
+            None,
+            Some(fabric.clone()),
+        );
+        let outbox_ops = || {
+            let ops = kept.ops.lock().unwrap();
+            ops.iter().filter(|op| matches!(op, WriteOp::DeleteFabricOutbox { .. })).count()
+        };
+
+        h.publish(msg("a/1", "x", QoS::AtLeastOnce, false)).await.unwrap();
+        h.publish(msg("a/0", "x", QoS::AtMostOnce, false)).await.unwrap();
+        assert_eq!(outbox_ops(), 1, "only the acknowledged publish is kept");
+        let shared = fabric.shared.lock().unwrap().clone();
+        assert_eq!(shared, vec![("a/1".to_owned(), Some(7)), ("a/0".to_owned(), None)]);
+
+        // A fabric too far behind: an acknowledged publish is refused (its
+        // publisher resends), never acknowledged and left unshared.
+        fabric.room.store(false, Relaxed);
+        let refused = h.publish(msg("a/2", "x", QoS::AtLeastOnce, false)).await;
+        assert!(matches!(refused, Err(PublishError::Storage(StoreError::Overloaded))));
+        h.publish(msg("a/3", "x", QoS::AtMostOnce, false)).await.unwrap();
     }
 
     #[tokio::test]
