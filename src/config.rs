@@ -546,7 +546,10 @@ pub struct ClusterSettings {
     /// this Redis. Never logged. Default: unset (one instance).
     pub redis_url: Option<Secret>,
     /// This instance's name among the others, in logs and on the stream.
-    /// Default: the host name and the HTTP listener.
+    /// Distinct per instance and the same across its restarts: a restarted
+    /// instance passes on the acknowledged publishes it had kept for the
+    /// others (see README, "Running several instances"). Default: the host
+    /// name.
     pub node_id: Option<String>,
     /// The Redis stream key publishes travel on. Default `mapcast:messages`.
     pub stream: String,

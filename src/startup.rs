@@ -108,15 +108,21 @@ impl Application {
         let feed = Arc::new(PositionFeed::default());
         let hook =
             Arc::new(LocationHook::new(history_topics.clone(), feed.clone(), settings.locations));
-        let instance = instance_name(settings.cluster.node_id.as_deref());
+        let node_id = node_id(settings.cluster.node_id.as_deref());
+        let instance = instance_name(&node_id);
         let fabric = match &settings.cluster.redis_url {
             Some(url) => Some(
-                RedisFabric::connect(FabricSettings {
-                    redis_url: url.expose().to_owned(),
-                    node: instance.clone(),
-                    stream: settings.cluster.stream.clone(),
-                    max_len: settings.cluster.stream_max_len,
-                })
+                RedisFabric::start(
+                    FabricSettings {
+                        redis_url: url.expose().to_owned(),
+                        node: instance.clone(),
+                        node_id,
+                        stream: settings.cluster.stream.clone(),
+                        max_len: settings.cluster.stream_max_len,
+                    },
+                    store.clone(),
+                    Arc::new(writer.clone()),
+                )
                 .await?,
             ),
             None => None,
@@ -467,12 +473,16 @@ fn shell_quote(s: &str) -> String {
 /// This run of this process, unique among instances sharing a database:
 /// `cluster.node_id` (default the host name), then the run's own mark, so
 /// a restarted instance is never mistaken for its old self.
-fn instance_name(node_id: Option<&str>) -> String {
+fn instance_name(node_id: &str) -> String {
     use rand_core::{OsRng, RngCore};
-    let node = node_id.map(str::to_owned).unwrap_or_else(|| {
+    format!("{node_id}/{}/{:08x}", std::process::id(), OsRng.next_u32())
+}
+
+/// This instance across its runs: `cluster.node_id`, default the host name.
+fn node_id(configured: Option<&str>) -> String {
+    configured.map(str::to_owned).unwrap_or_else(|| {
         #[allow(clippy::disallowed_methods, reason = "read once, at startup")]
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname");
         host.map(|s| s.trim().to_owned()).unwrap_or_default()
-    });
-    format!("{node}/{}/{:08x}", std::process::id(), OsRng.next_u32())
+    })
 }

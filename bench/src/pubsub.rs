@@ -43,6 +43,10 @@ pub struct PubSubArgs {
     /// Subscriber connections; each subscribes to --filter.
     #[arg(short = 's', long, default_value_t = 1)]
     pub subscribers: u32,
+    /// Port the subscribers connect to, when not --port: another instance
+    /// of a cluster, so every message crosses instances.
+    #[arg(long, value_name = "PORT")]
+    pub subscriber_port: Option<u16>,
     /// Topic each publisher sends to; `{i}` becomes the publisher's index.
     #[arg(short = 't', long, default_value = "cars/{i}/location")]
     pub topic: String,
@@ -259,7 +263,8 @@ pub async fn measure(args: PubSubArgs) -> anyhow::Result<PubSubReport> {
     // Subscribers first, so nothing published is missed.
     super::raise_open_files_limit(u64::from(args.publishers) + u64::from(args.subscribers) + 256);
     let (subscribers, _) = open_all(args.subscribers, SETUP_CONCURRENCY, 0.0, |j| {
-        let target = target.clone();
+        let mut target = target.clone();
+        target.port = args.subscriber_port.unwrap_or(target.port);
         let filter = args.filter.clone();
         let id = format!("{prefix}-s{j}");
         async move {

@@ -48,8 +48,23 @@ pub type SharedDurability = Arc<dyn Durability>;
 pub trait Fabric: Send + Sync + std::fmt::Debug + 'static {
     /// Hand `msg` to the other instances, in call order, once `kept`
     /// resolves `true` (at once without it; never when it resolves `false`:
-    /// its publisher was refused and will resend). Never blocks.
-    fn share(&self, msg: Arc<Message>, kept: Option<oneshot::Receiver<bool>>);
+    /// its publisher was refused and will resend). `outbox` is the number
+    /// [`Fabric::outbox`] gave it. Never blocks; `false` when the fabric is
+    /// too far behind to take it.
+    fn share(
+        &self,
+        msg: Arc<Message>,
+        kept: Option<oneshot::Receiver<bool>>,
+        outbox: Option<u64>,
+    ) -> bool;
+
+    /// The write that keeps an acknowledged publish for the other instances
+    /// until it is shared, committed with the publish's own writes so a
+    /// crash of this instance before then loses nothing; with its number,
+    /// for [`Fabric::share`]. `None` when nothing needs keeping.
+    fn outbox(&self, _msg: &Message) -> Option<(u64, WriteOp)> {
+        None
+    }
 }
 
 pub type SharedFabric = Arc<dyn Fabric>;

@@ -805,6 +805,19 @@ impl Router {
         }
         self.scratch = targets;
 
+        // An acknowledged publish is kept for the other instances in its own
+        // commit: acknowledged means it reaches them, even if this instance
+        // dies before the fabric takes it.
+        let shares = origin == Origin::Local && !msg.topic.is_server_owned();
+        let outbox = match &self.fabric {
+            Some(fabric) if shares && wants_reply && msg.qos != QoS::AtMostOnce => {
+                fabric.outbox(&msg).map(|(n, op)| {
+                    ops.push(op);
+                    n
+                })
+            }
+            _ => None,
+        };
         // Writes go to the writer before the deliveries reach the pumps, so a
         // fast PUBACK's delete can never overtake the insert it deletes.
         let hold = pushes.iter().any(|(_, d)| held_until_stored(d));
@@ -867,11 +880,8 @@ impl Router {
             commit = release_when_stored(stored, held, wants_reply);
         }
         let mut shared = false;
-        if origin == Origin::Local
-            && !msg.topic.is_server_owned()
-            && let Some(fabric) = &self.fabric
-        {
-            commit = share_when_stored(fabric, msg, commit);
+        if shares && let Some(fabric) = &self.fabric {
+            commit = share_when_stored(fabric, msg, commit, outbox);
             shared = true;
         }
         Ok(PublishReply { outcome: PublishOutcome { matched, shared }, commit, congested })
@@ -1072,22 +1082,28 @@ fn release_when_stored(
 
 /// Hand `msg` to the other instances once `stored` resolves well (at once
 /// without a commit to wait for); the returned receiver passes the result
-/// on to the publisher.
+/// on to the publisher. A publish kept in the `outbox` that the fabric
+/// cannot take is refused (its publisher resends): its kept copy would
+/// otherwise be forgotten with the ones after it, never shared.
 fn share_when_stored(
     fabric: &SharedFabric,
     msg: Arc<Message>,
     stored: Option<oneshot::Receiver<Result<(), StoreError>>>,
+    outbox: Option<u64>,
 ) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
     let Some(stored) = stored else {
-        fabric.share(msg, None);
+        fabric.share(msg, None, outbox);
         return None;
     };
     let (kept_tx, kept_rx) = oneshot::channel();
     let (tx, rx) = oneshot::channel();
-    fabric.share(msg, Some(kept_rx));
+    let taken = fabric.share(msg, Some(kept_rx), outbox);
     tokio::spawn(async move {
-        let result = stored.await.unwrap_or(Err(StoreError::Unavailable));
+        let mut result = stored.await.unwrap_or(Err(StoreError::Unavailable));
         let _ = kept_tx.send(result.is_ok());
+        if !taken && outbox.is_some() && result.is_ok() {
+            result = Err(StoreError::Overloaded);
+        }
         let _ = tx.send(result);
     });
     Some(rx)
@@ -1173,6 +1189,7 @@ mod tests {
 
     use super::*;
     use crate::broker::auth::ConfigAuthenticator;
+    use crate::broker::ports::Fabric;
     use crate::broker::ports::memory::Kept;
     use crate::broker::{Next, ProtocolVersion, SubscribeRequest, Will};
     use crate::domain::{StoredSession, TopicLimits, TopicName};
@@ -1382,6 +1399,72 @@ mod tests {
         };
         assert_eq!(matched("a/b").await, 1);
         assert_eq!(matched("elsewhere").await, 0);
+    }
+
+    /// A fabric that keeps every acknowledged publish and takes shares
+    /// while `room` says so.
+    #[derive(Debug)]
+    struct Recorder {
+        room: std::sync::atomic::AtomicBool,
+        shared: std::sync::Mutex<Vec<(String, Option<u64>)>>,
+        next: AtomicU64,
+    }
+
+    impl Fabric for Recorder {
+        fn share(
+            &self,
+            msg: Arc<Message>,
+            _kept: Option<oneshot::Receiver<bool>>,
+            outbox: Option<u64>,
+        ) -> bool {
+            let room = self.room.load(Relaxed);
+            if room {
+                self.shared.lock().unwrap().push((msg.topic.as_str().to_owned(), outbox));
+            }
+            room
+        }
+
+        fn outbox(&self, _msg: &Message) -> Option<(u64, WriteOp)> {
+            let seq = self.next.fetch_add(1, Relaxed);
+            let node = Arc::from("n");
+            Some((seq, WriteOp::DeleteFabricOutbox { node, through: seq }))
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledged_publishes_are_kept_for_the_fabric_and_refused_when_it_is_full() {
+        let kept = Kept::shared();
+        let fabric = Arc::new(Recorder {
+            room: true.into(),
+            shared: Default::default(),
+            next: AtomicU64::new(7),
+        });
+        let (h, _) = spawn_router(
+            BrokerLimits::default(),
+            Arc::new(ConfigAuthenticator::new(true, vec![])),
+            kept.clone(),
+            RestoredState::default(),
+            Duration::from_secs(3600),
+            None,
+            Some(fabric.clone()),
+        );
+        let outbox_ops = || {
+            let ops = kept.ops.lock().unwrap();
+            ops.iter().filter(|op| matches!(op, WriteOp::DeleteFabricOutbox { .. })).count()
+        };
+
+        h.publish(msg("a/1", "x", QoS::AtLeastOnce, false)).await.unwrap();
+        h.publish(msg("a/0", "x", QoS::AtMostOnce, false)).await.unwrap();
+        assert_eq!(outbox_ops(), 1, "only the acknowledged publish is kept");
+        let shared = fabric.shared.lock().unwrap().clone();
+        assert_eq!(shared, vec![("a/1".to_owned(), Some(7)), ("a/0".to_owned(), None)]);
+
+        // A fabric too far behind: an acknowledged publish is refused (its
+        // publisher resends), never acknowledged and left unshared.
+        fabric.room.store(false, Relaxed);
+        let refused = h.publish(msg("a/2", "x", QoS::AtLeastOnce, false)).await;
+        assert!(matches!(refused, Err(PublishError::Storage(StoreError::Overloaded))));
+        h.publish(msg("a/3", "x", QoS::AtMostOnce, false)).await.unwrap();
     }
 
     #[tokio::test]

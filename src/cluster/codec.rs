@@ -45,6 +45,38 @@ pub fn encode(node: &str, msg: &Message) -> Vec<(&'static str, Vec<u8>)> {
     fields
 }
 
+/// An entry's fields as one byte string, to keep it outside the stream:
+/// per field a name length (one byte), the name, a value length (four
+/// bytes, big-endian), the value.
+pub fn pack(fields: &[(&'static str, Vec<u8>)]) -> Vec<u8> {
+    let size = fields.iter().map(|(k, v)| 5 + k.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(size);
+    for (name, value) in fields {
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// The fields [`pack`] wrote, with the sending instance replaced by
+/// `node`; `None` if `bytes` is cut short.
+pub fn unpack(mut bytes: &[u8], node: &str) -> Option<Vec<(String, Vec<u8>)>> {
+    let mut fields = vec![(NODE.to_owned(), node.as_bytes().to_vec())];
+    while let Some((&len, rest)) = bytes.split_first() {
+        let (name, rest) = rest.split_at_checked(usize::from(len))?;
+        let (len, rest) = rest.split_first_chunk::<4>()?;
+        let (value, rest) = rest.split_at_checked(u32::from_be_bytes(*len) as usize)?;
+        let name = std::str::from_utf8(name).ok()?;
+        if name != NODE {
+            fields.push((name.to_owned(), value.to_vec()));
+        }
+        bytes = rest;
+    }
+    Some(fields)
+}
+
 /// Why an entry was skipped.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -117,6 +149,16 @@ mod tests {
         assert_eq!(millis(back.received_at), millis(msg.received_at));
         let left = back.expires_at.unwrap().saturating_duration_since(Instant::now());
         assert!(left > Duration::from_secs(58) && left <= Duration::from_secs(60));
+        let packed = pack(&encode("node-1", &msg));
+        let unpacked: HashMap<String, Value> = unpack(&packed, "node-2")
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, Value::BulkString(v)))
+            .collect();
+        let (node, again) = decode(&unpacked).unwrap();
+        assert_eq!(node, "node-2", "appended again by its new run");
+        assert_eq!((again.topic, again.payload), (msg.topic.clone(), msg.payload.clone()));
+        assert!(unpack(&packed[..packed.len() - 1], "node-2").is_none());
         let mut broken = fields.clone();
         broken.remove(QOS);
         assert!(decode(&broken).is_err());

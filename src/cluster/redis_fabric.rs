@@ -5,9 +5,11 @@
 //! cursor and misses nothing the stream still holds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
+use ntex::util::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client};
@@ -16,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec;
 use crate::broker::BrokerHandle;
-use crate::broker::ports::Fabric;
-use crate::domain::Message;
+use crate::broker::ports::{Fabric, SharedDurability};
+use crate::domain::{Message, WriteOp};
+use crate::store::Store;
 use crate::telemetry::names;
 
 /// Publishes waiting for Redis before new ones are refused to the fabric.
@@ -28,6 +31,10 @@ const BATCH: usize = 512;
 const BLOCK: Duration = Duration::from_secs(1);
 /// Pause before reconnecting after a Redis error.
 const RETRY: Duration = Duration::from_millis(250);
+/// Kept publishes on the stream are deleted at most this often (one range
+/// per interval, not one statement per batch): what a crash leaves is
+/// skipped at the next start anyway.
+const FORGET_EVERY: Duration = Duration::from_millis(250);
 
 /// What the fabric needs to know.
 #[derive(Debug, Clone)]
@@ -36,6 +43,9 @@ pub struct FabricSettings {
     pub redis_url: String,
     /// This instance (this run of it), on every entry it appends.
     pub node: String,
+    /// This instance across its runs (`cluster.node_id`): whose kept
+    /// publishes a run appends at start.
+    pub node_id: String,
     pub stream: String,
     pub max_len: u64,
 }
@@ -43,12 +53,17 @@ pub struct FabricSettings {
 struct Outgoing {
     msg: Arc<Message>,
     kept: Option<oneshot::Receiver<bool>>,
+    outbox: Option<u64>,
 }
 
 /// The sending side, handed to the broker.
 #[derive(Clone)]
 pub struct RedisFabric {
     tx: mpsc::Sender<Outgoing>,
+    node: Arc<str>,
+    node_id: Arc<str>,
+    /// The next outbox number: above every kept one, also across runs.
+    next_outbox: Arc<AtomicU64>,
 }
 
 /// Whether this instance reaches Redis now: readiness fails without it, so
@@ -73,74 +88,226 @@ pub struct FabricReader {
     client: Client,
     settings: FabricSettings,
     up: Arc<AtomicBool>,
+    /// Where reading starts.
+    cursor: String,
 }
 
 impl RedisFabric {
-    /// Check that Redis answers (a clear error at start rather than a
-    /// silent instance apart), then start appending.
-    pub async fn connect(
+    /// Start appending, first what earlier runs kept in `store` and did not
+    /// append. Redis need not answer yet: publishes are taken (and kept)
+    /// meanwhile, and readiness says it is missing.
+    pub async fn start(
         settings: FabricSettings,
+        store: Store,
+        writer: SharedDurability,
     ) -> anyhow::Result<(Self, FabricReader, FabricHealth)> {
         let client = Client::open(settings.redis_url.as_str())
             .map_err(|e| anyhow::anyhow!("cluster.redis_url is not a Redis URL: {:?}", e.kind()))?;
-        let mut conn = client.get_multiplexed_async_connection().await.map_err(|e| {
-            anyhow::anyhow!("Redis at cluster.redis_url does not answer: {:?}", e.kind())
-        })?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        let left = store
+            .fabric_outbox_last(&settings.node_id)
+            .await
+            .context("cannot read the publishes kept for the other instances")?;
+        let mut conn = match client.get_multiplexed_async_connection().await {
+            Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.ok().map(|_| c),
+            Err(_) => None,
+        };
+        // Others' publishes are read from the stream's end now; without
+        // Redis, from what it appends after this moment (by the clock: its
+        // entry ids are milliseconds), whenever it comes.
+        let cursor = match conn.as_mut() {
+            Some(c) => last_id(c, &settings.stream).await.ok(),
+            None => None,
+        };
+        let cursor = cursor.unwrap_or_else(|| format!("{}-0", micros_now() / 1000));
+        if conn.is_none() {
+            tracing::warn!(
+                "Redis at cluster.redis_url does not answer; publishes are kept until it does"
+            );
+        }
+        let up = Arc::new(AtomicBool::new(conn.is_some()));
         let (tx, rx) = mpsc::channel(QUEUE);
-        let up = Arc::new(AtomicBool::new(true));
-        tokio::spawn(append_loop(client.clone(), Some(conn), rx, settings.clone(), up.clone()));
+        // Numbers grow across runs (a run starts above the clock in
+        // microseconds), so what Redis says was appended is never mistaken
+        // for a newer run's.
+        let first = (left + 1).max(micros_now());
+        let appender = Appender {
+            client: client.clone(),
+            conn,
+            done_key: format!("{}:appended:{}", settings.stream, settings.node_id),
+            node_id: Arc::from(settings.node_id.as_str()),
+            settings: settings.clone(),
+            up: up.clone(),
+            writer,
+            unforgotten: 0,
+            forgot_at: std::time::Instant::now(),
+        };
+        tokio::spawn(appender.run(rx, store, left));
         let health = FabricHealth(up.clone());
-        Ok((Self { tx }, FabricReader { client, settings, up }, health))
+        let fabric = Self {
+            tx,
+            node: Arc::from(settings.node.as_str()),
+            node_id: Arc::from(settings.node_id.as_str()),
+            next_outbox: Arc::new(AtomicU64::new(first)),
+        };
+        Ok((fabric, FabricReader { client, settings, up, cursor }, health))
     }
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Fabric for RedisFabric {
-    fn share(&self, msg: Arc<Message>, kept: Option<oneshot::Receiver<bool>>) {
-        if self.tx.try_send(Outgoing { msg, kept }).is_err() {
+    fn share(
+        &self,
+        msg: Arc<Message>,
+        kept: Option<oneshot::Receiver<bool>>,
+        outbox: Option<u64>,
+    ) -> bool {
+        if self.tx.try_send(Outgoing { msg, kept, outbox }).is_err() {
             crate::telemetry::metrics::global().cluster_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("publish not passed to other instances: Redis is behind");
+            return false;
         }
+        true
+    }
+
+    fn outbox(&self, msg: &Message) -> Option<(u64, WriteOp)> {
+        let seq = self.next_outbox.fetch_add(1, Ordering::Relaxed);
+        let entry = Bytes::from(codec::pack(&codec::encode(&self.node, msg)));
+        Some((seq, WriteOp::PutFabricOutbox { node: self.node_id.clone(), seq, entry }))
     }
 }
 
-/// Append in submission order; a publish whose commit fails is not
-/// appended (its publisher resends). While Redis is away, retry the same
-/// batch: the queue behind it bounds what waits.
-async fn append_loop(
+/// The task that appends to the stream.
+struct Appender {
     client: Client,
-    mut conn: Option<MultiplexedConnection>,
-    mut rx: mpsc::Receiver<Outgoing>,
+    conn: Option<MultiplexedConnection>,
+    /// Holds the newest outbox number appended, set in the same `MULTI` as
+    /// its entry: a run that finds kept publishes skips those Redis has.
+    done_key: String,
+    node_id: Arc<str>,
     settings: FabricSettings,
     up: Arc<AtomicBool>,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        let mut entries = 0;
-        for out in batch.drain(..) {
-            if let Some(kept) = out.kept
-                && !kept.await.unwrap_or(false)
-            {
+    writer: SharedDurability,
+    /// Appended kept publishes not deleted yet, up to this number.
+    unforgotten: u64,
+    forgot_at: std::time::Instant,
+}
+
+impl Appender {
+    /// Append what earlier runs kept (up to `left`), then the new
+    /// publishes in submission order; a publish whose commit fails is not
+    /// appended (its publisher resends). While Redis is away, retry the
+    /// same batch: the queue behind it bounds what waits.
+    async fn run(mut self, mut rx: mpsc::Receiver<Outgoing>, store: Store, left: u64) {
+        if left > 0 {
+            self.append_left(&store, left).await;
+        }
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let got = tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => n,
+                _ = tokio::time::sleep(FORGET_EVERY), if self.unforgotten > 0 => {
+                    self.forget();
+                    continue;
+                }
+            };
+            if got == 0 {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            let mut entries = 0;
+            let mut through = None;
+            for out in batch.drain(..) {
+                if let Some(kept) = out.kept
+                    && !kept.await.unwrap_or(false)
+                {
+                    continue;
+                }
+                self.xadd(&mut pipe, codec::encode(&self.settings.node, &out.msg));
+                through = out.outbox.or(through);
+                entries += 1;
+            }
+            if entries == 0 {
                 continue;
             }
-            pipe.cmd("XADD")
-                .arg(&settings.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(settings.max_len)
-                .arg("*")
-                .arg(codec::encode(&settings.node, &out.msg))
-                .ignore();
-            entries += 1;
+            self.send(pipe, through).await;
         }
-        if entries == 0 {
-            continue;
+    }
+
+    /// Kept publishes of earlier runs with numbers up to `left`, oldest
+    /// first, skipping those already appended.
+    async fn append_left(&mut self, store: &Store, left: u64) {
+        let mut after = loop {
+            match self.appended().await {
+                Ok(n) => break n,
+                Err(e) => {
+                    self.down(&e);
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        };
+        self.unforgotten = after;
+        self.forget();
+        let mut count = 0usize;
+        loop {
+            let page = match store.fabric_outbox_page(&self.node_id, after, left, BATCH).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!({ names::ERROR_MESSAGE } = %e, "reading kept publishes failed; retrying");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            };
+            let Some(&(last, _)) = page.last() else { break };
+            let mut pipe = redis::pipe();
+            for (seq, entry) in page {
+                match codec::unpack(&entry, &self.settings.node) {
+                    Some(fields) => {
+                        self.xadd(&mut pipe, fields);
+                        count += 1;
+                    }
+                    None => tracing::error!(seq, "kept publish unreadable; skipped"),
+                }
+            }
+            self.send(pipe, Some(last)).await;
+            after = last;
+        }
+        if count > 0 {
+            tracing::info!(
+                count,
+                "publishes kept from an earlier run passed to the other instances"
+            );
+        }
+    }
+
+    fn xadd<K: redis::ToRedisArgs, V: redis::ToRedisArgs>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        fields: Vec<(K, V)>,
+    ) {
+        pipe.cmd("XADD")
+            .arg(&self.settings.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.settings.max_len)
+            .arg("*")
+            .arg(fields)
+            .ignore();
+    }
+
+    /// Send `pipe` until Redis takes it; with kept publishes up to
+    /// `through` in it, atomically with the note that they are appended,
+    /// and forget them here after.
+    async fn send(&mut self, mut pipe: redis::Pipeline, through: Option<u64>) {
+        if let Some(n) = through {
+            pipe.atomic().set(&self.done_key, n).ignore();
         }
         loop {
-            let Some(c) = conn.as_mut() else {
-                conn = client.get_multiplexed_async_connection().await.ok();
-                if conn.is_none() {
+            let Some(c) = self.conn.as_mut() else {
+                self.conn = self.client.get_multiplexed_async_connection().await.ok();
+                if self.conn.is_none() {
                     tokio::time::sleep(RETRY).await;
                 }
                 continue;
@@ -148,13 +315,49 @@ async fn append_loop(
             match pipe.query_async::<()>(c).await {
                 Ok(()) => break,
                 Err(e) => {
-                    if up.swap(false, Ordering::Relaxed) {
-                        tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "appending to the Redis stream failed; retrying");
+                    self.down(&e);
+                    // A Redis that restarts empty forgets which kept
+                    // publishes it took: delete them now, not at a start.
+                    if self.unforgotten > 0 {
+                        self.forget();
                     }
-                    conn = None;
+                    self.conn = None;
                     tokio::time::sleep(RETRY).await;
                 }
             }
+        }
+        if let Some(n) = through {
+            self.unforgotten = n;
+            if self.forgot_at.elapsed() >= FORGET_EVERY {
+                self.forget();
+            }
+        }
+    }
+
+    /// The newest outbox number Redis has (0 when it has none).
+    async fn appended(&mut self) -> redis::RedisResult<u64> {
+        if self.conn.is_none() {
+            self.conn = Some(self.client.get_multiplexed_async_connection().await?);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let n: Option<u64> = conn.get(&self.done_key).await.inspect_err(|_| self.conn = None)?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Delete the kept publishes appended so far: they are on the stream.
+    /// A refused delete is covered by the next (it deletes a range).
+    fn forget(&mut self) {
+        let through = std::mem::take(&mut self.unforgotten);
+        if through > 0 {
+            let op = WriteOp::DeleteFabricOutbox { node: self.node_id.clone(), through };
+            let _ = self.writer.submit(vec![op]);
+        }
+        self.forgot_at = std::time::Instant::now();
+    }
+
+    fn down(&self, e: &redis::RedisError) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "appending to the Redis stream failed; retrying");
         }
     }
 }
@@ -178,7 +381,7 @@ impl FabricReader {
         // A blocking read holds its connection: give it time beyond BLOCK.
         let config = AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK * 3));
         let options = StreamReadOptions::default().block(BLOCK.as_millis() as usize).count(BATCH);
-        let mut cursor: Option<String> = None;
+        let mut cursor = self.cursor.clone();
         loop {
             let mut conn =
                 match self.client.get_multiplexed_async_connection_with_config(&config).await {
@@ -189,26 +392,12 @@ impl FabricReader {
                         continue;
                     }
                 };
-            // From the stream's end at start; from where it stopped after.
-            let from = match &cursor {
-                Some(c) => c.clone(),
-                None => match last_id(&mut conn, &self.settings.stream).await {
-                    Ok(id) => id,
-                    Err(e) => {
-                        self.down(&e);
-                        tokio::time::sleep(RETRY).await;
-                        continue;
-                    }
-                },
-            };
-            cursor = Some(from);
             if !self.up.swap(true, Ordering::Relaxed) {
                 tracing::info!("reading the Redis stream again");
             }
             loop {
-                let at = cursor.as_deref().unwrap_or("$");
                 let reply: Result<Option<StreamReadReply>, _> =
-                    conn.xread_options(&[&self.settings.stream], &[at], &options).await;
+                    conn.xread_options(&[&self.settings.stream], &[&cursor], &options).await;
                 let reply = match reply {
                     Ok(r) => r,
                     Err(e) => {
@@ -232,7 +421,7 @@ impl FabricReader {
                                 tracing::warn!({ names::ERROR_MESSAGE } = %e, "stream entry skipped");
                             }
                         }
-                        cursor = Some(entry.id);
+                        cursor = entry.id;
                     }
                 }
             }

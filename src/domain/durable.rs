@@ -81,6 +81,19 @@ pub enum WriteOp {
         content_type: Option<ByteString>,
         received_at: SystemTime,
     },
+    /// An acknowledged publish kept for the other instances until it is on
+    /// the fabric: `entry` is what the fabric appends, `seq` its place in
+    /// `node`'s order.
+    PutFabricOutbox {
+        node: Arc<str>,
+        seq: u64,
+        entry: Bytes,
+    },
+    /// `node`'s kept publishes up to `through` reached the fabric.
+    DeleteFabricOutbox {
+        node: Arc<str>,
+        through: u64,
+    },
 }
 
 impl WriteOp {

@@ -201,6 +201,8 @@ async fn trace_request(
         { names::HTTP_REQUEST_METHOD } = %req.method(),
         { names::URL_PATH } = &*logged_path(req.path()),
         { names::HTTP_ROUTE } = pattern.as_deref(),
+        // The peer, or the client a trusted balancer's PROXY header named.
+        { names::CLIENT_ADDRESS } = req.peer_addr().map(tracing::field::display),
         { names::HTTP_RESPONSE_STATUS_CODE } = Empty,
         { names::EVENT_DURATION } = Empty,
         { names::TRACE_ID } = Empty,

@@ -3,6 +3,7 @@
 
 mod broker_state;
 mod commit_pace;
+mod fabric_outbox;
 mod history;
 mod identities;
 mod leases;

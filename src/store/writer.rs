@@ -559,6 +559,7 @@ async fn commit(
     let mut delete_seqs: Vec<i64> = Vec::new();
     let mut locations = super::locations::LatestBatch::default();
     let mut history = super::history::HistoryBatch::default();
+    let mut outbox = super::fabric_outbox::OutboxBatch::default();
     for p in ops {
         match &p.op {
             WriteOp::EnqueueMessage { delivery, .. } if deleted.contains(&delivery.seq) => {}
@@ -570,12 +571,19 @@ async fn commit(
             WriteOp::AppendHistory { topic, payload, content_type, received_at } => {
                 history.add(topic.clone(), payload.clone(), content_type.clone(), *received_at)
             }
+            WriteOp::PutFabricOutbox { node, seq, entry } => {
+                outbox.add(node.clone(), *seq, entry.clone())
+            }
+            WriteOp::DeleteFabricOutbox { node, through } => {
+                outbox.delete_through(node.clone(), *through)
+            }
             op => execute(&mut tx, op).await?,
         }
     }
     // Many rows per statement: the hot path writes one of each per position.
     locations.execute(&mut tx, store.backend()).await?;
     history.execute(&mut tx, store.backend()).await?;
+    outbox.execute(&mut tx, store.backend()).await?;
     for chunk in delete_seqs.chunks(500) {
         let sql = format!(
             "DELETE FROM session_messages WHERE seq IN {}",
@@ -736,7 +744,9 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
         // Batched into multi-row statements by `commit`.
         WriteOp::DeleteMessage(_)
         | WriteOp::UpsertLocation { .. }
-        | WriteOp::AppendHistory { .. } => {}
+        | WriteOp::AppendHistory { .. }
+        | WriteOp::PutFabricOutbox { .. }
+        | WriteOp::DeleteFabricOutbox { .. } => {}
     }
     Ok(())
 }

@@ -28,6 +28,7 @@ fn pubsub(app: &TestApp, version: Version, qos: u8) -> PubSubArgs {
         target: target(app, version),
         publishers: 4,
         subscribers: 2,
+        subscriber_port: None,
         topic: "cars/{i}/location".into(),
         filter: "cars/+/location".into(),
         qos,

@@ -122,6 +122,123 @@ async fn redis_restarting_loses_no_acknowledged_publish_and_readiness_follows_it
     mark_redis_ran().await;
 }
 
+/// An instance named `id` (kept across its restarts) on `db` and `redis`.
+async fn named_node(dir: &std::path::Path, id: &str, db: &str, redis: &str) -> ServerProcess {
+    let toml = format!("[cluster]\nnode_id = \"{id}\"\n");
+    ServerProcess::start_with_config(
+        dir,
+        &toml,
+        &["--database-url", db, "--cluster-redis-url", redis],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn publishes_acknowledged_during_a_redis_outage_survive_their_instance_dying() {
+    let test = "publishes_acknowledged_during_a_redis_outage_survive_their_instance_dying";
+    let Some(base) = postgres_test_url(test) else { return };
+    let Some(mut redis) = RedisServer::start_if_available(test).await else { return };
+    let db = fresh_postgres_database(&base).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = named_node(dir_a.path(), "node-a", &db, &redis.url()).await;
+    let b = named_node(dir_b.path(), "node-b", &db, &redis.url()).await;
+    let mut watcher = V5Options::new("watcher", b.mqtt_addr).connect().await;
+    watcher.subscribe("fleet/#", QoS::AtLeastOnce).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logs = |a: &ServerProcess| format!("{}\n---\n{}", a.logs(), b.logs());
+
+    // Shared while Redis is there: none of these may come again later.
+    let mut car = V5Options::new("car-0", a.mqtt_addr).connect().await;
+    for n in 0..20 {
+        car.publish_qos1("fleet/before", false, format!("b{n}")).await;
+    }
+    assert_eq!(watcher.recv_publishes(20).await.len(), 20);
+
+    redis.kill().await;
+    let mut car = V5Options::new("car-1", a.mqtt_addr).connect().await;
+    for n in 0..100 {
+        let ack = car.publish_qos1("fleet/during", false, format!("m{n}")).await;
+        assert_eq!(ack.reason, PubAckReason::Success, "m{n} refused\n{}", logs(&a));
+    }
+    // Acknowledged, still waiting for Redis on node A: now it dies.
+    a.kill9().await;
+    redis.start().await;
+    let a = named_node(dir_a.path(), "node-a", &db, &redis.url()).await;
+
+    let got = watcher.recv_publishes(100).await;
+    let numbers: Vec<String> = got.iter().map(|p| text(&p.payload)).collect();
+    let expected: Vec<String> = (0..100).map(|n| format!("m{n}")).collect();
+    assert_eq!(numbers, expected, "every acknowledged publish, in order\n{}", logs(&a));
+    watcher.expect_no_publish(Duration::from_secs(1)).await;
+
+    // Once passed on, they are forgotten: another restart repeats none.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut stopped = a.terminate(Duration::from_secs(10)).await;
+    assert!(stopped.take().is_some_and(|s| s.success()));
+    let a = named_node(dir_a.path(), "node-a", &db, &redis.url()).await;
+    watcher.expect_no_publish(Duration::from_secs(2)).await;
+
+    // Dying right after Redis took them (their kept copies not deleted
+    // yet) repeats none either: Redis says which it has.
+    let mut car = V5Options::new("car-2", a.mqtt_addr).connect().await;
+    for n in 0..20 {
+        car.publish_qos1("fleet/after", false, format!("a{n}")).await;
+    }
+    assert_eq!(watcher.recv_publishes(20).await.len(), 20);
+    a.kill9().await;
+    let a = named_node(dir_a.path(), "node-a", &db, &redis.url()).await;
+    watcher.expect_no_publish(Duration::from_secs(2)).await;
+    drop(a);
+    mark_redis_ran().await;
+}
+
+#[tokio::test]
+async fn instances_started_without_redis_take_publishes_and_share_them_once_it_comes() {
+    let test = "instances_started_without_redis_take_publishes_and_share_them_once_it_comes";
+    let Some(base) = postgres_test_url(test) else { return };
+    let Some(mut redis) = RedisServer::start_if_available(test).await else { return };
+    redis.kill().await;
+    let db = fresh_postgres_database(&base).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = named_node(dir_a.path(), "node-a", &db, &redis.url()).await;
+    let b = named_node(dir_b.path(), "node-b", &db, &redis.url()).await;
+    let logs = || format!("{}\n---\n{}", a.logs(), b.logs());
+
+    for node in [&a, &b] {
+        let live = reqwest::get(format!("http://{}/healthz", node.http_addr)).await.unwrap();
+        assert_eq!(live.status(), 200, "{}", logs());
+        let ready = reqwest::get(format!("http://{}/readyz", node.http_addr)).await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let body = ready.text().await.unwrap();
+        assert!(body.contains("Redis is unreachable"), "{body}");
+    }
+    let mut watcher = V5Options::new("watcher", b.mqtt_addr).connect().await;
+    watcher.subscribe("fleet/#", QoS::AtLeastOnce).await;
+    let mut car = V5Options::new("car-1", a.mqtt_addr).connect().await;
+    for n in 0..50 {
+        let ack = car.publish_qos1("fleet/car-1", false, format!("m{n}")).await;
+        assert_eq!(ack.reason, PubAckReason::Success, "m{n} refused\n{}", logs());
+    }
+    watcher.expect_no_publish(Duration::from_millis(300)).await;
+
+    redis.start().await;
+    let got = watcher.recv_publishes(50).await;
+    let numbers: Vec<String> = got.iter().map(|p| text(&p.payload)).collect();
+    let expected: Vec<String> = (0..50).map(|n| format!("m{n}")).collect();
+    assert_eq!(numbers, expected, "taken before Redis came, in order\n{}", logs());
+    watcher.expect_no_publish(Duration::from_millis(500)).await;
+    for node in [&a, &b] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while reqwest::get(format!("http://{}/readyz", node.http_addr)).await.unwrap().status()
+            != 200
+        {
+            assert!(std::time::Instant::now() < deadline, "never ready\n{}", logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    mark_redis_ran().await;
+}
+
 /// Poll node `i`'s `/readyz` until it answers `status` (within 10 s).
 async fn wait_for_readiness(c: &Cluster, i: usize, status: u16) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

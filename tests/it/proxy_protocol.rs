@@ -373,6 +373,28 @@ async fn the_shipped_haproxy_config_passes_haproxys_check() {
     mark("haproxy-config-ran").await;
 }
 
+#[tokio::test]
+async fn the_compose_clusters_haproxy_config_passes_haproxys_check() {
+    let Some(haproxy) = haproxy() else { return };
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy.compose.cfg");
+    let out = tokio::process::Command::new(haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .await
+        .expect("run haproxy -c");
+    // The instances' names resolve inside the compose network only: offline
+    // they are warned about, not errors.
+    assert!(
+        out.status.success(),
+        "haproxy -c -f deploy/haproxy.compose.cfg:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    mark("haproxy-compose-config-ran").await;
+}
+
 /// A stand-in balancer: every connection to the returned address is
 /// forwarded to `to`, opened with `header`.
 async fn forwarder(header: Vec<u8>, to: SocketAddr) -> SocketAddr {
@@ -467,6 +489,31 @@ async fn log_line(server: &crate::helpers::ServerProcess, message: &str) -> serd
         assert!(std::time::Instant::now() < deadline, "no {message:?} line in:\n{logs}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn each_api_request_line_names_its_client_from_the_header_or_the_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[http]\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.0/8\"]\n";
+    let proxied = crate::helpers::ServerProcess::start_with_config(dir.path(), config, &[]).await;
+    let header = v1("192.0.2.31", 4711);
+    let status = status_after(proxied.http_addr, &header, "GET", "/nowhere", "").await;
+    assert_eq!(status, Some(404));
+    let line = log_line(&proxied, "request completed").await;
+    assert_eq!(line["client.address"], "192.0.2.31:4711", "{line}");
+    assert_eq!(line["url.path"], "/nowhere", "{line}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let direct = crate::helpers::ServerProcess::start(dir.path(), &[]).await;
+    let mut conn = TcpStream::connect(direct.http_addr).await.unwrap();
+    let from = conn.local_addr().unwrap();
+    let request = "GET /nowhere HTTP/1.1\r\nHost: mapcast\r\nConnection: close\r\n\r\n";
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 404"), "{}", String::from_utf8_lossy(&answer));
+    let line = log_line(&direct, "request completed").await;
+    assert_eq!(line["client.address"], from.to_string(), "{line}");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 
 pub(crate) mod catalog;
 pub(crate) mod compose;
+mod compose_cluster;
 pub(crate) mod logstash;
 mod saved_objects;
 

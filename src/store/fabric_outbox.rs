@@ -1,0 +1,141 @@
+//! `fabric_outbox`: acknowledged publishes an instance has not appended to
+//! the fabric yet. Written in the publish's own transaction, so a crash
+//! during a Redis outage loses none; read back at start.
+
+use std::sync::Arc;
+
+use sqlx::{Any, Row};
+
+use super::{Backend, Store};
+
+/// Rows per multi-row insert (three parameters each).
+const ROWS_PER_STATEMENT: usize = 500;
+
+impl Store {
+    /// The largest `seq` kept for `node`, or 0.
+    pub async fn fabric_outbox_last(&self, node: &str) -> Result<u64, sqlx::Error> {
+        let pool = self.pool().clone();
+        let node = node.to_owned();
+        self.run(async move {
+            let row = sqlx::query("SELECT MAX(seq) FROM fabric_outbox WHERE node = $1")
+                .bind(node)
+                .fetch_one(&pool)
+                .await?;
+            Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0).max(0) as u64)
+        })
+        .await
+    }
+
+    /// Up to `limit` of `node`'s kept entries with `after < seq <= through`,
+    /// oldest first.
+    pub async fn fabric_outbox_page(
+        &self,
+        node: &str,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, sqlx::Error> {
+        let pool = self.pool().clone();
+        let node = node.to_owned();
+        self.run(async move {
+            let rows = sqlx::query(
+                "SELECT seq, entry FROM fabric_outbox WHERE node = $1 AND seq > $2 AND seq <= $3 \
+                 ORDER BY seq LIMIT $4",
+            )
+            .bind(node)
+            .bind(after as i64)
+            .bind(through as i64)
+            .bind(limit as i64)
+            .fetch_all(&pool)
+            .await?;
+            rows.into_iter()
+                .map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get::<Vec<u8>, _>(1)?)))
+                .collect()
+        })
+        .await
+    }
+}
+
+/// The outbox writes of one commit: rows inserted many per statement, then
+/// the deletions (after, so a row appended and deleted within one commit
+/// does not stay).
+#[derive(Default)]
+pub(crate) struct OutboxBatch {
+    rows: Vec<(Arc<str>, u64, ntex::util::Bytes)>,
+    deletes: Vec<(Arc<str>, u64)>,
+}
+
+impl OutboxBatch {
+    pub(crate) fn add(&mut self, node: Arc<str>, seq: u64, entry: ntex::util::Bytes) {
+        self.rows.push((node, seq, entry));
+    }
+
+    pub(crate) fn delete_through(&mut self, node: Arc<str>, through: u64) {
+        match self.deletes.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, t)) => *t = (*t).max(through),
+            None => self.deletes.push((node, through)),
+        }
+    }
+
+    pub(crate) async fn execute(
+        self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        backend: Backend,
+    ) -> Result<(), sqlx::Error> {
+        for chunk in self.rows.chunks(ROWS_PER_STATEMENT) {
+            // A row already there is the same publish (a retried commit).
+            let sql = format!(
+                "INSERT INTO fabric_outbox (node, seq, entry) VALUES {} \
+                 ON CONFLICT (node, seq) DO NOTHING",
+                backend.value_rows(chunk.len(), 3)
+            );
+            let mut q = sqlx::query::<Any>(sqlx::AssertSqlSafe(sql));
+            for (node, seq, entry) in chunk {
+                q = q.bind(node.to_string()).bind(*seq as i64).bind(entry.to_vec());
+            }
+            q.execute(&mut **tx).await?;
+        }
+        for (node, through) in self.deletes {
+            sqlx::query("DELETE FROM fabric_outbox WHERE node = $1 AND seq <= $2")
+                .bind(node.to_string())
+                .bind(through as i64)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::WriteOp;
+    use crate::store::spawn_writer;
+
+    #[tokio::test]
+    async fn kept_entries_come_back_in_order_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/o.db", dir.path().display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let (writer, _task) = spawn_writer(store.clone(), std::time::Duration::ZERO);
+        let a: Arc<str> = Arc::from("a");
+        let put = |node: &Arc<str>, seq: u64| WriteOp::PutFabricOutbox {
+            node: node.clone(),
+            seq,
+            entry: ntex::util::Bytes::from(format!("e{seq}")),
+        };
+        let ops = vec![put(&a, 12), put(&a, 10), put(&a, 11), put(&Arc::from("b"), 99)];
+        writer.submit_durable(ops).unwrap().await.unwrap().unwrap();
+        assert_eq!(store.fabric_outbox_last("a").await.unwrap(), 12);
+        assert_eq!(store.fabric_outbox_last("nobody").await.unwrap(), 0);
+        let page = store.fabric_outbox_page("a", 0, 11, 10).await.unwrap();
+        assert_eq!(page, vec![(10, b"e10".to_vec()), (11, b"e11".to_vec())]);
+
+        let done = WriteOp::DeleteFabricOutbox { node: a.clone(), through: 11 };
+        writer.submit_durable(vec![done]).unwrap().await.unwrap().unwrap();
+        let page = store.fabric_outbox_page("a", 0, u64::MAX >> 1, 10).await.unwrap();
+        assert_eq!(page, vec![(12, b"e12".to_vec())]);
+        assert_eq!(store.fabric_outbox_page("b", 0, 100, 10).await.unwrap().len(), 1);
+    }
+}
