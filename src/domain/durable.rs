@@ -115,6 +115,10 @@ pub struct StoredSession {
 
 pub type StoredMessage = Delivery;
 
+/// Several instances number queued deliveries inside blocks of
+/// `1 << SEQ_BLOCK_BITS` reserved from the shared database.
+pub const SEQ_BLOCK_BITS: u32 = 32;
+
 /// Broker state read back from the store at start.
 #[derive(Default)]
 pub struct RestoredState {
