@@ -18,6 +18,8 @@ use crate::helpers::{
 
 struct Cluster {
     _redis: RedisServer,
+    /// The shared database.
+    url: String,
     nodes: Vec<(ServerProcess, tempfile::TempDir)>,
 }
 
@@ -36,7 +38,7 @@ async fn cluster(test: &str, n: usize) -> Option<Cluster> {
     // Each instance reads the publish stream from its end at start: give
     // the readers a moment to be there before the first publish.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Some(Cluster { _redis: redis, nodes })
+    Some(Cluster { _redis: redis, url, nodes })
 }
 
 impl Cluster {
@@ -74,6 +76,19 @@ impl Cluster {
             p.disconnect().await;
         }
     }
+}
+
+/// Queued messages stored for `client`.
+async fn stored_for(c: &Cluster, client: &str) -> i64 {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&c.url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM session_messages WHERE client_id = $1")
+        .bind(client)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let _ = db.close().await;
+    n
 }
 
 /// Payloads received, each with how many times it came.
@@ -125,7 +140,30 @@ async fn a_session_follows_its_client_to_another_instance_with_its_queued_messag
     let got = on_a.collect_publishes(Duration::from_secs(2)).await;
     let expected: BTreeMap<String, usize> = live.iter().map(|p| (p.clone(), 1)).collect();
     assert_eq!(counted(&got), expected, "each live message once, on A\n{}", c.logs());
-    on_a.disconnect().await;
+
+    // How long a takeover from a live connection on the other instance
+    // takes, CONNECT to CONNACK, hopping back and forth.
+    let mut held = on_a;
+    let mut took = Vec::new();
+    for hop in 0..10 {
+        let started = Instant::now();
+        let next = c.persistent("car", (hop + 1) % 2).connect().await;
+        took.push(started.elapsed());
+        assert!(next.session_present());
+        let closed = held.closed_within(Duration::from_secs(5)).await;
+        assert_eq!(
+            closed.and_then(|c| c.server_reason),
+            Some(DisconnectReasonCode::SessionTakenOver)
+        );
+        held = next;
+    }
+    took.sort();
+    println!(
+        "cross-instance takeover, CONNECT to CONNACK over 10 hops: median {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    held.disconnect().await;
     mark_redis_ran().await;
 }
 
@@ -170,15 +208,27 @@ async fn instances_queueing_for_their_own_offline_sessions_do_not_collide() {
     }
     let sent = names("m", 40);
     c.publish_round_robin("q/x", &sent).await;
+    // Acknowledged means stored: each instance kept its own session's copies.
+    for id in ["sub-a", "sub-b"] {
+        assert_eq!(stored_for(&c, id).await, 40, "{id}'s queued messages stored\n{}", c.logs());
+    }
 
     let expected: BTreeMap<String, usize> = sent.iter().map(|p| (p.clone(), 1)).collect();
-    for (id, node) in [("sub-a", 0), ("sub-b", 1)] {
-        let mut s = c.persistent(id, node).connect().await;
-        assert!(s.session_present());
-        let got = s.collect_publishes(Duration::from_secs(2)).await;
-        assert_eq!(counted(&got), expected, "{id}: every message once\n{}", c.logs());
-        s.disconnect().await;
-    }
+    let mut a = c.persistent("sub-a", 0).connect().await;
+    assert!(a.session_present());
+    let got = a.collect_publishes(Duration::from_secs(2)).await;
+    assert_eq!(counted(&got), expected, "sub-a: every message once\n{}", c.logs());
+    a.disconnect().await;
+    // sub-a's acknowledgements delete its copies, and only its.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stored_for(&c, "sub-a").await, 0, "{}", c.logs());
+    assert_eq!(stored_for(&c, "sub-b").await, 40, "sub-b's copies are its own\n{}", c.logs());
+
+    let mut b = c.persistent("sub-b", 1).connect().await;
+    assert!(b.session_present());
+    let got = b.collect_publishes(Duration::from_secs(2)).await;
+    assert_eq!(counted(&got), expected, "sub-b: every message once\n{}", c.logs());
+    b.disconnect().await;
     assert!(!c.logs().contains("ERROR"), "no store errors\n{}", c.logs());
     mark_redis_ran().await;
 }
