@@ -745,8 +745,17 @@ impl Router {
         // Its pump or handlers may still be at work: from now on they
         // store nothing for it (see `Outbox::set_persistent`).
         session.outbox.set_persistent(false);
+        let mut ops = Vec::new();
         if session.is_persistent() {
-            self.writer.submit_state(vec![WriteOp::DeleteSession(client.clone())]);
+            ops.push(WriteOp::DeleteSession(client.clone()));
+        }
+        // Several instances: nobody holds it now (claims grow with every
+        // client id otherwise).
+        if session.claim > 0 {
+            ops.push(WriteOp::ReleaseClaim { client_id: client.clone(), epoch: session.claim });
+        }
+        if !ops.is_empty() {
+            self.writer.submit_state(ops);
         }
     }
 

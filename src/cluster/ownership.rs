@@ -33,6 +33,10 @@ use crate::telemetry::names;
 pub const NODE_LEASE: Duration = Duration::from_secs(10);
 /// How often the lease is renewed.
 const RENEW: Duration = Duration::from_secs(2);
+/// Every this many renewals, forget what dead instances left behind.
+const PURGE_EVERY: u64 = 150;
+/// A dead instance's lease is forgotten this long after it lapsed.
+const PURGE_AFTER: Duration = Duration::from_secs(3600);
 /// How often a claimant waiting for an answer checks the holder is alive.
 const ANSWER_POLL: Duration = Duration::from_millis(500);
 /// Longest a claimant waits for a live holder that does not answer (Redis
@@ -303,8 +307,15 @@ impl Inner {
     /// without asking once it lapses.
     async fn renew_lease(self: Arc<Self>) {
         let name = node_lease(&self.node);
+        let mut renewals = 0u64;
         loop {
             tokio::time::sleep(RENEW).await;
+            renewals += 1;
+            if renewals.is_multiple_of(PURGE_EVERY)
+                && let Err(e) = self.store.purge_dead_claims(PURGE_AFTER).await
+            {
+                tracing::warn!({ names::ERROR_MESSAGE } = %e, "dead instances' claims not purged");
+            }
             match self.store.hold_lease(&name, &self.node, NODE_LEASE).await {
                 Ok(true) => {}
                 Ok(false) => tracing::error!("this instance's lease is held by another"),

@@ -51,6 +51,12 @@ pub enum WriteOp {
         delivery: Delivery,
     },
     DeleteMessage(u64),
+    /// Several instances: the session claimed under `epoch` ended here;
+    /// forget the claim unless a later one replaced it.
+    ReleaseClaim {
+        client_id: ClientId,
+        epoch: u64,
+    },
     /// An inbound QoS 2 packet id received and not yet released.
     PutIncomingQos2 {
         client_id: ClientId,
@@ -93,6 +99,7 @@ impl WriteOp {
                 | Self::PutSubscription { .. }
                 | Self::DeleteSubscription { .. }
                 | Self::DeleteMessage(_)
+                | Self::ReleaseClaim { .. }
         )
     }
 }

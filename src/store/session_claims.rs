@@ -149,6 +149,37 @@ impl Store {
         .await
     }
 
+    /// Forget instances gone for over `gone_for` (their lapsed leases),
+    /// and the claims of dead instances on sessions that are not stored:
+    /// both tables grow with every run and client id otherwise. How many
+    /// rows went.
+    pub async fn purge_dead_claims(
+        &self,
+        gone_for: std::time::Duration,
+    ) -> Result<u64, sqlx::Error> {
+        let pool = self.pool().clone();
+        let now = millis(SystemTime::now());
+        let long_ago = now - gone_for.as_millis() as i64;
+        self.run(async move {
+            let claims = sqlx::query(
+                "DELETE FROM session_claims c \
+                 WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = c.client_id) \
+                 AND NOT EXISTS (SELECT 1 FROM leases l \
+                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $1)",
+            )
+            .bind(now)
+            .execute(&pool)
+            .await?;
+            let leases =
+                sqlx::query("DELETE FROM leases WHERE name LIKE 'node:%' AND expires_at < $1")
+                    .bind(long_ago)
+                    .execute(&pool)
+                    .await?;
+            Ok(claims.rows_affected() + leases.rows_affected())
+        })
+        .await
+    }
+
     /// The first delivery number of a block no instance has used: above
     /// every block reserved before.
     pub async fn reserve_seq_block(&self) -> Result<u64, sqlx::Error> {

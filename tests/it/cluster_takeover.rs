@@ -229,6 +229,27 @@ async fn instances_queueing_for_their_own_offline_sessions_do_not_collide() {
     let got = b.collect_publishes(Duration::from_secs(2)).await;
     assert_eq!(counted(&got), expected, "sub-b: every message once\n{}", c.logs());
     b.disconnect().await;
-    assert!(!c.logs().contains("ERROR"), "no store errors\n{}", c.logs());
+    assert!(!c.logs().contains(r#""log.level":"error""#), "no errors logged\n{}", c.logs());
+    mark_redis_ran().await;
+}
+
+#[tokio::test]
+async fn a_session_that_ends_leaves_no_claim_behind() {
+    let test = "a_session_that_ends_leaves_no_claim_behind";
+    let Some(c) = cluster(test, 2).await else { return };
+    for i in 0..5 {
+        let id = format!("passer-by-{i}");
+        V5Options::new(&id, c.addr(i % 2)).connect().await.disconnect().await;
+    }
+    c.persistent("stays", 1).connect().await.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&c.url).await.unwrap();
+    let claimed: Vec<String> =
+        sqlx::query_scalar("SELECT client_id FROM session_claims ORDER BY client_id")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(claimed, ["stays"], "only the stored session is still claimed\n{}", c.logs());
     mark_redis_ran().await;
 }
