@@ -12,9 +12,9 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::auth::ConfigAuthenticator;
-use crate::broker::ports::SharedFabric;
+use crate::broker::ports::{SharedFabric, SharedOwnership};
 use crate::broker::{self, BrokerHandle, SharedAuthenticator};
-use crate::cluster::{FabricSettings, RedisFabric};
+use crate::cluster::{ClusterOwnership, FabricSettings, RedisFabric};
 use crate::config::Settings;
 use crate::domain::Role;
 use crate::flags::{FlagTimings, Flags};
@@ -86,7 +86,25 @@ impl Application {
         )
         .await?;
         store.migrate().await?;
-        let restored = store.load_broker_state().await.context("cannot restore broker state")?;
+        let mut restored =
+            store.load_broker_state().await.context("cannot restore broker state")?;
+        let node_id = node_id(settings.cluster.node_id.as_deref());
+        let instance = instance_name(&node_id);
+        // Several instances: each holds only the sessions it claimed.
+        let ownership = match &settings.cluster.redis_url {
+            Some(url) => Some(
+                ClusterOwnership::start(
+                    store.clone(),
+                    instance.clone(),
+                    url.expose(),
+                    &settings.cluster.stream,
+                    &mut restored,
+                )
+                .await
+                .context("cannot claim sessions")?,
+            ),
+            None => None,
+        };
 
         let (writer, writer_task) = store::spawn_writer(
             store.clone(),
@@ -108,8 +126,6 @@ impl Application {
         let feed = Arc::new(PositionFeed::default());
         let hook =
             Arc::new(LocationHook::new(history_topics.clone(), feed.clone(), settings.locations));
-        let node_id = node_id(settings.cluster.node_id.as_deref());
-        let instance = instance_name(&node_id);
         let fabric = match &settings.cluster.redis_url {
             Some(url) => Some(
                 RedisFabric::start(
@@ -135,6 +151,7 @@ impl Application {
             Duration::from_secs(settings.broker.sys_interval_secs),
             Some(hook),
             fabric.as_ref().map(|(f, ..)| Arc::new(f.clone()) as SharedFabric),
+            ownership.as_ref().map(|(o, _)| Arc::new(o.clone()) as SharedOwnership),
         );
         let map_view = MapView::default();
         let map_ids = if settings.effective_public_map_ids() {
@@ -225,6 +242,9 @@ impl Application {
         let malformed_task = tokio::spawn(quiet::run_until_stopped(stopping.clone()));
         if let Some((_, reader, _)) = fabric {
             reader.spawn(broker.clone(), stopping.clone());
+        }
+        if let Some((_, control)) = ownership {
+            control.spawn(broker.clone(), stopping.clone());
         }
         let retention_task = (settings.history.retention_days > 0).then(|| {
             let retention = HistoryRetention::new(store.clone(), settings.history.retention_days);

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 pub use auth::{Authenticator, SharedAuthenticator};
 pub use limits::BrokerLimits;
 pub use outbox::{ConnectionId, KickReason, Next, Outbox, OverflowPolicy, Pushed};
+pub use ports::{Claim, ClaimError, Ownership, SharedOwnership};
 pub use router::spawn_router;
 pub use stats::Stats;
 
@@ -83,6 +84,32 @@ pub enum ConnectError {
     NotOwner,
     #[error("broker is shutting down")]
     ShuttingDown,
+    /// A later CONNECT with the same client id (on any instance) claimed
+    /// the session first.
+    #[error("a later connection claimed the client id")]
+    Superseded,
+    /// The instance holding the session could not be reached in time.
+    #[error("the session's holder could not be reached")]
+    Unavailable,
+}
+
+impl From<ports::ClaimError> for ConnectError {
+    fn from(e: ports::ClaimError) -> Self {
+        match e {
+            ports::ClaimError::NotOwner => Self::NotOwner,
+            ports::ClaimError::Superseded => Self::Superseded,
+            ports::ClaimError::Unavailable => Self::Unavailable,
+        }
+    }
+}
+
+/// What an instance did when told another claimed a session it held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Let go (or held nothing): its writes for the session are committed.
+    Released,
+    /// It holds the session under a higher epoch: the claim is stale.
+    Superseded,
 }
 
 #[derive(Debug)]
@@ -176,7 +203,17 @@ impl PublishOutcome {
 }
 
 pub(crate) enum Command {
-    Connect(ConnectRequest, oneshot::Sender<Result<ConnectOutcome, ConnectError>>),
+    Connect(
+        ConnectRequest,
+        Option<Box<ports::Claim>>,
+        oneshot::Sender<Result<ConnectOutcome, ConnectError>>,
+    ),
+    /// Another instance claimed `client` under `epoch`: let go of it.
+    Release {
+        client: ClientId,
+        epoch: u64,
+        reply: oneshot::Sender<(Release, Option<ports::CommitReceipt>)>,
+    },
     Disconnect {
         client_id: ClientId,
         conn: ConnectionId,
@@ -275,6 +312,9 @@ pub struct BrokerHandle {
     auth: SharedAuthenticator,
     next_conn: Arc<AtomicU64>,
     hook: Option<Arc<dyn PublishHook>>,
+    /// Set when several instances share the work: a CONNECT claims its
+    /// client id first.
+    ownership: Option<ports::SharedOwnership>,
 }
 
 impl BrokerHandle {
@@ -293,9 +333,34 @@ impl BrokerHandle {
     /// Open or resume the session of `req.client_id`, taking it over from any
     /// connection that still holds it.
     pub async fn connect(&self, req: ConnectRequest) -> Result<ConnectOutcome, ConnectError> {
+        let claim = match &self.ownership {
+            Some(ownership) => {
+                let take_over_any = req.identity.is_admin() && self.limits.admin_session_takeover;
+                let claim =
+                    ownership.claim(req.client_id.clone(), req.identity.principal(), take_over_any);
+                Some(Box::new(claim.await?))
+            }
+            None => None,
+        };
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Connect(req, tx)).map_err(|_| ConnectError::ShuttingDown)?;
+        self.send(Command::Connect(req, claim, tx)).map_err(|_| ConnectError::ShuttingDown)?;
         rx.await.map_err(|_| ConnectError::ShuttingDown)?
+    }
+
+    /// Another instance claimed `client` under `epoch`: close its
+    /// connection here, commit what was queued for it and forget it
+    /// (the store keeps it for the claimant), unless this instance holds
+    /// it under a higher epoch.
+    pub async fn release(&self, client: ClientId, epoch: u64) -> Result<Release, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Release { client, epoch, reply: tx }).is_err() {
+            return Err(StoreError::Unavailable);
+        }
+        let (release, committed) = rx.await.map_err(|_| StoreError::Unavailable)?;
+        if let Some(committed) = committed {
+            committed.await.map_err(|_| StoreError::Unavailable)??;
+        }
+        Ok(release)
     }
 
     /// Report that connection `conn` of `client_id` has ended.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 pub use super::auth::BoxFuture;
-use crate::domain::{Message, StoreError, WriteOp};
+use crate::domain::{ClientId, Message, Principal, StoreError, StoredSession, WriteOp};
 
 /// Resolves once a durable write is committed, or says why it was not.
 pub type CommitReceipt = oneshot::Receiver<Result<(), StoreError>>;
@@ -68,6 +68,66 @@ pub trait Fabric: Send + Sync + std::fmt::Debug + 'static {
 }
 
 pub type SharedFabric = Arc<dyn Fabric>;
+
+/// A client id claimed for this instance before its CONNECT reaches the
+/// router (several instances: see [`Ownership`]).
+pub struct Claim {
+    /// Rises with every claim of the id anywhere: the router refuses a
+    /// connect, and lets go of a session, only for a higher one.
+    pub epoch: u64,
+    /// Another instance held the session until now: what it left in the
+    /// store replaces anything this one still keeps of it (`None` inside:
+    /// nothing stored).
+    pub moved: Option<Option<StoredSession>>,
+    /// The first number of a delivery-number block reserved after the
+    /// moved session's messages were numbered: taken when they number
+    /// above the router's own block, so order by number stays delivery
+    /// order.
+    pub seq_block: Option<u64>,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("epoch", &self.epoch)
+            .field("moved", &self.moved.as_ref().map(|s| s.as_ref().map(|s| s.messages.len())))
+            .field("seq_block", &self.seq_block)
+            .finish()
+    }
+}
+
+/// Why a client id could not be claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    #[error("the client id's session belongs to another identity")]
+    NotOwner,
+    /// A later CONNECT with the same client id claimed it meanwhile.
+    #[error("a later connection claimed the client id")]
+    Superseded,
+    /// The store, or the instance holding the session, did not answer in time.
+    #[error("the session's holder could not be reached")]
+    Unavailable,
+}
+
+/// Who holds each client id's session when several instances share the
+/// work: one instance at a time, under a rising epoch that fences a stale
+/// holder. Absent on a single instance.
+pub trait Ownership: Send + Sync + std::fmt::Debug + 'static {
+    /// Claim `client` for this instance for `owner` (any owner's with
+    /// `take_over_any`); the instance that held it lets go first.
+    fn claim(
+        &self,
+        client: ClientId,
+        owner: Principal,
+        take_over_any: bool,
+    ) -> BoxFuture<'static, Result<Claim, ClaimError>>;
+
+    /// The first number of a freshly reserved delivery-number block, when
+    /// one is ready (never waits); the next is reserved in the background.
+    fn take_seq_block(&self) -> Option<u64>;
+}
+
+pub type SharedOwnership = Arc<dyn Ownership>;
 
 /// A [`Durability`] that commits everything at once and keeps what it was
 /// given, for the core's own tests.

@@ -15,18 +15,19 @@ use tokio::task::JoinHandle;
 use super::inbox::{InboxReceiver, inbox};
 use super::journal::{Journal, Replay};
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
-use super::ports::{SharedDurability, SharedFabric};
+use super::ports::{Claim, CommitReceipt, SharedDurability, SharedFabric, SharedOwnership};
 use super::retained::RetainedStore;
 use super::session::Session;
 use super::trie::{Entry, Removed, SubscriptionTrie};
 use super::{
     BrokerHandle, BrokerLimits, Command, ConnectError, ConnectOutcome, ConnectRequest,
-    DisconnectKind, Inspection, PublishError, PublishHook, PublishOutcome, PublishReply,
+    DisconnectKind, Inspection, PublishError, PublishHook, PublishOutcome, PublishReply, Release,
     Revocation, SharedAuthenticator, Stats, SubscribeError, SubscribeRequest, sys,
 };
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::domain::{
-    Delivery, Identity, Message, Principal, QoS, RestoredState, RetainHandling, SubscriptionOptions,
+    Delivery, Identity, Message, Principal, QoS, RestoredState, RetainHandling, SEQ_BLOCK_BITS,
+    StoredSession, SubscriptionOptions,
 };
 use crate::domain::{StoreError, WriteOp};
 
@@ -34,6 +35,11 @@ use crate::domain::{StoreError, WriteOp};
 const COMMAND_QUEUE: usize = 16 * 1024;
 /// Commands handled per wake-up before timers get a look.
 const BATCH: usize = 1024;
+/// How long a claim another instance announced keeps refusing older ones
+/// here: longer than a claim takes to reach the router.
+const FENCE_TTL: Duration = Duration::from_secs(120);
+/// Announced claims remembered at most (each a client id and two numbers).
+const MAX_FENCES: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -92,6 +98,17 @@ struct Router {
     /// For checking a resumed session's subscriptions against its owner's
     /// current rights.
     auth: SharedAuthenticator,
+    /// Set when several instances share the work: sessions move between
+    /// them, and delivery numbers come from reserved blocks.
+    ownership: Option<SharedOwnership>,
+    /// End (exclusive) of the delivery-number block in use; `u64::MAX` alone.
+    seq_block_end: u64,
+    /// Whether the numbers ran past their block with no new one ready.
+    seq_overrun: bool,
+    /// Claims other instances made of client ids this one holds no
+    /// session of, and when they were announced: a connect claimed
+    /// earlier that reaches the router later is refused.
+    fences: HashMap<ClientId, (u64, Instant)>,
 }
 
 /// One session a publish goes to, after merging overlapping subscriptions.
@@ -104,6 +121,7 @@ struct Target {
 
 /// Start the router on the current tokio runtime. `hook` sees every publish
 /// made through the returned handle (and its clones) before it is routed.
+#[allow(clippy::too_many_arguments, reason = "the core's settings and ports, each its own")]
 pub fn spawn_router(
     limits: BrokerLimits,
     auth: SharedAuthenticator,
@@ -112,6 +130,7 @@ pub fn spawn_router(
     sys_interval: Duration,
     hook: Option<Arc<dyn PublishHook>>,
     fabric: Option<SharedFabric>,
+    ownership: Option<SharedOwnership>,
 ) -> (BrokerHandle, JoinHandle<()>) {
     let (inbox, rx) = inbox(COMMAND_QUEUE);
     let stats = Arc::new(Stats::default());
@@ -121,9 +140,14 @@ pub fn spawn_router(
     router.stats = stats.clone();
     router.next_conn = next_conn.clone();
     router.next_seq = restored.next_seq.max(1);
+    if ownership.is_some() {
+        // Restored numbers start a reserved block.
+        router.seq_block_end = router.next_seq.saturating_add(1 << SEQ_BLOCK_BITS);
+    }
     router.fabric = fabric;
+    router.ownership = ownership.clone();
     router.restore(restored);
-    let handle = BrokerHandle { inbox, stats, limits, auth, next_conn, hook };
+    let handle = BrokerHandle { inbox, stats, limits, auth, next_conn, hook, ownership };
     let sys_handle = handle.clone();
     let task = tokio::spawn(router.run(rx, sys_handle, sys_interval));
     (handle, task)
@@ -158,11 +182,14 @@ impl Router {
             hook,
             fabric: None,
             auth,
+            ownership: None,
+            seq_block_end: u64::MAX,
+            seq_overrun: false,
+            fences: HashMap::new(),
         }
     }
 
     fn restore(&mut self, restored: RestoredState) {
-        let now_wall = SystemTime::now();
         let now = Instant::now();
         for msg in restored.retained {
             if !msg.is_expired(now) {
@@ -171,46 +198,55 @@ impl Router {
         }
         self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
         for stored in restored.sessions {
-            let client = stored.client_id.clone();
-            let epoch = self.next_conn.fetch_add(1, Relaxed);
-            // Sessions stored as never expiring get the current cap too.
-            let expiry_secs = if stored.expiry_secs == u32::MAX {
-                self.limits.grant_expiry(u32::MAX)
-            } else {
-                stored.expiry_secs
-            };
-            let outbox = Arc::new(self.new_outbox(&client));
-            for d in stored.messages {
-                outbox.restore(d);
-            }
-            outbox.restore_qos2(&stored.incoming_qos2, &stored.pending_releases);
-            let mut session = Session {
-                owner: stored.owner,
-                token: None,
-                outbox,
-                conn: None,
-                epoch,
-                protocol: super::ProtocolVersion::V5,
-                expiry_secs,
-                subscriptions: HashMap::new(),
-                will: None,
-            };
-            for (filter, options) in stored.subscriptions {
-                self.trie.insert(&filter.filter, entry(&client, &filter, options));
-                session.subscriptions.insert(filter, options);
-            }
-            // Time spent down counts against the expiry; a session that
-            // expired meanwhile ends at the first timer tick.
-            if expiry_secs != u32::MAX {
-                let gone = stored
-                    .disconnected_at
-                    .and_then(|t| now_wall.duration_since(t).ok())
-                    .unwrap_or_default();
-                let left = Duration::from_secs(expiry_secs as u64).saturating_sub(gone);
-                self.schedule(now + left, Timer::Expire(client.clone(), epoch));
-            }
-            self.sessions.insert(client, session);
+            self.restore_session(stored, 0);
         }
+        self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
+    }
+
+    /// Hold `stored` again, offline, under claim epoch `claim`.
+    fn restore_session(&mut self, stored: StoredSession, claim: u64) {
+        let now_wall = SystemTime::now();
+        let now = Instant::now();
+        let client = stored.client_id.clone();
+        let epoch = self.next_conn.fetch_add(1, Relaxed);
+        // Sessions stored as never expiring get the current cap too.
+        let expiry_secs = if stored.expiry_secs == u32::MAX {
+            self.limits.grant_expiry(u32::MAX)
+        } else {
+            stored.expiry_secs
+        };
+        let outbox = Arc::new(self.new_outbox(&client));
+        for d in stored.messages {
+            outbox.restore(d);
+        }
+        outbox.restore_qos2(&stored.incoming_qos2, &stored.pending_releases);
+        let mut session = Session {
+            owner: stored.owner,
+            token: None,
+            outbox,
+            conn: None,
+            epoch,
+            claim,
+            protocol: super::ProtocolVersion::V5,
+            expiry_secs,
+            subscriptions: HashMap::new(),
+            will: None,
+        };
+        for (filter, options) in stored.subscriptions {
+            self.trie.insert(&filter.filter, entry(&client, &filter, options));
+            session.subscriptions.insert(filter, options);
+        }
+        // Time spent down counts against the expiry; a session that
+        // expired meanwhile ends at the first timer tick.
+        if expiry_secs != u32::MAX {
+            let gone = stored
+                .disconnected_at
+                .and_then(|t| now_wall.duration_since(t).ok())
+                .unwrap_or_default();
+            let left = Duration::from_secs(expiry_secs as u64).saturating_sub(gone);
+            self.schedule(now + left, Timer::Expire(client.clone(), epoch));
+        }
+        self.sessions.insert(client, session);
         self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
     }
 
@@ -260,9 +296,12 @@ impl Router {
     /// Handle one command; `true` means stop.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Connect(req, reply) => {
-                let outcome = self.connect(req);
+            Command::Connect(req, claim, reply) => {
+                let outcome = self.connect(req, claim.map(|c| *c));
                 let _ = reply.send(outcome);
+            }
+            Command::Release { client, epoch, reply } => {
+                let _ = reply.send(self.release(&client, epoch));
             }
             Command::Disconnect { client_id, conn, kind, session_expiry_secs } => {
                 self.disconnect(&client_id, conn, kind, session_expiry_secs)
@@ -303,8 +342,20 @@ impl Router {
         false
     }
 
-    fn connect(&mut self, req: ConnectRequest) -> Result<ConnectOutcome, ConnectError> {
+    fn connect(
+        &mut self,
+        req: ConnectRequest,
+        claim: Option<Claim>,
+    ) -> Result<ConnectOutcome, ConnectError> {
         let client = req.client_id.clone();
+        let claim_epoch = match claim {
+            Some(claim) => {
+                let epoch = claim.epoch;
+                self.take_claim(&client, claim)?;
+                epoch
+            }
+            None => 0,
+        };
         let owner = req.identity.principal();
         self.check_owner(&client, &owner, &req.identity)?;
         let conn = self.next_conn.fetch_add(1, Relaxed);
@@ -348,6 +399,7 @@ impl Router {
                     outbox,
                     conn: None,
                     epoch: conn,
+                    claim: claim_epoch,
                     protocol: req.protocol,
                     expiry_secs: expiry,
                     subscriptions: HashMap::new(),
@@ -361,6 +413,7 @@ impl Router {
         // Attached again: its will-delay and expiry timers are moot.
         self.cancel_timers(&client);
         let session = self.sessions.get_mut(&client).expect("session inserted above");
+        session.claim = claim_epoch;
         let was_persistent = session.is_persistent();
         session.owner = Some(owner.clone());
         session.token = req.identity.token.clone();
@@ -401,6 +454,112 @@ impl Router {
         }
         self.stats.clients_connected.store(self.online as u64, Relaxed);
         Ok(ConnectOutcome { conn, session_present, outbox, session_expiry_secs: expiry })
+    }
+
+    /// The claim epoch this instance knows `client` by: the session it
+    /// holds, or the latest claim another instance announced.
+    fn known_claim(&self, client: &ClientId) -> Option<u64> {
+        let held = self.sessions.get(client).map(|s| s.claim);
+        held.max(self.fences.get(client).map(|(epoch, _)| *epoch))
+    }
+
+    /// Check `claim` is the newest this instance knows of, and hold the
+    /// session another instance left, if it moved.
+    fn take_claim(&mut self, client: &ClientId, claim: Claim) -> Result<(), ConnectError> {
+        if self.known_claim(client).is_some_and(|known| known > claim.epoch) {
+            crate::telemetry::metrics::global().cluster_superseded.fetch_add(1, Relaxed);
+            tracing::info!(client.id = %client, claim.epoch = claim.epoch, "connect refused: a later connection claimed the client id");
+            return Err(ConnectError::Superseded);
+        }
+        self.fences.remove(client);
+        let Some(moved) = claim.moved else { return Ok(()) };
+        // What this instance still keeps of it is older than what the last
+        // holder left in the store.
+        if self.sessions.contains_key(client) {
+            drop(self.hand_over(client));
+        }
+        let Some(stored) = moved else { return Ok(()) };
+        let newest = stored.messages.iter().map(|d| d.seq).max();
+        if let (Some(newest), Some(block)) = (newest, claim.seq_block)
+            && newest >= self.next_seq
+            && block > newest
+        {
+            // Its messages were numbered in a later block than this
+            // instance's: number on above them.
+            self.next_seq = block;
+            self.seq_block_end = block.saturating_add(1 << SEQ_BLOCK_BITS);
+        }
+        tracing::info!(
+            client.id = %client,
+            claim.epoch = claim.epoch,
+            queued = stored.messages.len(),
+            "session moved here from another instance"
+        );
+        self.restore_session(stored, claim.epoch);
+        Ok(())
+    }
+
+    /// Another instance claimed `client` under `epoch`: let go of the
+    /// session (its writes so far committed when the receipt resolves),
+    /// unless this instance holds a newer claim.
+    fn release(&mut self, client: &ClientId, epoch: u64) -> (Release, Option<CommitReceipt>) {
+        if self.known_claim(client).is_some_and(|known| known > epoch) {
+            return (Release::Superseded, None);
+        }
+        if self.fences.len() >= MAX_FENCES {
+            let now = Instant::now();
+            self.fences.retain(|_, (_, at)| now.duration_since(*at) < FENCE_TTL);
+        }
+        if self.fences.len() < MAX_FENCES {
+            self.fences.insert(client.clone(), (epoch, Instant::now()));
+        }
+        if !self.sessions.contains_key(client) {
+            return (Release::Released, None);
+        }
+        tracing::info!(client.id = %client, claim.epoch = epoch, "session taken over by another instance");
+        (Release::Released, self.hand_over(client))
+    }
+
+    /// Forget a session another instance takes over, closing its
+    /// connection; the store keeps it for them. The receipt resolves once
+    /// every write queued for it so far is committed.
+    fn hand_over(&mut self, client: &ClientId) -> Option<CommitReceipt> {
+        let mut session = self.sessions.remove(client)?;
+        self.cancel_timers(client);
+        let was_connected = session.conn.is_some();
+        if let Some(conn) = session.conn.take() {
+            self.online -= 1;
+            self.stats.clients_connected.store(self.online as u64, Relaxed);
+            session.outbox.kick(conn, KickReason::SessionTakenOver);
+        }
+        for filter in session.subscriptions.keys() {
+            remove_subscription(&mut self.trie, &mut self.share_cursor, client, filter);
+        }
+        self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
+        // As for a takeover here: an immediate will goes out; a delayed one
+        // is cancelled by the session being resumed [MQTT-3.1.3-9].
+        if let Some(will) = session.will.take()
+            && was_connected
+            && will.delay_secs == 0
+        {
+            self.route_will(will);
+        }
+        let receipt = session.is_persistent().then(|| {
+            // Writes commit in submission order: this one commits after
+            // every earlier write for the session.
+            let op = WriteOp::UpsertSession {
+                client_id: client.clone(),
+                owner: session.owner.clone(),
+                expiry_secs: session.expiry_secs,
+                disconnected_at: Some(SystemTime::now()),
+            };
+            self.writer
+                .submit_durable(vec![op.clone()])
+                .map_err(|_| self.writer.submit_state(vec![op]))
+        });
+        // Its pump may still be at work: it stores nothing more for it.
+        session.outbox.set_persistent(false);
+        receipt.and_then(Result::ok)
     }
 
     /// Close the connections `what` covers; a deleted principal's sessions
@@ -598,8 +757,17 @@ impl Router {
         // Its pump or handlers may still be at work: from now on they
         // store nothing for it (see `Outbox::set_persistent`).
         session.outbox.set_persistent(false);
+        let mut ops = Vec::new();
         if session.is_persistent() {
-            self.writer.submit_state(vec![WriteOp::DeleteSession(client.clone())]);
+            ops.push(WriteOp::DeleteSession(client.clone()));
+        }
+        // Several instances: nobody holds it now (claims grow with every
+        // client id otherwise).
+        if session.claim > 0 {
+            ops.push(WriteOp::ReleaseClaim { client_id: client.clone(), epoch: session.claim });
+        }
+        if !ops.is_empty() {
+            self.writer.submit_state(ops);
         }
     }
 
@@ -765,8 +933,7 @@ impl Router {
 
         let matched = self.collect_targets(&msg);
         // The message's mark: below its deliveries' numbers, above earlier ones.
-        let mark = self.next_seq;
-        self.next_seq += 1;
+        let mark = self.next_seq();
         let queue_qos0 = self.limits.queue_qos0_messages;
         let mut targets = std::mem::take(&mut self.scratch);
         let mut pushes = std::mem::take(&mut self.push_scratch);
@@ -786,8 +953,12 @@ impl Router {
                     }
                 },
             };
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let seq = take_seq(
+                &mut self.next_seq,
+                &mut self.seq_block_end,
+                &mut self.seq_overrun,
+                self.ownership.as_ref(),
+            );
             let d = Delivery {
                 seq,
                 msg: msg.clone(),
@@ -1048,10 +1219,43 @@ impl Router {
     }
 
     fn next_seq(&mut self) -> u64 {
-        let s = self.next_seq;
-        self.next_seq += 1;
-        s
+        take_seq(
+            &mut self.next_seq,
+            &mut self.seq_block_end,
+            &mut self.seq_overrun,
+            self.ownership.as_ref(),
+        )
     }
+}
+
+/// The next delivery number, moving to a new reserved block when the one
+/// in use is spent (several instances; alone the block never ends).
+fn take_seq(
+    next: &mut u64,
+    block_end: &mut u64,
+    overrun: &mut bool,
+    ownership: Option<&SharedOwnership>,
+) -> u64 {
+    if *next >= *block_end {
+        match ownership.and_then(|o| o.take_seq_block()) {
+            Some(start) if start >= *next => {
+                *next = start;
+                *block_end = start.saturating_add(1 << SEQ_BLOCK_BITS);
+                *overrun = false;
+            }
+            _ => {
+                // Running on keeps the order here but may meet a block
+                // reserved later elsewhere: asked again at every number.
+                if !*overrun {
+                    *overrun = true;
+                    tracing::error!("delivery numbers ran past their reserved block: none ready");
+                }
+            }
+        }
+    }
+    let s = *next;
+    *next += 1;
+    s
 }
 
 /// Whether a delivery waits in its outbox until its stored copy is
@@ -1207,6 +1411,7 @@ mod tests {
             Kept::shared(),
             restored,
             Duration::from_secs(3600),
+            None,
             None,
             None,
         );
@@ -1447,6 +1652,7 @@ mod tests {
             Duration::from_secs(3600),
             None,
             Some(fabric.clone()),
+            None,
         );
         let outbox_ops = || {
             let ops = kept.ops.lock().unwrap();
@@ -1551,7 +1757,7 @@ mod tests {
         let mut r = bare_router();
         let mut conns = Vec::new();
         for id in ["a", "b"] {
-            let c = r.connect(request(id, true, 0, None, Identity::anonymous())).unwrap();
+            let c = r.connect(request(id, true, 0, None, Identity::anonymous()), None).unwrap();
             r.subscribe(&ClientId::from(id), c.conn, vec![sub("$share/g/t", QoS::AtMostOnce)]);
             conns.push(c);
         }
@@ -1575,8 +1781,9 @@ mod tests {
             })
         };
         for _ in 0..10_000 {
-            let c =
-                r.connect(request("car", false, 86_400, will(), Identity::anonymous())).unwrap();
+            let c = r
+                .connect(request("car", false, 86_400, will(), Identity::anonymous()), None)
+                .unwrap();
             assert!(r.timers.is_empty(), "an attached session has no timers");
             r.disconnect(&ClientId::from("car"), c.conn, DisconnectKind::Unclean, None);
         }
@@ -1589,7 +1796,9 @@ mod tests {
     async fn sessions_asking_never_to_expire_get_the_persistent_client_expiration() {
         let limits = BrokerLimits { persistent_client_expiration: 1, ..BrokerLimits::default() };
         let mut r = bare_router_with(limits);
-        let c = r.connect(request("phone", false, u32::MAX, None, Identity::anonymous())).unwrap();
+        let c = r
+            .connect(request("phone", false, u32::MAX, None, Identity::anonymous()), None)
+            .unwrap();
         assert_eq!(c.session_expiry_secs, 1);
         r.disconnect(&ClientId::from("phone"), c.conn, DisconnectKind::Clean, None);
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -1607,7 +1816,8 @@ mod tests {
             let limits = BrokerLimits { queue_qos0_messages, ..BrokerLimits::default() };
             let mut r = bare_router_with(limits);
             let id = ClientId::from("p");
-            let c = r.connect(request("p", false, 3600, None, Identity::anonymous())).unwrap();
+            let c =
+                r.connect(request("p", false, 3600, None, Identity::anonymous()), None).unwrap();
             r.subscribe(&id, c.conn, vec![sub("q", QoS::AtLeastOnce)]);
             r.disconnect(&id, c.conn, DisconnectKind::Clean, None);
             for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
@@ -1627,5 +1837,103 @@ mod tests {
         assert_eq!(r.retained.len(), 1, "subscribers still get it on subscribe");
         let car = Arc::new(msg("devices/car/status", "on", QoS::AtLeastOnce, true));
         assert!(r.publish(car, Vec::new(), true).unwrap().commit.is_some());
+    }
+
+    fn claim(epoch: u64) -> Option<Claim> {
+        Some(Claim { epoch, moved: None, seq_block: None })
+    }
+
+    fn stored(id: &str, seqs: &[u64]) -> StoredSession {
+        StoredSession {
+            client_id: ClientId::from(id),
+            owner: Some(Identity::anonymous().principal()),
+            expiry_secs: 3600,
+            disconnected_at: None,
+            subscriptions: vec![(
+                SharedFilter::parse("q", TopicLimits::default()).unwrap(),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            )],
+            messages: seqs
+                .iter()
+                .map(|&seq| Delivery {
+                    seq,
+                    msg: Arc::new(msg("q", "queued", QoS::AtLeastOnce, false)),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    subscription_ids: Vec::new(),
+                    dup: true,
+                    packet_id: std::num::NonZeroU16::new(seq as u16),
+                    stored: true,
+                })
+                .collect(),
+            incoming_qos2: Vec::new(),
+            pending_releases: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connect_claimed_before_the_newest_claim_is_refused() {
+        let mut r = bare_router();
+        let car = || request("car", false, 3600, None, Identity::anonymous());
+        let newer = r.connect(car(), claim(7)).unwrap();
+        assert_eq!(r.connect(car(), claim(5)).err(), Some(ConnectError::Superseded));
+        assert_eq!(r.sessions[&ClientId::from("car")].conn, Some(newer.conn), "7 stays");
+        r.connect(car(), claim(9)).unwrap();
+        assert_eq!(r.sessions[&ClientId::from("car")].claim, 9);
+    }
+
+    #[tokio::test]
+    async fn another_instances_claim_takes_the_session_only_when_newer() {
+        let mut r = bare_router();
+        let id = ClientId::from("car");
+        let c =
+            r.connect(request("car", false, 3600, None, Identity::anonymous()), claim(4)).unwrap();
+        r.subscribe(&id, c.conn, vec![sub("q", QoS::AtLeastOnce)]);
+
+        assert_eq!(r.release(&id, 3).0, Release::Superseded, "an older claim is stale");
+        assert_eq!(r.sessions[&id].conn, Some(c.conn));
+
+        let (released, committed) = r.release(&id, 6);
+        assert_eq!(released, Release::Released);
+        assert!(committed.is_some(), "its writes are committed before the answer");
+        assert!(!r.sessions.contains_key(&id) && r.trie.is_empty(), "forgotten here");
+        let mut buf = Vec::new();
+        assert_eq!(
+            c.outbox.next(c.conn, &mut buf, 1).await,
+            Next::Kicked(KickReason::SessionTakenOver)
+        );
+        // A connect claimed before that takeover, arriving late, is refused.
+        let late = r.connect(request("car", false, 3600, None, Identity::anonymous()), claim(5));
+        assert_eq!(late.err(), Some(ConnectError::Superseded));
+    }
+
+    #[tokio::test]
+    async fn a_moved_sessions_messages_keep_their_order_before_new_ones() {
+        let mut r = bare_router();
+        r.seq_block_end = 1 << SEQ_BLOCK_BITS;
+        let later_block = 5 << SEQ_BLOCK_BITS;
+        let moved = Claim {
+            epoch: 2,
+            moved: Some(Some(stored("car", &[later_block - 100, later_block - 99]))),
+            seq_block: Some(later_block),
+        };
+        let req = request("car", false, 3600, None, Identity::anonymous());
+        let c = r.connect(req, Some(moved)).unwrap();
+        assert!(c.session_present, "the moved session is resumed");
+        r.publish(Arc::new(msg("q", "new", QoS::AtLeastOnce, false)), Vec::new(), false).unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..3 {
+            let next = c.outbox.next(c.conn, &mut buf, 8);
+            if !matches!(
+                tokio::time::timeout(Duration::from_millis(50), next).await,
+                Ok(Next::Ready)
+            ) {
+                break;
+            }
+        }
+        let mut seqs: Vec<u64> = buf.iter().map(|d| d.seq).collect();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 3, "{seqs:?}");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "numbered in delivery order: {seqs:?}");
     }
 }

@@ -22,6 +22,9 @@ pub struct Session {
     pub conn: Option<ConnectionId>,
     /// The last connection that was attached; names timers so a stale one is ignored.
     pub epoch: ConnectionId,
+    /// The claim epoch this instance holds the session under when several
+    /// share the work (0 alone): a lower claim is stale.
+    pub claim: u64,
     pub protocol: ProtocolVersion,
     /// 0 = ends with the connection; `u32::MAX` = never expires.
     pub expiry_secs: u32,

@@ -3,6 +3,8 @@
 //! port); state is shared in PostgreSQL.
 
 mod codec;
+mod ownership;
 mod redis_fabric;
 
+pub use ownership::{ClusterOwnership, ControlReader, NODE_LEASE};
 pub use redis_fabric::{FabricHealth, FabricReader, FabricSettings, RedisFabric};

@@ -51,6 +51,12 @@ pub enum WriteOp {
         delivery: Delivery,
     },
     DeleteMessage(u64),
+    /// Several instances: the session claimed under `epoch` ended here;
+    /// forget the claim unless a later one replaced it.
+    ReleaseClaim {
+        client_id: ClientId,
+        epoch: u64,
+    },
     /// An inbound QoS 2 packet id received and not yet released.
     PutIncomingQos2 {
         client_id: ClientId,
@@ -106,6 +112,7 @@ impl WriteOp {
                 | Self::PutSubscription { .. }
                 | Self::DeleteSubscription { .. }
                 | Self::DeleteMessage(_)
+                | Self::ReleaseClaim { .. }
         )
     }
 }
@@ -127,6 +134,10 @@ pub struct StoredSession {
 }
 
 pub type StoredMessage = Delivery;
+
+/// Several instances number queued deliveries inside blocks of
+/// `1 << SEQ_BLOCK_BITS` reserved from the shared database.
+pub const SEQ_BLOCK_BITS: u32 = 32;
 
 /// Broker state read back from the store at start.
 #[derive(Default)]

@@ -70,6 +70,9 @@ pub(crate) enum ConnectRefusal {
     BadAuthMethod,
     /// The broker core is shutting down.
     Unavailable,
+    /// A later CONNECT with the same client id, on this or another
+    /// instance, claimed the session first (0x8E is not a CONNACK code).
+    Superseded,
 }
 
 impl ConnectRefusal {
@@ -91,7 +94,7 @@ impl ConnectRefusal {
             // secret); it should back off and retry later, which is what
             // 0x9F asks of it. 0x87 would read as a permanent ACL refusal.
             Self::Auth(AuthError::TooManyAttempts) => ConnectAckReason::ConnectionRateExceeded,
-            Self::Auth(AuthError::Busy) => ConnectAckReason::ServerBusy,
+            Self::Auth(AuthError::Busy) | Self::Superseded => ConnectAckReason::ServerBusy,
             Self::WillTopicInvalid => ConnectAckReason::TopicNameInvalid,
             Self::WillPayloadInvalid => ConnectAckReason::PayloadFormatInvalid,
             Self::WillTooLarge => ConnectAckReason::PacketTooLarge,
@@ -109,9 +112,9 @@ impl ConnectRefusal {
             Self::Auth(AuthError::NotAuthorized)
             | Self::WillNotAuthorized
             | Self::SessionOwnedByOther => Some(R::NotAuthorized),
-            Self::Auth(AuthError::Unavailable | AuthError::Busy) | Self::Unavailable => {
-                Some(R::ServiceUnavailable)
-            }
+            Self::Auth(AuthError::Unavailable | AuthError::Busy)
+            | Self::Unavailable
+            | Self::Superseded => Some(R::ServiceUnavailable),
             // 3.1.1 has no rate code; "not authorized" without claiming the
             // password is wrong.
             Self::Auth(AuthError::TooManyAttempts) => Some(R::NotAuthorized),
@@ -138,6 +141,7 @@ impl ConnectRefusal {
             Self::SessionOwnedByOther => "client id in use by another identity",
             Self::BadAuthMethod => "enhanced authentication is not supported",
             Self::Unavailable => "server unavailable",
+            Self::Superseded => "a later connection with this client id took the session",
         }
     }
 }

@@ -216,7 +216,8 @@ pub(super) async fn open(
         .await
         .map_err(|e| match e {
             ConnectError::NotOwner => ConnectRefusal::SessionOwnedByOther,
-            ConnectError::ShuttingDown => ConnectRefusal::Unavailable,
+            ConnectError::ShuttingDown | ConnectError::Unavailable => ConnectRefusal::Unavailable,
+            ConnectError::Superseded => ConnectRefusal::Superseded,
         })?;
 
     // `clients_connected` is the router's (it counts attached sessions).

@@ -76,11 +76,44 @@ impl Store {
             }
         }
 
-        let rows =
-            sqlx::query("SELECT client_id, expiry_secs, disconnected_at, owner FROM sessions")
-                .fetch_all(pool)
-                .await
-                .context("loading sessions")?;
+        let (sessions, max_seq) = self.load_sessions(None).await?;
+        state.next_seq = max_seq + 1;
+        state.sessions = sessions;
+        tracing::info!(
+            retained = state.retained.len(),
+            sessions = state.sessions.len(),
+            queued = state.sessions.iter().map(|s| s.messages.len()).sum::<usize>(),
+            "broker state restored"
+        );
+        Ok(state)
+    }
+
+    /// One client's stored session, for the instance taking it over from
+    /// another; `None` when nothing is stored for it.
+    pub async fn load_session(&self, client_id: &str) -> anyhow::Result<Option<StoredSession>> {
+        let store = self.clone();
+        let client_id = client_id.to_owned();
+        self.run(async move {
+            let (sessions, _) = store.load_sessions(Some(&client_id)).await?;
+            Ok(sessions.into_iter().next())
+        })
+        .await
+    }
+
+    /// Stored sessions (all, or the one of `only`) and the highest queued
+    /// delivery number among them.
+    async fn load_sessions(&self, only: Option<&str>) -> anyhow::Result<(Vec<StoredSession>, u64)> {
+        let pool = self.pool();
+        // `$1 IS NULL` keeps one statement per table for both uses.
+        let only = only.map(str::to_owned);
+        let rows = sqlx::query(
+            "SELECT client_id, expiry_secs, disconnected_at, owner FROM sessions \
+             WHERE ($1 IS NULL OR client_id = $1)",
+        )
+        .bind(only.clone())
+        .fetch_all(pool)
+        .await
+        .context("loading sessions")?;
         let mut sessions: std::collections::HashMap<String, StoredSession> = rows
             .into_iter()
             .map(|r| -> anyhow::Result<_> {
@@ -108,10 +141,14 @@ impl Store {
             })
             .collect::<anyhow::Result<_>>()?;
 
-        let rows = sqlx::query("SELECT client_id, filter, options FROM session_subscriptions")
-            .fetch_all(pool)
-            .await
-            .context("loading subscriptions")?;
+        let rows = sqlx::query(
+            "SELECT client_id, filter, options FROM session_subscriptions \
+             WHERE ($1 IS NULL OR client_id = $1)",
+        )
+        .bind(only.clone())
+        .fetch_all(pool)
+        .await
+        .context("loading subscriptions")?;
         for r in rows {
             let id: String = r.try_get(0)?;
             let filter: String = r.try_get(1)?;
@@ -128,8 +165,9 @@ impl Store {
 
         let rows = sqlx::query(
             "SELECT seq, client_id, topic, payload, qos, retain, props, sub_ids, expires_at, received_at, packet_id \
-             FROM session_messages ORDER BY seq",
+             FROM session_messages WHERE ($1 IS NULL OR client_id = $1) ORDER BY seq",
         )
+        .bind(only.clone())
         .fetch_all(pool)
         .await
         .context("loading queued messages")?;
@@ -173,8 +211,11 @@ impl Store {
         for (table, pending) in
             [("session_incoming_qos2", false), ("session_pending_releases", true)]
         {
-            let sql = format!("SELECT client_id, packet_id FROM {table}");
+            let sql = format!(
+                "SELECT client_id, packet_id FROM {table} WHERE ($1 IS NULL OR client_id = $1)"
+            );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(only.clone())
                 .fetch_all(pool)
                 .await
                 .context("loading QoS 2 state")?;
@@ -192,14 +233,6 @@ impl Store {
                 }
             }
         }
-        state.next_seq = max_seq + 1;
-        state.sessions = sessions.into_values().collect();
-        tracing::info!(
-            retained = state.retained.len(),
-            sessions = state.sessions.len(),
-            queued = state.sessions.iter().map(|s| s.messages.len()).sum::<usize>(),
-            "broker state restored"
-        );
-        Ok(state)
+        Ok((sessions.into_values().collect(), max_seq))
     }
 }

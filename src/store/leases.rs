@@ -13,11 +13,12 @@ impl Store {
     /// instances must keep their clocks within a small part of `ttl`.
     pub async fn hold_lease(
         &self,
-        name: &'static str,
+        name: &str,
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, sqlx::Error> {
         let pool = self.pool().clone();
+        let name = name.to_owned();
         let holder = holder.to_owned();
         let now = millis(SystemTime::now());
         let until = now + ttl.as_millis() as i64;
@@ -40,8 +41,9 @@ impl Store {
     }
 
     /// Give `name` up at once (at shutdown), if `holder` has it.
-    pub async fn release_lease(&self, name: &'static str, holder: &str) -> Result<(), sqlx::Error> {
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), sqlx::Error> {
         let pool = self.pool().clone();
+        let name = name.to_owned();
         let holder = holder.to_owned();
         self.run(async move {
             sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")

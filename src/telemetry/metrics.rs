@@ -109,6 +109,10 @@ pub struct Metrics {
     /// and stream entries from them that could not be read.
     pub cluster_dropped: AtomicU64,
     pub cluster_malformed: AtomicU64,
+    /// Sessions taken over from another instance, and connects refused
+    /// because a later one claimed their client id.
+    pub cluster_takeovers: AtomicU64,
+    pub cluster_superseded: AtomicU64,
     /// Map snapshots published, and the figures of the latest.
     pub updater_builds: AtomicU64,
     pub updater_build_failures: AtomicU64,
@@ -172,6 +176,8 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     crashes: AtomicU64::new(0),
     cluster_dropped: AtomicU64::new(0),
     cluster_malformed: AtomicU64::new(0),
+    cluster_takeovers: AtomicU64::new(0),
+    cluster_superseded: AtomicU64::new(0),
     updater_builds: AtomicU64::new(0),
     updater_build_failures: AtomicU64::new(0),
     updater_build_ms: AtomicU64::new(0),
@@ -356,6 +362,16 @@ impl Metrics {
                 m::CLUSTER_MALFORMED,
                 "Entries of the Redis stream skipped as unreadable.",
                 g(&self.cluster_malformed),
+            ),
+            Scalar::counter(
+                m::CLUSTER_TAKEOVERS,
+                "Sessions taken over from another instance by a CONNECT here.",
+                g(&self.cluster_takeovers),
+            ),
+            Scalar::counter(
+                m::CLUSTER_SUPERSEDED,
+                "CONNECTs refused because a later one claimed their client id.",
+                g(&self.cluster_superseded),
             ),
             Scalar::counter(
                 m::UPDATER_BUILDS,

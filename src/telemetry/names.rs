@@ -250,6 +250,10 @@ pub mod metrics {
         ("mapcast_cluster_dropped_total", "mapcast.cluster.dropped");
     pub const CLUSTER_MALFORMED: (&str, &str) =
         ("mapcast_cluster_malformed_total", "mapcast.cluster.malformed");
+    pub const CLUSTER_TAKEOVERS: (&str, &str) =
+        ("mapcast_cluster_takeovers_total", "mapcast.cluster.takeovers");
+    pub const CLUSTER_SUPERSEDED: (&str, &str) =
+        ("mapcast_cluster_superseded_total", "mapcast.cluster.superseded");
     /// The map updater: builds published, and the last one's figures.
     pub const UPDATER_BUILDS: (&str, &str) =
         ("mapcast_updater_builds_total", "mapcast.updater.builds");

@@ -398,6 +398,14 @@ impl V5Client {
         }
     }
 
+    /// How the connection ended, if it did within `timeout`.
+    pub async fn closed_within(&mut self, timeout: Duration) -> Option<Closed> {
+        match self.inbox.next_where(timeout, |e| e.is_closed()).await {
+            Some(V5Event::Closed(c)) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Send DISCONNECT (normal, will discarded) and wait for the broker to close.
     pub async fn disconnect(mut self) {
         self.client.disconnect().await.expect("queue disconnect");

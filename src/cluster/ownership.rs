@@ -1,0 +1,471 @@
+//! Which instance holds each client id's session: the broker's
+//! [`Ownership`] port on PostgreSQL (claims with a rising epoch, a lease
+//! per instance saying it is alive, reserved delivery-number blocks) and
+//! Redis (one control stream per instance, on which a claimant asks the
+//! previous holder to let go and hears that it did).
+//!
+//! A CONNECT claims its client id in one transaction and learns who held it.
+//! When that is another live instance, the claimant appends a takeover to
+//! the holder's control stream; the holder closes its connection (v5
+//! DISCONNECT 0x8E), commits what it queued for the session, forgets it and
+//! answers "released". The claimant then loads the session from the store.
+//! A holder told of an epoch lower than the one it knows answers
+//! "superseded" and keeps it: of racing CONNECTs the highest epoch wins.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, Value};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::ports::{BoxFuture, Claim, ClaimError, Ownership};
+use crate::broker::{BrokerHandle, Release};
+use crate::domain::{ClientId, Principal, RestoredState};
+use crate::store::{Store, node_lease};
+use crate::telemetry::names;
+
+/// How long an instance's lease runs unless renewed: a dead instance's
+/// sessions are taken without its answer after this.
+pub const NODE_LEASE: Duration = Duration::from_secs(10);
+/// How often the lease is renewed.
+const RENEW: Duration = Duration::from_secs(2);
+/// Every this many renewals, forget what dead instances left behind.
+const PURGE_EVERY: u64 = 150;
+/// A dead instance's lease is forgotten this long after it lapsed.
+const PURGE_AFTER: Duration = Duration::from_secs(3600);
+/// How often a claimant waiting for an answer checks the holder is alive.
+const ANSWER_POLL: Duration = Duration::from_millis(500);
+/// Longest a claimant waits for a live holder that does not answer (Redis
+/// away): then the CONNECT is refused as "server unavailable".
+const ANSWER_WAIT: Duration = Duration::from_secs(15);
+/// Entries a control stream keeps (approximately).
+const CONTROL_MAX_LEN: u64 = 10_000;
+/// A control stream nobody appended to for this long is dropped by Redis
+/// (an instance's stream outlives it by this much).
+const CONTROL_TTL_MS: u64 = 10 * 60 * 1000;
+/// How long one `XREAD` on the control stream waits.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Pause before reconnecting after a Redis error.
+const RETRY: Duration = Duration::from_millis(250);
+/// Claims waiting for an answer at most.
+const MAX_WAITING: usize = 16 * 1024;
+
+const KIND: &str = "k";
+const CLIENT: &str = "c";
+const EPOCH: &str = "e";
+const FROM: &str = "f";
+const TAKEOVER: &str = "takeover";
+const RELEASED: &str = "released";
+const SUPERSEDED: &str = "superseded";
+
+/// The [`Ownership`] port of several instances; cheap to clone.
+#[derive(Clone)]
+pub struct ClusterOwnership {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ClusterOwnership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOwnership").field("node", &self.inner.node).finish()
+    }
+}
+
+struct Inner {
+    store: Store,
+    node: String,
+    client: Client,
+    /// Control streams are `<prefix><instance>`.
+    prefix: String,
+    /// A shared connection for appends, replaced after an error. The lock
+    /// is held only to clone or replace it, never across an await.
+    conn: Mutex<Option<MultiplexedConnection>>,
+    /// Claims waiting for the previous holder's answer, by client id and
+    /// epoch. Held only to insert, remove or take.
+    waiting: Mutex<HashMap<(ClientId, u64), oneshot::Sender<Release>>>,
+    /// The next delivery-number block, reserved ahead. Held only to take
+    /// or put it.
+    next_block: Mutex<Option<u64>>,
+    reserve: Notify,
+}
+
+/// Answers from other instances come in here, once the broker runs.
+pub struct ControlReader {
+    inner: Arc<Inner>,
+}
+
+impl ClusterOwnership {
+    /// Take this instance's lease, claim the stored sessions nobody alive
+    /// holds and keep only those of `restored`, whose delivery numbers then
+    /// start a fresh block.
+    pub async fn start(
+        store: Store,
+        node: String,
+        redis_url: &str,
+        stream: &str,
+        restored: &mut RestoredState,
+    ) -> anyhow::Result<(Self, ControlReader)> {
+        let client = Client::open(redis_url)
+            .map_err(|e| anyhow::anyhow!("cluster.redis_url is not a Redis URL: {:?}", e.kind()))?;
+        if !store.hold_lease(&node_lease(&node), &node, NODE_LEASE).await? {
+            anyhow::bail!("another instance runs under the name {node}");
+        }
+        let claimed: HashMap<String, u64> =
+            store.claim_orphaned_sessions(&node).await?.into_iter().collect();
+        let before = restored.sessions.len();
+        restored.sessions.retain(|s| claimed.contains_key(s.client_id.as_str()));
+        restored.next_seq = store.reserve_seq_block().await?;
+        tracing::info!(
+            sessions = restored.sessions.len(),
+            held_elsewhere = before - restored.sessions.len(),
+            "sessions nobody alive held are held here"
+        );
+        let inner = Arc::new(Inner {
+            store,
+            node,
+            client,
+            prefix: format!("{stream}:control:"),
+            conn: Mutex::new(None),
+            waiting: Mutex::new(HashMap::new()),
+            next_block: Mutex::new(None),
+            reserve: Notify::new(),
+        });
+        inner.reserve.notify_one();
+        Ok((Self { inner: inner.clone() }, ControlReader { inner }))
+    }
+}
+
+impl Ownership for ClusterOwnership {
+    fn claim(
+        &self,
+        client: ClientId,
+        owner: Principal,
+        take_over_any: bool,
+    ) -> BoxFuture<'static, Result<Claim, ClaimError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.claim(client, owner, take_over_any).await })
+    }
+
+    fn take_seq_block(&self) -> Option<u64> {
+        let block = self.inner.next_block.lock().expect("block lock").take();
+        self.inner.reserve.notify_one();
+        block
+    }
+}
+
+impl Inner {
+    async fn claim(
+        self: &Arc<Self>,
+        client: ClientId,
+        owner: Principal,
+        take_over_any: bool,
+    ) -> Result<Claim, ClaimError> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(client.id = %client, { names::ERROR_MESSAGE } = %e, "client id not claimed: the store failed");
+            ClaimError::Unavailable
+        };
+        let record = self
+            .store
+            .claim_session(client.as_str(), &self.node, owner.as_str(), take_over_any)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .ok_or(ClaimError::NotOwner)?;
+        let epoch = record.epoch;
+        let moved = match record.previous {
+            Some(previous) if previous == self.node => None,
+            previous => {
+                if let Some(previous) = &previous {
+                    let started = Instant::now();
+                    if record.previous_alive {
+                        self.wait_release(previous, &client, epoch).await?;
+                    }
+                    crate::telemetry::metrics::global()
+                        .cluster_takeovers
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        client.id = %client,
+                        claim.epoch = epoch,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        previous_alive = record.previous_alive,
+                        "client id taken over from another instance"
+                    );
+                }
+                Some(self.store.load_session(client.as_str()).await.map_err(|e| unavailable(&e))?)
+            }
+        };
+        let has_messages =
+            moved.as_ref().and_then(Option::as_ref).is_some_and(|s| !s.messages.is_empty());
+        let seq_block = if has_messages {
+            Some(self.store.reserve_seq_block().await.map_err(|e| unavailable(&e))?)
+        } else {
+            None
+        };
+        Ok(Claim { epoch, moved, seq_block })
+    }
+
+    /// Ask `holder` to let go of `client` and wait for its answer; go on
+    /// without one once its lease lapsed.
+    async fn wait_release(
+        self: &Arc<Self>,
+        holder: &str,
+        client: &ClientId,
+        epoch: u64,
+    ) -> Result<(), ClaimError> {
+        let (tx, mut rx) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.lock().expect("waiting lock");
+            if waiting.len() >= MAX_WAITING {
+                return Err(ClaimError::Unavailable);
+            }
+            waiting.insert((client.clone(), epoch), tx);
+        }
+        let _forget = Forget { inner: self, key: (client.clone(), epoch) };
+        let epoch_text = epoch.to_string();
+        let fields = [
+            (KIND, TAKEOVER.as_bytes()),
+            (CLIENT, client.as_str().as_bytes()),
+            (EPOCH, epoch_text.as_bytes()),
+            (FROM, self.node.as_bytes()),
+        ];
+        if let Err(e) = self.append(holder, &fields).await {
+            tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "takeover not sent: Redis failed");
+        }
+        let deadline = Instant::now() + ANSWER_WAIT;
+        loop {
+            match tokio::time::timeout(ANSWER_POLL, &mut rx).await {
+                Ok(Ok(Release::Released)) => return Ok(()),
+                Ok(Ok(Release::Superseded)) => return Err(ClaimError::Superseded),
+                Ok(Err(_)) => return Err(ClaimError::Unavailable),
+                Err(_) => {}
+            }
+            match self.store.node_alive(holder).await {
+                Ok(false) => {
+                    tracing::info!(client.id = %client, "the previous holder's lease lapsed; taken without its answer");
+                    return Ok(());
+                }
+                Ok(true) | Err(_) if Instant::now() >= deadline => {
+                    tracing::warn!(client.id = %client, "the previous holder did not answer in time");
+                    return Err(ClaimError::Unavailable);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Append one entry to `node`'s control stream.
+    async fn append(&self, node: &str, fields: &[(&str, &[u8])]) -> redis::RedisResult<()> {
+        let key = format!("{}{node}", self.prefix);
+        let cached = self.conn.lock().expect("conn lock").clone();
+        let mut conn = match cached {
+            Some(c) => c,
+            None => {
+                let c = self.client.get_multiplexed_async_connection().await?;
+                *self.conn.lock().expect("conn lock") = Some(c.clone());
+                c
+            }
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(CONTROL_MAX_LEN)
+            .arg("*")
+            .arg(fields)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(CONTROL_TTL_MS)
+            .ignore();
+        let sent = pipe.query_async::<()>(&mut conn).await;
+        if sent.is_err() {
+            *self.conn.lock().expect("conn lock") = None;
+        }
+        sent
+    }
+
+    /// Keep one delivery-number block reserved ahead.
+    async fn reserve_blocks(self: Arc<Self>) {
+        loop {
+            self.reserve.notified().await;
+            while self.next_block.lock().expect("block lock").is_none() {
+                match self.store.reserve_seq_block().await {
+                    Ok(block) => *self.next_block.lock().expect("block lock") = Some(block),
+                    Err(e) => {
+                        tracing::warn!({ names::ERROR_MESSAGE } = %e, "no delivery-number block reserved; retrying");
+                        tokio::time::sleep(RENEW).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Renew this instance's lease: other instances take its sessions
+    /// without asking once it lapses.
+    async fn renew_lease(self: Arc<Self>) {
+        let name = node_lease(&self.node);
+        let mut renewals = 0u64;
+        loop {
+            tokio::time::sleep(RENEW).await;
+            renewals += 1;
+            if renewals.is_multiple_of(PURGE_EVERY)
+                && let Err(e) = self.store.purge_dead_claims(PURGE_AFTER).await
+            {
+                tracing::warn!({ names::ERROR_MESSAGE } = %e, "dead instances' claims not purged");
+            }
+            match self.store.hold_lease(&name, &self.node, NODE_LEASE).await {
+                Ok(true) => {}
+                Ok(false) => tracing::error!("this instance's lease is held by another"),
+                Err(e) => {
+                    tracing::warn!({ names::ERROR_MESSAGE } = %e, "this instance's lease not renewed")
+                }
+            }
+        }
+    }
+}
+
+/// Drops a claim's waiting slot however the wait ends.
+struct Forget<'a> {
+    inner: &'a Inner,
+    key: (ClientId, u64),
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.inner.waiting.lock().expect("waiting lock").remove(&self.key);
+    }
+}
+
+impl ControlReader {
+    /// Answer takeovers and hear answers until `stop`; keep the lease and
+    /// a block of delivery numbers meanwhile.
+    pub fn spawn(self, broker: BrokerHandle, stop: CancellationToken) {
+        let inner = self.inner;
+        tokio::spawn({
+            let stop = stop.clone();
+            let inner = inner.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = inner.renew_lease() => {}
+                }
+            }
+        });
+        tokio::spawn({
+            let stop = stop.clone();
+            let inner = inner.clone();
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = inner.reserve_blocks() => {}
+                }
+            }
+        });
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = read_loop(inner, broker) => {}
+            }
+        });
+    }
+}
+
+async fn read_loop(inner: Arc<Inner>, broker: BrokerHandle) {
+    let key = format!("{}{}", inner.prefix, inner.node);
+    let config = AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK * 3));
+    let options = StreamReadOptions::default().block(BLOCK.as_millis() as usize).count(512);
+    // The stream is this run's own: everything on it is for this run.
+    let mut cursor = "0-0".to_owned();
+    let mut down = false;
+    loop {
+        let mut conn = match inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                if !std::mem::replace(&mut down, true) {
+                    tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "control stream unreadable; reconnecting");
+                }
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        down = false;
+        loop {
+            let reply: Result<Option<StreamReadReply>, _> =
+                conn.xread_options(&[&key], &[&cursor], &options).await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "control stream unreadable; reconnecting");
+                    break;
+                }
+            };
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                cursor = entry.id.clone();
+                handle(&inner, &broker, &entry.map);
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// One control entry: a takeover to answer, or an answer to a claim here.
+fn handle(inner: &Arc<Inner>, broker: &BrokerHandle, fields: &HashMap<String, Value>) {
+    let text = |name: &str| match fields.get(name) {
+        Some(Value::BulkString(b)) => std::str::from_utf8(b).ok(),
+        _ => None,
+    };
+    let (Some(kind), Some(client), Some(epoch)) =
+        (text(KIND), text(CLIENT), text(EPOCH).and_then(|e| e.parse::<u64>().ok()))
+    else {
+        crate::telemetry::metrics::global()
+            .cluster_malformed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!("control entry skipped: fields missing or malformed");
+        return;
+    };
+    let client = ClientId::from(client);
+    match kind {
+        TAKEOVER => {
+            let Some(from) = text(FROM).map(str::to_owned) else { return };
+            let inner = inner.clone();
+            let broker = broker.clone();
+            // Its own task: committing the session's writes takes a round
+            // trip to the store, and other takeovers need not wait.
+            tokio::spawn(async move {
+                let answer = match broker.release(client.clone(), epoch).await {
+                    Ok(Release::Released) => RELEASED,
+                    Ok(Release::Superseded) => SUPERSEDED,
+                    Err(e) => {
+                        // The claimant loads what the store has.
+                        tracing::warn!(client.id = %client, { names::ERROR_MESSAGE } = %e, "released with writes not confirmed");
+                        RELEASED
+                    }
+                };
+                let epoch = epoch.to_string();
+                let fields = [
+                    (KIND, answer.as_bytes()),
+                    (CLIENT, client.as_str().as_bytes()),
+                    (EPOCH, epoch.as_bytes()),
+                    (FROM, inner.node.as_bytes()),
+                ];
+                if let Err(e) = inner.append(&from, &fields).await {
+                    tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "takeover answer not sent: Redis failed");
+                }
+            });
+        }
+        RELEASED | SUPERSEDED => {
+            let answer = if kind == RELEASED { Release::Released } else { Release::Superseded };
+            if let Some(tx) = inner.waiting.lock().expect("waiting lock").remove(&(client, epoch)) {
+                let _ = tx.send(answer);
+            }
+        }
+        _ => {}
+    }
+}

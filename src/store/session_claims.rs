@@ -1,0 +1,196 @@
+//! `session_claims`: which instance holds each client id's session, under
+//! which epoch, among several sharing a PostgreSQL database (see
+//! `cluster::ownership`). An instance is alive while its `node:<instance>`
+//! lease runs.
+
+use std::time::SystemTime;
+
+use sqlx::Row;
+
+use super::Store;
+use crate::domain::SEQ_BLOCK_BITS;
+use crate::domain::time::millis;
+
+/// The lease an instance renews to say it is alive.
+pub fn node_lease(node: &str) -> String {
+    format!("node:{node}")
+}
+
+/// What claiming a client id found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRecord {
+    /// Higher than every epoch the id was claimed under before.
+    pub epoch: u64,
+    /// The instance that held it until now, if any.
+    pub previous: Option<String>,
+    /// Whether that instance's lease still runs.
+    pub previous_alive: bool,
+}
+
+impl Store {
+    /// Claim `client_id` for `node` on behalf of `owner` with a fresh
+    /// epoch, in one transaction: concurrent claims of one id are
+    /// serialized by an advisory lock, so each sees the one before it as
+    /// the previous holder. `None` when the id's session belongs to another
+    /// principal (its stored session, or a live instance's claim) and
+    /// `take_over_any` (an admin's right) is not set.
+    pub async fn claim_session(
+        &self,
+        client_id: &str,
+        node: &str,
+        owner: &str,
+        take_over_any: bool,
+    ) -> Result<Option<ClaimRecord>, sqlx::Error> {
+        let pool = self.pool().clone();
+        let client_id = client_id.to_owned();
+        let node = node.to_owned();
+        let owner = owner.to_owned();
+        let now = millis(SystemTime::now());
+        self.run(async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::TEXT")
+                .bind(&client_id)
+                .execute(&mut *tx)
+                .await?;
+            let previous = sqlx::query(
+                "SELECT c.node, c.owner, EXISTS (SELECT 1 FROM leases l \
+                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $2) \
+                 FROM session_claims c WHERE c.client_id = $1",
+            )
+            .bind(&client_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let stored_owner: Option<Option<String>> =
+                sqlx::query("SELECT owner FROM sessions WHERE client_id = $1")
+                    .bind(&client_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+            let mut record = ClaimRecord { epoch: 0, previous: None, previous_alive: false };
+            let mut theirs = stored_owner.flatten().is_some_and(|o| o != owner);
+            if let Some(r) = previous {
+                let claimed_by: String = r.try_get(1)?;
+                record.previous = Some(r.try_get(0)?);
+                record.previous_alive = r.try_get(2)?;
+                theirs |= record.previous_alive && !claimed_by.is_empty() && claimed_by != owner;
+            }
+            if theirs && !take_over_any {
+                return Ok(None);
+            }
+            let epoch: i64 = sqlx::query(
+                "INSERT INTO session_claims (client_id, node, epoch, owner) \
+                 VALUES ($1, $2, nextval('session_claim_epochs'), $3) \
+                 ON CONFLICT (client_id) DO UPDATE SET node = excluded.node, \
+                 epoch = excluded.epoch, owner = excluded.owner \
+                 RETURNING epoch",
+            )
+            .bind(&client_id)
+            .bind(&node)
+            .bind(&owner)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            tx.commit().await?;
+            record.epoch = epoch as u64;
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    /// Claim, for `node`, every stored session nobody alive holds (its
+    /// holder's lease lapsed, or it was never claimed); the ids and their
+    /// epochs. A claim a live instance made meanwhile is left alone.
+    pub async fn claim_orphaned_sessions(
+        &self,
+        node: &str,
+    ) -> Result<Vec<(String, u64)>, sqlx::Error> {
+        let pool = self.pool().clone();
+        let node = node.to_owned();
+        let now = millis(SystemTime::now());
+        self.run(async move {
+            let rows = sqlx::query(
+                "INSERT INTO session_claims (client_id, node, epoch, owner) \
+                 SELECT s.client_id, $1, nextval('session_claim_epochs'), COALESCE(s.owner, '') \
+                 FROM sessions s \
+                 LEFT JOIN session_claims c ON c.client_id = s.client_id \
+                 WHERE c.client_id IS NULL OR NOT EXISTS (SELECT 1 FROM leases l \
+                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $2) \
+                 ON CONFLICT (client_id) DO UPDATE SET node = excluded.node, epoch = excluded.epoch, \
+                 owner = excluded.owner WHERE NOT EXISTS (SELECT 1 FROM leases l \
+                   WHERE l.name = 'node:' || session_claims.node AND l.expires_at >= $2) \
+                 RETURNING client_id, epoch",
+            )
+            .bind(&node)
+            .bind(now)
+            .fetch_all(&pool)
+            .await?;
+            rows.into_iter()
+                .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)? as u64)))
+                .collect()
+        })
+        .await
+    }
+
+    /// Whether `node`'s lease still runs.
+    pub async fn node_alive(&self, node: &str) -> Result<bool, sqlx::Error> {
+        let pool = self.pool().clone();
+        let name = node_lease(node);
+        let now = millis(SystemTime::now());
+        self.run(async move {
+            let row = sqlx::query("SELECT 1 FROM leases WHERE name = $1 AND expires_at >= $2")
+                .bind(name)
+                .bind(now)
+                .fetch_optional(&pool)
+                .await?;
+            Ok(row.is_some())
+        })
+        .await
+    }
+
+    /// Forget instances gone for over `gone_for` (their lapsed leases),
+    /// and the claims of dead instances on sessions that are not stored:
+    /// both tables grow with every run and client id otherwise. How many
+    /// rows went.
+    pub async fn purge_dead_claims(
+        &self,
+        gone_for: std::time::Duration,
+    ) -> Result<u64, sqlx::Error> {
+        let pool = self.pool().clone();
+        let now = millis(SystemTime::now());
+        let long_ago = now - gone_for.as_millis() as i64;
+        self.run(async move {
+            let claims = sqlx::query(
+                "DELETE FROM session_claims c \
+                 WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = c.client_id) \
+                 AND NOT EXISTS (SELECT 1 FROM leases l \
+                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $1)",
+            )
+            .bind(now)
+            .execute(&pool)
+            .await?;
+            let leases =
+                sqlx::query("DELETE FROM leases WHERE name LIKE 'node:%' AND expires_at < $1")
+                    .bind(long_ago)
+                    .execute(&pool)
+                    .await?;
+            Ok(claims.rows_affected() + leases.rows_affected())
+        })
+        .await
+    }
+
+    /// The first delivery number of a block no instance has used: above
+    /// every block reserved before.
+    pub async fn reserve_seq_block(&self) -> Result<u64, sqlx::Error> {
+        let pool = self.pool().clone();
+        self.run(async move {
+            let block: i64 = sqlx::query("SELECT nextval('session_message_blocks')")
+                .fetch_one(&pool)
+                .await?
+                .try_get(0)?;
+            Ok((block as u64) << SEQ_BLOCK_BITS)
+        })
+        .await
+    }
+}
