@@ -344,33 +344,21 @@ impl ControlReader {
     /// a block of delivery numbers meanwhile.
     pub fn spawn(self, broker: BrokerHandle, stop: CancellationToken) {
         let inner = self.inner;
-        tokio::spawn({
-            let stop = stop.clone();
-            let inner = inner.clone();
-            async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = inner.renew_lease() => {}
-                }
-            }
-        });
-        tokio::spawn({
-            let stop = stop.clone();
-            let inner = inner.clone();
-            async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = inner.reserve_blocks() => {}
-                }
-            }
-        });
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = read_loop(inner, broker) => {}
-            }
-        });
+        spawn_until(&stop, inner.clone().renew_lease());
+        spawn_until(&stop, inner.clone().reserve_blocks());
+        spawn_until(&stop, read_loop(inner, broker));
     }
+}
+
+/// Run `work` until it ends or `stop` is cancelled.
+fn spawn_until(stop: &CancellationToken, work: impl Future<Output = ()> + Send + 'static) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = work => {}
+        }
+    });
 }
 
 async fn read_loop(inner: Arc<Inner>, broker: BrokerHandle) {

@@ -8,38 +8,12 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 
 use crate::helpers::{
-    RedisServer, ServerProcess, V5Options, fresh_postgres_database, mark_redis_ran,
+    Cluster, RedisServer, ServerProcess, V5Options, fresh_postgres_database, mark_redis_ran,
     postgres_test_url, text,
 };
 
-struct Cluster {
-    redis: RedisServer,
-    nodes: Vec<(ServerProcess, tempfile::TempDir)>,
-}
-
-/// `n` instances on a fresh database and a fresh Redis, or `None` when
-/// either is missing.
 async fn cluster(test: &str, n: usize) -> Option<Cluster> {
-    let base = postgres_test_url(test)?;
-    let redis = RedisServer::start_if_available(test).await?;
-    let url = fresh_postgres_database(&base).await;
-    let mut nodes = Vec::new();
-    for _ in 0..n {
-        let dir = tempfile::tempdir().unwrap();
-        let args = ["--database-url", &url, "--cluster-redis-url", &redis.url()];
-        nodes.push((ServerProcess::start(dir.path(), &args).await, dir));
-    }
-    Some(Cluster { redis, nodes })
-}
-
-impl Cluster {
-    fn node(&self, i: usize) -> &ServerProcess {
-        &self.nodes[i].0
-    }
-
-    fn logs(&self) -> String {
-        self.nodes.iter().map(|(n, _)| n.logs()).collect::<Vec<_>>().join("\n---\n")
-    }
+    Cluster::start(test, n).await
 }
 
 /// Publish `m0`..`m{count - 1}` at QoS 1 on `topic` through node `from`,

@@ -11,45 +11,19 @@ use std::time::{Duration, Instant};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, PubAckReason};
 
-use crate::helpers::{
-    RedisServer, ServerProcess, V5Client, V5Options, fresh_postgres_database, mark_redis_ran,
-    postgres_test_url, text,
-};
+use crate::helpers::{Cluster, V5Client, V5Options, mark_redis_ran, text};
 
-struct Cluster {
-    _redis: RedisServer,
-    /// The shared database.
-    url: String,
-    nodes: Vec<(ServerProcess, tempfile::TempDir)>,
-}
-
-/// `n` instances on a fresh database and a fresh Redis, or `None` when
-/// either is missing.
 async fn cluster(test: &str, n: usize) -> Option<Cluster> {
-    let base = postgres_test_url(test)?;
-    let redis = RedisServer::start_if_available(test).await?;
-    let url = fresh_postgres_database(&base).await;
-    let mut nodes = Vec::new();
-    for _ in 0..n {
-        let dir = tempfile::tempdir().unwrap();
-        let args = ["--database-url", &url, "--cluster-redis-url", &redis.url()];
-        nodes.push((ServerProcess::start(dir.path(), &args).await, dir));
-    }
-    // Each instance reads the publish stream from its end at start: give
-    // the readers a moment to be there before the first publish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Some(Cluster { _redis: redis, url, nodes })
+    Cluster::start(test, n).await
 }
 
-impl Cluster {
-    fn addr(&self, i: usize) -> std::net::SocketAddr {
-        self.nodes[i].0.mqtt_addr
-    }
+/// What these tests add to the shared cluster helper.
+trait Takeovers {
+    fn persistent(&self, id: &str, node: usize) -> V5Options;
+    async fn publish_round_robin(&self, topic: &str, payloads: &[String]);
+}
 
-    fn logs(&self) -> String {
-        self.nodes.iter().map(|(n, _)| n.logs()).collect::<Vec<_>>().join("\n---\n")
-    }
-
+impl Takeovers for Cluster {
     /// A client with a persistent session (v5, expiry one hour).
     fn persistent(&self, id: &str, node: usize) -> V5Options {
         V5Options::new(id, self.addr(node)).clean_start(false).session_expiry(Some(3600))
