@@ -13,10 +13,21 @@ use crate::helpers::{Api, EsBulk, ServerProcess};
 const BOUND: u64 = 128 * 1024;
 const REQUESTS: usize = 1_500;
 
+/// The spool's size on disk. A directory cannot be read in one instant:
+/// only files listed both before and after their sizes are read count, so
+/// a segment dropped during the reading and its successor created during
+/// it (never on disk together) are not added up.
 #[allow(clippy::disallowed_methods, reason = "a test sizing a few small files")]
 fn spool_bytes(data_dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(data_dir.join("telemetry/spool")) else { return 0 };
-    entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
+    let dir = data_dir.join("telemetry/spool");
+    let list = || -> Vec<std::path::PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+        entries.filter_map(|e| Some(e.ok()?.path())).collect()
+    };
+    let sized: Vec<_> =
+        list().into_iter().filter_map(|p| Some((std::fs::metadata(&p).ok()?.len(), p))).collect();
+    let still = list();
+    sized.into_iter().filter(|(_, p)| still.contains(p)).map(|(len, _)| len).sum()
 }
 
 #[tokio::test]

@@ -177,6 +177,12 @@ impl Spool {
     /// Replace segment `seq` (closed by [`Spool::oldest`]) with `docs`,
     /// atomically; an empty list removes it.
     pub fn replace(&mut self, seq: u64, docs: &[Doc]) -> io::Result<()> {
+        if !self.segments.contains_key(&seq) {
+            // Dropped for the bound while its documents were being sent
+            // (and counted as dropped then): writing it back would bring
+            // it over the bound again.
+            return Ok(());
+        }
         let path = self.path(seq);
         if docs.is_empty() {
             match fs::remove_file(&path) {
@@ -378,6 +384,27 @@ mod tests {
             spool.replace(seq, &[]).unwrap();
         }
         assert_eq!(last, Some(next - 1));
+    }
+
+    #[test]
+    fn a_segment_dropped_while_it_was_being_sent_is_not_written_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let bound = 2_000;
+        let mut spool = Spool::open(dir.path(), bound).unwrap();
+        spool.append(&docs(0, 5)).unwrap();
+        let (taken, sending) = spool.oldest().unwrap().unwrap();
+        // Elasticsearch is down: appends meanwhile push the taken segment out.
+        let mut next = 5;
+        while spool.segments.contains_key(&taken) {
+            spool.append(&docs(next, 5)).unwrap();
+            next += 5;
+        }
+
+        spool.replace(taken, &sending).unwrap();
+
+        assert!(!spool.segments.contains_key(&taken), "a dropped segment came back");
+        assert!(bytes_on_disk(dir.path()) <= bound);
+        assert_eq!(bytes_on_disk(dir.path()), spool.bytes());
     }
 
     #[test]
