@@ -231,11 +231,7 @@ pub async fn measure(args: MapArgs) -> anyhow::Result<MapReport> {
         series: window.series,
         errors,
         server_process: window.server.map(|usage| ServerUsage {
-            requests_per_cpu_s: if usage.cpu_s > 0.0 {
-                window.requests as f64 / usage.cpu_s
-            } else {
-                0.0
-            },
+            requests_per_cpu_s: usage.per_cpu_s(window.requests),
             usage,
         }),
         generator_process: window.generator,

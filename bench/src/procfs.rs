@@ -74,6 +74,11 @@ pub struct ProcessUsage {
 }
 
 impl ProcessUsage {
+    /// `count` things done in the window per CPU-second the process used.
+    pub fn per_cpu_s(&self, count: u64) -> f64 {
+        if self.cpu_s > 0.0 { count as f64 / self.cpu_s } else { 0.0 }
+    }
+
     /// `pid …: CPU-s (share of a core), N <what> per CPU-second, RSS a → b KiB`
     /// for a report's broker or server line.
     pub fn summary(&self, per_cpu_s: f64, what: &str) -> String {

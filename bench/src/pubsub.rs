@@ -412,11 +412,7 @@ pub async fn measure(args: PubSubArgs) -> anyhow::Result<PubSubReport> {
         series: window.series,
         errors,
         broker_process: window.broker.map(|usage| BrokerUsage {
-            delivered_per_cpu_s: if usage.cpu_s > 0.0 {
-                window.delivered as f64 / usage.cpu_s
-            } else {
-                0.0
-            },
+            delivered_per_cpu_s: usage.per_cpu_s(window.delivered),
             usage,
         }),
         generator_process: window.generator,

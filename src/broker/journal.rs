@@ -101,6 +101,9 @@ impl Journal {
     /// Stop keeping: what was kept is let go, and so is every later
     /// publish, so a resume from before any of them starts over.
     fn let_go(&mut self, mark: u64) {
+        // Past the window for good (until a stream opens): later publishes
+        // need not read the clock to know it.
+        self.last_closed = None;
         if !self.recent.is_empty() {
             self.recent = VecDeque::new();
             self.bytes = 0;

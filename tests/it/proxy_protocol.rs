@@ -349,10 +349,9 @@ async fn through_haproxy_with_send_proxy_v2_the_node_sees_each_client() {
     mark("haproxy-ran").await;
 }
 
-#[tokio::test]
-async fn the_shipped_haproxy_config_passes_haproxys_check() {
-    let Some(haproxy) = haproxy() else { return };
-    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy.cfg");
+/// `haproxy -c` on `deploy/{name}`, which must pass; the file's text.
+async fn haproxy_checks(haproxy: &str, name: &str) -> String {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(name);
     let out = tokio::process::Command::new(haproxy)
         .arg("-c")
         .arg("-f")
@@ -362,11 +361,17 @@ async fn the_shipped_haproxy_config_passes_haproxys_check() {
         .expect("run haproxy -c");
     assert!(
         out.status.success(),
-        "haproxy -c -f deploy/haproxy.cfg:\n{}{}",
+        "haproxy -c -f deploy/{name}:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = tokio::fs::read_to_string(&cfg).await.unwrap();
+    tokio::fs::read_to_string(&cfg).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_shipped_haproxy_config_passes_haproxys_check() {
+    let Some(haproxy) = haproxy() else { return };
+    let text = haproxy_checks(haproxy, "haproxy.cfg").await;
     for needed in ["balance leastconn", "send-proxy-v2", "uri /readyz", "127.0.0.2", "127.0.0.4"] {
         assert!(text.contains(needed), "deploy/haproxy.cfg lacks {needed:?}");
     }
@@ -376,22 +381,9 @@ async fn the_shipped_haproxy_config_passes_haproxys_check() {
 #[tokio::test]
 async fn the_compose_clusters_haproxy_config_passes_haproxys_check() {
     let Some(haproxy) = haproxy() else { return };
-    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy.compose.cfg");
-    let out = tokio::process::Command::new(haproxy)
-        .arg("-c")
-        .arg("-f")
-        .arg(&cfg)
-        .output()
-        .await
-        .expect("run haproxy -c");
     // The instances' names resolve inside the compose network only: offline
     // they are warned about, not errors.
-    assert!(
-        out.status.success(),
-        "haproxy -c -f deploy/haproxy.compose.cfg:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    haproxy_checks(haproxy, "haproxy.compose.cfg").await;
     mark("haproxy-compose-config-ran").await;
 }
 

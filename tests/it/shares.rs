@@ -41,20 +41,23 @@ async fn a_link_shows_one_device_until_it_expires_or_is_revoked() {
 
 #[tokio::test]
 async fn share_links_work_on_postgres() {
-    let Some(base) = postgres_test_url("share_links_work_on_postgres") else {
-        return;
-    };
-    let url = fresh_postgres_database(&base).await;
-    let app = spawn_app_with(|s| {
-        fast_map(s);
-        s.database.url = Some(mapcast::domain::Secret::new(url.clone()));
-    })
-    .await;
+    let Some(app) = app_on_postgres("share_links_work_on_postgres").await else { return };
     links_work(&app).await;
     mark_postgres_ran().await;
 }
 
 /// Create, read, list, expire and revoke links on `app`.
+/// An app on a fresh PostgreSQL database, or `None` without one.
+async fn app_on_postgres(test: &str) -> Option<TestApp> {
+    let url = fresh_postgres_database(&postgres_test_url(test)?).await;
+    let app = spawn_app_with(|s| {
+        fast_map(s);
+        s.database.url = Some(mapcast::domain::Secret::new(url.clone()));
+    })
+    .await;
+    Some(app)
+}
+
 async fn links_work(app: &TestApp) {
     let api = app.api();
     let ann = api.sign_up("ann").await;
@@ -193,17 +196,8 @@ async fn concurrent_creates_never_pass_the_cap_of_live_links() {
 
 #[tokio::test]
 async fn concurrent_creates_never_pass_the_cap_of_live_links_on_postgres() {
-    let Some(base) =
-        postgres_test_url("concurrent_creates_never_pass_the_cap_of_live_links_on_postgres")
-    else {
-        return;
-    };
-    let url = fresh_postgres_database(&base).await;
-    let app = spawn_app_with(|s| {
-        fast_map(s);
-        s.database.url = Some(mapcast::domain::Secret::new(url.clone()));
-    })
-    .await;
+    let test = "concurrent_creates_never_pass_the_cap_of_live_links_on_postgres";
+    let Some(app) = app_on_postgres(test).await else { return };
     the_cap_holds_under_concurrency(&app).await;
     mark_postgres_ran().await;
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
-use super::{assert_reports, read, repo};
+use super::{assert_reports, read, repo, yaml_text as text};
 
 /// Long-running services and the container ports they must publish.
 const SERVICES: &[(&str, &[u16])] = &[
@@ -19,15 +19,6 @@ const SERVICES: &[(&str, &[u16])] = &[
     ("postgres", &[]),
     ("mapcast", &[1883, 8080]),
 ];
-
-fn text(y: &Yaml) -> Option<String> {
-    match y {
-        Yaml::String(s) => Some(s.clone()),
-        Yaml::Integer(i) => Some(i.to_string()),
-        Yaml::Boolean(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
 
 /// Names of a mapping's keys.
 fn keys(y: &Yaml) -> Vec<String> {

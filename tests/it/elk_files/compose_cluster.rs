@@ -9,16 +9,7 @@ use std::collections::BTreeSet;
 use yaml_rust2::yaml::Hash;
 use yaml_rust2::{Yaml, YamlLoader};
 
-use super::{assert_reports, read, repo};
-
-fn text(y: &Yaml) -> Option<String> {
-    match y {
-        Yaml::String(s) => Some(s.clone()),
-        Yaml::Integer(i) => Some(i.to_string()),
-        Yaml::Boolean(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
+use super::{assert_reports, read, repo, yaml_text as text};
 
 /// `y` with its merge keys (`<<: *anchor`) applied, as Compose does: the
 /// mapping's own keys win, nested mappings are merged too.

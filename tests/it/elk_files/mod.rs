@@ -25,6 +25,17 @@ fn read(path: &Path) -> String {
 
 /// Asserts that `errors` has one entry containing each of `expected`.
 #[track_caller]
+/// A YAML scalar as the text Compose would read it.
+fn yaml_text(y: &yaml_rust2::Yaml) -> Option<String> {
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Integer(i) => Some(i.to_string()),
+        Yaml::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 fn assert_reports(errors: &[String], expected: &[&str]) {
     for want in expected {
         assert!(
