@@ -646,7 +646,7 @@ impl Link {
 }
 
 /// A location whose `properties.seq` identifies it; `ts` grows with it.
-fn location(seq: u32) -> String {
+pub(crate) fn location(seq: u32) -> String {
     serde_json::json!({
         "type": "Feature",
         "geometry": {"type": "Point", "coordinates": [seq as f64 % 180.0, 10.0]},
@@ -716,7 +716,11 @@ async fn send_commands(addr: SocketAddr, devices: usize) {
 }
 
 /// Poll until `progress` reports `(done, total)` with done == total.
-async fn wait_until(what: &str, timeout: Duration, progress: impl Fn() -> (usize, usize)) {
+pub(crate) async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    progress: impl Fn() -> (usize, usize),
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let (done, total) = progress();
@@ -729,10 +733,10 @@ async fn wait_until(what: &str, timeout: Duration, progress: impl Fn() -> (usize
 }
 
 /// Reproducible kill timing from a printed seed.
-struct XorShift(u64);
+pub(crate) struct XorShift(pub(crate) u64);
 
 impl XorShift {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub use api::{Api, DeviceCreds, PASSWORD, add_admin, expect_json, expect_problem, mapcast_cli};
 pub use binary::ServerProcess;
 pub use browser::{Browser, OffServer, browser_available, mark_browser_ran};
-pub use cluster::Cluster;
+pub use cluster::{Cluster, FixedCluster};
 pub use es_bulk::{AdminCall, EsBulk};
 pub use locations::{MAP_WAIT, Sse, an_hour_ago_ms, fast_map, feature_ids, location, location_at};
 pub use numbered::publish_numbered;

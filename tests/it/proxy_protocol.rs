@@ -225,7 +225,7 @@ async fn http_connections_without_a_valid_header_in_time_are_closed_and_counted(
 
 /// The `haproxy` binary, or `None` (the test is then skipped, and CI fails
 /// on the missing marker).
-fn haproxy() -> Option<&'static str> {
+pub(crate) fn haproxy() -> Option<&'static str> {
     let found = std::process::Command::new("haproxy")
         .arg("-v")
         .stdout(Stdio::null())
@@ -238,7 +238,7 @@ fn haproxy() -> Option<&'static str> {
     found.then_some("haproxy")
 }
 
-async fn mark(name: &str) {
+pub(crate) async fn mark(name: &str) {
     if let Ok(dir) = std::env::var("MAPCAST_TEST_MARKER_DIR") {
         tokio::fs::create_dir_all(&dir).await.expect("create MAPCAST_TEST_MARKER_DIR");
         tokio::fs::write(Path::new(&dir).join(name), b"ok\n").await.expect("write the marker");

@@ -27,9 +27,21 @@ impl ServerProcess {
 
     /// Like [`ServerProcess::start`], with another build of the binary.
     pub async fn start_program(program: &Path, data_dir: &Path, extra_args: &[&str]) -> Self {
+        let listen = ["127.0.0.1:0", "127.0.0.1:0"];
+        Self::start_listening(program, data_dir, listen, extra_args).await
+    }
+
+    /// Like [`ServerProcess::start_program`], on given MQTT and HTTP
+    /// addresses (an instance restarted where a balancer expects it).
+    pub async fn start_listening(
+        program: &Path,
+        data_dir: &Path,
+        [mqtt, http]: [&str; 2],
+        extra_args: &[&str],
+    ) -> Self {
         let mut cmd = Command::new(program);
         cmd.arg("serve")
-            .args(["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--mqtt-listen", mqtt, "--http-listen", http, "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
             .stdin(Stdio::null())
