@@ -17,10 +17,11 @@
 # 20/s) and at the highest rate (1 in flight per publisher). Per delivered
 # message: the instances' CPU (utime + stime from /proc, summed), Redis
 # commands (INFO commandstats), PostgreSQL commits and rows written
-# (pg_stat_database), over the whole client run, warmup included. The
+# (pg_stat_database), Redis's and HAProxy's CPU, over the whole client run, warmup included. The
 # order of (a) and (b) alternates between rounds.
 #
 #   scripts/bench-cluster.sh --cost --rounds 3 --duration 8
+#   CLUSTER_NODES=2 scripts/bench-cluster.sh --cost    # two clustered instances instead
 #
 # Needs: target/release/mapcast and target/release/mapcast-bench,
 # redis-server, psql, curl, jq (and haproxy, redis-cli for --cost), and
@@ -32,6 +33,8 @@ ROUNDS=3
 DURATION=5
 WARMUP=2
 COST=0
+# Instances in the clustered setup of --cost.
+CLUSTER_NODES="${CLUSTER_NODES:-3}"
 MAPCAST="${MAPCAST:-target/release/mapcast}"
 MAPCAST_BENCH="${MAPCAST_BENCH:-target/release/mapcast-bench}"
 PG="${MAPCAST_BENCH_POSTGRES_URL:?set MAPCAST_BENCH_POSTGRES_URL}"
@@ -92,23 +95,26 @@ wait_ready() {
 # and Redis $redis_port (0: none): the bench report plus the cost figures,
 # one JSON line in $OUT/$1.json.
 measure() {
-    local name=$1 rate=$2 ticks0 ticks1 redis0=0 redis1=0 pg0 pg1 hap0=0 hap1=0 hz
+    local name=$1 rate=$2 ticks0 ticks1 redis0=0 redis1=0 pg0 pg1 hap0=0 hap1=0 rcpu0=0 rcpu1=0 hz
     hz=$(getconf CLK_TCK)
     ticks0=$(cpu_ticks "${pids[@]}")
     [ "$redis_port" != 0 ] && redis0=$(redis_calls "$redis_port")
     [ -n "$haproxy_pid" ] && hap0=$(cpu_ticks "$haproxy_pid")
+    [ -n "$redis_pid" ] && rcpu0=$(cpu_ticks "$redis_pid")
     sleep 1.2
     pg0=$(pg_ops "$db")
     "$MAPCAST_BENCH" pubsub -p 100 -s 1 -t 'devices/bench-{i}/location' -f 'devices/+/location' \
         -q 1 -r "$rate" --inflight 1 -d "$DURATION" --warmup "$WARMUP" --source-addresses 4 \
         --port "$port" --json 2>/dev/null | tail -n 1 >"$OUT/$name.bench.json"
     ticks1=$(cpu_ticks "${pids[@]}")
-    [ "$redis_port" != 0 ] && redis1=$(redis_calls "$redis_port")
+    [ "$redis_port" != 0 ] && redis1=$(redis_calls "$redis_port") &&
+        redis-cli -p "$redis_port" INFO commandstats >"$OUT/$name.redis.txt"
     [ -n "$haproxy_pid" ] && hap1=$(cpu_ticks "$haproxy_pid")
+    [ -n "$redis_pid" ] && rcpu1=$(cpu_ticks "$redis_pid")
     sleep 1.2
     pg1=$(pg_ops "$db")
     jq -c --arg name "$name" --argjson hz "$hz" \
-        --argjson cpu "$((ticks1 - ticks0))" --argjson hap "$((hap1 - hap0))" \
+        --argjson cpu "$((ticks1 - ticks0))" --argjson hap "$((hap1 - hap0))" --argjson rcpu "$((rcpu1 - rcpu0))" \
         --argjson redis "$((redis1 - redis0))" \
         --argjson commits "$(( ${pg1% *} - ${pg0% *} ))" --argjson rows "$(( ${pg1#* } - ${pg0#* } ))" \
         --argjson load "$(cut -d' ' -f1 /proc/loadavg)" '
@@ -118,6 +124,7 @@ measure() {
             lost: .totals.lost, duplicates: .totals.duplicates, delivered_total: $n,
             cpu_us_per_msg: ($cpu / $hz * 1e6 / $n),
             haproxy_cpu_us_per_msg: ($hap / $hz * 1e6 / $n),
+            redis_cpu_us_per_msg: ($rcpu / $hz * 1e6 / $n),
             redis_ops_per_msg: ($redis / $n),
             pg_commits_per_msg: ($commits / $n),
             pg_rows_per_msg: ($rows / $n)
@@ -127,6 +134,7 @@ measure() {
 start_redis() {
     redis_port=$(free_port)
     redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" >/dev/null &
+    redis_pid=$!
     PIDS+=($!)
     for _ in $(seq 1 50); do redis-cli -p "$redis_port" PING >/dev/null 2>&1 && return 0; sleep 0.1; done
 }
@@ -176,14 +184,14 @@ cost_rounds() {
         for setup in "${order[@]}"; do
             db="mapcast_cost_$$_${round}_$setup"
             psql -q "$PG" -c "CREATE DATABASE $db" >/dev/null
-            PIDS=(); haproxy_pid=""
+            PIDS=(); haproxy_pid=""; redis_pid=""
             if [ "$setup" = single ]; then
                 redis_port=0
                 start_instances single
                 port=${mqtt_ports[0]}
             else
                 start_redis
-                start_instances node-a node-b node-c
+                start_instances $(seq -f 'node-%g' 1 "$CLUSTER_NODES")
                 start_haproxy
             fi
             # Each instance reads the stream from where it started.
@@ -206,6 +214,7 @@ cost_rounds() {
             delivered_per_s: cell("delivered_per_s"), p99_ms: cell("p99_ms"),
             lost: cell("lost"), duplicates: cell("duplicates"),
             cpu_us_per_msg: cell("cpu_us_per_msg"), haproxy_cpu_us_per_msg: cell("haproxy_cpu_us_per_msg"),
+            redis_cpu_us_per_msg: cell("redis_cpu_us_per_msg"),
             redis_ops_per_msg: cell("redis_ops_per_msg"),
             pg_commits_per_msg: cell("pg_commits_per_msg"), pg_rows_per_msg: cell("pg_rows_per_msg"),
             load1: cell("load1")
