@@ -2012,4 +2012,49 @@ mod tests {
         assert_eq!(seqs.len(), 3, "{seqs:?}");
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "numbered in delivery order: {seqs:?}");
     }
+
+    fn adoption(id: &str, epoch: u64, session: bool, will_in: Duration) -> Adoption {
+        Adoption {
+            client_id: ClientId::from(id),
+            epoch,
+            session: session.then(|| stored(id, &[])),
+            will: Some(msg("wills/car", "lost", QoS::AtLeastOnce, false)),
+            will_at: SystemTime::now() + will_in,
+            seq_block: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_instances_session_is_held_and_its_will_waits_unless_a_later_claim_came() {
+        let kept = Kept::shared();
+        let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
+        let mut r = Router::new(Arc::new(BrokerLimits::default()), auth, kept.clone(), None);
+        let car = ClientId::from("car");
+
+        // Claimed again elsewhere before the adoption reached the router.
+        assert_eq!(r.release(&car, 9).0, Release::Released);
+        r.adopt(adoption("car", 8, true, Duration::ZERO));
+        assert!(r.sessions.is_empty(), "a later claim wins");
+
+        // Held, queueing, with its delayed will waiting.
+        r.adopt(adoption("car", 10, true, Duration::from_secs(60)));
+        assert_eq!(r.sessions[&car].claim, 10);
+        r.publish(Arc::new(msg("q", "x", QoS::AtLeastOnce, false)), Vec::new(), false).unwrap();
+        assert_eq!(r.sessions[&car].outbox.len(), 1, "queued while its client is away");
+        assert!(r.sessions[&car].will.is_some() && r.timers.len() == 2);
+        // Its client returns here: the delayed will is cancelled.
+        let c = r.connect(request("car", false, 3600, None, Identity::anonymous()), claim(11));
+        assert!(c.unwrap().session_present);
+        assert!(r.sessions[&car].will.is_none() && r.timers.is_empty());
+
+        // No session: the will goes out now, and nothing stays claimed.
+        kept.ops.lock().unwrap().clear();
+        r.adopt(adoption("van", 12, false, Duration::from_secs(60)));
+        assert!(!r.sessions.contains_key(&ClientId::from("van")));
+        let ops = kept.ops.lock().unwrap();
+        let van = ClientId::from("van");
+        let cleared = |op: &WriteOp| matches!(op, WriteOp::ClearWill { client_id, epoch: 12 } if *client_id == van);
+        let released = |op: &WriteOp| matches!(op, WriteOp::ReleaseClaim { client_id, epoch: 12 } if *client_id == van);
+        assert!(ops.iter().any(cleared) && ops.iter().any(released), "{ops:?}");
+    }
 }

@@ -245,7 +245,7 @@ impl Store {
             let claims = sqlx::query(
                 "DELETE FROM session_claims c \
                  WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = c.client_id) \
-                 AND NOT EXISTS (SELECT 1 FROM leases l \
+                 AND c.will IS NULL AND NOT EXISTS (SELECT 1 FROM leases l \
                    WHERE l.name = 'node:' || c.node AND l.expires_at >= $1)",
             )
             .bind(now)

@@ -2,7 +2,8 @@
 //! are published by one survivor within the lease plus a few seconds (after
 //! their delay, unless the client resumes first), its persistent sessions
 //! are held by a survivor and queue from then on, and an instance stopped
-//! gently lets its sessions go at once. Runs when
+//! gently lets its sessions go at once; a QoS 2 delivery left mid-flow
+//! completes once after its session moved to another instance. Runs when
 //! `MAPCAST_TEST_POSTGRES_URL` is set and `redis-server` is on the PATH.
 
 use std::collections::BTreeMap;
@@ -11,7 +12,9 @@ use std::time::{Duration, Instant};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 
-use crate::helpers::{Cluster, ServerProcess, V5Client, V5Options, mark_redis_ran, text};
+use crate::helpers::{
+    Cluster, QUIET, RawConn, ServerProcess, V5Client, V5Options, mark_redis_ran, packet_type, text,
+};
 
 /// How long an instance's lease runs (`cluster::ownership::NODE_LEASE`).
 const LEASE: Duration = Duration::from_secs(10);
@@ -87,6 +90,7 @@ async fn a_killed_instances_wills_are_published_once_by_a_survivor_within_the_le
         assert_eq!(got, want, "after {:?}\n{a_logs}\n---\n{}", killed.elapsed(), c.logs());
     }
     let took = killed.elapsed();
+    println!("wills published {took:?} after the kill");
     assert!(took < LEASE + Duration::from_secs(7), "{took:?}\n{}", c.logs());
     // No second copy comes later.
     for w in &mut watchers {
@@ -224,6 +228,7 @@ async fn a_stopped_instance_lets_its_sessions_go_at_once() {
         .connect()
         .await;
     let took = started.elapsed();
+    println!("CONNECT to CONNACK on the other instance: {took:?}");
     assert!(car.session_present(), "{}", c.logs());
     assert!(took < Duration::from_secs(3), "CONNECT to CONNACK took {took:?}\n{}", c.logs());
     // And the subscription came along.
@@ -231,5 +236,76 @@ async fn a_stopped_instance_lets_its_sessions_go_at_once() {
     publisher.publish_qos1("fleet/car", false, "hello").await;
     let got = car.try_recv_publish(Duration::from_secs(3)).await;
     assert_eq!(got.map(|p| text(&p.payload)), Some("hello".to_owned()), "{}", c.logs());
+    mark_redis_ran().await;
+}
+
+/// A persistent raw v5 session (expiry 300 s) on node `i`, subscribed to
+/// `filter` at QoS 2 when given; whether the session was present.
+async fn raw_subscriber(c: &Cluster, i: usize, filter: Option<&str>) -> (RawConn, bool) {
+    let (mut conn, connack) = RawConn::connect_v5(c.addr(i), "eo-sub", false, Some(300)).await;
+    if let Some(filter) = filter {
+        conn.subscribe_v5(1, filter, QoS::ExactlyOnce).await;
+    }
+    (conn, connack.session_present())
+}
+
+#[tokio::test]
+async fn a_qos2_delivery_not_yet_received_completes_once_after_its_session_moved() {
+    let test = "a_qos2_delivery_not_yet_received_completes_once_after_its_session_moved";
+    let Some(c) = Cluster::start(test, 3).await else { return };
+    let (mut sub, _) = raw_subscriber(&c, 0, Some("eo/move")).await;
+    let mut publisher = V5Options::new("eo-pub", c.addr(2)).connect().await;
+    publisher.publish_qos2("eo/move", false, "one").await;
+    let first = sub.recv_type(packet_type::PUBLISH).await;
+    assert_eq!((first.qos(), first.payload(true)), (2, b"one".to_vec()));
+
+    // No PUBREC: the session moves to B with the exchange open.
+    let (mut moved, present) = raw_subscriber(&c, 1, None).await;
+    assert!(present, "{}", c.logs());
+    let again = moved.recv_type(packet_type::PUBLISH).await;
+    assert_eq!(again.payload(true), b"one");
+    assert!(again.dup(), "a redelivery is flagged DUP");
+    assert_eq!(again.pkid(), first.pkid(), "a redelivery keeps its packet id [MQTT-4.4.0-1]");
+    moved.pubrec(again.pkid()).await;
+    assert_eq!(moved.recv_type(packet_type::PUBREL).await.pkid(), first.pkid());
+    moved.pubcomp(first.pkid()).await;
+    assert!(moved.try_recv_type(packet_type::PUBLISH, QUIET).await.is_err(), "delivered twice");
+
+    // Completed, it stays completed when the session moves again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop((sub, moved));
+    let (mut back, present) = raw_subscriber(&c, 0, None).await;
+    assert!(present, "{}", c.logs());
+    let quiet = back.try_recv(QUIET).await;
+    assert!(quiet.is_err(), "nothing is left to resend: {quiet:?}\n{}", c.logs());
+    mark_redis_ran().await;
+}
+
+#[tokio::test]
+async fn a_qos2_delivery_past_pubrec_resumes_with_pubrel_after_its_session_moved() {
+    let test = "a_qos2_delivery_past_pubrec_resumes_with_pubrel_after_its_session_moved";
+    let Some(c) = Cluster::start(test, 3).await else { return };
+    let (mut sub, _) = raw_subscriber(&c, 0, Some("eo/move")).await;
+    let mut publisher = V5Options::new("eo-pub", c.addr(2)).connect().await;
+    publisher.publish_qos2("eo/move", false, "one").await;
+    let publish = sub.recv_type(packet_type::PUBLISH).await;
+    sub.pubrec(publish.pkid()).await;
+    assert_eq!(sub.recv_type(packet_type::PUBREL).await.pkid(), publish.pkid());
+
+    // No PUBCOMP: the session moves to B past PUBREC.
+    let (mut moved, present) = raw_subscriber(&c, 1, None).await;
+    assert!(present, "{}", c.logs());
+    let resumed = moved.recv().await;
+    assert_eq!(resumed.packet_type(), packet_type::PUBREL, "PUBREL, not the PUBLISH: {resumed:?}");
+    assert_eq!(resumed.pkid(), publish.pkid());
+    moved.pubcomp(publish.pkid()).await;
+    assert!(moved.try_recv_type(packet_type::PUBLISH, QUIET).await.is_err(), "delivered twice");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop((sub, moved));
+    let (mut back, present) = raw_subscriber(&c, 2, None).await;
+    assert!(present, "{}", c.logs());
+    let quiet = back.try_recv(QUIET).await;
+    assert!(quiet.is_err(), "nothing is left to resend: {quiet:?}\n{}", c.logs());
     mark_redis_ran().await;
 }
