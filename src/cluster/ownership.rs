@@ -12,7 +12,7 @@
 //! A holder told of an epoch lower than the one it knows answers
 //! "superseded" and keeps it: of racing CONNECTs the highest epoch wins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,10 @@ const ADOPT_EVERY: Duration = Duration::from_secs(1);
 /// Dead instances' claims taken over per transaction (and sessions loaded
 /// per round): survivors share a large number batch by batch.
 const ADOPT_BATCH: u32 = 256;
+/// Claims are looked through when an instance's lease lapsed since the
+/// last look, and every this many looks anyway (the leases table is small,
+/// the claims table is not).
+const ADOPT_SWEEP_EVERY: u32 = 30;
 
 const KIND: &str = "k";
 const CLIENT: &str = "c";
@@ -318,13 +322,35 @@ impl Inner {
     /// lease lapsed: their sessions queue here until their clients return,
     /// their wills go out from here.
     async fn adopt_dead(self: Arc<Self>, broker: BrokerHandle) {
+        let mut live: HashSet<String> = HashSet::new();
+        let mut looks = ADOPT_SWEEP_EVERY;
         loop {
             tokio::time::sleep(ADOPT_EVERY).await;
+            match self.store.live_nodes().await {
+                Ok(now_live) => {
+                    let now_live: HashSet<String> = now_live.into_iter().collect();
+                    if live.iter().any(|node| !now_live.contains(node)) {
+                        looks = ADOPT_SWEEP_EVERY;
+                    }
+                    live = now_live;
+                }
+                Err(e) => {
+                    tracing::warn!({ names::ERROR_MESSAGE } = %e, "instances' leases not read; retrying");
+                    looks = ADOPT_SWEEP_EVERY;
+                    continue;
+                }
+            }
+            looks += 1;
+            if looks < ADOPT_SWEEP_EVERY {
+                continue;
+            }
+            looks = 0;
             loop {
                 let claims = match self.store.adopt_dead_claims(&self.node, ADOPT_BATCH).await {
                     Ok(claims) => claims,
                     Err(e) => {
                         tracing::warn!({ names::ERROR_MESSAGE } = %e, "dead instances' sessions not taken over; retrying");
+                        looks = ADOPT_SWEEP_EVERY;
                         break;
                     }
                 };

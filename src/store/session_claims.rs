@@ -214,6 +214,22 @@ impl Store {
         .await
     }
 
+    /// The instances whose lease runs now.
+    pub async fn live_nodes(&self) -> Result<Vec<String>, sqlx::Error> {
+        let pool = self.pool().clone();
+        let now = millis(SystemTime::now());
+        self.run(async move {
+            let rows = sqlx::query(
+                "SELECT holder FROM leases WHERE name LIKE 'node:%' AND expires_at >= $1",
+            )
+            .bind(now)
+            .fetch_all(&pool)
+            .await?;
+            rows.into_iter().map(|r| r.try_get(0)).collect()
+        })
+        .await
+    }
+
     /// Whether `node`'s lease still runs.
     pub async fn node_alive(&self, node: &str) -> Result<bool, sqlx::Error> {
         let pool = self.pool().clone();
