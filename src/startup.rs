@@ -40,6 +40,9 @@ pub struct Application {
     store: Store,
     tasks: Tasks,
     stopping: CancellationToken,
+    /// Several instances: this run's name, whose lease is given up once
+    /// everything is committed at shutdown.
+    cluster_instance: Option<String>,
     /// Released when the application is dropped, after shutdown.
     _lock: InstanceLock,
 }
@@ -297,6 +300,7 @@ impl Application {
                 malformed: Some(malformed_task),
             },
             stopping,
+            cluster_instance: settings.cluster.redis_url.is_some().then_some(instance),
             _lock: lock,
         })
     }
@@ -344,7 +348,7 @@ impl Application {
         tracing::info!("shutting down");
         self.stopping.cancel();
 
-        let Self { mqtt, http, broker, store, mut tasks, .. } = self;
+        let Self { mqtt, http, broker, store, mut tasks, cluster_instance, .. } = self;
         let orderly = async move {
             // The background jobs saw `stopping` and end their current step.
             log_exit("map updater", finish(&mut tasks.updater).await);
@@ -364,6 +368,18 @@ impl Application {
             // The router held the last writer handle: the writer now drains
             // its queue, commits and returns.
             log_exit("store writer", finish(&mut tasks.writer).await);
+            // Everything held here is committed: the other instances take
+            // its sessions and wills now instead of once the lease lapses,
+            // and a client reconnecting elsewhere does not wait for it.
+            if let Some(instance) = cluster_instance {
+                match store.release_lease(&store::node_lease(&instance), &instance).await {
+                    Ok(()) => tracing::info!("this instance's sessions are left to the others"),
+                    Err(e) => tracing::warn!(
+                        { crate::telemetry::names::ERROR_MESSAGE } = %e,
+                        "lease not given up; it lapses by itself"
+                    ),
+                }
+            }
             store.close().await;
         };
         if tokio::time::timeout(GRACE, orderly).await.is_err() {

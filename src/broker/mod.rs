@@ -26,6 +26,7 @@ pub use auth::{Authenticator, SharedAuthenticator};
 pub use limits::BrokerLimits;
 pub use outbox::{ConnectionId, KickReason, Next, Outbox, OverflowPolicy, Pushed};
 pub use ports::{Claim, ClaimError, Ownership, SharedOwnership};
+
 pub use router::spawn_router;
 pub use stats::Stats;
 
@@ -202,6 +203,22 @@ impl PublishOutcome {
     }
 }
 
+/// A client id whose holder died, claimed here (several instances).
+pub struct Adoption {
+    pub client_id: ClientId,
+    /// The claim's epoch here.
+    pub epoch: u64,
+    /// Its stored session, held offline here until its client returns.
+    pub session: Option<crate::domain::StoredSession>,
+    /// The will of its last connection, published once `will_at` passes
+    /// (now, when the session does not outlive it).
+    pub will: Option<Message>,
+    pub will_at: std::time::SystemTime,
+    /// A delivery-number block reserved after the session's messages
+    /// were numbered (see [`Claim::seq_block`]).
+    pub seq_block: Option<u64>,
+}
+
 pub(crate) enum Command {
     Connect(
         ConnectRequest,
@@ -251,6 +268,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<Arc<Message>>>,
     },
     Revoke(Revocation, oneshot::Sender<usize>),
+    /// Hold a dead instance's session (offline) and its will.
+    Adopt(Box<Adoption>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -336,8 +355,12 @@ impl BrokerHandle {
         let claim = match &self.ownership {
             Some(ownership) => {
                 let take_over_any = req.identity.is_admin() && self.limits.admin_session_takeover;
-                let claim =
-                    ownership.claim(req.client_id.clone(), req.identity.principal(), take_over_any);
+                let claim = ownership.claim(
+                    req.client_id.clone(),
+                    req.identity.principal(),
+                    take_over_any,
+                    req.will.as_ref(),
+                );
                 Some(Box::new(claim.await?))
             }
             None => None,
@@ -519,6 +542,13 @@ impl BrokerHandle {
             return 0;
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// Hold a dead instance's session and will (see [`Adoption`]); waits
+    /// while the router is full.
+    pub async fn adopt(&self, adoption: Adoption) -> Result<(), PublishError> {
+        self.room().await;
+        self.send(Command::Adopt(Box::new(adoption)))
     }
 
     /// Ask the router to kick every connection, flush and stop.

@@ -114,12 +114,15 @@ pub enum ClaimError {
 /// holder. Absent on a single instance.
 pub trait Ownership: Send + Sync + std::fmt::Debug + 'static {
     /// Claim `client` for this instance for `owner` (any owner's with
-    /// `take_over_any`); the instance that held it lets go first.
+    /// `take_over_any`); the instance that held it lets go first. `will`
+    /// is kept with the claim: should this instance die, another one
+    /// publishes it.
     fn claim(
         &self,
         client: ClientId,
         owner: Principal,
         take_over_any: bool,
+        will: Option<&super::Will>,
     ) -> BoxFuture<'static, Result<Claim, ClaimError>>;
 
     /// The first number of a freshly reserved delivery-number block, when

@@ -20,7 +20,7 @@ use super::retained::RetainedStore;
 use super::session::Session;
 use super::trie::{Entry, Removed, SubscriptionTrie};
 use super::{
-    BrokerHandle, BrokerLimits, Command, ConnectError, ConnectOutcome, ConnectRequest,
+    Adoption, BrokerHandle, BrokerLimits, Command, ConnectError, ConnectOutcome, ConnectRequest,
     DisconnectKind, Inspection, PublishError, PublishHook, PublishOutcome, PublishReply, Release,
     Revocation, SharedAuthenticator, Stats, SubscribeError, SubscribeRequest, sys,
 };
@@ -334,6 +334,7 @@ impl Router {
             Command::Revoke(what, reply) => {
                 let _ = reply.send(self.revoke(&what));
             }
+            Command::Adopt(adoption) => self.adopt(*adoption),
             Command::Shutdown(reply) => {
                 self.shutdown(reply);
                 return true;
@@ -479,8 +480,20 @@ impl Router {
             drop(self.hand_over(client));
         }
         let Some(stored) = moved else { return Ok(()) };
+        tracing::info!(
+            client.id = %client,
+            claim.epoch = claim.epoch,
+            queued = stored.messages.len(),
+            "session moved here from another instance"
+        );
+        self.hold_moved(stored, claim.epoch, claim.seq_block);
+        Ok(())
+    }
+
+    /// Hold, offline, a session another instance kept until now.
+    fn hold_moved(&mut self, stored: StoredSession, claim: u64, seq_block: Option<u64>) {
         let newest = stored.messages.iter().map(|d| d.seq).max();
-        if let (Some(newest), Some(block)) = (newest, claim.seq_block)
+        if let (Some(newest), Some(block)) = (newest, seq_block)
             && newest >= self.next_seq
             && block > newest
         {
@@ -489,14 +502,71 @@ impl Router {
             self.next_seq = block;
             self.seq_block_end = block.saturating_add(1 << SEQ_BLOCK_BITS);
         }
-        tracing::info!(
-            client.id = %client,
-            claim.epoch = claim.epoch,
-            queued = stored.messages.len(),
-            "session moved here from another instance"
-        );
-        self.restore_session(stored, claim.epoch);
-        Ok(())
+        self.restore_session(stored, claim);
+    }
+
+    /// Hold the session and will of a client whose instance died: its
+    /// subscriptions queue here from now on, and its will goes out when
+    /// due, unless a later claim of the id got here first.
+    fn adopt(&mut self, adoption: Adoption) {
+        let Adoption { client_id: client, epoch, session, will, will_at, seq_block } = adoption;
+        if self.known_claim(&client).is_some_and(|known| known >= epoch) {
+            tracing::info!(client.id = %client, claim.epoch = epoch, "a dead instance's client id was claimed again meanwhile; left to that claim");
+            return;
+        }
+        self.fences.remove(&client);
+        if self.sessions.contains_key(&client) {
+            drop(self.hand_over(&client));
+        }
+        let metrics = crate::telemetry::metrics::global();
+        if let Some(stored) = session {
+            tracing::info!(
+                client.id = %client,
+                claim.epoch = epoch,
+                queued = stored.messages.len(),
+                "session of a dead instance held here until its client returns"
+            );
+            metrics.cluster_adopted.fetch_add(1, Relaxed);
+            self.hold_moved(stored, epoch, seq_block);
+        }
+        if let Some(message) = will {
+            metrics.cluster_dead_wills.fetch_add(1, Relaxed);
+            let wait = will_at.duration_since(SystemTime::now()).unwrap_or_default();
+            match self.sessions.get_mut(&client) {
+                // The session outlives the delay (or it ends first, and its
+                // end publishes the will): wait for it, cancelled should
+                // the client resume first [MQTT-3.1.3-9].
+                Some(session) if !wait.is_zero() => {
+                    tracing::info!(client.id = %client, delay_ms = wait.as_millis() as u64, "a dead instance's client's will is published here after its delay");
+                    // A delayed will: a resume here cancels it.
+                    let delay_secs = wait.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
+                    session.will = Some(super::Will { message, delay_secs });
+                    let conn = session.epoch;
+                    self.schedule(Instant::now() + wait, Timer::Will(client.clone(), conn));
+                }
+                _ => {
+                    tracing::info!(client.id = %client, topic = %message.topic, "a dead instance's client's will is published");
+                    self.route_will(super::Will { message, delay_secs: 0 });
+                    self.writer.submit_state(vec![WriteOp::ClearWill {
+                        client_id: client.clone(),
+                        epoch,
+                    }]);
+                }
+            }
+        }
+        if !self.sessions.contains_key(&client) {
+            // Nothing is held for it here: no claim either.
+            self.writer.submit_state(vec![WriteOp::ReleaseClaim { client_id: client, epoch }]);
+        }
+    }
+
+    /// The will kept with `session`'s claim is gone (published or
+    /// discarded): another instance must not publish it should this one die.
+    fn forget_stored_will(&self, client: &ClientId, claim: u64) {
+        if claim > 0 {
+            self.writer
+                .submit_state(vec![WriteOp::ClearWill { client_id: client.clone(), epoch: claim }]);
+        }
     }
 
     /// Another instance claimed `client` under `epoch`: let go of the
@@ -700,18 +770,23 @@ impl Router {
             session.expiry_secs = e.min(self.limits.max_session_expiry_secs);
         }
         let expiry = session.expiry_secs;
+        let claim = session.claim;
+        let will = session.will.take();
         let will = match kind {
             DisconnectKind::Clean => {
-                session.will = None;
+                if will.is_some() {
+                    self.forget_stored_will(client, claim);
+                }
                 None
             }
-            DisconnectKind::CleanWithWill | DisconnectKind::Unclean => session.will.take(),
+            DisconnectKind::CleanWithWill | DisconnectKind::Unclean => will,
         };
         self.stats.clients_connected.store(self.online as u64, Relaxed);
 
         if let Some(will) = will {
             if will.delay_secs == 0 || expiry == 0 {
                 self.route_will(will);
+                self.forget_stored_will(client, claim);
             } else {
                 let delay = will.delay_secs.min(expiry);
                 let at = Instant::now() + Duration::from_secs(delay as u64);
@@ -1171,9 +1246,10 @@ impl Router {
                         .sessions
                         .get_mut(&client)
                         .filter(|s| s.conn.is_none() && s.epoch == epoch)
-                        .and_then(|s| s.will.take());
-                    if let Some(will) = will {
+                        .and_then(|s| s.will.take().map(|w| (w, s.claim)));
+                    if let Some((will, claim)) = will {
                         self.route_will(will);
+                        self.forget_stored_will(&client, claim);
                     }
                 }
                 Timer::Expire(client, epoch) => {
@@ -1935,5 +2011,50 @@ mod tests {
         seqs.dedup();
         assert_eq!(seqs.len(), 3, "{seqs:?}");
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "numbered in delivery order: {seqs:?}");
+    }
+
+    fn adoption(id: &str, epoch: u64, session: bool, will_in: Duration) -> Adoption {
+        Adoption {
+            client_id: ClientId::from(id),
+            epoch,
+            session: session.then(|| stored(id, &[])),
+            will: Some(msg("wills/car", "lost", QoS::AtLeastOnce, false)),
+            will_at: SystemTime::now() + will_in,
+            seq_block: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_instances_session_is_held_and_its_will_waits_unless_a_later_claim_came() {
+        let kept = Kept::shared();
+        let auth = Arc::new(ConfigAuthenticator::new(true, vec![]));
+        let mut r = Router::new(Arc::new(BrokerLimits::default()), auth, kept.clone(), None);
+        let car = ClientId::from("car");
+
+        // Claimed again elsewhere before the adoption reached the router.
+        assert_eq!(r.release(&car, 9).0, Release::Released);
+        r.adopt(adoption("car", 8, true, Duration::ZERO));
+        assert!(r.sessions.is_empty(), "a later claim wins");
+
+        // Held, queueing, with its delayed will waiting.
+        r.adopt(adoption("car", 10, true, Duration::from_secs(60)));
+        assert_eq!(r.sessions[&car].claim, 10);
+        r.publish(Arc::new(msg("q", "x", QoS::AtLeastOnce, false)), Vec::new(), false).unwrap();
+        assert_eq!(r.sessions[&car].outbox.len(), 1, "queued while its client is away");
+        assert!(r.sessions[&car].will.is_some() && r.timers.len() == 2);
+        // Its client returns here: the delayed will is cancelled.
+        let c = r.connect(request("car", false, 3600, None, Identity::anonymous()), claim(11));
+        assert!(c.unwrap().session_present);
+        assert!(r.sessions[&car].will.is_none() && r.timers.is_empty());
+
+        // No session: the will goes out now, and nothing stays claimed.
+        kept.ops.lock().unwrap().clear();
+        r.adopt(adoption("van", 12, false, Duration::from_secs(60)));
+        assert!(!r.sessions.contains_key(&ClientId::from("van")));
+        let ops = kept.ops.lock().unwrap();
+        let van = ClientId::from("van");
+        let cleared = |op: &WriteOp| matches!(op, WriteOp::ClearWill { client_id, epoch: 12 } if *client_id == van);
+        let released = |op: &WriteOp| matches!(op, WriteOp::ReleaseClaim { client_id, epoch: 12 } if *client_id == van);
+        assert!(ops.iter().any(cleared) && ops.iter().any(released), "{ops:?}");
     }
 }

@@ -12,7 +12,7 @@
 //! A holder told of an epoch lower than the one it knows answers
 //! "superseded" and keeps it: of racing CONNECTs the highest epoch wins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,10 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::ports::{BoxFuture, Claim, ClaimError, Ownership};
-use crate::broker::{BrokerHandle, Release};
-use crate::domain::{ClientId, Principal, RestoredState};
-use crate::store::{Store, node_lease};
+use crate::broker::{Adoption, BrokerHandle, Release, Will};
+use crate::cluster::codec;
+use crate::domain::{ClientId, Message, Principal, RestoredState};
+use crate::store::{DeadClaim, Store, node_lease};
 use crate::telemetry::names;
 
 /// How long an instance's lease runs unless renewed: a dead instance's
@@ -53,6 +54,15 @@ const BLOCK: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_millis(250);
 /// Claims waiting for an answer at most.
 const MAX_WAITING: usize = 16 * 1024;
+/// How often an instance looks for dead instances' sessions and wills.
+const ADOPT_EVERY: Duration = Duration::from_secs(1);
+/// Dead instances' claims taken over per transaction (and sessions loaded
+/// per round): survivors share a large number batch by batch.
+const ADOPT_BATCH: u32 = 256;
+/// Claims are looked through when an instance's lease lapsed since the
+/// last look, and every this many looks anyway (the leases table is small,
+/// the claims table is not).
+const ADOPT_SWEEP_EVERY: u32 = 30;
 
 const KIND: &str = "k";
 const CLIENT: &str = "c";
@@ -144,9 +154,13 @@ impl Ownership for ClusterOwnership {
         client: ClientId,
         owner: Principal,
         take_over_any: bool,
+        will: Option<&Will>,
     ) -> BoxFuture<'static, Result<Claim, ClaimError>> {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.claim(client, owner, take_over_any).await })
+        // Packed as on the fabric: another instance reads it back.
+        let will =
+            will.map(|w| (codec::pack(&codec::encode(&self.inner.node, &w.message)), w.delay_secs));
+        Box::pin(async move { inner.claim(client, owner, take_over_any, will).await })
     }
 
     fn take_seq_block(&self) -> Option<u64> {
@@ -162,6 +176,7 @@ impl Inner {
         client: ClientId,
         owner: Principal,
         take_over_any: bool,
+        will: Option<(Vec<u8>, u32)>,
     ) -> Result<Claim, ClaimError> {
         let unavailable = |e: &dyn std::fmt::Display| {
             tracing::warn!(client.id = %client, { names::ERROR_MESSAGE } = %e, "client id not claimed: the store failed");
@@ -169,7 +184,7 @@ impl Inner {
         };
         let record = self
             .store
-            .claim_session(client.as_str(), &self.node, owner.as_str(), take_over_any)
+            .claim_session(client.as_str(), &self.node, owner.as_str(), take_over_any, will)
             .await
             .map_err(|e| unavailable(&e))?
             .ok_or(ClaimError::NotOwner)?;
@@ -303,6 +318,115 @@ impl Inner {
         }
     }
 
+    /// Take over, batch by batch, the sessions and wills of instances whose
+    /// lease lapsed: their sessions queue here until their clients return,
+    /// their wills go out from here.
+    async fn adopt_dead(self: Arc<Self>, broker: BrokerHandle) {
+        let mut live: HashSet<String> = HashSet::new();
+        let mut looks = ADOPT_SWEEP_EVERY;
+        loop {
+            tokio::time::sleep(ADOPT_EVERY).await;
+            match self.store.live_nodes().await {
+                Ok(now_live) => {
+                    let now_live: HashSet<String> = now_live.into_iter().collect();
+                    if live.iter().any(|node| !now_live.contains(node)) {
+                        looks = ADOPT_SWEEP_EVERY;
+                    }
+                    live = now_live;
+                }
+                Err(e) => {
+                    tracing::warn!({ names::ERROR_MESSAGE } = %e, "instances' leases not read; retrying");
+                    looks = ADOPT_SWEEP_EVERY;
+                    continue;
+                }
+            }
+            looks += 1;
+            if looks < ADOPT_SWEEP_EVERY {
+                continue;
+            }
+            looks = 0;
+            loop {
+                let claims = match self.store.adopt_dead_claims(&self.node, ADOPT_BATCH).await {
+                    Ok(claims) => claims,
+                    Err(e) => {
+                        tracing::warn!({ names::ERROR_MESSAGE } = %e, "dead instances' sessions not taken over; retrying");
+                        looks = ADOPT_SWEEP_EVERY;
+                        break;
+                    }
+                };
+                let full = claims.len() == ADOPT_BATCH as usize;
+                if claims.is_empty() {
+                    break;
+                }
+                tracing::info!(
+                    claims = claims.len(),
+                    "taking over the client ids of dead instances"
+                );
+                let mut adoptions = Vec::with_capacity(claims.len());
+                for claim in claims {
+                    adoptions.push(self.adoption(claim).await);
+                }
+                // One block above every number the dead instances used.
+                let seq_block = if adoptions
+                    .iter()
+                    .any(|a| a.session.as_ref().is_some_and(|s| !s.messages.is_empty()))
+                {
+                    match self.store.reserve_seq_block().await {
+                        Ok(block) => Some(block),
+                        Err(e) => {
+                            tracing::warn!({ names::ERROR_MESSAGE } = %e, "no delivery-number block for taken-over sessions");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                for mut adoption in adoptions {
+                    adoption.seq_block = seq_block;
+                    if broker.adopt(adoption).await.is_err() {
+                        return;
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// What the router needs to hold `claim`: its stored session and will.
+    async fn adoption(&self, claim: DeadClaim) -> Adoption {
+        let client_id = ClientId::from(claim.client_id.as_str());
+        let session = if claim.has_session {
+            match self.store.load_session(&claim.client_id).await {
+                Ok(session) => session,
+                Err(e) => {
+                    // Held by this instance but not loaded: its client's
+                    // next CONNECT loads it (this instance lets go of it).
+                    tracing::warn!(client.id = %client_id, { names::ERROR_MESSAGE } = %e, "a dead instance's session was not loaded");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let will = claim.will.as_deref().and_then(|packed| {
+            let will = decode_will(packed, &self.node);
+            if will.is_none() {
+                tracing::warn!(client.id = %client_id, "a dead instance's client's will is unreadable; dropped");
+            }
+            will
+        });
+        Adoption {
+            client_id,
+            epoch: claim.epoch,
+            session,
+            will,
+            will_at: claim.lapsed_at + Duration::from_secs(u64::from(claim.will_delay)),
+            seq_block: None,
+        }
+    }
+
     /// Renew this instance's lease: other instances take its sessions
     /// without asking once it lapses.
     async fn renew_lease(self: Arc<Self>) {
@@ -346,8 +470,18 @@ impl ControlReader {
         let inner = self.inner;
         spawn_until(&stop, inner.clone().renew_lease());
         spawn_until(&stop, inner.clone().reserve_blocks());
+        spawn_until(&stop, inner.clone().adopt_dead(broker.clone()));
         spawn_until(&stop, read_loop(inner, broker));
     }
+}
+
+/// A will packed by [`ClusterOwnership::claim`].
+fn decode_will(packed: &[u8], node: &str) -> Option<Message> {
+    let fields = codec::unpack(packed, node)?
+        .into_iter()
+        .map(|(name, value)| (name, redis::Value::BulkString(value)))
+        .collect();
+    codec::decode(&fields).ok().map(|(_, msg)| msg)
 }
 
 /// Run `work` until it ends or `stop` is cancelled.

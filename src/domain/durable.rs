@@ -57,6 +57,12 @@ pub enum WriteOp {
         client_id: ClientId,
         epoch: u64,
     },
+    /// Several instances: the will kept with the claim under `epoch` was
+    /// published or discarded; forget it unless a later claim replaced it.
+    ClearWill {
+        client_id: ClientId,
+        epoch: u64,
+    },
     /// An inbound QoS 2 packet id received and not yet released.
     PutIncomingQos2 {
         client_id: ClientId,
@@ -113,6 +119,7 @@ impl WriteOp {
                 | Self::DeleteSubscription { .. }
                 | Self::DeleteMessage(_)
                 | Self::ReleaseClaim { .. }
+                | Self::ClearWill { .. }
         )
     }
 }

@@ -23,7 +23,7 @@ pub use identities::{DeviceRecord, InsertError, TokenRecord, UserRecord};
 pub use map_snapshots::SnapshotRecord;
 pub use pool::{Backend, SqliteSynchronous, Store, describe_database, sqlite_file};
 pub use retention::{HistoryRetention, PURGE_BATCH, PurgeOutcome};
-pub use session_claims::{ClaimRecord, node_lease};
+pub use session_claims::{ClaimRecord, DeadClaim, node_lease};
 pub use shares::ShareRecord;
 pub use write_health::WriteHealth;
 pub use writer::{StoreWriter, spawn_writer};

@@ -27,6 +27,22 @@ pub struct ClaimRecord {
     pub previous_alive: bool,
 }
 
+/// A dead instance's claim taken over by [`Store::adopt_dead_claims`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadClaim {
+    pub client_id: String,
+    /// The new claim's epoch.
+    pub epoch: u64,
+    /// The packed will of the dead holder's connection, if it had one
+    /// that was not published yet.
+    pub will: Option<Vec<u8>>,
+    pub will_delay: u32,
+    /// When the dead holder's lease ran out (now, if it gave it up).
+    pub lapsed_at: SystemTime,
+    /// Whether a session is stored for it.
+    pub has_session: bool,
+}
+
 impl Store {
     /// Claim `client_id` for `node` on behalf of `owner` with a fresh
     /// epoch, in one transaction: concurrent claims of one id are
@@ -34,14 +50,19 @@ impl Store {
     /// the previous holder. `None` when the id's session belongs to another
     /// principal (its stored session, or a live instance's claim) and
     /// `take_over_any` (an admin's right) is not set.
+    ///
+    /// `will` (the packed message and its delay) is kept with the claim, so
+    /// another instance publishes it should this one die.
     pub async fn claim_session(
         &self,
         client_id: &str,
         node: &str,
         owner: &str,
         take_over_any: bool,
+        will: Option<(Vec<u8>, u32)>,
     ) -> Result<Option<ClaimRecord>, sqlx::Error> {
         let pool = self.pool().clone();
+        let (will, will_delay) = will.map_or((None, 0), |(w, d)| (Some(w), i64::from(d)));
         let client_id = client_id.to_owned();
         let node = node.to_owned();
         let owner = owner.to_owned();
@@ -80,15 +101,18 @@ impl Store {
                 return Ok(None);
             }
             let epoch: i64 = sqlx::query(
-                "INSERT INTO session_claims (client_id, node, epoch, owner) \
-                 VALUES ($1, $2, nextval('session_claim_epochs'), $3) \
+                "INSERT INTO session_claims (client_id, node, epoch, owner, will, will_delay) \
+                 VALUES ($1, $2, nextval('session_claim_epochs'), $3, $4, $5) \
                  ON CONFLICT (client_id) DO UPDATE SET node = excluded.node, \
-                 epoch = excluded.epoch, owner = excluded.owner \
+                 epoch = excluded.epoch, owner = excluded.owner, will = excluded.will, \
+                 will_delay = excluded.will_delay \
                  RETURNING epoch",
             )
             .bind(&client_id)
             .bind(&node)
             .bind(&owner)
+            .bind(will)
+            .bind(will_delay)
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
@@ -101,7 +125,8 @@ impl Store {
 
     /// Claim, for `node`, every stored session nobody alive holds (its
     /// holder's lease lapsed, or it was never claimed); the ids and their
-    /// epochs. A claim a live instance made meanwhile is left alone.
+    /// epochs. A claim a live instance made meanwhile is left alone, and so
+    /// is one with a will: [`Store::adopt_dead_claims`] takes those with it.
     pub async fn claim_orphaned_sessions(
         &self,
         node: &str,
@@ -115,10 +140,10 @@ impl Store {
                  SELECT s.client_id, $1, nextval('session_claim_epochs'), COALESCE(s.owner, '') \
                  FROM sessions s \
                  LEFT JOIN session_claims c ON c.client_id = s.client_id \
-                 WHERE c.client_id IS NULL OR NOT EXISTS (SELECT 1 FROM leases l \
-                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $2) \
+                 WHERE c.client_id IS NULL OR (c.will IS NULL AND NOT EXISTS (SELECT 1 FROM leases l \
+                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $2)) \
                  ON CONFLICT (client_id) DO UPDATE SET node = excluded.node, epoch = excluded.epoch, \
-                 owner = excluded.owner WHERE NOT EXISTS (SELECT 1 FROM leases l \
+                 owner = excluded.owner WHERE session_claims.will IS NULL AND NOT EXISTS (SELECT 1 FROM leases l \
                    WHERE l.name = 'node:' || session_claims.node AND l.expires_at >= $2) \
                  RETURNING client_id, epoch",
             )
@@ -129,6 +154,78 @@ impl Store {
             rows.into_iter()
                 .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)? as u64)))
                 .collect()
+        })
+        .await
+    }
+
+    /// Take over, for `node`, up to `limit` claims of dead instances (lease
+    /// lapsed or given up) that left a stored session or a will, each under
+    /// a fresh epoch. Each claim goes to one instance only: rows another
+    /// instance is taking are skipped (so survivors share the work), a
+    /// claim a CONNECT holds the client id's lock for is left to it, and a
+    /// claim that changed meanwhile is not touched.
+    pub async fn adopt_dead_claims(
+        &self,
+        node: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadClaim>, sqlx::Error> {
+        let pool = self.pool().clone();
+        let node = node.to_owned();
+        let now = millis(SystemTime::now());
+        self.run(async move {
+            let rows = sqlx::query(
+                "WITH dead AS ( \
+                   SELECT x.client_id, x.epoch, x.will, x.will_delay, \
+                     (SELECT max(l.expires_at) FROM leases l WHERE l.name = 'node:' || x.node) \
+                       AS lapsed_at \
+                   FROM session_claims x \
+                   WHERE NOT EXISTS (SELECT 1 FROM leases l \
+                       WHERE l.name = 'node:' || x.node AND l.expires_at >= $2) \
+                     AND (x.will IS NOT NULL \
+                       OR EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = x.client_id)) \
+                     AND pg_try_advisory_xact_lock(hashtext(x.client_id)) \
+                   LIMIT $3 FOR UPDATE OF x SKIP LOCKED) \
+                 UPDATE session_claims c SET node = $1, epoch = nextval('session_claim_epochs') \
+                 FROM dead WHERE c.client_id = dead.client_id AND c.epoch = dead.epoch \
+                 RETURNING c.client_id, c.epoch, dead.will, dead.will_delay, dead.lapsed_at, \
+                   EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = c.client_id)",
+            )
+            .bind(&node)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&pool)
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    let lapsed_at: Option<i64> = r.try_get(4)?;
+                    Ok(DeadClaim {
+                        client_id: r.try_get(0)?,
+                        epoch: r.try_get::<i64, _>(1)? as u64,
+                        will: r.try_get(2)?,
+                        will_delay: r.try_get::<i64, _>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
+                        lapsed_at: lapsed_at
+                            .map_or(SystemTime::now(), crate::domain::time::from_millis)
+                            .min(SystemTime::now()),
+                        has_session: r.try_get(5)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// The instances whose lease runs now.
+    pub async fn live_nodes(&self) -> Result<Vec<String>, sqlx::Error> {
+        let pool = self.pool().clone();
+        let now = millis(SystemTime::now());
+        self.run(async move {
+            let rows = sqlx::query(
+                "SELECT holder FROM leases WHERE name LIKE 'node:%' AND expires_at >= $1",
+            )
+            .bind(now)
+            .fetch_all(&pool)
+            .await?;
+            rows.into_iter().map(|r| r.try_get(0)).collect()
         })
         .await
     }
@@ -164,7 +261,7 @@ impl Store {
             let claims = sqlx::query(
                 "DELETE FROM session_claims c \
                  WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = c.client_id) \
-                 AND NOT EXISTS (SELECT 1 FROM leases l \
+                 AND c.will IS NULL AND NOT EXISTS (SELECT 1 FROM leases l \
                    WHERE l.name = 'node:' || c.node AND l.expires_at >= $1)",
             )
             .bind(now)

@@ -666,6 +666,15 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
                 .execute(&mut **tx)
                 .await?;
         }
+        WriteOp::ClearWill { client_id, epoch } => {
+            sqlx::query(
+                "UPDATE session_claims SET will = NULL WHERE client_id = $1 AND epoch = $2",
+            )
+            .bind(client_id.to_string())
+            .bind(*epoch as i64)
+            .execute(&mut **tx)
+            .await?;
+        }
         WriteOp::PutSubscription { client_id, filter, options } => {
             let options = serde_json::to_string(options).unwrap_or_default();
             sqlx::query(

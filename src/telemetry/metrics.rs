@@ -113,6 +113,8 @@ pub struct Metrics {
     /// because a later one claimed their client id.
     pub cluster_takeovers: AtomicU64,
     pub cluster_superseded: AtomicU64,
+    pub cluster_adopted: AtomicU64,
+    pub cluster_dead_wills: AtomicU64,
     /// Map snapshots published, and the figures of the latest.
     pub updater_builds: AtomicU64,
     pub updater_build_failures: AtomicU64,
@@ -178,6 +180,8 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     cluster_malformed: AtomicU64::new(0),
     cluster_takeovers: AtomicU64::new(0),
     cluster_superseded: AtomicU64::new(0),
+    cluster_adopted: AtomicU64::new(0),
+    cluster_dead_wills: AtomicU64::new(0),
     updater_builds: AtomicU64::new(0),
     updater_build_failures: AtomicU64::new(0),
     updater_build_ms: AtomicU64::new(0),
@@ -372,6 +376,16 @@ impl Metrics {
                 m::CLUSTER_SUPERSEDED,
                 "CONNECTs refused because a later one claimed their client id.",
                 g(&self.cluster_superseded),
+            ),
+            Scalar::counter(
+                m::CLUSTER_ADOPTED,
+                "Sessions of dead instances held here, offline, until their clients return.",
+                g(&self.cluster_adopted),
+            ),
+            Scalar::counter(
+                m::CLUSTER_DEAD_WILLS,
+                "Wills of dead instances' clients published here.",
+                g(&self.cluster_dead_wills),
             ),
             Scalar::counter(
                 m::UPDATER_BUILDS,

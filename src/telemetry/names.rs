@@ -254,6 +254,10 @@ pub mod metrics {
         ("mapcast_cluster_takeovers_total", "mapcast.cluster.takeovers");
     pub const CLUSTER_SUPERSEDED: (&str, &str) =
         ("mapcast_cluster_superseded_total", "mapcast.cluster.superseded");
+    pub const CLUSTER_ADOPTED: (&str, &str) =
+        ("mapcast_cluster_adopted_total", "mapcast.cluster.adopted");
+    pub const CLUSTER_DEAD_WILLS: (&str, &str) =
+        ("mapcast_cluster_dead_wills_total", "mapcast.cluster.dead_wills");
     /// The map updater: builds published, and the last one's figures.
     pub const UPDATER_BUILDS: (&str, &str) =
         ("mapcast_updater_builds_total", "mapcast.updater.builds");

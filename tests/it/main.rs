@@ -15,6 +15,7 @@ mod browser;
 mod chaos;
 mod cluster;
 mod cluster_chaos;
+mod cluster_deadnode;
 mod cluster_takeover;
 mod connect;
 mod crash;

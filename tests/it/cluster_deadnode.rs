@@ -1,0 +1,311 @@
+//! Several instances, one of them gone: a killed instance's clients' wills
+//! are published by one survivor within the lease plus a few seconds (after
+//! their delay, unless the client resumes first), its persistent sessions
+//! are held by a survivor and queue from then on, and an instance stopped
+//! gently lets its sessions go at once; a QoS 2 delivery left mid-flow
+//! completes once after its session moved to another instance. Runs when
+//! `MAPCAST_TEST_POSTGRES_URL` is set and `redis-server` is on the PATH.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
+
+use crate::helpers::{
+    Cluster, QUIET, RawConn, ServerProcess, V5Client, V5Options, mark_redis_ran, packet_type, text,
+};
+
+/// How long an instance's lease runs (`cluster::ownership::NODE_LEASE`).
+const LEASE: Duration = Duration::from_secs(10);
+
+/// Take node `i` out of the cluster (the others keep their indexes shifted
+/// down by one), with its log.
+fn take(c: &mut Cluster, i: usize) -> (ServerProcess, tempfile::TempDir) {
+    c.nodes.remove(i)
+}
+
+/// The instance holding `client`'s claim, if any.
+async fn holder(c: &Cluster, client: &str) -> Option<String> {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&c.url).await.unwrap();
+    let node: Option<String> =
+        sqlx::query_scalar("SELECT node FROM session_claims WHERE client_id = $1")
+            .bind(client)
+            .fetch_optional(&mut db)
+            .await
+            .unwrap();
+    let _ = db.close().await;
+    node
+}
+
+/// Publishes received on `client` within `dur`, by payload, with counts.
+async fn counted(client: &mut V5Client, dur: Duration) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for p in client.collect_publishes(dur).await {
+        *seen.entry(text(&p.payload)).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_killed_instances_wills_are_published_once_by_a_survivor_within_the_lease() {
+    let test = "a_killed_instances_wills_are_published_once_by_a_survivor_within_the_lease";
+    let Some(mut c) = Cluster::start(test, 3).await else { return };
+    let mut watchers = Vec::new();
+    for i in 1..3 {
+        let mut w = V5Options::new(&format!("watcher-{i}"), c.addr(i)).connect().await;
+        w.subscribe("status/#", QoS::AtLeastOnce).await;
+        watchers.push(w);
+    }
+    // A will of a session that ends with its connection, and a retained
+    // one of a persistent session.
+    let car = V5Options::new("car", c.addr(0))
+        .will("status/car", "car lost", QoS::AtLeastOnce, false, None)
+        .connect()
+        .await;
+    let van = V5Options::new("van", c.addr(0))
+        .clean_start(false)
+        .session_expiry(Some(3600))
+        .will("status/van", "van lost", QoS::AtLeastOnce, true, None)
+        .connect()
+        .await;
+
+    let (a, _dir) = take(&mut c, 0);
+    let a_logs = a.logs();
+    a.kill9().await;
+    let killed = Instant::now();
+
+    // Both survivors race for the dead instance's claims: each will goes
+    // out once, from one of them, and crosses to the other.
+    let want: BTreeMap<String, usize> =
+        [("car lost".to_owned(), 1), ("van lost".to_owned(), 1)].into();
+    for w in &mut watchers {
+        let mut got = BTreeMap::new();
+        while got != want && killed.elapsed() < LEASE + Duration::from_secs(8) {
+            for (k, n) in counted(w, Duration::from_millis(250)).await {
+                *got.entry(k).or_insert(0) += n;
+            }
+        }
+        assert_eq!(got, want, "after {:?}\n{a_logs}\n---\n{}", killed.elapsed(), c.logs());
+    }
+    let took = killed.elapsed();
+    println!("wills published {took:?} after the kill");
+    assert!(took < LEASE + Duration::from_secs(7), "{took:?}\n{}", c.logs());
+    // No second copy comes later.
+    for w in &mut watchers {
+        assert_eq!(counted(w, Duration::from_secs(3)).await, BTreeMap::new(), "{}", c.logs());
+    }
+    // The retained will is kept, on every instance.
+    for i in 0..2 {
+        let mut late = V5Options::new(&format!("late-{i}"), c.addr(i)).connect().await;
+        late.subscribe("status/van", QoS::AtLeastOnce).await;
+        let got = late.try_recv_publish(Duration::from_secs(3)).await;
+        assert_eq!(got.map(|p| text(&p.payload)), Some("van lost".to_owned()), "{}", c.logs());
+    }
+    drop((car, van));
+    mark_redis_ran().await;
+}
+
+#[tokio::test]
+async fn a_killed_instances_delayed_will_waits_its_delay_and_a_resumed_session_cancels_it() {
+    let test = "a_killed_instances_delayed_will_waits_its_delay_and_a_resumed_session_cancels_it";
+    let Some(mut c) = Cluster::start(test, 2).await else { return };
+    let mut watcher = V5Options::new("watcher", c.addr(1)).connect().await;
+    watcher.subscribe("status/#", QoS::AtLeastOnce).await;
+    let delay = 8;
+    let persistent = |id: &str, addr| {
+        V5Options::new(id, addr).clean_start(false).session_expiry(Some(3600)).will(
+            &format!("status/{id}"),
+            &format!("{id} lost"),
+            QoS::AtLeastOnce,
+            false,
+            Some(delay),
+        )
+    };
+    let gone = persistent("gone", c.addr(0)).connect().await;
+    let back = persistent("back", c.addr(0)).connect().await;
+    let dead = holder(&c, "back").await.expect("claimed at CONNECT");
+
+    let (a, _dir) = take(&mut c, 0);
+    a.kill9().await;
+    let killed = Instant::now();
+    drop((gone, back));
+    // `back` returns (to the survivor) once the lease lapsed and before
+    // its delay ran out.
+    while holder(&c, "back").await.as_ref() == Some(&dead)
+        && killed.elapsed() < LEASE + Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let back = V5Options::new("back", c.addr(0))
+        .clean_start(false)
+        .session_expiry(Some(3600))
+        .connect()
+        .await;
+    assert!(back.session_present(), "{}", c.logs());
+
+    let mut got = Vec::new();
+    while killed.elapsed() < LEASE + Duration::from_secs(u64::from(delay) + 8) {
+        for p in watcher.collect_publishes(Duration::from_millis(250)).await {
+            got.push((text(&p.payload), killed.elapsed()));
+        }
+    }
+    let payloads: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(payloads, ["gone lost"], "{got:?}\n{}", c.logs());
+    // Not before the delay from the kill (the lease lapses later still).
+    assert!(got[0].1 >= Duration::from_secs(u64::from(delay)), "{got:?}");
+    drop(back);
+    mark_redis_ran().await;
+}
+
+#[tokio::test]
+async fn a_killed_instances_persistent_session_queues_on_a_survivor_until_its_client_returns() {
+    let test =
+        "a_killed_instances_persistent_session_queues_on_a_survivor_until_its_client_returns";
+    let Some(mut c) = Cluster::start(test, 3).await else { return };
+    let mut sub = V5Options::new("sub", c.addr(0))
+        .clean_start(false)
+        .session_expiry(Some(3600))
+        .connect()
+        .await;
+    sub.subscribe("fleet/#", QoS::AtLeastOnce).await;
+    let dead = holder(&c, "sub").await.expect("claimed at CONNECT");
+
+    let (a, _dir) = take(&mut c, 0);
+    a.kill9().await;
+    let killed = Instant::now();
+    drop(sub);
+    // A survivor holds it once the lease lapsed.
+    let mut held = holder(&c, "sub").await;
+    while held.as_ref() == Some(&dead) && killed.elapsed() < LEASE + Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        held = holder(&c, "sub").await;
+    }
+    assert!(held.is_some_and(|h| h != dead), "nobody took the session over\n{}", c.logs());
+
+    let mut publisher = V5Options::new("pub", c.addr(0)).connect().await;
+    let sent: Vec<String> = (0..50).map(|k| format!("m{k}")).collect();
+    for payload in &sent {
+        let ack = publisher.publish_qos1("fleet/car", false, payload.clone()).await;
+        assert_eq!(ack.reason, PubAckReason::Success, "{payload}\n{}", c.logs());
+    }
+    publisher.disconnect().await;
+
+    let mut sub = V5Options::new("sub", c.addr(1))
+        .clean_start(false)
+        .session_expiry(Some(3600))
+        .connect()
+        .await;
+    assert!(sub.session_present(), "{}", c.logs());
+    let mut got = counted(&mut sub, Duration::from_secs(3)).await;
+    let want: BTreeMap<String, usize> = sent.iter().map(|p| (p.clone(), 1)).collect();
+    got.retain(|k, _| k.starts_with('m'));
+    assert_eq!(got, want, "each queued message once\n{}", c.logs());
+    mark_redis_ran().await;
+}
+
+#[tokio::test]
+async fn a_stopped_instance_lets_its_sessions_go_at_once() {
+    let test = "a_stopped_instance_lets_its_sessions_go_at_once";
+    let Some(mut c) = Cluster::start(test, 2).await else { return };
+    let mut car = V5Options::new("car", c.addr(0))
+        .clean_start(false)
+        .session_expiry(Some(3600))
+        .connect()
+        .await;
+    car.subscribe("fleet/car", QoS::AtLeastOnce).await;
+
+    let (a, _dir) = take(&mut c, 0);
+    let status = a.terminate(Duration::from_secs(20)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    drop(car);
+
+    let started = Instant::now();
+    let mut car = V5Options::new("car", c.addr(0))
+        .clean_start(false)
+        .session_expiry(Some(3600))
+        .connect()
+        .await;
+    let took = started.elapsed();
+    println!("CONNECT to CONNACK on the other instance: {took:?}");
+    assert!(car.session_present(), "{}", c.logs());
+    assert!(took < Duration::from_secs(3), "CONNECT to CONNACK took {took:?}\n{}", c.logs());
+    // And the subscription came along.
+    let mut publisher = V5Options::new("pub", c.addr(0)).connect().await;
+    publisher.publish_qos1("fleet/car", false, "hello").await;
+    let got = car.try_recv_publish(Duration::from_secs(3)).await;
+    assert_eq!(got.map(|p| text(&p.payload)), Some("hello".to_owned()), "{}", c.logs());
+    mark_redis_ran().await;
+}
+
+/// A persistent raw v5 session (expiry 300 s) on node `i`, subscribed to
+/// `filter` at QoS 2 when given; whether the session was present.
+async fn raw_subscriber(c: &Cluster, i: usize, filter: Option<&str>) -> (RawConn, bool) {
+    let (mut conn, connack) = RawConn::connect_v5(c.addr(i), "eo-sub", false, Some(300)).await;
+    if let Some(filter) = filter {
+        conn.subscribe_v5(1, filter, QoS::ExactlyOnce).await;
+    }
+    (conn, connack.session_present())
+}
+
+#[tokio::test]
+async fn a_qos2_delivery_not_yet_received_completes_once_after_its_session_moved() {
+    let test = "a_qos2_delivery_not_yet_received_completes_once_after_its_session_moved";
+    let Some(c) = Cluster::start(test, 3).await else { return };
+    let (mut sub, _) = raw_subscriber(&c, 0, Some("eo/move")).await;
+    let mut publisher = V5Options::new("eo-pub", c.addr(2)).connect().await;
+    publisher.publish_qos2("eo/move", false, "one").await;
+    let first = sub.recv_type(packet_type::PUBLISH).await;
+    assert_eq!((first.qos(), first.payload(true)), (2, b"one".to_vec()));
+
+    // No PUBREC: the session moves to B with the exchange open.
+    let (mut moved, present) = raw_subscriber(&c, 1, None).await;
+    assert!(present, "{}", c.logs());
+    let again = moved.recv_type(packet_type::PUBLISH).await;
+    assert_eq!(again.payload(true), b"one");
+    assert!(again.dup(), "a redelivery is flagged DUP");
+    assert_eq!(again.pkid(), first.pkid(), "a redelivery keeps its packet id [MQTT-4.4.0-1]");
+    moved.pubrec(again.pkid()).await;
+    assert_eq!(moved.recv_type(packet_type::PUBREL).await.pkid(), first.pkid());
+    moved.pubcomp(first.pkid()).await;
+    assert!(moved.try_recv_type(packet_type::PUBLISH, QUIET).await.is_err(), "delivered twice");
+
+    // Completed, it stays completed when the session moves again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop((sub, moved));
+    let (mut back, present) = raw_subscriber(&c, 0, None).await;
+    assert!(present, "{}", c.logs());
+    let quiet = back.try_recv(QUIET).await;
+    assert!(quiet.is_err(), "nothing is left to resend: {quiet:?}\n{}", c.logs());
+    mark_redis_ran().await;
+}
+
+#[tokio::test]
+async fn a_qos2_delivery_past_pubrec_resumes_with_pubrel_after_its_session_moved() {
+    let test = "a_qos2_delivery_past_pubrec_resumes_with_pubrel_after_its_session_moved";
+    let Some(c) = Cluster::start(test, 3).await else { return };
+    let (mut sub, _) = raw_subscriber(&c, 0, Some("eo/move")).await;
+    let mut publisher = V5Options::new("eo-pub", c.addr(2)).connect().await;
+    publisher.publish_qos2("eo/move", false, "one").await;
+    let publish = sub.recv_type(packet_type::PUBLISH).await;
+    sub.pubrec(publish.pkid()).await;
+    assert_eq!(sub.recv_type(packet_type::PUBREL).await.pkid(), publish.pkid());
+
+    // No PUBCOMP: the session moves to B past PUBREC.
+    let (mut moved, present) = raw_subscriber(&c, 1, None).await;
+    assert!(present, "{}", c.logs());
+    let resumed = moved.recv().await;
+    assert_eq!(resumed.packet_type(), packet_type::PUBREL, "PUBREL, not the PUBLISH: {resumed:?}");
+    assert_eq!(resumed.pkid(), publish.pkid());
+    moved.pubcomp(publish.pkid()).await;
+    assert!(moved.try_recv_type(packet_type::PUBLISH, QUIET).await.is_err(), "delivered twice");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop((sub, moved));
+    let (mut back, present) = raw_subscriber(&c, 2, None).await;
+    assert!(present, "{}", c.logs());
+    let quiet = back.try_recv(QUIET).await;
+    assert!(quiet.is_err(), "nothing is left to resend: {quiet:?}\n{}", c.logs());
+    mark_redis_ran().await;
+}
