@@ -1,0 +1,203 @@
+//! An MQTT 3.1.1 listener reduced to one task per connection that reads
+//! packets with ntex-mqtt's codec straight from ntex `Io`: CONNECT gets a
+//! CONNACK, PINGREQ a PINGRESP, the keep-alive is ntex's per-`Io` timer, and
+//! the task also waits on a wake-up a broker would use to hand it
+//! deliveries. Nothing else: it answers what an idle connection costs
+//! without ntex-mqtt's service pipeline, with the broker's ntex versions,
+//! worker count and read buffer settings.
+//!
+//! It also relays, so the per-message cost of such a loop can be set beside
+//! Mosquitto's: a PUBLISH is acknowledged (QoS 1) and written, at the lower
+//! of its QoS and the granted one, to every connection on the same worker
+//! that has subscribed to anything (filters are not matched: the
+//! benchmark's subscribers want every publish). QoS 0 to a connection whose
+//! write buffer is full is dropped. Run it with one worker for that, as
+//! Mosquitto has one thread.
+//!
+//! `mapcast-readloop-probe 127.0.0.1:18850 [workers]`, then
+//! `mapcast-bench conns -c 10000 --connect-rate 2000 --hold 5 --port 18850 --broker-pid PID`
+//! or `mapcast-bench pubsub … --port 18850 --broker-pid PID`.
+
+use std::cell::{Cell, RefCell};
+use std::num::NonZeroU16;
+use std::sync::Arc;
+
+use ntex::SharedCfg;
+use ntex::io::{Io, IoConfig, IoRef};
+use ntex::service::fn_service;
+use ntex::time::Seconds;
+use ntex::util::{Bytes, BytesMut};
+use ntex::util::{Either, select};
+use ntex_mqtt::v3::codec::{
+    Codec, ConnectAck, ConnectAckReason, Decoded, Encoded, Packet, Publish, QoS,
+    SubscribeReturnCode,
+};
+use tokio::sync::Notify;
+
+/// The broker's read buffer settings (`src/mqtt/server.rs`).
+const READ_BUF_HIGH: usize = 4 * 1024;
+const READ_BUF_LOW: usize = 512;
+const READ_BUF_CACHE: usize = 256;
+const MAX_PACKET: u32 = 64 * 1024;
+
+fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:18850".into());
+    let workers = args.next().and_then(|w| w.parse().ok()).unwrap_or(2);
+    ntex::rt::System::new("readloop", ntex::rt::DefaultRuntime).block_on(async move {
+        ntex::server::build()
+            .workers(workers)
+            .bind("mqtt", addr, async |_| fn_service(connection))?
+            .config(
+                "mqtt",
+                SharedCfg::new("MQTT").add(IoConfig::new().set_read_buf(
+                    READ_BUF_HIGH,
+                    READ_BUF_LOW,
+                    READ_BUF_CACHE,
+                )),
+            )
+            .run()
+            .await
+    })
+}
+
+/// A subscribed connection on this worker: its id, its `Io`, the QoS it was
+/// granted and its next packet id.
+struct Subscriber {
+    id: usize,
+    io: IoRef,
+    qos: QoS,
+    next_id: Cell<u16>,
+}
+
+thread_local! {
+    static SUBSCRIBERS: RefCell<Vec<Subscriber>> = const { RefCell::new(Vec::new()) };
+    static NEXT_CONN: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Removes the connection from the subscribers when its task ends.
+struct Unsubscribe(usize);
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        SUBSCRIBERS.with_borrow_mut(|subs| subs.retain(|s| s.id != self.0));
+    }
+}
+
+/// Writes one message to every subscriber on this worker.
+fn relay(codec: &Codec, publish: &Publish, payload: &Bytes) {
+    SUBSCRIBERS.with_borrow(|subs| {
+        for sub in subs {
+            let qos = publish.qos.min(sub.qos);
+            let packet_id = if qos == QoS::AtMostOnce {
+                if sub.io.is_wr_backpressure() {
+                    continue;
+                }
+                None
+            } else {
+                let id = sub.next_id.get().checked_add(1).unwrap_or(1);
+                sub.next_id.set(id);
+                NonZeroU16::new(id)
+            };
+            let out = Publish {
+                dup: false,
+                retain: false,
+                qos,
+                topic: publish.topic.clone(),
+                packet_id,
+                payload_size: publish.payload_size,
+            };
+            let _ = sub.io.encode(Encoded::Publish(out, Some(payload.clone())), codec);
+        }
+    });
+}
+
+async fn connection(io: Io) -> Result<(), ()> {
+    let codec = Codec::new();
+    codec.set_max_size(MAX_PACKET);
+    // Whole payloads where they fit the read buffer; the rest comes in chunks.
+    codec.set_min_chunk_size(MAX_PACKET);
+    let id = NEXT_CONN.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    let _unsubscribe = Unsubscribe(id);
+    let mut partial: Option<(Publish, BytesMut)> = None;
+    // Where a broker would signal queued deliveries for this connection.
+    let deliveries = Arc::new(Notify::new());
+    // CONNECT within 10 s, then 1.5 × the client's keep-alive between packets.
+    let mut grace = Seconds(10);
+    io.start_timer(grace);
+    loop {
+        let received = select(io.recv(&codec), deliveries.notified()).await;
+        if let Either::Left(Ok(Some(_))) = received {
+            // Any packet restarts the keep-alive (an update of the same timer slot).
+            io.start_timer(grace);
+        }
+        let packet = match received {
+            Either::Left(Ok(Some(Decoded::Packet(packet, _)))) => packet,
+            Either::Left(Ok(Some(Decoded::Publish(publish, payload, _)))) => {
+                if payload.len() == publish.payload_size as usize {
+                    publish_in(&io, &codec, &publish, &payload);
+                } else {
+                    partial = Some((publish, BytesMut::from(&payload[..])));
+                }
+                continue;
+            }
+            Either::Left(Ok(Some(Decoded::PayloadChunk(chunk, eof)))) => {
+                if let Some((_, buf)) = partial.as_mut() {
+                    buf.extend_from_slice(&chunk);
+                }
+                if eof && let Some((publish, buf)) = partial.take() {
+                    publish_in(&io, &codec, &publish, &buf.freeze());
+                }
+                continue;
+            }
+            Either::Left(Ok(None) | Err(_)) => return Ok(()),
+            Either::Right(()) => continue,
+        };
+        let reply = match packet {
+            Packet::Connect(connect) => {
+                grace = Seconds(
+                    u16::try_from(u32::from(connect.keep_alive) * 3 / 2).unwrap_or(u16::MAX),
+                );
+                Packet::ConnectAck(ConnectAck {
+                    session_present: false,
+                    return_code: ConnectAckReason::ConnectionAccepted,
+                })
+            }
+            Packet::PingRequest => Packet::PingResponse,
+            Packet::Subscribe { packet_id, topic_filters } => {
+                let qos = topic_filters
+                    .iter()
+                    .map(|(_, qos)| (*qos).min(QoS::AtLeastOnce))
+                    .max()
+                    .unwrap_or(QoS::AtMostOnce);
+                SUBSCRIBERS.with_borrow_mut(|subs| {
+                    subs.push(Subscriber { id, io: io.get_ref(), qos, next_id: Cell::new(0) })
+                });
+                let status = topic_filters
+                    .iter()
+                    .map(|(_, q)| SubscribeReturnCode::Success((*q).min(QoS::AtLeastOnce)))
+                    .collect();
+                Packet::SubscribeAck { packet_id, status }
+            }
+            Packet::Disconnect => return Ok(()),
+            _ => continue,
+        };
+        if let Packet::ConnectAck(_) = reply {
+            io.start_timer(grace);
+        }
+        if io.encode(Encoded::Packet(reply), &codec).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// QoS 1: PUBACK first, then the deliveries, as one write for the worker.
+fn publish_in(io: &Io, codec: &Codec, publish: &Publish, payload: &Bytes) {
+    if let Some(packet_id) = publish.packet_id {
+        let _ = io.encode(Encoded::Packet(Packet::PublishAck { packet_id }), codec);
+    }
+    relay(codec, publish, payload);
+}
