@@ -201,3 +201,69 @@ fn publish_in(io: &Io, codec: &Codec, publish: &Publish, payload: &Bytes) {
     }
     relay(codec, publish, payload);
 }
+
+#[cfg(test)]
+mod tests {
+    use ntex::testing::IoTest;
+    use ntex::time::{Millis, timeout};
+
+    use super::*;
+
+    /// A connection of the probe over an in-memory stream; the client side.
+    fn open() -> IoTest {
+        let (client, server) = IoTest::create();
+        // Room for the probe's answers (an in-memory stream has none by default).
+        client.remote_buffer_cap(4096);
+        ntex::rt::spawn(connection(Io::new(server, SharedCfg::new("T"))));
+        client
+    }
+
+    /// Reads until `want` bytes have arrived, then compares them.
+    async fn expect(client: &IoTest, want: &[u8]) {
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let chunk = timeout(Millis(2_000), client.read())
+                .await
+                .expect("the probe did not answer in time")
+                .unwrap();
+            assert!(!chunk.is_empty(), "closed after {got:02x?}");
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, want);
+    }
+
+    // CONNECT, MQTT 3.1.1, clean session, keep-alive 60 s, client id "a".
+    const CONNECT: &[u8] = &[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'a'];
+    const CONNACK: &[u8] = &[0x20, 2, 0, 0];
+
+    #[ntex::test]
+    async fn answers_connect_and_ping() {
+        let client = open();
+        client.write(CONNECT);
+        expect(&client, CONNACK).await;
+        client.write([0xC0, 0]);
+        expect(&client, &[0xD0, 0]).await;
+    }
+
+    #[ntex::test]
+    async fn acknowledges_and_relays_a_publish() {
+        let subscriber = open();
+        subscriber.write(CONNECT);
+        expect(&subscriber, CONNACK).await;
+        // SUBSCRIBE id 1 to "#" at QoS 1: granted QoS 1.
+        subscriber.write([0x82, 6, 0, 1, 0, 1, b'#', 1]);
+        expect(&subscriber, &[0x90, 3, 0, 1, 1]).await;
+
+        let publisher = open();
+        publisher.write(CONNECT);
+        expect(&publisher, CONNACK).await;
+        // PUBLISH QoS 1, topic "t", id 7, payload "hi", split inside the payload.
+        publisher.write([0x32, 7, 0, 1, b't', 0, 7, b'h']);
+        // The header is decoded first, the payload's end comes as a chunk.
+        ntex::time::sleep(Millis(50)).await;
+        publisher.write([b'i']);
+        expect(&publisher, &[0x40, 2, 0, 7]).await;
+        // Delivered at QoS 1 with the subscriber's own packet id.
+        expect(&subscriber, &[0x32, 7, 0, 1, b't', 0, 1, b'h', b'i']).await;
+    }
+}
