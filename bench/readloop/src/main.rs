@@ -14,7 +14,10 @@
 //! write buffer is full is dropped. Run it with one worker for that, as
 //! Mosquitto has one thread.
 //!
-//! `mapcast-readloop-probe 127.0.0.1:18850 [workers]`, then
+//! With `5` as third argument it speaks MQTT 5.0 instead, for idle
+//! connections only (CONNECT, PINGREQ, DISCONNECT).
+//!
+//! `mapcast-readloop-probe 127.0.0.1:18850 [workers] [3|5]`, then
 //! `mapcast-bench conns -c 10000 --connect-rate 2000 --hold 5 --port 18850 --broker-pid PID`
 //! or `mapcast-bench pubsub … --port 18850 --broker-pid PID`.
 
@@ -44,10 +47,15 @@ fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:18850".into());
     let workers = args.next().and_then(|w| w.parse().ok()).unwrap_or(2);
+    let v5 = args.next().is_some_and(|level| level == "5");
     ntex::rt::System::new("readloop", ntex::rt::DefaultRuntime).block_on(async move {
-        ntex::server::build()
-            .workers(workers)
-            .bind("mqtt", addr, async |_| fn_service(connection))?
+        let server = ntex::server::build().workers(workers);
+        let server = if v5 {
+            server.bind("mqtt", addr, async |_| fn_service(idle_v5))?
+        } else {
+            server.bind("mqtt", addr, async |_| fn_service(connection))?
+        };
+        server
             .config(
                 "mqtt",
                 SharedCfg::new("MQTT").add(IoConfig::new().set_read_buf(
@@ -194,6 +202,38 @@ async fn connection(io: Io) -> Result<(), ()> {
     }
 }
 
+/// The idle part of `connection` in MQTT 5.0.
+async fn idle_v5(io: Io) -> Result<(), ()> {
+    use ntex_mqtt::v5::codec as v5;
+    let codec = v5::Codec::new();
+    codec.set_max_inbound_size(MAX_PACKET);
+    let deliveries = Arc::new(Notify::new());
+    let mut grace = Seconds(10);
+    io.start_timer(grace);
+    loop {
+        let packet = match select(io.recv(&codec), deliveries.notified()).await {
+            Either::Left(Ok(Some(v5::Decoded::Packet(packet, _)))) => packet,
+            Either::Left(Ok(Some(_))) | Either::Right(()) => continue,
+            Either::Left(Ok(None) | Err(_)) => return Ok(()),
+        };
+        let reply = match packet {
+            v5::Packet::Connect(connect) => {
+                grace = Seconds(
+                    u16::try_from(u32::from(connect.keep_alive) * 3 / 2).unwrap_or(u16::MAX),
+                );
+                v5::Packet::ConnectAck(Box::default())
+            }
+            v5::Packet::PingRequest => v5::Packet::PingResponse,
+            v5::Packet::Disconnect(_) => return Ok(()),
+            _ => continue,
+        };
+        io.start_timer(grace);
+        if io.encode(v5::Encoded::Packet(reply), &codec).is_err() {
+            return Ok(());
+        }
+    }
+}
+
 /// QoS 1: PUBACK first, then the deliveries, as one write for the worker.
 fn publish_in(io: &Io, codec: &Codec, publish: &Publish, payload: &Bytes) {
     if let Some(packet_id) = publish.packet_id {
@@ -216,6 +256,21 @@ mod tests {
         client.remote_buffer_cap(4096);
         ntex::rt::spawn(connection(Io::new(server, SharedCfg::new("T"))));
         client
+    }
+
+    #[ntex::test]
+    async fn answers_connect_and_ping_in_mqtt_5() {
+        let (client, server) = IoTest::create();
+        client.remote_buffer_cap(4096);
+        ntex::rt::spawn(idle_v5(Io::new(server, SharedCfg::new("T"))));
+        // CONNECT, MQTT 5.0, clean start, keep-alive 60 s, no properties, id "a".
+        client.write([0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b'a']);
+        let connack = timeout(Millis(2_000), client.read()).await.unwrap().unwrap();
+        // CONNACK, no session present, reason 0x00 (success).
+        assert_eq!((connack[0], connack[2], connack[3]), (0x20, 0, 0), "{connack:02x?}");
+        assert_eq!(connack.len(), 2 + usize::from(connack[1]), "{connack:02x?}");
+        client.write([0xC0, 0]);
+        expect(&client, &[0xD0, 0]).await;
     }
 
     /// Reads until `want` bytes have arrived, then compares them.
