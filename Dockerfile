@@ -4,20 +4,26 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 
-# The dependencies in a layer of their own, rebuilt only when Cargo.toml or
-# Cargo.lock change: stub sources stand in for mapcast's own (and for the
-# benches the manifest names, or it does not load). The stubs' outputs are
-# then forgotten: the real sources keep their (older) times, and cargo
-# would take the stub binary for up to date.
+# The dependencies in a layer of their own, rebuilt only when a manifest or
+# Cargo.lock change: stub sources stand in for mapcast's own, for the other
+# workspace members' (bench/) and for the benches the manifest names, or the
+# workspace does not load. The stubs' outputs are then forgotten: the real
+# sources keep their (older) times, and cargo would take the stub binary for
+# up to date.
 COPY Cargo.toml Cargo.lock ./
+COPY bench/Cargo.toml bench/
+COPY bench/readloop/Cargo.toml bench/readloop/
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
+    && for member in bench bench/readloop; do \
+        mkdir -p "$member/src" && echo 'fn main() {}' > "$member/src/main.rs" && touch "$member/src/lib.rs"; \
+    done \
     && for bench in $(awk '/^\[\[bench\]\]/ { b = 1; next } /^\[/ { b = 0 } b && $1 == "name" { gsub(/"/, "", $3); print $3 }' Cargo.toml); do \
         echo 'fn main() {}' > "benches/$bench.rs"; \
     done \
     && cargo build --release --locked --bin mapcast \
-    && rm -rf src benches \
+    && rm -rf src benches bench \
     && rm -rf target/release/.fingerprint/mapcast-* target/release/deps/mapcast-* \
         target/release/deps/libmapcast-* target/release/build/mapcast-*
 
