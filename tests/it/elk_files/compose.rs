@@ -492,7 +492,7 @@ fn the_dependency_layer_loads_the_workspace_from_the_files_it_copies() {
         .expect("sh runs");
     assert!(out.status.success(), "{run}\n{}", String::from_utf8_lossy(&out.stderr));
     let metadata: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("metadata.json")).unwrap()).unwrap();
+        serde_json::from_str(&read(&dir.path().join("metadata.json"))).unwrap();
     let members = metadata["workspace_members"].as_array().map_or(0, Vec::len);
     let root = read(&repo("Cargo.toml"));
     let listed = root.split("members = [").nth(1).and_then(|s| s.split(']').next()).unwrap();
