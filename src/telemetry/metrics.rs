@@ -113,6 +113,13 @@ pub struct Metrics {
     /// because a later one claimed their client id.
     pub cluster_takeovers: AtomicU64,
     pub cluster_superseded: AtomicU64,
+    /// Publishes passed on for shared groups whose chosen instance had no
+    /// member left, and group deliveries lost for want of any member.
+    pub cluster_shared_passed_on: AtomicU64,
+    pub cluster_shared_lost: AtomicU64,
+    /// Live instances and their connected clients, as last read from Redis.
+    pub cluster_instances: AtomicU64,
+    pub cluster_clients_connected: AtomicU64,
     /// Map snapshots published, and the figures of the latest.
     pub updater_builds: AtomicU64,
     pub updater_build_failures: AtomicU64,
@@ -178,6 +185,10 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     cluster_malformed: AtomicU64::new(0),
     cluster_takeovers: AtomicU64::new(0),
     cluster_superseded: AtomicU64::new(0),
+    cluster_shared_passed_on: AtomicU64::new(0),
+    cluster_shared_lost: AtomicU64::new(0),
+    cluster_instances: AtomicU64::new(0),
+    cluster_clients_connected: AtomicU64::new(0),
     updater_builds: AtomicU64::new(0),
     updater_build_failures: AtomicU64::new(0),
     updater_build_ms: AtomicU64::new(0),
@@ -372,6 +383,26 @@ impl Metrics {
                 m::CLUSTER_SUPERSEDED,
                 "CONNECTs refused because a later one claimed their client id.",
                 g(&self.cluster_superseded),
+            ),
+            Scalar::counter(
+                m::CLUSTER_SHARED_PASSED_ON,
+                "Publishes passed on to another instance: the one chosen for a shared group had no member left.",
+                g(&self.cluster_shared_passed_on),
+            ),
+            Scalar::counter(
+                m::CLUSTER_SHARED_LOST,
+                "Shared-group deliveries dropped: no instance had a member left (or QoS 0).",
+                g(&self.cluster_shared_lost),
+            ),
+            Scalar::gauge(
+                m::CLUSTER_INSTANCES,
+                "Live instances, as last read from Redis.",
+                g(&self.cluster_instances),
+            ),
+            Scalar::gauge(
+                m::CLUSTER_CLIENTS_CONNECTED,
+                "Clients connected to all live instances, as last read from Redis.",
+                g(&self.cluster_clients_connected),
             ),
             Scalar::counter(
                 m::UPDATER_BUILDS,

@@ -14,6 +14,7 @@ mod bench;
 mod browser;
 mod chaos;
 mod cluster;
+mod cluster_shared;
 mod cluster_takeover;
 mod connect;
 mod crash;
