@@ -1,6 +1,7 @@
 //! Several instances as one broker, continued: a shared subscription's
-//! message reaches one member cluster-wide, and `$SYS/cluster/...` sums the
-//! live instances. Runs when `MAPCAST_TEST_POSTGRES_URL` is set and
+//! message reaches one member cluster-wide, `$SYS/cluster/...` sums the
+//! live instances, and an instance without PostgreSQL is not ready. Runs
+//! when `MAPCAST_TEST_POSTGRES_URL` (or `MAPCAST_TEST_PG_BIN`) is set and
 //! `redis-server` is on the PATH.
 
 use std::collections::{HashMap, HashSet};
@@ -9,7 +10,10 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 
-use crate::helpers::{Cluster, V5Client, V5Options, location, mark_redis_ran, text, v5_topic};
+use crate::helpers::{
+    Cluster, PgCluster, RedisServer, ServerProcess, V5Client, V5Options, location,
+    mark_pg_cluster_ran, mark_redis_ran, text, v5_topic,
+};
 
 const GROUP: &str = "$share/g/devices/+/location";
 /// Longer than an instance takes to hear of another's new or gone
@@ -254,5 +258,49 @@ async fn sys_cluster_totals_sum_the_live_instances() {
     assert_eq!(number(&seen, connected), Some(3), "{seen:?}\n{}", c.logs());
     assert_eq!(number(&seen, "$SYS/cluster/instances"), Some(2), "{seen:?}");
     assert!(killed.elapsed() < Duration::from_secs(12), "took {:?}", killed.elapsed());
+    mark_redis_ran().await;
+}
+
+/// Poll `node`'s `/readyz` until it answers `status` (within 20 s).
+async fn wait_for_readiness(node: &ServerProcess, status: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = format!("http://{}/readyz", node.http_addr);
+        let answer = reqwest::get(url).await.map(|r| r.status().as_u16());
+        if answer.as_ref().is_ok_and(|s| *s == status) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never answered {status} (last {answer:?})\n{}",
+            node.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn instances_that_lost_postgresql_are_not_ready_until_it_is_back() {
+    let test = "instances_that_lost_postgresql_are_not_ready_until_it_is_back";
+    let Some(pg) = PgCluster::start_if_configured(test).await else { return };
+    let Some(redis) = RedisServer::start_if_available(test).await else { return };
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ["--database-url", &pg.url(), "--cluster-redis-url", &redis.url()];
+        nodes.push((ServerProcess::start(dir.path(), &args).await, dir));
+    }
+    for (node, _) in &nodes {
+        wait_for_readiness(node, 200).await;
+    }
+    pg.stop_immediate().await;
+    for (node, _) in &nodes {
+        wait_for_readiness(node, 503).await;
+    }
+    pg.start().await;
+    for (node, _) in &nodes {
+        wait_for_readiness(node, 200).await;
+    }
+    mark_pg_cluster_ran().await;
     mark_redis_ran().await;
 }
