@@ -1954,6 +1954,112 @@ mod tests {
         assert!(r.share_cursor.is_empty(), "no cursor outlives its group");
     }
 
+    /// Other instances as fixed: `remote` has the others' groups.
+    #[derive(Debug)]
+    struct FixedPeers {
+        me: Arc<str>,
+        remote: Arc<groups::RemoteGroups>,
+        told: std::sync::Mutex<Vec<Vec<(GroupKey, Members)>>>,
+    }
+
+    impl super::super::ports::Peers for FixedPeers {
+        fn node(&self) -> &Arc<str> {
+            &self.me
+        }
+        fn remote_groups(&self) -> Arc<groups::RemoteGroups> {
+            self.remote.clone()
+        }
+        fn set_local_groups(&self, groups: Vec<(GroupKey, Members)>) {
+            self.told.lock().unwrap().push(groups);
+        }
+        fn totals(&self) -> Option<groups::ClusterTotals> {
+            None
+        }
+    }
+
+    /// A fabric that keeps the picks of what it is given.
+    #[derive(Debug, Default)]
+    struct PickRecorder {
+        shared: std::sync::Mutex<Vec<Option<Arc<Picks>>>>,
+    }
+
+    impl Fabric for PickRecorder {
+        fn share(
+            &self,
+            _msg: Arc<Message>,
+            _kept: Option<oneshot::Receiver<bool>>,
+            _outbox: Option<u64>,
+            picks: Option<Arc<Picks>>,
+        ) -> bool {
+            self.shared.lock().unwrap().push(picks);
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn shared_groups_go_where_chosen_and_are_passed_on_when_nobody_is_left() {
+        let mut r = bare_router();
+        let key: GroupKey = ("g".into(), TopicFilter::parse("t", TopicLimits::default()).unwrap());
+        let one = Members { total: 1, online: 1 };
+        let peers = Arc::new(FixedPeers {
+            me: Arc::from("me"),
+            remote: Arc::new(groups::RemoteGroups::new([(
+                Arc::from("other"),
+                vec![(key.clone(), one)],
+            )])),
+            told: Default::default(),
+        });
+        let fabric = Arc::new(PickRecorder::default());
+        r.peers = Some(peers.clone());
+        r.fabric = Some(fabric.clone());
+        let id = ClientId::from("a");
+        let c = r.connect(request("a", true, 0, None, Identity::anonymous()), None).unwrap();
+        r.subscribe(&id, c.conn, vec![sub("$share/g/t", QoS::AtLeastOnce)]);
+        r.tell_groups();
+        assert_eq!(peers.told.lock().unwrap().last().unwrap(), &vec![(key.clone(), one)]);
+
+        // Publishes taken here go in turn here and to the other instance.
+        for _ in 0..4 {
+            r.publish(Arc::new(msg("t", "x", QoS::AtMostOnce, false)), Vec::new(), false).unwrap();
+        }
+        assert_eq!(c.outbox.len(), 2, "every other one here");
+        let chosen: Vec<String> = fabric
+            .shared
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_ref().unwrap().chosen(&key.0, &key.1).unwrap().to_owned())
+            .collect();
+        assert_eq!(chosen.iter().filter(|n| *n == "other").count(), 2, "{chosen:?}");
+
+        // Others' publishes: delivered here only when chosen here, or when
+        // their instance does not choose.
+        let picks = |node: &str| {
+            Some(Box::new(Picks {
+                groups: vec![(key.0.clone(), key.1.clone(), Arc::from(node))],
+                hops: 0,
+            }))
+        };
+        let m = msg("t", "x", QoS::AtLeastOnce, false);
+        r.handle(Command::Remote(m.clone(), picks("other")));
+        assert_eq!(c.outbox.len(), 2);
+        r.handle(Command::Remote(m.clone(), picks("me")));
+        assert_eq!(c.outbox.len(), 3);
+        r.handle(Command::Remote(m.clone(), None));
+        assert_eq!(c.outbox.len(), 4);
+
+        // Chosen here after the last member left: passed on to the other.
+        r.unsubscribe(&id, c.conn, vec!["$share/g/t".into()]);
+        r.tell_groups();
+        assert!(peers.told.lock().unwrap().last().unwrap().is_empty());
+        let before = fabric.shared.lock().unwrap().len();
+        r.handle(Command::Remote(m, picks("me")));
+        let shared = fabric.shared.lock().unwrap();
+        assert_eq!(shared.len(), before + 1);
+        let passed = shared.last().unwrap().as_deref().unwrap();
+        assert_eq!((passed.chosen(&key.0, &key.1), passed.hops), (Some("other"), 1));
+    }
+
     #[tokio::test]
     async fn reconnects_replace_a_sessions_timers_instead_of_piling_them_up() {
         let mut r = bare_router();
