@@ -12,9 +12,9 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::auth::ConfigAuthenticator;
-use crate::broker::ports::{SharedFabric, SharedOwnership};
+use crate::broker::ports::{SharedFabric, SharedOwnership, SharedPeers};
 use crate::broker::{self, BrokerHandle, SharedAuthenticator};
-use crate::cluster::{ClusterOwnership, FabricSettings, RedisFabric};
+use crate::cluster::{ClusterOwnership, FabricSettings, RedisFabric, RedisPeers};
 use crate::config::Settings;
 use crate::domain::Role;
 use crate::flags::{FlagTimings, Flags};
@@ -146,6 +146,11 @@ impl Application {
             ),
             None => None,
         };
+        // Several instances: shared groups and `$SYS/cluster` totals.
+        let peers = match &settings.cluster.redis_url {
+            Some(url) => Some(RedisPeers::new(url.expose(), &settings.cluster.stream, &instance)?),
+            None => None,
+        };
         let (broker, router_task) = broker::spawn_router(
             settings.broker.limits.clone(),
             auth,
@@ -155,6 +160,7 @@ impl Application {
             Some(hook),
             fabric.as_ref().map(|(f, ..)| Arc::new(f.clone()) as SharedFabric),
             ownership.as_ref().map(|(o, _)| Arc::new(o.clone()) as SharedOwnership),
+            peers.as_ref().map(|(p, _)| Arc::new(p.clone()) as SharedPeers),
         );
         let map_view = MapView::default();
         let map_ids = if settings.effective_public_map_ids() {
@@ -248,6 +254,9 @@ impl Application {
         }
         if let Some((_, control)) = ownership {
             control.spawn(broker.clone(), stopping.clone());
+        }
+        if let Some((_, task)) = peers {
+            task.spawn(broker.stats().clone(), stopping.clone());
         }
         let retention_task = (settings.history.retention_days > 0).then(|| {
             let retention = HistoryRetention::new(store.clone(), settings.history.retention_days);

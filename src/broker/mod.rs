@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod auth;
+pub mod groups;
 mod inbox;
 pub mod journal;
 pub mod limits;
@@ -249,8 +250,10 @@ pub(crate) enum Command {
         filters: Vec<ByteString>,
         reply: oneshot::Sender<Vec<bool>>,
     },
-    /// A publish accepted by another instance, for this one's subscribers.
-    Remote(Message),
+    /// A publish accepted by another instance, for this one's subscribers,
+    /// with the instances it chose for shared groups (`None` from an
+    /// instance that does not choose).
+    Remote(Message, Option<Box<groups::Picks>>),
     Publish {
         msg: Message,
         /// Writes added by the [`PublishHook`].
@@ -481,9 +484,13 @@ impl BrokerHandle {
     /// Route a publish another instance accepted to this instance's
     /// subscribers (its retained value too), waiting while the router is
     /// full. Hooks do not see it again; it is not shared back.
-    pub async fn route_remote(&self, msg: Message) -> Result<(), PublishError> {
+    pub async fn route_remote(
+        &self,
+        msg: Message,
+        picks: Option<groups::Picks>,
+    ) -> Result<(), PublishError> {
         self.room().await;
-        self.send(Command::Remote(msg))
+        self.send(Command::Remote(msg, picks.map(Box::new)))
     }
 
     /// Resolves once the router has room for more publishes.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 pub use super::auth::BoxFuture;
+use super::groups::{ClusterTotals, GroupKey, Members, Picks, RemoteGroups};
 use crate::domain::{ClientId, Message, Principal, StoreError, StoredSession, WriteOp};
 
 /// Resolves once a durable write is committed, or says why it was not.
@@ -56,18 +57,36 @@ pub trait Fabric: Send + Sync + std::fmt::Debug + 'static {
         msg: Arc<Message>,
         kept: Option<oneshot::Receiver<bool>>,
         outbox: Option<u64>,
+        picks: Option<Arc<Picks>>,
     ) -> bool;
 
     /// The write that keeps an acknowledged publish for the other instances
     /// until it is shared, committed with the publish's own writes so a
     /// crash of this instance before then loses nothing; with its number,
-    /// for [`Fabric::share`]. `None` when nothing needs keeping.
-    fn outbox(&self, _msg: &Message) -> Option<(u64, WriteOp)> {
+    /// for [`Fabric::share`]. `None` when nothing needs keeping. `picks`
+    /// go with it (see [`Peers`]).
+    fn outbox(&self, _msg: &Message, _picks: Option<&Picks>) -> Option<(u64, WriteOp)> {
         None
     }
 }
 
 pub type SharedFabric = Arc<dyn Fabric>;
+
+/// What the other live instances say of themselves (several instances):
+/// their members of shared groups, so a publish accepted here goes to one
+/// member cluster-wide, and their counters, for `$SYS/cluster/...`.
+pub trait Peers: Send + Sync + std::fmt::Debug + 'static {
+    /// This instance, as [`Picks`] name it.
+    fn node(&self) -> &Arc<str>;
+    /// The others' shared groups, as last read.
+    fn remote_groups(&self) -> Arc<RemoteGroups>;
+    /// This instance's members of each shared group changed: tell the others.
+    fn set_local_groups(&self, groups: Vec<(GroupKey, Members)>);
+    /// Sums over the live instances, once known.
+    fn totals(&self) -> Option<ClusterTotals>;
+}
+
+pub type SharedPeers = Arc<dyn Peers>;
 
 /// A client id claimed for this instance before its CONNECT reaches the
 /// router (several instances: see [`Ownership`]).

@@ -12,10 +12,13 @@ use ntex::util::ByteString;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::groups::{self, GroupKey, MAX_HOPS, Members, Picks};
 use super::inbox::{InboxReceiver, inbox};
 use super::journal::{Journal, Replay};
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
-use super::ports::{Claim, CommitReceipt, SharedDurability, SharedFabric, SharedOwnership};
+use super::ports::{
+    Claim, CommitReceipt, SharedDurability, SharedFabric, SharedOwnership, SharedPeers,
+};
 use super::retained::RetainedStore;
 use super::session::Session;
 use super::trie::{Entry, Removed, SubscriptionTrie};
@@ -40,6 +43,11 @@ const BATCH: usize = 1024;
 const FENCE_TTL: Duration = Duration::from_secs(120);
 /// Announced claims remembered at most (each a client id and two numbers).
 const MAX_FENCES: usize = 100_000;
+/// How often this instance's shared-group members are passed on to the
+/// other instances, when they changed.
+const GROUPS_EVERY: Duration = Duration::from_millis(100);
+/// Cursors of the instance choice kept at most; past it they restart.
+const MAX_NODE_CURSORS: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -109,6 +117,18 @@ struct Router {
     /// session of, and when they were announced: a connect claimed
     /// earlier that reaches the router later is refused.
     fences: HashMap<ClientId, (u64, Instant)>,
+    /// Set when several instances share the work: the others' members of
+    /// shared groups, and where this one's go.
+    peers: Option<SharedPeers>,
+    /// Round-robin cursors of the instance choice, keyed by (group, filter).
+    node_cursor: HashMap<GroupKey, u64>,
+    /// Members of a shared group came, went, connected or disconnected.
+    groups_dirty: bool,
+    /// The instances chosen for the publish being routed.
+    picked: Vec<(ByteString, TopicFilter, Arc<str>)>,
+    /// Groups the routed remote publish chose this instance for and that
+    /// have no member here (any more).
+    orphans: Vec<GroupKey>,
 }
 
 /// One session a publish goes to, after merging overlapping subscriptions.
@@ -131,6 +151,7 @@ pub fn spawn_router(
     hook: Option<Arc<dyn PublishHook>>,
     fabric: Option<SharedFabric>,
     ownership: Option<SharedOwnership>,
+    peers: Option<SharedPeers>,
 ) -> (BrokerHandle, JoinHandle<()>) {
     let (inbox, rx) = inbox(COMMAND_QUEUE);
     let stats = Arc::new(Stats::default());
@@ -146,6 +167,8 @@ pub fn spawn_router(
     }
     router.fabric = fabric;
     router.ownership = ownership.clone();
+    router.groups_dirty = peers.is_some();
+    router.peers = peers;
     router.restore(restored);
     let handle = BrokerHandle { inbox, stats, limits, auth, next_conn, hook, ownership };
     let sys_handle = handle.clone();
@@ -186,6 +209,11 @@ impl Router {
             seq_block_end: u64::MAX,
             seq_overrun: false,
             fences: HashMap::new(),
+            peers: None,
+            node_cursor: HashMap::new(),
+            groups_dirty: false,
+            picked: Vec::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -270,6 +298,8 @@ impl Router {
         drop(handle);
         let mut sys_tick = tokio::time::interval(sys_interval.max(Duration::from_secs(1)));
         sys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut groups_tick = tokio::time::interval(GROUPS_EVERY);
+        groups_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let deadline = self.timers.first_key_value().map(|((at, _), _)| *at);
             tokio::select! {
@@ -288,6 +318,7 @@ impl Router {
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => self.fire_timers(),
                 _ = sys_tick.tick() => self.publish_sys(),
+                _ = groups_tick.tick(), if self.groups_dirty => self.tell_groups(),
             }
         }
         tracing::debug!("router stopped");
@@ -318,10 +349,15 @@ impl Router {
                     let _ = reply.send(result);
                 }
             }
-            Command::Remote(msg) => {
+            Command::Remote(msg, picks) => {
                 // Best effort, as for a will: nobody waits here (the
                 // publisher had its answer on its own instance).
-                let _ = self.publish_from(Arc::new(msg), Vec::new(), false, Origin::Remote);
+                let origin = Origin::Remote(picks.as_deref());
+                let msg = Arc::new(msg);
+                let _ = self.publish_from(msg.clone(), Vec::new(), false, origin);
+                if !self.orphans.is_empty() {
+                    self.pass_on(msg, picks.map_or(0, |p| p.hops));
+                }
             }
             Command::Replay { after, filters, reply } => {
                 let missed = self.journal.since(after, &filters);
@@ -429,6 +465,7 @@ impl Router {
         session.will = req.will;
         session.outbox.set_persistent(persistent);
         session.outbox.attach(conn);
+        self.groups_dirty |= has_groups(session);
         let outbox = session.outbox.clone();
         let subs: Vec<(SharedFilter, SubscriptionOptions)> = if persistent && !was_persistent {
             session.subscriptions.iter().map(|(f, o)| (f.clone(), *o)).collect()
@@ -597,6 +634,7 @@ impl Router {
         let mut session = self.sessions.remove(client)?;
         self.cancel_timers(client);
         let was_connected = session.conn.is_some();
+        self.groups_dirty |= has_groups(&session);
         if let Some(conn) = session.conn.take() {
             self.online -= 1;
             self.stats.clients_connected.store(self.online as u64, Relaxed);
@@ -761,6 +799,7 @@ impl Router {
         }
         session.conn = None;
         self.online -= 1;
+        self.groups_dirty |= has_groups(session);
         if client.is_sse() {
             self.journal.stream_closed();
         }
@@ -815,6 +854,7 @@ impl Router {
     fn end_session(&mut self, client: &ClientId) {
         let Some(mut session) = self.sessions.remove(client) else { return };
         self.cancel_timers(client);
+        self.groups_dirty |= has_groups(&session);
         if session.conn.is_some() {
             self.online -= 1;
             if client.is_sse() {
@@ -867,6 +907,7 @@ impl Router {
                 continue;
             }
             let options = req.options;
+            self.groups_dirty |= req.filter.group.is_some();
             session.subscriptions.insert(req.filter.clone(), options);
             self.trie.insert(&req.filter.filter, entry(client, &req.filter, options));
             if persistent {
@@ -955,6 +996,7 @@ impl Router {
                 let Ok(filter) = SharedFilter::parse(raw, limits) else { return false };
                 let existed = session.subscriptions.remove(&filter).is_some();
                 if existed {
+                    self.groups_dirty |= filter.group.is_some();
                     remove_subscription(&mut self.trie, &mut self.share_cursor, client, &filter);
                     if session.is_persistent() {
                         ops.push(WriteOp::DeleteSubscription {
@@ -989,7 +1031,7 @@ impl Router {
         msg: Arc<Message>,
         mut ops: Vec<WriteOp>,
         wants_reply: bool,
-        origin: Origin,
+        origin: Origin<'_>,
     ) -> Result<PublishReply, PublishError> {
         // `$SYS` topics are the broker's own and never stored, nor is the
         // map (`map/...`): the updater rebuilds and republishes it at start,
@@ -1006,7 +1048,7 @@ impl Router {
             });
         }
 
-        let matched = self.collect_targets(&msg);
+        let matched = self.collect_targets(&msg, origin);
         // The message's mark: below its deliveries' numbers, above earlier ones.
         let mark = self.next_seq();
         let queue_qos0 = self.limits.queue_qos0_messages;
@@ -1055,9 +1097,11 @@ impl Router {
         // commit: acknowledged means it reaches them, even if this instance
         // dies before the fabric takes it.
         let shares = origin == Origin::Local && !msg.topic.is_server_owned();
+        let picks = (shares && self.peers.is_some())
+            .then(|| Arc::new(Picks { groups: std::mem::take(&mut self.picked), hops: 0 }));
         let outbox = match &self.fabric {
             Some(fabric) if shares && wants_reply && msg.qos != QoS::AtMostOnce => {
-                fabric.outbox(&msg).map(|(n, op)| {
+                fabric.outbox(&msg, picks.as_deref()).map(|(n, op)| {
                     ops.push(op);
                     n
                 })
@@ -1100,8 +1144,10 @@ impl Router {
             None
         };
         // Taken (a refused publish returned above): resuming streams may
-        // replay it.
-        self.journal.push(mark, &msg);
+        // replay it (once: not again when passed on for a shared group).
+        if !matches!(origin, Origin::Remote(Some(p)) if p.hops > 0) {
+            self.journal.push(mark, &msg);
+        }
         if msg.retain && self.retained.apply(&msg) && !msg.topic.is_broker_reserved() {
             self.stats.retained_count.store(self.retained.len() as u64, Relaxed);
         }
@@ -1127,18 +1173,24 @@ impl Router {
         }
         let mut shared = false;
         if shares && let Some(fabric) = &self.fabric {
-            commit = share_when_stored(fabric, msg, commit, outbox);
+            commit = share_when_stored(fabric, msg, commit, outbox, picks);
             shared = true;
         }
         Ok(PublishReply { outcome: PublishOutcome { matched, shared }, commit, congested })
     }
 
-    /// Fill `self.scratch` with one target per session; returns the match count.
-    fn collect_targets(&mut self, msg: &Message) -> usize {
+    /// Fill `self.scratch` with one target per session; returns the match
+    /// count. With other instances, shared groups go where the publish's
+    /// instance chose (`self.picked` when that is this one).
+    fn collect_targets(&mut self, msg: &Message, origin: Origin<'_>) -> usize {
         let publisher = msg.publisher.as_ref();
         let mut shared: Vec<&Entry> = Vec::new();
         let scratch = &mut self.scratch;
         scratch.clear();
+        self.picked.clear();
+        self.orphans.clear();
+        // Passed on for shared groups: nobody else gets it again.
+        let groups_only = matches!(origin, Origin::Remote(Some(p)) if p.hops > 0);
         let mut matched = 0;
         self.trie.for_each_match(msg.topic.as_str(), |e| {
             matched += 1;
@@ -1146,11 +1198,22 @@ impl Router {
                 shared.push(e);
                 return;
             }
-            if e.options.no_local && publisher == Some(&e.client) {
+            if groups_only || e.options.no_local && publisher == Some(&e.client) {
                 return;
             }
             add_target(scratch, &e.client, &e.options, msg.qos);
         });
+        let me = self.peers.as_ref().map(|p| p.node().clone());
+        let view = match (&self.peers, origin) {
+            (Some(peers), Origin::Local) if !msg.topic.is_server_owned() => {
+                Some(peers.remote_groups())
+            }
+            _ => None,
+        };
+        if self.node_cursor.len() > MAX_NODE_CURSORS {
+            self.node_cursor.clear();
+        }
+        let mut local_groups: Vec<GroupKey> = Vec::new();
         if !shared.is_empty() {
             // Each (group, filter) picks one member, round-robin, preferring
             // members that are connected now.
@@ -1168,9 +1231,45 @@ impl Router {
                     j += 1;
                 }
                 let members = &shared[i..j];
-                let cursor = self.share_cursor.entry(key).or_insert(0);
+                i = j;
                 let online =
                     |e: &&Entry| self.sessions.get(&e.client).is_some_and(|s| s.conn.is_some());
+                let here = match (&me, origin) {
+                    (None, _) => true,
+                    (Some(me), Origin::Local) => match &view {
+                        Some(view) => {
+                            let local = Members {
+                                total: members.len() as u32,
+                                online: members.iter().filter(|e| online(e)).count() as u32,
+                            };
+                            let mut candidates = view.members(&key).to_vec();
+                            candidates.push((me.clone(), local));
+                            let cursor = self.node_cursor.entry(key.clone()).or_insert(0);
+                            let chosen =
+                                groups::pick(cursor, &candidates).unwrap_or_else(|| me.clone());
+                            let here = chosen == *me;
+                            self.picked.push((key.0.clone(), key.1.clone(), chosen));
+                            here
+                        }
+                        None => true,
+                    },
+                    (Some(me), Origin::Remote(picks)) => {
+                        local_groups.push(key.clone());
+                        match picks {
+                            // From an instance that does not choose.
+                            None => true,
+                            Some(p) => match p.chosen(&key.0, &key.1) {
+                                Some(chosen) => chosen == &**me,
+                                // Its sender did not know of the group yet.
+                                None => p.hops == 0,
+                            },
+                        }
+                    }
+                };
+                if !here {
+                    continue;
+                }
+                let cursor = self.share_cursor.entry(key).or_insert(0);
                 let n = members.len();
                 let pick = (0..n)
                     .map(|k| (*cursor + k) % n)
@@ -1179,11 +1278,82 @@ impl Router {
                 *cursor = pick + 1;
                 let e = members[pick];
                 add_target(scratch, &e.client, &e.options, msg.qos);
-                i = j;
+            }
+        }
+        // Groups with members on other instances only.
+        if let Some(view) = view.as_deref().filter(|v| !v.is_empty()) {
+            let (cursors, picked) = (&mut self.node_cursor, &mut self.picked);
+            view.for_each_match(msg.topic.as_str(), |key, listed| {
+                if picked.iter().any(|(g, f, _)| *g == key.0 && *f == key.1) {
+                    return;
+                }
+                if let Some(chosen) = groups::pick(cursors.entry(key.clone()).or_insert(0), listed)
+                {
+                    picked.push((key.0.clone(), key.1.clone(), chosen));
+                }
+            });
+        }
+        // Chosen here for a group with nobody here any more.
+        if let (Some(me), Origin::Remote(Some(picks))) = (&me, origin) {
+            for (g, f, chosen) in &picks.groups {
+                if chosen == me && !local_groups.iter().any(|(lg, lf)| lg == g && lf == f) {
+                    self.orphans.push((g.clone(), f.clone()));
+                }
             }
         }
         merge_targets(scratch);
         matched
+    }
+
+    /// A remote publish chose this instance for groups it has no member of
+    /// (they left since the sender last heard): pass it on to another
+    /// instance with members, at most [`MAX_HOPS`] times. QoS 0 is not
+    /// passed on, as it would not be queued either.
+    fn pass_on(&mut self, msg: Arc<Message>, hops: u8) {
+        let orphans = std::mem::take(&mut self.orphans);
+        let metrics = crate::telemetry::metrics::global();
+        let (Some(peers), Some(fabric)) = (&self.peers, &self.fabric) else { return };
+        let mut groups = Vec::new();
+        if msg.qos != QoS::AtMostOnce && hops < MAX_HOPS {
+            let view = peers.remote_groups();
+            for key in &orphans {
+                let cursor = self.node_cursor.entry(key.clone()).or_insert(0);
+                if let Some(chosen) = groups::pick(cursor, view.members(key)) {
+                    groups.push((key.0.clone(), key.1.clone(), chosen));
+                }
+            }
+        }
+        let lost = orphans.len() - groups.len();
+        if lost > 0 {
+            metrics.cluster_shared_lost.fetch_add(lost as u64, Relaxed);
+            tracing::warn!(
+                topic = %msg.topic,
+                lost,
+                hops,
+                "a publish chosen here for shared groups with no member left had nowhere to go"
+            );
+        }
+        if !groups.is_empty() {
+            metrics.cluster_shared_passed_on.fetch_add(1, Relaxed);
+            fabric.share(msg, None, None, Some(Arc::new(Picks { groups, hops: hops + 1 })));
+        }
+    }
+
+    /// Tell the other instances this one's members of each shared group.
+    fn tell_groups(&mut self) {
+        self.groups_dirty = false;
+        let Some(peers) = &self.peers else { return };
+        let mut counts: HashMap<GroupKey, Members> = HashMap::new();
+        for session in self.sessions.values() {
+            for filter in session.subscriptions.keys() {
+                if let Some(group) = &filter.group {
+                    let m = counts.entry((group.clone(), filter.filter.clone())).or_default();
+                    m.total += 1;
+                    m.online += u32::from(session.conn.is_some());
+                }
+            }
+        }
+        peers.set_local_groups(counts.into_iter().collect());
     }
 
     /// Publish a will like any publish: through the hook, so a location
@@ -1267,7 +1437,9 @@ impl Router {
     }
 
     fn publish_sys(&mut self) {
-        for msg in sys::snapshot(&self.stats) {
+        let totals = self.peers.as_ref().and_then(|p| p.totals());
+        let cluster = totals.as_ref().map(sys::cluster).unwrap_or_default();
+        for msg in sys::snapshot(&self.stats).into_iter().chain(cluster) {
             let _ = self.publish(Arc::new(msg), Vec::new(), false);
         }
     }
@@ -1370,14 +1542,15 @@ fn share_when_stored(
     msg: Arc<Message>,
     stored: Option<oneshot::Receiver<Result<(), StoreError>>>,
     outbox: Option<u64>,
+    picks: Option<Arc<Picks>>,
 ) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
     let Some(stored) = stored else {
-        fabric.share(msg, None, outbox);
+        fabric.share(msg, None, outbox, picks);
         return None;
     };
     let (kept_tx, kept_rx) = oneshot::channel();
     let (tx, rx) = oneshot::channel();
-    let taken = fabric.share(msg, Some(kept_rx), outbox);
+    let taken = fabric.share(msg, Some(kept_rx), outbox, picks);
     tokio::spawn(async move {
         let mut result = stored.await.unwrap_or(Err(StoreError::Unavailable));
         let _ = kept_tx.send(result.is_ok());
@@ -1392,9 +1565,11 @@ fn share_when_stored(
 /// Where a publish came from: a remote one is not shared again, and its
 /// retained copy is already stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
+enum Origin<'a> {
     Local,
-    Remote,
+    /// With the instances its sender chose for shared groups (`None`: it
+    /// chose none, as before instances chose).
+    Remote(Option<&'a Picks>),
 }
 
 fn add_target(
@@ -1445,6 +1620,11 @@ fn remove_subscription(
     }
 }
 
+/// Whether `session` is a member of a shared group.
+fn has_groups(session: &Session) -> bool {
+    session.subscriptions.keys().any(|f| f.group.is_some())
+}
+
 fn entry(client: &ClientId, filter: &SharedFilter, options: SubscriptionOptions) -> Entry {
     Entry {
         client: client.clone(),
@@ -1487,6 +1667,7 @@ mod tests {
             Kept::shared(),
             restored,
             Duration::from_secs(3600),
+            None,
             None,
             None,
             None,
@@ -1697,6 +1878,7 @@ mod tests {
             msg: Arc<Message>,
             _kept: Option<oneshot::Receiver<bool>>,
             outbox: Option<u64>,
+            _picks: Option<Arc<Picks>>,
         ) -> bool {
             let room = self.room.load(Relaxed);
             if room {
@@ -1705,7 +1887,7 @@ mod tests {
             room
         }
 
-        fn outbox(&self, _msg: &Message) -> Option<(u64, WriteOp)> {
+        fn outbox(&self, _msg: &Message, _picks: Option<&Picks>) -> Option<(u64, WriteOp)> {
             let seq = self.next.fetch_add(1, Relaxed);
             let node = Arc::from("n");
             Some((seq, WriteOp::DeleteFabricOutbox { node, through: seq }))
@@ -1728,6 +1910,7 @@ mod tests {
             Duration::from_secs(3600),
             None,
             Some(fabric.clone()),
+            None,
             None,
         );
         let outbox_ops = || {
@@ -1845,6 +2028,112 @@ mod tests {
         // The last member leaves by its session ending.
         r.disconnect(&ClientId::from("b"), conns[1].conn, DisconnectKind::Clean, None);
         assert!(r.share_cursor.is_empty(), "no cursor outlives its group");
+    }
+
+    /// Other instances as fixed: `remote` has the others' groups.
+    #[derive(Debug)]
+    struct FixedPeers {
+        me: Arc<str>,
+        remote: Arc<groups::RemoteGroups>,
+        told: std::sync::Mutex<Vec<Vec<(GroupKey, Members)>>>,
+    }
+
+    impl super::super::ports::Peers for FixedPeers {
+        fn node(&self) -> &Arc<str> {
+            &self.me
+        }
+        fn remote_groups(&self) -> Arc<groups::RemoteGroups> {
+            self.remote.clone()
+        }
+        fn set_local_groups(&self, groups: Vec<(GroupKey, Members)>) {
+            self.told.lock().unwrap().push(groups);
+        }
+        fn totals(&self) -> Option<groups::ClusterTotals> {
+            None
+        }
+    }
+
+    /// A fabric that keeps the picks of what it is given.
+    #[derive(Debug, Default)]
+    struct PickRecorder {
+        shared: std::sync::Mutex<Vec<Option<Arc<Picks>>>>,
+    }
+
+    impl Fabric for PickRecorder {
+        fn share(
+            &self,
+            _msg: Arc<Message>,
+            _kept: Option<oneshot::Receiver<bool>>,
+            _outbox: Option<u64>,
+            picks: Option<Arc<Picks>>,
+        ) -> bool {
+            self.shared.lock().unwrap().push(picks);
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn shared_groups_go_where_chosen_and_are_passed_on_when_nobody_is_left() {
+        let mut r = bare_router();
+        let key: GroupKey = ("g".into(), TopicFilter::parse("t", TopicLimits::default()).unwrap());
+        let one = Members { total: 1, online: 1 };
+        let peers = Arc::new(FixedPeers {
+            me: Arc::from("me"),
+            remote: Arc::new(groups::RemoteGroups::new([(
+                Arc::from("other"),
+                vec![(key.clone(), one)],
+            )])),
+            told: Default::default(),
+        });
+        let fabric = Arc::new(PickRecorder::default());
+        r.peers = Some(peers.clone());
+        r.fabric = Some(fabric.clone());
+        let id = ClientId::from("a");
+        let c = r.connect(request("a", true, 0, None, Identity::anonymous()), None).unwrap();
+        r.subscribe(&id, c.conn, vec![sub("$share/g/t", QoS::AtLeastOnce)]);
+        r.tell_groups();
+        assert_eq!(peers.told.lock().unwrap().last().unwrap(), &vec![(key.clone(), one)]);
+
+        // Publishes taken here go in turn here and to the other instance.
+        for _ in 0..4 {
+            r.publish(Arc::new(msg("t", "x", QoS::AtMostOnce, false)), Vec::new(), false).unwrap();
+        }
+        assert_eq!(c.outbox.len(), 2, "every other one here");
+        let chosen: Vec<String> = fabric
+            .shared
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_ref().unwrap().chosen(&key.0, &key.1).unwrap().to_owned())
+            .collect();
+        assert_eq!(chosen.iter().filter(|n| *n == "other").count(), 2, "{chosen:?}");
+
+        // Others' publishes: delivered here only when chosen here, or when
+        // their instance does not choose.
+        let picks = |node: &str| {
+            Some(Box::new(Picks {
+                groups: vec![(key.0.clone(), key.1.clone(), Arc::from(node))],
+                hops: 0,
+            }))
+        };
+        let m = msg("t", "x", QoS::AtLeastOnce, false);
+        r.handle(Command::Remote(m.clone(), picks("other")));
+        assert_eq!(c.outbox.len(), 2);
+        r.handle(Command::Remote(m.clone(), picks("me")));
+        assert_eq!(c.outbox.len(), 3);
+        r.handle(Command::Remote(m.clone(), None));
+        assert_eq!(c.outbox.len(), 4);
+
+        // Chosen here after the last member left: passed on to the other.
+        r.unsubscribe(&id, c.conn, vec!["$share/g/t".into()]);
+        r.tell_groups();
+        assert!(peers.told.lock().unwrap().last().unwrap().is_empty());
+        let before = fabric.shared.lock().unwrap().len();
+        r.handle(Command::Remote(m, picks("me")));
+        let shared = fabric.shared.lock().unwrap();
+        assert_eq!(shared.len(), before + 1);
+        let passed = shared.last().unwrap().as_deref().unwrap();
+        assert_eq!((passed.chosen(&key.0, &key.1), passed.hops), (Some("other"), 1));
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 
 use ntex::util::Bytes;
 
+use super::groups::ClusterTotals;
 use super::stats::Stats;
 use crate::domain::{Message, QoS};
 use crate::domain::{TopicLimits, TopicName};
@@ -30,6 +31,24 @@ pub fn snapshot(stats: &Stats) -> Vec<Message> {
         ("$SYS/broker/publish/messages/rejected", c(&stats.rejected_publishes)),
         ("$SYS/broker/publish/messages/invalid", c(&stats.invalid_payloads)),
     ];
+    retained(entries)
+}
+
+/// Sums over the live instances (several instances), each published by
+/// every instance for its own subscribers.
+pub fn cluster(t: &ClusterTotals) -> Vec<Message> {
+    let entries: [(&str, String); 6] = [
+        ("$SYS/cluster/instances", t.instances.to_string()),
+        ("$SYS/cluster/clients/connected", t.clients_connected.to_string()),
+        ("$SYS/cluster/messages/received", t.messages_received.to_string()),
+        ("$SYS/cluster/messages/sent", t.messages_sent.to_string()),
+        ("$SYS/cluster/subscriptions/count", t.subscriptions.to_string()),
+        ("$SYS/cluster/retained messages/count", t.retained.to_string()),
+    ];
+    retained(entries)
+}
+
+fn retained<const N: usize>(entries: [(&str, String); N]) -> Vec<Message> {
     entries
         .into_iter()
         .filter_map(|(topic, value)| {

@@ -4,7 +4,9 @@
 
 mod codec;
 mod ownership;
+mod peers;
 mod redis_fabric;
 
 pub use ownership::{ClusterOwnership, ControlReader, NODE_LEASE};
+pub use peers::{PEER_TTL, PeersTask, RedisPeers};
 pub use redis_fabric::{FabricHealth, FabricReader, FabricSettings, RedisFabric};

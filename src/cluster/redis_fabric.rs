@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec;
 use crate::broker::BrokerHandle;
+use crate::broker::groups::Picks;
 use crate::broker::ports::{Fabric, SharedDurability};
 use crate::domain::{Message, WriteOp};
 use crate::store::Store;
@@ -54,6 +55,7 @@ struct Outgoing {
     msg: Arc<Message>,
     kept: Option<oneshot::Receiver<bool>>,
     outbox: Option<u64>,
+    picks: Option<Arc<Picks>>,
 }
 
 /// The sending side, handed to the broker.
@@ -163,8 +165,9 @@ impl Fabric for RedisFabric {
         msg: Arc<Message>,
         kept: Option<oneshot::Receiver<bool>>,
         outbox: Option<u64>,
+        picks: Option<Arc<Picks>>,
     ) -> bool {
-        if self.tx.try_send(Outgoing { msg, kept, outbox }).is_err() {
+        if self.tx.try_send(Outgoing { msg, kept, outbox, picks }).is_err() {
             crate::telemetry::metrics::global().cluster_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("publish not passed to other instances: Redis is behind");
             return false;
@@ -172,9 +175,9 @@ impl Fabric for RedisFabric {
         true
     }
 
-    fn outbox(&self, msg: &Message) -> Option<(u64, WriteOp)> {
+    fn outbox(&self, msg: &Message, picks: Option<&Picks>) -> Option<(u64, WriteOp)> {
         let seq = self.next_outbox.fetch_add(1, Ordering::Relaxed);
-        let entry = Bytes::from(codec::pack(&codec::encode(&self.node, msg)));
+        let entry = Bytes::from(codec::pack(&codec::encode(&self.node, msg, picks)));
         Some((seq, WriteOp::PutFabricOutbox { node: self.node_id.clone(), seq, entry }))
     }
 }
@@ -225,7 +228,8 @@ impl Appender {
                 {
                     continue;
                 }
-                self.xadd(&mut pipe, codec::encode(&self.settings.node, &out.msg));
+                let fields = codec::encode(&self.settings.node, &out.msg, out.picks.as_deref());
+                self.xadd(&mut pipe, fields);
                 through = out.outbox.or(through);
                 entries += 1;
             }
@@ -408,8 +412,8 @@ impl FabricReader {
                 for key in reply.into_iter().flat_map(|r| r.keys) {
                     for entry in key.ids {
                         match codec::decode(&entry.map) {
-                            Ok((node, msg)) if node != self.settings.node => {
-                                if broker.route_remote(msg).await.is_err() {
+                            Ok((node, msg, picks)) if node != self.settings.node => {
+                                if broker.route_remote(msg, picks).await.is_err() {
                                     return;
                                 }
                             }

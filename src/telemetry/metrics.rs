@@ -115,6 +115,13 @@ pub struct Metrics {
     pub cluster_superseded: AtomicU64,
     pub cluster_adopted: AtomicU64,
     pub cluster_dead_wills: AtomicU64,
+    /// Publishes passed on for shared groups whose chosen instance had no
+    /// member left, and group deliveries lost for want of any member.
+    pub cluster_shared_passed_on: AtomicU64,
+    pub cluster_shared_lost: AtomicU64,
+    /// Live instances and their connected clients, as last read from Redis.
+    pub cluster_instances: AtomicU64,
+    pub cluster_clients_connected: AtomicU64,
     /// Map snapshots published, and the figures of the latest.
     pub updater_builds: AtomicU64,
     pub updater_build_failures: AtomicU64,
@@ -182,6 +189,10 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     cluster_superseded: AtomicU64::new(0),
     cluster_adopted: AtomicU64::new(0),
     cluster_dead_wills: AtomicU64::new(0),
+    cluster_shared_passed_on: AtomicU64::new(0),
+    cluster_shared_lost: AtomicU64::new(0),
+    cluster_instances: AtomicU64::new(0),
+    cluster_clients_connected: AtomicU64::new(0),
     updater_builds: AtomicU64::new(0),
     updater_build_failures: AtomicU64::new(0),
     updater_build_ms: AtomicU64::new(0),
@@ -386,6 +397,26 @@ impl Metrics {
                 m::CLUSTER_DEAD_WILLS,
                 "Wills of dead instances' clients published here.",
                 g(&self.cluster_dead_wills),
+            ),
+            Scalar::counter(
+                m::CLUSTER_SHARED_PASSED_ON,
+                "Publishes passed on to another instance: the one chosen for a shared group had no member left.",
+                g(&self.cluster_shared_passed_on),
+            ),
+            Scalar::counter(
+                m::CLUSTER_SHARED_LOST,
+                "Shared-group deliveries dropped: no instance had a member left (or QoS 0).",
+                g(&self.cluster_shared_lost),
+            ),
+            Scalar::gauge(
+                m::CLUSTER_INSTANCES,
+                "Live instances, as last read from Redis.",
+                g(&self.cluster_instances),
+            ),
+            Scalar::gauge(
+                m::CLUSTER_CLIENTS_CONNECTED,
+                "Clients connected to all live instances, as last read from Redis.",
+                g(&self.cluster_clients_connected),
             ),
             Scalar::counter(
                 m::UPDATER_BUILDS,

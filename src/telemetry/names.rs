@@ -258,6 +258,14 @@ pub mod metrics {
         ("mapcast_cluster_adopted_total", "mapcast.cluster.adopted");
     pub const CLUSTER_DEAD_WILLS: (&str, &str) =
         ("mapcast_cluster_dead_wills_total", "mapcast.cluster.dead_wills");
+    pub const CLUSTER_SHARED_PASSED_ON: (&str, &str) =
+        ("mapcast_cluster_shared_passed_on_total", "mapcast.cluster.shared_passed_on");
+    pub const CLUSTER_SHARED_LOST: (&str, &str) =
+        ("mapcast_cluster_shared_lost_total", "mapcast.cluster.shared_lost");
+    pub const CLUSTER_INSTANCES: (&str, &str) =
+        ("mapcast_cluster_instances", "mapcast.cluster.instances");
+    pub const CLUSTER_CLIENTS_CONNECTED: (&str, &str) =
+        ("mapcast_cluster_clients_connected", "mapcast.cluster.clients_connected");
     /// The map updater: builds published, and the last one's figures.
     pub const UPDATER_BUILDS: (&str, &str) =
         ("mapcast_updater_builds_total", "mapcast.updater.builds");

@@ -16,6 +16,7 @@ mod chaos;
 mod cluster;
 mod cluster_chaos;
 mod cluster_deadnode;
+mod cluster_shared;
 mod cluster_takeover;
 mod connect;
 mod crash;

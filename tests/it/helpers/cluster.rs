@@ -16,6 +16,11 @@ impl Cluster {
     /// `n` instances, or `None` when PostgreSQL or Redis is missing (the
     /// markers make CI fail on that).
     pub async fn start(test: &str, n: usize) -> Option<Self> {
+        Self::start_with_config(test, n, "").await
+    }
+
+    /// Like [`Cluster::start`], each instance with the configuration file `toml`.
+    pub async fn start_with_config(test: &str, n: usize, toml: &str) -> Option<Self> {
         let base = postgres_test_url(test)?;
         let redis = RedisServer::start_if_available(test).await?;
         let url = fresh_postgres_database(&base).await;
@@ -23,7 +28,7 @@ impl Cluster {
         for _ in 0..n {
             let dir = tempfile::tempdir().unwrap();
             let args = ["--database-url", &url, "--cluster-redis-url", &redis.url()];
-            nodes.push((ServerProcess::start(dir.path(), &args).await, dir));
+            nodes.push((ServerProcess::start_with_config(dir.path(), toml, &args).await, dir));
         }
         // Each instance reads the publish stream from where it started:
         // give the readers a moment to be there before the first publish.
