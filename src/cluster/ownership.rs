@@ -158,8 +158,9 @@ impl Ownership for ClusterOwnership {
     ) -> BoxFuture<'static, Result<Claim, ClaimError>> {
         let inner = self.inner.clone();
         // Packed as on the fabric: another instance reads it back.
-        let will =
-            will.map(|w| (codec::pack(&codec::encode(&self.inner.node, &w.message)), w.delay_secs));
+        let will = will.map(|w| {
+            (codec::pack(&codec::encode(&self.inner.node, &w.message, None)), w.delay_secs)
+        });
         Box::pin(async move { inner.claim(client, owner, take_over_any, will).await })
     }
 
@@ -481,7 +482,7 @@ fn decode_will(packed: &[u8], node: &str) -> Option<Message> {
         .into_iter()
         .map(|(name, value)| (name, redis::Value::BulkString(value)))
         .collect();
-    codec::decode(&fields).ok().map(|(_, msg)| msg)
+    codec::decode(&fields).ok().map(|(_, msg, _)| msg)
 }
 
 /// Run `work` until it ends or `stop` is cancelled.
