@@ -217,6 +217,9 @@ pub struct Adoption {
     /// A delivery-number block reserved after the session's messages
     /// were numbered (see [`Claim::seq_block`]).
     pub seq_block: Option<u64>,
+    /// The other instances' publishes the dead instance had not queued for
+    /// the session, oldest first: queued here before anything newer.
+    pub replay: Vec<Arc<Message>>,
 }
 
 pub(crate) enum Command {
@@ -249,8 +252,9 @@ pub(crate) enum Command {
         filters: Vec<ByteString>,
         reply: oneshot::Sender<Vec<bool>>,
     },
-    /// A publish accepted by another instance, for this one's subscribers.
-    Remote(Message),
+    /// A publish accepted by another instance, for this one's subscribers,
+    /// and its place on the fabric (see [`WriteOp::FabricCursor`]).
+    Remote(Message, Option<crate::domain::FabricPos>),
     Publish {
         msg: Message,
         /// Writes added by the [`PublishHook`].
@@ -480,10 +484,16 @@ impl BrokerHandle {
 
     /// Route a publish another instance accepted to this instance's
     /// subscribers (its retained value too), waiting while the router is
-    /// full. Hooks do not see it again; it is not shared back.
-    pub async fn route_remote(&self, msg: Message) -> Result<(), PublishError> {
+    /// full. Hooks do not see it again; it is not shared back. `at` is its
+    /// place on the fabric: once its queued copies are committed, so is a
+    /// note that this instance is done up to there.
+    pub async fn route_remote(
+        &self,
+        msg: Message,
+        at: Option<crate::domain::FabricPos>,
+    ) -> Result<(), PublishError> {
         self.room().await;
-        self.send(Command::Remote(msg))
+        self.send(Command::Remote(msg, at))
     }
 
     /// Resolves once the router has room for more publishes.

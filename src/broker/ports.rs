@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 pub use super::auth::BoxFuture;
-use crate::domain::{ClientId, Message, Principal, StoreError, StoredSession, WriteOp};
+use crate::domain::{ClientId, FabricPos, Message, Principal, StoreError, StoredSession, WriteOp};
 
 /// Resolves once a durable write is committed, or says why it was not.
 pub type CommitReceipt = oneshot::Receiver<Result<(), StoreError>>;
@@ -63,6 +63,13 @@ pub trait Fabric: Send + Sync + std::fmt::Debug + 'static {
     /// crash of this instance before then loses nothing; with its number,
     /// for [`Fabric::share`]. `None` when nothing needs keeping.
     fn outbox(&self, _msg: &Message) -> Option<(u64, WriteOp)> {
+        None
+    }
+
+    /// The write that notes this instance is done with the other
+    /// instances' publishes up to `at`, submitted after the writes they
+    /// caused. `None` when nothing needs noting.
+    fn cursor(&self, _at: FabricPos) -> Option<WriteOp> {
         None
     }
 }

@@ -318,10 +318,14 @@ impl Router {
                     let _ = reply.send(result);
                 }
             }
-            Command::Remote(msg) => {
+            Command::Remote(msg, at) => {
                 // Best effort, as for a will: nobody waits here (the
-                // publisher had its answer on its own instance).
-                let _ = self.publish_from(Arc::new(msg), Vec::new(), false, Origin::Remote);
+                // publisher had its answer on its own instance). The cursor
+                // goes in the same submission as the queued copies, so it
+                // never says more is committed than is.
+                let cursor = at.and_then(|at| self.fabric.as_ref()?.cursor(at));
+                let ops = cursor.into_iter().collect();
+                let _ = self.publish_from(Arc::new(msg), ops, false, Origin::Remote);
             }
             Command::Replay { after, filters, reply } => {
                 let missed = self.journal.since(after, &filters);
@@ -509,7 +513,8 @@ impl Router {
     /// subscriptions queue here from now on, and its will goes out when
     /// due, unless a later claim of the id got here first.
     fn adopt(&mut self, adoption: Adoption) {
-        let Adoption { client_id: client, epoch, session, will, will_at, seq_block } = adoption;
+        let Adoption { client_id: client, epoch, session, will, will_at, seq_block, replay } =
+            adoption;
         if self.known_claim(&client).is_some_and(|known| known >= epoch) {
             tracing::info!(client.id = %client, claim.epoch = epoch, "a dead instance's client id was claimed again meanwhile; left to that claim");
             return;
@@ -528,6 +533,7 @@ impl Router {
             );
             metrics.cluster_adopted.fetch_add(1, Relaxed);
             self.hold_moved(stored, epoch, seq_block);
+            self.queue_replay(&client, replay);
         }
         if let Some(message) = will {
             metrics.cluster_dead_wills.fetch_add(1, Relaxed);
@@ -557,6 +563,92 @@ impl Router {
         if !self.sessions.contains_key(&client) {
             // Nothing is held for it here: no claim either.
             self.writer.submit_state(vec![WriteOp::ReleaseClaim { client_id: client, epoch }]);
+        }
+    }
+
+    /// Queue for the adopted session of `client` what its dead instance
+    /// missed, oldest first, through its own (not shared) subscriptions.
+    fn queue_replay(&mut self, client: &ClientId, replay: Vec<Arc<Message>>) {
+        if replay.is_empty() {
+            return;
+        }
+        let mut ops = Vec::new();
+        let mut pushes = Vec::new();
+        let mut targets = Vec::new();
+        for msg in replay {
+            targets.clear();
+            let publisher = msg.publisher.as_ref();
+            self.trie.for_each_match(msg.topic.as_str(), |e| {
+                let own = e.options.no_local && publisher == Some(&e.client);
+                if e.client == *client && e.group.is_none() && !own {
+                    add_target(&mut targets, &e.client, &e.options, msg.qos);
+                }
+            });
+            merge_targets(&mut targets);
+            let Some(session) = self.sessions.get(client) else { return };
+            for t in targets.drain(..) {
+                if t.qos == QoS::AtMostOnce
+                    && session.conn.is_none()
+                    && !self.limits.queue_qos0_messages
+                {
+                    continue;
+                }
+                let packet_id = match t.qos {
+                    QoS::AtMostOnce => None,
+                    _ => match session.outbox.reserve_packet_id() {
+                        Some(id) => Some(id),
+                        None => {
+                            self.stats.dropped_queue_full(t.qos);
+                            continue;
+                        }
+                    },
+                };
+                let seq = take_seq(
+                    &mut self.next_seq,
+                    &mut self.seq_block_end,
+                    &mut self.seq_overrun,
+                    self.ownership.as_ref(),
+                );
+                let d = Delivery {
+                    seq,
+                    msg: msg.clone(),
+                    qos: t.qos,
+                    retain: msg.retain && t.retain_as_published,
+                    subscription_ids: t.subscription_ids,
+                    dup: false,
+                    packet_id,
+                    stored: t.qos != QoS::AtMostOnce && session.is_persistent(),
+                };
+                if d.stored {
+                    ops.push(WriteOp::EnqueueMessage { client_id: t.client, delivery: d.clone() });
+                }
+                pushes.push((session.outbox.clone(), d));
+            }
+        }
+        crate::telemetry::metrics::global()
+            .cluster_replayed
+            .fetch_add(pushes.len() as u64, Relaxed);
+        tracing::info!(client.id = %client, queued = pushes.len(), "publishes its dead instance missed queued for a taken-over session");
+        let hold = pushes.iter().any(|(_, d)| held_until_stored(d));
+        let stored = match self.writer.submit_durable(ops.clone()) {
+            Ok(rx) => hold.then_some(rx),
+            Err(_) => {
+                // As for a will: stored as well as it gets, held by nothing.
+                self.submit(ops);
+                None
+            }
+        };
+        let mut held = Vec::new();
+        for (outbox, d) in pushes {
+            if stored.is_some() && held_until_stored(&d) {
+                held.push((outbox.clone(), d.seq));
+                outbox.push_held(d);
+            } else {
+                outbox.push(d);
+            }
+        }
+        if let Some(stored) = stored {
+            release_when_stored(stored, held, false);
         }
     }
 
@@ -2021,6 +2113,7 @@ mod tests {
             will: Some(msg("wills/car", "lost", QoS::AtLeastOnce, false)),
             will_at: SystemTime::now() + will_in,
             seq_block: None,
+            replay: Vec::new(),
         }
     }
 

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::ports::{BoxFuture, Claim, ClaimError, Ownership};
 use crate::broker::{Adoption, BrokerHandle, Release, Will};
 use crate::cluster::codec;
+use crate::cluster::redis_fabric::Adopter;
 use crate::domain::{ClientId, Message, Principal, RestoredState};
 use crate::store::{DeadClaim, Store, node_lease};
 use crate::telemetry::names;
@@ -321,7 +322,7 @@ impl Inner {
     /// Take over, batch by batch, the sessions and wills of instances whose
     /// lease lapsed: their sessions queue here until their clients return,
     /// their wills go out from here.
-    async fn adopt_dead(self: Arc<Self>, broker: BrokerHandle) {
+    async fn adopt_dead(self: Arc<Self>, broker: BrokerHandle, adopter: Option<Adopter>) {
         let mut live: HashSet<String> = HashSet::new();
         let mut looks = ADOPT_SWEEP_EVERY;
         loop {
@@ -364,12 +365,13 @@ impl Inner {
                 );
                 let mut adoptions = Vec::with_capacity(claims.len());
                 for claim in claims {
-                    adoptions.push(self.adoption(claim).await);
+                    let dead = claim.node.clone();
+                    adoptions.push((dead, self.adoption(claim).await));
                 }
                 // One block above every number the dead instances used.
                 let seq_block = if adoptions
                     .iter()
-                    .any(|a| a.session.as_ref().is_some_and(|s| !s.messages.is_empty()))
+                    .any(|(_, a)| a.session.as_ref().is_some_and(|s| !s.messages.is_empty()))
                 {
                     match self.store.reserve_seq_block().await {
                         Ok(block) => Some(block),
@@ -381,9 +383,28 @@ impl Inner {
                 } else {
                     None
                 };
-                for mut adoption in adoptions {
+                // By dead instance: the fabric reader queues for them what
+                // their instance missed, then hands them to the router.
+                let mut by_node: Vec<(String, Vec<Adoption>)> = Vec::new();
+                for (dead, mut adoption) in adoptions {
                     adoption.seq_block = seq_block;
-                    if broker.adopt(adoption).await.is_err() {
+                    match by_node.iter_mut().find(|(n, _)| *n == dead) {
+                        Some((_, list)) => list.push(adoption),
+                        None => by_node.push((dead, vec![adoption])),
+                    }
+                }
+                for (dead, adoptions) in by_node {
+                    let handed = match &adopter {
+                        Some(adopter) => adopter.adopt(dead, adoptions).await.is_ok(),
+                        None => {
+                            let mut ok = true;
+                            for adoption in adoptions {
+                                ok &= broker.adopt(adoption).await.is_ok();
+                            }
+                            ok
+                        }
+                    };
+                    if !handed {
                         return;
                     }
                 }
@@ -424,6 +445,7 @@ impl Inner {
             will,
             will_at: claim.lapsed_at + Duration::from_secs(u64::from(claim.will_delay)),
             seq_block: None,
+            replay: Vec::new(),
         }
     }
 
@@ -466,11 +488,12 @@ impl Drop for Forget<'_> {
 impl ControlReader {
     /// Answer takeovers and hear answers until `stop`; keep the lease and
     /// a block of delivery numbers meanwhile.
-    pub fn spawn(self, broker: BrokerHandle, stop: CancellationToken) {
+    /// `adopter` (the fabric reader's) hands over dead instances' sessions.
+    pub fn spawn(self, broker: BrokerHandle, stop: CancellationToken, adopter: Option<Adopter>) {
         let inner = self.inner;
         spawn_until(&stop, inner.clone().renew_lease());
         spawn_until(&stop, inner.clone().reserve_blocks());
-        spawn_until(&stop, inner.clone().adopt_dead(broker.clone()));
+        spawn_until(&stop, inner.clone().adopt_dead(broker.clone(), adopter));
         spawn_until(&stop, read_loop(inner, broker));
     }
 }

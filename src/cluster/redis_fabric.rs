@@ -4,6 +4,7 @@
 //! stream, not pub/sub: an instance whose connection drops resumes from its
 //! cursor and misses nothing the stream still holds.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,9 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::codec;
-use crate::broker::BrokerHandle;
 use crate::broker::ports::{Fabric, SharedDurability};
-use crate::domain::{Message, WriteOp};
+use crate::broker::{Adoption, BrokerHandle};
+use crate::domain::{FabricPos, Message, WriteOp};
 use crate::store::Store;
 use crate::telemetry::names;
 
@@ -29,6 +30,9 @@ const QUEUE: usize = 64 * 1024;
 const BATCH: usize = 512;
 /// How long one `XREAD` waits for entries.
 const BLOCK: Duration = Duration::from_secs(1);
+/// Missed publishes kept in memory at most for one batch of taken-over
+/// sessions; beyond, they are counted as lost.
+const MAX_REPLAY: usize = 256 * 1024;
 /// Pause before reconnecting after a Redis error.
 const RETRY: Duration = Duration::from_millis(250);
 /// Kept publishes on the stream are deleted at most this often (one range
@@ -90,6 +94,37 @@ pub struct FabricReader {
     up: Arc<AtomicBool>,
     /// Where reading starts.
     cursor: String,
+    store: Store,
+    writer: SharedDurability,
+    adopt_tx: mpsc::Sender<CatchUp>,
+    adopt_rx: mpsc::Receiver<CatchUp>,
+}
+
+/// Sessions taken over from the dead instance `dead`, handed to the
+/// router by the reader: between two reads, so the publishes the dead
+/// instance missed (from its cursor up to the reader's) are queued for
+/// them before any newer one, and none twice.
+pub struct CatchUp {
+    pub dead: String,
+    pub adoptions: Vec<Adoption>,
+    /// Resolves once the router has them.
+    pub done: oneshot::Sender<()>,
+}
+
+/// Passes [`CatchUp`]s to the reader.
+#[derive(Clone)]
+pub struct Adopter(mpsc::Sender<CatchUp>);
+
+impl Adopter {
+    /// Hand `adoptions` to the router through the reader; given back when
+    /// the reader stopped.
+    pub async fn adopt(&self, dead: String, adoptions: Vec<Adoption>) -> Result<(), ()> {
+        let (done, rx) = oneshot::channel();
+        if self.0.send(CatchUp { dead, adoptions, done }).await.is_err() {
+            return Err(());
+        }
+        rx.await.map_err(|_| ())
+    }
 }
 
 impl RedisFabric {
@@ -137,19 +172,30 @@ impl RedisFabric {
             node_id: Arc::from(settings.node_id.as_str()),
             settings: settings.clone(),
             up: up.clone(),
-            writer,
+            writer: writer.clone(),
             unforgotten: 0,
             forgot_at: std::time::Instant::now(),
         };
-        tokio::spawn(appender.run(rx, store, left));
+        tokio::spawn(appender.run(rx, store.clone(), left));
         let health = FabricHealth(up.clone());
+        let (adopt_tx, adopt_rx) = mpsc::channel(16);
+        let reader = FabricReader {
+            client: client.clone(),
+            settings: settings.clone(),
+            up: up.clone(),
+            cursor,
+            store: store.clone(),
+            writer: writer.clone(),
+            adopt_tx,
+            adopt_rx,
+        };
         let fabric = Self {
             tx,
             node: Arc::from(settings.node.as_str()),
             node_id: Arc::from(settings.node_id.as_str()),
             next_outbox: Arc::new(AtomicU64::new(first)),
         };
-        Ok((fabric, FabricReader { client, settings, up, cursor }, health))
+        Ok((fabric, reader, health))
     }
 }
 
@@ -176,6 +222,10 @@ impl Fabric for RedisFabric {
         let seq = self.next_outbox.fetch_add(1, Ordering::Relaxed);
         let entry = Bytes::from(codec::pack(&codec::encode(&self.node, msg)));
         Some((seq, WriteOp::PutFabricOutbox { node: self.node_id.clone(), seq, entry }))
+    }
+
+    fn cursor(&self, at: FabricPos) -> Option<WriteOp> {
+        Some(WriteOp::FabricCursor { node: self.node.clone(), at })
     }
 }
 
@@ -377,17 +427,42 @@ impl FabricReader {
         })
     }
 
-    async fn read_loop(self, broker: BrokerHandle) {
+    /// Hands sessions taken over from dead instances to the router.
+    pub fn adopter(&self) -> Adopter {
+        Adopter(self.adopt_tx.clone())
+    }
+
+    async fn read_loop(mut self, broker: BrokerHandle) {
         // A blocking read holds its connection: give it time beyond BLOCK.
         let config = AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK * 3));
         let options = StreamReadOptions::default().block(BLOCK.as_millis() as usize).count(BATCH);
         let mut cursor = self.cursor.clone();
+        // Where this run starts, so that should it die before routing any
+        // publish, whoever takes over its sessions knows where to replay from.
+        if let Some(at) = FabricPos::parse(&cursor) {
+            let op = WriteOp::FabricCursor { node: Arc::from(self.settings.node.as_str()), at };
+            if self.writer.submit(vec![op]).is_err() {
+                tracing::warn!("this run's first stream position not kept: writer queue full");
+            }
+        }
+        let mut waiting: Vec<(CatchUp, Option<FabricPos>)> = Vec::new();
         loop {
             let mut conn =
                 match self.client.get_multiplexed_async_connection_with_config(&config).await {
                     Ok(c) => c,
                     Err(e) => {
                         self.down(&e);
+                        // Sessions and wills are not held back for Redis:
+                        // taken over without what their instance missed.
+                        while let Ok(req) = self.adopt_rx.try_recv() {
+                            waiting.push((req, None));
+                        }
+                        for (req, _) in waiting.drain(..) {
+                            gap(&req.dead, "Redis unreachable");
+                            if hand_over(&broker, req).await.is_err() {
+                                return;
+                            }
+                        }
                         tokio::time::sleep(RETRY).await;
                         continue;
                     }
@@ -396,6 +471,44 @@ impl FabricReader {
                 tracing::info!("reading the Redis stream again");
             }
             loop {
+                while let Ok(req) = self.adopt_rx.try_recv() {
+                    let from = match self.store.fabric_cursor(&req.dead).await {
+                        Ok(from) => from,
+                        Err(e) => {
+                            tracing::warn!({ names::ERROR_MESSAGE } = %e, "a dead instance's stream position not read");
+                            None
+                        }
+                    };
+                    waiting.push((req, from));
+                }
+                // Everything up to `cursor` reached the router: replay up
+                // to there, unless the dead instance got further (then its
+                // sessions wait until this reader is there too).
+                let here = FabricPos::parse(&cursor);
+                let mut i = 0;
+                while i < waiting.len() {
+                    let ready = match (waiting[i].1, here) {
+                        (Some(from), Some(here)) => from <= here,
+                        _ => true,
+                    };
+                    if !ready {
+                        i += 1;
+                        continue;
+                    }
+                    let (mut req, from) = waiting.swap_remove(i);
+                    match (from, here) {
+                        (Some(from), Some(here)) => {
+                            if let Err(e) = self.replay(&mut conn, &mut req, from, here).await {
+                                tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "publishes a dead instance missed not read");
+                                gap(&req.dead, "stream unreadable");
+                            }
+                        }
+                        _ => gap(&req.dead, "no stream position kept"),
+                    }
+                    if hand_over(&broker, req).await.is_err() {
+                        return;
+                    }
+                }
                 let reply: Result<Option<StreamReadReply>, _> =
                     conn.xread_options(&[&self.settings.stream], &[&cursor], &options).await;
                 let reply = match reply {
@@ -409,7 +522,8 @@ impl FabricReader {
                     for entry in key.ids {
                         match codec::decode(&entry.map) {
                             Ok((node, msg)) if node != self.settings.node => {
-                                if broker.route_remote(msg).await.is_err() {
+                                let at = FabricPos::parse(&entry.id);
+                                if broker.route_remote(msg, at).await.is_err() {
                                     return;
                                 }
                             }
@@ -429,11 +543,107 @@ impl FabricReader {
         }
     }
 
+    /// Add to `req`'s sessions the stream's entries after `from` up to
+    /// `through` that their own subscriptions match, except the dead
+    /// instance's own publishes (queued in their publish's commit there).
+    async fn replay(
+        &self,
+        conn: &mut MultiplexedConnection,
+        req: &mut CatchUp,
+        from: FabricPos,
+        through: FabricPos,
+    ) -> redis::RedisResult<()> {
+        if from >= through || req.adoptions.iter().all(|a| a.session.is_none()) {
+            return Ok(());
+        }
+        let stream = &self.settings.stream;
+        // Entries trimmed (MAXLEN) after the cursor are gone for good.
+        let info: HashMap<String, redis::Value> =
+            redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(conn).await?;
+        let deleted = match info.get("max-deleted-entry-id") {
+            Some(redis::Value::BulkString(b)) => {
+                std::str::from_utf8(b).ok().and_then(FabricPos::parse)
+            }
+            Some(redis::Value::SimpleString(t)) => FabricPos::parse(t),
+            _ => None,
+        };
+        if deleted.is_some_and(|d| d > from) {
+            gap(&req.dead, "trimmed from the stream");
+        }
+        let mut start = format!("({from}");
+        let (mut kept, mut dropped, mut read) = (0usize, 0u64, 0u64);
+        loop {
+            let page: redis::streams::StreamRangeReply =
+                conn.xrange_count(stream, &start, through.to_string(), BATCH).await?;
+            let n = page.ids.len();
+            for entry in page.ids {
+                start = format!("({}", entry.id);
+                read += 1;
+                let msg = match codec::decode(&entry.map) {
+                    Ok((node, _)) if node == req.dead => continue,
+                    Ok((_, msg)) => Arc::new(msg),
+                    Err(_) => continue,
+                };
+                for a in &mut req.adoptions {
+                    if !wants(a, &msg) {
+                        continue;
+                    }
+                    if kept >= MAX_REPLAY {
+                        dropped += 1;
+                    } else {
+                        a.replay.push(msg.clone());
+                        kept += 1;
+                    }
+                }
+            }
+            if n < BATCH {
+                break;
+            }
+        }
+        tracing::info!(dead = %req.dead, %from, %through, read, kept, "publishes a dead instance missed read back from the stream");
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "too many missed publishes for the taken-over sessions; the rest dropped"
+            );
+            gap(&req.dead, "too many to hold");
+        }
+        Ok(())
+    }
+
     fn down(&self, e: &redis::RedisError) {
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "Redis stream unreadable; reconnecting");
         }
     }
+}
+
+/// Whether a subscription of `a`'s own (not a shared one) matches `msg`.
+fn wants(a: &Adoption, msg: &Message) -> bool {
+    let Some(session) = &a.session else { return false };
+    session.subscriptions.iter().any(|(f, o)| {
+        f.group.is_none()
+            && f.filter.matches(&msg.topic)
+            && !(o.no_local && msg.publisher.as_ref() == Some(&a.client_id))
+    })
+}
+
+async fn hand_over(broker: &BrokerHandle, req: CatchUp) -> Result<(), ()> {
+    for adoption in req.adoptions {
+        broker.adopt(adoption).await.map_err(|_| ())?;
+    }
+    let _ = req.done.send(());
+    Ok(())
+}
+
+/// Some publishes a dead instance missed cannot be queued for its sessions.
+fn gap(dead: &str, why: &str) {
+    crate::telemetry::metrics::global().cluster_replay_gaps.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        dead,
+        why,
+        "publishes a dead instance missed may be lost to its taken-over sessions"
+    );
 }
 
 /// The id of the stream's newest entry, or `0-0` when it is empty.

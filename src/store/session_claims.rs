@@ -31,6 +31,8 @@ pub struct ClaimRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadClaim {
     pub client_id: String,
+    /// The dead instance (run) that held it.
+    pub node: String,
     /// The new claim's epoch.
     pub epoch: u64,
     /// The packed will of the dead holder's connection, if it had one
@@ -175,7 +177,7 @@ impl Store {
         self.run(async move {
             let rows = sqlx::query(
                 "WITH dead AS ( \
-                   SELECT x.client_id, x.epoch, x.will, x.will_delay, \
+                   SELECT x.client_id, x.node, x.epoch, x.will, x.will_delay, \
                      (SELECT max(l.expires_at) FROM leases l WHERE l.name = 'node:' || x.node) \
                        AS lapsed_at \
                    FROM session_claims x \
@@ -188,7 +190,7 @@ impl Store {
                  UPDATE session_claims c SET node = $1, epoch = nextval('session_claim_epochs') \
                  FROM dead WHERE c.client_id = dead.client_id AND c.epoch = dead.epoch \
                  RETURNING c.client_id, c.epoch, dead.will, dead.will_delay, dead.lapsed_at, \
-                   EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = c.client_id)",
+                   EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = c.client_id), dead.node",
             )
             .bind(&node)
             .bind(now)
@@ -207,6 +209,7 @@ impl Store {
                             .map_or(SystemTime::now(), crate::domain::time::from_millis)
                             .min(SystemTime::now()),
                         has_session: r.try_get(5)?,
+                        node: r.try_get(6)?,
                     })
                 })
                 .collect()
@@ -272,7 +275,14 @@ impl Store {
                     .bind(long_ago)
                     .execute(&pool)
                     .await?;
-            Ok(claims.rows_affected() + leases.rows_affected())
+            // A cursor serves only to take over its instance's sessions.
+            let cursors = sqlx::query(
+                "DELETE FROM fabric_cursors f WHERE NOT EXISTS (SELECT 1 FROM leases l \
+                   WHERE l.name = 'node:' || f.node)",
+            )
+            .execute(&pool)
+            .await?;
+            Ok(claims.rows_affected() + leases.rows_affected() + cursors.rows_affected())
         })
         .await
     }

@@ -577,6 +577,7 @@ async fn commit(
             WriteOp::DeleteFabricOutbox { node, through } => {
                 outbox.delete_through(node.clone(), *through)
             }
+            WriteOp::FabricCursor { node, at } => outbox.cursor(node.clone(), *at),
             op => execute(&mut tx, op).await?,
         }
     }
@@ -762,7 +763,8 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
         | WriteOp::UpsertLocation { .. }
         | WriteOp::AppendHistory { .. }
         | WriteOp::PutFabricOutbox { .. }
-        | WriteOp::DeleteFabricOutbox { .. } => {}
+        | WriteOp::DeleteFabricOutbox { .. }
+        | WriteOp::FabricCursor { .. } => {}
     }
     Ok(())
 }

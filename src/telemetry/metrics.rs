@@ -115,6 +115,11 @@ pub struct Metrics {
     pub cluster_superseded: AtomicU64,
     pub cluster_adopted: AtomicU64,
     pub cluster_dead_wills: AtomicU64,
+    /// Other instances' publishes a dead instance missed, queued here for
+    /// its taken-over sessions; and takeovers for which some could not be
+    /// read (trimmed from the stream, or no position kept).
+    pub cluster_replayed: AtomicU64,
+    pub cluster_replay_gaps: AtomicU64,
     /// Map snapshots published, and the figures of the latest.
     pub updater_builds: AtomicU64,
     pub updater_build_failures: AtomicU64,
@@ -182,6 +187,8 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     cluster_superseded: AtomicU64::new(0),
     cluster_adopted: AtomicU64::new(0),
     cluster_dead_wills: AtomicU64::new(0),
+    cluster_replayed: AtomicU64::new(0),
+    cluster_replay_gaps: AtomicU64::new(0),
     updater_builds: AtomicU64::new(0),
     updater_build_failures: AtomicU64::new(0),
     updater_build_ms: AtomicU64::new(0),
@@ -386,6 +393,16 @@ impl Metrics {
                 m::CLUSTER_DEAD_WILLS,
                 "Wills of dead instances' clients published here.",
                 g(&self.cluster_dead_wills),
+            ),
+            Scalar::counter(
+                m::CLUSTER_REPLAYED,
+                "Publishes a dead instance missed, queued here for its taken-over sessions.",
+                g(&self.cluster_replayed),
+            ),
+            Scalar::counter(
+                m::CLUSTER_REPLAY_GAPS,
+                "Takeovers of a dead instance's sessions for which some missed publishes could not be read.",
+                g(&self.cluster_replay_gaps),
             ),
             Scalar::counter(
                 m::UPDATER_BUILDS,

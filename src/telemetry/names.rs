@@ -258,6 +258,10 @@ pub mod metrics {
         ("mapcast_cluster_adopted_total", "mapcast.cluster.adopted");
     pub const CLUSTER_DEAD_WILLS: (&str, &str) =
         ("mapcast_cluster_dead_wills_total", "mapcast.cluster.dead_wills");
+    pub const CLUSTER_REPLAYED: (&str, &str) =
+        ("mapcast_cluster_replayed_total", "mapcast.cluster.replayed");
+    pub const CLUSTER_REPLAY_GAPS: (&str, &str) =
+        ("mapcast_cluster_replay_gaps_total", "mapcast.cluster.replay_gaps");
     /// The map updater: builds published, and the last one's figures.
     pub const UPDATER_BUILDS: (&str, &str) =
         ("mapcast_updater_builds_total", "mapcast.updater.builds");
