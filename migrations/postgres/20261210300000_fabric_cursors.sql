@@ -8,3 +8,9 @@ CREATE TABLE fabric_cursors (
     ms    BIGINT NOT NULL,
     seq   BIGINT NOT NULL
 );
+
+-- The instance that last held each claimed session (queued for it), which a
+-- claim leaves as it was until its instance holds the session: a claimant
+-- that died waiting for the session never held it, and the publishes to
+-- replay start from the cursor of the one that did.
+ALTER TABLE session_claims ADD COLUMN source TEXT;

@@ -91,6 +91,25 @@ pub struct Claim {
     /// above the router's own block, so order by number stays delivery
     /// order.
     pub seq_block: Option<u64>,
+    /// The previous holder died: the other instances' publishes it had not
+    /// queued for the session (see [`MissedRead`]).
+    pub missed: Option<MissedRead>,
+}
+
+/// Publishes read from the fabric for a session whose holder died, after
+/// that holder's cursor up to `through`, oldest first.
+pub struct MissedRead {
+    pub through: FabricPos,
+    pub messages: Vec<Missed>,
+}
+
+/// One publish a dead instance had not queued for its session.
+pub struct Missed {
+    /// Its place on the fabric.
+    pub at: FabricPos,
+    /// Appended by this instance: routed here already, never again.
+    pub own: bool,
+    pub msg: Arc<Message>,
 }
 
 impl std::fmt::Debug for Claim {

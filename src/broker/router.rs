@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::inbox::{InboxReceiver, inbox};
 use super::journal::{Journal, Replay};
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
-use super::ports::{Claim, CommitReceipt, SharedDurability, SharedFabric, SharedOwnership};
+use super::ports::{self, Claim, CommitReceipt, SharedDurability, SharedFabric, SharedOwnership};
 use super::retained::RetainedStore;
 use super::session::Session;
 use super::trie::{Entry, Removed, SubscriptionTrie};
@@ -33,6 +33,9 @@ use crate::domain::{StoreError, WriteOp};
 
 /// Commands queued to the router before publishers are asked to wait.
 const COMMAND_QUEUE: usize = 16 * 1024;
+/// Remote publishes kept for [`Router::queue_missed`]: more than arrive
+/// while a takeover's claim completes.
+const RECENT_REMOTE: usize = 16 * 1024;
 /// Commands handled per wake-up before timers get a look.
 const BATCH: usize = 1024;
 /// How long a claim another instance announced keeps refusing older ones
@@ -109,6 +112,11 @@ struct Router {
     /// session of, and when they were announced: a connect claimed
     /// earlier that reaches the router later is refused.
     fences: HashMap<ClientId, (u64, Instant)>,
+    /// The fabric entry of the last remote publish routed, and the latest
+    /// ones: a session taken from a dead instance gets those passed after
+    /// its missed publishes were read (see [`Self::queue_missed`]).
+    last_remote: Option<crate::domain::FabricPos>,
+    recent_remote: std::collections::VecDeque<(crate::domain::FabricPos, Arc<Message>)>,
 }
 
 /// One session a publish goes to, after merging overlapping subscriptions.
@@ -186,6 +194,8 @@ impl Router {
             seq_block_end: u64::MAX,
             seq_overrun: false,
             fences: HashMap::new(),
+            last_remote: None,
+            recent_remote: std::collections::VecDeque::new(),
         }
     }
 
@@ -325,7 +335,15 @@ impl Router {
                 // never says more is committed than is.
                 let cursor = at.and_then(|at| self.fabric.as_ref()?.cursor(at));
                 let ops = cursor.into_iter().collect();
-                let _ = self.publish_from(Arc::new(msg), ops, false, Origin::Remote);
+                let msg = Arc::new(msg);
+                if let Some(at) = at {
+                    self.last_remote = Some(at);
+                    if self.recent_remote.len() >= RECENT_REMOTE {
+                        self.recent_remote.pop_front();
+                    }
+                    self.recent_remote.push_back((at, msg.clone()));
+                }
+                let _ = self.publish_from(msg, ops, false, Origin::Remote);
             }
             Command::Replay { after, filters, reply } => {
                 let missed = self.journal.since(after, &filters);
@@ -477,6 +495,12 @@ impl Router {
             return Err(ConnectError::Superseded);
         }
         self.fences.remove(client);
+        // Held here from now on: should this instance die, what the session
+        // missed is replayed from its cursor.
+        self.writer.submit_state(vec![WriteOp::ClaimHeld {
+            client_id: client.clone(),
+            epoch: claim.epoch,
+        }]);
         let Some(moved) = claim.moved else { return Ok(()) };
         // What this instance still keeps of it is older than what the last
         // holder left in the store.
@@ -491,7 +515,44 @@ impl Router {
             "session moved here from another instance"
         );
         self.hold_moved(stored, claim.epoch, claim.seq_block);
+        if let Some(missed) = claim.missed {
+            self.queue_missed(client, missed);
+        }
         Ok(())
+    }
+
+    /// Queue for `client`'s session, just taken from a dead instance, the
+    /// publishes read for it that this router already passed (the rest it
+    /// routes when the fabric brings them), and those it passed after the
+    /// read, from its recent ones.
+    fn queue_missed(&mut self, client: &ClientId, missed: ports::MissedRead) {
+        // This instance's own publishes were routed before they were
+        // appended, so before the read: never again from the fabric.
+        let here = self.last_remote;
+        let mut replay: Vec<Arc<Message>> = missed
+            .messages
+            .into_iter()
+            .filter(|m| m.own || here.is_some_and(|here| m.at <= here))
+            .map(|m| m.msg)
+            .collect();
+        if let Some(here) = here
+            && here > missed.through
+        {
+            let oldest = self.recent_remote.front().map(|(at, _)| *at);
+            if oldest.is_none_or(|o| o > missed.through)
+                && self.recent_remote.len() >= RECENT_REMOTE
+            {
+                crate::telemetry::metrics::global().cluster_replay_gaps.fetch_add(1, Relaxed);
+                tracing::warn!(client.id = %client, "publishes a dead instance missed may be lost: too many since they were read");
+            }
+            replay.extend(
+                self.recent_remote
+                    .iter()
+                    .filter(|(at, _)| *at > missed.through)
+                    .map(|(_, msg)| msg.clone()),
+            );
+        }
+        self.queue_replay(client, replay);
     }
 
     /// Hold, offline, a session another instance kept until now.
@@ -532,6 +593,7 @@ impl Router {
                 "session of a dead instance held here until its client returns"
             );
             metrics.cluster_adopted.fetch_add(1, Relaxed);
+            self.writer.submit_state(vec![WriteOp::ClaimHeld { client_id: client.clone(), epoch }]);
             self.hold_moved(stored, epoch, seq_block);
             self.queue_replay(&client, replay);
         }
@@ -2008,7 +2070,7 @@ mod tests {
     }
 
     fn claim(epoch: u64) -> Option<Claim> {
-        Some(Claim { epoch, moved: None, seq_block: None })
+        Some(Claim { epoch, moved: None, seq_block: None, missed: None })
     }
 
     fn stored(id: &str, seqs: &[u64]) -> StoredSession {
@@ -2084,6 +2146,7 @@ mod tests {
             epoch: 2,
             moved: Some(Some(stored("car", &[later_block - 100, later_block - 99]))),
             seq_block: Some(later_block),
+            missed: None,
         };
         let req = request("car", false, 3600, None, Identity::anonymous());
         let c = r.connect(req, Some(moved)).unwrap();

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::codec;
-use crate::broker::ports::{Fabric, SharedDurability};
+use crate::broker::ports::{Fabric, Missed, SharedDurability};
 use crate::broker::{Adoption, BrokerHandle};
 use crate::domain::{FabricPos, Message, WriteOp};
 use crate::store::Store;
@@ -29,7 +29,11 @@ const QUEUE: usize = 64 * 1024;
 /// Entries appended in one round trip at most.
 const BATCH: usize = 512;
 /// How long one `XREAD` waits for entries.
-const BLOCK: Duration = Duration::from_secs(1);
+/// Short: sessions taken from a dead instance wait for the read to end
+/// before the router holds them.
+const BLOCK: Duration = Duration::from_millis(100);
+/// How long a reply may take, beyond the blocking read's own wait.
+const REPLY_WAIT: Duration = Duration::from_secs(3);
 /// Missed publishes kept in memory at most for one batch of taken-over
 /// sessions; beyond, they are counted as lost.
 const MAX_REPLAY: usize = 256 * 1024;
@@ -434,7 +438,7 @@ impl FabricReader {
 
     async fn read_loop(mut self, broker: BrokerHandle) {
         // A blocking read holds its connection: give it time beyond BLOCK.
-        let config = AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK * 3));
+        let config = AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK + REPLY_WAIT));
         let options = StreamReadOptions::default().block(BLOCK.as_millis() as usize).count(BATCH);
         let mut cursor = self.cursor.clone();
         // Where this run starts, so that should it die before routing any
@@ -472,14 +476,7 @@ impl FabricReader {
             }
             loop {
                 while let Ok(req) = self.adopt_rx.try_recv() {
-                    let from = match self.store.fabric_cursor(&req.dead).await {
-                        Ok(from) => from,
-                        Err(e) => {
-                            tracing::warn!({ names::ERROR_MESSAGE } = %e, "a dead instance's stream position not read");
-                            None
-                        }
-                    };
-                    waiting.push((req, from));
+                    waiting.push(self.with_cursor(req).await);
                 }
                 // Everything up to `cursor` reached the router: replay up
                 // to there, unless the dead instance got further (then its
@@ -543,9 +540,20 @@ impl FabricReader {
         }
     }
 
+    /// `req` with the dead instance's cursor, if it kept one.
+    async fn with_cursor(&self, req: CatchUp) -> (CatchUp, Option<FabricPos>) {
+        let from = match self.store.fabric_cursor(&req.dead).await {
+            Ok(from) => from,
+            Err(e) => {
+                tracing::warn!({ names::ERROR_MESSAGE } = %e, "a dead instance's stream position not read");
+                None
+            }
+        };
+        (req, from)
+    }
+
     /// Add to `req`'s sessions the stream's entries after `from` up to
-    /// `through` that their own subscriptions match, except the dead
-    /// instance's own publishes (queued in their publish's commit there).
+    /// `through` that their own subscriptions match.
     async fn replay(
         &self,
         conn: &mut MultiplexedConnection,
@@ -556,57 +564,18 @@ impl FabricReader {
         if from >= through || req.adoptions.iter().all(|a| a.session.is_none()) {
             return Ok(());
         }
+        let adoptions = &req.adoptions;
+        let wanted = |m: &Message| adoptions.iter().any(|a| wants(a, m));
         let stream = &self.settings.stream;
-        // Entries trimmed (MAXLEN) after the cursor are gone for good.
-        let info: HashMap<String, redis::Value> =
-            redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(conn).await?;
-        let deleted = match info.get("max-deleted-entry-id") {
-            Some(redis::Value::BulkString(b)) => {
-                std::str::from_utf8(b).ok().and_then(FabricPos::parse)
-            }
-            Some(redis::Value::SimpleString(t)) => FabricPos::parse(t),
-            _ => None,
-        };
-        if deleted.is_some_and(|d| d > from) {
-            gap(&req.dead, "trimmed from the stream");
-        }
-        let mut start = format!("({from}");
-        let (mut kept, mut dropped, mut read) = (0usize, 0u64, 0u64);
-        loop {
-            let page: redis::streams::StreamRangeReply =
-                conn.xrange_count(stream, &start, through.to_string(), BATCH).await?;
-            let n = page.ids.len();
-            for entry in page.ids {
-                start = format!("({}", entry.id);
-                read += 1;
-                let msg = match codec::decode(&entry.map) {
-                    Ok((node, _)) if node == req.dead => continue,
-                    Ok((_, msg)) => Arc::new(msg),
-                    Err(_) => continue,
-                };
-                for a in &mut req.adoptions {
-                    if !wants(a, &msg) {
-                        continue;
-                    }
-                    if kept >= MAX_REPLAY {
-                        dropped += 1;
-                    } else {
-                        a.replay.push(msg.clone());
-                        kept += 1;
-                    }
+        let me = &self.settings.node;
+        let (missed, _) =
+            read_missed(conn, stream, &req.dead, me, from, Some(through), wanted).await?;
+        for Missed { msg, .. } in missed {
+            for a in &mut req.adoptions {
+                if wants(a, &msg) {
+                    a.replay.push(msg.clone());
                 }
             }
-            if n < BATCH {
-                break;
-            }
-        }
-        tracing::info!(dead = %req.dead, %from, %through, read, kept, "publishes a dead instance missed read back from the stream");
-        if dropped > 0 {
-            tracing::warn!(
-                dropped,
-                "too many missed publishes for the taken-over sessions; the rest dropped"
-            );
-            gap(&req.dead, "too many to hold");
         }
         Ok(())
     }
@@ -618,13 +587,81 @@ impl FabricReader {
     }
 }
 
+/// The stream's entries after `from` up to `through` (its end without),
+/// oldest first, except those the dead instance `dead` appended (queued in
+/// their publish's commit there), that `keep` wants, each with whether
+/// instance `me` appended it; and the last entry read (`from` when none). Entries trimmed after `from`, or more than
+/// [`MAX_REPLAY`] wanted, are logged and counted as a gap.
+pub(crate) async fn read_missed(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    dead: &str,
+    me: &str,
+    from: FabricPos,
+    through: Option<FabricPos>,
+    keep: impl Fn(&Message) -> bool,
+) -> redis::RedisResult<(Vec<Missed>, FabricPos)> {
+    // Entries trimmed (MAXLEN) after the cursor are gone for good.
+    let info: HashMap<String, redis::Value> =
+        redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(conn).await?;
+    let deleted = match info.get("max-deleted-entry-id") {
+        Some(redis::Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(FabricPos::parse),
+        Some(redis::Value::SimpleString(t)) => FabricPos::parse(t),
+        _ => None,
+    };
+    if deleted.is_some_and(|d| d > from) {
+        gap(dead, "trimmed from the stream");
+    }
+    let end = through.map_or_else(|| "+".to_owned(), |t| t.to_string());
+    let mut start = format!("({from}");
+    let mut last = from;
+    let (mut missed, mut dropped, mut read) = (Vec::new(), 0u64, 0u64);
+    loop {
+        let page: redis::streams::StreamRangeReply =
+            conn.xrange_count(stream, &start, &end, BATCH).await?;
+        let n = page.ids.len();
+        for entry in page.ids {
+            start = format!("({}", entry.id);
+            let Some(at) = FabricPos::parse(&entry.id) else { continue };
+            last = at;
+            read += 1;
+            let (own, msg) = match codec::decode(&entry.map) {
+                Ok((node, _)) if node == dead => continue,
+                Ok((node, msg)) if keep(&msg) => (node == me, Arc::new(msg)),
+                _ => continue,
+            };
+            if missed.len() >= MAX_REPLAY {
+                dropped += 1;
+            } else {
+                missed.push(Missed { at, own, msg });
+            }
+        }
+        if n < BATCH {
+            break;
+        }
+    }
+    tracing::info!(dead, %from, through = %last, read, kept = missed.len(), "publishes a dead instance missed read back from the stream");
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "too many missed publishes for taken-over sessions; the rest dropped"
+        );
+        gap(dead, "too many to hold");
+    }
+    Ok((missed, last))
+}
+
 /// Whether a subscription of `a`'s own (not a shared one) matches `msg`.
 fn wants(a: &Adoption, msg: &Message) -> bool {
-    let Some(session) = &a.session else { return false };
+    a.session.as_ref().is_some_and(|s| session_wants(s, msg))
+}
+
+/// Whether a subscription of `session`'s own (not a shared one) matches `msg`.
+pub(crate) fn session_wants(session: &crate::domain::StoredSession, msg: &Message) -> bool {
     session.subscriptions.iter().any(|(f, o)| {
         f.group.is_none()
             && f.filter.matches(&msg.topic)
-            && !(o.no_local && msg.publisher.as_ref() == Some(&a.client_id))
+            && !(o.no_local && msg.publisher.as_ref() == Some(&session.client_id))
     })
 }
 
@@ -637,7 +674,7 @@ async fn hand_over(broker: &BrokerHandle, req: CatchUp) -> Result<(), ()> {
 }
 
 /// Some publishes a dead instance missed cannot be queued for its sessions.
-fn gap(dead: &str, why: &str) {
+pub(crate) fn gap(dead: &str, why: &str) {
     crate::telemetry::metrics::global().cluster_replay_gaps.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(
         dead,

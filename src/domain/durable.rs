@@ -57,6 +57,12 @@ pub enum WriteOp {
         client_id: ClientId,
         epoch: u64,
     },
+    /// Several instances: the session claimed under `epoch` is held (queued
+    /// for) by the claiming instance now.
+    ClaimHeld {
+        client_id: ClientId,
+        epoch: u64,
+    },
     /// Several instances: the will kept with the claim under `epoch` was
     /// published or discarded; forget it unless a later claim replaced it.
     ClearWill {
@@ -148,6 +154,7 @@ impl WriteOp {
                 | Self::DeleteMessage(_)
                 | Self::ReleaseClaim { .. }
                 | Self::ClearWill { .. }
+                | Self::ClaimHeld { .. }
         )
     }
 }

@@ -25,13 +25,15 @@ pub struct ClaimRecord {
     pub previous: Option<String>,
     /// Whether that instance's lease still runs.
     pub previous_alive: bool,
+    /// The instance that last held the session, if one did.
+    pub source: Option<String>,
 }
 
 /// A dead instance's claim taken over by [`Store::adopt_dead_claims`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadClaim {
     pub client_id: String,
-    /// The dead instance (run) that held it.
+    /// The dead instance (run) that last held it (queued for it).
     pub node: String,
     /// The new claim's epoch.
     pub epoch: u64,
@@ -77,7 +79,7 @@ impl Store {
                 .await?;
             let previous = sqlx::query(
                 "SELECT c.node, c.owner, EXISTS (SELECT 1 FROM leases l \
-                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $2) \
+                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $2), c.source \
                  FROM session_claims c WHERE c.client_id = $1",
             )
             .bind(&client_id)
@@ -91,12 +93,14 @@ impl Store {
                     .await?
                     .map(|r| r.try_get(0))
                     .transpose()?;
-            let mut record = ClaimRecord { epoch: 0, previous: None, previous_alive: false };
+            let mut record =
+                ClaimRecord { epoch: 0, previous: None, previous_alive: false, source: None };
             let mut theirs = stored_owner.flatten().is_some_and(|o| o != owner);
             if let Some(r) = previous {
                 let claimed_by: String = r.try_get(1)?;
                 record.previous = Some(r.try_get(0)?);
                 record.previous_alive = r.try_get(2)?;
+                record.source = r.try_get(3)?;
                 theirs |= record.previous_alive && !claimed_by.is_empty() && claimed_by != owner;
             }
             if theirs && !take_over_any {
@@ -177,7 +181,7 @@ impl Store {
         self.run(async move {
             let rows = sqlx::query(
                 "WITH dead AS ( \
-                   SELECT x.client_id, x.node, x.epoch, x.will, x.will_delay, \
+                   SELECT x.client_id, COALESCE(x.source, x.node) AS node, x.epoch, x.will, x.will_delay, \
                      (SELECT max(l.expires_at) FROM leases l WHERE l.name = 'node:' || x.node) \
                        AS lapsed_at \
                    FROM session_claims x \

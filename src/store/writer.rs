@@ -667,6 +667,15 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
                 .execute(&mut **tx)
                 .await?;
         }
+        WriteOp::ClaimHeld { client_id, epoch } => {
+            sqlx::query(
+                "UPDATE session_claims SET source = node WHERE client_id = $1 AND epoch = $2",
+            )
+            .bind(client_id.to_string())
+            .bind(*epoch as i64)
+            .execute(&mut **tx)
+            .await?;
+        }
         WriteOp::ClearWill { client_id, epoch } => {
             sqlx::query(
                 "UPDATE session_claims SET will = NULL WHERE client_id = $1 AND epoch = $2",
