@@ -249,11 +249,12 @@ impl Application {
                 .run_until_stopped(stopping.clone()),
         );
         let malformed_task = tokio::spawn(quiet::run_until_stopped(stopping.clone()));
+        let adopter = fabric.as_ref().map(|(_, reader, _)| reader.adopter());
         if let Some((_, reader, _)) = fabric {
             reader.spawn(broker.clone(), stopping.clone());
         }
         if let Some((_, control)) = ownership {
-            control.spawn(broker.clone(), stopping.clone());
+            control.spawn(broker.clone(), stopping.clone(), adopter);
         }
         if let Some((_, task)) = peers {
             task.spawn(broker.stats().clone(), stopping.clone());

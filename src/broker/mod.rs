@@ -218,6 +218,9 @@ pub struct Adoption {
     /// A delivery-number block reserved after the session's messages
     /// were numbered (see [`Claim::seq_block`]).
     pub seq_block: Option<u64>,
+    /// The other instances' publishes the dead instance had not queued for
+    /// the session, oldest first: queued here before anything newer.
+    pub replay: Vec<Arc<Message>>,
 }
 
 pub(crate) enum Command {
@@ -252,8 +255,9 @@ pub(crate) enum Command {
     },
     /// A publish accepted by another instance, for this one's subscribers,
     /// with the instances it chose for shared groups (`None` from an
-    /// instance that does not choose).
-    Remote(Message, Option<Box<groups::Picks>>),
+    /// instance that does not choose), and its place on the fabric (see
+    /// [`WriteOp::FabricCursor`]).
+    Remote(Message, Option<Box<groups::Picks>>, Option<crate::domain::FabricPos>),
     Publish {
         msg: Message,
         /// Writes added by the [`PublishHook`].
@@ -483,14 +487,17 @@ impl BrokerHandle {
 
     /// Route a publish another instance accepted to this instance's
     /// subscribers (its retained value too), waiting while the router is
-    /// full. Hooks do not see it again; it is not shared back.
+    /// full. Hooks do not see it again; it is not shared back. `at` is its
+    /// place on the fabric: once its queued copies are committed, so is a
+    /// note that this instance is done up to there.
     pub async fn route_remote(
         &self,
         msg: Message,
         picks: Option<groups::Picks>,
+        at: Option<crate::domain::FabricPos>,
     ) -> Result<(), PublishError> {
         self.room().await;
-        self.send(Command::Remote(msg, picks.map(Box::new)))
+        self.send(Command::Remote(msg, picks.map(Box::new), at))
     }
 
     /// Resolves once the router has room for more publishes.

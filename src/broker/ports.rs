@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 pub use super::auth::BoxFuture;
 use super::groups::{ClusterTotals, GroupKey, Members, Picks, RemoteGroups};
-use crate::domain::{ClientId, Message, Principal, StoreError, StoredSession, WriteOp};
+use crate::domain::{ClientId, FabricPos, Message, Principal, StoreError, StoredSession, WriteOp};
 
 /// Resolves once a durable write is committed, or says why it was not.
 pub type CommitReceipt = oneshot::Receiver<Result<(), StoreError>>;
@@ -68,6 +68,13 @@ pub trait Fabric: Send + Sync + std::fmt::Debug + 'static {
     fn outbox(&self, _msg: &Message, _picks: Option<&Picks>) -> Option<(u64, WriteOp)> {
         None
     }
+
+    /// The write that notes this instance is done with the other
+    /// instances' publishes up to `at`, submitted after the writes they
+    /// caused. `None` when nothing needs noting.
+    fn cursor(&self, _at: FabricPos) -> Option<WriteOp> {
+        None
+    }
 }
 
 pub type SharedFabric = Arc<dyn Fabric>;
@@ -103,6 +110,25 @@ pub struct Claim {
     /// above the router's own block, so order by number stays delivery
     /// order.
     pub seq_block: Option<u64>,
+    /// The previous holder died: the other instances' publishes it had not
+    /// queued for the session (see [`MissedRead`]).
+    pub missed: Option<MissedRead>,
+}
+
+/// Publishes read from the fabric for a session whose holder died, after
+/// that holder's cursor up to `through`, oldest first.
+pub struct MissedRead {
+    pub through: FabricPos,
+    pub messages: Vec<Missed>,
+}
+
+/// One publish a dead instance had not queued for its session.
+pub struct Missed {
+    /// Its place on the fabric.
+    pub at: FabricPos,
+    /// Appended by this instance: routed here already, never again.
+    pub own: bool,
+    pub msg: Arc<Message>,
 }
 
 impl std::fmt::Debug for Claim {

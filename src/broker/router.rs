@@ -17,7 +17,7 @@ use super::inbox::{InboxReceiver, inbox};
 use super::journal::{Journal, Replay};
 use super::outbox::{ConnectionId, KickReason, Outbox, Pushed};
 use super::ports::{
-    Claim, CommitReceipt, SharedDurability, SharedFabric, SharedOwnership, SharedPeers,
+    self, Claim, CommitReceipt, SharedDurability, SharedFabric, SharedOwnership, SharedPeers,
 };
 use super::retained::RetainedStore;
 use super::session::Session;
@@ -36,6 +36,9 @@ use crate::domain::{StoreError, WriteOp};
 
 /// Commands queued to the router before publishers are asked to wait.
 const COMMAND_QUEUE: usize = 16 * 1024;
+/// Remote publishes kept for [`Router::queue_missed`]: more than arrive
+/// while a takeover's claim completes.
+const RECENT_REMOTE: usize = 16 * 1024;
 /// Commands handled per wake-up before timers get a look.
 const BATCH: usize = 1024;
 /// How long a claim another instance announced keeps refusing older ones
@@ -129,6 +132,11 @@ struct Router {
     /// Groups the routed remote publish chose this instance for and that
     /// have no member here (any more).
     orphans: Vec<GroupKey>,
+    /// The fabric entry of the last remote publish routed, and the latest
+    /// ones: a session taken from a dead instance gets those passed after
+    /// its missed publishes were read (see [`Self::queue_missed`]).
+    last_remote: Option<crate::domain::FabricPos>,
+    recent_remote: std::collections::VecDeque<(crate::domain::FabricPos, Arc<Message>)>,
 }
 
 /// One session a publish goes to, after merging overlapping subscriptions.
@@ -214,6 +222,8 @@ impl Router {
             groups_dirty: false,
             picked: Vec::new(),
             orphans: Vec::new(),
+            last_remote: None,
+            recent_remote: std::collections::VecDeque::new(),
         }
     }
 
@@ -349,12 +359,23 @@ impl Router {
                     let _ = reply.send(result);
                 }
             }
-            Command::Remote(msg, picks) => {
+            Command::Remote(msg, picks, at) => {
                 // Best effort, as for a will: nobody waits here (the
-                // publisher had its answer on its own instance).
-                let origin = Origin::Remote(picks.as_deref());
+                // publisher had its answer on its own instance). The cursor
+                // goes in the same submission as the queued copies, so it
+                // never says more is committed than is.
+                let cursor = at.and_then(|at| self.fabric.as_ref()?.cursor(at));
+                let ops = cursor.into_iter().collect();
                 let msg = Arc::new(msg);
-                let _ = self.publish_from(msg.clone(), Vec::new(), false, origin);
+                if let Some(at) = at {
+                    self.last_remote = Some(at);
+                    if self.recent_remote.len() >= RECENT_REMOTE {
+                        self.recent_remote.pop_front();
+                    }
+                    self.recent_remote.push_back((at, msg.clone()));
+                }
+                let origin = Origin::Remote(picks.as_deref());
+                let _ = self.publish_from(msg.clone(), ops, false, origin);
                 if !self.orphans.is_empty() {
                     self.pass_on(msg, picks.map_or(0, |p| p.hops));
                 }
@@ -510,6 +531,12 @@ impl Router {
             return Err(ConnectError::Superseded);
         }
         self.fences.remove(client);
+        // Held here from now on: should this instance die, what the session
+        // missed is replayed from its cursor.
+        self.writer.submit_state(vec![WriteOp::ClaimHeld {
+            client_id: client.clone(),
+            epoch: claim.epoch,
+        }]);
         let Some(moved) = claim.moved else { return Ok(()) };
         // What this instance still keeps of it is older than what the last
         // holder left in the store.
@@ -524,7 +551,44 @@ impl Router {
             "session moved here from another instance"
         );
         self.hold_moved(stored, claim.epoch, claim.seq_block);
+        if let Some(missed) = claim.missed {
+            self.queue_missed(client, missed);
+        }
         Ok(())
+    }
+
+    /// Queue for `client`'s session, just taken from a dead instance, the
+    /// publishes read for it that this router already passed (the rest it
+    /// routes when the fabric brings them), and those it passed after the
+    /// read, from its recent ones.
+    fn queue_missed(&mut self, client: &ClientId, missed: ports::MissedRead) {
+        // This instance's own publishes were routed before they were
+        // appended, so before the read: never again from the fabric.
+        let here = self.last_remote;
+        let mut replay: Vec<Arc<Message>> = missed
+            .messages
+            .into_iter()
+            .filter(|m| m.own || here.is_some_and(|here| m.at <= here))
+            .map(|m| m.msg)
+            .collect();
+        if let Some(here) = here
+            && here > missed.through
+        {
+            let oldest = self.recent_remote.front().map(|(at, _)| *at);
+            if oldest.is_none_or(|o| o > missed.through)
+                && self.recent_remote.len() >= RECENT_REMOTE
+            {
+                crate::telemetry::metrics::global().cluster_replay_gaps.fetch_add(1, Relaxed);
+                tracing::warn!(client.id = %client, "publishes a dead instance missed may be lost: too many since they were read");
+            }
+            replay.extend(
+                self.recent_remote
+                    .iter()
+                    .filter(|(at, _)| *at > missed.through)
+                    .map(|(_, msg)| msg.clone()),
+            );
+        }
+        self.queue_replay(client, replay);
     }
 
     /// Hold, offline, a session another instance kept until now.
@@ -546,7 +610,8 @@ impl Router {
     /// subscriptions queue here from now on, and its will goes out when
     /// due, unless a later claim of the id got here first.
     fn adopt(&mut self, adoption: Adoption) {
-        let Adoption { client_id: client, epoch, session, will, will_at, seq_block } = adoption;
+        let Adoption { client_id: client, epoch, session, will, will_at, seq_block, replay } =
+            adoption;
         if self.known_claim(&client).is_some_and(|known| known >= epoch) {
             tracing::info!(client.id = %client, claim.epoch = epoch, "a dead instance's client id was claimed again meanwhile; left to that claim");
             return;
@@ -564,7 +629,9 @@ impl Router {
                 "session of a dead instance held here until its client returns"
             );
             metrics.cluster_adopted.fetch_add(1, Relaxed);
+            self.writer.submit_state(vec![WriteOp::ClaimHeld { client_id: client.clone(), epoch }]);
             self.hold_moved(stored, epoch, seq_block);
+            self.queue_replay(&client, replay);
         }
         if let Some(message) = will {
             metrics.cluster_dead_wills.fetch_add(1, Relaxed);
@@ -594,6 +661,92 @@ impl Router {
         if !self.sessions.contains_key(&client) {
             // Nothing is held for it here: no claim either.
             self.writer.submit_state(vec![WriteOp::ReleaseClaim { client_id: client, epoch }]);
+        }
+    }
+
+    /// Queue for the adopted session of `client` what its dead instance
+    /// missed, oldest first, through its own (not shared) subscriptions.
+    fn queue_replay(&mut self, client: &ClientId, replay: Vec<Arc<Message>>) {
+        if replay.is_empty() {
+            return;
+        }
+        let mut ops = Vec::new();
+        let mut pushes = Vec::new();
+        let mut targets = Vec::new();
+        for msg in replay {
+            targets.clear();
+            let publisher = msg.publisher.as_ref();
+            self.trie.for_each_match(msg.topic.as_str(), |e| {
+                let own = e.options.no_local && publisher == Some(&e.client);
+                if e.client == *client && e.group.is_none() && !own {
+                    add_target(&mut targets, &e.client, &e.options, msg.qos);
+                }
+            });
+            merge_targets(&mut targets);
+            let Some(session) = self.sessions.get(client) else { return };
+            for t in targets.drain(..) {
+                if t.qos == QoS::AtMostOnce
+                    && session.conn.is_none()
+                    && !self.limits.queue_qos0_messages
+                {
+                    continue;
+                }
+                let packet_id = match t.qos {
+                    QoS::AtMostOnce => None,
+                    _ => match session.outbox.reserve_packet_id() {
+                        Some(id) => Some(id),
+                        None => {
+                            self.stats.dropped_queue_full(t.qos);
+                            continue;
+                        }
+                    },
+                };
+                let seq = take_seq(
+                    &mut self.next_seq,
+                    &mut self.seq_block_end,
+                    &mut self.seq_overrun,
+                    self.ownership.as_ref(),
+                );
+                let d = Delivery {
+                    seq,
+                    msg: msg.clone(),
+                    qos: t.qos,
+                    retain: msg.retain && t.retain_as_published,
+                    subscription_ids: t.subscription_ids,
+                    dup: false,
+                    packet_id,
+                    stored: t.qos != QoS::AtMostOnce && session.is_persistent(),
+                };
+                if d.stored {
+                    ops.push(WriteOp::EnqueueMessage { client_id: t.client, delivery: d.clone() });
+                }
+                pushes.push((session.outbox.clone(), d));
+            }
+        }
+        crate::telemetry::metrics::global()
+            .cluster_replayed
+            .fetch_add(pushes.len() as u64, Relaxed);
+        tracing::info!(client.id = %client, queued = pushes.len(), "publishes its dead instance missed queued for a taken-over session");
+        let hold = pushes.iter().any(|(_, d)| held_until_stored(d));
+        let stored = match self.writer.submit_durable(ops.clone()) {
+            Ok(rx) => hold.then_some(rx),
+            Err(_) => {
+                // As for a will: stored as well as it gets, held by nothing.
+                self.submit(ops);
+                None
+            }
+        };
+        let mut held = Vec::new();
+        for (outbox, d) in pushes {
+            if stored.is_some() && held_until_stored(&d) {
+                held.push((outbox.clone(), d.seq));
+                outbox.push_held(d);
+            } else {
+                outbox.push(d);
+            }
+        }
+        if let Some(stored) = stored {
+            release_when_stored(stored, held, false);
         }
     }
 
@@ -2117,11 +2270,11 @@ mod tests {
             }))
         };
         let m = msg("t", "x", QoS::AtLeastOnce, false);
-        r.handle(Command::Remote(m.clone(), picks("other")));
+        r.handle(Command::Remote(m.clone(), picks("other"), None));
         assert_eq!(c.outbox.len(), 2);
-        r.handle(Command::Remote(m.clone(), picks("me")));
+        r.handle(Command::Remote(m.clone(), picks("me"), None));
         assert_eq!(c.outbox.len(), 3);
-        r.handle(Command::Remote(m.clone(), None));
+        r.handle(Command::Remote(m.clone(), None, None));
         assert_eq!(c.outbox.len(), 4);
 
         // Chosen here after the last member left: passed on to the other.
@@ -2129,7 +2282,7 @@ mod tests {
         r.tell_groups();
         assert!(peers.told.lock().unwrap().last().unwrap().is_empty());
         let before = fabric.shared.lock().unwrap().len();
-        r.handle(Command::Remote(m, picks("me")));
+        r.handle(Command::Remote(m, picks("me"), None));
         let shared = fabric.shared.lock().unwrap();
         assert_eq!(shared.len(), before + 1);
         let passed = shared.last().unwrap().as_deref().unwrap();
@@ -2205,7 +2358,7 @@ mod tests {
     }
 
     fn claim(epoch: u64) -> Option<Claim> {
-        Some(Claim { epoch, moved: None, seq_block: None })
+        Some(Claim { epoch, moved: None, seq_block: None, missed: None })
     }
 
     fn stored(id: &str, seqs: &[u64]) -> StoredSession {
@@ -2281,6 +2434,7 @@ mod tests {
             epoch: 2,
             moved: Some(Some(stored("car", &[later_block - 100, later_block - 99]))),
             seq_block: Some(later_block),
+            missed: None,
         };
         let req = request("car", false, 3600, None, Identity::anonymous());
         let c = r.connect(req, Some(moved)).unwrap();
@@ -2310,6 +2464,7 @@ mod tests {
             will: Some(msg("wills/car", "lost", QoS::AtLeastOnce, false)),
             will_at: SystemTime::now() + will_in,
             seq_block: None,
+            replay: Vec::new(),
         }
     }
 

@@ -22,10 +22,11 @@ use redis::{AsyncCommands, AsyncConnectionConfig, Client, Value};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::ports::{BoxFuture, Claim, ClaimError, Ownership};
+use crate::broker::ports::{BoxFuture, Claim, ClaimError, MissedRead, Ownership};
 use crate::broker::{Adoption, BrokerHandle, Release, Will};
 use crate::cluster::codec;
-use crate::domain::{ClientId, Message, Principal, RestoredState};
+use crate::cluster::redis_fabric::{self, Adopter};
+use crate::domain::{ClientId, Message, Principal, RestoredState, StoredSession};
 use crate::store::{DeadClaim, Store, node_lease};
 use crate::telemetry::names;
 
@@ -90,6 +91,8 @@ struct Inner {
     client: Client,
     /// Control streams are `<prefix><instance>`.
     prefix: String,
+    /// The fabric's stream.
+    stream: String,
     /// A shared connection for appends, replaced after an error. The lock
     /// is held only to clone or replace it, never across an await.
     conn: Mutex<Option<MultiplexedConnection>>,
@@ -100,6 +103,9 @@ struct Inner {
     /// or put it.
     next_block: Mutex<Option<u64>>,
     reserve: Notify,
+    /// Client ids taken from dead instances on their way to the router: a
+    /// CONNECT claiming one waits until the router holds its session.
+    adopting: Mutex<HashSet<ClientId>>,
 }
 
 /// Answers from other instances come in here, once the broker runs.
@@ -138,10 +144,12 @@ impl ClusterOwnership {
             node,
             client,
             prefix: format!("{stream}:control:"),
+            stream: stream.to_owned(),
             conn: Mutex::new(None),
             waiting: Mutex::new(HashMap::new()),
             next_block: Mutex::new(None),
             reserve: Notify::new(),
+            adopting: Mutex::new(HashSet::new()),
         });
         inner.reserve.notify_one();
         Ok((Self { inner: inner.clone() }, ControlReader { inner }))
@@ -190,13 +198,31 @@ impl Inner {
             .map_err(|e| unavailable(&e))?
             .ok_or(ClaimError::NotOwner)?;
         let epoch = record.epoch;
+        let mut missed = None;
         let moved = match record.previous {
-            Some(previous) if previous == self.node => None,
+            Some(previous) if previous == self.node => {
+                // Taken over from a dead instance just now: held by the
+                // router once the missed publishes are read (bounded: the
+                // reader answers within a read).
+                let started = Instant::now();
+                while self.adopting.lock().expect("adopting lock").contains(&client)
+                    && started.elapsed() < ANSWER_WAIT
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                None
+            }
             previous => {
+                let mut dead = None;
                 if let Some(previous) = &previous {
                     let started = Instant::now();
-                    if record.previous_alive {
-                        self.wait_release(previous, &client, epoch).await?;
+                    let lapsed = !record.previous_alive
+                        || self.wait_release(previous, &client, epoch).await?;
+                    // What the session missed starts where the instance
+                    // that last held it stopped, not a claimant that died
+                    // waiting for it.
+                    if lapsed {
+                        dead = Some(record.source.clone().unwrap_or_else(|| previous.clone()));
                     }
                     crate::telemetry::metrics::global()
                         .cluster_takeovers
@@ -209,7 +235,14 @@ impl Inner {
                         "client id taken over from another instance"
                     );
                 }
-                Some(self.store.load_session(client.as_str()).await.map_err(|e| unavailable(&e))?)
+                let session =
+                    self.store.load_session(client.as_str()).await.map_err(|e| unavailable(&e))?;
+                if let (Some(dead), Some(session)) = (&dead, &session)
+                    && !session.subscriptions.is_empty()
+                {
+                    missed = self.missed(dead, session).await;
+                }
+                Some(session)
             }
         };
         let has_messages =
@@ -219,17 +252,63 @@ impl Inner {
         } else {
             None
         };
-        Ok(Claim { epoch, moved, seq_block })
+        Ok(Claim { epoch, moved, seq_block, missed })
+    }
+
+    /// The other instances' publishes the dead instance `dead` had not
+    /// queued for `session` when it died, read from the fabric after its
+    /// cursor to the end.
+    async fn missed(&self, dead: &str, session: &StoredSession) -> Option<MissedRead> {
+        let from = match self.store.fabric_cursor(dead).await {
+            Ok(Some(from)) => from,
+            Ok(None) => {
+                redis_fabric::gap(dead, "no stream position kept");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!({ names::ERROR_MESSAGE } = %e, "a dead instance's stream position not read");
+                redis_fabric::gap(dead, "stream position unreadable");
+                return None;
+            }
+        };
+        let read = async {
+            let mut conn = self.redis().await?;
+            let wanted = |m: &Message| redis_fabric::session_wants(session, m);
+            let me = &self.node;
+            redis_fabric::read_missed(&mut conn, &self.stream, dead, me, from, None, wanted).await
+        };
+        match read.await {
+            Ok((messages, through)) => Some(MissedRead { through, messages }),
+            Err(e) => {
+                *self.conn.lock().expect("conn lock") = None;
+                tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "publishes a dead instance missed not read");
+                redis_fabric::gap(dead, "stream unreadable");
+                None
+            }
+        }
+    }
+
+    /// The shared connection, connected if need be.
+    async fn redis(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let cached = self.conn.lock().expect("conn lock").clone();
+        match cached {
+            Some(c) => Ok(c),
+            None => {
+                let c = self.client.get_multiplexed_async_connection().await?;
+                *self.conn.lock().expect("conn lock") = Some(c.clone());
+                Ok(c)
+            }
+        }
     }
 
     /// Ask `holder` to let go of `client` and wait for its answer; go on
-    /// without one once its lease lapsed.
+    /// without one once its lease lapsed (then `true`: it died).
     async fn wait_release(
         self: &Arc<Self>,
         holder: &str,
         client: &ClientId,
         epoch: u64,
-    ) -> Result<(), ClaimError> {
+    ) -> Result<bool, ClaimError> {
         let (tx, mut rx) = oneshot::channel();
         {
             let mut waiting = self.waiting.lock().expect("waiting lock");
@@ -252,7 +331,7 @@ impl Inner {
         let deadline = Instant::now() + ANSWER_WAIT;
         loop {
             match tokio::time::timeout(ANSWER_POLL, &mut rx).await {
-                Ok(Ok(Release::Released)) => return Ok(()),
+                Ok(Ok(Release::Released)) => return Ok(false),
                 Ok(Ok(Release::Superseded)) => return Err(ClaimError::Superseded),
                 Ok(Err(_)) => return Err(ClaimError::Unavailable),
                 Err(_) => {}
@@ -260,7 +339,7 @@ impl Inner {
             match self.store.node_alive(holder).await {
                 Ok(false) => {
                     tracing::info!(client.id = %client, "the previous holder's lease lapsed; taken without its answer");
-                    return Ok(());
+                    return Ok(true);
                 }
                 Ok(true) | Err(_) if Instant::now() >= deadline => {
                     tracing::warn!(client.id = %client, "the previous holder did not answer in time");
@@ -322,7 +401,7 @@ impl Inner {
     /// Take over, batch by batch, the sessions and wills of instances whose
     /// lease lapsed: their sessions queue here until their clients return,
     /// their wills go out from here.
-    async fn adopt_dead(self: Arc<Self>, broker: BrokerHandle) {
+    async fn adopt_dead(self: Arc<Self>, broker: BrokerHandle, adopter: Option<Adopter>) {
         let mut live: HashSet<String> = HashSet::new();
         let mut looks = ADOPT_SWEEP_EVERY;
         loop {
@@ -363,14 +442,19 @@ impl Inner {
                     claims = claims.len(),
                     "taking over the client ids of dead instances"
                 );
+                self.adopting
+                    .lock()
+                    .expect("adopting lock")
+                    .extend(claims.iter().map(|c| ClientId::from(c.client_id.as_str())));
                 let mut adoptions = Vec::with_capacity(claims.len());
                 for claim in claims {
-                    adoptions.push(self.adoption(claim).await);
+                    let dead = claim.node.clone();
+                    adoptions.push((dead, self.adoption(claim).await));
                 }
                 // One block above every number the dead instances used.
                 let seq_block = if adoptions
                     .iter()
-                    .any(|a| a.session.as_ref().is_some_and(|s| !s.messages.is_empty()))
+                    .any(|(_, a)| a.session.as_ref().is_some_and(|s| !s.messages.is_empty()))
                 {
                     match self.store.reserve_seq_block().await {
                         Ok(block) => Some(block),
@@ -382,9 +466,36 @@ impl Inner {
                 } else {
                     None
                 };
-                for mut adoption in adoptions {
+                // By dead instance: the fabric reader queues for them what
+                // their instance missed, then hands them to the router.
+                let mut by_node: Vec<(String, Vec<Adoption>)> = Vec::new();
+                for (dead, mut adoption) in adoptions {
                     adoption.seq_block = seq_block;
-                    if broker.adopt(adoption).await.is_err() {
+                    match by_node.iter_mut().find(|(n, _)| *n == dead) {
+                        Some((_, list)) => list.push(adoption),
+                        None => by_node.push((dead, vec![adoption])),
+                    }
+                }
+                for (dead, adoptions) in by_node {
+                    let ids: Vec<ClientId> =
+                        adoptions.iter().map(|a| a.client_id.clone()).collect();
+                    let handed = match &adopter {
+                        Some(adopter) => adopter.adopt(dead, adoptions).await.is_ok(),
+                        None => {
+                            let mut ok = true;
+                            for adoption in adoptions {
+                                ok &= broker.adopt(adoption).await.is_ok();
+                            }
+                            ok
+                        }
+                    };
+                    {
+                        let mut adopting = self.adopting.lock().expect("adopting lock");
+                        for id in &ids {
+                            adopting.remove(id);
+                        }
+                    }
+                    if !handed {
                         return;
                     }
                 }
@@ -425,6 +536,7 @@ impl Inner {
             will,
             will_at: claim.lapsed_at + Duration::from_secs(u64::from(claim.will_delay)),
             seq_block: None,
+            replay: Vec::new(),
         }
     }
 
@@ -467,11 +579,12 @@ impl Drop for Forget<'_> {
 impl ControlReader {
     /// Answer takeovers and hear answers until `stop`; keep the lease and
     /// a block of delivery numbers meanwhile.
-    pub fn spawn(self, broker: BrokerHandle, stop: CancellationToken) {
+    /// `adopter` (the fabric reader's) hands over dead instances' sessions.
+    pub fn spawn(self, broker: BrokerHandle, stop: CancellationToken, adopter: Option<Adopter>) {
         let inner = self.inner;
         spawn_until(&stop, inner.clone().renew_lease());
         spawn_until(&stop, inner.clone().reserve_blocks());
-        spawn_until(&stop, inner.clone().adopt_dead(broker.clone()));
+        spawn_until(&stop, inner.clone().adopt_dead(broker.clone(), adopter));
         spawn_until(&stop, read_loop(inner, broker));
     }
 }

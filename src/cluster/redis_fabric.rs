@@ -4,6 +4,7 @@
 //! stream, not pub/sub: an instance whose connection drops resumes from its
 //! cursor and misses nothing the stream still holds.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,10 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::codec;
-use crate::broker::BrokerHandle;
 use crate::broker::groups::Picks;
-use crate::broker::ports::{Fabric, SharedDurability};
-use crate::domain::{Message, WriteOp};
+use crate::broker::ports::{Fabric, Missed, SharedDurability};
+use crate::broker::{Adoption, BrokerHandle};
+use crate::domain::{FabricPos, Message, WriteOp};
 use crate::store::Store;
 use crate::telemetry::names;
 
@@ -29,7 +30,14 @@ const QUEUE: usize = 64 * 1024;
 /// Entries appended in one round trip at most.
 const BATCH: usize = 512;
 /// How long one `XREAD` waits for entries.
-const BLOCK: Duration = Duration::from_secs(1);
+/// Short: sessions taken from a dead instance wait for the read to end
+/// before the router holds them.
+const BLOCK: Duration = Duration::from_millis(100);
+/// How long a reply may take, beyond the blocking read's own wait.
+const REPLY_WAIT: Duration = Duration::from_secs(3);
+/// Missed publishes kept in memory at most for one batch of taken-over
+/// sessions; beyond, they are counted as lost.
+const MAX_REPLAY: usize = 256 * 1024;
 /// Pause before reconnecting after a Redis error.
 const RETRY: Duration = Duration::from_millis(250);
 /// Kept publishes on the stream are deleted at most this often (one range
@@ -92,6 +100,37 @@ pub struct FabricReader {
     up: Arc<AtomicBool>,
     /// Where reading starts.
     cursor: String,
+    store: Store,
+    writer: SharedDurability,
+    adopt_tx: mpsc::Sender<CatchUp>,
+    adopt_rx: mpsc::Receiver<CatchUp>,
+}
+
+/// Sessions taken over from the dead instance `dead`, handed to the
+/// router by the reader: between two reads, so the publishes the dead
+/// instance missed (from its cursor up to the reader's) are queued for
+/// them before any newer one, and none twice.
+pub struct CatchUp {
+    pub dead: String,
+    pub adoptions: Vec<Adoption>,
+    /// Resolves once the router has them.
+    pub done: oneshot::Sender<()>,
+}
+
+/// Passes [`CatchUp`]s to the reader.
+#[derive(Clone)]
+pub struct Adopter(mpsc::Sender<CatchUp>);
+
+impl Adopter {
+    /// Hand `adoptions` to the router through the reader; given back when
+    /// the reader stopped.
+    pub async fn adopt(&self, dead: String, adoptions: Vec<Adoption>) -> Result<(), ()> {
+        let (done, rx) = oneshot::channel();
+        if self.0.send(CatchUp { dead, adoptions, done }).await.is_err() {
+            return Err(());
+        }
+        rx.await.map_err(|_| ())
+    }
 }
 
 impl RedisFabric {
@@ -139,19 +178,30 @@ impl RedisFabric {
             node_id: Arc::from(settings.node_id.as_str()),
             settings: settings.clone(),
             up: up.clone(),
-            writer,
+            writer: writer.clone(),
             unforgotten: 0,
             forgot_at: std::time::Instant::now(),
         };
-        tokio::spawn(appender.run(rx, store, left));
+        tokio::spawn(appender.run(rx, store.clone(), left));
         let health = FabricHealth(up.clone());
+        let (adopt_tx, adopt_rx) = mpsc::channel(16);
+        let reader = FabricReader {
+            client: client.clone(),
+            settings: settings.clone(),
+            up: up.clone(),
+            cursor,
+            store: store.clone(),
+            writer: writer.clone(),
+            adopt_tx,
+            adopt_rx,
+        };
         let fabric = Self {
             tx,
             node: Arc::from(settings.node.as_str()),
             node_id: Arc::from(settings.node_id.as_str()),
             next_outbox: Arc::new(AtomicU64::new(first)),
         };
-        Ok((fabric, FabricReader { client, settings, up, cursor }, health))
+        Ok((fabric, reader, health))
     }
 }
 
@@ -179,6 +229,10 @@ impl Fabric for RedisFabric {
         let seq = self.next_outbox.fetch_add(1, Ordering::Relaxed);
         let entry = Bytes::from(codec::pack(&codec::encode(&self.node, msg, picks)));
         Some((seq, WriteOp::PutFabricOutbox { node: self.node_id.clone(), seq, entry }))
+    }
+
+    fn cursor(&self, at: FabricPos) -> Option<WriteOp> {
+        Some(WriteOp::FabricCursor { node: self.node.clone(), at })
     }
 }
 
@@ -381,17 +435,42 @@ impl FabricReader {
         })
     }
 
-    async fn read_loop(self, broker: BrokerHandle) {
+    /// Hands sessions taken over from dead instances to the router.
+    pub fn adopter(&self) -> Adopter {
+        Adopter(self.adopt_tx.clone())
+    }
+
+    async fn read_loop(mut self, broker: BrokerHandle) {
         // A blocking read holds its connection: give it time beyond BLOCK.
-        let config = AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK * 3));
+        let config = AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK + REPLY_WAIT));
         let options = StreamReadOptions::default().block(BLOCK.as_millis() as usize).count(BATCH);
         let mut cursor = self.cursor.clone();
+        // Where this run starts, so that should it die before routing any
+        // publish, whoever takes over its sessions knows where to replay from.
+        if let Some(at) = FabricPos::parse(&cursor) {
+            let op = WriteOp::FabricCursor { node: Arc::from(self.settings.node.as_str()), at };
+            if self.writer.submit(vec![op]).is_err() {
+                tracing::warn!("this run's first stream position not kept: writer queue full");
+            }
+        }
+        let mut waiting: Vec<(CatchUp, Option<FabricPos>)> = Vec::new();
         loop {
             let mut conn =
                 match self.client.get_multiplexed_async_connection_with_config(&config).await {
                     Ok(c) => c,
                     Err(e) => {
                         self.down(&e);
+                        // Sessions and wills are not held back for Redis:
+                        // taken over without what their instance missed.
+                        while let Ok(req) = self.adopt_rx.try_recv() {
+                            waiting.push((req, None));
+                        }
+                        for (req, _) in waiting.drain(..) {
+                            gap(&req.dead, "Redis unreachable");
+                            if hand_over(&broker, req).await.is_err() {
+                                return;
+                            }
+                        }
                         tokio::time::sleep(RETRY).await;
                         continue;
                     }
@@ -400,6 +479,37 @@ impl FabricReader {
                 tracing::info!("reading the Redis stream again");
             }
             loop {
+                while let Ok(req) = self.adopt_rx.try_recv() {
+                    waiting.push(self.with_cursor(req).await);
+                }
+                // Everything up to `cursor` reached the router: replay up
+                // to there, unless the dead instance got further (then its
+                // sessions wait until this reader is there too).
+                let here = FabricPos::parse(&cursor);
+                let mut i = 0;
+                while i < waiting.len() {
+                    let ready = match (waiting[i].1, here) {
+                        (Some(from), Some(here)) => from <= here,
+                        _ => true,
+                    };
+                    if !ready {
+                        i += 1;
+                        continue;
+                    }
+                    let (mut req, from) = waiting.swap_remove(i);
+                    match (from, here) {
+                        (Some(from), Some(here)) => {
+                            if let Err(e) = self.replay(&mut conn, &mut req, from, here).await {
+                                tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "publishes a dead instance missed not read");
+                                gap(&req.dead, "stream unreadable");
+                            }
+                        }
+                        _ => gap(&req.dead, "no stream position kept"),
+                    }
+                    if hand_over(&broker, req).await.is_err() {
+                        return;
+                    }
+                }
                 let reply: Result<Option<StreamReadReply>, _> =
                     conn.xread_options(&[&self.settings.stream], &[&cursor], &options).await;
                 let reply = match reply {
@@ -413,7 +523,8 @@ impl FabricReader {
                     for entry in key.ids {
                         match codec::decode(&entry.map) {
                             Ok((node, msg, picks)) if node != self.settings.node => {
-                                if broker.route_remote(msg, picks).await.is_err() {
+                                let at = FabricPos::parse(&entry.id);
+                                if broker.route_remote(msg, picks, at).await.is_err() {
                                     return;
                                 }
                             }
@@ -433,11 +544,149 @@ impl FabricReader {
         }
     }
 
+    /// `req` with the dead instance's cursor, if it kept one.
+    async fn with_cursor(&self, req: CatchUp) -> (CatchUp, Option<FabricPos>) {
+        let from = match self.store.fabric_cursor(&req.dead).await {
+            Ok(from) => from,
+            Err(e) => {
+                tracing::warn!({ names::ERROR_MESSAGE } = %e, "a dead instance's stream position not read");
+                None
+            }
+        };
+        (req, from)
+    }
+
+    /// Add to `req`'s sessions the stream's entries after `from` up to
+    /// `through` that their own subscriptions match.
+    async fn replay(
+        &self,
+        conn: &mut MultiplexedConnection,
+        req: &mut CatchUp,
+        from: FabricPos,
+        through: FabricPos,
+    ) -> redis::RedisResult<()> {
+        if from >= through || req.adoptions.iter().all(|a| a.session.is_none()) {
+            return Ok(());
+        }
+        let adoptions = &req.adoptions;
+        let wanted = |m: &Message| adoptions.iter().any(|a| wants(a, m));
+        let stream = &self.settings.stream;
+        let me = &self.settings.node;
+        let (missed, _) =
+            read_missed(conn, stream, &req.dead, me, from, Some(through), wanted).await?;
+        for Missed { msg, .. } in missed {
+            for a in &mut req.adoptions {
+                if wants(a, &msg) {
+                    a.replay.push(msg.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn down(&self, e: &redis::RedisError) {
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "Redis stream unreadable; reconnecting");
         }
     }
+}
+
+/// The stream's entries after `from` up to `through` (its end without),
+/// oldest first, except those the dead instance `dead` appended (queued in
+/// their publish's commit there), that `keep` wants, each with whether
+/// instance `me` appended it; and the last entry read (`from` when none). Entries trimmed after `from`, or more than
+/// [`MAX_REPLAY`] wanted, are logged and counted as a gap.
+pub(crate) async fn read_missed(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    dead: &str,
+    me: &str,
+    from: FabricPos,
+    through: Option<FabricPos>,
+    keep: impl Fn(&Message) -> bool,
+) -> redis::RedisResult<(Vec<Missed>, FabricPos)> {
+    // Entries trimmed (MAXLEN) after the cursor are gone for good.
+    let info: HashMap<String, redis::Value> =
+        redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(conn).await?;
+    let deleted = match info.get("max-deleted-entry-id") {
+        Some(redis::Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(FabricPos::parse),
+        Some(redis::Value::SimpleString(t)) => FabricPos::parse(t),
+        _ => None,
+    };
+    if deleted.is_some_and(|d| d > from) {
+        gap(dead, "trimmed from the stream");
+    }
+    let end = through.map_or_else(|| "+".to_owned(), |t| t.to_string());
+    let mut start = format!("({from}");
+    let mut last = from;
+    let (mut missed, mut dropped, mut read) = (Vec::new(), 0u64, 0u64);
+    loop {
+        let page: redis::streams::StreamRangeReply =
+            conn.xrange_count(stream, &start, &end, BATCH).await?;
+        let n = page.ids.len();
+        for entry in page.ids {
+            start = format!("({}", entry.id);
+            let Some(at) = FabricPos::parse(&entry.id) else { continue };
+            last = at;
+            read += 1;
+            let (own, msg) = match codec::decode(&entry.map) {
+                Ok((node, _, _)) if node == dead => continue,
+                // Passed on for a shared group: a copy of an earlier entry.
+                Ok((_, _, Some(picks))) if picks.hops > 0 => continue,
+                Ok((node, msg, _)) if keep(&msg) => (node == me, Arc::new(msg)),
+                _ => continue,
+            };
+            if missed.len() >= MAX_REPLAY {
+                dropped += 1;
+            } else {
+                missed.push(Missed { at, own, msg });
+            }
+        }
+        if n < BATCH {
+            break;
+        }
+    }
+    tracing::info!(dead, %from, through = %last, read, kept = missed.len(), "publishes a dead instance missed read back from the stream");
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "too many missed publishes for taken-over sessions; the rest dropped"
+        );
+        gap(dead, "too many to hold");
+    }
+    Ok((missed, last))
+}
+
+/// Whether a subscription of `a`'s own (not a shared one) matches `msg`.
+fn wants(a: &Adoption, msg: &Message) -> bool {
+    a.session.as_ref().is_some_and(|s| session_wants(s, msg))
+}
+
+/// Whether a subscription of `session`'s own (not a shared one) matches `msg`.
+pub(crate) fn session_wants(session: &crate::domain::StoredSession, msg: &Message) -> bool {
+    session.subscriptions.iter().any(|(f, o)| {
+        f.group.is_none()
+            && f.filter.matches(&msg.topic)
+            && !(o.no_local && msg.publisher.as_ref() == Some(&session.client_id))
+    })
+}
+
+async fn hand_over(broker: &BrokerHandle, req: CatchUp) -> Result<(), ()> {
+    for adoption in req.adoptions {
+        broker.adopt(adoption).await.map_err(|_| ())?;
+    }
+    let _ = req.done.send(());
+    Ok(())
+}
+
+/// Some publishes a dead instance missed cannot be queued for its sessions.
+pub(crate) fn gap(dead: &str, why: &str) {
+    crate::telemetry::metrics::global().cluster_replay_gaps.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        dead,
+        why,
+        "publishes a dead instance missed may be lost to its taken-over sessions"
+    );
 }
 
 /// The id of the stream's newest entry, or `0-0` when it is empty.

@@ -57,6 +57,12 @@ pub enum WriteOp {
         client_id: ClientId,
         epoch: u64,
     },
+    /// Several instances: the session claimed under `epoch` is held (queued
+    /// for) by the claiming instance now.
+    ClaimHeld {
+        client_id: ClientId,
+        epoch: u64,
+    },
     /// Several instances: the will kept with the claim under `epoch` was
     /// published or discarded; forget it unless a later claim replaced it.
     ClearWill {
@@ -106,6 +112,34 @@ pub enum WriteOp {
         node: Arc<str>,
         through: u64,
     },
+    /// The other instances' publishes up to fabric entry `at` have had
+    /// their effects on `node`'s sessions submitted before this op: once it
+    /// is committed, so are they.
+    FabricCursor {
+        node: Arc<str>,
+        at: FabricPos,
+    },
+}
+
+/// A fabric stream entry's id: milliseconds, then a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FabricPos {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl FabricPos {
+    /// `<ms>-<seq>`, as Redis writes it.
+    pub fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
+    }
+}
+
+impl std::fmt::Display for FabricPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
 }
 
 impl WriteOp {
@@ -120,6 +154,7 @@ impl WriteOp {
                 | Self::DeleteMessage(_)
                 | Self::ReleaseClaim { .. }
                 | Self::ClearWill { .. }
+                | Self::ClaimHeld { .. }
         )
     }
 }

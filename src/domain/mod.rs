@@ -21,7 +21,7 @@ pub use client_id::ClientId;
 pub use cluster::{MAX_ZOOM, cluster};
 pub use device_id::{DeviceId, DeviceIdError};
 pub use durable::{
-    RestoredState, SEQ_BLOCK_BITS, StoreError, StoredMessage, StoredSession, WriteOp,
+    FabricPos, RestoredState, SEQ_BLOCK_BITS, StoreError, StoredMessage, StoredSession, WriteOp,
 };
 pub use hex::{from_hex, to_hex};
 pub use identity::{Identity, Principal, Role, Secret, UnknownRole};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use sqlx::{Any, Row};
 
 use super::{Backend, Store};
+use crate::domain::FabricPos;
 
 /// Rows per multi-row insert (three parameters each).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -54,6 +55,28 @@ impl Store {
         })
         .await
     }
+
+    /// The fabric entry up to which `node` committed the effects of the
+    /// other instances' publishes on its sessions (see
+    /// `WriteOp::FabricCursor`), if it kept one.
+    pub async fn fabric_cursor(&self, node: &str) -> Result<Option<FabricPos>, sqlx::Error> {
+        let pool = self.pool().clone();
+        let node = node.to_owned();
+        self.run(async move {
+            let row = sqlx::query("SELECT ms, seq FROM fabric_cursors WHERE node = $1")
+                .bind(node)
+                .fetch_optional(&pool)
+                .await?;
+            row.map(|r| {
+                Ok(FabricPos {
+                    ms: r.try_get::<i64, _>(0)?.max(0) as u64,
+                    seq: r.try_get::<i64, _>(1)?.max(0) as u64,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
 }
 
 /// The outbox writes of one commit: rows inserted many per statement, then
@@ -63,6 +86,8 @@ impl Store {
 pub(crate) struct OutboxBatch {
     rows: Vec<(Arc<str>, u64, ntex::util::Bytes)>,
     deletes: Vec<(Arc<str>, u64)>,
+    /// The newest fabric cursor per instance: one row written per commit.
+    cursors: Vec<(Arc<str>, FabricPos)>,
 }
 
 impl OutboxBatch {
@@ -74,6 +99,13 @@ impl OutboxBatch {
         match self.deletes.iter_mut().find(|(n, _)| *n == node) {
             Some((_, t)) => *t = (*t).max(through),
             None => self.deletes.push((node, through)),
+        }
+    }
+
+    pub(crate) fn cursor(&mut self, node: Arc<str>, at: FabricPos) {
+        match self.cursors.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, p)) => *p = (*p).max(at),
+            None => self.cursors.push((node, at)),
         }
     }
 
@@ -101,6 +133,20 @@ impl OutboxBatch {
                 .bind(through as i64)
                 .execute(&mut **tx)
                 .await?;
+        }
+        for (node, at) in self.cursors {
+            // Never backwards: a cursor only grows.
+            sqlx::query(
+                "INSERT INTO fabric_cursors (node, ms, seq) VALUES ($1, $2, $3) \
+                 ON CONFLICT (node) DO UPDATE SET ms = excluded.ms, seq = excluded.seq \
+                 WHERE fabric_cursors.ms < excluded.ms \
+                   OR (fabric_cursors.ms = excluded.ms AND fabric_cursors.seq < excluded.seq)",
+            )
+            .bind(node.to_string())
+            .bind(at.ms as i64)
+            .bind(at.seq as i64)
+            .execute(&mut **tx)
+            .await?;
         }
         Ok(())
     }
@@ -137,5 +183,15 @@ mod tests {
         let page = store.fabric_outbox_page("a", 0, u64::MAX >> 1, 10).await.unwrap();
         assert_eq!(page, vec![(12, b"e12".to_vec())]);
         assert_eq!(store.fabric_outbox_page("b", 0, 100, 10).await.unwrap().len(), 1);
+
+        let at = |ms, seq| WriteOp::FabricCursor { node: a.clone(), at: FabricPos { ms, seq } };
+        assert_eq!(store.fabric_cursor("a").await.unwrap(), None);
+        writer.submit_durable(vec![at(5, 2), at(7, 0), at(6, 9)]).unwrap().await.unwrap().unwrap();
+        assert_eq!(store.fabric_cursor("a").await.unwrap(), Some(FabricPos { ms: 7, seq: 0 }));
+        writer.submit_durable(vec![at(7, 0)]).unwrap().await.unwrap().unwrap();
+        writer.submit_durable(vec![at(6, 1)]).unwrap().await.unwrap().unwrap();
+        assert_eq!(store.fabric_cursor("a").await.unwrap(), Some(FabricPos { ms: 7, seq: 0 }));
+        writer.submit_durable(vec![at(7, 1)]).unwrap().await.unwrap().unwrap();
+        assert_eq!(store.fabric_cursor("a").await.unwrap(), Some(FabricPos { ms: 7, seq: 1 }));
     }
 }

@@ -25,12 +25,16 @@ pub struct ClaimRecord {
     pub previous: Option<String>,
     /// Whether that instance's lease still runs.
     pub previous_alive: bool,
+    /// The instance that last held the session, if one did.
+    pub source: Option<String>,
 }
 
 /// A dead instance's claim taken over by [`Store::adopt_dead_claims`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadClaim {
     pub client_id: String,
+    /// The dead instance (run) that last held it (queued for it).
+    pub node: String,
     /// The new claim's epoch.
     pub epoch: u64,
     /// The packed will of the dead holder's connection, if it had one
@@ -75,7 +79,7 @@ impl Store {
                 .await?;
             let previous = sqlx::query(
                 "SELECT c.node, c.owner, EXISTS (SELECT 1 FROM leases l \
-                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $2) \
+                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $2), c.source \
                  FROM session_claims c WHERE c.client_id = $1",
             )
             .bind(&client_id)
@@ -89,12 +93,14 @@ impl Store {
                     .await?
                     .map(|r| r.try_get(0))
                     .transpose()?;
-            let mut record = ClaimRecord { epoch: 0, previous: None, previous_alive: false };
+            let mut record =
+                ClaimRecord { epoch: 0, previous: None, previous_alive: false, source: None };
             let mut theirs = stored_owner.flatten().is_some_and(|o| o != owner);
             if let Some(r) = previous {
                 let claimed_by: String = r.try_get(1)?;
                 record.previous = Some(r.try_get(0)?);
                 record.previous_alive = r.try_get(2)?;
+                record.source = r.try_get(3)?;
                 theirs |= record.previous_alive && !claimed_by.is_empty() && claimed_by != owner;
             }
             if theirs && !take_over_any {
@@ -175,7 +181,7 @@ impl Store {
         self.run(async move {
             let rows = sqlx::query(
                 "WITH dead AS ( \
-                   SELECT x.client_id, x.epoch, x.will, x.will_delay, \
+                   SELECT x.client_id, COALESCE(x.source, x.node) AS node, x.epoch, x.will, x.will_delay, \
                      (SELECT max(l.expires_at) FROM leases l WHERE l.name = 'node:' || x.node) \
                        AS lapsed_at \
                    FROM session_claims x \
@@ -188,7 +194,7 @@ impl Store {
                  UPDATE session_claims c SET node = $1, epoch = nextval('session_claim_epochs') \
                  FROM dead WHERE c.client_id = dead.client_id AND c.epoch = dead.epoch \
                  RETURNING c.client_id, c.epoch, dead.will, dead.will_delay, dead.lapsed_at, \
-                   EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = c.client_id)",
+                   EXISTS (SELECT 1 FROM sessions s WHERE s.client_id = c.client_id), dead.node",
             )
             .bind(&node)
             .bind(now)
@@ -207,6 +213,7 @@ impl Store {
                             .map_or(SystemTime::now(), crate::domain::time::from_millis)
                             .min(SystemTime::now()),
                         has_session: r.try_get(5)?,
+                        node: r.try_get(6)?,
                     })
                 })
                 .collect()
@@ -272,7 +279,14 @@ impl Store {
                     .bind(long_ago)
                     .execute(&pool)
                     .await?;
-            Ok(claims.rows_affected() + leases.rows_affected())
+            // A cursor serves only to take over its instance's sessions.
+            let cursors = sqlx::query(
+                "DELETE FROM fabric_cursors f WHERE NOT EXISTS (SELECT 1 FROM leases l \
+                   WHERE l.name = 'node:' || f.node)",
+            )
+            .execute(&pool)
+            .await?;
+            Ok(claims.rows_affected() + leases.rows_affected() + cursors.rows_affected())
         })
         .await
     }

@@ -577,6 +577,7 @@ async fn commit(
             WriteOp::DeleteFabricOutbox { node, through } => {
                 outbox.delete_through(node.clone(), *through)
             }
+            WriteOp::FabricCursor { node, at } => outbox.cursor(node.clone(), *at),
             op => execute(&mut tx, op).await?,
         }
     }
@@ -665,6 +666,15 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
                 .bind(*epoch as i64)
                 .execute(&mut **tx)
                 .await?;
+        }
+        WriteOp::ClaimHeld { client_id, epoch } => {
+            sqlx::query(
+                "UPDATE session_claims SET source = node WHERE client_id = $1 AND epoch = $2",
+            )
+            .bind(client_id.to_string())
+            .bind(*epoch as i64)
+            .execute(&mut **tx)
+            .await?;
         }
         WriteOp::ClearWill { client_id, epoch } => {
             sqlx::query(
@@ -762,7 +772,8 @@ async fn execute(tx: &mut sqlx::Transaction<'_, Any>, op: &WriteOp) -> Result<()
         | WriteOp::UpsertLocation { .. }
         | WriteOp::AppendHistory { .. }
         | WriteOp::PutFabricOutbox { .. }
-        | WriteOp::DeleteFabricOutbox { .. } => {}
+        | WriteOp::DeleteFabricOutbox { .. }
+        | WriteOp::FabricCursor { .. } => {}
     }
     Ok(())
 }

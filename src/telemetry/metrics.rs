@@ -122,6 +122,11 @@ pub struct Metrics {
     /// Live instances and their connected clients, as last read from Redis.
     pub cluster_instances: AtomicU64,
     pub cluster_clients_connected: AtomicU64,
+    /// Other instances' publishes a dead instance missed, queued here for
+    /// its taken-over sessions; and takeovers for which some could not be
+    /// read (trimmed from the stream, or no position kept).
+    pub cluster_replayed: AtomicU64,
+    pub cluster_replay_gaps: AtomicU64,
     /// Map snapshots published, and the figures of the latest.
     pub updater_builds: AtomicU64,
     pub updater_build_failures: AtomicU64,
@@ -193,6 +198,8 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     cluster_shared_lost: AtomicU64::new(0),
     cluster_instances: AtomicU64::new(0),
     cluster_clients_connected: AtomicU64::new(0),
+    cluster_replayed: AtomicU64::new(0),
+    cluster_replay_gaps: AtomicU64::new(0),
     updater_builds: AtomicU64::new(0),
     updater_build_failures: AtomicU64::new(0),
     updater_build_ms: AtomicU64::new(0),
@@ -417,6 +424,16 @@ impl Metrics {
                 m::CLUSTER_CLIENTS_CONNECTED,
                 "Clients connected to all live instances, as last read from Redis.",
                 g(&self.cluster_clients_connected),
+            ),
+            Scalar::counter(
+                m::CLUSTER_REPLAYED,
+                "Publishes a dead instance missed, queued here for its taken-over sessions.",
+                g(&self.cluster_replayed),
+            ),
+            Scalar::counter(
+                m::CLUSTER_REPLAY_GAPS,
+                "Takeovers of a dead instance's sessions for which some missed publishes could not be read.",
+                g(&self.cluster_replay_gaps),
             ),
             Scalar::counter(
                 m::UPDATER_BUILDS,

@@ -266,6 +266,10 @@ pub mod metrics {
         ("mapcast_cluster_instances", "mapcast.cluster.instances");
     pub const CLUSTER_CLIENTS_CONNECTED: (&str, &str) =
         ("mapcast_cluster_clients_connected", "mapcast.cluster.clients_connected");
+    pub const CLUSTER_REPLAYED: (&str, &str) =
+        ("mapcast_cluster_replayed_total", "mapcast.cluster.replayed");
+    pub const CLUSTER_REPLAY_GAPS: (&str, &str) =
+        ("mapcast_cluster_replay_gaps_total", "mapcast.cluster.replay_gaps");
     /// The map updater: builds published, and the last one's figures.
     pub const UPDATER_BUILDS: (&str, &str) =
         ("mapcast_updater_builds_total", "mapcast.updater.builds");

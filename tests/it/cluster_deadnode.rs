@@ -309,3 +309,108 @@ async fn a_qos2_delivery_past_pubrec_resumes_with_pubrel_after_its_session_moved
     assert!(quiet.is_err(), "nothing is left to resend: {quiet:?}\n{}", c.logs());
     mark_redis_ran().await;
 }
+
+/// A persistent session on instance A, offline, subscribed at `qos`; A is
+/// killed while a publisher on B sends at `qos` 20 times a second, from
+/// before the kill until after a survivor took the session over. Back on C,
+/// the subscriber gets every acknowledged message once, in order.
+async fn publishes_during_the_lapse_reach_the_session_once(test: &str, qos: QoS) {
+    let Some(mut c) = Cluster::start(test, 3).await else { return };
+    let sub = V5Options::new("lapse-sub", c.addr(0))
+        .clean_start(false)
+        .session_expiry(Some(3600))
+        .connect()
+        .await;
+    let mut sub = sub;
+    sub.subscribe("lapse/#", qos).await;
+    sub.disconnect().await;
+    let dead = holder(&c, "lapse-sub").await.expect("claimed at CONNECT");
+
+    // After the kill, B is index 0 and C index 1.
+    let mut publisher = V5Options::new("lapse-pub", c.addr(1)).connect().await;
+    let started = Instant::now();
+    let mut killed = None;
+    let mut adopted = None;
+    let mut acked = Vec::new();
+    for k in 0u32.. {
+        let payload = format!("{k:06}");
+        let ok = match qos {
+            QoS::ExactlyOnce => {
+                publisher.publish_qos2("lapse/car", false, payload.clone()).await.reason
+                    == rumqttc::v5::mqttbytes::v5::PubRecReason::Success
+            }
+            _ => {
+                publisher.publish_qos1("lapse/car", false, payload.clone()).await.reason
+                    == PubAckReason::Success
+            }
+        };
+        if ok {
+            acked.push(payload);
+        }
+        if killed.is_none() && started.elapsed() >= Duration::from_secs(2) {
+            let (a, _dir) = take(&mut c, 0);
+            a.kill9().await;
+            killed = Some(Instant::now());
+        }
+        if let Some(at) = killed
+            && adopted.is_none()
+            && k % 10 == 0
+            && holder(&c, "lapse-sub").await.is_some_and(|h| h != dead)
+        {
+            adopted = Some(at.elapsed());
+        }
+        let done = adopted.is_some() && started.elapsed() >= Duration::from_secs(15);
+        if done || started.elapsed() > LEASE + Duration::from_secs(25) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let adopted = adopted.unwrap_or_else(|| panic!("nobody took the session over\n{}", c.logs()));
+    println!("{} acknowledged; the session was taken over {adopted:?} after the kill", acked.len());
+    publisher.disconnect().await;
+
+    let mut sub = V5Options::new("lapse-sub", c.addr(1))
+        .clean_start(false)
+        .session_expiry(Some(3600))
+        .connect()
+        .await;
+    assert!(sub.session_present(), "{}", c.logs());
+    let mut got = Vec::new();
+    loop {
+        let more = sub.collect_publishes(Duration::from_secs(3)).await;
+        if more.is_empty() {
+            break;
+        }
+        got.extend(more.iter().map(|p| text(&p.payload)));
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &got {
+        *counts.entry(p).or_default() += 1;
+    }
+    let missing: Vec<&String> = acked.iter().filter(|p| !counts.contains_key(p.as_str())).collect();
+    let twice: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    println!("received {}, missing {}, duplicated {}", got.len(), missing.len(), twice.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged never delivered: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(got, sorted, "out of the publisher's order");
+    mark_redis_ran().await;
+}
+
+#[tokio::test]
+async fn qos1_publishes_while_a_dead_instances_lease_lapses_reach_its_session_once() {
+    let test = "qos1_publishes_while_a_dead_instances_lease_lapses_reach_its_session_once";
+    publishes_during_the_lapse_reach_the_session_once(test, QoS::AtLeastOnce).await;
+}
+
+#[tokio::test]
+async fn qos2_publishes_while_a_dead_instances_lease_lapses_reach_its_session_once() {
+    let test = "qos2_publishes_while_a_dead_instances_lease_lapses_reach_its_session_once";
+    publishes_during_the_lapse_reach_the_session_once(test, QoS::ExactlyOnce).await;
+}
