@@ -482,7 +482,7 @@ fn the_dependency_layer_loads_the_workspace_from_the_files_it_copies() {
     }
     let run = steps[deps].strip_prefix("RUN ").unwrap().replace(
         "cargo build --release --locked --bin mapcast",
-        "cargo metadata --locked --offline --format-version 1 > metadata.json",
+        "cargo metadata --no-deps --offline --format-version 1 > metadata.json",
     );
     let out = std::process::Command::new("sh")
         .args(["-c", &run])
