@@ -221,6 +221,9 @@ pub struct Adoption {
     /// The other instances' publishes the dead instance had not queued for
     /// the session, oldest first: queued here before anything newer.
     pub replay: Vec<Arc<Message>>,
+    /// Where the read that found `replay` ended, when it was read: this
+    /// instance's own publishes appended after it are added to it.
+    pub replayed_through: Option<crate::domain::FabricPos>,
 }
 
 pub(crate) enum Command {

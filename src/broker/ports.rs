@@ -75,6 +75,14 @@ pub trait Fabric: Send + Sync + std::fmt::Debug + 'static {
     fn cursor(&self, _at: FabricPos) -> Option<WriteOp> {
         None
     }
+
+    /// The lowest [`Fabric::outbox`] number whose publish is on the fabric
+    /// after `at`, or not on it yet (every higher one is too): those this
+    /// instance routed itself that an instance which read up to `at` never
+    /// saw. `None` when it cannot tell.
+    fn own_after(&self, _at: FabricPos) -> Option<u64> {
+        None
+    }
 }
 
 pub type SharedFabric = Arc<dyn Fabric>;

@@ -137,6 +137,11 @@ struct Router {
     /// its missed publishes were read (see [`Self::queue_missed`]).
     last_remote: Option<crate::domain::FabricPos>,
     recent_remote: std::collections::VecDeque<(crate::domain::FabricPos, Arc<Message>)>,
+    /// The latest acknowledged publishes routed here for the other
+    /// instances, by outbox number: a session taken from a dead instance
+    /// gets those appended after its missed publishes were read (see
+    /// [`Self::queue_own_missed`]).
+    recent_own: std::collections::VecDeque<(u64, Arc<Message>)>,
 }
 
 /// One session a publish goes to, after merging overlapping subscriptions.
@@ -224,6 +229,7 @@ impl Router {
             orphans: Vec::new(),
             last_remote: None,
             recent_remote: std::collections::VecDeque::new(),
+            recent_own: std::collections::VecDeque::new(),
         }
     }
 
@@ -588,7 +594,31 @@ impl Router {
                     .map(|(_, msg)| msg.clone()),
             );
         }
+        self.own_missed(client, missed.through, &mut replay);
         self.queue_replay(client, replay);
+    }
+
+    /// Add to `replay` this instance's own acknowledged publishes that were
+    /// routed before `client`'s session was held here but appended to the
+    /// fabric after `through`, the end of the read that looked for them.
+    fn own_missed(
+        &self,
+        client: &ClientId,
+        through: crate::domain::FabricPos,
+        replay: &mut Vec<Arc<Message>>,
+    ) {
+        let Some(fabric) = &self.fabric else { return };
+        let gap = || {
+            crate::telemetry::metrics::global().cluster_replay_gaps.fetch_add(1, Relaxed);
+            tracing::warn!(client.id = %client, "publishes accepted here while a dead instance's session was taken over may be lost: too many since they were read");
+        };
+        let Some(first) = fabric.own_after(through) else { return gap() };
+        let oldest = self.recent_own.front().map(|(n, _)| *n);
+        if oldest.is_some_and(|o| o > first) && self.recent_own.len() >= RECENT_REMOTE {
+            gap();
+        }
+        let start = self.recent_own.partition_point(|(n, _)| *n < first);
+        replay.extend(self.recent_own.range(start..).map(|(_, msg)| msg.clone()));
     }
 
     /// Hold, offline, a session another instance kept until now.
@@ -610,8 +640,16 @@ impl Router {
     /// subscriptions queue here from now on, and its will goes out when
     /// due, unless a later claim of the id got here first.
     fn adopt(&mut self, adoption: Adoption) {
-        let Adoption { client_id: client, epoch, session, will, will_at, seq_block, replay } =
-            adoption;
+        let Adoption {
+            client_id: client,
+            epoch,
+            session,
+            will,
+            will_at,
+            seq_block,
+            mut replay,
+            replayed_through,
+        } = adoption;
         if self.known_claim(&client).is_some_and(|known| known >= epoch) {
             tracing::info!(client.id = %client, claim.epoch = epoch, "a dead instance's client id was claimed again meanwhile; left to that claim");
             return;
@@ -631,6 +669,9 @@ impl Router {
             metrics.cluster_adopted.fetch_add(1, Relaxed);
             self.writer.submit_state(vec![WriteOp::ClaimHeld { client_id: client.clone(), epoch }]);
             self.hold_moved(stored, epoch, seq_block);
+            if let Some(through) = replayed_through {
+                self.own_missed(&client, through, &mut replay);
+            }
             self.queue_replay(&client, replay);
         }
         if let Some(message) = will {
@@ -1326,6 +1367,12 @@ impl Router {
         }
         let mut shared = false;
         if shares && let Some(fabric) = &self.fabric {
+            if let Some(n) = outbox {
+                if self.recent_own.len() >= RECENT_REMOTE {
+                    self.recent_own.pop_front();
+                }
+                self.recent_own.push_back((n, msg.clone()));
+            }
             commit = share_when_stored(fabric, msg, commit, outbox, picks);
             shared = true;
         }
@@ -2465,6 +2512,7 @@ mod tests {
             will_at: SystemTime::now() + will_in,
             seq_block: None,
             replay: Vec::new(),
+            replayed_through: None,
         }
     }
 

@@ -537,6 +537,7 @@ impl Inner {
             will_at: claim.lapsed_at + Duration::from_secs(u64::from(claim.will_delay)),
             seq_block: None,
             replay: Vec::new(),
+            replayed_through: None,
         }
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::codec;
+use super::own_log::OwnLog;
 use crate::broker::groups::Picks;
 use crate::broker::ports::{Fabric, Missed, SharedDurability};
 use crate::broker::{Adoption, BrokerHandle};
@@ -74,6 +75,7 @@ pub struct RedisFabric {
     node_id: Arc<str>,
     /// The next outbox number: above every kept one, also across runs.
     next_outbox: Arc<AtomicU64>,
+    own: Arc<OwnLog>,
 }
 
 /// Whether this instance reaches Redis now: readiness fails without it, so
@@ -171,6 +173,7 @@ impl RedisFabric {
         // microseconds), so what Redis says was appended is never mistaken
         // for a newer run's.
         let first = (left + 1).max(micros_now());
+        let own = Arc::new(OwnLog::default());
         let appender = Appender {
             client: client.clone(),
             conn,
@@ -181,6 +184,7 @@ impl RedisFabric {
             writer: writer.clone(),
             unforgotten: 0,
             forgot_at: std::time::Instant::now(),
+            own: own.clone(),
         };
         tokio::spawn(appender.run(rx, store.clone(), left));
         let health = FabricHealth(up.clone());
@@ -200,6 +204,7 @@ impl RedisFabric {
             node: Arc::from(settings.node.as_str()),
             node_id: Arc::from(settings.node_id.as_str()),
             next_outbox: Arc::new(AtomicU64::new(first)),
+            own,
         };
         Ok((fabric, reader, health))
     }
@@ -234,6 +239,10 @@ impl Fabric for RedisFabric {
     fn cursor(&self, at: FabricPos) -> Option<WriteOp> {
         Some(WriteOp::FabricCursor { node: self.node.clone(), at })
     }
+
+    fn own_after(&self, at: FabricPos) -> Option<u64> {
+        self.own.first_after(at)
+    }
 }
 
 /// The task that appends to the stream.
@@ -250,6 +259,7 @@ struct Appender {
     /// Appended kept publishes not deleted yet, up to this number.
     unforgotten: u64,
     forgot_at: std::time::Instant,
+    own: Arc<OwnLog>,
 }
 
 impl Appender {
@@ -274,7 +284,7 @@ impl Appender {
                 break;
             }
             let mut pipe = redis::pipe();
-            let mut entries = 0;
+            let mut numbers = Vec::with_capacity(batch.len());
             let mut through = None;
             for out in batch.drain(..) {
                 if let Some(kept) = out.kept
@@ -285,12 +295,17 @@ impl Appender {
                 let fields = codec::encode(&self.settings.node, &out.msg, out.picks.as_deref());
                 self.xadd(&mut pipe, fields);
                 through = out.outbox.or(through);
-                entries += 1;
+                numbers.push(out.outbox);
             }
-            if entries == 0 {
+            if numbers.is_empty() {
                 continue;
             }
-            self.send(pipe, through).await;
+            let ids = self.send(pipe, through).await;
+            // Where each acknowledged publish landed (see `OwnLog`).
+            self.own.record(numbers.into_iter().zip(ids).filter_map(|(n, id)| {
+                let n = n?;
+                Some((n, FabricPos::parse(&id)?))
+            }));
         }
     }
 
@@ -351,18 +366,17 @@ impl Appender {
             .arg("~")
             .arg(self.settings.max_len)
             .arg("*")
-            .arg(fields)
-            .ignore();
+            .arg(fields);
     }
 
     /// Send `pipe` until Redis takes it; with kept publishes up to
     /// `through` in it, atomically with the note that they are appended,
-    /// and forget them here after.
-    async fn send(&mut self, mut pipe: redis::Pipeline, through: Option<u64>) {
+    /// and forget them here after. The entries' ids, in order.
+    async fn send(&mut self, mut pipe: redis::Pipeline, through: Option<u64>) -> Vec<String> {
         if let Some(n) = through {
             pipe.atomic().set(&self.done_key, n).ignore();
         }
-        loop {
+        let ids = loop {
             let Some(c) = self.conn.as_mut() else {
                 self.conn = self.client.get_multiplexed_async_connection().await.ok();
                 if self.conn.is_none() {
@@ -370,8 +384,8 @@ impl Appender {
                 }
                 continue;
             };
-            match pipe.query_async::<()>(c).await {
-                Ok(()) => break,
+            match pipe.query_async::<Vec<String>>(c).await {
+                Ok(ids) => break ids,
                 Err(e) => {
                     self.down(&e);
                     // A Redis that restarts empty forgets which kept
@@ -383,13 +397,14 @@ impl Appender {
                     tokio::time::sleep(RETRY).await;
                 }
             }
-        }
+        };
         if let Some(n) = through {
             self.unforgotten = n;
             if self.forgot_at.elapsed() >= FORGET_EVERY {
                 self.forget();
             }
         }
+        ids
     }
 
     /// The newest outbox number Redis has (0 when it has none).
@@ -565,7 +580,13 @@ impl FabricReader {
         from: FabricPos,
         through: FabricPos,
     ) -> redis::RedisResult<()> {
-        if from >= through || req.adoptions.iter().all(|a| a.session.is_none()) {
+        if req.adoptions.iter().all(|a| a.session.is_none()) {
+            return Ok(());
+        }
+        if from >= through {
+            for a in &mut req.adoptions {
+                a.replayed_through = Some(through);
+            }
             return Ok(());
         }
         let adoptions = &req.adoptions;
@@ -580,6 +601,9 @@ impl FabricReader {
                     a.replay.push(msg.clone());
                 }
             }
+        }
+        for a in &mut req.adoptions {
+            a.replayed_through = Some(through);
         }
         Ok(())
     }

@@ -129,32 +129,28 @@ impl Store {
         .await
     }
 
-    /// Claim, for `node`, every stored session nobody alive holds (its
-    /// holder's lease lapsed, or it was never claimed); the ids and their
-    /// epochs. A claim a live instance made meanwhile is left alone, and so
-    /// is one with a will: [`Store::adopt_dead_claims`] takes those with it.
+    /// Claim, for `node`, every stored session no instance ever claimed
+    /// (kept by a single instance before several shared the store); the
+    /// ids and their epochs. A dead instance's claims are left to
+    /// [`Store::adopt_dead_claims`]: whoever takes one replays what its
+    /// holder missed, which a plain restore here would not.
     pub async fn claim_orphaned_sessions(
         &self,
         node: &str,
     ) -> Result<Vec<(String, u64)>, sqlx::Error> {
         let pool = self.pool().clone();
         let node = node.to_owned();
-        let now = millis(SystemTime::now());
         self.run(async move {
             let rows = sqlx::query(
                 "INSERT INTO session_claims (client_id, node, epoch, owner) \
                  SELECT s.client_id, $1, nextval('session_claim_epochs'), COALESCE(s.owner, '') \
                  FROM sessions s \
                  LEFT JOIN session_claims c ON c.client_id = s.client_id \
-                 WHERE c.client_id IS NULL OR (c.will IS NULL AND NOT EXISTS (SELECT 1 FROM leases l \
-                   WHERE l.name = 'node:' || c.node AND l.expires_at >= $2)) \
-                 ON CONFLICT (client_id) DO UPDATE SET node = excluded.node, epoch = excluded.epoch, \
-                 owner = excluded.owner WHERE session_claims.will IS NULL AND NOT EXISTS (SELECT 1 FROM leases l \
-                   WHERE l.name = 'node:' || session_claims.node AND l.expires_at >= $2) \
+                 WHERE c.client_id IS NULL \
+                 ON CONFLICT (client_id) DO NOTHING \
                  RETURNING client_id, epoch",
             )
             .bind(&node)
-            .bind(now)
             .fetch_all(&pool)
             .await?;
             rows.into_iter()

@@ -414,3 +414,154 @@ async fn qos2_publishes_while_a_dead_instances_lease_lapses_reach_its_session_on
     let test = "qos2_publishes_while_a_dead_instances_lease_lapses_reach_its_session_once";
     publishes_during_the_lapse_reach_the_session_once(test, QoS::ExactlyOnce).await;
 }
+
+/// Publishers on both survivors send QoS 1 as fast as their PUBACKs come
+/// back while a killed instance's persistent session is taken over, so
+/// some of the taking instance's own publishes are routed in the moment
+/// between the read of what the session missed and the session's hold
+/// there. Back on a survivor (`during_lapse`: its CONNECT sent while the
+/// lease still runs, so it may take the session itself), the subscriber
+/// gets every acknowledged message once, in each publisher's order.
+async fn own_publishes_around_a_takeover_reach_the_session_once(test: &str, during_lapse: bool) {
+    const PUBLISHERS: usize = 3;
+    let config = "[broker]\nmax_queued_messages = 500000\n";
+    let Some(mut c) = Cluster::start_with_config(test, 3, config).await else { return };
+    let mut sub = V5Options::new("own-sub", c.addr(0))
+        .clean_start(false)
+        .session_expiry(Some(3600))
+        .connect()
+        .await;
+    sub.subscribe("own/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let dead = holder(&c, "own-sub").await.expect("claimed at CONNECT");
+
+    let (a, _dir) = take(&mut c, 0);
+    a.kill9().await;
+    let killed = Instant::now();
+    // Quiet until shortly before the lease can lapse: the fast part spans
+    // the takeover, and the replayed backlog stays small.
+    tokio::time::sleep(LEASE - Duration::from_secs(3)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    for i in 0..c.nodes.len() {
+        for p in 0..PUBLISHERS {
+            let name = format!("own-pub-{i}-{p}");
+            let mut publisher = V5Options::new(&name, c.addr(i)).connect().await;
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for k in 0u32.. {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    let payload = format!("{name}-{k:07}");
+                    let topic = format!("own/{name}");
+                    let ack = publisher.publish_qos1(&topic, false, payload.clone()).await;
+                    if ack.reason == PubAckReason::Success {
+                        acked.push(payload);
+                    }
+                }
+                publisher.disconnect().await;
+                acked
+            }));
+        }
+    }
+    let resumed = during_lapse.then(|| {
+        let addr = c.addr(0);
+        tokio::spawn(async move {
+            let sub = V5Options::new("own-sub", addr)
+                .clean_start(false)
+                .session_expiry(Some(3600))
+                .keep_alive(60)
+                .connect()
+                .await;
+            (Instant::now(), sub)
+        })
+    });
+    let taken = loop {
+        if holder(&c, "own-sub").await.is_some_and(|h| h != dead) {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < LEASE + Duration::from_secs(20),
+            "nobody took the session over\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    let (mut sub, mut got) = match resumed {
+        Some(resumed) => {
+            let (at, mut sub) = resumed.await.unwrap();
+            println!("resumed {:?} after the kill", at - killed);
+            let early = sub.collect_publishes(Duration::from_millis(1)).await;
+            (sub, early)
+        }
+        None => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let sub = V5Options::new("own-sub", c.addr(0))
+                .clean_start(false)
+                .session_expiry(Some(3600))
+                .connect()
+                .await;
+            (sub, Vec::new())
+        }
+    };
+    assert!(sub.session_present(), "{}", c.logs());
+    loop {
+        let more = sub.collect_publishes(Duration::from_secs(3)).await;
+        if more.is_empty() {
+            break;
+        }
+        got.extend(more);
+    }
+    let got: Vec<String> = got.iter().map(|p| text(&p.payload)).collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &got {
+        *counts.entry(p).or_default() += 1;
+    }
+    let missing: Vec<&String> = acked.iter().filter(|p| !counts.contains_key(p.as_str())).collect();
+    let twice: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "{} acknowledged, taken over {taken:?} after the kill; received {}, missing {}, duplicated {}",
+        acked.len(),
+        got.len(),
+        missing.len(),
+        twice.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged never delivered: {:?}\n{}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(20)],
+        c.logs()
+    );
+    assert!(twice.is_empty(), "delivered more than once: {:?}", &twice[..twice.len().min(20)]);
+    // Payloads sort by publisher, then number: each publisher's in order.
+    let mut by_publisher: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for p in &got {
+        by_publisher.entry(&p[..p.rfind('-').unwrap()]).or_default().push(p);
+    }
+    for (publisher, seen) in by_publisher {
+        assert!(seen.is_sorted(), "{publisher}'s messages out of order");
+    }
+    mark_redis_ran().await;
+}
+
+#[tokio::test]
+async fn own_publishes_of_the_instance_adopting_a_dead_session_reach_it_once() {
+    let test = "own_publishes_of_the_instance_adopting_a_dead_session_reach_it_once";
+    own_publishes_around_a_takeover_reach_the_session_once(test, false).await;
+}
+
+#[tokio::test]
+async fn own_publishes_of_the_instance_a_dead_session_reconnects_to_reach_it_once() {
+    let test = "own_publishes_of_the_instance_a_dead_session_reconnects_to_reach_it_once";
+    own_publishes_around_a_takeover_reach_the_session_once(test, true).await;
+}
