@@ -53,6 +53,13 @@ const CONTROL_TTL_MS: u64 = 10 * 60 * 1000;
 const BLOCK: Duration = Duration::from_secs(1);
 /// Pause before reconnecting after a Redis error.
 const RETRY: Duration = Duration::from_millis(250);
+/// How long a reply on the shared connection may take: reads of what a
+/// dead instance missed, many at once after it died, run to thousands of
+/// entries each (the client's default, 500 ms, cut them off under load).
+const REPLY_WAIT: Duration = Duration::from_secs(5);
+/// Reads of what a dead instance missed are tried this often before its
+/// session is taken without them.
+const MISSED_TRIES: u32 = 3;
 /// Claims waiting for an answer at most.
 const MAX_WAITING: usize = 16 * 1024;
 /// How often an instance looks for dead instances' sessions and wills.
@@ -271,19 +278,26 @@ impl Inner {
                 return None;
             }
         };
-        let read = async {
+        let read = || async {
             let mut conn = self.redis().await?;
             let wanted = |m: &Message| redis_fabric::session_wants(session, m);
             let me = &self.node;
             redis_fabric::read_missed(&mut conn, &self.stream, dead, me, from, None, wanted).await
         };
-        match read.await {
-            Ok((messages, through)) => Some(MissedRead { through, messages }),
-            Err(e) => {
-                *self.conn.lock().expect("conn lock") = None;
-                tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "publishes a dead instance missed not read");
-                redis_fabric::gap(dead, "stream unreadable");
-                None
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match read().await {
+                Ok((messages, through)) => return Some(MissedRead { through, messages }),
+                Err(e) => {
+                    *self.conn.lock().expect("conn lock") = None;
+                    tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), tries, "publishes a dead instance missed not read");
+                    if tries >= MISSED_TRIES {
+                        redis_fabric::gap(dead, "stream unreadable");
+                        return None;
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
             }
         }
     }
@@ -294,7 +308,8 @@ impl Inner {
         match cached {
             Some(c) => Ok(c),
             None => {
-                let c = self.client.get_multiplexed_async_connection().await?;
+                let config = AsyncConnectionConfig::new().set_response_timeout(Some(REPLY_WAIT));
+                let c = self.client.get_multiplexed_async_connection_with_config(&config).await?;
                 *self.conn.lock().expect("conn lock") = Some(c.clone());
                 Ok(c)
             }
@@ -357,7 +372,8 @@ impl Inner {
         let mut conn = match cached {
             Some(c) => c,
             None => {
-                let c = self.client.get_multiplexed_async_connection().await?;
+                let config = AsyncConnectionConfig::new().set_response_timeout(Some(REPLY_WAIT));
+                let c = self.client.get_multiplexed_async_connection_with_config(&config).await?;
                 *self.conn.lock().expect("conn lock") = Some(c.clone());
                 c
             }

@@ -150,10 +150,11 @@ impl RedisFabric {
             .fabric_outbox_last(&settings.node_id)
             .await
             .context("cannot read the publishes kept for the other instances")?;
-        let mut conn = match client.get_multiplexed_async_connection().await {
-            Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.ok().map(|_| c),
-            Err(_) => None,
-        };
+        let mut conn =
+            match client.get_multiplexed_async_connection_with_config(&appender_config()).await {
+                Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.ok().map(|_| c),
+                Err(_) => None,
+            };
         // Others' publishes are read from the stream's end now; without
         // Redis, from what it appends after this moment (by the clock: its
         // entry ids are milliseconds), whenever it comes.
@@ -243,6 +244,13 @@ impl Fabric for RedisFabric {
     fn own_after(&self, at: FabricPos) -> Option<u64> {
         self.own.first_after(at)
     }
+}
+
+/// The appender's connection: a batch of entries may take longer than the
+/// client's default 500 ms on a loaded instance, and a batch cut off is sent
+/// again (so appended twice).
+fn appender_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new().set_response_timeout(Some(REPLY_WAIT))
 }
 
 /// The task that appends to the stream.
@@ -378,7 +386,11 @@ impl Appender {
         }
         let ids = loop {
             let Some(c) = self.conn.as_mut() else {
-                self.conn = self.client.get_multiplexed_async_connection().await.ok();
+                self.conn = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&appender_config())
+                    .await
+                    .ok();
                 if self.conn.is_none() {
                     tokio::time::sleep(RETRY).await;
                 }
@@ -410,7 +422,11 @@ impl Appender {
     /// The newest outbox number Redis has (0 when it has none).
     async fn appended(&mut self) -> redis::RedisResult<u64> {
         if self.conn.is_none() {
-            self.conn = Some(self.client.get_multiplexed_async_connection().await?);
+            self.conn = Some(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&appender_config())
+                    .await?,
+            );
         }
         let conn = self.conn.as_mut().expect("connected above");
         let n: Option<u64> = conn.get(&self.done_key).await.inspect_err(|_| self.conn = None)?;

@@ -108,7 +108,6 @@ struct Control {
 /// client reconnects elsewhere reach it through the survivor that takes
 /// its session over (replayed from the stream).
 #[tokio::test]
-#[ignore = "a publish on the instance taking a session over, in the moment it does, can still be missed"]
 async fn sigkill_of_any_instance_behind_haproxy_loses_nothing_acknowledged() {
     let test = "sigkill_of_any_instance_behind_haproxy_loses_nothing_acknowledged";
     cluster_chaos(test, Plan::new(false)).await;
@@ -252,9 +251,11 @@ async fn cluster_chaos(test: &str, plan: Plan) {
     assert!(!acked.is_empty(), "nothing was acknowledged");
     assert!(
         undelivered.is_empty(),
-        "{} acknowledged locations never reached their watcher (seed {seed}), e.g. {:?}",
+        "{} acknowledged locations never reached their watcher (seed {seed}), e.g. {:?}\n\
+         the instances' warnings:\n{}",
         undelivered.len(),
-        &undelivered[..undelivered.len().min(20)]
+        &undelivered[..undelivered.len().min(20)],
+        warnings(&logs)
     );
     let lost = tally.sessions_lost.lock().unwrap().clone();
     assert!(lost.is_empty(), "reconnects without their session (seed {seed}): {lost:?}");
@@ -571,6 +572,16 @@ fn free_port() -> u16 {
 }
 
 /// The end of a long log, for a failure message.
+/// The instances' warnings and errors, at most 40 lines of them.
+fn warnings(logs: &str) -> String {
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(r#""log.level":"warn""#) || l.contains(r#""log.level":"error""#))
+        .take(40)
+        .collect();
+    lines.join("\n")
+}
+
 fn tail(logs: &str) -> &str {
     &logs[logs.floor_char_boundary(logs.len().saturating_sub(4_000))..]
 }
