@@ -108,6 +108,10 @@ pub struct ConfigArgs {
     /// PostgreSQL database [default: off] [env: MAPCAST_CLUSTER_REDIS_URL].
     #[arg(long, value_name = "URL")]
     pub cluster_redis_url: Option<String>,
+    /// This instance's name among the others, the same across its restarts
+    /// [default: the host name and the MQTT port] [env: MAPCAST_NODE_ID].
+    #[arg(long, value_name = "NAME")]
+    pub cluster_node_id: Option<String>,
     /// Seconds between map snapshots, 1–300 [default: 60]
     /// [env: MAPCAST_MAP_INTERVAL_SECS].
     #[arg(long, value_name = "SECS")]
@@ -140,6 +144,7 @@ impl ConfigArgs {
             data_dir: self.data_dir,
             database_url: self.database_url.map(Secret::new),
             cluster_redis_url: self.cluster_redis_url.map(Secret::new),
+            cluster_node_id: self.cluster_node_id,
             map_interval_secs: self.map_interval,
             elasticsearch_url: self.elasticsearch_url,
             otlp_endpoint: self.otlp_endpoint,
@@ -200,6 +205,7 @@ impl DbLocation {
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
             cluster_redis_url: None,
+            cluster_node_id: None,
             map_interval: None,
             elasticsearch_url: None,
             otlp_endpoint: None,

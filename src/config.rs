@@ -549,7 +549,8 @@ pub struct ClusterSettings {
     /// Distinct per instance and the same across its restarts: a restarted
     /// instance passes on the acknowledged publishes it had kept for the
     /// others (see README, "Running several instances"). Default: the host
-    /// name.
+    /// name and the MQTT listener's port (on an ephemeral port, a mark of
+    /// the data directory instead).
     pub node_id: Option<String>,
     /// The Redis stream key publishes travel on. Default `mapcast:messages`.
     pub stream: String,
@@ -673,6 +674,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<Secret>,
     pub cluster_redis_url: Option<Secret>,
+    pub cluster_node_id: Option<String>,
     pub map_interval_secs: Option<u64>,
     pub elasticsearch_url: Option<String>,
     pub otlp_endpoint: Option<String>,
@@ -987,6 +989,7 @@ impl Settings {
         put(&mut self.data_dir, o.data_dir);
         put(&mut self.database.url, o.database_url.map(Some));
         put(&mut self.cluster.redis_url, o.cluster_redis_url.map(Some));
+        put(&mut self.cluster.node_id, o.cluster_node_id.map(Some));
         put(&mut self.map.interval_secs, o.map_interval_secs);
         put(&mut self.telemetry.elasticsearch.url, o.elasticsearch_url.map(Some));
         put(&mut self.telemetry.otlp.endpoint, o.otlp_endpoint.map(Some));

@@ -91,21 +91,32 @@ impl Application {
         store.migrate().await?;
         let mut restored =
             store.load_broker_state().await.context("cannot restore broker state")?;
-        let node_id = node_id(settings.cluster.node_id.as_deref());
+        let node_id = node_id(
+            settings.cluster.node_id.as_deref(),
+            settings.mqtt.listen.port(),
+            &settings.data_dir,
+        );
         let instance = instance_name(&node_id);
         // Several instances: each holds only the sessions it claimed.
         let ownership = match &settings.cluster.redis_url {
-            Some(url) => Some(
-                ClusterOwnership::start(
-                    store.clone(),
-                    instance.clone(),
-                    url.expose(),
-                    &settings.cluster.stream,
-                    &mut restored,
+            Some(url) => {
+                // The run before this one on this data directory is dead
+                // (this one holds its lock): its node id is free at once.
+                let previous_run = swap_previous_run(&settings.data_dir, &instance).await;
+                Some(
+                    ClusterOwnership::start(
+                        store.clone(),
+                        &node_id,
+                        instance.clone(),
+                        previous_run.as_deref(),
+                        url.expose(),
+                        &settings.cluster.stream,
+                        &mut restored,
+                    )
+                    .await
+                    .context("cannot claim sessions")?,
                 )
-                .await
-                .context("cannot claim sessions")?,
-            ),
+            }
             None => None,
         };
 
@@ -516,19 +527,47 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// Where a run notes its name, so the next run on the same data directory
+/// knows its predecessor (see `ClusterOwnership::start`).
+const PREVIOUS_RUN_FILE: &str = "cluster-run";
+
 /// This run of this process, unique among instances sharing a database:
-/// `cluster.node_id` (default the host name), then the run's own mark, so
+/// `cluster.node_id`, then the run's own mark, so
 /// a restarted instance is never mistaken for its old self.
 fn instance_name(node_id: &str) -> String {
     use rand_core::{OsRng, RngCore};
     format!("{node_id}/{}/{:08x}", std::process::id(), OsRng.next_u32())
 }
 
-/// This instance across its runs: `cluster.node_id`, default the host name.
-fn node_id(configured: Option<&str>) -> String {
-    configured.map(str::to_owned).unwrap_or_else(|| {
-        #[allow(clippy::disallowed_methods, reason = "read once, at startup")]
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname");
-        host.map(|s| s.trim().to_owned()).unwrap_or_default()
-    })
+/// This instance across its runs: `cluster.node_id`; by default the host
+/// name and the MQTT listener's port, or, on an ephemeral port, a mark of
+/// the data directory (one process per directory): distinct for instances
+/// on one host, the same for each across its restarts.
+fn node_id(configured: Option<&str>, mqtt_port: u16, data_dir: &std::path::Path) -> String {
+    if let Some(id) = configured {
+        return id.to_owned();
+    }
+    #[allow(clippy::disallowed_methods, reason = "read once, at startup")]
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname");
+    let host = host.map(|s| s.trim().to_owned()).unwrap_or_default();
+    if mqtt_port != 0 {
+        return format!("{host}:{mqtt_port}");
+    }
+    #[allow(clippy::disallowed_methods, reason = "read once, at startup")]
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    // FNV-1a: a short, stable mark (not a secret).
+    let mark = dir.as_os_str().as_encoded_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{host}:{:08x}", mark as u32)
+}
+
+/// The run name the previous run on `data_dir` noted, replaced by `instance`.
+async fn swap_previous_run(data_dir: &std::path::Path, instance: &str) -> Option<String> {
+    let path = data_dir.join(PREVIOUS_RUN_FILE);
+    let previous = tokio::fs::read_to_string(&path).await.ok().map(|s| s.trim().to_owned());
+    if let Err(e) = tokio::fs::write(&path, instance).await {
+        tracing::warn!({ crate::telemetry::names::ERROR_MESSAGE } = %e, "this run's name not noted in the data directory; a restart waits for its lease");
+    }
+    previous.filter(|p| !p.is_empty())
 }

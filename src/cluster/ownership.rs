@@ -124,17 +124,39 @@ impl ClusterOwnership {
     /// Take this instance's lease, claim the stored sessions nobody alive
     /// holds and keep only those of `restored`, whose delivery numbers then
     /// start a fresh block.
+    ///
+    /// Two live runs of one `node_id` would pass on each other's kept
+    /// publishes: while another run of it holds its lease, wait for that to
+    /// lapse (a run killed moments ago elsewhere), then refuse to start.
+    /// `previous_run`, the last run on this data directory, is dead.
     pub async fn start(
         store: Store,
+        node_id: &str,
         node: String,
+        previous_run: Option<&str>,
         redis_url: &str,
         stream: &str,
         restored: &mut RestoredState,
     ) -> anyhow::Result<(Self, ControlReader)> {
         let client = Client::open(redis_url)
             .map_err(|e| anyhow::anyhow!("cluster.redis_url is not a Redis URL: {:?}", e.kind()))?;
-        if !store.hold_lease(&node_lease(&node), &node, NODE_LEASE).await? {
-            anyhow::bail!("another instance runs under the name {node}");
+        let started = Instant::now();
+        while let Some(other) =
+            store.hold_node_run(node_id, &node, previous_run, NODE_LEASE).await?
+        {
+            if started.elapsed() > NODE_LEASE + RENEW {
+                anyhow::bail!(
+                    "another instance runs as cluster.node_id {node_id:?} ({other}): give each instance its own"
+                );
+            }
+            if started.elapsed() < ANSWER_POLL {
+                tracing::warn!(
+                    node_id,
+                    other,
+                    "another run of this cluster.node_id holds its lease; waiting for it to lapse (at most 10 s)"
+                );
+            }
+            tokio::time::sleep(ANSWER_POLL).await;
         }
         let claimed: HashMap<String, u64> =
             store.claim_orphaned_sessions(&node).await?.into_iter().collect();

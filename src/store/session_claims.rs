@@ -129,6 +129,60 @@ impl Store {
         .await
     }
 
+    /// Take `instance`'s lease (see [`node_lease`]) unless another run of
+    /// cluster node `node_id` still holds its own: then that run's name.
+    /// Runs are named `<node_id>/<pid>/<mark>`; `predecessor`, the run
+    /// before `instance` on the same data directory, is known to be dead
+    /// and does not count. Checks and takes under one lock per node id, so
+    /// of two runs starting at once one finds the other.
+    pub async fn hold_node_run(
+        &self,
+        node_id: &str,
+        instance: &str,
+        predecessor: Option<&str>,
+        ttl: std::time::Duration,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let pool = self.pool().clone();
+        let node_id = node_id.to_owned();
+        let instance = instance.to_owned();
+        let predecessor = predecessor.map(str::to_owned);
+        let now = millis(SystemTime::now());
+        self.run(async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('node_id:' || $1))::TEXT")
+                .bind(&node_id)
+                .execute(&mut *tx)
+                .await?;
+            let live: Vec<String> = sqlx::query_scalar(
+                "SELECT holder FROM leases WHERE name LIKE 'node:%' AND expires_at >= $1",
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let other = live.into_iter().find(|run| {
+                *run != instance
+                    && predecessor.as_ref() != Some(run)
+                    && run.rsplitn(3, '/').nth(2) == Some(node_id.as_str())
+            });
+            if other.is_some() {
+                return Ok(other);
+            }
+            sqlx::query(
+                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 expires_at = excluded.expires_at",
+            )
+            .bind(node_lease(&instance))
+            .bind(&instance)
+            .bind(now + ttl.as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(None)
+        })
+        .await
+    }
+
     /// Claim, for `node`, every stored session no instance ever claimed
     /// (kept by a single instance before several shared the store); the
     /// ids and their epochs. A dead instance's claims are left to

@@ -245,3 +245,59 @@ async fn cluster_mode_refuses_an_embedded_database() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cluster.redis_url needs a PostgreSQL database.url"), "{stderr}");
 }
+
+/// Two live instances with one `cluster.node_id` would pass on each
+/// other's kept publishes: a second one refuses to start, naming the id,
+/// once the first's lease has not lapsed within the lease's length. A
+/// restart on the same data directory right after SIGKILL starts at once
+/// (its predecessor there is dead), one elsewhere once the dead run's lease
+/// lapsed.
+#[tokio::test]
+async fn one_node_id_runs_once_at_a_time() {
+    let test = "one_node_id_runs_once_at_a_time";
+    let Some(base) = postgres_test_url(test) else { return };
+    let Some(redis) = RedisServer::start_if_available(test).await else { return };
+    let db = fresh_postgres_database(&base).await;
+    let (home, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = named_node(home.path(), "twin", &db, &redis.url()).await;
+
+    let started = std::time::Instant::now();
+    let twin = tokio::process::Command::new(env!("CARGO_BIN_EXE_mapcast"))
+        .args(["serve", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(elsewhere.path())
+        .args(["--database-url", &db, "--cluster-redis-url", &redis.url()])
+        .args(["--cluster-node-id", "twin"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), twin)
+        .await
+        .expect("the twin gives up within 30 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the twin ran\n{stderr}");
+    assert!(stderr.contains(r#"another instance runs as cluster.node_id "twin""#), "{stderr}");
+    let refused = started.elapsed();
+    assert!(
+        refused >= Duration::from_secs(10),
+        "gave up after {refused:?}, before a lease could lapse"
+    );
+
+    first.kill9().await;
+    let started = std::time::Instant::now();
+    let again = named_node(home.path(), "twin", &db, &redis.url()).await;
+    let restart = started.elapsed();
+    assert!(restart < Duration::from_secs(5), "a restart in place waited {restart:?}");
+
+    again.kill9().await;
+    let started = std::time::Instant::now();
+    let moved = named_node(elsewhere.path(), "twin", &db, &redis.url()).await;
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(5)..Duration::from_secs(25)).contains(&waited),
+        "a run elsewhere started {waited:?} after its predecessor's SIGKILL\n{}",
+        moved.logs()
+    );
+    println!("twin refused after {refused:?}; restart in place {restart:?}; elsewhere {waited:?}");
+    mark_redis_ran().await;
+}
