@@ -3,6 +3,7 @@
 //! port); state is shared in PostgreSQL.
 
 mod codec;
+mod orphans;
 mod own_log;
 mod ownership;
 mod peers;

@@ -189,6 +189,12 @@ impl RedisFabric {
         };
         tokio::spawn(appender.run(rx, store.clone(), left));
         let health = FabricHealth(up.clone());
+        tokio::spawn(super::orphans::pass_on_orphans(
+            settings.clone(),
+            store.clone(),
+            writer.clone(),
+            health.clone(),
+        ));
         let (adopt_tx, adopt_rx) = mpsc::channel(16);
         let reader = FabricReader {
             client: client.clone(),
@@ -254,7 +260,7 @@ fn appender_config() -> AsyncConnectionConfig {
 }
 
 /// The task that appends to the stream.
-struct Appender {
+pub(super) struct Appender {
     client: Client,
     conn: Option<MultiplexedConnection>,
     /// Holds the newest outbox number appended, set in the same `MULTI` as
@@ -271,13 +277,37 @@ struct Appender {
 }
 
 impl Appender {
+    /// An appender for `settings.node_id`'s kept publishes, connecting
+    /// when it first needs Redis (see [`super::orphans`]).
+    pub(super) fn new(settings: FabricSettings, writer: SharedDurability) -> Option<Self> {
+        let client = Client::open(settings.redis_url.as_str()).ok()?;
+        Some(Self {
+            client,
+            conn: None,
+            done_key: format!("{}:appended:{}", settings.stream, settings.node_id),
+            node_id: Arc::from(settings.node_id.as_str()),
+            settings,
+            up: Arc::new(AtomicBool::new(true)),
+            writer,
+            unforgotten: 0,
+            forgot_at: std::time::Instant::now(),
+            own: Arc::new(OwnLog::default()),
+        })
+    }
+
     /// Append what earlier runs kept (up to `left`), then the new
     /// publishes in submission order; a publish whose commit fails is not
     /// appended (its publisher resends). While Redis is away, retry the
     /// same batch: the queue behind it bounds what waits.
     async fn run(mut self, mut rx: mpsc::Receiver<Outgoing>, store: Store, left: u64) {
         if left > 0 {
-            self.append_left(&store, left).await;
+            let count = self.append_left(&store, left).await;
+            if count > 0 {
+                tracing::info!(
+                    count,
+                    "publishes kept from an earlier run passed to the other instances"
+                );
+            }
         }
         let mut batch = Vec::with_capacity(BATCH);
         loop {
@@ -318,8 +348,8 @@ impl Appender {
     }
 
     /// Kept publishes of earlier runs with numbers up to `left`, oldest
-    /// first, skipping those already appended.
-    async fn append_left(&mut self, store: &Store, left: u64) {
+    /// first, skipping those already appended; how many were appended.
+    pub(super) async fn append_left(&mut self, store: &Store, left: u64) -> usize {
         let mut after = loop {
             match self.appended().await {
                 Ok(n) => break n,
@@ -355,12 +385,7 @@ impl Appender {
             self.send(pipe, Some(last)).await;
             after = last;
         }
-        if count > 0 {
-            tracing::info!(
-                count,
-                "publishes kept from an earlier run passed to the other instances"
-            );
-        }
+        count
     }
 
     fn xadd<K: redis::ToRedisArgs, V: redis::ToRedisArgs>(
@@ -435,7 +460,7 @@ impl Appender {
 
     /// Delete the kept publishes appended so far: they are on the stream.
     /// A refused delete is covered by the next (it deletes a range).
-    fn forget(&mut self) {
+    pub(super) fn forget(&mut self) {
         let through = std::mem::take(&mut self.unforgotten);
         if through > 0 {
             let op = WriteOp::DeleteFabricOutbox { node: self.node_id.clone(), through };

@@ -27,6 +27,15 @@ impl Store {
         .await
     }
 
+    /// The nodes with kept entries.
+    pub async fn fabric_outbox_nodes(&self) -> Result<Vec<String>, sqlx::Error> {
+        let pool = self.pool().clone();
+        self.run(async move {
+            sqlx::query_scalar("SELECT DISTINCT node FROM fabric_outbox").fetch_all(&pool).await
+        })
+        .await
+    }
+
     /// Up to `limit` of `node`'s kept entries with `after < seq <= through`,
     /// oldest first.
     pub async fn fabric_outbox_page(

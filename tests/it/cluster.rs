@@ -107,11 +107,21 @@ async fn named_node(dir: &std::path::Path, id: &str, db: &str, redis: &str) -> S
     .await
 }
 
-#[tokio::test]
-async fn publishes_acknowledged_during_a_redis_outage_survive_their_instance_dying() {
-    let test = "publishes_acknowledged_during_a_redis_outage_survive_their_instance_dying";
-    let Some(base) = postgres_test_url(test) else { return };
-    let Some(mut redis) = RedisServer::start_if_available(test).await else { return };
+/// Instances `node-a` and `node-b` on a fresh database and their own
+/// Redis, with a watcher of `fleet/#` on B.
+struct Pair {
+    redis: RedisServer,
+    db: String,
+    dir_a: tempfile::TempDir,
+    dir_b: tempfile::TempDir,
+    a: ServerProcess,
+    b: ServerProcess,
+    watcher: crate::helpers::V5Client,
+}
+
+async fn pair(test: &str) -> Option<Pair> {
+    let base = postgres_test_url(test)?;
+    let redis = RedisServer::start_if_available(test).await?;
     let db = fresh_postgres_database(&base).await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = named_node(dir_a.path(), "node-a", &db, &redis.url()).await;
@@ -119,6 +129,16 @@ async fn publishes_acknowledged_during_a_redis_outage_survive_their_instance_dyi
     let mut watcher = V5Options::new("watcher", b.mqtt_addr).connect().await;
     watcher.subscribe("fleet/#", QoS::AtLeastOnce).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    Some(Pair { redis, db, dir_a, dir_b, a, b, watcher })
+}
+
+#[tokio::test]
+async fn publishes_acknowledged_during_a_redis_outage_survive_their_instance_dying() {
+    let test = "publishes_acknowledged_during_a_redis_outage_survive_their_instance_dying";
+    let Some(Pair { mut redis, db, dir_a, dir_b: _dir_b, a, b, mut watcher }) = pair(test).await
+    else {
+        return;
+    };
     let logs = |a: &ServerProcess| format!("{}\n---\n{}", a.logs(), b.logs());
 
     // Shared while Redis is there: none of these may come again later.
@@ -299,5 +319,44 @@ async fn one_node_id_runs_once_at_a_time() {
         moved.logs()
     );
     println!("twin refused after {refused:?}; restart in place {restart:?}; elsewhere {waited:?}");
+    mark_redis_ran().await;
+}
+
+/// An instance that dies during a Redis outage and never comes back: a
+/// survivor passes on the publishes it acknowledged and kept, once no run
+/// of its node id is alive, in order and once; a run of that node id
+/// started afterwards repeats none.
+#[tokio::test]
+async fn publishes_kept_by_an_instance_that_never_returns_are_passed_on_by_a_survivor() {
+    let test = "publishes_kept_by_an_instance_that_never_returns_are_passed_on_by_a_survivor";
+    let Some(Pair { mut redis, db, dir_a, dir_b: _dir_b, a, b, mut watcher }) = pair(test).await
+    else {
+        return;
+    };
+
+    redis.kill().await;
+    let mut car = V5Options::new("car", a.mqtt_addr).connect().await;
+    for n in 0..100 {
+        let ack = car.publish_qos1("fleet/during", false, format!("m{n}")).await;
+        assert_eq!(ack.reason, PubAckReason::Success, "m{n} refused\n{}", a.logs());
+    }
+    a.kill9().await;
+    redis.start().await;
+    let died = std::time::Instant::now();
+
+    let mut got = Vec::new();
+    while got.len() < 100 && died.elapsed() < Duration::from_secs(30) {
+        got.extend(watcher.collect_publishes(Duration::from_secs(1)).await);
+    }
+    let passed_after = died.elapsed();
+    let numbers: Vec<String> = got.iter().map(|p| text(&p.payload)).collect();
+    let expected: Vec<String> = (0..100).map(|n| format!("m{n}")).collect();
+    assert_eq!(numbers, expected, "every acknowledged publish, in order\n{}", b.logs());
+    watcher.expect_no_publish(Duration::from_secs(1)).await;
+    println!("passed on by the survivor {passed_after:?} after the death");
+
+    let a = named_node(dir_a.path(), "node-a", &db, &redis.url()).await;
+    watcher.expect_no_publish(Duration::from_secs(3)).await;
+    drop(a);
     mark_redis_ran().await;
 }
