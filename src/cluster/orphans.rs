@@ -74,6 +74,9 @@ async fn stand_in(settings: &FabricSettings, store: &Store, writer: &SharedDurab
         match tokio::time::timeout(PASS_ON_WAIT, appender.append_left(store, left)).await {
             Ok(count) => {
                 if count > 0 {
+                    crate::telemetry::metrics::global()
+                        .cluster_orphans_passed_on
+                        .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(
                         node_id = id,
                         count,

@@ -127,6 +127,8 @@ pub struct Metrics {
     /// read (trimmed from the stream, or no position kept).
     pub cluster_replayed: AtomicU64,
     pub cluster_replay_gaps: AtomicU64,
+    /// Kept publishes of instances that did not come back, passed on here.
+    pub cluster_orphans_passed_on: AtomicU64,
     /// Map snapshots published, and the figures of the latest.
     pub updater_builds: AtomicU64,
     pub updater_build_failures: AtomicU64,
@@ -200,6 +202,7 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     cluster_clients_connected: AtomicU64::new(0),
     cluster_replayed: AtomicU64::new(0),
     cluster_replay_gaps: AtomicU64::new(0),
+    cluster_orphans_passed_on: AtomicU64::new(0),
     updater_builds: AtomicU64::new(0),
     updater_build_failures: AtomicU64::new(0),
     updater_build_ms: AtomicU64::new(0),
@@ -434,6 +437,11 @@ impl Metrics {
                 m::CLUSTER_REPLAY_GAPS,
                 "Takeovers of a dead instance's sessions for which some missed publishes could not be read.",
                 g(&self.cluster_replay_gaps),
+            ),
+            Scalar::counter(
+                m::CLUSTER_ORPHANS_PASSED_ON,
+                "Publishes acknowledged by an instance that did not come back, passed on here to the others.",
+                g(&self.cluster_orphans_passed_on),
             ),
             Scalar::counter(
                 m::UPDATER_BUILDS,

@@ -270,6 +270,8 @@ pub mod metrics {
         ("mapcast_cluster_replayed_total", "mapcast.cluster.replayed");
     pub const CLUSTER_REPLAY_GAPS: (&str, &str) =
         ("mapcast_cluster_replay_gaps_total", "mapcast.cluster.replay_gaps");
+    pub const CLUSTER_ORPHANS_PASSED_ON: (&str, &str) =
+        ("mapcast_cluster_orphans_passed_on_total", "mapcast.cluster.orphans_passed_on");
     /// The map updater: builds published, and the last one's figures.
     pub const UPDATER_BUILDS: (&str, &str) =
         ("mapcast_updater_builds_total", "mapcast.updater.builds");

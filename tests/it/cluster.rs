@@ -353,6 +353,9 @@ async fn publishes_kept_by_an_instance_that_never_returns_are_passed_on_by_a_sur
     let expected: Vec<String> = (0..100).map(|n| format!("m{n}")).collect();
     assert_eq!(numbers, expected, "every acknowledged publish, in order\n{}", b.logs());
     watcher.expect_no_publish(Duration::from_secs(1)).await;
+    let counted =
+        crate::helpers::metric(b.http_addr, "mapcast_cluster_orphans_passed_on_total").await;
+    assert_eq!(counted, 100.0, "counted where they were passed on");
     println!("passed on by the survivor {passed_after:?} after the death");
 
     let a = named_node(dir_a.path(), "node-a", &db, &redis.url()).await;
