@@ -726,42 +726,20 @@ impl Router {
             merge_targets(&mut targets);
             let Some(session) = self.sessions.get(client) else { return };
             for t in targets.drain(..) {
-                if t.qos == QoS::AtMostOnce
-                    && session.conn.is_none()
-                    && !self.limits.queue_qos0_messages
+                let seq = || {
+                    take_seq(
+                        &mut self.next_seq,
+                        &mut self.seq_block_end,
+                        &mut self.seq_overrun,
+                        self.ownership.as_ref(),
+                    )
+                };
+                let queue_qos0 = self.limits.queue_qos0_messages;
+                if let Some(d) =
+                    queue_delivery(session, t, &msg, queue_qos0, &self.stats, seq, &mut ops)
                 {
-                    continue;
+                    pushes.push((session.outbox.clone(), d));
                 }
-                let packet_id = match t.qos {
-                    QoS::AtMostOnce => None,
-                    _ => match session.outbox.reserve_packet_id() {
-                        Some(id) => Some(id),
-                        None => {
-                            self.stats.dropped_queue_full(t.qos);
-                            continue;
-                        }
-                    },
-                };
-                let seq = take_seq(
-                    &mut self.next_seq,
-                    &mut self.seq_block_end,
-                    &mut self.seq_overrun,
-                    self.ownership.as_ref(),
-                );
-                let d = Delivery {
-                    seq,
-                    msg: msg.clone(),
-                    qos: t.qos,
-                    retain: msg.retain && t.retain_as_published,
-                    subscription_ids: t.subscription_ids,
-                    dup: false,
-                    packet_id,
-                    stored: t.qos != QoS::AtMostOnce && session.is_persistent(),
-                };
-                if d.stored {
-                    ops.push(WriteOp::EnqueueMessage { client_id: t.client, delivery: d.clone() });
-                }
-                pushes.push((session.outbox.clone(), d));
             }
         }
         crate::telemetry::metrics::global()
@@ -1250,40 +1228,19 @@ impl Router {
         let mut pushes = std::mem::take(&mut self.push_scratch);
         for t in targets.drain(..) {
             let Some(session) = self.sessions.get(&t.client) else { continue };
-            if t.qos == QoS::AtMostOnce && session.conn.is_none() && !queue_qos0 {
-                continue;
-            }
-            // Chosen now, so the stored copy carries the id it goes out with.
-            let packet_id = match t.qos {
-                QoS::AtMostOnce => None,
-                _ => match session.outbox.reserve_packet_id() {
-                    Some(id) => Some(id),
-                    None => {
-                        self.stats.dropped_queue_full(t.qos);
-                        continue;
-                    }
-                },
+            let seq = || {
+                take_seq(
+                    &mut self.next_seq,
+                    &mut self.seq_block_end,
+                    &mut self.seq_overrun,
+                    self.ownership.as_ref(),
+                )
             };
-            let seq = take_seq(
-                &mut self.next_seq,
-                &mut self.seq_block_end,
-                &mut self.seq_overrun,
-                self.ownership.as_ref(),
-            );
-            let d = Delivery {
-                seq,
-                msg: msg.clone(),
-                qos: t.qos,
-                retain: msg.retain && t.retain_as_published,
-                subscription_ids: t.subscription_ids,
-                dup: false,
-                packet_id,
-                stored: t.qos != QoS::AtMostOnce && session.is_persistent(),
-            };
-            if d.stored {
-                ops.push(WriteOp::EnqueueMessage { client_id: t.client, delivery: d.clone() });
+            if let Some(d) =
+                queue_delivery(session, t, &msg, queue_qos0, &self.stats, seq, &mut ops)
+            {
+                pushes.push((session.outbox.clone(), d));
             }
-            pushes.push((session.outbox.clone(), d));
         }
         self.scratch = targets;
 
@@ -1674,6 +1631,49 @@ impl Router {
             self.ownership.as_ref(),
         )
     }
+}
+
+/// `msg`'s delivery to `session` for `t`, numbered by `seq`, with its
+/// stored copy added to `ops` for a persistent session; `None` when it is
+/// not queued (QoS 0 for an offline client unless those are queued, or no
+/// packet id free: counted).
+fn queue_delivery(
+    session: &Session,
+    t: Target,
+    msg: &Arc<Message>,
+    queue_qos0: bool,
+    stats: &Stats,
+    seq: impl FnOnce() -> u64,
+    ops: &mut Vec<WriteOp>,
+) -> Option<Delivery> {
+    if t.qos == QoS::AtMostOnce && session.conn.is_none() && !queue_qos0 {
+        return None;
+    }
+    // Chosen now, so the stored copy carries the id it goes out with.
+    let packet_id = match t.qos {
+        QoS::AtMostOnce => None,
+        _ => match session.outbox.reserve_packet_id() {
+            Some(id) => Some(id),
+            None => {
+                stats.dropped_queue_full(t.qos);
+                return None;
+            }
+        },
+    };
+    let d = Delivery {
+        seq: seq(),
+        msg: msg.clone(),
+        qos: t.qos,
+        retain: msg.retain && t.retain_as_published,
+        subscription_ids: t.subscription_ids,
+        dup: false,
+        packet_id,
+        stored: t.qos != QoS::AtMostOnce && session.is_persistent(),
+    };
+    if d.stored {
+        ops.push(WriteOp::EnqueueMessage { client_id: t.client, delivery: d.clone() });
+    }
+    Some(d)
 }
 
 /// The next delivery number, moving to a new reserved block when the one

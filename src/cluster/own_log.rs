@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::domain::FabricPos;
 
@@ -18,9 +17,14 @@ const KEPT: usize = 64 * 1024;
 /// both rising. The lock is held only to add a batch or to search.
 #[derive(Debug, Default)]
 pub struct OwnLog {
-    appended: Mutex<VecDeque<(u64, FabricPos)>>,
+    appended: Mutex<Appended>,
+}
+
+#[derive(Debug, Default)]
+struct Appended {
+    entries: VecDeque<(u64, FabricPos)>,
     /// Older positions were let go: a search before them cannot answer.
-    trimmed: AtomicBool,
+    trimmed: bool,
 }
 
 impl OwnLog {
@@ -28,11 +32,11 @@ impl OwnLog {
     pub fn record(&self, batch: impl IntoIterator<Item = (u64, FabricPos)>) {
         let mut appended = self.appended.lock().expect("own log lock");
         for entry in batch {
-            if appended.len() == KEPT {
-                appended.pop_front();
-                self.trimmed.store(true, Ordering::Relaxed);
+            if appended.entries.len() == KEPT {
+                appended.entries.pop_front();
+                appended.trimmed = true;
             }
-            appended.push_back(entry);
+            appended.entries.push_back(entry);
         }
     }
 
@@ -41,11 +45,11 @@ impl OwnLog {
     /// the positions around `at` were let go.
     pub fn first_after(&self, at: FabricPos) -> Option<u64> {
         let appended = self.appended.lock().expect("own log lock");
-        let i = appended.partition_point(|(_, p)| *p <= at);
-        match appended.get(i) {
-            Some(&(n, _)) if i > 0 || !self.trimmed.load(Ordering::Relaxed) => Some(n),
+        let i = appended.entries.partition_point(|(_, p)| *p <= at);
+        match appended.entries.get(i) {
+            Some(&(n, _)) if i > 0 || !appended.trimmed => Some(n),
             Some(_) => None,
-            None => Some(appended.back().map_or(0, |&(n, _)| n + 1)),
+            None => Some(appended.entries.back().map_or(0, |&(n, _)| n + 1)),
         }
     }
 }

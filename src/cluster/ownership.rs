@@ -390,16 +390,7 @@ impl Inner {
     /// Append one entry to `node`'s control stream.
     async fn append(&self, node: &str, fields: &[(&str, &[u8])]) -> redis::RedisResult<()> {
         let key = format!("{}{node}", self.prefix);
-        let cached = self.conn.lock().expect("conn lock").clone();
-        let mut conn = match cached {
-            Some(c) => c,
-            None => {
-                let config = AsyncConnectionConfig::new().set_response_timeout(Some(REPLY_WAIT));
-                let c = self.client.get_multiplexed_async_connection_with_config(&config).await?;
-                *self.conn.lock().expect("conn lock") = Some(c.clone());
-                c
-            }
-        };
+        let mut conn = self.redis().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("XADD")
             .arg(&key)
