@@ -2,6 +2,7 @@
 //! by the broker, the API and the background jobs.
 
 mod broker_state;
+mod commit_marks;
 mod commit_pace;
 mod fabric_outbox;
 mod history;

@@ -4,7 +4,7 @@
 //! the database on the routing path.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::Store;
 use super::broker_state::encode_props;
+use super::commit_marks::CommitMarks;
 use super::commit_pace::CommitPace;
 use super::write_health::{self, WriteHealth};
 use crate::broker::ports::{BoxFuture, CommitReceipt, Durability};
@@ -27,6 +28,9 @@ const MAX_BATCH_OPS: usize = 4096;
 /// A commit taking longer than this counts as failed: its durable callers
 /// are told so (they retry; duplicates are allowed at QoS 1).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a COMMIT that went unanswered is looked up before its callers
+/// are told it failed (see [`CommitMarks`]).
+const LOOKUP_LIMIT: Duration = Duration::from_secs(60);
 /// Pause between attempts while writes fail, and between probes when idle.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 /// The writer's own connection goes back to the pool after this long
@@ -369,6 +373,7 @@ async fn run(
     // transaction, so alternating pooled connections read every touched
     // B-tree page back from disk on each commit.
     let mut conn = None;
+    let mut marks = CommitMarks::new();
     while batch.stop.is_none() && !closed {
         // Healthy: sleep until work arrives, holding the connection only
         // for a while. Down: wake up to retry or probe.
@@ -412,7 +417,7 @@ async fn run(
             continue;
         }
         pace.started(batch.commits.len(), Instant::now());
-        let reply = attempt(&store, &mut conn, &health, &batch.ops).await;
+        let reply = attempt(&store, &mut conn, &health, &batch.ops, &mut marks).await;
         let failed = reply.is_err();
         for c in batch.commits.drain(..) {
             let _ = c.send(reply.clone());
@@ -434,6 +439,9 @@ async fn run(
             "store writer stopped with writes it could not commit"
         );
     }
+    if batch.ops.is_empty() {
+        remove_mark(&store, conn, &marks).await;
+    }
     if let Some(s) = batch.stop {
         let _ = s.send(());
     }
@@ -447,16 +455,23 @@ async fn attempt(
     conn: &mut Option<PoolConnection<Any>>,
     health: &WriteHealth,
     ops: &[Pending],
+    marks: &mut CommitMarks,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     let n = ops.len();
-    let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, commit(store, conn, ops)).await;
+    let number = marks.next();
+    let commit_sent = AtomicBool::new(false);
+    let outcome = tokio::time::timeout(
+        ATTEMPT_TIMEOUT,
+        commit(store, conn, ops, marks, number, &commit_sent),
+    )
+    .await;
     if !matches!(outcome, Ok(Ok(())))
         && let Some(mut c) = conn.take()
     {
         c.close_on_drop();
     }
-    let result = match outcome {
+    let mut result = match outcome {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             let err = write_health::classify(&e);
@@ -473,7 +488,41 @@ async fn attempt(
         }
     };
     crate::telemetry::metrics::global().observe_db_batch(n, started.elapsed().as_secs_f64());
-    match &result {
+    record_health(health, &result, n, started);
+    // Down while it is looked up: durable writes are refused meanwhile
+    // rather than left waiting behind it.
+    if result.is_err() && commit_sent.load(Ordering::Relaxed) {
+        let metrics = crate::telemetry::metrics::global();
+        metrics.db_commits_unanswered.fetch_add(1, Ordering::Relaxed);
+        match look_up(store, marks, number).await {
+            Some(true) => {
+                metrics.db_commits_found_committed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    ops = n,
+                    "store batch committed although its COMMIT went unanswered"
+                );
+                result = Ok(());
+                record_health(health, &result, n, started);
+            }
+            Some(false) => {
+                tracing::warn!(ops = n, "store batch whose COMMIT went unanswered did not commit");
+            }
+            None => tracing::error!(
+                ops = n,
+                "store batch whose COMMIT went unanswered could not be looked up: reported as failed"
+            ),
+        }
+    }
+    result
+}
+
+fn record_health(
+    health: &WriteHealth,
+    result: &Result<(), StoreError>,
+    n: usize,
+    started: Instant,
+) {
+    match result {
         Ok(()) => {
             if let Some(down) = health.succeeded() {
                 tracing::warn!(
@@ -496,7 +545,38 @@ async fn attempt(
             }
         }
     }
-    result
+}
+
+/// The run's commit mark goes when it stops (else it is pruned later).
+async fn remove_mark(store: &Store, conn: Option<PoolConnection<Any>>, marks: &CommitMarks) {
+    let removed = tokio::time::timeout(ATTEMPT_TIMEOUT, async {
+        let mut conn = match conn {
+            Some(c) => c,
+            None => store.pool().acquire().await?,
+        };
+        marks.remove(&mut conn).await
+    })
+    .await;
+    if !matches!(removed, Ok(Ok(()))) {
+        tracing::debug!("the writer's commit mark stays until pruned");
+    }
+}
+
+/// Whether transaction `number`, whose COMMIT went unanswered, committed;
+/// `None` when the database could not tell within [`LOOKUP_LIMIT`].
+async fn look_up(store: &Store, marks: &CommitMarks, number: i64) -> Option<bool> {
+    let give_up = Instant::now() + LOOKUP_LIMIT;
+    loop {
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, marks.committed(store, number)).await {
+            Ok(Ok(committed)) => return Some(committed),
+            Ok(Err(e)) => tracing::warn!(error = %e, "looking up an unanswered commit failed"),
+            Err(_) => tracing::warn!("looking up an unanswered commit timed out"),
+        }
+        if Instant::now() + RETRY_INTERVAL >= give_up {
+            return None;
+        }
+        tokio::time::sleep(RETRY_INTERVAL).await;
+    }
 }
 
 /// Idle while down after a connection failure: a round trip tells whether
@@ -532,10 +612,16 @@ fn drop_oldest_beyond_bound(ops: &mut Vec<Pending>) {
     }
 }
 
+/// Commit `ops` as transaction `number` (stamped first, see
+/// [`CommitMarks`]); `commit_sent` is set once the COMMIT is on its way,
+/// after which a failure leaves the outcome unknown.
 async fn commit(
     store: &Store,
     conn: &mut Option<PoolConnection<Any>>,
     ops: &[Pending],
+    marks: &mut CommitMarks,
+    number: i64,
+    commit_sent: &AtomicBool,
 ) -> Result<(), sqlx::Error> {
     if ops.is_empty() {
         return Ok(());
@@ -556,6 +642,7 @@ async fn commit(
         None => conn.insert(store.pool().acquire().await?),
     };
     let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+    marks.stamp(&mut tx, number).await?;
     let mut delete_seqs: Vec<i64> = Vec::new();
     let mut locations = super::locations::LatestBatch::default();
     let mut history = super::history::HistoryBatch::default();
@@ -596,6 +683,7 @@ async fn commit(
         }
         q.execute(&mut *tx).await?;
     }
+    commit_sent.store(true, Ordering::Relaxed);
     tx.commit().await
 }
 

@@ -129,6 +129,10 @@ pub struct Metrics {
     pub cluster_replay_gaps: AtomicU64,
     /// Kept publishes of instances that did not come back, passed on here.
     pub cluster_orphans_passed_on: AtomicU64,
+    /// Store transactions whose COMMIT went unanswered (timed out, or the
+    /// connection broke) and were looked up; those found committed.
+    pub db_commits_unanswered: AtomicU64,
+    pub db_commits_found_committed: AtomicU64,
     /// Map snapshots published, and the figures of the latest.
     pub updater_builds: AtomicU64,
     pub updater_build_failures: AtomicU64,
@@ -203,6 +207,8 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     cluster_replayed: AtomicU64::new(0),
     cluster_replay_gaps: AtomicU64::new(0),
     cluster_orphans_passed_on: AtomicU64::new(0),
+    db_commits_unanswered: AtomicU64::new(0),
+    db_commits_found_committed: AtomicU64::new(0),
     updater_builds: AtomicU64::new(0),
     updater_build_failures: AtomicU64::new(0),
     updater_build_ms: AtomicU64::new(0),
@@ -442,6 +448,16 @@ impl Metrics {
                 m::CLUSTER_ORPHANS_PASSED_ON,
                 "Publishes acknowledged by an instance that did not come back, passed on here to the others.",
                 g(&self.cluster_orphans_passed_on),
+            ),
+            Scalar::counter(
+                m::DB_COMMITS_UNANSWERED,
+                "Store transactions whose COMMIT went unanswered (time limit, broken connection), looked up in the database.",
+                g(&self.db_commits_unanswered),
+            ),
+            Scalar::counter(
+                m::DB_COMMITS_FOUND_COMMITTED,
+                "Unanswered COMMITs found committed: their writers were told so instead of a failure.",
+                g(&self.db_commits_found_committed),
             ),
             Scalar::counter(
                 m::UPDATER_BUILDS,

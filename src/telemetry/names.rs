@@ -223,6 +223,10 @@ pub mod metrics {
     pub const CONNECTION_REJECT_REASONS: [&str; 4] =
         ["max_connections", "connect_rate", "session_owner", "other"];
     pub const DB_BATCH_OPS: (&str, &str) = ("mapcast_db_batch_ops", "mapcast.db.batch_ops");
+    pub const DB_COMMITS_UNANSWERED: (&str, &str) =
+        ("mapcast_db_commits_unanswered_total", "mapcast.db.commits_unanswered");
+    pub const DB_COMMITS_FOUND_COMMITTED: (&str, &str) =
+        ("mapcast_db_commits_found_committed_total", "mapcast.db.commits_found_committed");
     pub const DB_BATCH_SECONDS: (&str, &str) =
         ("mapcast_db_batch_duration_seconds", "mapcast.db.batch_duration_seconds");
     /// Labelled by `route`; the document holds one object per route.

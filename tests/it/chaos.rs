@@ -176,7 +176,26 @@ async fn chaos_restarts(extra_args: &[&str]) {
         .filter(|l| !l.contains("unknown MAPCAST_ environment variable"))
         .collect();
     println!("chaos: {} warnings and errors logged by the broker", troubles.len());
-    for line in troubles.iter().take(20) {
+    // By message first: a failure's output is cut, and the rare kinds are
+    // what tells its cause.
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for line in &troubles {
+        let message = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| {
+                let message = v["message"].as_str()?;
+                Some(match v["error.message"].as_str() {
+                    Some(e) => format!("{message}: {e}"),
+                    None => message.to_owned(),
+                })
+            })
+            .unwrap_or_else(|| "(not JSON)".to_owned());
+        *kinds.entry(message).or_default() += 1;
+    }
+    for (message, n) in &kinds {
+        println!("  {n:>6} × {message}");
+    }
+    for line in troubles.iter().take(5) {
         println!("  {}", &line[..line.len().min(400)]);
     }
 

@@ -18,6 +18,7 @@ mod cluster_chaos;
 mod cluster_deadnode;
 mod cluster_shared;
 mod cluster_takeover;
+mod commit_outcome;
 mod connect;
 mod crash;
 mod db_outage;
