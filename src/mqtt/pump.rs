@@ -56,27 +56,60 @@ pub(super) fn spawn(conn: Conn) {
     ntex::rt::spawn(run(conn).instrument(span));
 }
 
-/// Outbound QoS 2 exchanges that an earlier connection of the session left
-/// after PUBREC: this connection resent their PUBREL and waits for PUBCOMP.
-/// Shared by the pump (which sends the PUBRELs and keeps the ids out of use)
-/// and the `qos2` middleware (which takes the PUBCOMPs).
+/// Outbound QoS 2 state shared by the pump and the `qos2` middleware.
+///
+/// - Exchanges that an earlier connection of the session left after PUBREC:
+///   this connection resent their PUBREL and waits for PUBCOMP (the pump
+///   sends the PUBRELs and keeps the ids out of use, the middleware takes
+///   the PUBCOMPs).
+/// - The release gate. ntex expects the acknowledgements of a connection in
+///   the order of its own queue, and on a PUBREC it queues the PUBCOMP it
+///   then expects right away, as if its PUBREL went out at once. The pump
+///   holds the PUBREL until the PUBREC's state is stored; a QoS ≥ 1
+///   PUBLISH sent meanwhile would be acknowledged by the client before that
+///   PUBCOMP [MQTT-4.6.0-2] and taken by ntex for a protocol violation. So
+///   the middleware closes the gate when the PUBREC arrives (before ntex
+///   sees it), and QoS ≥ 1 deliveries wait until the PUBREL is written.
 #[derive(Default)]
-pub(super) struct ResumedReleases(RefCell<HashSet<u16>>);
+pub(super) struct OutboundQos2 {
+    resumed: RefCell<HashSet<u16>>,
+    /// The packet id whose PUBREL is being held back.
+    held: Cell<Option<NonZeroU16>>,
+}
 
-impl ResumedReleases {
+impl OutboundQos2 {
     /// A PUBREL for `id` went out.
     pub(super) fn insert(&self, id: u16) {
-        self.0.borrow_mut().insert(id);
+        self.resumed.borrow_mut().insert(id);
     }
 
     /// A PUBCOMP arrived: `true` when it ends one of these exchanges (and
     /// the session's), `false` when it belongs to ntex.
     pub(super) fn complete(&self, outbox: &Outbox, id: NonZeroU16) -> bool {
-        let resumed = self.0.borrow_mut().remove(&id.get());
+        let resumed = self.resumed.borrow_mut().remove(&id.get());
         if resumed {
             outbox.outgoing_qos2_completed(id.get());
         }
         resumed
+    }
+
+    /// A PUBREC accepting the delivery with `id` arrived: no QoS ≥ 1
+    /// PUBLISH goes out until its PUBREL has.
+    pub(super) fn hold_until_released(&self, id: NonZeroU16) {
+        self.held.set(Some(id));
+    }
+
+    /// The PUBREL for `id` went out, or its exchange ended without one.
+    fn released(&self, id: NonZeroU16) -> bool {
+        let was = self.held.get() == Some(id);
+        if was {
+            self.held.set(None);
+        }
+        was
+    }
+
+    fn is_held(&self) -> bool {
+        self.held.get().is_some()
     }
 }
 
@@ -213,7 +246,7 @@ async fn run(conn: Conn) {
 fn resume_releases(conn: &Conn) -> Result<(), Stop> {
     for id in conn.outbox.pending_releases() {
         let Some(id) = NonZeroU16::new(id) else { continue };
-        conn.resumed.insert(id.get());
+        conn.qos2_out.insert(id.get());
         if let Err(e) = write_pubrel(conn, id) {
             tracing::error!({ ERROR_MESSAGE } = %e, "cannot resend PUBREL");
             return Err(Stop::Close(ConnError::new(
@@ -339,7 +372,7 @@ async fn sink_ready(sink: &Sink) -> bool {
 fn sendable(conn: &Conn, inflight: &InFlight, qos: QoS) -> bool {
     match qos {
         QoS::AtMostOnce => !conn.wr_backpressure(),
-        QoS::AtLeastOnce => is_ready(&conn.sink),
+        QoS::AtLeastOnce => !conn.qos2_out.is_held() && is_ready(&conn.sink),
         QoS::ExactlyOnce => !inflight.qos2_busy.get() && is_ready(&conn.sink),
     }
 }
@@ -347,18 +380,27 @@ fn sendable(conn: &Conn, inflight: &InFlight, qos: QoS) -> bool {
 async fn wait_sendable(conn: &Conn, inflight: &InFlight, qos: QoS) -> Result<(), Stop> {
     match qos {
         QoS::AtMostOnce => conn.wr_ready().await,
-        QoS::AtLeastOnce => wait_ready(&conn.sink).await?,
+        QoS::AtLeastOnce => {
+            // The release gate opens with the QoS 2 exchange's progress.
+            wait_qos2(inflight, || conn.qos2_out.is_held()).await;
+            wait_ready(&conn.sink).await?;
+        }
         QoS::ExactlyOnce => {
-            while inflight.qos2_busy.get() {
-                let waiter = inflight.qos2_done.wait();
-                if inflight.qos2_busy.get() {
-                    waiter.ready().await;
-                }
-            }
+            wait_qos2(inflight, || inflight.qos2_busy.get()).await;
             wait_ready(&conn.sink).await?;
         }
     }
     Ok(())
+}
+
+/// Wait while `blocked`, which only a QoS 2 exchange's progress changes.
+async fn wait_qos2(inflight: &InFlight, blocked: impl Fn() -> bool) {
+    while blocked() {
+        let waiter = inflight.qos2_done.wait();
+        if blocked() {
+            waiter.ready().await;
+        }
+    }
 }
 
 async fn wait_ready(sink: &Sink) -> Result<(), Stop> {
@@ -478,6 +520,7 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
     let payload = d.msg.payload.clone();
     inflight.qos2_busy.set(true);
     let inf = inflight.clone();
+    let out = conn.qos2_out.clone();
     let span = conn.span.clone();
     match &conn.sink {
         Sink::V3(s) => {
@@ -489,7 +532,8 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
                     match fut.await {
                         Ok(rec) => {
                             if inf.received(id).await {
-                                if rec.release().await.is_ok() {
+                                let release = rec.release();
+                                if release_written(release, &out, &inf, id).await.is_ok() {
                                     inf.completed(id);
                                 }
                             } else {
@@ -507,7 +551,7 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
                         }
                         Err(_) => {}
                     }
-                    qos2_finished(&inf, id, seq);
+                    qos2_finished(&inf, &out, id, seq);
                 }
                 .instrument(span),
             );
@@ -529,7 +573,8 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
                         }
                         Ok(rec) => {
                             if inf.received(id).await {
-                                if rec.release().await.is_ok() {
+                                let release = rec.release();
+                                if release_written(release, &out, &inf, id).await.is_ok() {
                                     inf.completed(id);
                                 }
                             } else {
@@ -547,7 +592,7 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
                         }
                         Err(_) => {}
                     }
-                    qos2_finished(&inf, id, seq);
+                    qos2_finished(&inf, &out, id, seq);
                 }
                 .instrument(span),
             );
@@ -556,7 +601,28 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
     Ok(())
 }
 
-fn qos2_finished(inflight: &InFlight, id: NonZeroU16, seq: u64) {
+/// Await ntex's PUBREL future, opening the release gate (see
+/// [`OutboundQos2`]) as soon as the PUBREL is written: on its first poll.
+async fn release_written(
+    release: impl Future<Output = Result<(), SendPacketError>>,
+    out: &OutboundQos2,
+    inflight: &InFlight,
+    id: NonZeroU16,
+) -> Result<(), SendPacketError> {
+    let mut release = std::pin::pin!(release);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(release.as_mut().poll(cx))).await;
+    if out.released(id) {
+        inflight.qos2_done.notify();
+    }
+    match first {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => release.await,
+    }
+}
+
+fn qos2_finished(inflight: &InFlight, out: &OutboundQos2, id: NonZeroU16, seq: u64) {
+    // Ended without a PUBREL (refused, undeliverable, connection gone).
+    out.released(id);
     inflight.release(id, seq);
     inflight.qos2_busy.set(false);
     inflight.qos2_done.notify();

@@ -19,7 +19,7 @@
 //!   ntex, which disconnects the client in a loop; it gets its PUBCOMP here
 //!   instead. Every PUBREL ends the session's record of its id.
 //! - Both: a PUBCOMP ending an outbound exchange that the pump resumed with
-//!   PUBREL after a reconnect is taken here ([`ResumedReleases`]); ntex does
+//!   PUBREL after a reconnect is taken here ([`OutboundQos2`]); ntex does
 //!   not know that exchange and would call it a protocol error.
 //!
 //! Payloads always arrive whole: the server config sets the minimum chunk
@@ -41,7 +41,7 @@ use v5::codec::{
 };
 
 use super::acks::Deferred;
-use super::pump::ResumedReleases;
+use super::pump::OutboundQos2;
 use super::reason::ConnError;
 use super::session::Conn;
 use super::v5::{Handled, amend_ack, handle_publish, settle};
@@ -157,9 +157,17 @@ where
                 Ok(Some(pubcomp(id, reason)))
             }
             Decoded::Packet(Packet::PublishComplete(comp), _)
-                if self.conn.resumed.complete(&self.conn.outbox, comp.packet_id) =>
+                if self.conn.qos2_out.complete(&self.conn.outbox, comp.packet_id) =>
             {
                 Ok(None)
+            }
+            Decoded::Packet(Packet::PublishReceived(rec), _) => {
+                // Before ntex queues the PUBCOMP it then expects (see
+                // `OutboundQos2`); a refusal ends the exchange without PUBREL.
+                if u8::from(rec.reason_code) < 0x80 {
+                    self.conn.qos2_out.hold_until_released(rec.packet_id);
+                }
+                ctx.call_nowait(&self.inner, Decoded::Packet(Packet::PublishReceived(rec), 0)).await
             }
             other => ctx.call_nowait(&self.inner, other).await,
         }
@@ -319,7 +327,7 @@ impl<S> Middleware<S, (SharedCfg, v3::Session<Conn>)> for InboundQos2V3 {
             inner,
             conn: Some((*session).clone()),
             outbox: session.outbox.clone(),
-            resumed: session.resumed.clone(),
+            qos2_out: session.qos2_out.clone(),
             known: RefCell::new(HashSet::default()),
         }
     }
@@ -331,7 +339,7 @@ pub(super) struct InboundQos2V3Service<S> {
     /// `None` in unit tests without a connection.
     conn: Option<Conn>,
     outbox: Arc<Outbox>,
-    resumed: Rc<ResumedReleases>,
+    qos2_out: Rc<OutboundQos2>,
     /// QoS 2 ids this connection received and the dispatcher tracks.
     known: RefCell<HashSet<NonZeroU16>>,
 }
@@ -380,9 +388,13 @@ where
                 }
             }
             Decoded::Packet(Packet::PublishComplete { packet_id }, _)
-                if self.resumed.complete(&self.outbox, *packet_id) =>
+                if self.qos2_out.complete(&self.outbox, *packet_id) =>
             {
                 return Ok(None);
+            }
+            // Before ntex queues the PUBCOMP it then expects (see `OutboundQos2`).
+            Decoded::Packet(Packet::PublishReceived { packet_id }, _) => {
+                self.qos2_out.hold_until_released(*packet_id);
             }
             _ => {}
         }
@@ -450,7 +462,7 @@ mod tests {
             inner,
             conn: None,
             outbox: outbox.clone(),
-            resumed: Rc::default(),
+            qos2_out: Rc::default(),
             known: RefCell::new(HashSet::default()),
         });
 
@@ -481,12 +493,12 @@ mod tests {
                 _ => "unexpected packet",
             })))
         });
-        let resumed = Rc::new(ResumedReleases::default());
+        let resumed = Rc::new(OutboundQos2::default());
         let svc = Pipeline::new(InboundQos2V3Service {
             inner,
             conn: None,
             outbox: outbox.clone(),
-            resumed: resumed.clone(),
+            qos2_out: resumed.clone(),
             known: RefCell::new(HashSet::default()),
         });
 

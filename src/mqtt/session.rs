@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::Deferred;
 use super::convert;
-use super::pump::ResumedReleases;
+use super::pump::OutboundQos2;
 use super::reason::{ConnError, ConnectRefusal, PublishRejection};
 use crate::broker::auth::Credentials;
 use crate::broker::{
@@ -100,8 +100,8 @@ pub(super) struct ConnState {
     pub conn: ConnectionId,
     pub identity: Identity,
     pub outbox: Arc<Outbox>,
-    /// Outbound QoS 2 exchanges of earlier connections resumed with PUBREL.
-    pub resumed: Rc<ResumedReleases>,
+    /// Outbound QoS 2 state shared by the pump and the `qos2` middleware.
+    pub qos2_out: Rc<OutboundQos2>,
     pub sink: Sink,
     pub io: IoRef,
     /// v5 "request problem information": reason strings only when asked.
@@ -251,7 +251,7 @@ pub(super) async fn open(
         conn: outcome.conn,
         identity,
         outbox: outcome.outbox,
-        resumed: Rc::default(),
+        qos2_out: Rc::default(),
         sink,
         io,
         problem_info: req.problem_info,

@@ -1,8 +1,10 @@
 //! A connection's packets reach the broker in the order they were sent, and
 //! its acknowledgements leave in that order [MQTT-4.6.0-2]: pipelined
 //! publishes of every QoS mixed with SUBSCRIBEs while earlier publishes wait
-//! for their commit, topic aliases defined by a publish that waits, and
-//! PUBACKs of publishes that wait for a congested subscriber.
+//! for their commit, topic aliases defined by a publish that waits,
+//! PUBACKs of publishes that wait for a congested subscriber, and a
+//! subscriber's acknowledgements around a PUBREL that waits for its PUBREC
+//! to be stored.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -467,4 +469,118 @@ async fn more_unacknowledged_qos1_publishes_than_the_receive_maximum_get_0x93() 
     assert_eq!(disconnect.map(|f| f.reason()), Some(0x93), "{frames:?}");
     server.kill9().await;
     mark_pg_cluster_ran().await;
+}
+
+/// A persistent subscriber that gets QoS 2 and QoS 1 messages mixed answers
+/// each in the order it arrives [MQTT-4.6.0-2]: a PUBREC, then PUBACKs of
+/// the QoS 1 messages that follow, then PUBCOMP once the PUBREL comes. The
+/// broker sends that PUBREL only once the PUBREC's state is stored, so QoS 1
+/// messages go out in between and are acknowledged before the PUBCOMP; the
+/// subscriber must keep its connection and get everything.
+async fn acks_around_a_stored_pubrec_keep_the_connection(v5: bool) {
+    const ROUNDS: u16 = 40;
+    const QOS1_PER_ROUND: u16 = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let addr = server.mqtt_addr;
+    let id = if v5 { "mixed-v5" } else { "mixed-v3" };
+    let mut sub = if v5 {
+        let (mut sub, _) = RawConn::connect_v5(addr, id, false, Some(300)).await;
+        sub.subscribe_v5(1, "mixed/two", rumqttc::v5::mqttbytes::QoS::ExactlyOnce).await;
+        sub.subscribe_v5(2, "mixed/one", rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await;
+        sub
+    } else {
+        use rumqttc::mqttbytes::v4;
+        let (mut sub, _) = RawConn::connect_v3(addr, id, false).await;
+        for (pkid, filter, qos) in [
+            (1, "mixed/two", rumqttc::mqttbytes::QoS::ExactlyOnce),
+            (2, "mixed/one", rumqttc::mqttbytes::QoS::AtLeastOnce),
+        ] {
+            let mut s = v4::Subscribe::new(filter, qos);
+            s.pkid = pkid;
+            sub.send_v4(v4::Packet::Subscribe(s)).await;
+            sub.recv_type(crate::helpers::packet_type::SUBACK).await;
+        }
+        sub
+    };
+
+    // Two publishers, paced: QoS 1 messages keep flowing while each QoS 2
+    // exchange runs.
+    let (mut rd1, mut wr1) = connect(addr, "mixed-pub-1").await;
+    let ones_publisher = tokio::spawn(async move {
+        for pkid in 1..=ROUNDS * QOS1_PER_ROUND {
+            let mut out = Vec::new();
+            wire::encode_publish(&mut out, Version::V5, QoS::AtLeastOnce, b"mixed/one", pkid, b"1");
+            wr1.write_all(&out).await.unwrap();
+            tokio::time::sleep(Duration::from_micros(400)).await;
+        }
+        let mut buf = Vec::new();
+        let mut acked = 0;
+        while acked < ROUNDS * QOS1_PER_ROUND {
+            if let Answer::PubAck(..) = next_packet(&mut rd1, &mut buf).await.expect("publisher") {
+                acked += 1;
+            }
+        }
+    });
+    let (mut rd2, mut wr2) = connect(addr, "mixed-pub-2").await;
+    let twos_publisher = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        for pkid in 1..=ROUNDS {
+            let mut out = Vec::new();
+            wire::encode_publish(&mut out, Version::V5, QoS::ExactlyOnce, b"mixed/two", pkid, b"2");
+            wr2.write_all(&out).await.unwrap();
+            loop {
+                match next_packet(&mut rd2, &mut buf).await.expect("publisher") {
+                    Answer::PubRec(..) => {
+                        let mut rel = Vec::new();
+                        wire::encode_pubrel(&mut rel, pkid);
+                        wr2.write_all(&rel).await.unwrap();
+                    }
+                    Answer::PubComp => break,
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    let (mut twos, mut ones) = (0u16, 0u16);
+    while twos < ROUNDS || ones < ROUNDS * QOS1_PER_ROUND {
+        let frame = match sub.try_recv(Duration::from_secs(15)).await {
+            Ok(frame) => frame,
+            Err(end) => panic!(
+                "{id}: connection ended ({end:?}) after {twos} QoS 2 and {ones} QoS 1 messages"
+            ),
+        };
+        match (frame.packet_type(), frame.qos()) {
+            (crate::helpers::packet_type::PUBLISH, 2) => {
+                twos += 1;
+                sub.pubrec(frame.pkid()).await;
+            }
+            (crate::helpers::packet_type::PUBLISH, 1) => {
+                ones += 1;
+                sub.puback(frame.pkid()).await;
+            }
+            (crate::helpers::packet_type::PUBREL, _) => sub.pubcomp(frame.pkid()).await,
+            (crate::helpers::packet_type::DISCONNECT, _) => {
+                panic!(
+                    "{id}: disconnected with 0x{:02x} after {twos} QoS 2 and {ones} QoS 1",
+                    frame.reason()
+                )
+            }
+            _ => {}
+        }
+    }
+    ones_publisher.await.unwrap();
+    twos_publisher.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_v3_subscriber_acknowledging_in_arrival_order_around_a_stored_pubrec_stays_connected() {
+    acks_around_a_stored_pubrec_keep_the_connection(false).await;
+}
+
+#[tokio::test]
+async fn a_v5_subscriber_acknowledging_in_arrival_order_around_a_stored_pubrec_stays_connected() {
+    acks_around_a_stored_pubrec_keep_the_connection(true).await;
 }
