@@ -439,7 +439,8 @@ async fn run(
             "store writer stopped with writes it could not commit"
         );
     }
-    if batch.ops.is_empty() {
+    // Not while writes fail: a stop must not wait on a database that is down.
+    if batch.ops.is_empty() && health.is_up() {
         remove_mark(&store, conn, &marks).await;
     }
     if let Some(s) = batch.stop {

@@ -39,6 +39,29 @@ async fn holder(c: &Cluster, client: &str) -> Option<String> {
     node
 }
 
+/// Wait until `client` has a subscription stored. Its SUBACK does not wait
+/// for the commit: an instance killed within milliseconds of it can lose
+/// the subscription, which is not what these tests are about.
+async fn subscription_stored(c: &Cluster, client: &str) {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&c.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM session_subscriptions WHERE client_id = $1")
+                .bind(client)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{client}'s subscription never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = db.close().await;
+}
+
 /// Publishes received on `client` within `dur`, by payload, with counts.
 async fn counted(client: &mut V5Client, dur: Duration) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
@@ -170,6 +193,7 @@ async fn a_killed_instances_persistent_session_queues_on_a_survivor_until_its_cl
         .connect()
         .await;
     sub.subscribe("fleet/#", QoS::AtLeastOnce).await;
+    subscription_stored(&c, "sub").await;
     let dead = holder(&c, "sub").await.expect("claimed at CONNECT");
 
     let (a, _dir) = take(&mut c, 0);
@@ -433,6 +457,7 @@ async fn own_publishes_around_a_takeover_reach_the_session_once(test: &str, duri
         .await;
     sub.subscribe("own/#", QoS::AtLeastOnce).await;
     sub.disconnect().await;
+    subscription_stored(&c, "own-sub").await;
     let dead = holder(&c, "own-sub").await.expect("claimed at CONNECT");
 
     let (a, _dir) = take(&mut c, 0);
