@@ -94,7 +94,8 @@ struct Router {
     /// most, not one per reconnect until its expiry.
     timer_slots: HashMap<(TimerKind, ClientId), (Instant, u64)>,
     timer_seq: u64,
-    next_seq: u64,
+    /// Delivery numbers (one per queued delivery and per message's mark).
+    numbers: DeliveryNumbers,
     next_conn: Arc<AtomicU64>,
     /// Scratch buffer reused for every publish (no per-message allocation).
     scratch: Vec<Target>,
@@ -112,10 +113,6 @@ struct Router {
     /// Set when several instances share the work: sessions move between
     /// them, and delivery numbers come from reserved blocks.
     ownership: Option<SharedOwnership>,
-    /// End (exclusive) of the delivery-number block in use; `u64::MAX` alone.
-    seq_block_end: u64,
-    /// Whether the numbers ran past their block with no new one ready.
-    seq_overrun: bool,
     /// Claims other instances made of client ids this one holds no
     /// session of, and when they were announced: a connect claimed
     /// earlier that reaches the router later is refused.
@@ -173,10 +170,10 @@ pub fn spawn_router(
     let mut router = Router::new(limits.clone(), auth.clone(), writer, hook.clone());
     router.stats = stats.clone();
     router.next_conn = next_conn.clone();
-    router.next_seq = restored.next_seq.max(1);
+    router.numbers.next = restored.next_seq.max(1);
     if ownership.is_some() {
         // Restored numbers start a reserved block.
-        router.seq_block_end = router.next_seq.saturating_add(1 << SEQ_BLOCK_BITS);
+        router.numbers.start_block(router.numbers.next);
     }
     router.fabric = fabric;
     router.ownership = ownership.clone();
@@ -209,7 +206,7 @@ impl Router {
             timers: BTreeMap::new(),
             timer_slots: HashMap::new(),
             timer_seq: 0,
-            next_seq: 1,
+            numbers: DeliveryNumbers::default(),
             next_conn: Arc::new(AtomicU64::new(1)),
             scratch: Vec::new(),
             push_scratch: Vec::new(),
@@ -219,8 +216,6 @@ impl Router {
             fabric: None,
             auth,
             ownership: None,
-            seq_block_end: u64::MAX,
-            seq_overrun: false,
             fences: HashMap::new(),
             peers: None,
             node_cursor: HashMap::new(),
@@ -388,7 +383,7 @@ impl Router {
             }
             Command::Replay { after, filters, reply } => {
                 let missed = self.journal.since(after, &filters);
-                let horizon = self.next_seq;
+                let horizon = self.numbers.next;
                 let _ = reply.send(missed.map(|messages| Replay { horizon, messages }));
             }
             Command::Retained { filter, reply } => {
@@ -625,13 +620,12 @@ impl Router {
     fn hold_moved(&mut self, stored: StoredSession, claim: u64, seq_block: Option<u64>) {
         let newest = stored.messages.iter().map(|d| d.seq).max();
         if let (Some(newest), Some(block)) = (newest, seq_block)
-            && newest >= self.next_seq
+            && newest >= self.numbers.next
             && block > newest
         {
             // Its messages were numbered in a later block than this
             // instance's: number on above them.
-            self.next_seq = block;
-            self.seq_block_end = block.saturating_add(1 << SEQ_BLOCK_BITS);
+            self.numbers.start_block(block);
         }
         self.restore_session(stored, claim);
     }
@@ -725,16 +719,9 @@ impl Router {
             });
             merge_targets(&mut targets);
             let Some(session) = self.sessions.get(client) else { return };
+            let queue_qos0 = self.limits.queue_qos0_messages;
             for t in targets.drain(..) {
-                let seq = || {
-                    take_seq(
-                        &mut self.next_seq,
-                        &mut self.seq_block_end,
-                        &mut self.seq_overrun,
-                        self.ownership.as_ref(),
-                    )
-                };
-                let queue_qos0 = self.limits.queue_qos0_messages;
+                let seq = || self.numbers.take(self.ownership.as_ref());
                 if let Some(d) =
                     queue_delivery(session, t, &msg, queue_qos0, &self.stats, seq, &mut ops)
                 {
@@ -1228,14 +1215,7 @@ impl Router {
         let mut pushes = std::mem::take(&mut self.push_scratch);
         for t in targets.drain(..) {
             let Some(session) = self.sessions.get(&t.client) else { continue };
-            let seq = || {
-                take_seq(
-                    &mut self.next_seq,
-                    &mut self.seq_block_end,
-                    &mut self.seq_overrun,
-                    self.ownership.as_ref(),
-                )
-            };
+            let seq = || self.numbers.take(self.ownership.as_ref());
             if let Some(d) =
                 queue_delivery(session, t, &msg, queue_qos0, &self.stats, seq, &mut ops)
             {
@@ -1624,12 +1604,7 @@ impl Router {
     }
 
     fn next_seq(&mut self) -> u64 {
-        take_seq(
-            &mut self.next_seq,
-            &mut self.seq_block_end,
-            &mut self.seq_overrun,
-            self.ownership.as_ref(),
-        )
+        self.numbers.take(self.ownership.as_ref())
     }
 }
 
@@ -1676,34 +1651,52 @@ fn queue_delivery(
     Some(d)
 }
 
-/// The next delivery number, moving to a new reserved block when the one
-/// in use is spent (several instances; alone the block never ends).
-fn take_seq(
-    next: &mut u64,
-    block_end: &mut u64,
-    overrun: &mut bool,
-    ownership: Option<&SharedOwnership>,
-) -> u64 {
-    if *next >= *block_end {
-        match ownership.and_then(|o| o.take_seq_block()) {
-            Some(start) if start >= *next => {
-                *next = start;
-                *block_end = start.saturating_add(1 << SEQ_BLOCK_BITS);
-                *overrun = false;
-            }
-            _ => {
-                // Running on keeps the order here but may meet a block
-                // reserved later elsewhere: asked again at every number.
-                if !*overrun {
-                    *overrun = true;
-                    tracing::error!("delivery numbers ran past their reserved block: none ready");
+/// Delivery numbers: one sequence, in reserved blocks when several
+/// instances share the store (alone the block never ends).
+struct DeliveryNumbers {
+    next: u64,
+    /// End (exclusive) of the block in use; `u64::MAX` alone.
+    block_end: u64,
+    /// The numbers ran past their block with no new one ready.
+    overrun: bool,
+}
+
+impl Default for DeliveryNumbers {
+    fn default() -> Self {
+        Self { next: 1, block_end: u64::MAX, overrun: false }
+    }
+}
+
+impl DeliveryNumbers {
+    /// Number on from `start`, the first of a reserved block.
+    fn start_block(&mut self, start: u64) {
+        self.next = start;
+        self.block_end = start.saturating_add(1 << SEQ_BLOCK_BITS);
+        self.overrun = false;
+    }
+
+    /// The next number, moving to a new reserved block when the one in use
+    /// is spent.
+    fn take(&mut self, ownership: Option<&SharedOwnership>) -> u64 {
+        if self.next >= self.block_end {
+            match ownership.and_then(|o| o.take_seq_block()) {
+                Some(start) if start >= self.next => self.start_block(start),
+                _ => {
+                    // Running on keeps the order here but may meet a block
+                    // reserved later elsewhere: asked again at every number.
+                    if !self.overrun {
+                        self.overrun = true;
+                        tracing::error!(
+                            "delivery numbers ran past their reserved block: none ready"
+                        );
+                    }
                 }
             }
         }
+        let n = self.next;
+        self.next += 1;
+        n
     }
-    let s = *next;
-    *next += 1;
-    s
 }
 
 /// Whether a delivery waits in its outbox until its stored copy is
@@ -2475,7 +2468,7 @@ mod tests {
     #[tokio::test]
     async fn a_moved_sessions_messages_keep_their_order_before_new_ones() {
         let mut r = bare_router();
-        r.seq_block_end = 1 << SEQ_BLOCK_BITS;
+        r.numbers.block_end = 1 << SEQ_BLOCK_BITS;
         let later_block = 5 << SEQ_BLOCK_BITS;
         let moved = Claim {
             epoch: 2,

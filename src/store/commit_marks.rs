@@ -104,13 +104,7 @@ impl CommitMarks {
 mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/m.db", dir.path().display());
-        let store = Store::connect(&url, 2).await.unwrap();
-        store.migrate().await.unwrap();
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     async fn stamp(store: &Store, marks: &mut CommitMarks, commit: bool) -> i64 {
         let n = marks.next();

@@ -397,13 +397,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let store = Store::connect(&url, 2).await.unwrap();
-        store.migrate().await.unwrap();
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     fn ann() -> UserRecord {
         UserRecord {

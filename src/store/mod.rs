@@ -28,3 +28,13 @@ pub use session_claims::{ClaimRecord, DeadClaim, node_lease};
 pub use shares::ShareRecord;
 pub use write_health::WriteHealth;
 pub use writer::{StoreWriter, spawn_writer};
+
+/// A migrated SQLite store in a directory of its own, for unit tests.
+#[cfg(test)]
+pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/test.db", dir.path().display());
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    (dir, store)
+}

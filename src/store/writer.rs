@@ -874,13 +874,7 @@ mod tests {
     use super::*;
     use crate::domain::SubscriptionOptions;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/w.db", dir.path().display());
-        let store = Store::connect(&url, 2).await.unwrap();
-        store.migrate().await.unwrap();
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     fn session(name: &str) -> Vec<WriteOp> {
         let client_id = ClientId::from(name);
