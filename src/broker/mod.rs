@@ -108,11 +108,36 @@ impl From<ports::ClaimError> for ConnectError {
 /// What an instance did when told another claimed a session it held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
-    /// Let go (or held nothing): its writes for the session are committed.
-    Released,
+    /// Let go (`None`: held nothing): its writes for the session are
+    /// committed.
+    Released(Option<Handover>),
     /// It holds the session under a higher epoch: the claim is stale.
     Superseded,
 }
+
+/// Which publishes an instance had routed to a session when it let go of
+/// it: the instance taking it over queues those that came after, which
+/// neither routed to it while it moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handover {
+    /// The other instances' publishes on the fabric up to here; `None`
+    /// when it had routed none yet (it started reading where its run's
+    /// first kept position says).
+    pub through: Option<crate::domain::FabricPos>,
+    /// Its own publishes on the fabric up to here (the later ones it
+    /// accepted after letting go); `None` when it could not tell (all of
+    /// them are taken as routed).
+    pub own_through: Option<crate::domain::FabricPos>,
+}
+
+/// The router's side of a release: the answer, the receipt of the
+/// session's writes, and the mark that fills in [`Handover::own_through`].
+pub(crate) type Releasing =
+    (Release, Option<ports::CommitReceipt>, Option<oneshot::Receiver<crate::domain::FabricPos>>);
+
+/// How long a release waits for its own publishes to reach the fabric
+/// before it answers without saying where they end.
+const OWN_MARK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct ConnectOutcome {
@@ -121,6 +146,33 @@ pub struct ConnectOutcome {
     pub outbox: Arc<Outbox>,
     /// Session expiry actually granted (v5 CONNACK property when it differs).
     pub session_expiry_secs: u32,
+}
+
+/// A router answer that promises session state (a CONNACK's session, a
+/// SUBACK's subscriptions), with the receipt of that state's commit: it
+/// reaches the client once the state is kept, so a crash right after the
+/// answer cannot take back what it promised. Without a receipt (the
+/// database is down, the queue full) the answer goes at once and the state
+/// is kept as soon as it can be, as with any session-state write.
+pub(crate) struct Promised<T> {
+    answer: T,
+    kept: Option<ports::CommitReceipt>,
+}
+
+impl<T> Promised<T> {
+    pub(crate) fn new(answer: T, kept: Option<ports::CommitReceipt>) -> Self {
+        Self { answer, kept }
+    }
+
+    /// The answer, once what it promises is kept (or could not be: the
+    /// writes stay queued and the client is answered anyway, as before a
+    /// database outage).
+    async fn kept(self) -> T {
+        if let Some(kept) = self.kept {
+            let _ = kept.await;
+        }
+        self.answer
+    }
 }
 
 /// How a connection ended.
@@ -230,13 +282,13 @@ pub(crate) enum Command {
     Connect(
         ConnectRequest,
         Option<Box<ports::Claim>>,
-        oneshot::Sender<Result<ConnectOutcome, ConnectError>>,
+        oneshot::Sender<Result<Promised<ConnectOutcome>, ConnectError>>,
     ),
     /// Another instance claimed `client` under `epoch`: let go of it.
     Release {
         client: ClientId,
         epoch: u64,
-        reply: oneshot::Sender<(Release, Option<ports::CommitReceipt>)>,
+        reply: oneshot::Sender<Releasing>,
     },
     Disconnect {
         client_id: ClientId,
@@ -248,13 +300,13 @@ pub(crate) enum Command {
         client_id: ClientId,
         conn: ConnectionId,
         subs: Vec<SubscribeRequest>,
-        reply: oneshot::Sender<Vec<Result<QoS, SubscribeError>>>,
+        reply: oneshot::Sender<Promised<Vec<Result<QoS, SubscribeError>>>>,
     },
     Unsubscribe {
         client_id: ClientId,
         conn: ConnectionId,
         filters: Vec<ByteString>,
-        reply: oneshot::Sender<Vec<bool>>,
+        reply: oneshot::Sender<Promised<Vec<bool>>>,
     },
     /// A publish accepted by another instance, for this one's subscribers,
     /// with the instances it chose for shared groups (`None` from an
@@ -377,7 +429,7 @@ impl BrokerHandle {
         };
         let (tx, rx) = oneshot::channel();
         self.send(Command::Connect(req, claim, tx)).map_err(|_| ConnectError::ShuttingDown)?;
-        rx.await.map_err(|_| ConnectError::ShuttingDown)?
+        Ok(rx.await.map_err(|_| ConnectError::ShuttingDown)??.kept().await)
     }
 
     /// Another instance claimed `client` under `epoch`: close its
@@ -389,9 +441,14 @@ impl BrokerHandle {
         if self.send(Command::Release { client, epoch, reply: tx }).is_err() {
             return Err(StoreError::Unavailable);
         }
-        let (release, committed) = rx.await.map_err(|_| StoreError::Unavailable)?;
+        let (mut release, committed, own) = rx.await.map_err(|_| StoreError::Unavailable)?;
         if let Some(committed) = committed {
             committed.await.map_err(|_| StoreError::Unavailable)??;
+        }
+        if let (Release::Released(Some(routed)), Some(own)) = (&mut release, own) {
+            // Bounded: the claimant's CONNECT waits for this answer.
+            routed.own_through =
+                tokio::time::timeout(OWN_MARK_WAIT, own).await.ok().and_then(Result::ok);
         }
         Ok(release)
     }
@@ -411,7 +468,8 @@ impl BrokerHandle {
 
     /// Add subscriptions; retained messages are queued on the session's outbox.
     /// One result per request, in order: the granted QoS or why not. Handed
-    /// to the router at the call, so it is routed after what came before.
+    /// to the router at the call, so it is routed after what came before;
+    /// resolves once a persistent session's subscriptions are stored.
     pub fn subscribe(
         &self,
         client_id: ClientId,
@@ -420,12 +478,13 @@ impl BrokerHandle {
     ) -> impl Future<Output = Vec<Result<QoS, SubscribeError>>> + Send + 'static {
         let n = subs.len();
         let (tx, rx) = oneshot::channel();
-        let sent = self.send(Command::Subscribe { client_id, conn, subs, reply: tx }).is_ok();
+        // Refused at once: the dropped reply says so below.
+        let _ = self.send(Command::Subscribe { client_id, conn, subs, reply: tx });
         async move {
-            if !sent {
-                return vec![Err(SubscribeError::NoSession); n];
+            match rx.await {
+                Ok(promised) => promised.kept().await,
+                _ => vec![Err(SubscribeError::NoSession); n],
             }
-            rx.await.unwrap_or_else(|_| vec![Err(SubscribeError::NoSession); n])
         }
     }
 
@@ -439,12 +498,13 @@ impl BrokerHandle {
     ) -> impl Future<Output = Vec<bool>> + Send + 'static {
         let n = filters.len();
         let (tx, rx) = oneshot::channel();
-        let sent = self.send(Command::Unsubscribe { client_id, conn, filters, reply: tx }).is_ok();
+        // Refused at once: the dropped reply says so below.
+        let _ = self.send(Command::Unsubscribe { client_id, conn, filters, reply: tx });
         async move {
-            if !sent {
-                return vec![false; n];
+            match rx.await {
+                Ok(promised) => promised.kept().await,
+                _ => vec![false; n],
             }
-            rx.await.unwrap_or_else(|_| vec![false; n])
         }
     }
 

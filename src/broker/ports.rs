@@ -25,6 +25,14 @@ pub trait Durability: Send + Sync + std::fmt::Debug + 'static {
     /// refused nor dropped, retried until kept.
     fn submit_state(&self, ops: Vec<WriteOp>);
 
+    /// [`Durability::submit_state`], with a receipt once they are kept, for
+    /// an answer that promises them; `None` when it cannot be had now (the
+    /// writes are kept later all the same).
+    fn submit_state_confirmed(&self, ops: Vec<WriteOp>) -> Option<CommitReceipt> {
+        self.submit_state(ops);
+        None
+    }
+
     /// Queue writes; the receipt resolves once they are committed. Refused
     /// at once while nothing can be kept.
     fn submit_durable(&self, ops: Vec<WriteOp>) -> Result<CommitReceipt, StoreError>;
@@ -83,6 +91,13 @@ pub trait Fabric: Send + Sync + std::fmt::Debug + 'static {
     fn own_after(&self, _at: FabricPos) -> Option<u64> {
         None
     }
+
+    /// A mark queued after every publish shared so far: resolves, once
+    /// those are on the fabric (or given up), with where the last of them
+    /// landed (`0-0` when none has). `None` when it cannot be queued.
+    fn mark(&self) -> Option<oneshot::Receiver<FabricPos>> {
+        None
+    }
 }
 
 pub type SharedFabric = Arc<dyn Fabric>;
@@ -118,25 +133,17 @@ pub struct Claim {
     /// above the router's own block, so order by number stays delivery
     /// order.
     pub seq_block: Option<u64>,
-    /// The previous holder died: the other instances' publishes it had not
-    /// queued for the session (see [`MissedRead`]).
+    /// The previous holder died or let go: the publishes it had not queued
+    /// for the session (see [`MissedRead`]).
     pub missed: Option<MissedRead>,
 }
 
-/// Publishes read from the fabric for a session whose holder died, after
-/// that holder's cursor up to `through`, oldest first.
+/// Publishes read from the fabric for a session whose holder died or let
+/// go, after where that holder stopped routing to it up to `through`,
+/// oldest first.
 pub struct MissedRead {
     pub through: FabricPos,
-    pub messages: Vec<Missed>,
-}
-
-/// One publish a dead instance had not queued for its session.
-pub struct Missed {
-    /// Its place on the fabric.
-    pub at: FabricPos,
-    /// Appended by this instance: routed here already, never again.
-    pub own: bool,
-    pub msg: Arc<Message>,
+    pub messages: Vec<Arc<Message>>,
 }
 
 impl std::fmt::Debug for Claim {

@@ -24,8 +24,9 @@ use super::session::Session;
 use super::trie::{Entry, Removed, SubscriptionTrie};
 use super::{
     Adoption, BrokerHandle, BrokerLimits, Command, ConnectError, ConnectOutcome, ConnectRequest,
-    DisconnectKind, Inspection, PublishError, PublishHook, PublishOutcome, PublishReply, Release,
-    Revocation, SharedAuthenticator, Stats, SubscribeError, SubscribeRequest, sys,
+    DisconnectKind, Handover, Inspection, Promised, PublishError, PublishHook, PublishOutcome,
+    PublishReply, Release, Releasing, Revocation, SharedAuthenticator, Stats, SubscribeError,
+    SubscribeRequest, sys,
 };
 use crate::domain::{ClientId, SharedFilter, TopicFilter};
 use crate::domain::{
@@ -129,6 +130,10 @@ struct Router {
     /// Groups the routed remote publish chose this instance for and that
     /// have no member here (any more).
     orphans: Vec<GroupKey>,
+    /// Sessions just taken over that were given the fabric's entries up to
+    /// a point this router has not passed yet (see [`Self::queue_missed`]):
+    /// those are not routed to them again. Dropped once passed.
+    replayed: HashMap<ClientId, crate::domain::FabricPos>,
     /// The fabric entry of the last remote publish routed, and the latest
     /// ones: a session taken from a dead instance gets those passed after
     /// its missed publishes were read (see [`Self::queue_missed`]).
@@ -222,6 +227,7 @@ impl Router {
             groups_dirty: false,
             picked: Vec::new(),
             orphans: Vec::new(),
+            replayed: HashMap::new(),
             last_remote: None,
             recent_remote: std::collections::VecDeque::new(),
             recent_own: std::collections::VecDeque::new(),
@@ -370,12 +376,15 @@ impl Router {
                 let msg = Arc::new(msg);
                 if let Some(at) = at {
                     self.last_remote = Some(at);
+                    if !self.replayed.is_empty() {
+                        self.replayed.retain(|_, through| *through >= at);
+                    }
                     if self.recent_remote.len() >= RECENT_REMOTE {
                         self.recent_remote.pop_front();
                     }
                     self.recent_remote.push_back((at, msg.clone()));
                 }
-                let origin = Origin::Remote(picks.as_deref());
+                let origin = Origin::Remote(picks.as_deref(), at);
                 let _ = self.publish_from(msg.clone(), ops, false, origin);
                 if !self.orphans.is_empty() {
                     self.pass_on(msg, picks.map_or(0, |p| p.hops));
@@ -405,7 +414,7 @@ impl Router {
         &mut self,
         req: ConnectRequest,
         claim: Option<Claim>,
-    ) -> Result<ConnectOutcome, ConnectError> {
+    ) -> Result<Promised<ConnectOutcome>, ConnectError> {
         let client = req.client_id.clone();
         let claim_epoch = match claim {
             Some(claim) => {
@@ -495,7 +504,9 @@ impl Router {
             Vec::new()
         };
 
-        // Persist the session row (and, if it just became persistent, what it has).
+        // Persist the session row (and, if it just became persistent, what it
+        // has) before the CONNACK says it exists.
+        let mut kept = None;
         if persistent {
             let mut ops = vec![WriteOp::UpsertSession {
                 client_id: client.clone(),
@@ -508,12 +519,13 @@ impl Router {
                 filter: filter.to_wire(),
                 options,
             }));
-            self.writer.submit_state(ops);
+            kept = self.writer.submit_state_confirmed(ops);
         } else if was_persistent {
-            self.writer.submit_state(vec![WriteOp::DeleteSession(client.clone())]);
+            kept = self.writer.submit_state_confirmed(vec![WriteOp::DeleteSession(client.clone())]);
         }
         self.stats.clients_connected.store(self.online as u64, Relaxed);
-        Ok(ConnectOutcome { conn, session_present, outbox, session_expiry_secs: expiry })
+        let outcome = ConnectOutcome { conn, session_present, outbox, session_expiry_secs: expiry };
+        Ok(Promised::new(outcome, kept))
     }
 
     /// The claim epoch this instance knows `client` by: the session it
@@ -558,20 +570,17 @@ impl Router {
         Ok(())
     }
 
-    /// Queue for `client`'s session, just taken from a dead instance, the
-    /// publishes read for it that this router already passed (the rest it
-    /// routes when the fabric brings them), and those it passed after the
-    /// read, from its recent ones.
+    /// Queue for `client`'s session, just taken from an instance that died
+    /// or let go of it, the publishes read for it (up to `missed.through`),
+    /// and those this router passed after the read, from its recent ones.
+    /// Those it has yet to pass up to there are not routed to the session
+    /// again.
     fn queue_missed(&mut self, client: &ClientId, missed: ports::MissedRead) {
-        // This instance's own publishes were routed before they were
-        // appended, so before the read: never again from the fabric.
         let here = self.last_remote;
-        let mut replay: Vec<Arc<Message>> = missed
-            .messages
-            .into_iter()
-            .filter(|m| m.own || here.is_some_and(|here| m.at <= here))
-            .map(|m| m.msg)
-            .collect();
+        let mut replay = missed.messages;
+        if here.is_none_or(|here| here < missed.through) {
+            self.replayed.insert(client.clone(), missed.through);
+        }
         if let Some(here) = here
             && here > missed.through
         {
@@ -580,7 +589,7 @@ impl Router {
                 && self.recent_remote.len() >= RECENT_REMOTE
             {
                 crate::telemetry::metrics::global().cluster_replay_gaps.fetch_add(1, Relaxed);
-                tracing::warn!(client.id = %client, "publishes a dead instance missed may be lost: too many since they were read");
+                tracing::warn!(client.id = %client, "publishes a previous holder missed may be lost: too many since they were read");
             }
             replay.extend(
                 self.recent_remote
@@ -768,9 +777,11 @@ impl Router {
     /// Another instance claimed `client` under `epoch`: let go of the
     /// session (its writes so far committed when the receipt resolves),
     /// unless this instance holds a newer claim.
-    fn release(&mut self, client: &ClientId, epoch: u64) -> (Release, Option<CommitReceipt>) {
+    /// With the release, a mark on the fabric after this instance's own
+    /// publishes so far (see [`Handover::own_through`]).
+    fn release(&mut self, client: &ClientId, epoch: u64) -> Releasing {
         if self.known_claim(client).is_some_and(|known| known > epoch) {
-            return (Release::Superseded, None);
+            return (Release::Superseded, None, None);
         }
         if self.fences.len() >= MAX_FENCES {
             let now = Instant::now();
@@ -780,10 +791,12 @@ impl Router {
             self.fences.insert(client.clone(), (epoch, Instant::now()));
         }
         if !self.sessions.contains_key(client) {
-            return (Release::Released, None);
+            return (Release::Released(None), None, None);
         }
         tracing::info!(client.id = %client, claim.epoch = epoch, "session taken over by another instance");
-        (Release::Released, self.hand_over(client))
+        let routed = Handover { through: self.last_remote, own_through: None };
+        let own = self.fabric.as_ref().and_then(|f| f.mark());
+        (Release::Released(Some(routed)), self.hand_over(client), own)
     }
 
     /// Forget a session another instance takes over, closing its
@@ -791,6 +804,7 @@ impl Router {
     /// every write queued for it so far is committed.
     fn hand_over(&mut self, client: &ClientId) -> Option<CommitReceipt> {
         let mut session = self.sessions.remove(client)?;
+        self.replayed.remove(client);
         self.cancel_timers(client);
         let was_connected = session.conn.is_some();
         self.groups_dirty |= has_groups(&session);
@@ -1050,9 +1064,9 @@ impl Router {
         client: &ClientId,
         conn: ConnectionId,
         subs: Vec<SubscribeRequest>,
-    ) -> Vec<Result<QoS, SubscribeError>> {
+    ) -> Promised<Vec<Result<QoS, SubscribeError>>> {
         let Some(session) = self.sessions.get_mut(client).filter(|s| s.conn == Some(conn)) else {
-            return vec![Err(SubscribeError::NoSession); subs.len()];
+            return Promised::new(vec![Err(SubscribeError::NoSession); subs.len()], None);
         };
         let mut results = Vec::with_capacity(subs.len());
         let mut ops = Vec::new();
@@ -1091,9 +1105,7 @@ impl Router {
             results.push(Ok(options.qos));
         }
         self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
-        if !ops.is_empty() {
-            self.writer.submit_state(ops);
-        }
+        let kept = (!ops.is_empty()).then(|| self.writer.submit_state_confirmed(ops)).flatten();
         let outbox = self.sessions[client].outbox.clone();
         for (msg, options) in to_send {
             let qos = msg.qos.min(options.qos);
@@ -1135,7 +1147,7 @@ impl Router {
                 let _ = outbox.push(d);
             }
         }
-        results
+        Promised::new(results, kept)
     }
 
     fn unsubscribe(
@@ -1143,10 +1155,10 @@ impl Router {
         client: &ClientId,
         conn: ConnectionId,
         filters: Vec<ByteString>,
-    ) -> Vec<bool> {
+    ) -> Promised<Vec<bool>> {
         let limits = self.limits.topic_limits();
         let Some(session) = self.sessions.get_mut(client).filter(|s| s.conn == Some(conn)) else {
-            return vec![false; filters.len()];
+            return Promised::new(vec![false; filters.len()], None);
         };
         let mut ops = Vec::new();
         let results = filters
@@ -1168,10 +1180,8 @@ impl Router {
             })
             .collect();
         self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
-        if !ops.is_empty() {
-            self.writer.submit_state(ops);
-        }
-        results
+        let kept = (!ops.is_empty()).then(|| self.writer.submit_state_confirmed(ops)).flatten();
+        Promised::new(results, kept)
     }
 
     /// Route `msg`; `ops` are extra writes (from the publish hook) committed
@@ -1213,8 +1223,17 @@ impl Router {
         let queue_qos0 = self.limits.queue_qos0_messages;
         let mut targets = std::mem::take(&mut self.scratch);
         let mut pushes = std::mem::take(&mut self.push_scratch);
+        let fenced_at = match origin {
+            Origin::Remote(_, Some(at)) if !self.replayed.is_empty() => Some(at),
+            _ => None,
+        };
         for t in targets.drain(..) {
             let Some(session) = self.sessions.get(&t.client) else { continue };
+            if let Some(at) = fenced_at
+                && self.replayed.get(&t.client).is_some_and(|through| at <= *through)
+            {
+                continue;
+            }
             let seq = || self.numbers.take(self.ownership.as_ref());
             if let Some(d) =
                 queue_delivery(session, t, &msg, queue_qos0, &self.stats, seq, &mut ops)
@@ -1276,7 +1295,7 @@ impl Router {
         };
         // Taken (a refused publish returned above): resuming streams may
         // replay it (once: not again when passed on for a shared group).
-        if !matches!(origin, Origin::Remote(Some(p)) if p.hops > 0) {
+        if !matches!(origin, Origin::Remote(Some(p), _) if p.hops > 0) {
             self.journal.push(mark, &msg);
         }
         if msg.retain && self.retained.apply(&msg) && !msg.topic.is_broker_reserved() {
@@ -1327,7 +1346,7 @@ impl Router {
         self.picked.clear();
         self.orphans.clear();
         // Passed on for shared groups: nobody else gets it again.
-        let groups_only = matches!(origin, Origin::Remote(Some(p)) if p.hops > 0);
+        let groups_only = matches!(origin, Origin::Remote(Some(p), _) if p.hops > 0);
         let mut matched = 0;
         self.trie.for_each_match(msg.topic.as_str(), |e| {
             matched += 1;
@@ -1390,7 +1409,7 @@ impl Router {
                         }
                         None => true,
                     },
-                    (Some(me), Origin::Remote(picks)) => {
+                    (Some(me), Origin::Remote(picks, _)) => {
                         local_groups.push(key.clone());
                         match picks {
                             // From an instance that does not choose.
@@ -1431,7 +1450,7 @@ impl Router {
             });
         }
         // Chosen here for a group with nobody here any more.
-        if let (Some(me), Origin::Remote(Some(picks))) = (&me, origin) {
+        if let (Some(me), Origin::Remote(Some(picks), _)) = (&me, origin) {
             for (g, f, chosen) in &picks.groups {
                 if chosen == me && !local_groups.iter().any(|(lg, lf)| lg == g && lf == f) {
                     self.orphans.push((g.clone(), f.clone()));
@@ -1761,8 +1780,8 @@ fn share_when_stored(
 enum Origin<'a> {
     Local,
     /// With the instances its sender chose for shared groups (`None`: it
-    /// chose none, as before instances chose).
-    Remote(Option<&'a Picks>),
+    /// chose none, as before instances chose), and its place on the fabric.
+    Remote(Option<&'a Picks>, Option<crate::domain::FabricPos>),
 }
 
 fn add_target(
@@ -2195,6 +2214,17 @@ mod tests {
     }
 
     /// A router driven directly (no task), to look at what it keeps.
+    impl Router {
+        /// The CONNACK's content, without waiting for what it promises.
+        fn connect_now(
+            &mut self,
+            req: ConnectRequest,
+            claim: Option<Claim>,
+        ) -> Result<ConnectOutcome, ConnectError> {
+            self.connect(req, claim).map(|promised| promised.answer)
+        }
+    }
+
     fn bare_router() -> Router {
         bare_router_with(BrokerLimits::default())
     }
@@ -2209,7 +2239,7 @@ mod tests {
         let mut r = bare_router();
         let mut conns = Vec::new();
         for id in ["a", "b"] {
-            let c = r.connect(request(id, true, 0, None, Identity::anonymous()), None).unwrap();
+            let c = r.connect_now(request(id, true, 0, None, Identity::anonymous()), None).unwrap();
             r.subscribe(&ClientId::from(id), c.conn, vec![sub("$share/g/t", QoS::AtMostOnce)]);
             conns.push(c);
         }
@@ -2282,7 +2312,7 @@ mod tests {
         r.peers = Some(peers.clone());
         r.fabric = Some(fabric.clone());
         let id = ClientId::from("a");
-        let c = r.connect(request("a", true, 0, None, Identity::anonymous()), None).unwrap();
+        let c = r.connect_now(request("a", true, 0, None, Identity::anonymous()), None).unwrap();
         r.subscribe(&id, c.conn, vec![sub("$share/g/t", QoS::AtLeastOnce)]);
         r.tell_groups();
         assert_eq!(peers.told.lock().unwrap().last().unwrap(), &vec![(key.clone(), one)]);
@@ -2340,7 +2370,7 @@ mod tests {
         };
         for _ in 0..10_000 {
             let c = r
-                .connect(request("car", false, 86_400, will(), Identity::anonymous()), None)
+                .connect_now(request("car", false, 86_400, will(), Identity::anonymous()), None)
                 .unwrap();
             assert!(r.timers.is_empty(), "an attached session has no timers");
             r.disconnect(&ClientId::from("car"), c.conn, DisconnectKind::Unclean, None);
@@ -2355,7 +2385,7 @@ mod tests {
         let limits = BrokerLimits { persistent_client_expiration: 1, ..BrokerLimits::default() };
         let mut r = bare_router_with(limits);
         let c = r
-            .connect(request("phone", false, u32::MAX, None, Identity::anonymous()), None)
+            .connect_now(request("phone", false, u32::MAX, None, Identity::anonymous()), None)
             .unwrap();
         assert_eq!(c.session_expiry_secs, 1);
         r.disconnect(&ClientId::from("phone"), c.conn, DisconnectKind::Clean, None);
@@ -2374,8 +2404,9 @@ mod tests {
             let limits = BrokerLimits { queue_qos0_messages, ..BrokerLimits::default() };
             let mut r = bare_router_with(limits);
             let id = ClientId::from("p");
-            let c =
-                r.connect(request("p", false, 3600, None, Identity::anonymous()), None).unwrap();
+            let c = r
+                .connect_now(request("p", false, 3600, None, Identity::anonymous()), None)
+                .unwrap();
             r.subscribe(&id, c.conn, vec![sub("q", QoS::AtLeastOnce)]);
             r.disconnect(&id, c.conn, DisconnectKind::Clean, None);
             for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
@@ -2433,10 +2464,10 @@ mod tests {
     async fn a_connect_claimed_before_the_newest_claim_is_refused() {
         let mut r = bare_router();
         let car = || request("car", false, 3600, None, Identity::anonymous());
-        let newer = r.connect(car(), claim(7)).unwrap();
-        assert_eq!(r.connect(car(), claim(5)).err(), Some(ConnectError::Superseded));
+        let newer = r.connect_now(car(), claim(7)).unwrap();
+        assert_eq!(r.connect_now(car(), claim(5)).err(), Some(ConnectError::Superseded));
         assert_eq!(r.sessions[&ClientId::from("car")].conn, Some(newer.conn), "7 stays");
-        r.connect(car(), claim(9)).unwrap();
+        r.connect_now(car(), claim(9)).unwrap();
         assert_eq!(r.sessions[&ClientId::from("car")].claim, 9);
     }
 
@@ -2444,15 +2475,17 @@ mod tests {
     async fn another_instances_claim_takes_the_session_only_when_newer() {
         let mut r = bare_router();
         let id = ClientId::from("car");
-        let c =
-            r.connect(request("car", false, 3600, None, Identity::anonymous()), claim(4)).unwrap();
+        let c = r
+            .connect_now(request("car", false, 3600, None, Identity::anonymous()), claim(4))
+            .unwrap();
         r.subscribe(&id, c.conn, vec![sub("q", QoS::AtLeastOnce)]);
 
         assert_eq!(r.release(&id, 3).0, Release::Superseded, "an older claim is stale");
         assert_eq!(r.sessions[&id].conn, Some(c.conn));
 
-        let (released, committed) = r.release(&id, 6);
-        assert_eq!(released, Release::Released);
+        let (released, committed, _) = r.release(&id, 6);
+        let routed = Handover { through: None, own_through: None };
+        assert_eq!(released, Release::Released(Some(routed)), "it had routed nothing yet");
         assert!(committed.is_some(), "its writes are committed before the answer");
         assert!(!r.sessions.contains_key(&id) && r.trie.is_empty(), "forgotten here");
         let mut buf = Vec::new();
@@ -2461,8 +2494,53 @@ mod tests {
             Next::Kicked(KickReason::SessionTakenOver)
         );
         // A connect claimed before that takeover, arriving late, is refused.
-        let late = r.connect(request("car", false, 3600, None, Identity::anonymous()), claim(5));
+        let late =
+            r.connect_now(request("car", false, 3600, None, Identity::anonymous()), claim(5));
         assert_eq!(late.err(), Some(ConnectError::Superseded));
+    }
+
+    /// What `c`'s outbox hands its pump in up to `rounds` rounds.
+    async fn drain(c: &ConnectOutcome, rounds: usize) -> Vec<Delivery> {
+        let mut buf = Vec::new();
+        for _ in 0..rounds {
+            let next = c.outbox.next(c.conn, &mut buf, 8);
+            if !matches!(
+                tokio::time::timeout(Duration::from_millis(50), next).await,
+                Ok(Next::Ready)
+            ) {
+                break;
+            }
+        }
+        buf
+    }
+
+    #[tokio::test]
+    async fn a_moved_session_gets_what_its_last_holder_missed_once() {
+        let mut r = bare_router();
+        let pos = |ms| crate::domain::FabricPos { ms, seq: 0 };
+        let remote = |payload| msg("q", payload, QoS::AtLeastOnce, false);
+        r.handle(Command::Remote(remote("before"), None, Some(pos(5))));
+        // Read from the fabric up to 20 while this router had passed 5.
+        let moved = Claim {
+            epoch: 2,
+            moved: Some(Some(stored("car", &[]))),
+            seq_block: None,
+            missed: Some(ports::MissedRead {
+                through: pos(20),
+                messages: vec![Arc::new(remote("read at 12"))],
+            }),
+        };
+        let req = request("car", false, 3600, None, Identity::anonymous());
+        let c = r.connect_now(req, Some(moved)).unwrap();
+        for (at, payload) in [(12, "read at 12"), (20, "read at 20"), (21, "after the read")] {
+            r.handle(Command::Remote(remote(payload), None, Some(pos(at))));
+        }
+        assert!(r.replayed.is_empty(), "forgotten once passed");
+
+        let buf = drain(&c, 4).await;
+        let got: Vec<String> =
+            buf.iter().map(|d| String::from_utf8_lossy(&d.msg.payload).into_owned()).collect();
+        assert_eq!(got, ["read at 12", "after the read"]);
     }
 
     #[tokio::test]
@@ -2477,19 +2555,10 @@ mod tests {
             missed: None,
         };
         let req = request("car", false, 3600, None, Identity::anonymous());
-        let c = r.connect(req, Some(moved)).unwrap();
+        let c = r.connect_now(req, Some(moved)).unwrap();
         assert!(c.session_present, "the moved session is resumed");
         r.publish(Arc::new(msg("q", "new", QoS::AtLeastOnce, false)), Vec::new(), false).unwrap();
-        let mut buf = Vec::new();
-        for _ in 0..3 {
-            let next = c.outbox.next(c.conn, &mut buf, 8);
-            if !matches!(
-                tokio::time::timeout(Duration::from_millis(50), next).await,
-                Ok(Next::Ready)
-            ) {
-                break;
-            }
-        }
+        let buf = drain(&c, 3).await;
         let mut seqs: Vec<u64> = buf.iter().map(|d| d.seq).collect();
         seqs.dedup();
         assert_eq!(seqs.len(), 3, "{seqs:?}");
@@ -2517,7 +2586,7 @@ mod tests {
         let car = ClientId::from("car");
 
         // Claimed again elsewhere before the adoption reached the router.
-        assert_eq!(r.release(&car, 9).0, Release::Released);
+        assert_eq!(r.release(&car, 9).0, Release::Released(None), "it held nothing");
         r.adopt(adoption("car", 8, true, Duration::ZERO));
         assert!(r.sessions.is_empty(), "a later claim wins");
 
@@ -2528,7 +2597,7 @@ mod tests {
         assert_eq!(r.sessions[&car].outbox.len(), 1, "queued while its client is away");
         assert!(r.sessions[&car].will.is_some() && r.timers.len() == 2);
         // Its client returns here: the delayed will is cancelled.
-        let c = r.connect(request("car", false, 3600, None, Identity::anonymous()), claim(11));
+        let c = r.connect_now(request("car", false, 3600, None, Identity::anonymous()), claim(11));
         assert!(c.unwrap().session_present);
         assert!(r.sessions[&car].will.is_none() && r.timers.is_empty());
 

@@ -8,7 +8,10 @@
 //! When that is another live instance, the claimant appends a takeover to
 //! the holder's control stream; the holder closes its connection (v5
 //! DISCONNECT 0x8E), commits what it queued for the session, forgets it and
-//! answers "released". The claimant then loads the session from the store.
+//! answers "released", with where its routing to the session stopped. The
+//! claimant then loads the session from the store and queues the
+//! publishes that neither instance routed to it while it moved (those on
+//! the fabric after that point: see [`Handover`]).
 //! A holder told of an epoch lower than the one it knows answers
 //! "superseded" and keeps it: of racing CONNECTs the highest epoch wins.
 
@@ -23,10 +26,10 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::ports::{BoxFuture, Claim, ClaimError, MissedRead, Ownership};
-use crate::broker::{Adoption, BrokerHandle, Release, Will};
+use crate::broker::{Adoption, BrokerHandle, Handover, Release, Will};
 use crate::cluster::codec;
 use crate::cluster::redis_fabric::{self, Adopter};
-use crate::domain::{ClientId, Message, Principal, RestoredState, StoredSession};
+use crate::domain::{ClientId, FabricPos, Message, Principal, RestoredState, StoredSession};
 use crate::store::{DeadClaim, Store, node_lease};
 use crate::telemetry::names;
 
@@ -76,6 +79,12 @@ const KIND: &str = "k";
 const CLIENT: &str = "c";
 const EPOCH: &str = "e";
 const FROM: &str = "f";
+/// In a "released" answer: the holder held the session; where its routing
+/// to it stopped on the fabric, for other instances' publishes and for
+/// its own (see [`Handover`]).
+const HELD: &str = "h";
+const ROUTED_THROUGH: &str = "p";
+const OWN_THROUGH: &str = "o";
 const TAKEOVER: &str = "takeover";
 const RELEASED: &str = "released";
 const SUPERSEDED: &str = "superseded";
@@ -113,6 +122,24 @@ struct Inner {
     /// Client ids taken from dead instances on their way to the router: a
     /// CONNECT claiming one waits until the router holds its session.
     adopting: Mutex<HashSet<ClientId>>,
+}
+
+/// How a claimant got a session another instance held.
+enum LetGo {
+    /// Its lease lapsed: it died.
+    Lapsed,
+    /// It let go (`None`: it held nothing).
+    Released(Option<Handover>),
+}
+
+/// Where the last holder of a session stopped routing to it.
+struct Stopped {
+    holder: String,
+    /// Its last other instance's publish routed; `None`: its kept cursor.
+    from: Option<FabricPos>,
+    /// Its last own publish routed; `None`: all of them (it died holding
+    /// the session, or could not tell).
+    own_through: Option<FabricPos>,
 }
 
 /// Answers from other instances come in here, once the broker runs.
@@ -242,17 +269,37 @@ impl Inner {
                 None
             }
             previous => {
-                let mut dead = None;
+                // Whose routing to the session stopped where: what it
+                // missed is read from the fabric after that.
+                let mut stopped = None;
                 if let Some(previous) = &previous {
                     let started = Instant::now();
-                    let lapsed = !record.previous_alive
-                        || self.wait_release(previous, &client, epoch).await?;
-                    // What the session missed starts where the instance
-                    // that last held it stopped, not a claimant that died
-                    // waiting for it.
-                    if lapsed {
-                        dead = Some(record.source.clone().unwrap_or_else(|| previous.clone()));
-                    }
+                    let released = if record.previous_alive {
+                        self.wait_release(previous, &client, epoch).await?
+                    } else {
+                        LetGo::Lapsed
+                    };
+                    stopped = match released {
+                        // Where the instance that last held it stopped,
+                        // not a claimant that died waiting for it.
+                        LetGo::Lapsed => Some(Stopped {
+                            holder: record.source.clone().unwrap_or_else(|| previous.clone()),
+                            from: None,
+                            own_through: None,
+                        }),
+                        LetGo::Released(Some(routed)) => {
+                            if routed.own_through.is_none() {
+                                let why = "its own publishes did not reach the stream in time";
+                                redis_fabric::gap(previous, why);
+                            }
+                            Some(Stopped {
+                                holder: previous.clone(),
+                                from: routed.through,
+                                own_through: routed.own_through,
+                            })
+                        }
+                        LetGo::Released(None) => None,
+                    };
                     crate::telemetry::metrics::global()
                         .cluster_takeovers
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -266,10 +313,10 @@ impl Inner {
                 }
                 let session =
                     self.store.load_session(client.as_str()).await.map_err(|e| unavailable(&e))?;
-                if let (Some(dead), Some(session)) = (&dead, &session)
+                if let (Some(stopped), Some(session)) = (&stopped, &session)
                     && !session.subscriptions.is_empty()
                 {
-                    missed = self.missed(dead, session).await;
+                    missed = self.missed(stopped, session).await;
                 }
                 Some(session)
             }
@@ -284,27 +331,31 @@ impl Inner {
         Ok(Claim { epoch, moved, seq_block, missed })
     }
 
-    /// The other instances' publishes the dead instance `dead` had not
-    /// queued for `session` when it died, read from the fabric after its
-    /// cursor to the end.
-    async fn missed(&self, dead: &str, session: &StoredSession) -> Option<MissedRead> {
-        let from = match self.store.fabric_cursor(dead).await {
-            Ok(Some(from)) => from,
-            Ok(None) => {
-                redis_fabric::gap(dead, "no stream position kept");
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!({ names::ERROR_MESSAGE } = %e, "a dead instance's stream position not read");
-                redis_fabric::gap(dead, "stream position unreadable");
-                return None;
-            }
+    /// The publishes the instance that held `session` had not queued for
+    /// it when it died or let go, read from the fabric after where it
+    /// stopped to the end.
+    async fn missed(&self, stopped: &Stopped, session: &StoredSession) -> Option<MissedRead> {
+        let holder = stopped.holder.as_str();
+        let from = match stopped.from {
+            Some(from) => from,
+            None => match self.store.fabric_cursor(holder).await {
+                Ok(Some(from)) => from,
+                Ok(None) => {
+                    redis_fabric::gap(holder, "no stream position kept");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!({ names::ERROR_MESSAGE } = %e, "a previous holder's stream position not read");
+                    redis_fabric::gap(holder, "stream position unreadable");
+                    return None;
+                }
+            },
         };
+        let previous = redis_fabric::Previous { node: holder, own_through: stopped.own_through };
         let read = || async {
             let mut conn = self.redis().await?;
             let wanted = |m: &Message| redis_fabric::session_wants(session, m);
-            let me = &self.node;
-            redis_fabric::read_missed(&mut conn, &self.stream, dead, me, from, None, wanted).await
+            redis_fabric::read_missed(&mut conn, &self.stream, &previous, from, None, wanted).await
         };
         let mut tries = 0;
         loop {
@@ -313,9 +364,9 @@ impl Inner {
                 Ok((messages, through)) => return Some(MissedRead { through, messages }),
                 Err(e) => {
                     *self.conn.lock().expect("conn lock") = None;
-                    tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), tries, "publishes a dead instance missed not read");
+                    tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), tries, "publishes a previous holder missed not read");
                     if tries >= MISSED_TRIES {
-                        redis_fabric::gap(dead, "stream unreadable");
+                        redis_fabric::gap(holder, "stream unreadable");
                         return None;
                     }
                     tokio::time::sleep(RETRY).await;
@@ -339,13 +390,13 @@ impl Inner {
     }
 
     /// Ask `holder` to let go of `client` and wait for its answer; go on
-    /// without one once its lease lapsed (then `true`: it died).
+    /// without one once its lease lapsed.
     async fn wait_release(
         self: &Arc<Self>,
         holder: &str,
         client: &ClientId,
         epoch: u64,
-    ) -> Result<bool, ClaimError> {
+    ) -> Result<LetGo, ClaimError> {
         let (tx, mut rx) = oneshot::channel();
         {
             let mut waiting = self.waiting.lock().expect("waiting lock");
@@ -368,7 +419,7 @@ impl Inner {
         let deadline = Instant::now() + ANSWER_WAIT;
         loop {
             match tokio::time::timeout(ANSWER_POLL, &mut rx).await {
-                Ok(Ok(Release::Released)) => return Ok(false),
+                Ok(Ok(Release::Released(routed))) => return Ok(LetGo::Released(routed)),
                 Ok(Ok(Release::Superseded)) => return Err(ClaimError::Superseded),
                 Ok(Err(_)) => return Err(ClaimError::Unavailable),
                 Err(_) => {}
@@ -376,7 +427,7 @@ impl Inner {
             match self.store.node_alive(holder).await {
                 Ok(false) => {
                     tracing::info!(client.id = %client, "the previous holder's lease lapsed; taken without its answer");
-                    return Ok(true);
+                    return Ok(LetGo::Lapsed);
                 }
                 Ok(true) | Err(_) if Instant::now() >= deadline => {
                     tracing::warn!(client.id = %client, "the previous holder did not answer in time");
@@ -705,29 +756,46 @@ fn handle(inner: &Arc<Inner>, broker: &BrokerHandle, fields: &HashMap<String, Va
             // Its own task: committing the session's writes takes a round
             // trip to the store, and other takeovers need not wait.
             tokio::spawn(async move {
-                let answer = match broker.release(client.clone(), epoch).await {
-                    Ok(Release::Released) => RELEASED,
-                    Ok(Release::Superseded) => SUPERSEDED,
+                let (answer, routed) = match broker.release(client.clone(), epoch).await {
+                    Ok(Release::Released(routed)) => (RELEASED, routed),
+                    Ok(Release::Superseded) => (SUPERSEDED, None),
                     Err(e) => {
                         // The claimant loads what the store has.
                         tracing::warn!(client.id = %client, { names::ERROR_MESSAGE } = %e, "released with writes not confirmed");
-                        RELEASED
+                        (RELEASED, None)
                     }
                 };
                 let epoch = epoch.to_string();
-                let fields = [
-                    (KIND, answer.as_bytes()),
-                    (CLIENT, client.as_str().as_bytes()),
-                    (EPOCH, epoch.as_bytes()),
-                    (FROM, inner.node.as_bytes()),
+                let mut fields = vec![
+                    (KIND, answer.as_bytes().to_vec()),
+                    (CLIENT, client.as_str().as_bytes().to_vec()),
+                    (EPOCH, epoch.into_bytes()),
+                    (FROM, inner.node.as_bytes().to_vec()),
                 ];
+                if let Some(routed) = routed {
+                    fields.push((HELD, b"1".to_vec()));
+                    let positions =
+                        [(ROUTED_THROUGH, routed.through), (OWN_THROUGH, routed.own_through)];
+                    for (name, at) in positions {
+                        if let Some(at) = at {
+                            fields.push((name, at.to_string().into_bytes()));
+                        }
+                    }
+                }
+                let fields: Vec<(&str, &[u8])> =
+                    fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
                 if let Err(e) = inner.append(&from, &fields).await {
                     tracing::warn!({ names::ERROR_MESSAGE } = ?e.kind(), "takeover answer not sent: Redis failed");
                 }
             });
         }
         RELEASED | SUPERSEDED => {
-            let answer = if kind == RELEASED { Release::Released } else { Release::Superseded };
+            let at = |name| text(name).and_then(FabricPos::parse);
+            let routed = text(HELD)
+                .is_some()
+                .then(|| Handover { through: at(ROUTED_THROUGH), own_through: at(OWN_THROUGH) });
+            let answer =
+                if kind == RELEASED { Release::Released(routed) } else { Release::Superseded };
             if let Some(tx) = inner.waiting.lock().expect("waiting lock").remove(&(client, epoch)) {
                 let _ = tx.send(answer);
             }

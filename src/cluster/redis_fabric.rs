@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec;
 use super::own_log::OwnLog;
 use crate::broker::groups::Picks;
-use crate::broker::ports::{Fabric, Missed, SharedDurability};
+use crate::broker::ports::{Fabric, SharedDurability};
 use crate::broker::{Adoption, BrokerHandle};
 use crate::domain::{FabricPos, Message, WriteOp};
 use crate::store::Store;
@@ -60,6 +60,14 @@ pub struct FabricSettings {
     pub max_len: u64,
 }
 
+/// What the appender takes, in order.
+enum Queued {
+    Publish(Outgoing),
+    /// Answered with where the last entry queued before it landed, once
+    /// it is appended (see [`Fabric::mark`]).
+    Mark(oneshot::Sender<FabricPos>),
+}
+
 struct Outgoing {
     msg: Arc<Message>,
     kept: Option<oneshot::Receiver<bool>>,
@@ -70,7 +78,7 @@ struct Outgoing {
 /// The sending side, handed to the broker.
 #[derive(Clone)]
 pub struct RedisFabric {
-    tx: mpsc::Sender<Outgoing>,
+    tx: mpsc::Sender<Queued>,
     node: Arc<str>,
     node_id: Arc<str>,
     /// The next outbox number: above every kept one, also across runs.
@@ -186,6 +194,7 @@ impl RedisFabric {
             unforgotten: 0,
             forgot_at: std::time::Instant::now(),
             own: own.clone(),
+            last_appended: FabricPos::default(),
         };
         tokio::spawn(appender.run(rx, store.clone(), left));
         let health = FabricHealth(up.clone());
@@ -229,7 +238,7 @@ impl Fabric for RedisFabric {
         outbox: Option<u64>,
         picks: Option<Arc<Picks>>,
     ) -> bool {
-        if self.tx.try_send(Outgoing { msg, kept, outbox, picks }).is_err() {
+        if self.tx.try_send(Queued::Publish(Outgoing { msg, kept, outbox, picks })).is_err() {
             crate::telemetry::metrics::global().cluster_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("publish not passed to other instances: Redis is behind");
             return false;
@@ -250,6 +259,11 @@ impl Fabric for RedisFabric {
     fn own_after(&self, at: FabricPos) -> Option<u64> {
         self.own.first_after(at)
     }
+
+    fn mark(&self) -> Option<oneshot::Receiver<FabricPos>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.try_send(Queued::Mark(tx)).ok().map(|()| rx)
+    }
 }
 
 /// The appender's connection: a batch of entries may take longer than the
@@ -257,6 +271,15 @@ impl Fabric for RedisFabric {
 /// again (so appended twice).
 fn appender_config() -> AsyncConnectionConfig {
     AsyncConnectionConfig::new().set_response_timeout(Some(REPLY_WAIT))
+}
+
+/// Entries gathered for one round trip: each one's outbox number (`None`
+/// for a publish nobody waited for), and the highest.
+#[derive(Default)]
+struct Pending {
+    pipe: redis::Pipeline,
+    numbers: Vec<Option<u64>>,
+    through: Option<u64>,
 }
 
 /// The task that appends to the stream.
@@ -274,6 +297,8 @@ pub(super) struct Appender {
     unforgotten: u64,
     forgot_at: std::time::Instant,
     own: Arc<OwnLog>,
+    /// Where the last entry this run appended landed (`0-0`: none yet).
+    last_appended: FabricPos,
 }
 
 impl Appender {
@@ -292,6 +317,7 @@ impl Appender {
             unforgotten: 0,
             forgot_at: std::time::Instant::now(),
             own: Arc::new(OwnLog::default()),
+            last_appended: FabricPos::default(),
         })
     }
 
@@ -299,7 +325,7 @@ impl Appender {
     /// publishes in submission order; a publish whose commit fails is not
     /// appended (its publisher resends). While Redis is away, retry the
     /// same batch: the queue behind it bounds what waits.
-    async fn run(mut self, mut rx: mpsc::Receiver<Outgoing>, store: Store, left: u64) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Queued>, store: Store, left: u64) {
         if left > 0 {
             let count = self.append_left(&store, left).await;
             if count > 0 {
@@ -310,6 +336,7 @@ impl Appender {
             }
         }
         let mut batch = Vec::with_capacity(BATCH);
+        let mut pending = Pending::default();
         loop {
             let got = tokio::select! {
                 n = rx.recv_many(&mut batch, BATCH) => n,
@@ -321,30 +348,45 @@ impl Appender {
             if got == 0 {
                 break;
             }
-            let mut pipe = redis::pipe();
-            let mut numbers = Vec::with_capacity(batch.len());
-            let mut through = None;
-            for out in batch.drain(..) {
+            for queued in batch.drain(..) {
+                let out = match queued {
+                    Queued::Publish(out) => out,
+                    Queued::Mark(tx) => {
+                        // What was queued before it goes first.
+                        self.append(&mut pending).await;
+                        let _ = tx.send(self.last_appended);
+                        continue;
+                    }
+                };
                 if let Some(kept) = out.kept
                     && !kept.await.unwrap_or(false)
                 {
                     continue;
                 }
                 let fields = codec::encode(&self.settings.node, &out.msg, out.picks.as_deref());
-                self.xadd(&mut pipe, fields);
-                through = out.outbox.or(through);
-                numbers.push(out.outbox);
+                self.xadd(&mut pending.pipe, fields);
+                pending.through = out.outbox.or(pending.through);
+                pending.numbers.push(out.outbox);
             }
-            if numbers.is_empty() {
-                continue;
-            }
-            let ids = self.send(pipe, through).await;
-            // Where each acknowledged publish landed (see `OwnLog`).
-            self.own.record(numbers.into_iter().zip(ids).filter_map(|(n, id)| {
-                let n = n?;
-                Some((n, FabricPos::parse(&id)?))
-            }));
+            self.append(&mut pending).await;
         }
+    }
+
+    /// Append `pending` and start it afresh.
+    async fn append(&mut self, pending: &mut Pending) {
+        let Pending { pipe, numbers, through } = std::mem::take(pending);
+        if numbers.is_empty() {
+            return;
+        }
+        let ids = self.send(pipe, through).await;
+        if let Some(last) = ids.last().and_then(|id| FabricPos::parse(id)) {
+            self.last_appended = last;
+        }
+        // Where each acknowledged publish landed (see `OwnLog`).
+        self.own.record(numbers.into_iter().zip(ids).filter_map(|(n, id)| {
+            let n = n?;
+            Some((n, FabricPos::parse(&id)?))
+        }));
     }
 
     /// Kept publishes of earlier runs with numbers up to `left`, oldest
@@ -382,7 +424,10 @@ impl Appender {
                     None => tracing::error!(seq, "kept publish unreadable; skipped"),
                 }
             }
-            self.send(pipe, Some(last)).await;
+            let ids = self.send(pipe, Some(last)).await;
+            if let Some(at) = ids.last().and_then(|id| FabricPos::parse(id)) {
+                self.last_appended = at;
+            }
             after = last;
         }
         count
@@ -633,10 +678,9 @@ impl FabricReader {
         let adoptions = &req.adoptions;
         let wanted = |m: &Message| adoptions.iter().any(|a| wants(a, m));
         let stream = &self.settings.stream;
-        let me = &self.settings.node;
-        let (missed, _) =
-            read_missed(conn, stream, &req.dead, me, from, Some(through), wanted).await?;
-        for Missed { msg, .. } in missed {
+        let previous = Previous { node: &req.dead, own_through: None };
+        let (missed, _) = read_missed(conn, stream, &previous, from, Some(through), wanted).await?;
+        for msg in missed {
             for a in &mut req.adoptions {
                 if wants(a, &msg) {
                     a.replay.push(msg.clone());
@@ -656,20 +700,36 @@ impl FabricReader {
     }
 }
 
+/// The instance whose sessions are taken over, and which of its own
+/// entries it routed to them itself.
+pub(crate) struct Previous<'a> {
+    pub node: &'a str,
+    /// Its entries up to here; `None`: all of them (it died holding them).
+    pub own_through: Option<FabricPos>,
+}
+
+impl Previous<'_> {
+    /// Whether the entry at `at` appended by `node` reached the sessions
+    /// through their previous instance.
+    fn routed(&self, node: &str, at: FabricPos) -> bool {
+        node == self.node && self.own_through.is_none_or(|t| at <= t)
+    }
+}
+
 /// The stream's entries after `from` up to `through` (its end without),
-/// oldest first, except those the dead instance `dead` appended (queued in
-/// their publish's commit there), that `keep` wants, each with whether
-/// instance `me` appended it; and the last entry read (`from` when none). Entries trimmed after `from`, or more than
-/// [`MAX_REPLAY`] wanted, are logged and counted as a gap.
+/// oldest first, except those `previous` routed to its sessions itself
+/// (queued in their publish's commit there), that `keep` wants; and the
+/// last entry read (`from` when none). Entries trimmed after `from`, or more than [`MAX_REPLAY`]
+/// wanted, are logged and counted as a gap.
 pub(crate) async fn read_missed(
     conn: &mut MultiplexedConnection,
     stream: &str,
-    dead: &str,
-    me: &str,
+    previous: &Previous<'_>,
     from: FabricPos,
     through: Option<FabricPos>,
     keep: impl Fn(&Message) -> bool,
-) -> redis::RedisResult<(Vec<Missed>, FabricPos)> {
+) -> redis::RedisResult<(Vec<Arc<Message>>, FabricPos)> {
+    let dead = previous.node;
     // Entries trimmed (MAXLEN) after the cursor are gone for good.
     let info: HashMap<String, redis::Value> =
         redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(conn).await?;
@@ -694,24 +754,24 @@ pub(crate) async fn read_missed(
             let Some(at) = FabricPos::parse(&entry.id) else { continue };
             last = at;
             read += 1;
-            let (own, msg) = match codec::decode(&entry.map) {
-                Ok((node, _, _)) if node == dead => continue,
+            let msg = match codec::decode(&entry.map) {
+                Ok((node, _, _)) if previous.routed(&node, at) => continue,
                 // Passed on for a shared group: a copy of an earlier entry.
                 Ok((_, _, Some(picks))) if picks.hops > 0 => continue,
-                Ok((node, msg, _)) if keep(&msg) => (node == me, Arc::new(msg)),
+                Ok((_, msg, _)) if keep(&msg) => Arc::new(msg),
                 _ => continue,
             };
             if missed.len() >= MAX_REPLAY {
                 dropped += 1;
             } else {
-                missed.push(Missed { at, own, msg });
+                missed.push(msg);
             }
         }
         if n < BATCH {
             break;
         }
     }
-    tracing::info!(dead, %from, through = %last, read, kept = missed.len(), "publishes a dead instance missed read back from the stream");
+    tracing::info!(previous = dead, %from, through = %last, read, kept = missed.len(), "publishes a previous holder missed read back from the stream");
     if dropped > 0 {
         tracing::warn!(
             dropped,
@@ -744,13 +804,14 @@ async fn hand_over(broker: &BrokerHandle, req: CatchUp) -> Result<(), ()> {
     Ok(())
 }
 
-/// Some publishes a dead instance missed cannot be queued for its sessions.
-pub(crate) fn gap(dead: &str, why: &str) {
+/// Some publishes the instance `previous` missed (it died, or let its
+/// sessions go) cannot be queued for its taken-over sessions.
+pub(crate) fn gap(previous: &str, why: &str) {
     crate::telemetry::metrics::global().cluster_replay_gaps.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(
-        dead,
+        previous,
         why,
-        "publishes a dead instance missed may be lost to its taken-over sessions"
+        "publishes a previous holder missed may be lost to its taken-over sessions"
     );
 }
 
@@ -759,4 +820,25 @@ async fn last_id(conn: &mut MultiplexedConnection, stream: &str) -> redis::Redis
     let newest: redis::streams::StreamRangeReply =
         conn.xrevrange_count(stream, "+", "-", 1).await?;
     Ok(newest.ids.into_iter().next().map_or_else(|| "0-0".to_owned(), |e| e.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(ms: u64) -> FabricPos {
+        FabricPos { ms, seq: 0 }
+    }
+
+    #[test]
+    fn a_previous_holder_routed_its_own_entries_up_to_where_it_let_go() {
+        let died = Previous { node: "a", own_through: None };
+        assert!(died.routed("a", pos(99)), "all of a dead holder's own");
+        assert!(!died.routed("b", pos(1)), "never another instance's");
+
+        let let_go = Previous { node: "a", own_through: Some(pos(10)) };
+        assert!(let_go.routed("a", pos(10)));
+        assert!(!let_go.routed("a", pos(11)), "accepted after it let go");
+        assert!(!let_go.routed("b", pos(5)));
+    }
 }

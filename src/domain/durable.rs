@@ -122,7 +122,8 @@ pub enum WriteOp {
 }
 
 /// A fabric stream entry's id: milliseconds, then a sequence number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// The default, `0-0`, is before every entry.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FabricPos {
     pub ms: u64,
     pub seq: u64,

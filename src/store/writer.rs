@@ -76,10 +76,12 @@ impl StateLane {
         self.next_ticket.fetch_add(1, Ordering::SeqCst)
     }
 
-    fn push(&self, ops: Vec<WriteOp>) {
+    /// Adds `ops` under one ticket; returns it.
+    fn push(&self, ops: Vec<WriteOp>) -> u64 {
         let mut lane = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         let ticket = self.ticket();
         lane.extend(ops.into_iter().map(|op| (ticket, op)));
+        ticket
     }
 
     fn is_empty(&self) -> bool {
@@ -129,6 +131,27 @@ impl StoreWriter {
         let _ = self.tx.try_send(Item::Wake);
     }
 
+    /// [`StoreWriter::submit_state`], with a receipt that resolves once the
+    /// writes are committed: what a CONNACK or SUBACK waits for before it
+    /// promises them. `None` while the database does not take writes or the
+    /// queue is full: the writes are kept all the same and committed later,
+    /// the caller answers without waiting.
+    pub fn submit_state_confirmed(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Option<oneshot::Receiver<Result<(), StoreError>>> {
+        debug_assert!(ops.iter().all(WriteOp::is_session_state));
+        let ticket = self.lane.push(ops);
+        if self.health.admit_durable().is_err() {
+            let _ = self.tx.try_send(Item::Wake);
+            return None;
+        }
+        // No operations of its own: its ticket, the lane's, makes the batch
+        // that takes it take the lane's writes too (see `take_lane`).
+        let (tx, rx) = oneshot::channel();
+        self.tx.try_send(Item::Ops(Vec::new(), Some(tx), ticket)).ok().map(|()| rx)
+    }
+
     /// Queue writes; the receiver resolves once they are committed. Refused
     /// at once while the database does not take writes.
     pub fn submit_durable(
@@ -174,6 +197,10 @@ impl Durability for StoreWriter {
 
     fn submit_state(&self, ops: Vec<WriteOp>) {
         StoreWriter::submit_state(self, ops)
+    }
+
+    fn submit_state_confirmed(&self, ops: Vec<WriteOp>) -> Option<CommitReceipt> {
+        StoreWriter::submit_state_confirmed(self, ops)
     }
 
     fn submit_durable(&self, ops: Vec<WriteOp>) -> Result<CommitReceipt, StoreError> {
@@ -227,6 +254,8 @@ struct Batch {
     ops: Vec<Pending>,
     commits: Vec<Commit>,
     stop: Option<oneshot::Sender<()>>,
+    /// One past the highest ticket taken from the queue so far.
+    queued_through: u64,
 }
 
 impl Batch {
@@ -234,6 +263,7 @@ impl Batch {
     fn take(&mut self, item: Item) -> bool {
         match item {
             Item::Ops(o, c, ticket) => {
+                self.queued_through = self.queued_through.max(ticket + 1);
                 let kind = if c.is_some() { Kind::Durable } else { Kind::Droppable };
                 self.ops.extend(o.into_iter().map(|op| Pending { op, ticket, kind }));
                 self.commits.extend(c);
@@ -277,7 +307,8 @@ impl Batch {
 
 /// Take the lane's writes that no queued write precedes: all of them once
 /// the queue is empty (a write submitted after the horizon was read comes
-/// next time), else those older than the last write taken from the queue.
+/// next time), else those older than the last item taken from the queue
+/// (a confirmation, which carries its lane writes' ticket, included).
 fn take_lane(batch: &mut Batch, lane: &StateLane, rx: &mpsc::Receiver<Item>) {
     // Read before the queue is looked at: whatever a lane write waits for
     // was queued before its ticket was taken.
@@ -285,11 +316,8 @@ fn take_lane(batch: &mut Batch, lane: &StateLane, rx: &mpsc::Receiver<Item>) {
     if lane.is_empty() {
         return;
     }
-    let horizon = if rx.is_empty() || batch.stop.is_some() {
-        horizon
-    } else {
-        batch.ops.iter().filter(|p| p.kind != Kind::State).map(|p| p.ticket + 1).max().unwrap_or(0)
-    };
+    let horizon =
+        if rx.is_empty() || batch.stop.is_some() { horizon } else { batch.queued_through };
     lane.take_before(horizon, &mut batch.ops);
     // Kept writes of a failed batch come first; queue and lane interleave.
     batch.ops.sort_by_key(|p| p.ticket);
@@ -1103,29 +1131,72 @@ mod tests {
         assert_eq!(sessions(&store).await, QUEUE as i64);
     }
 
+    /// Make writes of subscriptions fail (the table is away), or work again.
+    async fn subscriptions_fail(store: &Store, fail: bool) {
+        let (from, to) = if fail {
+            ("session_subscriptions", "away")
+        } else {
+            ("away", "session_subscriptions")
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!("ALTER TABLE {from} RENAME TO {to}")))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+
+    async fn wait_for_subscriptions(store: &Store, expected: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while subscriptions(store).await != expected {
+            assert!(Instant::now() < deadline, "{:?}", subscriptions(store).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     #[tokio::test]
     async fn session_state_waits_out_a_failing_database_and_lands_when_it_returns() {
         let (_dir, store) = store().await;
         let (writer, _) = spawn_writer(store.clone(), Duration::ZERO);
-        sqlx::query("ALTER TABLE session_subscriptions RENAME TO away")
-            .execute(store.pool())
-            .await
-            .unwrap();
+        subscriptions_fail(&store, true).await;
         writer.submit_state(vec![put_sub("a", "x/#"), put_sub("a", "y/#")]);
         writer.submit_state(vec![delete_sub("a", "y/#")]);
         // Several failed attempts (one per retry interval).
         tokio::time::sleep(RETRY_INTERVAL * 3).await;
         assert!(writer.health().is_err(), "the writes failed");
 
-        sqlx::query("ALTER TABLE away RENAME TO session_subscriptions")
-            .execute(store.pool())
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while subscriptions(&store).await != ["a x/#"] {
-            assert!(Instant::now() < deadline, "{:?}", subscriptions(&store).await);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        subscriptions_fail(&store, false).await;
+        wait_for_subscriptions(&store, &["a x/#"]).await;
         assert!(writer.health().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_state_write_resolves_once_committed_while_others_wait_the_interval() {
+        let (_dir, store) = store().await;
+        let (writer, _) = spawn_writer(store.clone(), INTERVAL);
+        // Writes nobody waits for set the pace: the next commit would wait
+        // out the interval.
+        writer.submit(session("paced")).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        writer.submit(session("queued")).unwrap();
+
+        let started = Instant::now();
+        let kept = writer.submit_state_confirmed(vec![put_sub("a", "x/#")]).expect("a receipt");
+        kept.await.unwrap().unwrap();
+
+        assert!(started.elapsed() < INTERVAL / 2, "took {:?}", started.elapsed());
+        assert_eq!(subscriptions(&store).await, ["a x/#"]);
+        assert_eq!(sessions(&store).await, 2, "the write queued before it came first");
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_state_write_gets_no_receipt_while_writes_fail_and_lands_later() {
+        let (_dir, store) = store().await;
+        let (writer, _) = spawn_writer(store.clone(), Duration::ZERO);
+        subscriptions_fail(&store, true).await;
+        let failed = writer.submit_state_confirmed(vec![put_sub("a", "x/#")]).expect("a receipt");
+        assert!(failed.await.unwrap().is_err(), "the commit failed and says so");
+        assert!(writer.submit_state_confirmed(vec![put_sub("a", "y/#")]).is_none());
+
+        subscriptions_fail(&store, false).await;
+        wait_for_subscriptions(&store, &["a x/#", "a y/#"]).await;
     }
 }

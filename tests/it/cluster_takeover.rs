@@ -5,13 +5,16 @@
 //! Runs when `MAPCAST_TEST_POSTGRES_URL` is set and `redis-server` is on
 //! the PATH.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, PubAckReason};
 
-use crate::helpers::{Cluster, V5Client, V5Options, mark_redis_ran, text};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Cluster, V5Client, V5Options, mark_redis_ran, publish_numbered, text};
 
 async fn cluster(test: &str, n: usize) -> Option<Cluster> {
     Cluster::start(test, n).await
@@ -138,6 +141,76 @@ async fn a_session_follows_its_client_to_another_instance_with_its_queued_messag
         took[took.len() - 1]
     );
     held.disconnect().await;
+    mark_redis_ran().await;
+}
+
+/// A session moving between two live instances while a third one's
+/// publisher keeps sending: the publishes that arrive while it moves (the
+/// old holder stopped queueing for it, the new one not yet started) reach
+/// it too, on the instance it moved to.
+#[tokio::test]
+async fn publishes_made_while_a_session_moves_between_live_instances_reach_it() {
+    let test = "publishes_made_while_a_session_moves_between_live_instances_reach_it";
+    let Some(c) = cluster(test, 3).await else { return };
+    const HOPS: usize = 4;
+
+    let mut held = c.persistent("watcher", 0).connect().await;
+    held.subscribe("load/#", QoS::AtLeastOnce).await;
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = CancellationToken::new();
+    let publisher = tokio::spawn({
+        let (addr, acked, stop) = (c.addr(2), acked.clone(), stop.clone());
+        async move {
+            publish_numbered(addr, "publisher", "load/x", "m", 10, stop, |n| {
+                acked.lock().unwrap().insert(n);
+            })
+            .await
+        }
+    });
+
+    let mut received: BTreeMap<u64, usize> = BTreeMap::new();
+    // Copies beyond the first that were not marked as redeliveries.
+    let mut unmarked = Vec::new();
+    let mut note = |publishes: Vec<rumqttc::v5::mqttbytes::v5::Publish>| {
+        for p in publishes {
+            let n = text(&p.payload)[1..].parse::<u64>().expect("numbered payload");
+            let copies = received.entry(n).or_default();
+            *copies += 1;
+            if *copies > 1 && !p.dup {
+                unmarked.push(n);
+            }
+        }
+    };
+    for hop in 0..HOPS {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let next = c.persistent("watcher", (hop + 1) % 2).connect().await;
+        assert!(next.session_present(), "hop {hop}\n{}", c.logs());
+        let closed = held.wait_closed(Duration::from_secs(5)).await;
+        assert_eq!(closed.server_reason, Some(DisconnectReasonCode::SessionTakenOver));
+        note(held.collect_publishes(Duration::from_millis(100)).await);
+        held = next;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.cancel();
+    let sent = publisher.await.unwrap();
+    note(held.collect_publishes(Duration::from_secs(3)).await);
+    held.disconnect().await;
+
+    let acked = acked.lock().unwrap().clone();
+    let lost: Vec<u64> = acked.iter().copied().filter(|n| !received.contains_key(n)).collect();
+    let twice = received.values().filter(|&&k| k > 1).count();
+    println!(
+        "{sent} sent, {} acknowledged, {} received, {twice} more than once ({} of them not marked DUP), {} lost over {HOPS} takeovers",
+        acked.len(),
+        received.len(),
+        unmarked.len(),
+        lost.len()
+    );
+    assert!(acked.len() > 1_000, "too little load to cover the takeovers: {}", acked.len());
+    assert!(lost.is_empty(), "acknowledged but never received: {lost:?}\n{}", c.logs());
+    // Copies beyond the first are redeliveries of deliveries in flight
+    // when the connection was taken over, never a second routing.
+    assert!(unmarked.is_empty(), "received again without DUP: {unmarked:?}\n{}", c.logs());
     mark_redis_ran().await;
 }
 

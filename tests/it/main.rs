@@ -25,6 +25,7 @@ mod db_outage;
 mod deploy;
 mod disk_full;
 mod durability;
+mod durable_acks;
 mod elastic;
 mod elk_files;
 mod es_setup;
