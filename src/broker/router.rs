@@ -794,7 +794,10 @@ impl Router {
             return (Release::Released(None), None, None);
         }
         tracing::info!(client.id = %client, claim.epoch = epoch, "session taken over by another instance");
-        let routed = Handover { through: self.last_remote, own_through: None };
+        // A session taken over here moments ago was given entries this
+        // router has not passed yet: those are routed to it too.
+        let through = self.last_remote.max(self.replayed.get(client).copied());
+        let routed = Handover { through, own_through: None };
         let own = self.fabric.as_ref().and_then(|f| f.mark());
         (Release::Released(Some(routed)), self.hand_over(client), own)
     }
@@ -2514,13 +2517,18 @@ mod tests {
         buf
     }
 
-    #[tokio::test]
-    async fn a_moved_session_gets_what_its_last_holder_missed_once() {
-        let mut r = bare_router();
-        let pos = |ms| crate::domain::FabricPos { ms, seq: 0 };
-        let remote = |payload| msg("q", payload, QoS::AtLeastOnce, false);
+    fn pos(ms: u64) -> crate::domain::FabricPos {
+        crate::domain::FabricPos { ms, seq: 0 }
+    }
+
+    fn remote(payload: &str) -> Message {
+        msg("q", payload, QoS::AtLeastOnce, false)
+    }
+
+    /// "car" moved here with the fabric read up to 20 for it (one entry
+    /// matched, at 12) while this router had passed 5.
+    fn moved_ahead_of_the_router(r: &mut Router) -> ConnectOutcome {
         r.handle(Command::Remote(remote("before"), None, Some(pos(5))));
-        // Read from the fabric up to 20 while this router had passed 5.
         let moved = Claim {
             epoch: 2,
             moved: Some(Some(stored("car", &[]))),
@@ -2531,7 +2539,13 @@ mod tests {
             }),
         };
         let req = request("car", false, 3600, None, Identity::anonymous());
-        let c = r.connect_now(req, Some(moved)).unwrap();
+        r.connect_now(req, Some(moved)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_moved_session_gets_what_its_last_holder_missed_once() {
+        let mut r = bare_router();
+        let c = moved_ahead_of_the_router(&mut r);
         for (at, payload) in [(12, "read at 12"), (20, "read at 20"), (21, "after the read")] {
             r.handle(Command::Remote(remote(payload), None, Some(pos(at))));
         }
@@ -2541,6 +2555,16 @@ mod tests {
         let got: Vec<String> =
             buf.iter().map(|d| String::from_utf8_lossy(&d.msg.payload).into_owned()).collect();
         assert_eq!(got, ["read at 12", "after the read"]);
+    }
+
+    #[tokio::test]
+    async fn a_session_let_go_before_the_router_passed_its_replay_says_it_had_that_too() {
+        let mut r = bare_router();
+        moved_ahead_of_the_router(&mut r);
+        let (released, _, _) = r.release(&ClientId::from("car"), 3);
+        let routed = Handover { through: Some(pos(20)), own_through: None };
+        assert_eq!(released, Release::Released(Some(routed)));
+        assert!(r.replayed.is_empty());
     }
 
     #[tokio::test]
