@@ -1226,17 +1226,8 @@ impl Router {
         let queue_qos0 = self.limits.queue_qos0_messages;
         let mut targets = std::mem::take(&mut self.scratch);
         let mut pushes = std::mem::take(&mut self.push_scratch);
-        let fenced_at = match origin {
-            Origin::Remote(_, Some(at)) if !self.replayed.is_empty() => Some(at),
-            _ => None,
-        };
         for t in targets.drain(..) {
             let Some(session) = self.sessions.get(&t.client) else { continue };
-            if let Some(at) = fenced_at
-                && self.replayed.get(&t.client).is_some_and(|through| at <= *through)
-            {
-                continue;
-            }
             let seq = || self.numbers.take(self.ownership.as_ref());
             if let Some(d) =
                 queue_delivery(session, t, &msg, queue_qos0, &self.stats, seq, &mut ops)
@@ -1350,6 +1341,14 @@ impl Router {
         self.orphans.clear();
         // Passed on for shared groups: nobody else gets it again.
         let groups_only = matches!(origin, Origin::Remote(Some(p), _) if p.hops > 0);
+        // Given to a session just taken over with its replay already (its
+        // own subscriptions only: shared groups pick anew).
+        let replayed = |client: &ClientId| match origin {
+            Origin::Remote(_, Some(at)) if !self.replayed.is_empty() => {
+                self.replayed.get(client).is_some_and(|through| at <= *through)
+            }
+            _ => false,
+        };
         let mut matched = 0;
         self.trie.for_each_match(msg.topic.as_str(), |e| {
             matched += 1;
@@ -1358,6 +1357,9 @@ impl Router {
                 return;
             }
             if groups_only || e.options.no_local && publisher == Some(&e.client) {
+                return;
+            }
+            if replayed(&e.client) {
                 return;
             }
             add_target(scratch, &e.client, &e.options, msg.qos);
