@@ -1029,6 +1029,7 @@ impl Router {
     /// Remove a session and everything it owns, in memory and in the store.
     fn end_session(&mut self, client: &ClientId) {
         let Some(mut session) = self.sessions.remove(client) else { return };
+        self.replayed.remove(client);
         self.cancel_timers(client);
         self.groups_dirty |= has_groups(&session);
         if session.conn.is_some() {
