@@ -1344,11 +1344,12 @@ impl Router {
         let groups_only = matches!(origin, Origin::Remote(Some(p), _) if p.hops > 0);
         // Given to a session just taken over with its replay already (its
         // own subscriptions only: shared groups pick anew).
-        let replayed = |client: &ClientId| match origin {
-            Origin::Remote(_, Some(at)) if !self.replayed.is_empty() => {
-                self.replayed.get(client).is_some_and(|through| at <= *through)
-            }
-            _ => false,
+        let fence = match origin {
+            Origin::Remote(_, Some(at)) if !self.replayed.is_empty() => Some(at),
+            _ => None,
+        };
+        let replayed = |client: &ClientId| {
+            fence.is_some_and(|at| self.replayed.get(client).is_some_and(|through| at <= *through))
         };
         let mut matched = 0;
         self.trie.for_each_match(msg.topic.as_str(), |e| {

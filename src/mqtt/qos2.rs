@@ -493,19 +493,19 @@ mod tests {
                 _ => "unexpected packet",
             })))
         });
-        let resumed = Rc::new(OutboundQos2::default());
+        let qos2_out = Rc::new(OutboundQos2::default());
         let svc = Pipeline::new(InboundQos2V3Service {
             inner,
             conn: None,
             outbox: outbox.clone(),
-            qos2_out: resumed.clone(),
+            qos2_out: qos2_out.clone(),
             known: RefCell::new(HashSet::default()),
         });
 
         // As the pump does for an exchange left after PUBREC.
         outbox.outgoing_qos2_received(1, 5);
         assert_eq!(outbox.pending_releases(), [5]);
-        resumed.insert(5);
+        qos2_out.insert(5);
 
         let comp = Decoded::Packet(Packet::PublishComplete { packet_id: id(5) }, 2);
         assert_eq!(svc.call(comp).await.unwrap(), None);

@@ -51,7 +51,7 @@ impl CommitMarks {
             "INSERT INTO writer_commits (writer, batch, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (writer) DO UPDATE SET batch = excluded.batch, updated_at = excluded.updated_at",
         )
-        .bind(self.writer.clone())
+        .bind(self.writer.as_str())
         .bind(n)
         .bind(now)
         .execute(&mut *conn)
@@ -78,12 +78,12 @@ impl CommitMarks {
             "INSERT INTO writer_commits (writer, batch, updated_at) VALUES ($1, 0, 0) \
              ON CONFLICT (writer) DO UPDATE SET updated_at = writer_commits.updated_at",
         )
-        .bind(self.writer.clone())
+        .bind(self.writer.as_str())
         .execute(&mut *tx)
         .await?;
         let stamped: i64 =
             sqlx::query_scalar::<Any, i64>("SELECT batch FROM writer_commits WHERE writer = $1")
-                .bind(self.writer.clone())
+                .bind(self.writer.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
         tx.rollback().await?;
@@ -93,7 +93,7 @@ impl CommitMarks {
     /// The run ends: its row goes with it.
     pub(super) async fn remove(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
         sqlx::query::<Any>("DELETE FROM writer_commits WHERE writer = $1")
-            .bind(self.writer.clone())
+            .bind(self.writer.as_str())
             .execute(conn)
             .await
             .map(drop)

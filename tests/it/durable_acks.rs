@@ -47,6 +47,12 @@ fn phone(client_id: &str, addr: SocketAddr) -> V5Options {
     V5Options::new(client_id, addr).clean_start(false).session_expiry(Some(3600))
 }
 
+/// Publish an alert for phone `id`, acknowledged.
+async fn alert(addr: SocketAddr, id: &str) {
+    let mut ops = V5Options::new("ops", addr).connect().await;
+    ops.publish_qos1(&format!("alerts/{id}/battery"), false, "low").await;
+}
+
 /// Crash, restart, and resume `client_id`'s session.
 async fn crash_and_resume(
     server: ServerProcess,
@@ -90,8 +96,7 @@ async fn a_subscription_is_stored_before_its_suback(db: &[&str]) {
         fresh.subscribe(&format!("alerts/{id}/#"), QoS::AtLeastOnce).await;
         let (server, mut resumed) = crash_and_resume(server, busy, data_dir.path(), db, &id).await;
         assert!(resumed.session_present(), "round {round}: session lost\n{}", server.logs());
-        let mut ops = V5Options::new("ops", server.mqtt_addr).connect().await;
-        ops.publish_qos1(&format!("alerts/{id}/battery"), false, "low").await;
+        alert(server.mqtt_addr, &id).await;
         match resumed.try_recv_publish(Duration::from_secs(3)).await {
             Some(p) => assert_eq!(text(&p.payload), "low"),
             None => panic!(
@@ -117,8 +122,7 @@ async fn an_unsubscription_is_stored_before_its_unsuback(db: &[&str]) {
         let mut fresh = phone(&id, server.mqtt_addr).connect().await;
         fresh.unsubscribe(&format!("alerts/{id}/#")).await;
         let (server, mut resumed) = crash_and_resume(server, busy, data_dir.path(), db, &id).await;
-        let mut ops = V5Options::new("ops", server.mqtt_addr).connect().await;
-        ops.publish_qos1(&format!("alerts/{id}/battery"), false, "low").await;
+        alert(server.mqtt_addr, &id).await;
         if let Some(p) = resumed.try_recv_publish(QUIET).await {
             panic!(
                 "round {round}: received {:?} on a filter its UNSUBACK removed\n{}",
