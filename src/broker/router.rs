@@ -37,6 +37,8 @@ use crate::domain::{StoreError, WriteOp};
 
 /// Commands queued to the router before publishers are asked to wait.
 const COMMAND_QUEUE: usize = 16 * 1024;
+/// ... and up to this many bytes of messages.
+const COMMAND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Remote publishes kept for [`Router::queue_missed`]: more than arrive
 /// while a takeover's claim completes.
 const RECENT_REMOTE: usize = 16 * 1024;
@@ -168,7 +170,7 @@ pub fn spawn_router(
     ownership: Option<SharedOwnership>,
     peers: Option<SharedPeers>,
 ) -> (BrokerHandle, JoinHandle<()>) {
-    let (inbox, rx) = inbox(COMMAND_QUEUE);
+    let (inbox, rx) = inbox(COMMAND_QUEUE, COMMAND_QUEUE_BYTES);
     let stats = Arc::new(Stats::default());
     let limits = Arc::new(limits);
     let next_conn = Arc::new(AtomicU64::new(1));

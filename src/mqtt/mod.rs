@@ -28,6 +28,7 @@ mod acks;
 mod admission;
 mod connect_check;
 mod convert;
+mod direct;
 mod framing;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]

@@ -51,9 +51,9 @@ use crate::telemetry::names::{CLIENT_ID, ERROR_MESSAGE, MQTT_REASON_CODE, MQTT_T
 const BATCH: usize = 64;
 
 /// Start the pump of a freshly opened connection.
-pub(super) fn spawn(conn: Conn) {
+pub(super) fn spawn(conn: Conn, sink: Sink) {
     let span = conn.span.clone();
-    ntex::rt::spawn(run(conn).instrument(span));
+    ntex::rt::spawn(run(conn, sink).instrument(span));
 }
 
 /// Outbound QoS 2 state shared by the pump and the `qos2` middleware.
@@ -196,7 +196,7 @@ enum Stop {
     Close(ConnError),
 }
 
-async fn run(conn: Conn) {
+async fn run(conn: Conn, sink: Sink) {
     let inflight = Rc::new(InFlight {
         outbox: conn.outbox.clone(),
         by_packet: RefCell::new(HashMap::default()),
@@ -204,7 +204,7 @@ async fn run(conn: Conn) {
         qos2_done: Condition::new(),
     });
     // Must be registered before the first non-blocking QoS 1 send.
-    match &conn.sink {
+    match &sink {
         Sink::V3(sink) => {
             let inf = inflight.clone();
             sink.publish_ack_cb(move |id, disconnected| {
@@ -224,8 +224,8 @@ async fn run(conn: Conn) {
         }
     }
 
-    let stop = match resume_releases(&conn) {
-        Ok(()) => pump(&conn, &inflight).await,
+    let stop = match resume_releases(&conn, &sink) {
+        Ok(()) => pump(&conn, &sink, &inflight).await,
         Err(stop) => stop,
     };
     if let Stop::Close(err) = stop {
@@ -243,11 +243,11 @@ async fn run(conn: Conn) {
 /// Resend PUBREL for every QoS 2 exchange of the session past PUBREC, before
 /// any delivery [MQTT-4.4.0-1]. Written straight to the connection: ntex's
 /// sink only releases flows it saw the PUBREC of.
-fn resume_releases(conn: &Conn) -> Result<(), Stop> {
+fn resume_releases(conn: &Conn, sink: &Sink) -> Result<(), Stop> {
     for id in conn.outbox.pending_releases() {
         let Some(id) = NonZeroU16::new(id) else { continue };
         conn.qos2_out.insert(id.get());
-        if let Err(e) = write_pubrel(conn, id) {
+        if let Err(e) = write_pubrel(conn, sink, id) {
             tracing::error!({ ERROR_MESSAGE } = %e, "cannot resend PUBREL");
             return Err(Stop::Close(ConnError::new(
                 v5::codec::DisconnectReasonCode::ImplementationSpecificError,
@@ -260,8 +260,8 @@ fn resume_releases(conn: &Conn) -> Result<(), Stop> {
 
 /// A PUBREL with `id`, encoded into the connection's write buffer (a codec of
 /// its own: a PUBREL depends on no setting of the connection's).
-fn write_pubrel(conn: &Conn, id: NonZeroU16) -> Result<(), EncodeError> {
-    match &conn.sink {
+fn write_pubrel(conn: &Conn, sink: &Sink, id: NonZeroU16) -> Result<(), EncodeError> {
+    match sink {
         Sink::V3(_) => conn.io.encode(
             v3::codec::Encoded::Packet(v3::codec::Packet::PublishRelease { packet_id: id }),
             &v3::codec::Codec::new(),
@@ -278,7 +278,7 @@ fn write_pubrel(conn: &Conn, id: NonZeroU16) -> Result<(), EncodeError> {
     }
 }
 
-async fn pump(conn: &Conn, inflight: &Rc<InFlight>) -> Stop {
+async fn pump(conn: &Conn, sink: &Sink, inflight: &Rc<InFlight>) -> Stop {
     let gone = conn.io.on_disconnect();
     let cancelled = conn.shutdown.cancelled();
     tokio::pin!(gone, cancelled);
@@ -291,15 +291,15 @@ async fn pump(conn: &Conn, inflight: &Rc<InFlight>) -> Stop {
     let stats = conn.broker.stats().clone();
 
     loop {
-        if !sink_open(&conn.sink) {
+        if !sink_open(sink) {
             return Stop::Closed;
         }
-        let max = credit(&conn.sink).min(BATCH);
+        let max = credit(sink).min(BATCH);
         let next = tokio::select! {
             biased;
             _ = &mut gone => return Stop::Closed,
             _ = &mut cancelled => return Stop::Close(reason::shutting_down()),
-            ready = sink_ready(&conn.sink), if max == 0 => {
+            ready = sink_ready(sink), if max == 0 => {
                 if !ready {
                     return Stop::Closed;
                 }
@@ -312,7 +312,7 @@ async fn pump(conn: &Conn, inflight: &Rc<InFlight>) -> Stop {
         }
 
         for d in buf.drain(..) {
-            if !sendable(conn, inflight, d.qos) {
+            if !sendable(conn, sink, inflight, d.qos) {
                 tokio::select! {
                     biased;
                     _ = &mut gone => return Stop::Closed,
@@ -322,14 +322,14 @@ async fn pump(conn: &Conn, inflight: &Rc<InFlight>) -> Stop {
                             return Stop::Close(reason::kicked(why));
                         }
                     }
-                    res = wait_sendable(conn, inflight, d.qos) => {
+                    res = wait_sendable(conn, sink, inflight, d.qos) => {
                         if let Err(stop) = res {
                             return stop;
                         }
                     }
                 }
             }
-            match send(conn, inflight, &d) {
+            match send(conn, sink, inflight, &d) {
                 Ok(Some(len)) => stats.sent(len),
                 Ok(None) => {}
                 Err(stop) => return stop,
@@ -369,25 +369,30 @@ async fn sink_ready(sink: &Sink) -> bool {
 }
 
 /// Can a delivery of this QoS be written right now?
-fn sendable(conn: &Conn, inflight: &InFlight, qos: QoS) -> bool {
+fn sendable(conn: &Conn, sink: &Sink, inflight: &InFlight, qos: QoS) -> bool {
     match qos {
         QoS::AtMostOnce => !conn.wr_backpressure(),
-        QoS::AtLeastOnce => !conn.qos2_out.is_held() && is_ready(&conn.sink),
-        QoS::ExactlyOnce => !inflight.qos2_busy.get() && is_ready(&conn.sink),
+        QoS::AtLeastOnce => !conn.qos2_out.is_held() && is_ready(sink),
+        QoS::ExactlyOnce => !inflight.qos2_busy.get() && is_ready(sink),
     }
 }
 
-async fn wait_sendable(conn: &Conn, inflight: &InFlight, qos: QoS) -> Result<(), Stop> {
+async fn wait_sendable(
+    conn: &Conn,
+    sink: &Sink,
+    inflight: &InFlight,
+    qos: QoS,
+) -> Result<(), Stop> {
     match qos {
         QoS::AtMostOnce => conn.wr_ready().await,
         QoS::AtLeastOnce => {
             // The release gate opens with the QoS 2 exchange's progress.
             wait_qos2(inflight, || conn.qos2_out.is_held()).await;
-            wait_ready(&conn.sink).await?;
+            wait_ready(sink).await?;
         }
         QoS::ExactlyOnce => {
             wait_qos2(inflight, || inflight.qos2_busy.get()).await;
-            wait_ready(&conn.sink).await?;
+            wait_ready(sink).await?;
         }
     }
     Ok(())
@@ -414,12 +419,17 @@ async fn wait_ready(sink: &Sink) -> Result<(), Stop> {
 
 /// Write one delivery (the caller checked [`sendable`]). `Some(len)` when it
 /// went out, `None` when it was dropped.
-fn send(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<Option<usize>, Stop> {
+fn send(
+    conn: &Conn,
+    sink: &Sink,
+    inflight: &Rc<InFlight>,
+    d: &Delivery,
+) -> Result<Option<usize>, Stop> {
     let res = match d.qos {
-        QoS::AtMostOnce => send_qos0(&conn.sink, d),
+        QoS::AtMostOnce => send_qos0(sink, d),
         // `sendable` guarantees credit, or ntex would panic.
-        QoS::AtLeastOnce => send_qos1(&conn.sink, inflight, d),
-        QoS::ExactlyOnce => send_qos2(conn, inflight, d),
+        QoS::AtLeastOnce => send_qos1(sink, inflight, d),
+        QoS::ExactlyOnce => send_qos2(conn, sink, inflight, d),
     };
     match res {
         Ok(()) => Ok(Some(d.msg.payload.len())),
@@ -514,7 +524,12 @@ fn send_qos1(sink: &Sink, inflight: &InFlight, d: &Delivery) -> Result<(), SendP
 /// The sink must be ready: then ntex writes the PUBLISH before returning,
 /// which keeps the wire order of the pump. The rest of the flow runs in a
 /// local task; `qos2_busy` holds the next QoS 2 delivery until it ends.
-fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), SendPacketError> {
+fn send_qos2(
+    conn: &Conn,
+    sink: &Sink,
+    inflight: &Rc<InFlight>,
+    d: &Delivery,
+) -> Result<(), SendPacketError> {
     let Some(id) = inflight.register(d) else { return Ok(()) };
     let seq = d.seq;
     let payload = d.msg.payload.clone();
@@ -522,7 +537,7 @@ fn send_qos2(conn: &Conn, inflight: &Rc<InFlight>, d: &Delivery) -> Result<(), S
     let inf = inflight.clone();
     let out = conn.qos2_out.clone();
     let span = conn.span.clone();
-    match &conn.sink {
+    match sink {
         Sink::V3(s) => {
             let sink = s.clone();
             let fut =

@@ -29,7 +29,8 @@ use super::proxied::proxied;
 use super::reason::ConnError;
 use super::session::Ctx;
 use super::{
-    MqttListeners, MqttServer, TlsFiles, acks, connect_check, pump, qos2, trim, unexpected, v3, v5,
+    MqttListeners, MqttServer, TlsFiles, acks, connect_check, direct, pump, qos2, trim, unexpected,
+    v3, v5,
 };
 use crate::broker::{BrokerHandle, BrokerLimits};
 use crate::proxy_protocol::{Network, ProxyProtocol};
@@ -56,6 +57,7 @@ impl MqttServer {
         listeners: MqttListeners,
         broker: BrokerHandle,
         workers: usize,
+        direct: bool,
     ) -> anyhow::Result<Self> {
         let MqttListeners { tcp, tls, ws, proxy_trusted } = listeners;
         let tls = match tls {
@@ -63,8 +65,12 @@ impl MqttServer {
             None => None,
         };
         let admission = Admission::new(broker.limits(), broker.stats().clone());
-        let ctx =
-            Ctx { broker, shutdown: CancellationToken::new(), open: Arc::new(AtomicUsize::new(0)) };
+        let ctx = Ctx {
+            broker,
+            shutdown: CancellationToken::new(),
+            open: Arc::new(AtomicUsize::new(0)),
+            direct,
+        };
         trim::spawn(admission.clone(), ctx.shutdown.clone());
 
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -95,7 +101,7 @@ impl MqttServer {
             .recv()
             .context("the mapcast-mqtt thread exited while starting")?
             .context("cannot start the MQTT server")?;
-        tracing::info!(workers, "MQTT server started");
+        tracing::info!(workers, direct, "MQTT server started");
         Ok(Self { server, thread: Some(thread), shutdown: ctx.shutdown, open: ctx.open })
     }
 
@@ -265,26 +271,30 @@ fn service_config(limits: &BrokerLimits) -> MqttServiceConfig {
 
 /// The MQTT service over one transport: whole packets only (`framing`),
 /// admission (connection cap and connect rate), the checks on the raw
-/// CONNECT (`connect_check`), then the protocol, with
-/// connection errors logged. The admission permit lives as long as the
-/// connection.
+/// CONNECT (`connect_check`), then the protocol: MQTT 3.1.1 on `direct`'s
+/// loop when it is on, ntex-mqtt's dispatchers otherwise, with connection
+/// errors logged. The admission permit lives as long as the connection.
 fn mqtt_over<F: Filter>(
     ctx: Ctx,
     admission: Arc<Admission>,
 ) -> impl ServiceFactory<Io<F>, SharedCfg, Response = (), Error = (), InitError = ()> {
     let stats = ctx.broker.stats().clone();
     let max_packet = ctx.broker.limits().max_packet_bytes;
-    let connection = chain_factory(fn_service(async move |io: IoBoxed| {
-        connect_check::check(io, &stats, max_packet).await
-    }))
-    .and_then(chain_factory(mqtt_service(ctx)).map_err(log_conn_error).map_init_err(|_| ()));
+    let dispatched = chain_factory::<_, IoBoxed, _, _>(mqtt_service(ctx.clone()))
+        .map_err(log_conn_error)
+        .map_init_err(|_| ());
     fn_factory_with_config(async move |cfg: SharedCfg| {
-        let connection = Pipeline::new(connection.create(cfg).await?);
-        let admission = admission.clone();
+        let dispatched = Pipeline::new(dispatched.create(cfg).await?);
+        let (admission, stats, ctx) = (admission.clone(), stats.clone(), ctx.clone());
         Ok::<_, ()>(fn_service(async move |io: Io<F>| {
             let io = IoBoxed::from(io.add_filter(WholePackets::new(max_packet)));
             let Some(_permit) = admission.admit(&io).await else { return Ok(()) };
-            connection.call(io).await
+            let io = connect_check::check(io, &stats, max_packet).await?;
+            if ctx.direct && io.with_read_buf(|buf| direct::is_v311(buf)) {
+                direct::serve_v3(io, ctx.clone()).await;
+                return Ok(());
+            }
+            dispatched.call(io).await
         }))
     })
 }

@@ -83,9 +83,12 @@ pub(super) struct Ctx {
     pub shutdown: CancellationToken,
     /// Open MQTT connections (sessions that passed CONNECT), for a graceful stop.
     pub open: Arc<AtomicUsize>,
+    /// MQTT 3.1.1 connections are served by `direct`'s loop.
+    pub direct: bool,
 }
 
 /// The outbound side of a connection, per protocol level.
+#[derive(Clone)]
 pub(super) enum Sink {
     V3(v3::MqttSink),
     V5(v5::MqttSink),
@@ -102,7 +105,9 @@ pub(super) struct ConnState {
     pub outbox: Arc<Outbox>,
     /// Outbound QoS 2 state shared by the pump and the `qos2` middleware.
     pub qos2_out: Rc<OutboundQos2>,
-    pub sink: Sink,
+    /// ntex-mqtt's sink; `None` for a connection served by `direct`,
+    /// which writes straight to its `Io`.
+    pub sink: Option<Sink>,
     pub io: IoRef,
     /// v5 "request problem information": reason strings only when asked.
     pub problem_info: bool,
@@ -175,7 +180,7 @@ pub(super) fn client_id(
 pub(super) async fn open(
     ctx: &Ctx,
     req: OpenRequest,
-    sink: Sink,
+    sink: Option<Sink>,
     io: IoRef,
 ) -> Result<Opened, ConnectRefusal> {
     let broker = &ctx.broker;
@@ -413,15 +418,17 @@ impl ConnState {
     /// Close the connection; v5 clients are told why.
     pub(super) fn close(&self, err: ConnError) {
         match &self.sink {
-            Sink::V3(s) => s.close(),
-            Sink::V5(s) => s.close_with_reason(err.disconnect()),
+            Some(Sink::V3(s)) => s.close(),
+            Some(Sink::V5(s)) => s.close_with_reason(err.disconnect()),
+            None => self.io.close(),
         }
     }
 
     pub(super) fn sink_open(&self) -> bool {
         match &self.sink {
-            Sink::V3(s) => s.is_open(),
-            Sink::V5(s) => s.is_open(),
+            Some(Sink::V3(s)) => s.is_open(),
+            Some(Sink::V5(s)) => s.is_open(),
+            None => !self.io.is_closed(),
         }
     }
 

@@ -31,7 +31,7 @@ fn v5_verdict(pkt: &v5::codec::Packet) -> Option<&'static str> {
     }
 }
 
-fn v3_verdict(pkt: &v3::codec::Packet) -> Option<&'static str> {
+pub(super) fn v3_verdict(pkt: &v3::codec::Packet) -> Option<&'static str> {
     use v3::codec::Packet as P;
     match pkt {
         P::Connect(_) => Some("second CONNECT"),
@@ -49,7 +49,7 @@ fn v3_verdict(pkt: &v3::codec::Packet) -> Option<&'static str> {
 }
 
 /// Count, log and turn into the error that ends the connection.
-fn refuse(conn: &Conn, why: &'static str) -> DispatcherError<ConnError> {
+pub(super) fn refused(conn: &Conn, why: &'static str) -> ConnError {
     let err = reason::unexpected_packet(why);
     conn.broker.stats().protocol_errors.fetch_add(1, Relaxed);
     tracing::warn!(
@@ -57,7 +57,11 @@ fn refuse(conn: &Conn, why: &'static str) -> DispatcherError<ConnError> {
         { { CLIENT_ID } = %conn.client_id, { MQTT_REASON_CODE } = u8::from(err.code) },
         "protocol error: {why}"
     );
-    DispatcherError::Service(err)
+    err
+}
+
+fn refuse(conn: &Conn, why: &'static str) -> DispatcherError<ConnError> {
+    DispatcherError::Service(refused(conn, why))
 }
 
 /// The v5 middleware.

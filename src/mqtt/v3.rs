@@ -55,7 +55,7 @@ pub(super) async fn handshake(
         problem_info: false,
     };
 
-    let opened = match session::open(ctx, req, Sink::V3(h.sink()), h.io().get_ref()).await {
+    let opened = match session::open(ctx, req, Some(Sink::V3(h.sink())), h.io().get_ref()).await {
         Ok(opened) => opened,
         Err(r) => return refuse(ctx, h, &raw_id, r),
     };
@@ -338,7 +338,7 @@ pub(super) fn control_factory() -> impl ServiceFactory<
     fn_factory_with_config(async |session: v3::Session<Conn>| {
         // Created once per connection, after the CONNACK is written.
         let conn = (*session).clone();
-        pump::spawn(conn.clone());
+        pump::spawn(conn.clone(), Sink::V3(session.sink().clone()));
         let control = fn_service({
             let conn = conn.clone();
             async move |msg| control(&conn, msg).await
