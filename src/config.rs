@@ -106,11 +106,6 @@ pub struct MqttSettings {
     /// PROXY protocol header: the load balancers. Needed when
     /// `proxy_protocol` is on. Default: none. Env: comma-separated.
     pub proxy_trusted: Vec<Network>,
-    /// MQTT 3.1.1 connections are served by mapcast's own connection loop
-    /// (about a third of the memory per connection, fewer wake-ups per
-    /// packet) instead of ntex-mqtt's dispatcher; MQTT 5.0 connections
-    /// always use the dispatcher. Default false.
-    pub direct_connections: bool,
 }
 
 impl Default for MqttSettings {
@@ -124,7 +119,6 @@ impl Default for MqttSettings {
             workers: 2,
             proxy_protocol: false,
             proxy_trusted: Vec::new(),
-            direct_connections: false,
         }
     }
 }
@@ -753,9 +747,6 @@ pub const ENV_VARS: &[EnvVar] = &[
     }),
     var("MAPCAST_MQTT_PROXY_TRUSTED", "mqtt.proxy_trusted", |s, v| {
         set_networks(&mut s.mqtt.proxy_trusted, v)
-    }),
-    var("MAPCAST_MQTT_DIRECT_CONNECTIONS", "mqtt.direct_connections", |s, v| {
-        set(&mut s.mqtt.direct_connections, v)
     }),
     var("MAPCAST_HTTP_LISTEN", "http.listen", |s, v| set(&mut s.http.listen, v)),
     var("MAPCAST_HTTP_WORKERS", "http.workers", |s, v| set(&mut s.http.workers, v)),

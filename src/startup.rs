@@ -224,13 +224,8 @@ impl Application {
         let proxy_trusted =
             settings.mqtt.proxy_protocol.then(|| settings.mqtt.proxy_trusted.clone());
         let listeners = MqttListeners { tcp: mqtt_listener, tls, ws: ws_listener, proxy_trusted };
-        let mqtt = MqttServer::start(
-            listeners,
-            broker.clone(),
-            settings.mqtt.workers,
-            settings.mqtt.direct_connections,
-        )
-        .context("cannot start the MQTT server")?;
+        let mqtt = MqttServer::start(listeners, broker.clone(), settings.mqtt.workers)
+            .context("cannot start the MQTT server")?;
 
         let stopping = CancellationToken::new();
         let state = AppState {

@@ -30,7 +30,7 @@ use ntex::io::IoRef;
 use ntex::service::cfg::SharedCfg;
 use ntex::service::{Middleware, Service, ServiceCtx};
 use ntex_mqtt::error::{DispatcherError, EncodeError, ProtocolError, SpecViolation};
-use ntex_mqtt::{QoS, v3, v5};
+use ntex_mqtt::{QoS, v5};
 
 use super::reason::ConnError;
 use super::session::{Conn, ConnState};
@@ -42,10 +42,8 @@ use crate::telemetry::names::{CLIENT_ID, ERROR_MESSAGE};
 pub(super) type Finish<E> =
     Box<dyn FnOnce(E) -> LocalBoxFuture<'static, Result<Option<E>, ConnError>>>;
 
-/// A [`Finish`] of either protocol level, as a handler leaves it on its
-/// connection.
+/// A [`Finish`], as a handler leaves it on its connection.
 pub(super) enum Deferred {
-    V3(Finish<v3::codec::Encoded>),
     /// `true` for a QoS ≥ 1 PUBLISH: counted against the receive maximum.
     V5(Finish<v5::codec::Encoded>, bool),
 }
@@ -62,39 +60,15 @@ pub(super) trait Level: 'static {
     fn encode(io: &IoRef, answer: Self::Encoded) -> Result<(), EncodeError>;
 }
 
-pub(super) struct V3;
 pub(super) struct V5;
-
-impl Level for V3 {
-    type Decoded = v3::codec::Decoded;
-    type Encoded = v3::codec::Encoded;
-
-    fn take(conn: &ConnState) -> Option<(Finish<Self::Encoded>, bool)> {
-        match conn.take_deferred()? {
-            Deferred::V3(finish) => Some((finish, false)),
-            Deferred::V5(..) => None,
-        }
-    }
-
-    fn is_qos1_publish(_: &Self::Decoded) -> bool {
-        // 3.1.1 has no receive maximum: the queue's bound paces it.
-        false
-    }
-
-    fn encode(io: &IoRef, answer: Self::Encoded) -> Result<(), EncodeError> {
-        io.encode(answer, &v3::codec::Codec::new())
-    }
-}
 
 impl Level for V5 {
     type Decoded = v5::codec::Decoded;
     type Encoded = v5::codec::Encoded;
 
     fn take(conn: &ConnState) -> Option<(Finish<Self::Encoded>, bool)> {
-        match conn.take_deferred()? {
-            Deferred::V5(finish, publish) => Some((finish, publish)),
-            Deferred::V3(_) => None,
-        }
+        let Deferred::V5(finish, publish) = conn.take_deferred()?;
+        Some((finish, publish))
     }
 
     fn is_qos1_publish(pkt: &Self::Decoded) -> bool {
@@ -106,18 +80,8 @@ impl Level for V5 {
     }
 }
 
-/// The middleware for 3.1.1 connections.
-pub(super) struct InOrderV3;
 /// The middleware for MQTT 5 connections.
 pub(super) struct InOrderV5;
-
-impl<S> Middleware<S, (SharedCfg, v3::Session<Conn>)> for InOrderV3 {
-    type Service = InOrder<S, V3>;
-
-    fn create(&self, inner: S, (_, session): (SharedCfg, v3::Session<Conn>)) -> Self::Service {
-        InOrder::new(inner, (*session).clone())
-    }
-}
 
 impl<S> Middleware<S, (SharedCfg, v5::Session<Conn>)> for InOrderV5 {
     type Service = InOrder<S, V5>;

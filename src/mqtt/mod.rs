@@ -1,5 +1,7 @@
-//! The MQTT adapter: MQTT 3.1.1 and 5.0 on one port (ntex-mqtt), over TCP,
-//! TLS (rustls) and WebSocket, translating packets into broker calls.
+//! The MQTT adapter: MQTT 3.1.1 and 5.0 on one port over TCP, TLS (rustls)
+//! and WebSocket (ntex), translating packets into broker calls. 3.1.1
+//! connections run on a loop of mapcast's own over ntex-mqtt's codec, 5.0
+//! connections on ntex-mqtt's dispatcher.
 //!
 //! ntex needs its own runtime: the server runs on the `mapcast-mqtt` thread in
 //! its own ntex `System` (tokio flavour, signals off), and ntex's `!Send`
@@ -12,11 +14,12 @@
 //! - `framing`: whole packets only to the codec; malformed PUBLISH headers refused.
 //! - `connect_check`: CONNECTs ntex-mqtt would mishandle, answered before it reads them.
 //! - `trim`: the memory of closed connections handed back to the system.
-//! - `v3`, `v5`: handshake, publish, protocol and control services per level.
+//! - `direct`: the 3.1.1 connection loop: packets, answers and deliveries.
+//! - `v5`: handshake, publish, protocol and control services of MQTT 5.0.
 //! - `session`: per-connection state and the steps both levels share.
-//! - `pump`: a session's outbox → the connection's sink.
-//! - `acks`: packets reach the broker, and answers leave, in arrival order.
-//! - `qos2`: the receiver side of QoS 2, in front of ntex-mqtt's dispatchers.
+//! - `pump`: a session's outbox → an MQTT 5.0 connection's sink.
+//! - `acks`: MQTT 5.0 packets reach the broker, and answers leave, in arrival order.
+//! - `qos2`: the receiver side of QoS 2, in front of ntex-mqtt's dispatcher.
 //! - `unexpected`: packets a connected client must not send, refused.
 //! - `convert`: wire ↔ domain types.
 //! - `reason`: every reason code sent to clients, in one place.
@@ -44,7 +47,6 @@ pub(crate) use server::load_tls;
 mod session;
 mod trim;
 mod unexpected;
-mod v3;
 mod v5;
 
 use std::net::TcpListener;

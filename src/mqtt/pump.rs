@@ -37,12 +37,12 @@ use ntex::service::cfg::SharedCfg;
 use ntex::service::{Middleware, Service, ServiceCtx};
 use ntex::util::{HashMap, HashSet};
 use ntex_mqtt::error::{DispatcherError, EncodeError, SendPacketError};
-use ntex_mqtt::{v3, v5};
+use ntex_mqtt::v5;
 use tracing::Instrument;
 
 use super::convert::{outbound_props_v5, qos_out};
 use super::reason::{self, ConnError};
-use super::session::{Conn, Sink};
+use super::session::Conn;
 use crate::broker::{Next, Outbox};
 use crate::domain::{Delivery, QoS};
 use crate::telemetry::names::{CLIENT_ID, ERROR_MESSAGE, MQTT_REASON_CODE, MQTT_TOPIC};
@@ -51,7 +51,7 @@ use crate::telemetry::names::{CLIENT_ID, ERROR_MESSAGE, MQTT_REASON_CODE, MQTT_T
 const BATCH: usize = 64;
 
 /// Start the pump of a freshly opened connection.
-pub(super) fn spawn(conn: Conn, sink: Sink) {
+pub(super) fn spawn(conn: Conn, sink: v5::MqttSink) {
     let span = conn.span.clone();
     ntex::rt::spawn(run(conn, sink).instrument(span));
 }
@@ -192,11 +192,11 @@ impl InFlight {
 enum Stop {
     /// The connection is gone or closing.
     Closed,
-    /// Close it with this DISCONNECT (v5) or just close (v3).
+    /// Close it with this DISCONNECT.
     Close(ConnError),
 }
 
-async fn run(conn: Conn, sink: Sink) {
+async fn run(conn: Conn, sink: v5::MqttSink) {
     let inflight = Rc::new(InFlight {
         outbox: conn.outbox.clone(),
         by_packet: RefCell::new(HashMap::default()),
@@ -204,27 +204,15 @@ async fn run(conn: Conn, sink: Sink) {
         qos2_done: Condition::new(),
     });
     // Must be registered before the first non-blocking QoS 1 send.
-    match &sink {
-        Sink::V3(sink) => {
-            let inf = inflight.clone();
-            sink.publish_ack_cb(move |id, disconnected| {
-                if !disconnected {
-                    inf.acked(id);
-                }
-            });
+    let inf = inflight.clone();
+    sink.publish_ack_cb(move |ack, disconnected| {
+        // A PUBACK with an error code still ends the delivery.
+        if !disconnected {
+            inf.acked(ack.packet_id);
         }
-        Sink::V5(sink) => {
-            let inf = inflight.clone();
-            sink.publish_ack_cb(move |ack, disconnected| {
-                // A v5 PUBACK with an error code still ends the delivery.
-                if !disconnected {
-                    inf.acked(ack.packet_id);
-                }
-            });
-        }
-    }
+    });
 
-    let stop = match resume_releases(&conn, &sink) {
+    let stop = match resume_releases(&conn) {
         Ok(()) => pump(&conn, &sink, &inflight).await,
         Err(stop) => stop,
     };
@@ -243,11 +231,11 @@ async fn run(conn: Conn, sink: Sink) {
 /// Resend PUBREL for every QoS 2 exchange of the session past PUBREC, before
 /// any delivery [MQTT-4.4.0-1]. Written straight to the connection: ntex's
 /// sink only releases flows it saw the PUBREC of.
-fn resume_releases(conn: &Conn, sink: &Sink) -> Result<(), Stop> {
+fn resume_releases(conn: &Conn) -> Result<(), Stop> {
     for id in conn.outbox.pending_releases() {
         let Some(id) = NonZeroU16::new(id) else { continue };
         conn.qos2_out.insert(id.get());
-        if let Err(e) = write_pubrel(conn, sink, id) {
+        if let Err(e) = write_pubrel(conn, id) {
             tracing::error!({ ERROR_MESSAGE } = %e, "cannot resend PUBREL");
             return Err(Stop::Close(ConnError::new(
                 v5::codec::DisconnectReasonCode::ImplementationSpecificError,
@@ -260,25 +248,19 @@ fn resume_releases(conn: &Conn, sink: &Sink) -> Result<(), Stop> {
 
 /// A PUBREL with `id`, encoded into the connection's write buffer (a codec of
 /// its own: a PUBREL depends on no setting of the connection's).
-fn write_pubrel(conn: &Conn, sink: &Sink, id: NonZeroU16) -> Result<(), EncodeError> {
-    match sink {
-        Sink::V3(_) => conn.io.encode(
-            v3::codec::Encoded::Packet(v3::codec::Packet::PublishRelease { packet_id: id }),
-            &v3::codec::Codec::new(),
-        ),
-        Sink::V5(_) => conn.io.encode(
-            v5::codec::Encoded::Packet(v5::codec::Packet::PublishRelease(v5::codec::PublishAck2 {
-                packet_id: id,
-                reason_code: v5::codec::PublishAck2Reason::Success,
-                properties: Vec::new(),
-                reason_string: None,
-            })),
-            &v5::codec::Codec::new(),
-        ),
-    }
+fn write_pubrel(conn: &Conn, id: NonZeroU16) -> Result<(), EncodeError> {
+    conn.io.encode(
+        v5::codec::Encoded::Packet(v5::codec::Packet::PublishRelease(v5::codec::PublishAck2 {
+            packet_id: id,
+            reason_code: v5::codec::PublishAck2Reason::Success,
+            properties: Vec::new(),
+            reason_string: None,
+        })),
+        &v5::codec::Codec::new(),
+    )
 }
 
-async fn pump(conn: &Conn, sink: &Sink, inflight: &Rc<InFlight>) -> Stop {
+async fn pump(conn: &Conn, sink: &v5::MqttSink, inflight: &Rc<InFlight>) -> Stop {
     let gone = conn.io.on_disconnect();
     let cancelled = conn.shutdown.cancelled();
     tokio::pin!(gone, cancelled);
@@ -291,15 +273,15 @@ async fn pump(conn: &Conn, sink: &Sink, inflight: &Rc<InFlight>) -> Stop {
     let stats = conn.broker.stats().clone();
 
     loop {
-        if !sink_open(sink) {
+        if !sink.is_open() {
             return Stop::Closed;
         }
-        let max = credit(sink).min(BATCH);
+        let max = sink.credit().min(BATCH);
         let next = tokio::select! {
             biased;
             _ = &mut gone => return Stop::Closed,
             _ = &mut cancelled => return Stop::Close(reason::shutting_down()),
-            ready = sink_ready(sink), if max == 0 => {
+            ready = sink.ready(), if max == 0 => {
                 if !ready {
                     return Stop::Closed;
                 }
@@ -338,48 +320,18 @@ async fn pump(conn: &Conn, sink: &Sink, inflight: &Rc<InFlight>) -> Stop {
     }
 }
 
-fn sink_open(sink: &Sink) -> bool {
-    match sink {
-        Sink::V3(s) => s.is_open(),
-        Sink::V5(s) => s.is_open(),
-    }
-}
-
-fn credit(sink: &Sink) -> usize {
-    match sink {
-        Sink::V3(s) => s.credit(),
-        Sink::V5(s) => s.credit(),
-    }
-}
-
-/// Credit left and no write back-pressure.
-fn is_ready(sink: &Sink) -> bool {
-    match sink {
-        Sink::V3(s) => s.is_ready(),
-        Sink::V5(s) => s.is_ready(),
-    }
-}
-
-/// Wait until a QoS ≥ 1 packet may be sent; `false` when the sink closed.
-async fn sink_ready(sink: &Sink) -> bool {
-    match sink {
-        Sink::V3(s) => s.ready().await,
-        Sink::V5(s) => s.ready().await,
-    }
-}
-
 /// Can a delivery of this QoS be written right now?
-fn sendable(conn: &Conn, sink: &Sink, inflight: &InFlight, qos: QoS) -> bool {
+fn sendable(conn: &Conn, sink: &v5::MqttSink, inflight: &InFlight, qos: QoS) -> bool {
     match qos {
         QoS::AtMostOnce => !conn.wr_backpressure(),
-        QoS::AtLeastOnce => !conn.qos2_out.is_held() && is_ready(sink),
-        QoS::ExactlyOnce => !inflight.qos2_busy.get() && is_ready(sink),
+        QoS::AtLeastOnce => !conn.qos2_out.is_held() && sink.is_ready(),
+        QoS::ExactlyOnce => !inflight.qos2_busy.get() && sink.is_ready(),
     }
 }
 
 async fn wait_sendable(
     conn: &Conn,
-    sink: &Sink,
+    sink: &v5::MqttSink,
     inflight: &InFlight,
     qos: QoS,
 ) -> Result<(), Stop> {
@@ -408,9 +360,9 @@ async fn wait_qos2(inflight: &InFlight, blocked: impl Fn() -> bool) {
     }
 }
 
-async fn wait_ready(sink: &Sink) -> Result<(), Stop> {
-    while !is_ready(sink) {
-        if !sink_ready(sink).await {
+async fn wait_ready(sink: &v5::MqttSink) -> Result<(), Stop> {
+    while !sink.is_ready() {
+        if !sink.ready().await {
             return Err(Stop::Closed);
         }
     }
@@ -421,7 +373,7 @@ async fn wait_ready(sink: &Sink) -> Result<(), Stop> {
 /// went out, `None` when it was dropped.
 fn send(
     conn: &Conn,
-    sink: &Sink,
+    sink: &v5::MqttSink,
     inflight: &Rc<InFlight>,
     d: &Delivery,
 ) -> Result<Option<usize>, Stop> {
@@ -434,17 +386,6 @@ fn send(
     match res {
         Ok(()) => Ok(Some(d.msg.payload.len())),
         Err(e) => send_failed(d, e).map(|()| None),
-    }
-}
-
-fn v3_packet(d: &Delivery, qos: QoS, packet_id: Option<NonZeroU16>) -> v3::codec::Publish {
-    v3::codec::Publish {
-        dup: d.dup && qos != QoS::AtMostOnce,
-        retain: d.retain,
-        qos: qos_out(qos),
-        topic: d.msg.topic.as_bytestring().clone(),
-        packet_id,
-        payload_size: 0,
     }
 }
 
@@ -487,30 +428,22 @@ fn send_failed(d: &Delivery, err: SendPacketError) -> Result<(), Stop> {
     }
 }
 
-fn send_qos0(sink: &Sink, d: &Delivery) -> Result<(), SendPacketError> {
+fn send_qos0(sink: &v5::MqttSink, d: &Delivery) -> Result<(), SendPacketError> {
     let payload = d.msg.payload.clone();
-    match sink {
-        Sink::V3(s) => {
-            s.publish_pkt(v3_packet(d, QoS::AtMostOnce, None)).send_at_most_once(payload)
-        }
-        Sink::V5(s) => {
-            s.publish_pkt(v5_packet(d, QoS::AtMostOnce, None)).send_at_most_once(payload)
-        }
-    }
+    sink.publish_pkt(v5_packet(d, QoS::AtMostOnce, None)).send_at_most_once(payload)
 }
 
 /// The sink must be ready, or ntex panics.
-fn send_qos1(sink: &Sink, inflight: &InFlight, d: &Delivery) -> Result<(), SendPacketError> {
+fn send_qos1(
+    sink: &v5::MqttSink,
+    inflight: &InFlight,
+    d: &Delivery,
+) -> Result<(), SendPacketError> {
     let Some(id) = inflight.register(d) else { return Ok(()) };
     let payload = d.msg.payload.clone();
-    let res = match sink {
-        Sink::V3(s) => s
-            .publish_pkt(v3_packet(d, QoS::AtLeastOnce, Some(id)))
-            .send_at_least_once_no_block(payload),
-        Sink::V5(s) => s
-            .publish_pkt(v5_packet(d, QoS::AtLeastOnce, Some(id)))
-            .send_at_least_once_no_block(payload),
-    };
+    let res = sink
+        .publish_pkt(v5_packet(d, QoS::AtLeastOnce, Some(id)))
+        .send_at_least_once_no_block(payload);
     if let Err(e) = &res {
         inflight.release(id, d.seq);
         if matches!(e, SendPacketError::Encode(_)) {
@@ -526,7 +459,7 @@ fn send_qos1(sink: &Sink, inflight: &InFlight, d: &Delivery) -> Result<(), SendP
 /// local task; `qos2_busy` holds the next QoS 2 delivery until it ends.
 fn send_qos2(
     conn: &Conn,
-    sink: &Sink,
+    sink: &v5::MqttSink,
     inflight: &Rc<InFlight>,
     d: &Delivery,
 ) -> Result<(), SendPacketError> {
@@ -537,82 +470,44 @@ fn send_qos2(
     let inf = inflight.clone();
     let out = conn.qos2_out.clone();
     let span = conn.span.clone();
-    match sink {
-        Sink::V3(s) => {
-            let sink = s.clone();
-            let fut =
-                s.publish_pkt(v3_packet(d, QoS::ExactlyOnce, Some(id))).send_exactly_once(payload);
-            ntex::rt::spawn(
-                async move {
-                    match fut.await {
-                        Ok(rec) => {
-                            if inf.received(id).await {
-                                let release = rec.release();
-                                if release_written(release, &out, &inf, id).await.is_ok() {
-                                    inf.completed(id);
-                                }
-                            } else {
-                                // ntex would send PUBREL when `rec` drops:
-                                // close first. The next connection resends it.
-                                sink.close();
-                            }
-                        }
-                        Err(SendPacketError::Encode(e)) => {
-                            tracing::warn!(
-                                { ERROR_MESSAGE } = %e,
-                                "message dropped: cannot be sent to this client"
-                            );
-                            inf.dropped(id);
-                        }
-                        Err(_) => {}
-                    }
-                    qos2_finished(&inf, &out, id, seq);
+    let fut = sink.publish_pkt(v5_packet(d, QoS::ExactlyOnce, Some(id))).send_exactly_once(payload);
+    let sink = sink.clone();
+    ntex::rt::spawn(
+        async move {
+            match fut.await {
+                Ok(rec) if u8::from(rec.packet().reason_code) >= 0x80 => {
+                    // Refused: the exchange ends here, no PUBREL
+                    // follows [MQTT-4.3.3]. `RefusedReceiptsV5`
+                    // closed ntex's flow, so dropping `rec` sends
+                    // nothing.
+                    inf.dropped(id);
+                    drop(rec);
                 }
-                .instrument(span),
-            );
-        }
-        Sink::V5(s) => {
-            let sink = s.clone();
-            let fut =
-                s.publish_pkt(v5_packet(d, QoS::ExactlyOnce, Some(id))).send_exactly_once(payload);
-            ntex::rt::spawn(
-                async move {
-                    match fut.await {
-                        Ok(rec) if u8::from(rec.packet().reason_code) >= 0x80 => {
-                            // Refused: the exchange ends here, no PUBREL
-                            // follows [MQTT-4.3.3]. `RefusedReceiptsV5`
-                            // closed ntex's flow, so dropping `rec` sends
-                            // nothing.
-                            inf.dropped(id);
-                            drop(rec);
+                Ok(rec) => {
+                    if inf.received(id).await {
+                        let release = rec.release();
+                        if release_written(release, &out, &inf, id).await.is_ok() {
+                            inf.completed(id);
                         }
-                        Ok(rec) => {
-                            if inf.received(id).await {
-                                let release = rec.release();
-                                if release_written(release, &out, &inf, id).await.is_ok() {
-                                    inf.completed(id);
-                                }
-                            } else {
-                                // ntex would send PUBREL when `rec` drops:
-                                // close first. The next connection resends it.
-                                sink.close();
-                            }
-                        }
-                        Err(SendPacketError::Encode(e)) => {
-                            tracing::warn!(
-                                { ERROR_MESSAGE } = %e,
-                                "message dropped: cannot be sent to this client"
-                            );
-                            inf.dropped(id);
-                        }
-                        Err(_) => {}
+                    } else {
+                        // ntex would send PUBREL when `rec` drops:
+                        // close first. The next connection resends it.
+                        sink.close();
                     }
-                    qos2_finished(&inf, &out, id, seq);
                 }
-                .instrument(span),
-            );
+                Err(SendPacketError::Encode(e)) => {
+                    tracing::warn!(
+                        { ERROR_MESSAGE } = %e,
+                        "message dropped: cannot be sent to this client"
+                    );
+                    inf.dropped(id);
+                }
+                Err(_) => {}
+            }
+            qos2_finished(&inf, &out, id, seq);
         }
-    }
+        .instrument(span),
+    );
     Ok(())
 }
 

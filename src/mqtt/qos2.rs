@@ -1,11 +1,12 @@
-//! Inbound QoS 2, handled in front of ntex-mqtt 8.2.1's dispatchers.
+//! Inbound QoS 2, handled in front of ntex-mqtt 8.2.1's MQTT 5.0
+//! dispatcher; [`Taken`] is shared with the 3.1.1 loop (`direct`).
 //!
 //! Which inbound QoS 2 packet ids were received and not released yet is the
 //! session's, not the connection's (`Outbox::incoming_qos2_*`): a PUBLISH
 //! resent after a reconnect is acknowledged again but routed once
 //! [MQTT-4.3.3-10]; see [`Taken`].
 //!
-//! - v5: the dispatcher never forgets a QoS 2 packet id after PUBREL, so the
+//! - The dispatcher never forgets a QoS 2 packet id after PUBREL, so the
 //!   connection is cut with "receive maximum exceeded" after that many QoS 2
 //!   messages, and a reused id is refused with a PUBACK (0x91) instead of a
 //!   PUBREC. This middleware runs the receiver side of the QoS 2 flow itself
@@ -13,14 +14,10 @@
 //!   PUBLISH (nor a PUBREL) to the dispatcher. Because such a PUBLISH may set
 //!   a topic alias the dispatcher then never sees, the middleware resolves
 //!   every alias and passes the dispatcher full topic names.
-//! - 3.1.1: ntex runs the flow and the publish service (`v3::publish`) skips
-//!   routing a resent id. A PUBREL for an id the connection does not know
-//!   (the client resuming a flow after a reconnect) is a protocol error in
-//!   ntex, which disconnects the client in a loop; it gets its PUBCOMP here
-//!   instead. Every PUBREL ends the session's record of its id.
-//! - Both: a PUBCOMP ending an outbound exchange that the pump resumed with
-//!   PUBREL after a reconnect is taken here ([`OutboundQos2`]); ntex does
-//!   not know that exchange and would call it a protocol error.
+//! - A PUBCOMP ending an outbound exchange that the pump resumed with
+//!   PUBREL after a reconnect is taken here
+//!   ([`OutboundQos2`](super::pump::OutboundQos2)); ntex does not know that
+//!   exchange and would call it a protocol error.
 //!
 //! Payloads always arrive whole: the server config sets the minimum chunk
 //! size to the maximum packet size, so a PUBLISH is never streamed.
@@ -35,13 +32,13 @@ use ntex::service::cfg::SharedCfg;
 use ntex::service::{Middleware, Service, ServiceCtx};
 use ntex::util::{ByteString, HashMap, HashSet};
 use ntex_mqtt::error::{DispatcherError, ProtocolError, SpecViolation};
-use ntex_mqtt::{Payload, QoS, v3, v5};
+use ntex_mqtt::{Payload, QoS, v5};
 use v5::codec::{
     Decoded, DisconnectReasonCode, Encoded, Packet, PublishAck, PublishAck2, PublishAck2Reason,
 };
 
 use super::acks::Deferred;
-use super::pump::OutboundQos2;
+
 use super::reason::ConnError;
 use super::session::Conn;
 use super::v5::{Handled, amend_ack, handle_publish, settle};
@@ -316,97 +313,8 @@ fn pubcomp(id: NonZeroU16, reason_code: PublishAck2Reason) -> Encoded {
     }))
 }
 
-/// The 3.1.1 middleware; see the module docs.
-pub(super) struct InboundQos2V3;
-
-impl<S> Middleware<S, (SharedCfg, v3::Session<Conn>)> for InboundQos2V3 {
-    type Service = InboundQos2V3Service<S>;
-
-    fn create(&self, inner: S, (_, session): (SharedCfg, v3::Session<Conn>)) -> Self::Service {
-        InboundQos2V3Service {
-            inner,
-            conn: Some((*session).clone()),
-            outbox: session.outbox.clone(),
-            qos2_out: session.qos2_out.clone(),
-            known: RefCell::new(HashSet::default()),
-        }
-    }
-}
-
-pub(super) struct InboundQos2V3Service<S> {
-    inner: S,
-    /// Where a PUBCOMP's wait for its durable release is left (`acks`);
-    /// `None` in unit tests without a connection.
-    conn: Option<Conn>,
-    outbox: Arc<Outbox>,
-    qos2_out: Rc<OutboundQos2>,
-    /// QoS 2 ids this connection received and the dispatcher tracks.
-    known: RefCell<HashSet<NonZeroU16>>,
-}
-
-impl<S> Service<v3::codec::Decoded> for InboundQos2V3Service<S>
-where
-    S: Service<
-            v3::codec::Decoded,
-            Response = Option<v3::codec::Encoded>,
-            Error = DispatcherError<ConnError>,
-        >,
-{
-    type Response = Option<v3::codec::Encoded>;
-    type Error = DispatcherError<ConnError>;
-
-    ntex::forward_ready!(inner);
-    ntex::forward_poll!(inner);
-    ntex::forward_shutdown!(inner);
-
-    async fn call(
-        &self,
-        req: v3::codec::Decoded,
-        ctx: ServiceCtx<'_, Self>,
-    ) -> Result<Self::Response, Self::Error> {
-        use v3::codec::{Decoded, Encoded, Packet};
-        match &req {
-            Decoded::Publish(pkt, ..) if pkt.qos == QoS::ExactlyOnce => {
-                // An id this connection has not seen released yet: PUBREC
-                // again, deliver nothing [MQTT-4.3.3-2] (ntex would call the
-                // reuse a protocol error and close).
-                if let Some(id) = pkt.packet_id
-                    && !self.known.borrow_mut().insert(id)
-                {
-                    return Ok(Some(Encoded::Packet(Packet::PublishReceived { packet_id: id })));
-                }
-            }
-            Decoded::Packet(Packet::PublishRelease { packet_id }, _) => {
-                let (_, durable) = self.outbox.incoming_qos2_release_durably(packet_id.get());
-                if let (Some(durable), Some(conn)) = (durable, &self.conn) {
-                    conn.defer(Deferred::V3(Box::new(after(durable))));
-                }
-                if !self.known.borrow_mut().remove(packet_id) {
-                    return Ok(Some(Encoded::Packet(Packet::PublishComplete {
-                        packet_id: *packet_id,
-                    })));
-                }
-            }
-            Decoded::Packet(Packet::PublishComplete { packet_id }, _)
-                if self.qos2_out.complete(&self.outbox, *packet_id) =>
-            {
-                return Ok(None);
-            }
-            // Before ntex queues the PUBCOMP it then expects (see `OutboundQos2`).
-            Decoded::Packet(Packet::PublishReceived { packet_id }, _) => {
-                self.qos2_out.hold_until_released(*packet_id);
-            }
-            _ => {}
-        }
-        ctx.call_nowait(&self.inner, req).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use ntex::service::{Pipeline, fn_service};
-    use v3::codec::{Decoded, Encoded, Packet};
-
     use super::*;
     use crate::broker::ports::memory::Kept;
     use crate::broker::{OverflowPolicy, Stats};
@@ -423,18 +331,6 @@ mod tests {
         Arc::new(Outbox::new(ClientId::new("c"), 8, OverflowPolicy::default(), stats, writer))
     }
 
-    fn v3_publish(n: u16) -> Decoded {
-        let publish = v3::codec::Publish {
-            dup: false,
-            retain: false,
-            qos: QoS::ExactlyOnce,
-            topic: ByteString::from_static("a"),
-            packet_id: Some(id(n)),
-            payload_size: 0,
-        };
-        Decoded::Publish(publish, ntex::util::Bytes::new(), 10)
-    }
-
     #[ntex::test]
     async fn a_taken_id_is_given_back_unless_kept() {
         let outbox = outbox();
@@ -445,73 +341,5 @@ mod tests {
         assert!(Taken::begin(&outbox, id(1)).is_none(), "a resend after PUBREC");
         assert!(outbox.incoming_qos2_release(1));
         assert!(Taken::begin(&outbox, id(1)).is_some());
-    }
-
-    #[ntex::test]
-    async fn a_v3_pubrel_for_an_unknown_id_gets_its_pubcomp() {
-        let outbox = outbox();
-        let inner = fn_service::<_, _, _, _, ()>(async |req: Decoded| match req {
-            Decoded::Packet(Packet::PublishRelease { packet_id }, _) => {
-                Ok::<_, DispatcherError<ConnError>>(Some(Encoded::Packet(
-                    Packet::PublishComplete { packet_id },
-                )))
-            }
-            _ => Ok(None),
-        });
-        let svc = Pipeline::new(InboundQos2V3Service {
-            inner,
-            conn: None,
-            outbox: outbox.clone(),
-            qos2_out: Rc::default(),
-            known: RefCell::new(HashSet::default()),
-        });
-
-        // Unknown (a flow from before a reconnect): answered here, and the
-        // session forgets the id.
-        assert!(outbox.incoming_qos2_begin(7));
-        let res = svc.call(Decoded::Packet(Packet::PublishRelease { packet_id: id(7) }, 2)).await;
-        assert_eq!(
-            res.unwrap(),
-            Some(Encoded::Packet(Packet::PublishComplete { packet_id: id(7) }))
-        );
-        assert!(outbox.incoming_qos2_begin(7), "released by the PUBREL");
-
-        // Known: the dispatcher answers, and the id is forgotten after.
-        svc.call(v3_publish(8)).await.unwrap();
-        assert!(svc.get_ref().known.borrow().contains(&id(8)));
-        svc.call(Decoded::Packet(Packet::PublishRelease { packet_id: id(8) }, 2)).await.unwrap();
-        assert!(svc.get_ref().known.borrow().is_empty());
-    }
-
-    #[ntex::test]
-    async fn a_pubcomp_of_a_resumed_exchange_is_taken_before_ntex() {
-        let outbox = outbox();
-        // Anything reaching ntex here would be a protocol error.
-        let inner = fn_service::<_, _, _, _, ()>(async |req: Decoded| {
-            Err::<Option<Encoded>, _>(DispatcherError::Service(ConnError::protocol(match req {
-                Decoded::Packet(Packet::PublishComplete { .. }, _) => "PUBCOMP reached ntex",
-                _ => "unexpected packet",
-            })))
-        });
-        let qos2_out = Rc::new(OutboundQos2::default());
-        let svc = Pipeline::new(InboundQos2V3Service {
-            inner,
-            conn: None,
-            outbox: outbox.clone(),
-            qos2_out: qos2_out.clone(),
-            known: RefCell::new(HashSet::default()),
-        });
-
-        // As the pump does for an exchange left after PUBREC.
-        outbox.outgoing_qos2_received(1, 5);
-        assert_eq!(outbox.pending_releases(), [5]);
-        qos2_out.insert(5);
-
-        let comp = Decoded::Packet(Packet::PublishComplete { packet_id: id(5) }, 2);
-        assert_eq!(svc.call(comp).await.unwrap(), None);
-        assert!(outbox.pending_releases().is_empty());
-        // Only once: a second one is ntex's (and an error there).
-        let comp = Decoded::Packet(Packet::PublishComplete { packet_id: id(5) }, 2);
-        assert!(svc.call(comp).await.is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! The `mapcast-mqtt` thread: an ntex `System` serving the bound listeners
-//! (TCP, TLS, WebSocket) with one MQTT service for both protocol levels.
+//! (TCP, TLS, WebSocket): MQTT 3.1.1 on mapcast's own connection loop, MQTT
+//! 5.0 on ntex-mqtt's dispatcher.
 
 use std::fs::File;
 use std::io::{self, BufReader};
@@ -30,7 +31,7 @@ use super::reason::ConnError;
 use super::session::Ctx;
 use super::{
     MqttListeners, MqttServer, TlsFiles, acks, connect_check, direct, pump, qos2, trim, unexpected,
-    v3, v5,
+    v5,
 };
 use crate::broker::{BrokerHandle, BrokerLimits};
 use crate::proxy_protocol::{Network, ProxyProtocol};
@@ -57,7 +58,6 @@ impl MqttServer {
         listeners: MqttListeners,
         broker: BrokerHandle,
         workers: usize,
-        direct: bool,
     ) -> anyhow::Result<Self> {
         let MqttListeners { tcp, tls, ws, proxy_trusted } = listeners;
         let tls = match tls {
@@ -65,12 +65,8 @@ impl MqttServer {
             None => None,
         };
         let admission = Admission::new(broker.limits(), broker.stats().clone());
-        let ctx = Ctx {
-            broker,
-            shutdown: CancellationToken::new(),
-            open: Arc::new(AtomicUsize::new(0)),
-            direct,
-        };
+        let ctx =
+            Ctx { broker, shutdown: CancellationToken::new(), open: Arc::new(AtomicUsize::new(0)) };
         trim::spawn(admission.clone(), ctx.shutdown.clone());
 
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -101,7 +97,7 @@ impl MqttServer {
             .recv()
             .context("the mapcast-mqtt thread exited while starting")?
             .context("cannot start the MQTT server")?;
-        tracing::info!(workers, direct, "MQTT server started");
+        tracing::info!(workers, "MQTT server started");
         Ok(Self { server, thread: Some(thread), shutdown: ctx.shutdown, open: ctx.open })
     }
 
@@ -272,8 +268,9 @@ fn service_config(limits: &BrokerLimits) -> MqttServiceConfig {
 /// The MQTT service over one transport: whole packets only (`framing`),
 /// admission (connection cap and connect rate), the checks on the raw
 /// CONNECT (`connect_check`), then the protocol: MQTT 3.1.1 on `direct`'s
-/// loop when it is on, ntex-mqtt's dispatchers otherwise, with connection
-/// errors logged. The admission permit lives as long as the connection.
+/// connection loop, MQTT 5.0 on ntex-mqtt's dispatcher with connection
+/// errors logged; anything else is closed.
+/// The admission permit lives as long as the connection.
 fn mqtt_over<F: Filter>(
     ctx: Ctx,
     admission: Arc<Admission>,
@@ -290,43 +287,35 @@ fn mqtt_over<F: Filter>(
             let io = IoBoxed::from(io.add_filter(WholePackets::new(max_packet)));
             let Some(_permit) = admission.admit(&io).await else { return Ok(()) };
             let io = connect_check::check(io, &stats, max_packet).await?;
-            if ctx.direct && io.with_read_buf(|buf| direct::is_v311(buf)) {
-                direct::serve_v3(io, ctx.clone()).await;
-                return Ok(());
+            // Each path boxed: the connection's future holds only its own.
+            match io.with_read_buf(|buf| direct::connect_level(buf)) {
+                Some(direct::LEVEL_311) => Box::pin(direct::serve_v3(io, ctx.clone())).await,
+                Some(direct::LEVEL_5) => return Box::pin(dispatched.call(io)).await,
+                // Not a CONNECT, not MQTT, or none within the connect timeout.
+                _ => {
+                    tracing::info!("MQTT handshake failed: no MQTT 3.1.1 or 5.0 CONNECT");
+                    let _ = ntex::time::timeout(Millis(1_000), io.shutdown()).await;
+                }
             }
-            dispatched.call(io).await
+            Ok(())
         }))
     })
 }
 
-/// One MQTT service for both protocol levels, over any transport.
-#[allow(clippy::type_complexity, reason = "the v3/v5 service types are unnameable")]
+/// MQTT 5.0 on ntex-mqtt's dispatcher, over any transport.
 fn mqtt_service(
     ctx: Ctx,
-) -> ntex_mqtt::MqttServer<
-    impl ServiceFactory<IoBoxed, SharedCfg, Response = (), Error = MqttError<ConnError>, InitError = ()>,
-    impl ServiceFactory<IoBoxed, SharedCfg, Response = (), Error = MqttError<ConnError>, InitError = ()>,
-    ConnError,
-    (),
-> {
-    let c3 = ctx.clone();
+) -> impl ServiceFactory<IoBoxed, SharedCfg, Response = (), Error = MqttError<ConnError>, InitError = ()>
+{
     let c5 = ctx;
-    ntex_mqtt::MqttServer::new()
-        .v3(ntex_mqtt::v3::MqttServer::new(async move |h| v3::handshake(&c3, h).await)
-            .control(v3::control_factory())
-            .protocol(v3::protocol_factory())
-            .middleware(qos2::InboundQos2V3)
-            .middleware(unexpected::UnexpectedV3)
-            .middleware(acks::InOrderV3)
-            .publish(v3::publish_factory()))
-        .v5(ntex_mqtt::v5::MqttServer::new(async move |h| v5::handshake(&c5, h).await)
-            .control(v5::control_factory())
-            .protocol(v5::protocol_factory())
-            .middleware(qos2::InboundQos2V5)
-            .middleware(pump::RefusedReceiptsV5)
-            .middleware(unexpected::UnexpectedV5)
-            .middleware(acks::InOrderV5)
-            .publish(v5::publish_factory()))
+    ntex_mqtt::v5::MqttServer::new(async move |h| v5::handshake(&c5, h).await)
+        .control(v5::control_factory())
+        .protocol(v5::protocol_factory())
+        .middleware(qos2::InboundQos2V5)
+        .middleware(pump::RefusedReceiptsV5)
+        .middleware(unexpected::UnexpectedV5)
+        .middleware(acks::InOrderV5)
+        .publish(v5::publish_factory())
 }
 
 /// Connection-level failures our handlers did not already log.

@@ -1,5 +1,6 @@
-//! Per-connection state shared by the v3 and v5 handlers, and the steps both
-//! protocol levels take: open a session, check and route a publish, end.
+//! Per-connection state shared by the MQTT 5.0 handlers and the 3.1.1
+//! connection loop (`direct`), and the steps both protocol levels take: open
+//! a session, check and route a publish, end.
 //!
 //! A [`Conn`] lives on the ntex worker that accepted the connection (`!Send`);
 //! only `Send` broker calls leave it.
@@ -14,7 +15,7 @@ use std::time::{Instant, SystemTime};
 
 use ntex::io::IoRef;
 use ntex::util::{ByteString, Bytes};
-use ntex_mqtt::{v3, v5};
+use ntex_mqtt::v5;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::Deferred;
@@ -83,15 +84,6 @@ pub(super) struct Ctx {
     pub shutdown: CancellationToken,
     /// Open MQTT connections (sessions that passed CONNECT), for a graceful stop.
     pub open: Arc<AtomicUsize>,
-    /// MQTT 3.1.1 connections are served by `direct`'s loop.
-    pub direct: bool,
-}
-
-/// The outbound side of a connection, per protocol level.
-#[derive(Clone)]
-pub(super) enum Sink {
-    V3(v3::MqttSink),
-    V5(v5::MqttSink),
 }
 
 /// One connected client.
@@ -105,9 +97,9 @@ pub(super) struct ConnState {
     pub outbox: Arc<Outbox>,
     /// Outbound QoS 2 state shared by the pump and the `qos2` middleware.
     pub qos2_out: Rc<OutboundQos2>,
-    /// ntex-mqtt's sink; `None` for a connection served by `direct`,
-    /// which writes straight to its `Io`.
-    pub sink: Option<Sink>,
+    /// ntex-mqtt's sink (MQTT 5.0); `None` for a connection served by
+    /// `direct`, which writes straight to its `Io`.
+    pub sink: Option<v5::MqttSink>,
     pub io: IoRef,
     /// v5 "request problem information": reason strings only when asked.
     pub problem_info: bool,
@@ -180,7 +172,7 @@ pub(super) fn client_id(
 pub(super) async fn open(
     ctx: &Ctx,
     req: OpenRequest,
-    sink: Option<Sink>,
+    sink: Option<v5::MqttSink>,
     io: IoRef,
 ) -> Result<Opened, ConnectRefusal> {
     let broker = &ctx.broker;
@@ -418,16 +410,14 @@ impl ConnState {
     /// Close the connection; v5 clients are told why.
     pub(super) fn close(&self, err: ConnError) {
         match &self.sink {
-            Some(Sink::V3(s)) => s.close(),
-            Some(Sink::V5(s)) => s.close_with_reason(err.disconnect()),
+            Some(s) => s.close_with_reason(err.disconnect()),
             None => self.io.close(),
         }
     }
 
     pub(super) fn sink_open(&self) -> bool {
         match &self.sink {
-            Some(Sink::V3(s)) => s.is_open(),
-            Some(Sink::V5(s)) => s.is_open(),
+            Some(s) => s.is_open(),
             None => !self.io.is_closed(),
         }
     }

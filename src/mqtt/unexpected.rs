@@ -1,8 +1,9 @@
-//! Packets a connected client must never send, refused in front of
-//! ntex-mqtt 8.2.1's dispatchers, which would silently ignore them (a second
-//! CONNECT, CONNACK, SUBACK, UNSUBACK, PINGRESP) or answer them (a SUBSCRIBE
-//! or UNSUBSCRIBE without topic filters). Each is a protocol error: v5 gets
-//! DISCONNECT 0x82, 3.1.1 a closed connection.
+//! Packets a connected client must never send (a second CONNECT, CONNACK,
+//! SUBACK, UNSUBACK, PINGRESP, a SUBSCRIBE or UNSUBSCRIBE without topic
+//! filters): refused in front of ntex-mqtt 8.2.1's MQTT 5.0 dispatcher, which
+//! would silently ignore or answer them, and by the 3.1.1 loop (`direct`).
+//! Each is a protocol error: v5 gets DISCONNECT 0x82, 3.1.1 a closed
+//! connection.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -75,17 +76,6 @@ impl<S> Middleware<S, (SharedCfg, v5::Session<Conn>)> for UnexpectedV5 {
     }
 }
 
-/// The 3.1.1 middleware.
-pub(super) struct UnexpectedV3;
-
-impl<S> Middleware<S, (SharedCfg, v3::Session<Conn>)> for UnexpectedV3 {
-    type Service = UnexpectedService<S>;
-
-    fn create(&self, inner: S, (_, session): (SharedCfg, v3::Session<Conn>)) -> Self::Service {
-        UnexpectedService { inner, conn: (*session).clone() }
-    }
-}
-
 pub(super) struct UnexpectedService<S> {
     inner: S,
     conn: Conn,
@@ -100,15 +90,6 @@ impl Judged for v5::codec::Decoded {
     fn verdict(&self) -> Option<&'static str> {
         match self {
             v5::codec::Decoded::Packet(pkt, _) => v5_verdict(pkt),
-            _ => None,
-        }
-    }
-}
-
-impl Judged for v3::codec::Decoded {
-    fn verdict(&self) -> Option<&'static str> {
-        match self {
-            v3::codec::Decoded::Packet(pkt, _) => v3_verdict(pkt),
             _ => None,
         }
     }

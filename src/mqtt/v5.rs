@@ -20,7 +20,7 @@ use super::pump;
 use super::reason::{
     self, ConnError, ConnectRefusal, PublishRejection, SubscribeRefusal, V5Verdict,
 };
-use super::session::{self, Conn, Ctx, OpenRequest, Routed, Sink};
+use super::session::{self, Conn, Ctx, OpenRequest, Routed};
 use crate::broker::{DisconnectKind, ProtocolVersion, Submitted};
 use crate::domain::QoS;
 use crate::domain::WriteOp;
@@ -63,7 +63,7 @@ pub(super) async fn handshake(
         problem_info: pkt.request_problem_info,
     };
 
-    let opened = match session::open(ctx, req, Some(Sink::V5(h.sink())), h.io().get_ref()).await {
+    let opened = match session::open(ctx, req, Some(h.sink()), h.io().get_ref()).await {
         Ok(opened) => opened,
         Err(r) => return Ok(refuse(ctx, h, &raw_id, r)),
     };
@@ -471,7 +471,7 @@ pub(super) fn control_factory() -> impl ServiceFactory<
     fn_factory_with_config(async |session: v5::Session<Conn>| {
         // Created once per connection, after the CONNACK is written.
         let conn = (*session).clone();
-        pump::spawn(conn.clone(), Sink::V5(session.sink().clone()));
+        pump::spawn(conn.clone(), session.sink().clone());
         let control = fn_service({
             let conn = conn.clone();
             async move |msg| control(&conn, msg).await

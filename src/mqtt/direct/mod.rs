@@ -20,8 +20,9 @@ mod v3;
 
 pub(super) use v3::serve as serve_v3;
 
-/// MQTT 3.1.1's protocol level byte in CONNECT.
-const LEVEL_311: u8 = 4;
+/// The protocol level byte in CONNECT of MQTT 3.1.1 and 5.0.
+pub(super) const LEVEL_311: u8 = 4;
+pub(super) const LEVEL_5: u8 = 5;
 
 /// The protocol level of the CONNECT at the start of `buf`, when it is one
 /// and its header is complete (`connect_check` let it through).
@@ -36,11 +37,6 @@ pub(super) fn connect_level(buf: &[u8]) -> Option<u8> {
     (header[..6] == [0, 4, b'M', b'Q', b'T', b'T']).then_some(header[6])
 }
 
-/// Whether the CONNECT at the start of `buf` is MQTT 3.1.1.
-pub(super) fn is_v311(buf: &[u8]) -> bool {
-    connect_level(buf) == Some(LEVEL_311)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,10 +45,8 @@ mod tests {
     fn reads_the_protocol_level_of_a_connect() {
         let v311 = [0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'a'];
         assert_eq!(connect_level(&v311), Some(4));
-        assert!(is_v311(&v311));
         let v5 = [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b'a'];
         assert_eq!(connect_level(&v5), Some(5));
-        assert!(!is_v311(&v5));
         // Two-byte remaining length.
         let long = [0x10, 0x80, 0x01, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
         assert_eq!(connect_level(&long), Some(4));
