@@ -15,8 +15,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use futures::task::AtomicWaker;
 use tokio::sync::{Notify, oneshot};
 
 use super::ports::SharedDurability;
@@ -127,6 +129,9 @@ pub struct Outbox {
     // crosses an `.await`; the router and one pump are the only contenders.
     state: Mutex<State>,
     notify: Notify,
+    /// The waker of a consumer that polls ([`Outbox::poll_next`]); woken
+    /// with `notify`.
+    consumer: AtomicWaker,
     /// Publishers waiting for the queue to shrink under the bound.
     room: Notify,
     bound: usize,
@@ -168,6 +173,7 @@ impl Outbox {
                 pump_parked: false,
             }),
             notify: Notify::new(),
+            consumer: AtomicWaker::new(),
             room: Notify::new(),
             bound: bound.max(1),
             max_bytes: usize::MAX,
@@ -267,7 +273,7 @@ impl Outbox {
         drop(st);
         // Pumps enable their `Notified` before looking at the queue, so
         // waking current waiters cannot lose a delivery.
-        self.notify.notify_waiters();
+        self.wake_consumer();
         pushed
     }
 
@@ -306,7 +312,7 @@ impl Outbox {
             return;
         }
         drop(st);
-        self.notify.notify_waiters();
+        self.wake_consumer();
     }
 
     /// Resolves once the queue is under its bound again, or its consumer
@@ -405,7 +411,7 @@ impl Outbox {
         st.pump_parked = false;
         drop(st);
         // Wake a pump of an older connection so it sees it lost the session.
-        self.notify.notify_waiters();
+        self.wake_consumer();
     }
 
     /// The connection ended: requeue what it had in flight.
@@ -415,6 +421,8 @@ impl Outbox {
             requeue_inflight(&mut st);
             st.conn = None;
             drop(st);
+            // The ended connection's task is not kept alive by its waker.
+            drop(self.consumer.take());
             // Publishers waiting on this consumer stop waiting.
             self.room.notify_waiters();
         }
@@ -423,7 +431,7 @@ impl Outbox {
     /// Tell the pump of `conn` to close its connection.
     pub fn kick(&self, conn: ConnectionId, reason: KickReason) {
         self.lock().kicked = Some((conn, reason));
-        self.notify.notify_waiters();
+        self.wake_consumer();
     }
 
     /// Wait for deliveries for `conn`: appends up to `max` to `out`. QoS≥1
@@ -433,55 +441,92 @@ impl Outbox {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut st = self.lock();
-                if let Some((k, reason)) = st.kicked
-                    && k == conn
-                {
-                    return Next::Kicked(reason);
-                }
-                if st.conn != Some(conn) {
-                    // Another connection owns the session now.
-                    return Next::Kicked(KickReason::SessionTakenOver);
-                }
-                let now = Instant::now();
-                // Publishers only wait on a queue at its bound: wake them
-                // when this pull brings it under, not on every pull.
-                let was_full = st.queue.len() >= self.bound;
-                while out.len() < max {
-                    if !st.held.is_empty()
-                        && st.queue.front().is_some_and(|d| st.held.contains(&d.seq))
-                    {
-                        break;
-                    }
-                    let Some(d) = st.queue.pop_front() else { break };
-                    if d.msg.is_expired(now) {
-                        st.free_id(&d);
-                        self.stats.dropped_expired();
-                        self.forget(&d);
-                        continue;
-                    }
-                    if d.qos != QoS::AtMostOnce {
-                        st.inflight.insert(d.seq, d.clone());
-                    }
-                    out.push(d);
-                }
-                if !out.is_empty() {
-                    st.last_pull = now;
-                    st.pump_parked = false;
-                    let freed = was_full && st.queue.len() < self.bound;
-                    drop(st);
-                    if freed {
-                        self.room.notify_waiters();
-                    }
-                    return Next::Ready;
-                }
-                // Nothing waiting: an idle consumer is not a stalled one.
-                st.last_pull = now;
-                st.pump_parked = true;
+            if let Some(next) = self.take(conn, out, max, None) {
+                return next;
             }
             notified.await;
         }
+    }
+
+    fn wake_consumer(&self) {
+        self.notify.notify_waiters();
+        self.consumer.wake();
+    }
+
+    /// [`Outbox::next`] for a consumer that polls (a connection's own loop):
+    /// no future to keep between polls, only the waker of the one consumer.
+    pub fn poll_next(
+        &self,
+        cx: &mut Context<'_>,
+        conn: ConnectionId,
+        out: &mut Vec<Delivery>,
+        max: usize,
+    ) -> Poll<Next> {
+        match self.take(conn, out, max, Some(cx.waker())) {
+            Some(next) => Poll::Ready(next),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Take up to `max` deliveries for `conn`; `None` when there are none
+    /// (the consumer waits). `waker`: a polling consumer's, registered
+    /// only while `conn` is the session's connection (a kicked one must not
+    /// take its successor's wake-ups) and before the look, so that a push
+    /// after it wakes the consumer.
+    fn take(
+        &self,
+        conn: ConnectionId,
+        out: &mut Vec<Delivery>,
+        max: usize,
+        waker: Option<&Waker>,
+    ) -> Option<Next> {
+        let mut st = self.lock();
+        if let Some((k, reason)) = st.kicked
+            && k == conn
+        {
+            return Some(Next::Kicked(reason));
+        }
+        if st.conn != Some(conn) {
+            // Another connection owns the session now.
+            return Some(Next::Kicked(KickReason::SessionTakenOver));
+        }
+        if let Some(waker) = waker {
+            self.consumer.register(waker);
+        }
+        let now = Instant::now();
+        // Publishers only wait on a queue at its bound: wake them
+        // when this pull brings it under, not on every pull.
+        let was_full = st.queue.len() >= self.bound;
+        while out.len() < max {
+            if !st.held.is_empty() && st.queue.front().is_some_and(|d| st.held.contains(&d.seq)) {
+                break;
+            }
+            let Some(d) = st.queue.pop_front() else { break };
+            if d.msg.is_expired(now) {
+                st.free_id(&d);
+                self.stats.dropped_expired();
+                self.forget(&d);
+                continue;
+            }
+            if d.qos != QoS::AtMostOnce {
+                st.inflight.insert(d.seq, d.clone());
+            }
+            out.push(d);
+        }
+        if !out.is_empty() {
+            st.last_pull = now;
+            st.pump_parked = false;
+            let freed = was_full && st.queue.len() < self.bound;
+            drop(st);
+            if freed {
+                self.room.notify_waiters();
+            }
+            return Some(Next::Ready);
+        }
+        // Nothing waiting: an idle consumer is not a stalled one.
+        st.last_pull = now;
+        st.pump_parked = true;
+        None
     }
 
     /// The delivery `seq` is done: PUBACK, a refusing v5 PUBREC (which ends

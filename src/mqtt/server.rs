@@ -285,9 +285,14 @@ fn mqtt_over<F: Filter>(
         let (admission, stats, ctx) = (admission.clone(), stats.clone(), ctx.clone());
         Ok::<_, ()>(fn_service(async move |io: Io<F>| {
             let io = IoBoxed::from(io.add_filter(WholePackets::new(max_packet)));
-            let Some(_permit) = admission.admit(&io).await else { return Ok(()) };
-            let io = connect_check::check(io, &stats, max_packet).await?;
-            // Each path boxed: the connection's future holds only its own.
+            // Boxed, as each path below: what a step waits with is freed
+            // when it is done, not kept in the connection's future.
+            let admitted = Box::pin(async {
+                let permit = admission.admit(&io).await?;
+                let io = connect_check::check(io, &stats, max_packet).await.ok()?;
+                Some((io, permit))
+            });
+            let Some((io, _permit)) = admitted.await else { return Ok(()) };
             match io.with_read_buf(|buf| direct::connect_level(buf)) {
                 Some(direct::LEVEL_311) => Box::pin(direct::serve_v3(io, ctx.clone())).await,
                 Some(direct::LEVEL_5) => return Box::pin(dispatched.call(io)).await,

@@ -9,6 +9,7 @@
 //! read either. Deliveries go out up to `limits.max_inflight` unacknowledged
 //! QoS ≥ 1 messages, in batches of [`BATCH`] per look at the outbox.
 
+use std::future::poll_fn;
 use std::io;
 use std::num::NonZeroU16;
 use std::panic::AssertUnwindSafe;
@@ -53,6 +54,21 @@ pub(in crate::mqtt) async fn serve(io: IoBoxed, ctx: Ctx) {
 }
 
 async fn run(io: &IoBoxed, ctx: Ctx) {
+    // The handshake's state (the CONNECT, authentication, opening the
+    // session) lives in a box of its own, gone once the session is open:
+    // the connection's future keeps only the loop's.
+    let Some(mut connection) = Box::pin(open(io, &ctx)).await else { return };
+    let span = connection.conn.span.clone();
+    async move {
+        let end = connection.serve().await;
+        connection.end(end);
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Read the CONNECT and answer it; the connection, once it is accepted.
+async fn open<'a>(io: &'a IoBoxed, ctx: &Ctx) -> Option<Connection<'a>> {
     let limits = ctx.broker.limits();
     let codec = Codec::new();
     codec.set_max_size(limits.max_packet_bytes);
@@ -65,41 +81,31 @@ async fn run(io: &IoBoxed, ctx: Ctx) {
         Ok(Some(Decoded::Packet(Packet::Connect(connect), _))) => connect,
         Ok(Some(_)) => {
             tracing::info!("MQTT handshake failed: the first packet is not CONNECT");
-            return;
+            return None;
         }
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(Either::Left(e)) => {
             tracing::info!({ ERROR_MESSAGE } = %e, "MQTT handshake failed");
-            return;
+            return None;
         }
         Err(Either::Right(e)) if e.kind() == io::ErrorKind::TimedOut => {
             tracing::debug!("MQTT handshake timed out");
-            return;
+            return None;
         }
-        Err(Either::Right(_)) => return,
+        Err(Either::Right(_)) => return None,
     };
     let keep_alive = keep_alive(connect.keep_alive);
-    let Some(conn) = handshake(&ctx, io, &codec, *connect).await else { return };
+    let conn = handshake(ctx, io, &codec, *connect).await?;
     io.start_timer(keep_alive);
-
-    let span = conn.span.clone();
-    let max_inflight = usize::from(limits.max_inflight);
-    let receive_max = usize::from(limits.receive_maximum).max(1);
-    let mut connection = Connection {
-        flows: Flows::new(conn.outbox.clone(), max_inflight),
+    Some(Connection {
+        flows: Flows::new(conn.outbox.clone(), usize::from(limits.max_inflight)),
         conn,
         io,
         codec,
         keep_alive,
         answers: Answers::new(),
-        receive_max,
-    };
-    async move {
-        let end = connection.serve().await;
-        connection.end(end);
-    }
-    .instrument(span)
-    .await;
+        receive_max: usize::from(limits.receive_maximum).max(1),
+    })
 }
 
 /// ntex-mqtt's rule, kept: 1.5 × the client's keep-alive, none for 0.
@@ -207,22 +213,21 @@ impl Connection<'_> {
         // Grows on the first deliveries and keeps its capacity after: an
         // idle connection, most of them, never holds a batch.
         let mut batch: Vec<Delivery> = Vec::new();
-        let mut none: Vec<Delivery> = Vec::new();
 
         loop {
             let backpressure = self.io.is_wr_backpressure();
             let max = if backpressure { 0 } else { self.flows.credit().min(BATCH) };
             let room = self.conn.broker.has_room();
             let reading = room && self.answers.len() < self.receive_max;
-            let outbox = self.conn.outbox.clone();
             let step = tokio::select! {
                 biased;
                 () = &mut cancelled => Err(End::Close(reason::shutting_down())),
                 answer = self.answers.next(), if !self.answers.is_empty() => self.answered(answer),
-                next = outbox.next(self.conn.conn, &mut batch, max), if max > 0 => {
+                // With `max` 0 (no credit, or the client reads too slowly)
+                // this only waits for a kick.
+                next = poll_fn(|cx| self.conn.outbox.poll_next(cx, self.conn.conn, &mut batch, max)) => {
                     self.deliver(next, &mut batch)
                 }
-                next = outbox.next(self.conn.conn, &mut none, 0), if max == 0 => kicked(next),
                 flushed = self.io.flush(false), if backpressure => flushed.map_err(|_| End::Gone),
                 () = self.conn.broker.room(), if !room => Ok(()),
                 received = self.io.recv(&self.codec), if reading => self.received(received),
