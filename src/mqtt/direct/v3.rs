@@ -43,6 +43,8 @@ use crate::telemetry::names::{
 
 /// Deliveries taken from the outbox per look.
 const BATCH: usize = 64;
+/// Loop steps between looks at the server's shutdown while busy.
+const SHUTDOWN_CHECK: u32 = 256;
 /// How long a closing connection gets to flush what it has written.
 const CLOSE_FLUSH: Millis = Millis(1_000);
 
@@ -213,15 +215,23 @@ impl Connection<'_> {
         // Grows on the first deliveries and keeps its capacity after: an
         // idle connection, most of them, never holds a batch.
         let mut batch: Vec<Delivery> = Vec::new();
+        let mut steps = 0u32;
 
         loop {
             let backpressure = self.io.is_wr_backpressure();
             let max = if backpressure { 0 } else { self.flows.credit().min(BATCH) };
             let room = self.conn.broker.has_room();
             let reading = room && self.answers.len() < self.receive_max;
+            // The shutdown wait is polled last: each poll takes the lock of
+            // the token every connection shares, so it is polled when
+            // nothing else is ready (and registered whenever the loop
+            // sleeps), and looked at every `SHUTDOWN_CHECK` steps under load.
+            steps = steps.wrapping_add(1);
+            if steps.is_multiple_of(SHUTDOWN_CHECK) && shutdown.is_cancelled() {
+                return End::Close(reason::shutting_down());
+            }
             let step = tokio::select! {
                 biased;
-                () = &mut cancelled => Err(End::Close(reason::shutting_down())),
                 answer = self.answers.next(), if !self.answers.is_empty() => self.answered(answer),
                 // With `max` 0 (no credit, or the client reads too slowly)
                 // this only waits for a kick.
@@ -231,6 +241,7 @@ impl Connection<'_> {
                 flushed = self.io.flush(false), if backpressure => flushed.map_err(|_| End::Gone),
                 () = self.conn.broker.room(), if !room => Ok(()),
                 received = self.io.recv(&self.codec), if reading => self.received(received),
+                () = &mut cancelled => Err(End::Close(reason::shutting_down())),
             };
             if let Err(end) = step {
                 return end;
