@@ -222,6 +222,19 @@ async fn a_second_v3_connect_closes_the_connection() {
 }
 
 #[tokio::test]
+async fn v3_acknowledgements_for_deliveries_never_sent_close_the_connection() {
+    let app = spawn_app().await;
+    // PUBACK, PUBREC and PUBCOMP for packet id 7, which the broker never
+    // used on this connection: each is a protocol error.
+    for (n, ack) in [[0x40, 2, 0, 7], [0x50, 2, 0, 7], [0x70, 2, 0, 7]].iter().enumerate() {
+        let (mut conn, _) = RawConn::connect_v3(app.mqtt_addr, &format!("acks-{n}"), true).await;
+        conn.send_bytes(ack).await;
+        assert_closed_quietly(&mut conn).await;
+    }
+    assert_still_serves(&app).await;
+}
+
+#[tokio::test]
 async fn a_topic_that_is_not_utf8_is_malformed_0x81_and_not_delivered() {
     let app = spawn_app().await;
     let mut w = watcher(&app).await;

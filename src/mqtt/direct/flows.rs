@@ -14,7 +14,7 @@ use std::sync::Arc;
 use ntex::util::HashMap;
 
 use crate::broker::Outbox;
-use crate::domain::{Delivery, QoS, StoreError};
+use crate::domain::{Delivery, QoS};
 use crate::telemetry::names::MQTT_TOPIC;
 
 pub(super) struct Flows {
@@ -39,8 +39,9 @@ enum Flow {
 
 /// What a PUBREC asks for.
 pub(super) enum Receipt {
-    /// Store that the message arrived, then send PUBREL.
-    Store(std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>>>>),
+    /// Store that the delivery with this outbox sequence number arrived
+    /// ([`Outbox::outgoing_qos2_received_durably`]), then send PUBREL.
+    Store(u64),
     /// Send PUBREL (again).
     Release,
     /// Nothing: its PUBREL is on its way.
@@ -108,10 +109,7 @@ impl Flows {
         match *flow {
             Flow::Rec(seq) => {
                 *flow = Flow::Releasing;
-                let outbox = self.outbox.clone();
-                Some(Receipt::Store(Box::pin(async move {
-                    outbox.outgoing_qos2_received_durably(seq, id.get()).await
-                })))
+                Some(Receipt::Store(seq))
             }
             Flow::Releasing => Some(Receipt::Nothing),
             Flow::Comp => Some(Receipt::Release),
@@ -197,9 +195,9 @@ mod tests {
         let id = flows.send(&d).unwrap();
         assert!(!flows.acked(id), "a PUBACK for a QoS 2 delivery");
         assert!(!flows.completed(id), "PUBCOMP before PUBREL");
-        let Some(Receipt::Store(stored)) = flows.received(id) else { panic!("not stored") };
+        let Some(Receipt::Store(seq)) = flows.received(id) else { panic!("not stored") };
         assert!(matches!(flows.received(id), Some(Receipt::Nothing)), "PUBREC again");
-        stored.now_or_never().unwrap().unwrap();
+        outbox.outgoing_qos2_received_durably(seq, id.get()).now_or_never().unwrap().unwrap();
         assert_eq!(outbox.pending_releases(), vec![id.get()]);
         flows.released(id);
         assert!(matches!(flows.received(id), Some(Receipt::Release)), "PUBREC after PUBREL");
@@ -215,8 +213,8 @@ mod tests {
         let mut flows = Flows::new(outbox.clone(), 4);
         let d = delivery(&outbox, QoS::ExactlyOnce);
         let id = flows.send(&d).unwrap();
-        let Some(Receipt::Store(stored)) = flows.received(id) else { panic!("not stored") };
-        stored.now_or_never().unwrap().unwrap();
+        let Some(Receipt::Store(seq)) = flows.received(id) else { panic!("not stored") };
+        outbox.outgoing_qos2_received_durably(seq, id.get()).now_or_never().unwrap().unwrap();
 
         let mut next = Flows::new(outbox.clone(), 4);
         assert_eq!(next.resume(), vec![id]);

@@ -293,7 +293,7 @@ impl Connection<'_> {
 
     fn deliver(&mut self, next: Next, batch: &mut Vec<Delivery>) -> Result<(), End> {
         kicked(next)?;
-        let stats = self.conn.broker.stats().clone();
+        let stats = self.conn.broker.stats();
         for d in batch.drain(..) {
             let packet_id = match d.qos {
                 QoS::AtMostOnce => None,
@@ -410,10 +410,11 @@ impl Connection<'_> {
                 }
             }
             Packet::PublishReceived { packet_id } => match self.flows.received(packet_id) {
-                Some(Receipt::Store(stored)) => {
+                Some(Receipt::Store(seq)) => {
                     let span = self.conn.span.clone();
+                    let outbox = self.conn.outbox.clone();
                     self.answers.later(async move {
-                        match stored.await {
+                        match outbox.outgoing_qos2_received_durably(seq, packet_id.get()).await {
                             Ok(()) => Ok(Some(Packet::PublishRelease { packet_id })),
                             Err(e) => {
                                 tracing::error!(
