@@ -332,6 +332,9 @@ pub(crate) enum Command {
     Revoke(Revocation, oneshot::Sender<usize>),
     /// Hold a dead instance's session (offline) and its will.
     Adopt(Box<Adoption>),
+    /// Kick every attached connection (server shutting down); the router
+    /// goes on until `Shutdown`.
+    KickAll,
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -626,6 +629,12 @@ impl BrokerHandle {
     pub async fn adopt(&self, adoption: Adoption) -> Result<(), PublishError> {
         self.room().await;
         self.send(Command::Adopt(Box::new(adoption)))
+    }
+
+    /// Ask the router to kick every attached connection (server shutting
+    /// down) and go on: the first step of a graceful stop.
+    pub fn kick_all(&self) {
+        let _ = self.send(Command::KickAll);
     }
 
     /// Ask the router to kick every connection, flush and stop.

@@ -404,6 +404,7 @@ impl Router {
                 let _ = reply.send(self.revoke(&what));
             }
             Command::Adopt(adoption) => self.adopt(*adoption),
+            Command::KickAll => self.kick_all(),
             Command::Shutdown(reply) => {
                 self.shutdown(reply);
                 return true;
@@ -1609,12 +1610,16 @@ impl Router {
         }
     }
 
-    fn shutdown(&mut self, reply: oneshot::Sender<()>) {
+    fn kick_all(&self) {
         for session in self.sessions.values() {
             if let Some(conn) = session.conn {
                 session.outbox.kick(conn, KickReason::ServerShuttingDown);
             }
         }
+    }
+
+    fn shutdown(&mut self, reply: oneshot::Sender<()>) {
+        self.kick_all();
         // Reply once everything queued so far is committed.
         let writer = self.writer.clone();
         tokio::spawn(async move {

@@ -101,9 +101,8 @@ pub(super) async fn check(io: IoBoxed, stats: &Stats, max_packet: u32) -> Result
 }
 
 /// The verdict on the first packet in `buf`: `None` when it is not complete
-/// yet (the framing layer releases whole packets up to `max_packet` bytes),
-/// `Some(None)` to let
-/// it through, `Some(Some(_))` to refuse it.
+/// yet (a CONNECT over `max_packet` bytes is not waited for), `Some(None)`
+/// to let it through, `Some(Some(_))` to refuse it.
 pub(super) fn verdict(buf: &[u8], max_packet: u32) -> Option<Option<Refusal>> {
     let (&first, rest) = buf.split_first()?;
     if first != 0x10 {

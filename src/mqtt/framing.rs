@@ -28,8 +28,10 @@
 use std::cell::Cell;
 use std::io;
 
+use ntex::codec::{Decoder, Encoder};
 use ntex::io::{FilterBuf, FilterLayer};
-use ntex::util::BytesMut;
+use ntex::util::{BytePages, BytesMut};
+use ntex_mqtt::error::DecodeError;
 
 /// A fixed header whose remaining length has a fifth byte: ntex-mqtt's
 /// decoder fails on it at once (`DecodeError::InvalidLength`, a malformed
@@ -127,9 +129,6 @@ enum Scan {
     Malformed { at: usize, why: &'static str },
 }
 
-/// Walk the whole packets at the start of `bytes`, learning the protocol
-/// level from a CONNECT and checking each PUBLISH's header against its
-/// length.
 /// Writes through a layer that only looks at reads: handed down as they are.
 pub(super) fn pass_writes(buf: &FilterBuf<'_>) -> io::Result<()> {
     buf.with_write_buffers(|ours, below| {
@@ -144,44 +143,115 @@ pub(super) fn pass_writes(buf: &FilterBuf<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Walk the whole packets at the start of `bytes`, learning the protocol
+/// level from a CONNECT and checking each PUBLISH's header against its
+/// length.
 fn scan(bytes: &[u8], max_packet: u32, level: &mut Level) -> Scan {
     let mut at = 0;
     while at < bytes.len() {
-        let first = bytes[at];
-        if !plausible_first_byte(first) {
-            return Scan::Ready(bytes.len());
+        match first_packet(&bytes[at..], max_packet, level) {
+            First::Whole(len) => at += len,
+            First::Incomplete => return Scan::Ready(at),
+            First::Refused => return Scan::Ready(bytes.len()),
+            First::Malformed(why) => return Scan::Malformed { at, why },
         }
-        let Some(header) = bytes.get(at + 1..) else { return Scan::Ready(at) };
-        let (remaining, len_bytes) = match var_int(header) {
-            VarInt::Value(v, n) => (v, n),
-            VarInt::Incomplete => return Scan::Ready(at),
-            VarInt::Malformed => return Scan::Ready(bytes.len()),
-        };
-        let total = 1 + len_bytes as u64 + u64::from(remaining);
-        if total > u64::from(max_packet) {
-            return Scan::Ready(bytes.len());
-        }
-        if ((bytes.len() - at) as u64) < total {
-            return Scan::Ready(at);
-        }
-        let body = &bytes[at + 1 + len_bytes..at + total as usize];
-        match first >> 4 {
-            1 if *level == Level::Unknown => *level = connect_level(body),
-            3 => {
-                if let Err(why) = publish_header_fits(body, first, *level) {
-                    return Scan::Malformed { at, why };
-                }
-            }
-            8 => {
-                if let Err(why) = subscription_options_valid(body, *level) {
-                    return Scan::Malformed { at, why };
-                }
-            }
-            _ => {}
-        }
-        at += total as usize;
     }
     Scan::Ready(at)
+}
+
+/// What the packet at the start of some bytes is to the codec.
+#[derive(Debug, PartialEq, Eq)]
+enum First {
+    /// Whole and fit to decode; this many bytes long.
+    Whole(usize),
+    /// Not all there yet.
+    Incomplete,
+    /// The codec refuses it as soon as it sees it (a bad fixed header, an
+    /// oversized packet, not MQTT at all): nothing to wait for.
+    Refused,
+    /// Whole, but one the codec would mishandle.
+    Malformed(&'static str),
+}
+
+/// Look at the packet at the start of `bytes` (not empty), learning the
+/// protocol level from a CONNECT and checking a PUBLISH's header against
+/// its length.
+fn first_packet(bytes: &[u8], max_packet: u32, level: &mut Level) -> First {
+    let first = bytes[0];
+    if !plausible_first_byte(first) {
+        return First::Refused;
+    }
+    let (remaining, len_bytes) = match var_int(&bytes[1..]) {
+        VarInt::Value(v, n) => (v, n),
+        VarInt::Incomplete => return First::Incomplete,
+        VarInt::Malformed => return First::Refused,
+    };
+    let total = 1 + len_bytes as u64 + u64::from(remaining);
+    if total > u64::from(max_packet) {
+        return First::Refused;
+    }
+    if (bytes.len() as u64) < total {
+        return First::Incomplete;
+    }
+    let body = &bytes[1 + len_bytes..total as usize];
+    let checked = match first >> 4 {
+        1 if *level == Level::Unknown => {
+            *level = connect_level(body);
+            Ok(())
+        }
+        3 => publish_header_fits(body, first, *level),
+        8 => subscription_options_valid(body, *level),
+        _ => Ok(()),
+    };
+    match checked {
+        Ok(()) => First::Whole(total as usize),
+        Err(why) => First::Malformed(why),
+    }
+}
+
+/// A decoder for a connection read without [`WholePackets`] (MQTT 3.1.1 on
+/// the connection loop): it hands `codec` one whole packet at a time and
+/// refuses, as malformed, the packets that layer would replace.
+pub(super) struct Whole<C> {
+    codec: C,
+    max_packet: u32,
+    level: Level,
+}
+
+impl<C> Whole<C> {
+    /// For a connection whose CONNECT asked for `level`.
+    pub(super) fn new(codec: C, max_packet: u32, level: Level) -> Self {
+        Self { codec, max_packet, level }
+    }
+}
+
+impl<C: Encoder> Encoder for Whole<C> {
+    type Item = C::Item;
+    type Error = C::Error;
+
+    fn encodev(&self, item: C::Item, dst: &mut BytePages) -> Result<(), C::Error> {
+        self.codec.encodev(item, dst)
+    }
+}
+
+impl<C: Decoder<Error = DecodeError>> Decoder for Whole<C> {
+    type Item = C::Item;
+    type Error = DecodeError;
+
+    fn decode(&self, src: &mut BytesMut) -> Result<Option<C::Item>, DecodeError> {
+        if src.is_empty() {
+            return Ok(None);
+        }
+        let mut level = self.level;
+        match first_packet(src, self.max_packet, &mut level) {
+            First::Incomplete => Ok(None),
+            First::Whole(_) | First::Refused => self.codec.decode(src),
+            First::Malformed(why) => {
+                tracing::debug!(level = ?self.level, "malformed packet refused: {why}");
+                Err(DecodeError::MalformedPacket)
+            }
+        }
+    }
 }
 
 /// The level a CONNECT asks for, as ntex-mqtt tells them apart.
@@ -433,6 +503,44 @@ mod tests {
         let codec = ntex_mqtt::v3::codec::Codec::new();
         let err = codec.decode(&mut BytesMut::from(&MALFORMED[..])).unwrap_err();
         assert!(!matches!(err, DecodeError::MaxSizeExceeded { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn the_loop_decoder_takes_one_whole_packet_at_a_time_and_refuses_what_the_layer_replaces() {
+        use ntex_mqtt::v3::codec::{Codec, Decoded, Packet};
+
+        let codec = Codec::new();
+        codec.set_min_chunk_size(1 << 20);
+        let frames = Whole::new(codec, 1 << 20, Level::V3);
+        // A QoS 1 PUBLISH split inside its payload, then a PINGREQ.
+        let mut stream = vec![0x32, 8, 0, 1, b'a', 0, 9, b'x', b'y', b'z', 0xc0, 0];
+        let mut buf = BytesMut::from(&stream[..6]);
+        assert!(frames.decode(&mut buf).unwrap().is_none(), "a partial packet waits");
+        buf.extend_from_slice(&stream[6..]);
+        match frames.decode(&mut buf).unwrap() {
+            Some(Decoded::Publish(p, payload, _)) => {
+                assert_eq!((p.topic.as_ref(), &payload[..]), ("a", &b"xyz"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            frames.decode(&mut buf),
+            Ok(Some(Decoded::Packet(Packet::PingRequest, _)))
+        ));
+        assert!(frames.decode(&mut buf).unwrap().is_none());
+
+        // A header longer than the packet, and reserved SUBSCRIBE bits.
+        for bad in [&[0x30, 3, 0, 10, b'a'][..], b"\x82\x08\x00\x07\x00\x03a/b\xc1"] {
+            let err = frames.decode(&mut BytesMut::from(bad)).unwrap_err();
+            assert_eq!(err, DecodeError::MalformedPacket, "{bad:?}");
+        }
+        // Announced over the limit: the codec refuses it without waiting.
+        let small = Codec::new();
+        small.set_max_size(100);
+        let frames = Whole::new(small, 100, Level::V3);
+        stream = vec![0x30, 0xe8, 0x07, 0, 1];
+        let err = frames.decode(&mut BytesMut::from(&stream[..])).unwrap_err();
+        assert!(matches!(err, DecodeError::MaxSizeExceeded { .. }), "{err:?}");
     }
 
     #[test]

@@ -35,31 +35,29 @@ pub enum Level {
 /// Decode `reads` (successive socket reads) at `level` under `limits` and
 /// handle every packet; returns how many packets decoded.
 ///
-/// The bytes take the server's path: the framing layer (whole packets only,
-/// a malformed PUBLISH header replaced by bytes the codec refuses), the
-/// checks on the raw CONNECT, then ntex-mqtt's codec.
+/// The bytes take the server's path: the checks on the raw CONNECT, then
+/// ntex-mqtt's codec behind whole-packet framing (at 5.0 the framing layer,
+/// which replaces a malformed PUBLISH header by bytes the codec refuses; at
+/// 3.1.1 the connection loop's decoder, which refuses it).
 pub fn inbound(level: Level, reads: &[&[u8]], limits: &BrokerLimits) -> usize {
     let steps = Steps::new(limits);
-    let framing = WholePackets::at_level(
-        limits.max_packet_bytes,
-        match level {
-            Level::V3 => framing::Level::V3,
-            Level::V5 => framing::Level::V5,
-        },
-    );
     let max = limits.max_packet_bytes;
     match level {
+        // The connection loop reads without the framing layer: its decoder
+        // makes the same checks, packet by packet.
         Level::V3 => {
             let codec = v3::codec::Codec::new();
-            codec.set_max_size(limits.max_packet_bytes);
-            codec.set_min_chunk_size(limits.max_packet_bytes);
-            decode_all(&codec, &framing, max, reads, |d| steps.v3(d))
+            codec.set_max_size(max);
+            codec.set_min_chunk_size(max);
+            let codec = framing::Whole::new(codec, max, framing::Level::V3);
+            decode_all(&codec, None, max, reads, |d| steps.v3(d))
         }
         Level::V5 => {
+            let framing = WholePackets::at_level(max, framing::Level::V5);
             let codec = v5::codec::Codec::new();
-            codec.set_max_inbound_size(limits.max_packet_bytes);
-            codec.set_min_chunk_size(limits.max_packet_bytes);
-            decode_all(&codec, &framing, max, reads, |d| steps.v5(d))
+            codec.set_max_inbound_size(max);
+            codec.set_min_chunk_size(max);
+            decode_all(&codec, Some(&framing), max, reads, |d| steps.v5(d))
         }
     }
 }
@@ -99,7 +97,7 @@ impl Item for v5::codec::Decoded {
 
 fn decode_all<C>(
     codec: &C,
-    framing: &WholePackets,
+    framing: Option<&WholePackets>,
     max_packet: u32,
     reads: &[&[u8]],
     mut handle: impl FnMut(C::Item),
@@ -113,8 +111,13 @@ where
     let mut read_buf = BytesMut::new();
     let mut buf = BytesMut::new();
     for read in reads {
-        read_buf.extend_from_slice(read);
-        framing.release(&mut read_buf, &mut buf);
+        match framing {
+            Some(framing) => {
+                read_buf.extend_from_slice(read);
+                framing.release(&mut read_buf, &mut buf);
+            }
+            None => buf.extend_from_slice(read),
+        }
         if !checked {
             match connect_check::verdict(&buf, max_packet) {
                 None => continue,

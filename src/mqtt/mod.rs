@@ -86,4 +86,6 @@ pub struct MqttServer {
     shutdown: CancellationToken,
     /// Open connections, to wait for them to close at stop.
     open: Arc<AtomicUsize>,
+    /// Kicks the attached connections at stop.
+    broker: crate::broker::BrokerHandle,
 }

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use ntex::http::body::BodySize;
 use ntex::http::header::{SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
 use ntex::http::{HttpService, Request, RequestHead, Response, StatusCode, h1};
-use ntex::io::{Filter, Io, IoBoxed, IoConfig, Layer};
+use ntex::io::{Filter, Io, IoBoxed, IoConfig, Layer, Sealed};
 use ntex::service::cfg::SharedCfgBuilder;
 use ntex::service::{
     Pipeline, Service, ServiceFactory, chain_factory, fn_factory_with_config, fn_service,
@@ -98,13 +98,22 @@ impl MqttServer {
             .context("the mapcast-mqtt thread exited while starting")?
             .context("cannot start the MQTT server")?;
         tracing::info!(workers, "MQTT server started");
-        Ok(Self { server, thread: Some(thread), shutdown: ctx.shutdown, open: ctx.open })
+        Ok(Self {
+            server,
+            thread: Some(thread),
+            shutdown: ctx.shutdown,
+            open: ctx.open,
+            broker: ctx.broker,
+        })
     }
 
     /// Stop accepting, close connections gracefully, join the thread (bounded wait).
     pub async fn stop(mut self) {
-        // Every pump sends DISCONNECT "server shutting down" and closes.
+        // Every MQTT 5.0 pump sends DISCONNECT "server shutting down" and
+        // closes; 3.1.1 connection loops, which keep no wait on the token,
+        // are kicked by the router (and look at the token when they start).
         self.shutdown.cancel();
+        self.broker.kick_all();
         let deadline = Instant::now() + CLOSE_GRACE;
         while self.open.load(Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -265,11 +274,11 @@ fn service_config(limits: &BrokerLimits) -> MqttServiceConfig {
         .set_connect_timeout(CONNECT_TIMEOUT)
 }
 
-/// The MQTT service over one transport: whole packets only (`framing`),
-/// admission (connection cap and connect rate), the checks on the raw
-/// CONNECT (`connect_check`), then the protocol: MQTT 3.1.1 on `direct`'s
-/// connection loop, MQTT 5.0 on ntex-mqtt's dispatcher with connection
-/// errors logged; anything else is closed.
+/// The MQTT service over one transport: admission (connection cap and
+/// connect rate), the checks on the raw CONNECT (`connect_check`), then the
+/// protocol: MQTT 3.1.1 on `direct`'s connection loop, MQTT 5.0 on
+/// ntex-mqtt's dispatcher behind the framing layer (whole packets only,
+/// `framing`) with connection errors logged; anything else is closed.
 /// The admission permit lives as long as the connection.
 fn mqtt_over<F: Filter>(
     ctx: Ctx,
@@ -284,7 +293,7 @@ fn mqtt_over<F: Filter>(
         let dispatched = Pipeline::new(dispatched.create(cfg).await?);
         let (admission, stats, ctx) = (admission.clone(), stats.clone(), ctx.clone());
         Ok::<_, ()>(fn_service(async move |io: Io<F>| {
-            let io = IoBoxed::from(io.add_filter(WholePackets::new(max_packet)));
+            let io = IoBoxed::from(io);
             // Boxed, as each path below: what a step waits with is freed
             // when it is done, not kept in the connection's future.
             let admitted = Box::pin(async {
@@ -294,8 +303,14 @@ fn mqtt_over<F: Filter>(
             });
             let Some((io, _permit)) = admitted.await else { return Ok(()) };
             match io.with_read_buf(|buf| direct::connect_level(buf)) {
-                Some(direct::LEVEL_311) => Box::pin(direct::serve_v3(io, ctx.clone())).await,
-                Some(direct::LEVEL_5) => return Box::pin(dispatched.call(io)).await,
+                // The loop frames packets itself; the dispatcher needs the
+                // framing layer (see `framing`).
+                Some(direct::LEVEL_311) => Box::pin(direct::serve_v3(io, &ctx)).await,
+                Some(direct::LEVEL_5) => {
+                    let io = Io::<Sealed>::from(io).add_filter(WholePackets::new(max_packet));
+                    let io = IoBoxed::from(io);
+                    return Box::pin(dispatched.call(io)).await;
+                }
                 // Not a CONNECT, not MQTT, or none within the connect timeout.
                 _ => {
                     tracing::info!("MQTT handshake failed: no MQTT 3.1.1 or 5.0 CONNECT");

@@ -85,3 +85,30 @@ async fn sigterm_under_qos1_load_loses_no_acknowledged_message_and_exits_within_
     );
     assert!(server.terminate(Duration::from_secs(10)).await.is_some());
 }
+
+/// MQTT 3.1.1 connections keep no wait on the server's stop: the stop
+/// kicks them through their sessions. Idle ones close at once on SIGTERM,
+/// well inside the 3 s the server gives connections before dropping them.
+#[tokio::test]
+async fn sigterm_closes_idle_v3_connections_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]).await;
+    let mut idle = Vec::new();
+    for i in 0..20 {
+        let (conn, connack) =
+            RawConn::connect_v3(server.mqtt_addr, &format!("idle-v3-{i}"), i % 2 == 0).await;
+        assert_eq!(connack.reason(), 0);
+        idle.push(conn);
+    }
+
+    let signalled = Instant::now();
+    let exited = tokio::spawn(server.terminate(Duration::from_secs(10)));
+    for conn in &mut idle {
+        // 3.1.1 has no server DISCONNECT: the close is the message.
+        assert!(conn.expect_closed(Duration::from_millis(2_500)).await.is_empty());
+    }
+    let closed_after = signalled.elapsed();
+    let status = exited.await.unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "exit status within 10 s of SIGTERM");
+    assert!(closed_after < Duration::from_millis(1_500), "closed {closed_after:?} after SIGTERM");
+}

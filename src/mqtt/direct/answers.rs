@@ -9,8 +9,8 @@
 //! receiver that holds its result until asked.
 
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
-use std::task::Poll;
+use std::future::Future;
+use std::task::{Context, Poll};
 
 use futures::future::LocalBoxFuture;
 
@@ -58,10 +58,10 @@ impl<P: 'static> Answers<P> {
         self.queue.push_back(Pending::Waiting(Box::pin(pending)));
     }
 
-    /// The answer at the head, once decided. Never resolves while empty.
-    /// Cancel-safe: an undecided head stays where it is.
-    pub(super) async fn next(&mut self) -> Answer<P> {
-        poll_fn(|cx| match self.queue.front_mut() {
+    /// The answer at the head, once decided. Never ready while empty.
+    /// An undecided head stays where it is.
+    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Answer<P>> {
+        match self.queue.front_mut() {
             None => Poll::Pending,
             Some(Pending::Waiting(fut)) => {
                 let answer = std::task::ready!(fut.as_mut().poll(cx));
@@ -72,13 +72,14 @@ impl<P: 'static> Answers<P> {
                 Some(Pending::Ready(answer)) => Poll::Ready(answer),
                 _ => Poll::Pending,
             },
-        })
-        .await
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::poll_fn;
+
     use futures::FutureExt as _;
 
     use super::*;
@@ -91,11 +92,11 @@ mod tests {
         answers.later(async move { Ok(Some(rx.await.unwrap())) });
         assert_eq!(answers.now(3), None, "queued behind the undecided answer");
         assert_eq!(answers.len(), 2);
-        assert!(answers.next().now_or_never().is_none(), "the head is not decided yet");
+        let mut next = || poll_fn(|cx| answers.poll_next(cx)).now_or_never();
+        assert!(next().is_none(), "the head is not decided yet");
         tx.send(2).unwrap();
-        assert_eq!(answers.next().now_or_never().unwrap().unwrap(), Some(2));
-        assert_eq!(answers.next().now_or_never().unwrap().unwrap(), Some(3));
-        assert!(answers.is_empty());
-        assert!(answers.next().now_or_never().is_none(), "empty: never resolves");
+        assert_eq!(next().unwrap().unwrap(), Some(2));
+        assert_eq!(next().unwrap().unwrap(), Some(3));
+        assert!(next().is_none(), "empty: never ready");
     }
 }

@@ -14,10 +14,12 @@ use std::io;
 use std::num::NonZeroU16;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
 
 use futures::FutureExt as _;
-use ntex::io::IoBoxed;
+use futures::future::LocalBoxFuture;
 use ntex::io::types::PeerAddr;
+use ntex::io::{IoBoxed, RecvError};
 use ntex::time::{Millis, Seconds};
 use ntex::util::{ByteString, Bytes, Either};
 use ntex_mqtt::error::{DecodeError, ProtocolError};
@@ -28,6 +30,7 @@ use ntex_mqtt::v3::codec::{
 use tracing::Instrument as _;
 
 use super::super::convert;
+use super::super::framing::{Level, Whole};
 use super::super::qos2::Taken;
 use super::super::reason::{self, ConnError, ConnectRefusal, PublishRejection, V3Verdict};
 use super::super::server::CONNECT_TIMEOUT;
@@ -43,30 +46,31 @@ use crate::telemetry::names::{
 
 /// Deliveries taken from the outbox per look.
 const BATCH: usize = 64;
-/// Loop steps between looks at the server's shutdown while busy.
-const SHUTDOWN_CHECK: u32 = 256;
+/// The 3.1.1 codec behind the checks the framing layer makes for the
+/// dispatcher.
+type Frames = Whole<Codec>;
 /// How long a closing connection gets to flush what it has written.
 const CLOSE_FLUSH: Millis = Millis(1_000);
 
 /// Serve one connection whose first packet is an MQTT 3.1.1 CONNECT. A
 /// panic ends only this connection (the crash reporter has recorded it).
-pub(in crate::mqtt) async fn serve(io: IoBoxed, ctx: Ctx) {
+///
+/// `ctx` is borrowed: each connection's future is its memory while it is
+/// idle, and the connection keeps what it needs of `ctx` in its `Conn`.
+pub(in crate::mqtt) async fn serve(io: IoBoxed, ctx: &Ctx) {
     let _ = AssertUnwindSafe(run(&io, ctx)).catch_unwind().await;
     let _ = ntex::time::timeout(CLOSE_FLUSH, io.shutdown()).await;
 }
 
-async fn run(io: &IoBoxed, ctx: Ctx) {
+async fn run(io: &IoBoxed, ctx: &Ctx) {
     // The handshake's state (the CONNECT, authentication, opening the
     // session) lives in a box of its own, gone once the session is open:
-    // the connection's future keeps only the loop's.
-    let Some(mut connection) = Box::pin(open(io, &ctx)).await else { return };
-    let span = connection.conn.span.clone();
-    async move {
-        let end = connection.serve().await;
-        connection.end(end);
+    // the connection's future keeps only the loop's. The connection is
+    // moved, never borrowed, here so that this future does not keep a
+    // second copy of it.
+    if let Some(connection) = Box::pin(open(io, ctx)).await {
+        connection.run().await;
     }
-    .instrument(span)
-    .await;
 }
 
 /// Read the CONNECT and answer it; the connection, once it is accepted.
@@ -74,9 +78,9 @@ async fn open<'a>(io: &'a IoBoxed, ctx: &Ctx) -> Option<Connection<'a>> {
     let limits = ctx.broker.limits();
     let codec = Codec::new();
     codec.set_max_size(limits.max_packet_bytes);
-    // Payloads are never streamed: the framing layer hands the codec whole
-    // packets only.
+    // Payloads are never streamed: `Whole` hands the codec whole packets.
     codec.set_min_chunk_size(limits.max_packet_bytes);
+    let codec = Whole::new(codec, limits.max_packet_bytes, Level::V3);
 
     io.start_timer(CONNECT_TIMEOUT);
     let connect = match io.recv(&codec).await {
@@ -117,7 +121,7 @@ fn keep_alive(secs: u16) -> Seconds {
 
 /// Open the session and write the CONNACK; `None` when the CONNECT was
 /// refused (answered, counted and logged).
-async fn handshake(ctx: &Ctx, io: &IoBoxed, codec: &Codec, pkt: Connect) -> Option<Conn> {
+async fn handshake(ctx: &Ctx, io: &IoBoxed, codec: &Frames, pkt: Connect) -> Option<Conn> {
     let limits = ctx.broker.limits();
     let raw_id = &pkt.client_id;
     let clean = pkt.clean_session;
@@ -161,7 +165,7 @@ async fn handshake(ctx: &Ctx, io: &IoBoxed, codec: &Codec, pkt: Connect) -> Opti
 fn refuse(
     ctx: &Ctx,
     io: &IoBoxed,
-    codec: &Codec,
+    codec: &Frames,
     client_id: &ByteString,
     refusal: ConnectRefusal,
 ) -> Option<Conn> {
@@ -193,7 +197,7 @@ enum End {
 struct Connection<'a> {
     conn: Conn,
     io: &'a IoBoxed,
-    codec: Codec,
+    codec: Frames,
     keep_alive: Seconds,
     answers: Answers<Packet>,
     flows: Flows,
@@ -201,6 +205,13 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
+    /// Serve the connection in its span until the loop ends, then close.
+    async fn run(mut self) {
+        let span = self.conn.span.clone();
+        let end = self.serve().instrument(span.clone()).await;
+        span.in_scope(|| self.end(end));
+    }
+
     async fn serve(&mut self) -> End {
         // PUBRELs of exchanges an earlier connection left after PUBREC go
         // out before any delivery [MQTT-4.4.0-1].
@@ -209,42 +220,84 @@ impl Connection<'_> {
                 return end;
             }
         }
-        let shutdown = self.conn.shutdown.clone();
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+        // A stopping server kicks every attached connection (`MqttServer::
+        // stop`); one that attached after that sees the token here.
+        if self.conn.shutdown.is_cancelled() {
+            return End::Close(reason::shutting_down());
+        }
         // Grows on the first deliveries and keeps its capacity after: an
         // idle connection, most of them, never holds a batch.
         let mut batch: Vec<Delivery> = Vec::new();
-        let mut steps = 0u32;
-
+        // Exists only while the router's inbox is full.
+        let mut room: Option<LocalBoxFuture<'static, ()>> = None;
         loop {
-            let backpressure = self.io.is_wr_backpressure();
-            let max = if backpressure { 0 } else { self.flows.credit().min(BATCH) };
-            let room = self.conn.broker.has_room();
-            let reading = room && self.answers.len() < self.receive_max;
-            // The shutdown wait is polled last: each poll takes the lock of
-            // the token every connection shares, so it is polled when
-            // nothing else is ready (and registered whenever the loop
-            // sleeps), and looked at every `SHUTDOWN_CHECK` steps under load.
-            steps = steps.wrapping_add(1);
-            if steps.is_multiple_of(SHUTDOWN_CHECK) && shutdown.is_cancelled() {
-                return End::Close(reason::shutting_down());
-            }
-            let step = tokio::select! {
-                biased;
-                answer = self.answers.next(), if !self.answers.is_empty() => self.answered(answer),
-                // With `max` 0 (no credit, or the client reads too slowly)
-                // this only waits for a kick.
-                next = poll_fn(|cx| self.conn.outbox.poll_next(cx, self.conn.conn, &mut batch, max)) => {
-                    self.deliver(next, &mut batch)
-                }
-                flushed = self.io.flush(false), if backpressure => flushed.map_err(|_| End::Gone),
-                () = self.conn.broker.room(), if !room => Ok(()),
-                received = self.io.recv(&self.codec), if reading => self.received(received),
-                () = &mut cancelled => Err(End::Close(reason::shutting_down())),
-            };
+            let step = poll_fn(|cx| self.poll_step(cx, &mut batch, &mut room)).await;
             if let Err(end) = step {
                 return end;
+            }
+        }
+    }
+
+    /// One step of the loop, what is ready first in this order: the
+    /// answer at the head, deliveries, flushing a full write buffer, room
+    /// in the router's inbox, the next packet. Each source registers the
+    /// task's waker itself (`Outbox::poll_next`, ntex `Io`), so the loop
+    /// keeps no future per source while it sleeps.
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Delivery>,
+        room: &mut Option<LocalBoxFuture<'static, ()>>,
+    ) -> Poll<Result<(), End>> {
+        if !self.answers.is_empty()
+            && let Poll::Ready(answer) = self.answers.poll_next(cx)
+        {
+            return Poll::Ready(self.answered(answer));
+        }
+        let backpressure = self.io.is_wr_backpressure();
+        // With `max` 0 (no credit, or the client reads too slowly) this only
+        // waits for a kick.
+        let max = if backpressure { 0 } else { self.flows.credit().min(BATCH) };
+        if let Poll::Ready(next) = self.conn.outbox.poll_next(cx, self.conn.conn, batch, max) {
+            return Poll::Ready(self.deliver(next, batch));
+        }
+        if backpressure && let Poll::Ready(flushed) = self.io.poll_flush(cx, false) {
+            return Poll::Ready(flushed.map_err(|_| End::Gone));
+        }
+        if self.conn.broker.has_room() {
+            *room = None;
+        } else {
+            let broker = self.conn.broker.clone();
+            let wait = room.get_or_insert_with(|| Box::pin(async move { broker.room().await }));
+            if wait.as_mut().poll(cx).is_ready() {
+                *room = None;
+                return Poll::Ready(Ok(()));
+            }
+            return Poll::Pending;
+        }
+        if self.answers.len() >= self.receive_max {
+            return Poll::Pending;
+        }
+        match self.io.poll_recv(&self.codec, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(decoded)) => Poll::Ready(self.received(decoded)),
+            Poll::Ready(Err(RecvError::WriteBackpressure)) => match self.io.poll_flush(cx, false) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(_)) => Poll::Ready(Err(End::Gone)),
+                Poll::Pending => Poll::Pending,
+            },
+            Poll::Ready(Err(RecvError::KeepAlive)) => {
+                tracing::info!({ CLIENT_ID } = %self.conn.client_id, "keep-alive timeout");
+                Poll::Ready(Err(End::Gone))
+            }
+            Poll::Ready(Err(RecvError::Decoder(e))) => Poll::Ready(Err(self.malformed(e))),
+            Poll::Ready(Err(RecvError::PeerGone(e))) => {
+                tracing::debug!(
+                    { CLIENT_ID } = %self.conn.client_id,
+                    { ERROR_MESSAGE } = e.as_ref().map(tracing::field::display),
+                    "connection lost"
+                );
+                Poll::Ready(Err(End::Gone))
             }
         }
     }
@@ -328,30 +381,7 @@ impl Connection<'_> {
         Ok(())
     }
 
-    fn received(
-        &mut self,
-        received: Result<Option<Decoded>, Either<DecodeError, io::Error>>,
-    ) -> Result<(), End> {
-        let decoded = match received {
-            Ok(Some(decoded)) => decoded,
-            Ok(None) => {
-                tracing::debug!({ CLIENT_ID } = %self.conn.client_id, "connection lost");
-                return Err(End::Gone);
-            }
-            Err(Either::Left(e)) => return Err(self.malformed(e)),
-            Err(Either::Right(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                tracing::info!({ CLIENT_ID } = %self.conn.client_id, "keep-alive timeout");
-                return Err(End::Gone);
-            }
-            Err(Either::Right(e)) => {
-                tracing::debug!(
-                    { CLIENT_ID } = %self.conn.client_id,
-                    { ERROR_MESSAGE } = %e,
-                    "connection lost"
-                );
-                return Err(End::Gone);
-            }
-        };
+    fn received(&mut self, decoded: Decoded) -> Result<(), End> {
         if !self.keep_alive.is_zero() {
             self.io.start_timer(self.keep_alive);
         }
