@@ -87,21 +87,15 @@ struct State {
     inflight: Inflight,
     conn: Option<ConnectionId>,
     kicked: Option<(ConnectionId, KickReason)>,
-    /// Inbound QoS 2 packet ids received (PUBREC sent) but not yet released:
-    /// a resent PUBLISH with one of them, even on a new connection, is not
-    /// routed again [MQTT-4.3.3-10].
-    incoming_qos2: HashSet<u16>,
-    /// Outbound QoS 2 packet ids past PUBREC, waiting for PUBCOMP: a new
-    /// connection resends PUBREL for them, not the PUBLISH [MQTT-4.4.0-1].
-    pending_release: BTreeSet<u16>,
+    /// QoS 2 state; boxed on the first QoS 2 exchange, as most sessions
+    /// (an idle connection's, one at QoS 0 or 1) never have one.
+    qos2: Option<Box<Qos2>>,
     /// Outbound packet ids held by deliveries, queued or in flight. Together
-    /// with `pending_release` these are the ids not free for a new delivery.
+    /// with `Qos2::pending_release` these are the ids not free for a new
+    /// delivery.
     ids: HashSet<u16>,
     /// The last packet id handed out.
     last_id: u16,
-    /// Queued deliveries the pump must not send yet, by seq: QoS 2 ones whose
-    /// stored copy is not committed (see [`Outbox::push_held`]).
-    held: HashSet<u64>,
     /// The session outlives its connections: its exactly-once state is
     /// stored. Changed under the lock, and writes that depend on it are
     /// submitted under the lock, so none lands after the session's deletion.
@@ -114,7 +108,35 @@ struct State {
     pump_parked: bool,
 }
 
+/// A session's QoS 2 exchanges.
+#[derive(Default)]
+struct Qos2 {
+    /// Inbound QoS 2 packet ids received (PUBREC sent) but not yet released:
+    /// a resent PUBLISH with one of them, even on a new connection, is not
+    /// routed again [MQTT-4.3.3-10].
+    incoming: HashSet<u16>,
+    /// Outbound QoS 2 packet ids past PUBREC, waiting for PUBCOMP: a new
+    /// connection resends PUBREL for them, not the PUBLISH [MQTT-4.4.0-1].
+    pending_release: BTreeSet<u16>,
+    /// Queued deliveries the pump must not send yet, by seq: QoS 2 ones whose
+    /// stored copy is not committed (see [`Outbox::push_held`]).
+    held: HashSet<u64>,
+}
+
 impl State {
+    fn qos2(&mut self) -> &mut Qos2 {
+        self.qos2.get_or_insert_default()
+    }
+
+    /// Whether the delivery `seq` is held (see [`Outbox::push_held`]).
+    fn is_held(&self, seq: u64) -> bool {
+        self.qos2.as_ref().is_some_and(|q| !q.held.is_empty() && q.held.contains(&seq))
+    }
+
+    fn is_pending_release(&self, packet_id: u16) -> bool {
+        self.qos2.as_ref().is_some_and(|q| q.pending_release.contains(&packet_id))
+    }
+
     /// Connected and taking deliveries: worth slowing publishers down for.
     /// A pump parked on an empty queue takes the next push at once, however
     /// long it has been idle.
@@ -162,11 +184,9 @@ impl Outbox {
                 inflight: Inflight { map: BTreeMap::new(), stats: stats.clone() },
                 conn: None,
                 kicked: None,
-                incoming_qos2: HashSet::new(),
-                pending_release: BTreeSet::new(),
+                qos2: None,
                 ids: HashSet::new(),
                 last_id: 0,
-                held: HashSet::new(),
                 persistent: false,
                 dropped: 0,
                 last_pull: Instant::now(),
@@ -287,10 +307,10 @@ impl Outbox {
     pub fn push_held(&self, d: Delivery) -> Pushed {
         let seq = d.seq;
         // Before the push, so that no pump can take it in between.
-        self.lock().held.insert(seq);
+        self.lock().qos2().held.insert(seq);
         let pushed = self.push(d);
         if pushed == Pushed::Dropped {
-            self.lock().held.remove(&seq);
+            self.lock().qos2().held.remove(&seq);
         }
         pushed
     }
@@ -300,7 +320,7 @@ impl Outbox {
     /// refused and will resend, so the delivery goes.
     pub fn release_held(&self, seq: u64, committed: bool) {
         let mut st = self.lock();
-        if !st.held.remove(&seq) {
+        if !st.qos2.as_mut().is_some_and(|q| q.held.remove(&seq)) {
             // Dropped by the bounds meanwhile.
             return;
         }
@@ -387,10 +407,12 @@ impl Outbox {
     pub fn restore_qos2(&self, incoming: &[u16], pending_release: &[u16]) {
         let mut st = self.lock();
         st.persistent = true;
-        st.incoming_qos2.extend(incoming.iter().copied().filter(|id| *id != 0));
+        if !incoming.is_empty() {
+            st.qos2().incoming.extend(incoming.iter().copied().filter(|id| *id != 0));
+        }
         for id in pending_release.iter().copied().filter(|id| *id != 0) {
             st.ids.remove(&id);
-            st.pending_release.insert(id);
+            st.qos2().pending_release.insert(id);
         }
     }
 
@@ -498,7 +520,7 @@ impl Outbox {
         // when this pull brings it under, not on every pull.
         let was_full = st.queue.len() >= self.bound;
         while out.len() < max {
-            if !st.held.is_empty() && st.queue.front().is_some_and(|d| st.held.contains(&d.seq)) {
+            if st.queue.front().is_some_and(|d| st.is_held(d.seq)) {
                 break;
             }
             let Some(d) = st.queue.pop_front() else { break };
@@ -548,7 +570,7 @@ impl Outbox {
     /// received (acknowledge it again, do not route it). Recorded in memory
     /// only: see [`Outbox::incoming_qos2_record`].
     pub fn incoming_qos2_begin(&self, packet_id: u16) -> bool {
-        self.lock().incoming_qos2.insert(packet_id)
+        self.lock().qos2().incoming.insert(packet_id)
     }
 
     /// The writes that store the inbound `packet_id` of a persistent session
@@ -569,7 +591,7 @@ impl Outbox {
     /// packet id may be reused. `false` when the id was not awaiting release.
     pub fn incoming_qos2_release(&self, packet_id: u16) -> bool {
         let mut st = self.lock();
-        let released = st.incoming_qos2.remove(&packet_id);
+        let released = st.qos2.as_mut().is_some_and(|q| q.incoming.remove(&packet_id));
         if released && st.persistent {
             self.store_locked(vec![WriteOp::DeleteIncomingQos2 {
                 client_id: self.client_id.clone(),
@@ -589,7 +611,7 @@ impl Outbox {
         packet_id: u16,
     ) -> (bool, Option<oneshot::Receiver<Result<(), StoreError>>>) {
         let mut st = self.lock();
-        let released = st.incoming_qos2.remove(&packet_id);
+        let released = st.qos2.as_mut().is_some_and(|q| q.incoming.remove(&packet_id));
         if !(released && st.persistent) {
             return (released, None);
         }
@@ -644,7 +666,7 @@ impl Outbox {
         if let Some(d) = &removed {
             st.free_id(d);
         }
-        st.pending_release.insert(packet_id);
+        st.qos2().pending_release.insert(packet_id);
         let mut ops = Vec::new();
         if let Some(d) = removed.as_ref().filter(|d| d.stored) {
             ops.push(WriteOp::DeleteMessage(d.seq));
@@ -668,7 +690,8 @@ impl Outbox {
     /// PUBCOMP for `packet_id`: the QoS 2 exchange is over.
     pub fn outgoing_qos2_completed(&self, packet_id: u16) {
         let mut st = self.lock();
-        if st.pending_release.remove(&packet_id) && st.persistent {
+        let completed = st.qos2.as_mut().is_some_and(|q| q.pending_release.remove(&packet_id));
+        if completed && st.persistent {
             self.store_locked(vec![WriteOp::DeletePendingRelease {
                 client_id: self.client_id.clone(),
                 packet_id,
@@ -689,7 +712,8 @@ impl Outbox {
 
     /// Packet ids whose PUBREL a new connection must (re)send, oldest first.
     pub fn pending_releases(&self) -> Vec<u16> {
-        self.lock().pending_release.iter().copied().collect()
+        let st = self.lock();
+        st.qos2.as_ref().map(|q| q.pending_release.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Queued plus in-flight deliveries.
@@ -748,13 +772,14 @@ impl std::fmt::Debug for Outbox {
 impl State {
     /// The next packet id held by no delivery and no unfinished exchange.
     fn allocate_id(&mut self) -> Option<NonZeroU16> {
-        if self.ids.len() + self.pending_release.len() >= usize::from(u16::MAX) {
+        let pending = self.qos2.as_ref().map_or(0, |q| q.pending_release.len());
+        if self.ids.len() + pending >= usize::from(u16::MAX) {
             return None;
         }
         loop {
             let id = self.last_id.wrapping_add(1).max(1);
             self.last_id = id;
-            if !self.pending_release.contains(&id) && self.ids.insert(id) {
+            if !self.is_pending_release(id) && self.ids.insert(id) {
                 return NonZeroU16::new(id);
             }
         }
@@ -766,8 +791,10 @@ impl State {
         if let Some(id) = d.packet_id {
             self.ids.remove(&id.get());
         }
-        if !self.held.is_empty() {
-            self.held.remove(&d.seq);
+        if let Some(q) = &mut self.qos2
+            && !q.held.is_empty()
+        {
+            q.held.remove(&d.seq);
         }
     }
 }

@@ -451,7 +451,7 @@ impl Router {
             if let Some(will) = old.will.take()
                 && (will.delay_secs == 0 || !resumable)
             {
-                self.route_will(will);
+                self.route_will(*will);
             }
         }
         if !resumable && self.sessions.contains_key(&client) {
@@ -496,7 +496,7 @@ impl Router {
         session.epoch = conn;
         session.protocol = req.protocol;
         session.expiry_secs = expiry;
-        session.will = req.will;
+        session.will = req.will.map(Box::new);
         session.outbox.set_persistent(persistent);
         session.outbox.attach(conn);
         self.groups_dirty |= has_groups(session);
@@ -691,7 +691,7 @@ impl Router {
                     tracing::info!(client.id = %client, delay_ms = wait.as_millis() as u64, "a dead instance's client's will is published here after its delay");
                     // A delayed will: a resume here cancels it.
                     let delay_secs = wait.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
-                    session.will = Some(super::Will { message, delay_secs });
+                    session.will = Some(Box::new(super::Will { message, delay_secs }));
                     let conn = session.epoch;
                     self.schedule(Instant::now() + wait, Timer::Will(client.clone(), conn));
                 }
@@ -829,7 +829,7 @@ impl Router {
             && was_connected
             && will.delay_secs == 0
         {
-            self.route_will(will);
+            self.route_will(*will);
         }
         let receipt = session.is_persistent().then(|| {
             // Writes commit in submission order: this one commits after
@@ -1003,7 +1003,7 @@ impl Router {
 
         if let Some(will) = will {
             if will.delay_secs == 0 || expiry == 0 {
-                self.route_will(will);
+                self.route_will(*will);
                 self.forget_stored_will(client, claim);
             } else {
                 let delay = will.delay_secs.min(expiry);
@@ -1047,7 +1047,7 @@ impl Router {
         }
         self.stats.subscriptions.store(self.trie.len() as u64, Relaxed);
         if let Some(will) = session.will.take() {
-            self.route_will(will);
+            self.route_will(*will);
         }
         // Its pump or handlers may still be at work: from now on they
         // store nothing for it (see `Outbox::set_persistent`).
@@ -1584,7 +1584,7 @@ impl Router {
                         .filter(|s| s.conn.is_none() && s.epoch == epoch)
                         .and_then(|s| s.will.take().map(|w| (w, s.claim)));
                     if let Some((will, claim)) = will {
-                        self.route_will(will);
+                        self.route_will(*will);
                         self.forget_stored_will(&client, claim);
                     }
                 }

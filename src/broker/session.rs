@@ -29,7 +29,9 @@ pub struct Session {
     /// 0 = ends with the connection; `u32::MAX` = never expires.
     pub expiry_secs: u32,
     pub subscriptions: HashMap<SharedFilter, SubscriptionOptions>,
-    pub will: Option<Will>,
+    /// Boxed: most sessions have none, and the table of sessions holds
+    /// every session's fields inline.
+    pub will: Option<Box<Will>>,
 }
 
 impl Session {
