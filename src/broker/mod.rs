@@ -388,8 +388,11 @@ fn accepted<T>(hook: Option<Box<dyn FnOnce() + Send>>, outcome: T) -> T {
 }
 
 /// A cloneable handle on the broker core, usable from any thread or runtime.
+/// One pointer: every MQTT connection keeps a clone.
 #[derive(Clone)]
-pub struct BrokerHandle {
+pub struct BrokerHandle(Arc<HandleParts>);
+
+struct HandleParts {
     inbox: inbox::InboxSender,
     stats: Arc<Stats>,
     limits: Arc<BrokerLimits>,
@@ -403,23 +406,23 @@ pub struct BrokerHandle {
 
 impl BrokerHandle {
     pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+        &self.0.stats
     }
 
     pub fn limits(&self) -> &BrokerLimits {
-        &self.limits
+        &self.0.limits
     }
 
     pub fn auth(&self) -> &SharedAuthenticator {
-        &self.auth
+        &self.0.auth
     }
 
     /// Open or resume the session of `req.client_id`, taking it over from any
     /// connection that still holds it.
     pub async fn connect(&self, req: ConnectRequest) -> Result<ConnectOutcome, ConnectError> {
-        let claim = match &self.ownership {
+        let claim = match &self.0.ownership {
             Some(ownership) => {
-                let take_over_any = req.identity.is_admin() && self.limits.admin_session_takeover;
+                let take_over_any = req.identity.is_admin() && self.0.limits.admin_session_takeover;
                 let claim = ownership.claim(
                     req.client_id.clone(),
                     req.identity.principal(),
@@ -568,12 +571,12 @@ impl BrokerHandle {
 
     /// Resolves once the router has room for more publishes.
     pub async fn room(&self) {
-        self.inbox.room().await
+        self.0.inbox.room().await
     }
 
     /// Whether the router has room for more publishes now.
     pub fn has_room(&self) -> bool {
-        self.inbox.has_room()
+        self.0.inbox.has_room()
     }
 
     /// Validate a message that will be published later (a will) the way
@@ -583,10 +586,10 @@ impl BrokerHandle {
     }
 
     fn inspect(&self, msg: &Message) -> Result<Inspection, PublishError> {
-        let Some(hook) = &self.hook else { return Ok(Inspection::default()) };
+        let Some(hook) = &self.0.hook else { return Ok(Inspection::default()) };
         let inspection = hook.inspect(msg);
         if let Err(PublishError::InvalidPayload(_)) = &inspection {
-            self.stats.invalid_payloads.fetch_add(1, Ordering::Relaxed);
+            self.0.stats.invalid_payloads.fetch_add(1, Ordering::Relaxed);
         }
         inspection
     }
@@ -647,15 +650,15 @@ impl BrokerHandle {
 
     /// A number unique in this process (names generated client ids).
     pub fn next_connection_id(&self) -> ConnectionId {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
+        self.0.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Whether the router is still taking commands (for readiness probes).
     pub fn is_running(&self) -> bool {
-        !self.inbox.is_closed()
+        !self.0.inbox.is_closed()
     }
 
     fn send(&self, cmd: Command) -> Result<(), PublishError> {
-        self.inbox.send(cmd).map_err(|_| PublishError::ShuttingDown)
+        self.0.inbox.send(cmd).map_err(|_| PublishError::ShuttingDown)
     }
 }

@@ -52,6 +52,13 @@ const MAX_FENCES: usize = 100_000;
 /// How often this instance's shared-group members are passed on to the
 /// other instances, when they changed.
 const GROUPS_EVERY: Duration = Duration::from_millis(100);
+/// How often the tables sized by the fleet are looked at for room left
+/// over from a peak (see [`Router::compact`]).
+const COMPACT_EVERY: Duration = Duration::from_secs(2);
+/// A table keeps up to this many times its entries in capacity (and at
+/// least [`COMPACT_MIN_CAPACITY`] slots) before it is shrunk.
+const COMPACT_SLACK: usize = 4;
+const COMPACT_MIN_CAPACITY: usize = 1024;
 /// Cursors of the instance choice kept at most; past it they restart.
 const MAX_NODE_CURSORS: usize = 100_000;
 
@@ -187,7 +194,8 @@ pub fn spawn_router(
     router.groups_dirty = peers.is_some();
     router.peers = peers;
     router.restore(restored);
-    let handle = BrokerHandle { inbox, stats, limits, auth, next_conn, hook, ownership };
+    let parts = super::HandleParts { inbox, stats, limits, auth, next_conn, hook, ownership };
+    let handle = BrokerHandle(Arc::new(parts));
     let sys_handle = handle.clone();
     let task = tokio::spawn(router.run(rx, sys_handle, sys_interval));
     (handle, task)
@@ -319,6 +327,8 @@ impl Router {
         sys_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut groups_tick = tokio::time::interval(GROUPS_EVERY);
         groups_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut compact_tick = tokio::time::interval(COMPACT_EVERY);
+        compact_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let deadline = self.timers.first_key_value().map(|((at, _), _)| *at);
             tokio::select! {
@@ -338,6 +348,7 @@ impl Router {
                 _ = sleep_until(deadline), if deadline.is_some() => self.fire_timers(),
                 _ = sys_tick.tick() => self.publish_sys(),
                 _ = groups_tick.tick(), if self.groups_dirty => self.tell_groups(),
+                _ = compact_tick.tick() => self.compact(),
             }
         }
         tracing::debug!("router stopped");
@@ -1610,6 +1621,22 @@ impl Router {
         }
     }
 
+    /// Give back the room a storm of connections left in the tables sized
+    /// by the fleet: a hash table keeps its peak capacity, and every slot
+    /// of the sessions' table holds a whole `Session`. Rehashing what is
+    /// left is cheap when most of the table is empty, which is when it runs.
+    fn compact(&mut self) {
+        fn shrink<K: Eq + std::hash::Hash, V>(table: &mut HashMap<K, V>) {
+            let (len, capacity) = (table.len(), table.capacity());
+            if capacity > COMPACT_MIN_CAPACITY && capacity > len * COMPACT_SLACK {
+                table.shrink_to(len * 2);
+            }
+        }
+        shrink(&mut self.sessions);
+        shrink(&mut self.timer_slots);
+        shrink(&mut self.fences);
+    }
+
     fn kick_all(&self) {
         for session in self.sessions.values() {
             if let Some(conn) = session.conn {
@@ -2392,6 +2419,30 @@ mod tests {
         assert_eq!(r.timers.len(), 2, "one will-delay and one expiry timer");
         assert_eq!(r.timer_slots.len(), 2);
         assert!(r.sessions[&ClientId::from("car")].will.is_some(), "the delayed will still waits");
+    }
+
+    #[tokio::test]
+    async fn the_sessions_table_gives_back_what_a_storm_left() {
+        let mut r = bare_router();
+        let mut conns = Vec::new();
+        for i in 0..5_000 {
+            let id = format!("storm-{i}");
+            let c = r.connect_now(request(&id, true, 0, None, Identity::anonymous()), None);
+            conns.push((ClientId::from(id.as_str()), c.unwrap().conn));
+        }
+        let peak = r.sessions.capacity();
+        r.compact();
+        assert_eq!(r.sessions.capacity(), peak, "a full table is left alone");
+        for (client, conn) in conns.drain(10..) {
+            r.disconnect(&client, conn, DisconnectKind::Clean, None);
+        }
+        assert_eq!(r.sessions.len(), 10);
+        r.compact();
+        assert!(r.sessions.capacity() < peak / 100, "{} of {peak}", r.sessions.capacity());
+        for (client, conn) in conns {
+            assert!(r.sessions.contains_key(&client), "the rest is kept");
+            r.disconnect(&client, conn, DisconnectKind::Clean, None);
+        }
     }
 
     #[tokio::test]

@@ -216,10 +216,12 @@ async fn memory_returns_to_baseline_after(count: usize) {
     let baseline = settled_rss_kib(pid).await;
 
     let first = storm(&server, count, baseline).await;
-    // The connections cost real memory (so the measure can see them), and
-    // at least half of it is given back once they close.
+    // The connections cost real memory (so the measure can see them: an
+    // idle 3.1.1 connection is ~5 KiB, part of it taken from what the
+    // warm-up round left), and at least half of it is given back once they
+    // close.
     assert!(
-        first.grown >= count as u64 * 4,
+        first.grown >= count as u64 * 2,
         "{count} connections grew RSS by only {} KiB",
         first.grown
     );

@@ -65,12 +65,13 @@ pub(in crate::mqtt) async fn serve(io: IoBoxed, ctx: &Ctx) {
 async fn run(io: &IoBoxed, ctx: &Ctx) {
     // The handshake's state (the CONNECT, authentication, opening the
     // session) lives in a box of its own, gone once the session is open:
-    // the connection's future keeps only the loop's. The connection is
-    // moved, never borrowed, here so that this future does not keep a
-    // second copy of it.
-    if let Some(connection) = Box::pin(open(io, ctx)).await {
-        connection.run().await;
-    }
+    // the connection's future keeps only the loop's. The connection stays
+    // where it is, borrowed by the loop: moved into another future it
+    // would be kept twice.
+    let Some(mut connection) = Box::pin(open(io, ctx)).await else { return };
+    let span = connection.conn.span.clone();
+    let end = connection.serve().instrument(span).await;
+    connection.conn.span.in_scope(|| connection.end(end));
 }
 
 /// Read the CONNECT and answer it; the connection, once it is accepted.
@@ -205,13 +206,6 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
-    /// Serve the connection in its span until the loop ends, then close.
-    async fn run(mut self) {
-        let span = self.conn.span.clone();
-        let end = self.serve().instrument(span.clone()).await;
-        span.in_scope(|| self.end(end));
-    }
-
     async fn serve(&mut self) -> End {
         // PUBRELs of exchanges an earlier connection left after PUBREC go
         // out before any delivery [MQTT-4.4.0-1].
