@@ -14,6 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::num::NonZeroU16;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -108,6 +110,22 @@ struct State {
     pump_parked: bool,
 }
 
+/// One consumer counted in [`Outbox::waiting`] for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
 /// A session's QoS 2 exchanges.
 #[derive(Default)]
 struct Qos2 {
@@ -151,6 +169,9 @@ pub struct Outbox {
     // crosses an `.await`; the router and one pump are the only contenders.
     state: Mutex<State>,
     notify: Notify,
+    /// Consumers waiting on `notify` ([`Outbox::next`]): a push wakes
+    /// `notify`, which takes its lock, only when one waits.
+    waiting: AtomicUsize,
     /// The waker of a consumer that polls ([`Outbox::poll_next`]); woken
     /// with `notify`.
     consumer: AtomicWaker,
@@ -193,6 +214,7 @@ impl Outbox {
                 pump_parked: false,
             }),
             notify: Notify::new(),
+            waiting: AtomicUsize::new(0),
             consumer: AtomicWaker::new(),
             room: Notify::new(),
             bound: bound.max(1),
@@ -463,6 +485,9 @@ impl Outbox {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Counted before the look (which takes the state's lock): a push
+            // after the look sees the count and wakes `notify`.
+            let _waiting = Waiting::enter(&self.waiting);
             if let Some(next) = self.take(conn, out, max, None) {
                 return next;
             }
@@ -471,7 +496,9 @@ impl Outbox {
     }
 
     fn wake_consumer(&self) {
-        self.notify.notify_waiters();
+        if self.waiting.load(SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
         self.consumer.wake();
     }
 
