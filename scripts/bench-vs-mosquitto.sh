@@ -202,6 +202,10 @@ for round in $(seq 1 "$ROUNDS"); do
         for broker in "${BROKERS[@]}"; do
             tag="$scenario.$broker.$round"
             start_broker "$broker" "$OUT/$tag.broker.log"
+            # Idle connections are measured as RSS growth over a settled
+            # broker: what a broker still allocates in its first second (the
+            # store opening, worker threads' first arenas) is not theirs.
+            if [ "$scenario" = conns ]; then sleep 1; fi
             # shellcheck disable=SC2046 # word splitting of the scenario's arguments is intended
             cmd=("$MAPCAST_BENCH" $(scenario_args "$scenario") --port "$PORT" --broker-pid "$BROKER_PID" --json)
             echo "${cmd[*]}" >>"$OUT/commands.txt"
