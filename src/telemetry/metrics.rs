@@ -316,6 +316,11 @@ impl Metrics {
                     "Publishes refused for an invalid payload (e.g. a bad location).",
                     g(&s.invalid_payloads),
                 ),
+                Scalar::counter(
+                    m::PROTOCOL_ERRORS,
+                    "MQTT connections closed for a protocol error.",
+                    g(&s.protocol_errors),
+                ),
             ]);
             let drops = [
                 g(&s.publish_dropped_qos0),

@@ -198,6 +198,10 @@ pub mod metrics {
     /// Publishes refused for their payload (invalid locations), any protocol.
     pub const INVALID_PAYLOADS: (&str, &str) =
         ("mapcast_publish_invalid_payload_total", "mapcast.publish.invalid_payload");
+    /// MQTT connections closed for a protocol error: malformed packets,
+    /// packets out of place, acknowledgements for unknown packet ids.
+    pub const PROTOCOL_ERRORS: (&str, &str) =
+        ("mapcast_protocol_errors_total", "mapcast.mqtt.protocol_errors");
     /// Sign-ins (REST or MQTT CONNECT) with a wrong secret.
     pub const AUTH_FAILURES: (&str, &str) =
         ("mapcast_auth_failures_total", "mapcast.auth.failures");

@@ -231,6 +231,9 @@ async fn v3_acknowledgements_for_deliveries_never_sent_close_the_connection() {
         conn.send_bytes(ack).await;
         assert_closed_quietly(&mut conn).await;
     }
+    // Counted, for operators: one per connection closed.
+    let counted = crate::helpers::metric(app.http_addr, "mapcast_protocol_errors_total").await;
+    assert_eq!(counted, 3.0);
     assert_still_serves(&app).await;
 }
 
