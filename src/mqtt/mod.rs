@@ -51,10 +51,6 @@ mod v5;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-
-use tokio_util::sync::CancellationToken;
 
 /// Sockets the MQTT server serves, bound by the caller (port 0 allowed).
 pub struct MqttListeners {
@@ -82,10 +78,8 @@ pub struct TlsFiles {
 pub struct MqttServer {
     server: ntex::server::Server,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Tells every connection to close with "server shutting down".
-    shutdown: CancellationToken,
-    /// Open connections, to wait for them to close at stop.
-    open: Arc<AtomicUsize>,
-    /// Kicks the attached connections at stop.
-    broker: crate::broker::BrokerHandle,
+    /// What the connections share: the token that tells them to close with
+    /// "server shutting down", the broker that kicks the attached ones, the
+    /// count of open ones to wait for at stop.
+    ctx: session::Ctx,
 }

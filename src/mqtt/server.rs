@@ -98,13 +98,7 @@ impl MqttServer {
             .context("the mapcast-mqtt thread exited while starting")?
             .context("cannot start the MQTT server")?;
         tracing::info!(workers, "MQTT server started");
-        Ok(Self {
-            server,
-            thread: Some(thread),
-            shutdown: ctx.shutdown,
-            open: ctx.open,
-            broker: ctx.broker,
-        })
+        Ok(Self { server, thread: Some(thread), ctx })
     }
 
     /// Stop accepting, close connections gracefully, join the thread (bounded wait).
@@ -112,13 +106,13 @@ impl MqttServer {
         // Every MQTT 5.0 pump sends DISCONNECT "server shutting down" and
         // closes; 3.1.1 connection loops, which keep no wait on the token,
         // are kicked by the router (and look at the token when they start).
-        self.shutdown.cancel();
-        self.broker.kick_all();
+        self.ctx.shutdown.cancel();
+        self.ctx.broker.kick_all();
         let deadline = Instant::now() + CLOSE_GRACE;
-        while self.open.load(Relaxed) > 0 && Instant::now() < deadline {
+        while self.ctx.open.load(Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = self.open.load(Relaxed);
+        let left = self.ctx.open.load(Relaxed);
         if left > 0 {
             tracing::warn!(
                 connections = left,
@@ -151,7 +145,7 @@ impl Drop for MqttServer {
     fn drop(&mut self) {
         if self.thread.is_some() {
             // Dropped without `stop`: stop without waiting.
-            self.shutdown.cancel();
+            self.ctx.shutdown.cancel();
             // The stop command is sent by the call; the future only waits for it.
             drop(self.server.stop(false));
         }

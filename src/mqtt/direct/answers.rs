@@ -98,5 +98,6 @@ mod tests {
         assert_eq!(next().unwrap().unwrap(), Some(2));
         assert_eq!(next().unwrap().unwrap(), Some(3));
         assert!(next().is_none(), "empty: never ready");
+        assert!(answers.is_empty());
     }
 }
