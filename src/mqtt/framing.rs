@@ -186,10 +186,12 @@ fn first_packet(bytes: &[u8], max_packet: u32, level: &mut Level) -> First {
         VarInt::Incomplete => return First::Incomplete,
         VarInt::Malformed => return First::Refused,
     };
-    let total = 1 + len_bytes as u64 + u64::from(remaining);
-    if total > u64::from(max_packet) {
+    // The codec refuses a remaining length over its limit, not a whole
+    // packet over it: anything it would take is waited for and checked.
+    if remaining > max_packet {
         return First::Refused;
     }
+    let total = 1 + len_bytes as u64 + u64::from(remaining);
     if (bytes.len() as u64) < total {
         return First::Incomplete;
     }
@@ -541,6 +543,19 @@ mod tests {
         stream = vec![0x30, 0xe8, 0x07, 0, 1];
         let err = frames.decode(&mut BytesMut::from(&stream[..])).unwrap_err();
         assert!(matches!(err, DecodeError::MaxSizeExceeded { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_packet_at_the_codecs_size_limit_is_still_checked() {
+        // Remaining length 127 under a 128-byte limit: 129 bytes in all,
+        // which the codec takes (it compares the remaining length), so its
+        // PUBLISH header (topic length 0x7f00) is checked, not passed on.
+        let mut publish = vec![0x32, 0x7f, 0x7f, 0x00];
+        publish.resize(129, b'/');
+        assert_eq!(first_packet(&publish[..50], 128, &mut Level::V5), First::Incomplete);
+        assert!(matches!(first_packet(&publish, 128, &mut Level::V5), First::Malformed(_)));
+        // One byte more of remaining length: refused by the codec at once.
+        assert_eq!(first_packet(&[0x32, 0x81, 0x01], 128, &mut Level::V5), First::Refused);
     }
 
     #[test]
